@@ -1,0 +1,91 @@
+//! The worker's side of the protocol: connect to the master, open a session, fetch files.
+
+use std::time::Duration;
+
+use arachne_shared::SpiderId;
+use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerToMaster};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb::cluster_client::ClusterClient;
+use crate::{Error, MAX_MESSAGE_BYTES, Result, pb};
+
+/// A connection to the master.
+#[derive(Clone)]
+pub struct Client {
+    inner: ClusterClient<Channel>,
+}
+
+impl Client {
+    /// Connects to the master at `endpoint` (for example `http://127.0.0.1:9666`).
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        let connect_error = |source| Error::Connect {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(connect_error)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(connect_error)?;
+        let inner = ClusterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Self { inner })
+    }
+
+    /// Opens a session: every message put on `outbound` goes to the master, in order.
+    pub async fn session(&mut self, outbound: mpsc::Receiver<WorkerToMaster>) -> Result<Session> {
+        let stream = ReceiverStream::new(outbound).map(pb::WorkerMessage::from);
+        let inbound = self.inner.session(stream).await?.into_inner();
+        Ok(Session { inbound })
+    }
+
+    /// Streams the files of one spider version.
+    pub async fn fetch_files(&mut self, spider_id: SpiderId, version: &str) -> Result<Files> {
+        let request = pb::FetchFilesRequest {
+            spider_id: spider_id.to_string(),
+            version: version.to_owned(),
+        };
+        let inner = self.inner.fetch_files(request).await?.into_inner();
+        Ok(Files { inner })
+    }
+}
+
+/// The master's messages in one session.
+pub struct Session {
+    inbound: Streaming<pb::MasterMessage>,
+}
+
+impl Session {
+    /// The next message; `None` when the master closed the session, `Err` when it broke or was refused.
+    pub async fn next(&mut self) -> Option<Result<MasterToWorker>> {
+        match self.inbound.next().await? {
+            Ok(message) => Some(MasterToWorker::try_from(message)),
+            Err(status) => Some(Err(status.into())),
+        }
+    }
+}
+
+/// The chunks of one file transfer.
+pub struct Files {
+    inner: Streaming<pb::FileChunk>,
+}
+
+impl Files {
+    /// The next chunk; `None` at the end of the transfer.
+    pub async fn next(&mut self) -> Option<Result<FileChunk>> {
+        match self.inner.next().await? {
+            Ok(chunk) => Some(Ok(chunk.into())),
+            Err(status) => Some(Err(status.into())),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Conversions between generated wire types and `arachne_shared` types. Incoming messages are validated here,
+//! so a malformed peer message becomes an [`Error::Invalid`] naming the field instead of a panic further in.
+
+use arachne_shared::cluster::{
+    Assignment, FileChunk, MasterToWorker, Registration, WorkerToMaster,
+};
+use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId, TaskOutcome, from_millis, to_millis};
+
+use crate::pb::{self, master_message, worker_message};
+use crate::{Error, Result};
+
+fn missing(field: &str) -> Error {
+    Error::Invalid(format!("missing field `{field}`"))
+}
+
+fn task_id(field: &str, value: &str) -> Result<TaskId> {
+    value
+        .parse()
+        .map_err(|err| Error::Invalid(format!("`{field}` is not a task id ({value:?}): {err}")))
+}
+
+impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
+    type Error = Error;
+
+    fn try_from(message: pb::WorkerMessage) -> Result<Self> {
+        Ok(match message.msg.ok_or_else(|| missing("msg"))? {
+            worker_message::Msg::Register(r) => {
+                if r.name.is_empty() {
+                    return Err(missing("register.name"));
+                }
+                WorkerToMaster::Register(Registration {
+                    name: r.name,
+                    max_runners: r.max_runners,
+                    version: r.version,
+                })
+            }
+            worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat { running: h.running },
+            worker_message::Msg::TaskStarted(s) => WorkerToMaster::TaskStarted {
+                task_id: task_id("task_started.task_id", &s.task_id)?,
+                pid: s.pid,
+                at: from_millis(s.at_ms),
+            },
+            worker_message::Msg::Logs(batch) => WorkerToMaster::Logs {
+                task_id: task_id("logs.task_id", &batch.task_id)?,
+                lines: batch
+                    .lines
+                    .into_iter()
+                    .map(|line| LogLine {
+                        seq: line.seq,
+                        stream: match pb::LogStream::try_from(line.stream) {
+                            Ok(pb::LogStream::Stderr) => LogStream::Stderr,
+                            Ok(pb::LogStream::System) => LogStream::System,
+                            _ => LogStream::Stdout,
+                        },
+                        text: line.text,
+                        at: from_millis(line.at_ms),
+                    })
+                    .collect(),
+            },
+            worker_message::Msg::Items(batch) => WorkerToMaster::Items {
+                task_id: task_id("items.task_id", &batch.task_id)?,
+                items: batch
+                    .items
+                    .into_iter()
+                    .map(|item| match serde_json::from_str(&item.json) {
+                        Ok(serde_json::Value::Object(data)) => Ok(ItemRecord {
+                            seq: item.seq,
+                            data,
+                        }),
+                        _ => Err(Error::Invalid(format!(
+                            "items[seq={}].json is not a JSON object",
+                            item.seq
+                        ))),
+                    })
+                    .collect::<Result<_>>()?,
+            },
+            worker_message::Msg::TaskEnded(e) => {
+                let outcome = match pb::Outcome::try_from(e.outcome) {
+                    Ok(pb::Outcome::Finished) => TaskOutcome::Finished,
+                    Ok(pb::Outcome::Error) => TaskOutcome::Error {
+                        exit_code: e.exit_code,
+                        signal: e.signal,
+                        message: e.message,
+                    },
+                    Ok(pb::Outcome::Cancelled) => TaskOutcome::Cancelled { reason: e.message },
+                    Ok(pb::Outcome::Abnormal) => TaskOutcome::Abnormal { reason: e.message },
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "task_ended.outcome {} is unknown",
+                            e.outcome
+                        )));
+                    }
+                };
+                WorkerToMaster::TaskEnded {
+                    task_id: task_id("task_ended.task_id", &e.task_id)?,
+                    outcome,
+                    at: from_millis(e.at_ms),
+                }
+            }
+        })
+    }
+}
+
+impl From<WorkerToMaster> for pb::WorkerMessage {
+    fn from(message: WorkerToMaster) -> Self {
+        let msg = match message {
+            WorkerToMaster::Register(r) => worker_message::Msg::Register(pb::Register {
+                name: r.name,
+                max_runners: r.max_runners,
+                version: r.version,
+            }),
+            WorkerToMaster::Heartbeat { running } => {
+                worker_message::Msg::Heartbeat(pb::Heartbeat { running })
+            }
+            WorkerToMaster::TaskStarted { task_id, pid, at } => {
+                worker_message::Msg::TaskStarted(pb::TaskStarted {
+                    task_id: task_id.to_string(),
+                    pid,
+                    at_ms: to_millis(at),
+                })
+            }
+            WorkerToMaster::Logs { task_id, lines } => worker_message::Msg::Logs(pb::LogBatch {
+                task_id: task_id.to_string(),
+                lines: lines
+                    .into_iter()
+                    .map(|line| pb::LogLine {
+                        seq: line.seq,
+                        stream: match line.stream {
+                            LogStream::Stdout => pb::LogStream::Stdout,
+                            LogStream::Stderr => pb::LogStream::Stderr,
+                            LogStream::System => pb::LogStream::System,
+                        } as i32,
+                        text: line.text,
+                        at_ms: to_millis(line.at),
+                    })
+                    .collect(),
+            }),
+            WorkerToMaster::Items { task_id, items } => worker_message::Msg::Items(pb::ItemBatch {
+                task_id: task_id.to_string(),
+                items: items
+                    .into_iter()
+                    .map(|item| pb::Item {
+                        seq: item.seq,
+                        json: serde_json::Value::Object(item.data).to_string(),
+                    })
+                    .collect(),
+            }),
+            WorkerToMaster::TaskEnded {
+                task_id,
+                outcome,
+                at,
+            } => {
+                let (outcome, exit_code, signal, message) = match outcome {
+                    TaskOutcome::Finished => (pb::Outcome::Finished, Some(0), None, String::new()),
+                    TaskOutcome::Error {
+                        exit_code,
+                        signal,
+                        message,
+                    } => (pb::Outcome::Error, exit_code, signal, message),
+                    TaskOutcome::Cancelled { reason } => {
+                        (pb::Outcome::Cancelled, None, None, reason)
+                    }
+                    TaskOutcome::Abnormal { reason } => (pb::Outcome::Abnormal, None, None, reason),
+                };
+                worker_message::Msg::TaskEnded(pb::TaskEnded {
+                    task_id: task_id.to_string(),
+                    outcome: outcome as i32,
+                    exit_code,
+                    signal,
+                    message,
+                    at_ms: to_millis(at),
+                })
+            }
+        };
+        pb::WorkerMessage { msg: Some(msg) }
+    }
+}
+
+impl TryFrom<pb::MasterMessage> for MasterToWorker {
+    type Error = Error;
+
+    fn try_from(message: pb::MasterMessage) -> Result<Self> {
+        Ok(match message.msg.ok_or_else(|| missing("msg"))? {
+            master_message::Msg::Registered(_) => MasterToWorker::Registered,
+            master_message::Msg::Assign(a) => MasterToWorker::Assign(Assignment {
+                task_id: task_id("assign.task_id", &a.task_id)?,
+                spider_id: a.spider_id.parse().map_err(|err| {
+                    Error::Invalid(format!("`assign.spider_id` is not a spider id: {err}"))
+                })?,
+                spider_name: a.spider_name,
+                version: a.version,
+                command_line: a.command_line,
+            }),
+            master_message::Msg::Cancel(c) => MasterToWorker::Cancel {
+                task_id: task_id("cancel.task_id", &c.task_id)?,
+                reason: c.reason,
+            },
+        })
+    }
+}
+
+impl From<MasterToWorker> for pb::MasterMessage {
+    fn from(message: MasterToWorker) -> Self {
+        let msg = match message {
+            MasterToWorker::Registered => master_message::Msg::Registered(pb::Registered {}),
+            MasterToWorker::Assign(a) => master_message::Msg::Assign(pb::AssignTask {
+                task_id: a.task_id.to_string(),
+                spider_id: a.spider_id.to_string(),
+                spider_name: a.spider_name,
+                version: a.version,
+                command_line: a.command_line,
+            }),
+            MasterToWorker::Cancel { task_id, reason } => {
+                master_message::Msg::Cancel(pb::CancelTask {
+                    task_id: task_id.to_string(),
+                    reason,
+                })
+            }
+        };
+        pb::MasterMessage { msg: Some(msg) }
+    }
+}
+
+impl From<pb::FileChunk> for FileChunk {
+    fn from(c: pb::FileChunk) -> Self {
+        FileChunk {
+            path: c.path,
+            mode: c.mode,
+            data: c.data,
+            last: c.last,
+        }
+    }
+}
+
+impl From<FileChunk> for pb::FileChunk {
+    fn from(c: FileChunk) -> Self {
+        pb::FileChunk {
+            path: c.path,
+            mode: c.mode,
+            data: c.data,
+            last: c.last,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arachne_shared::SpiderId;
+    use chrono::Utc;
+
+    use super::*;
+
+    fn round_trip_worker(message: WorkerToMaster) {
+        let wire = pb::WorkerMessage::from(message.clone());
+        assert_eq!(WorkerToMaster::try_from(wire).unwrap(), message);
+    }
+
+    #[test]
+    fn worker_messages_survive_the_wire() {
+        let task_id = TaskId::new();
+        // Millisecond precision is what the wire keeps.
+        let at = from_millis(to_millis(Utc::now()));
+        round_trip_worker(WorkerToMaster::Register(Registration {
+            name: "n1".into(),
+            max_runners: 4,
+            version: "0.1.0".into(),
+        }));
+        round_trip_worker(WorkerToMaster::TaskStarted {
+            task_id,
+            pid: 42,
+            at,
+        });
+        round_trip_worker(WorkerToMaster::Logs {
+            task_id,
+            lines: vec![LogLine {
+                seq: 1,
+                stream: LogStream::Stderr,
+                text: "é".into(),
+                at,
+            }],
+        });
+        round_trip_worker(WorkerToMaster::Items {
+            task_id,
+            items: vec![ItemRecord {
+                seq: 7,
+                data: serde_json::json!({"a": [1]}).as_object().unwrap().clone(),
+            }],
+        });
+        for outcome in [
+            TaskOutcome::Finished,
+            TaskOutcome::Error {
+                exit_code: Some(3),
+                signal: None,
+                message: "exit status 3".into(),
+            },
+            TaskOutcome::Cancelled {
+                reason: "cancelled by user".into(),
+            },
+            TaskOutcome::Abnormal {
+                reason: "lost".into(),
+            },
+        ] {
+            round_trip_worker(WorkerToMaster::TaskEnded {
+                task_id,
+                outcome,
+                at,
+            });
+        }
+    }
+
+    #[test]
+    fn master_messages_survive_the_wire() {
+        let message = MasterToWorker::Assign(Assignment {
+            task_id: TaskId::new(),
+            spider_id: SpiderId::new(),
+            spider_name: "s".into(),
+            version: "v".into(),
+            command_line: "python3 main.py".into(),
+        });
+        assert_eq!(
+            MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),
+            message
+        );
+    }
+
+    #[test]
+    fn malformed_messages_name_the_field() {
+        let err = WorkerToMaster::try_from(pb::WorkerMessage { msg: None }).unwrap_err();
+        assert!(err.to_string().contains("`msg`"), "{err}");
+        let err = WorkerToMaster::try_from(pb::WorkerMessage {
+            msg: Some(worker_message::Msg::Items(pb::ItemBatch {
+                task_id: TaskId::new().to_string(),
+                items: vec![pb::Item {
+                    seq: 1,
+                    json: "[1]".into(),
+                }],
+            })),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("items[seq=1]"), "{err}");
+        let err = WorkerToMaster::try_from(pb::WorkerMessage {
+            msg: Some(worker_message::Msg::Heartbeat(pb::Heartbeat { running: 0 })),
+        });
+        assert!(err.is_ok());
+        let err = WorkerToMaster::try_from(pb::WorkerMessage {
+            msg: Some(worker_message::Msg::TaskStarted(pb::TaskStarted {
+                task_id: "nope".into(),
+                pid: 1,
+                at_ms: 0,
+            })),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("task_started.task_id"), "{err}");
+    }
+}

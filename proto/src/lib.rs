@@ -1,0 +1,48 @@
+//! The master-worker protocol. This crate owns the `.proto` files, the generated code, every conversion
+//! between wire types and `arachne_shared` types, and the tonic server and client glue.
+//!
+//! Architecture invariant: no prost or tonic type appears in this crate's public API. The master implements
+//! [`server::Handler`] and the worker uses [`client::Client`], both in terms of `arachne_shared::cluster`.
+
+pub mod client;
+mod convert;
+pub mod server;
+
+/// Generated code. Kept private: everything outside this crate speaks `arachne_shared` types.
+#[allow(clippy::all, unreachable_pub, missing_docs)]
+mod pb {
+    tonic::include_proto!("arachne.v1");
+}
+
+/// Errors of the protocol layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The peer sent a message that does not fit the protocol; names the field.
+    #[error("invalid message from peer: {0}")]
+    Invalid(String),
+    /// The master could not be reached.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A call failed or the stream broke; carries the peer's message.
+    #[error("{0}")]
+    Rpc(String),
+    /// Serving failed (for example the listener broke).
+    #[error("grpc server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Self::Rpc(format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Maximum size of one gRPC message either way. A log batch carries lines of up to the runner's line limit.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

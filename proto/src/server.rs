@@ -1,0 +1,157 @@
+//! The master's side of the protocol: a [`Handler`] speaks shared types, and [`serve`] runs the gRPC server
+//! that feeds it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arachne_shared::SpiderId;
+use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerToMaster};
+use futures_util::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pb::cluster_server::{Cluster, ClusterServer};
+use crate::{Error, MAX_MESSAGE_BYTES, Result, pb};
+
+/// How many master messages may wait for a slow worker before the sender waits.
+const OUTBOUND_CAPACITY: usize = 64;
+
+/// Why the master refuses a call; shown to the worker as the gRPC status message.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<Rejection> for Status {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::NotFound(m) => Status::not_found(m),
+            Rejection::Refused(m) => Status::failed_precondition(m),
+            Rejection::Internal(m) => Status::internal(m),
+        }
+    }
+}
+
+/// The worker's messages in one session.
+pub struct Inbound {
+    stream: Streaming<pb::WorkerMessage>,
+}
+
+impl Inbound {
+    /// The next message; `None` when the worker closed the session. A transport error or an invalid message
+    /// is an `Err`, after which the session should end.
+    pub async fn next(&mut self) -> Option<Result<WorkerToMaster>> {
+        match self.stream.next().await? {
+            Ok(message) => Some(WorkerToMaster::try_from(message)),
+            Err(status) => Some(Err(status.into())),
+        }
+    }
+}
+
+/// Sends messages to the worker of one session.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::Sender<Result<pb::MasterMessage, Status>>,
+}
+
+/// The worker's session is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("worker session closed")]
+pub struct Closed;
+
+impl Outbound {
+    /// Sends one message, waiting while the worker is slow to read.
+    pub async fn send(&self, message: MasterToWorker) -> Result<(), Closed> {
+        self.tx.send(Ok(message.into())).await.map_err(|_| Closed)
+    }
+
+    /// Ends the session with an error the worker will see.
+    pub async fn reject(&self, rejection: Rejection) {
+        let _ = self.tx.send(Err(rejection.into())).await;
+    }
+}
+
+/// A stream of a version's files, ending with `None`; an `Err` item aborts the transfer.
+pub type FileStream = mpsc::Receiver<Result<FileChunk, Rejection>>;
+
+/// What the master does with sessions and file requests.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one worker session until it ends. The first inbound message should be `Register`.
+    async fn session(&self, inbound: Inbound, outbound: Outbound);
+
+    /// Streams the files of one spider version.
+    async fn fetch_files(
+        &self,
+        spider_id: SpiderId,
+        version: String,
+    ) -> Result<FileStream, Rejection>;
+}
+
+struct Adapter {
+    handler: Arc<dyn Handler>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[async_trait::async_trait]
+impl Cluster for Adapter {
+    type SessionStream = BoxStream<pb::MasterMessage>;
+    type FetchFilesStream = BoxStream<pb::FileChunk>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let handler = Arc::clone(&self.handler);
+        let inbound = Inbound {
+            stream: request.into_inner(),
+        };
+        tokio::spawn(async move { handler.session(inbound, Outbound { tx }).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_files(
+        &self,
+        request: Request<pb::FetchFilesRequest>,
+    ) -> Result<Response<Self::FetchFilesStream>, Status> {
+        let request = request.into_inner();
+        let spider_id: SpiderId = request.spider_id.parse().map_err(|err| {
+            Status::invalid_argument(format!("`spider_id` is not a spider id: {err}"))
+        })?;
+        let files = self.handler.fetch_files(spider_id, request.version).await?;
+        let stream = ReceiverStream::new(files)
+            .map(|chunk| chunk.map(pb::FileChunk::from).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves the protocol on `listener` until `shutdown` is cancelled and every session has ended.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let service = ClusterServer::new(Adapter { handler })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        // Detects a worker whose machine vanished without closing its connection.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+        .map_err(Error::Serve)
+}

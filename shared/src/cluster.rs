@@ -1,0 +1,82 @@
+//! The messages a worker and the master exchange over their session, in plain domain terms. The `proto`
+//! crate maps them to and from the gRPC wire types; nothing else sees the wire types.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::log::{ItemRecord, LogLine};
+use crate::spider::SpiderId;
+use crate::task::{TaskId, TaskOutcome};
+
+/// What a worker announces when its session opens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub name: String,
+    pub max_runners: u32,
+    pub version: String,
+}
+
+/// Worker → master.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerToMaster {
+    /// First message of every session.
+    Register(Registration),
+    /// Sent every few seconds so the master knows the session is alive.
+    Heartbeat { running: u32 },
+    /// The spider process of a task is running.
+    TaskStarted {
+        task_id: TaskId,
+        pid: u32,
+        at: DateTime<Utc>,
+    },
+    /// Log lines of a task, in order.
+    Logs {
+        task_id: TaskId,
+        lines: Vec<LogLine>,
+    },
+    /// Items of a task, in order.
+    Items {
+        task_id: TaskId,
+        items: Vec<ItemRecord>,
+    },
+    /// A task ended. Sent after every log line and item of the task.
+    TaskEnded {
+        task_id: TaskId,
+        outcome: TaskOutcome,
+        at: DateTime<Utc>,
+    },
+}
+
+/// A task handed to a worker: everything it needs to fetch the files and start the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub task_id: TaskId,
+    pub spider_id: SpiderId,
+    pub spider_name: String,
+    pub version: String,
+    /// The full shell command line (command plus parameters).
+    pub command_line: String,
+}
+
+/// Master → worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterToWorker {
+    /// The session is accepted.
+    Registered,
+    /// Run this task in a free runner slot.
+    Assign(Assignment),
+    /// Stop this task; the worker answers with `TaskEnded`.
+    Cancel { task_id: TaskId, reason: String },
+}
+
+/// One piece of a spider version's files, streamed from the master to a worker. A file arrives as one or more
+/// chunks in order; the last chunk of a file has `last` set (an empty file is a single empty last chunk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileChunk {
+    /// Path relative to the version's root, with `/` separators.
+    pub path: String,
+    /// Unix permission bits.
+    pub mode: u32,
+    pub data: Vec<u8>,
+    pub last: bool,
+}

@@ -1,0 +1,279 @@
+//! Tasks: one run of a spider on one node, its life-cycle states and how a run ended.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::spider::SpiderId;
+
+/// A task's id. UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub Uuid);
+
+impl TaskId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Where a task is in its life. The order of declaration is the order of the life-cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Recorded, not yet eligible for dispatch.
+    Created,
+    /// Waiting for a node with a free runner slot (possibly already handed to one that has not started it).
+    Pending,
+    /// The spider process is running on a node.
+    Running,
+    /// The process exited 0.
+    Finished,
+    /// The process exited non-zero, was killed by a signal it was not asked to take, or could not start.
+    Error,
+    /// A user (or shutdown) cancelled it.
+    Cancelled,
+    /// The platform lost track of it: its node disconnected or vanished while it ran.
+    Abnormal,
+}
+
+impl TaskStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [TaskStatus; 7] = [
+        Self::Created,
+        Self::Pending,
+        Self::Running,
+        Self::Finished,
+        Self::Error,
+        Self::Cancelled,
+        Self::Abnormal,
+    ];
+
+    /// Whether the task has ended and will never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Finished | Self::Error | Self::Cancelled | Self::Abnormal
+        )
+    }
+
+    /// The lowercase name used in the API, the CLI and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Error => "error",
+            Self::Cancelled => "cancelled",
+            Self::Abnormal => "abnormal",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown task status {s:?} (expected one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// One time-stamped status change; a task keeps the whole list so its history can be audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub status: TaskStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// How a spider run ended, as the runner saw it. A failing spider is an outcome, never a Rust error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "lowercase")]
+pub enum TaskOutcome {
+    /// The process exited 0.
+    Finished,
+    /// The process failed, or could not be started; `message` says why in words.
+    Error {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        message: String,
+    },
+    /// The run was cancelled and its process group is gone.
+    Cancelled { reason: String },
+    /// The run was lost (for example its worker shut down mid-run).
+    Abnormal { reason: String },
+}
+
+impl TaskOutcome {
+    /// The terminal status this outcome leads to.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Self::Finished => TaskStatus::Finished,
+            Self::Error { .. } => TaskStatus::Error,
+            Self::Cancelled { .. } => TaskStatus::Cancelled,
+            Self::Abnormal { .. } => TaskStatus::Abnormal,
+        }
+    }
+}
+
+/// A task as stored and as shown by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spider_id: SpiderId,
+    pub spider_name: String,
+    /// The spider version (content hash) this task runs.
+    pub version: String,
+    /// The spider's command at the time the task was created.
+    pub cmd: String,
+    /// Extra arguments appended to `cmd`.
+    pub param: Option<String>,
+    /// 1 (highest) to 10; 5 by default, as in Crawlab.
+    pub priority: u8,
+    pub status: TaskStatus,
+    /// The node the task was handed to, once it was.
+    pub node: Option<String>,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why the task ended as it did, when that is not plain success.
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub transitions: Vec<Transition>,
+    /// Log lines stored so far.
+    pub log_lines: u64,
+    /// Items stored so far.
+    pub items: u64,
+}
+
+/// Default task priority (1 is the highest, 10 the lowest).
+pub const DEFAULT_PRIORITY: u8 = 5;
+
+impl Task {
+    /// The full shell command line the runner executes.
+    pub fn command_line(&self) -> String {
+        match self.param.as_deref().map(str::trim) {
+            Some(param) if !param.is_empty() => format!("{} {}", self.cmd, param),
+            _ => self.cmd.clone(),
+        }
+    }
+
+    /// Moves the task to `status` now and records the transition.
+    pub fn set_status(&mut self, status: TaskStatus, at: DateTime<Utc>) {
+        self.status = status;
+        self.updated_at = at;
+        self.transitions.push(Transition { status, at });
+    }
+
+    /// When the task last entered `status`, if it ever did.
+    pub fn entered(&self, status: TaskStatus) -> Option<DateTime<Utc>> {
+        self.transitions
+            .iter()
+            .rev()
+            .find(|t| t.status == status)
+            .map(|t| t.at)
+    }
+
+    /// When the process started.
+    pub fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.entered(TaskStatus::Running)
+    }
+
+    /// When the task reached its terminal status.
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.transitions
+            .iter()
+            .rev()
+            .find(|t| t.status.is_terminal())
+            .map(|t| t.at)
+    }
+
+    /// Records how the run ended: terminal status, exit code or signal, and the reason.
+    pub fn finish(&mut self, outcome: &TaskOutcome, at: DateTime<Utc>) {
+        match outcome {
+            TaskOutcome::Finished => self.exit_code = Some(0),
+            TaskOutcome::Error {
+                exit_code,
+                signal,
+                message,
+            } => {
+                self.exit_code = *exit_code;
+                self.signal = *signal;
+                self.error = Some(message.clone());
+            }
+            TaskOutcome::Cancelled { reason } | TaskOutcome::Abnormal { reason } => {
+                self.error = Some(reason.clone());
+            }
+        }
+        self.set_status(outcome.status(), at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_through_its_name() {
+        for status in TaskStatus::ALL {
+            assert_eq!(status.as_str().parse::<TaskStatus>().unwrap(), status);
+        }
+        let err = "bogus".parse::<TaskStatus>().unwrap_err();
+        assert!(err.contains("bogus") && err.contains("finished"), "{err}");
+    }
+
+    #[test]
+    fn only_ended_states_are_terminal() {
+        let terminal: Vec<_> = TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                TaskStatus::Finished,
+                TaskStatus::Error,
+                TaskStatus::Cancelled,
+                TaskStatus::Abnormal
+            ]
+        );
+    }
+}
