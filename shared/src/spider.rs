@@ -68,9 +68,49 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a file path inside a spider: relative, `/`-separated, with no empty, `.` or `..` component and no NUL.
+/// Both the upload path on the master and the sync path on a worker go through this one check, so a path
+/// that could escape a spider's folder is refused wherever it comes from.
+pub fn validate_relative_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("unsafe path {path:?}: {why}"));
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+        return bad("absolute paths, backslashes and NUL are not allowed");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return bad("empty component"),
+            "." | ".." => return bad("`.` and `..` are not allowed"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_that_could_escape_are_refused() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            assert!(validate_relative_path(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["main.py", "pkg/spiders/q.py", ".arachneignore", "a/..b"] {
+            validate_relative_path(good).unwrap();
+        }
+    }
 
     #[test]
     fn names_that_could_escape_a_path_are_refused() {

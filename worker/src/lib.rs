@@ -1,0 +1,85 @@
+//! The Arachne worker: holds a session with the master, syncs spider files, runs spider processes in runner
+//! slots and streams their logs and items back.
+//!
+//! `arachne-worker` is a thin binary over [`run`]; the master calls the same [`run`] for its local worker, so a
+//! local and a remote worker are the same code talking the same protocol.
+
+mod lines;
+mod output;
+mod runner;
+mod session;
+pub mod signals;
+mod sync;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use runner::RunnerOptions;
+
+/// A worker's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The master's gRPC endpoint, for example `http://127.0.0.1:9666`.
+    pub master: String,
+    /// This node's unique name.
+    pub name: String,
+    /// How many spiders may run at once.
+    pub max_runners: u32,
+    /// Where spider versions are cached and runs get their working directories.
+    pub work_dir: PathBuf,
+    pub runner: RunnerOptions,
+    /// How often the worker tells the master it is alive.
+    pub heartbeat: Duration,
+}
+
+impl Config {
+    /// A configuration with default runner options.
+    pub fn new(master: impl Into<String>, name: impl Into<String>, work_dir: PathBuf) -> Self {
+        Self {
+            master: master.into(),
+            name: name.into(),
+            max_runners: 8,
+            work_dir,
+            runner: RunnerOptions::default(),
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Errors that stop a worker from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot prepare the work directory {path}: {source}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the worker until `shutdown` is cancelled. Running spiders are stopped and their outcomes reported
+/// before it returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    if config.max_runners == 0 {
+        return Err(Error::Config("max runners must be at least 1".into()));
+    }
+    arachne_shared::spider::validate_name(&config.name)
+        .map_err(|e| Error::Config(e.replace("spider name", "node name")))?;
+    for dir in [config.work_dir.join("cache"), config.work_dir.join("tasks")] {
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|source| Error::WorkDir {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    // Leftovers of runs cut short by a crash would otherwise pile up.
+    let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
+    let _ = tokio::fs::remove_dir_all(config.work_dir.join("cache/.staging")).await;
+    session::run(config, shutdown).await;
+    Ok(())
+}

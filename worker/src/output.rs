@@ -1,0 +1,367 @@
+//! Turns a spider's raw output into numbered log lines and items and ships them to the master in batches.
+//!
+//! Both pipes feed one bounded channel, so when the master is slow the readers stop reading and the spider
+//! blocks on its own pipe: backpressure instead of unbounded buffering, and nothing is dropped.
+
+use std::time::Duration;
+
+use arachne_shared::cluster::WorkerToMaster;
+use arachne_shared::ipc::{self, Line, SpiderMessage};
+use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId};
+use chrono::Utc;
+use tokio::io::{AsyncBufRead, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::lines::{LineReader, RawLine};
+
+/// Lines from both pipes waiting to be classified.
+const RAW_CAPACITY: usize = 1024;
+/// A batch is sent once it holds this many records…
+const BATCH_RECORDS: usize = 2_000;
+/// …or this many bytes…
+const BATCH_BYTES: usize = 1024 * 1024;
+/// …or once its oldest record is this old, so a quiet spider's lines still show up at once.
+const BATCH_DELAY: Duration = Duration::from_millis(50);
+
+/// What the output of a run amounted to.
+#[derive(Debug, Default)]
+pub(crate) struct Summary {
+    /// The first fatal ERROR the spider reported.
+    pub(crate) fatal_error: Option<String>,
+    /// False when the master session closed while output was still being sent.
+    pub(crate) delivered: bool,
+}
+
+pub(crate) struct Raw {
+    stream: LogStream,
+    line: RawLine,
+}
+
+/// Starts a reader task for one pipe.
+pub(crate) fn spawn_reader<R>(
+    pipe: R,
+    stream: LogStream,
+    max_line_bytes: usize,
+    tx: mpsc::Sender<Raw>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(read_pipe(
+        BufReader::with_capacity(64 * 1024, pipe),
+        stream,
+        max_line_bytes,
+        tx,
+    ))
+}
+
+async fn read_pipe<R: AsyncBufRead + Unpin>(
+    pipe: R,
+    stream: LogStream,
+    max: usize,
+    tx: mpsc::Sender<Raw>,
+) {
+    let mut reader = LineReader::new(pipe, max);
+    loop {
+        match reader.next_line().await {
+            Ok(Some(line)) => {
+                if tx.send(Raw { stream, line }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(err) => {
+                let text = format!("[arachne] reading {} failed: {err}", stream.as_str());
+                let line = RawLine {
+                    bytes: text.into_bytes(),
+                    truncated: 0,
+                };
+                let _ = tx
+                    .send(Raw {
+                        stream: LogStream::System,
+                        line,
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// The channel both readers send to.
+pub(crate) fn raw_channel() -> (mpsc::Sender<Raw>, mpsc::Receiver<Raw>) {
+    mpsc::channel(RAW_CAPACITY)
+}
+
+/// Numbers and batches records until every reader has closed its sender.
+pub(crate) struct Collector {
+    task_id: TaskId,
+    events: mpsc::Sender<WorkerToMaster>,
+    log_seq: u64,
+    item_seq: u64,
+    logs: Vec<LogLine>,
+    items: Vec<ItemRecord>,
+    bytes: usize,
+    oldest: Option<Instant>,
+    summary: Summary,
+}
+
+impl Collector {
+    pub(crate) fn new(task_id: TaskId, events: mpsc::Sender<WorkerToMaster>) -> Self {
+        Self {
+            task_id,
+            events,
+            log_seq: 0,
+            item_seq: 0,
+            logs: Vec::new(),
+            items: Vec::new(),
+            bytes: 0,
+            oldest: None,
+            summary: Summary {
+                fatal_error: None,
+                delivered: true,
+            },
+        }
+    }
+
+    /// Adds a platform message to the task's log (for example a sync failure), in order with the rest.
+    pub(crate) fn system(&mut self, text: impl Into<String>) {
+        self.push_log(LogStream::System, text.into());
+    }
+
+    /// Runs until the raw channel closes, then flushes.
+    pub(crate) async fn run(mut self, mut raw: mpsc::Receiver<Raw>) -> Summary {
+        loop {
+            let deadline = self.oldest.map(|t| t + BATCH_DELAY);
+            tokio::select! {
+                next = raw.recv() => match next {
+                    Some(raw) => {
+                        self.accept(raw);
+                        if self.logs.len() + self.items.len() >= BATCH_RECORDS || self.bytes >= BATCH_BYTES {
+                            self.flush().await;
+                        }
+                    }
+                    None => break,
+                },
+                () = sleep_until(deadline) => self.flush().await,
+            }
+        }
+        self.flush().await;
+        self.summary
+    }
+
+    /// Sends whatever is batched.
+    pub(crate) async fn flush(&mut self) {
+        self.oldest = None;
+        self.bytes = 0;
+        if !self.logs.is_empty() {
+            let lines = std::mem::take(&mut self.logs);
+            self.send(WorkerToMaster::Logs {
+                task_id: self.task_id,
+                lines,
+            })
+            .await;
+        }
+        if !self.items.is_empty() {
+            let items = std::mem::take(&mut self.items);
+            self.send(WorkerToMaster::Items {
+                task_id: self.task_id,
+                items,
+            })
+            .await;
+        }
+    }
+
+    async fn send(&mut self, message: WorkerToMaster) {
+        if self.events.send(message).await.is_err() {
+            self.summary.delivered = false;
+        }
+    }
+
+    fn accept(&mut self, Raw { stream, line }: Raw) {
+        let mut text = String::from_utf8_lossy(&line.bytes).into_owned();
+        if line.truncated > 0 {
+            text.push_str(&format!(
+                " [arachne: line truncated, {} more bytes dropped]",
+                line.truncated
+            ));
+            self.push_log(stream, text);
+            return;
+        }
+        if stream != LogStream::Stdout {
+            self.push_log(stream, text);
+            return;
+        }
+        match ipc::classify(&text) {
+            Line::Log => self.push_log(stream, text),
+            Line::Invalid { warning } => {
+                self.push_log(stream, text);
+                self.system(format!("[arachne] warning: {warning}"));
+            }
+            Line::Message(SpiderMessage::InsertData(items)) => {
+                self.bytes += text.len();
+                self.oldest.get_or_insert_with(Instant::now);
+                for data in items {
+                    self.item_seq += 1;
+                    self.items.push(ItemRecord {
+                        seq: self.item_seq,
+                        data,
+                    });
+                }
+            }
+            Line::Message(SpiderMessage::Status(status)) => {
+                let mut parts = Vec::new();
+                if let Some(progress) = status.progress {
+                    parts.push(format!("{:.0}%", progress * 100.0));
+                }
+                parts.extend(status.message);
+                self.system(format!("[arachne] status: {}", parts.join(" ")));
+            }
+            Line::Message(SpiderMessage::Error(error)) => {
+                let kind = if error.fatal { "fatal error" } else { "error" };
+                self.system(format!(
+                    "[arachne] spider reported {kind}: {}",
+                    error.message
+                ));
+                if error.fatal && self.summary.fatal_error.is_none() {
+                    self.summary.fatal_error = Some(error.message);
+                }
+            }
+        }
+    }
+
+    fn push_log(&mut self, stream: LogStream, text: String) {
+        self.log_seq += 1;
+        self.bytes += text.len();
+        self.oldest.get_or_insert_with(Instant::now);
+        self.logs.push(LogLine {
+            seq: self.log_seq,
+            stream,
+            text,
+            at: Utc::now(),
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(stream: LogStream, text: &[u8]) -> Raw {
+        Raw {
+            stream,
+            line: RawLine {
+                bytes: text.to_vec(),
+                truncated: 0,
+            },
+        }
+    }
+
+    async fn collect(input: Vec<Raw>) -> (Vec<LogLine>, Vec<ItemRecord>, Summary) {
+        let (events_tx, mut events_rx) = mpsc::channel(1024);
+        let (raw_tx, raw_rx) = raw_channel();
+        let collector = tokio::spawn(Collector::new(TaskId::new(), events_tx).run(raw_rx));
+        for r in input {
+            raw_tx.send(r).await.unwrap();
+        }
+        drop(raw_tx);
+        let summary = collector.await.unwrap();
+        let (mut logs, mut items) = (Vec::new(), Vec::new());
+        while let Ok(event) = events_rx.try_recv() {
+            match event {
+                WorkerToMaster::Logs { lines, .. } => logs.extend(lines),
+                WorkerToMaster::Items { items: batch, .. } => items.extend(batch),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (logs, items, summary)
+    }
+
+    #[tokio::test]
+    async fn separates_items_from_logs_and_numbers_both_without_gaps() {
+        let (logs, items, summary) = collect(vec![
+            raw(LogStream::Stdout, b"starting"),
+            raw(
+                LogStream::Stdout,
+                br#"{"type":"INSERT_DATA","payload":[{"n":1},{"n":2}]}"#,
+            ),
+            raw(
+                LogStream::Stderr,
+                br#"{"type":"INSERT_DATA","payload":{"n":99}}"#,
+            ),
+            raw(LogStream::Stdout, b"\xff\xfebinary"),
+            raw(
+                LogStream::Stdout,
+                br#"{"type":"ERROR","payload":{"message":"blocked","fatal":true}}"#,
+            ),
+        ])
+        .await;
+        let texts: Vec<_> = logs
+            .iter()
+            .map(|l| (l.seq, l.stream, l.text.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                (1, LogStream::Stdout, "starting"),
+                // stderr is never IPC.
+                (
+                    2,
+                    LogStream::Stderr,
+                    r#"{"type":"INSERT_DATA","payload":{"n":99}}"#
+                ),
+                (3, LogStream::Stdout, "\u{fffd}\u{fffd}binary"),
+                (
+                    4,
+                    LogStream::System,
+                    "[arachne] spider reported fatal error: blocked"
+                ),
+            ]
+        );
+        let seqs: Vec<_> = items
+            .iter()
+            .map(|i| (i.seq, i.data["n"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(seqs, [(1, 1), (2, 2)]);
+        assert_eq!(summary.fatal_error.as_deref(), Some("blocked"));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_message_keeps_the_line_and_adds_a_warning() {
+        let (logs, items, _) = collect(vec![raw(
+            LogStream::Stdout,
+            br#"{"type":"INSERT_DATA","payload":7}"#,
+        )])
+        .await;
+        assert!(items.is_empty());
+        assert_eq!(logs[0].text, r#"{"type":"INSERT_DATA","payload":7}"#);
+        assert!(
+            logs[1].text.contains("payload is a number"),
+            "{}",
+            logs[1].text
+        );
+    }
+
+    #[tokio::test]
+    async fn truncated_lines_carry_a_marker() {
+        let mut truncated = raw(LogStream::Stdout, br#"{"type":"INSERT_DATA","pay"#);
+        truncated.line.truncated = 123;
+        let (logs, items, _) = collect(vec![truncated]).await;
+        assert!(items.is_empty());
+        assert!(
+            logs[0]
+                .text
+                .ends_with("[arachne: line truncated, 123 more bytes dropped]"),
+            "{}",
+            logs[0].text
+        );
+    }
+}

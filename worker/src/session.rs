@@ -1,0 +1,223 @@
+//! The worker's session with the master: register, take assignments into runner slots, forward cancels,
+//! heartbeat, and reconnect with backoff when the master goes away.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arachne_proto::client::Client;
+use arachne_shared::TaskId;
+use arachne_shared::TaskOutcome;
+use arachne_shared::cluster::{Assignment, MasterToWorker, Registration, WorkerToMaster};
+use chrono::Utc;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::Config;
+use crate::runner::{self, RunContext, Stop};
+use crate::sync::FileCache;
+
+/// Messages to the master waiting to be sent. Runners wait when it is full, which slows their readers and,
+/// through the pipe, the spider.
+const EVENTS_CAPACITY: usize = 256;
+
+/// Keeps a session with the master open until `shutdown`.
+pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        match session(&config, &shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(err) => {
+                warn!(node = %config.name, error = %err, "session with the master ended; reconnecting")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next()) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Runs one session. `Ok` means the worker was shut down; `Err` means reconnect.
+async fn session(
+    config: &Config,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let client = tokio::select! {
+        client = Client::connect(&config.master) => client.map_err(|e| e.to_string())?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let (events, outbound) = mpsc::channel(EVENTS_CAPACITY);
+    let registration = Registration {
+        name: config.name.clone(),
+        max_runners: config.max_runners,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    events
+        .send(WorkerToMaster::Register(registration))
+        .await
+        .map_err(|_| "session closed".to_owned())?;
+    let mut inbound = client
+        .clone()
+        .session(outbound)
+        .await
+        .map_err(|e| e.to_string())?;
+    match inbound.next().await {
+        Some(Ok(MasterToWorker::Registered)) => {}
+        Some(Ok(other)) => return Err(format!("expected Registered, the master sent {other:?}")),
+        Some(Err(err)) => return Err(format!("registration refused: {err}")),
+        None => return Err("the master closed the session during registration".to_owned()),
+    }
+    info!(node = %config.name, master = %config.master, max_runners = config.max_runners, "registered with the master");
+    backoff.reset();
+
+    let ctx = RunContext {
+        node: config.name.clone(),
+        options: config.runner.clone(),
+        cache: FileCache::new(config.work_dir.join("cache")),
+        client,
+        tasks_dir: config.work_dir.join("tasks"),
+        events: events.clone(),
+    };
+    let mut runners = Runners::new(config.max_runners, ctx);
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    let ended = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            message = inbound.next() => match message {
+                Some(Ok(MasterToWorker::Assign(task))) => runners.start(task).await,
+                Some(Ok(MasterToWorker::Cancel { task_id, reason })) => runners.stop(task_id, Stop::User(reason)),
+                Some(Ok(MasterToWorker::Registered)) => {}
+                Some(Err(err)) => break Err(err.to_string()),
+                None => break Err("the master closed the session".to_owned()),
+            },
+            Some(done) = runners.tasks.join_next() => runners.reap(done),
+            _ = heartbeat.tick() => {
+                let running = runners.active.len() as u32;
+                if events.send(WorkerToMaster::Heartbeat { running }).await.is_err() {
+                    break Err("session closed".to_owned());
+                }
+            }
+        }
+    };
+    // Whatever ended the session, no spider outlives it: on shutdown the master hears each task's outcome,
+    // and when the master is lost it has already written the tasks off.
+    let stop = if ended.is_ok() {
+        Stop::Shutdown
+    } else {
+        Stop::MasterLost
+    };
+    runners.stop_all(stop).await;
+    ended
+}
+
+struct Runners {
+    slots: Arc<Semaphore>,
+    active: HashMap<TaskId, watch::Sender<Option<Stop>>>,
+    tasks: JoinSet<TaskId>,
+    ctx: RunContext,
+}
+
+impl Runners {
+    fn new(max_runners: u32, ctx: RunContext) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_runners as usize)),
+            active: HashMap::new(),
+            tasks: JoinSet::new(),
+            ctx,
+        }
+    }
+
+    async fn start(&mut self, task: Assignment) {
+        let task_id = task.task_id;
+        let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            // The master counts slots too, so this only happens if the two disagree; say so rather than queue.
+            error!(task_id = %task_id, node = %self.ctx.node, "assigned a task with no free runner slot");
+            let outcome = TaskOutcome::Abnormal {
+                reason: format!("node {} had no free runner slot", self.ctx.node),
+            };
+            let _ = self
+                .ctx
+                .events
+                .send(WorkerToMaster::TaskEnded {
+                    task_id,
+                    outcome,
+                    at: Utc::now(),
+                })
+                .await;
+            return;
+        };
+        let (stop_tx, stop_rx) = watch::channel(None);
+        self.active.insert(task_id, stop_tx);
+        let ctx = self.ctx.clone();
+        self.tasks.spawn(async move {
+            let outcome = runner::execute(&ctx, task, stop_rx).await;
+            info!(task_id = %task_id, node = %ctx.node, status = %outcome.status(), "task ended");
+            let _ = ctx
+                .events
+                .send(WorkerToMaster::TaskEnded {
+                    task_id,
+                    outcome,
+                    at: Utc::now(),
+                })
+                .await;
+            drop(permit);
+            task_id
+        });
+    }
+
+    fn stop(&self, task_id: TaskId, reason: Stop) {
+        match self.active.get(&task_id) {
+            Some(stop) => {
+                stop.send_replace(Some(reason));
+            }
+            None => warn!(task_id = %task_id, "cancel for a task this worker is not running"),
+        }
+    }
+
+    fn reap(&mut self, done: Result<TaskId, tokio::task::JoinError>) {
+        match done {
+            Ok(task_id) => {
+                self.active.remove(&task_id);
+            }
+            Err(err) => error!(error = %err, "a runner task failed"),
+        }
+    }
+
+    async fn stop_all(mut self, reason: Stop) {
+        for stop in self.active.values() {
+            stop.send_replace(Some(reason.clone()));
+        }
+        while let Some(done) = self.tasks.join_next().await {
+            self.reap(done);
+        }
+    }
+}
+
+/// Exponential backoff between reconnects: 200 ms doubling up to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        now
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
