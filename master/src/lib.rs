@@ -1,0 +1,309 @@
+//! The Arachne master: stores spiders and tasks, dispatches tasks to workers over gRPC, and serves the HTTP
+//! API. `arachne-master` is a thin binary over [`run`], so tests start exactly what users run.
+
+mod api;
+mod cluster;
+pub mod files;
+mod scheduler;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arachne_shared::{TaskOutcome, TaskStatus};
+use arachne_web_api::{Backend, RouterOptions};
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::api::MasterApi;
+use crate::cluster::Cluster;
+use crate::files::{SpiderFiles, UploadLimits};
+use crate::scheduler::Scheduler;
+use crate::store::{Store, TaskFilter, embedded::EmbeddedStore};
+
+/// The master's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the embedded store and spider files live.
+    pub data_dir: PathBuf,
+    /// Spider folders (each with an `arachne.toml`) registered on start if no spider of that name exists.
+    pub examples_dir: Option<PathBuf>,
+    /// Runs a worker inside the master process; `None` turns it off.
+    pub local_worker: Option<LocalWorker>,
+    pub upload: UploadLimits,
+    pub http: RouterOptions,
+}
+
+/// The worker the master runs in its own process.
+#[derive(Debug, Clone)]
+pub struct LocalWorker {
+    pub name: String,
+    pub max_runners: u32,
+    pub runner: arachne_worker::RunnerOptions,
+}
+
+impl Default for LocalWorker {
+    fn default() -> Self {
+        Self {
+            name: "local".into(),
+            max_runners: 4,
+            runner: Default::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults: a local worker, no example spiders.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            examples_dir: None,
+            local_worker: Some(LocalWorker::default()),
+            upload: UploadLimits::default(),
+            http: RouterOptions::default(),
+        }
+    }
+}
+
+/// The sockets the master serves on, bound by the caller so tests can use port 0.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+}
+
+/// Errors that stop the master.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+    #[error("grpc server: {0}")]
+    Grpc(#[from] arachne_proto::Error),
+    #[error("local worker: {0}")]
+    Worker(#[from] arachne_worker::Error),
+}
+
+/// Runs the master until `shutdown` is cancelled. The local worker stops first, so its running tasks are
+/// settled and reported before the servers close.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?);
+    recover(store.as_ref()).await?;
+
+    let files = SpiderFiles::new(config.data_dir.join("spiders"), config.upload.clone());
+    let scheduler = Arc::new(Scheduler::new(Arc::clone(&store)));
+    let api = Arc::new(MasterApi {
+        store: Arc::clone(&store),
+        scheduler: Arc::clone(&scheduler),
+        files: files.clone(),
+    });
+    if let Some(dir) = &config.examples_dir {
+        register_examples(api.as_ref(), dir).await;
+    }
+
+    let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
+    let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
+    let servers = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    tracker.spawn(Arc::clone(&scheduler).run(servers.clone()));
+    let cluster = Arc::new(Cluster {
+        store,
+        scheduler,
+        files,
+        shutdown: servers.clone(),
+    });
+    let grpc = tracker.spawn(arachne_proto::server::serve(
+        listeners.grpc,
+        cluster,
+        servers.clone(),
+    ));
+    let router = arachne_web_api::router(api as Arc<dyn Backend>, &config.http);
+    let http_shutdown = servers.clone();
+    let http = tracker.spawn(async move {
+        axum::serve(listeners.http, router)
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+    });
+    info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "master started");
+
+    let worker = config.local_worker.clone().map(|local| {
+        let mut worker_config = arachne_worker::Config::new(
+            format!("http://{}", loopback(grpc_addr)),
+            local.name,
+            config.data_dir.join("local-worker"),
+        );
+        worker_config.max_runners = local.max_runners;
+        worker_config.runner = local.runner;
+        tokio::spawn(arachne_worker::run(worker_config, shutdown.child_token()))
+    });
+
+    // Either a shutdown, or a server that died on its own, ends the master.
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = servers.cancelled() => {}
+    }
+    if let Some(worker) = worker {
+        match worker.await {
+            Ok(result) => result?,
+            Err(err) => warn!(error = %err, "local worker task failed"),
+        }
+    }
+    servers.cancel();
+    tracker.close();
+    tracker.wait().await;
+    match grpc.await {
+        Ok(result) => result?,
+        Err(err) => warn!(error = %err, "grpc server task failed"),
+    }
+    match http.await {
+        Ok(result) => result.map_err(Error::Http)?,
+        Err(err) => warn!(error = %err, "http server task failed"),
+    }
+    info!("master stopped");
+    Ok(())
+}
+
+/// A wildcard listen address is not something to connect to; the local worker dials loopback instead.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    }
+}
+
+/// Settles what a previous run of the master left in flight. Pending tasks stay queued (a handed-out one goes
+/// back to the queue, since its worker's session died with the master); tasks that were running cannot be
+/// vouched for and become Abnormal with the reason.
+async fn recover(store: &dyn Store) -> Result<(), store::Error> {
+    let mut requeued = 0;
+    let mut abnormal = 0;
+    for status in [
+        TaskStatus::Created,
+        TaskStatus::Pending,
+        TaskStatus::Running,
+    ] {
+        let mut offset = 0;
+        loop {
+            let filter = TaskFilter {
+                status: Some(status),
+                limit: 500,
+                offset,
+                ..Default::default()
+            };
+            let (tasks, _) = store.list_tasks(&filter).await?;
+            if tasks.is_empty() {
+                break;
+            }
+            offset += tasks.len() as u32;
+            for task in tasks {
+                let change: store::TaskChange = if status == TaskStatus::Running {
+                    abnormal += 1;
+                    Box::new(|t| {
+                        let reason = "the master restarted while the task ran".to_owned();
+                        t.finish(&TaskOutcome::Abnormal { reason }, Utc::now());
+                        true
+                    })
+                } else {
+                    requeued += 1;
+                    Box::new(|t| {
+                        if t.status == TaskStatus::Created {
+                            t.set_status(TaskStatus::Pending, Utc::now());
+                        }
+                        t.node = None;
+                        true
+                    })
+                };
+                store.update_task(task.id, &[status], change).await?;
+            }
+            if status == TaskStatus::Running {
+                // Those rows left the filter, so the next page starts at the beginning again.
+                offset = 0;
+            }
+        }
+    }
+    let mut nodes = store.list_nodes().await?;
+    for node in &mut nodes {
+        node.status = arachne_shared::NodeStatus::Offline;
+        node.running = 0;
+        store.put_node(node).await?;
+    }
+    if requeued + abnormal > 0 {
+        info!(requeued, abnormal, "recovered tasks from the previous run");
+    }
+    Ok(())
+}
+
+/// The settings file of a spider folder.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpiderManifest {
+    name: String,
+    cmd: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// Registers every example spider that does not exist yet. A broken example is reported and skipped.
+async fn register_examples(api: &MasterApi, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        info!(dir = %dir.display(), "no examples folder; no example spiders registered");
+        return;
+    };
+    let mut folders: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    folders.sort();
+    for folder in folders {
+        if let Err(err) = register_example(api, &folder).await {
+            warn!(folder = %folder.display(), error = %err, "example spider not registered");
+        }
+    }
+}
+
+async fn register_example(api: &MasterApi, folder: &Path) -> Result<(), String> {
+    let manifest_path = folder.join("arachne.toml");
+    let text = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    let manifest: SpiderManifest =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    let _ = manifest.description;
+    if api.get_spider(&manifest.name).await.is_ok() {
+        return Ok(());
+    }
+    let archive = arachne_web_api::archive::pack_dir(folder).map_err(|e| e.to_string())?;
+    let request = arachne_web_api::types::CreateSpider {
+        name: manifest.name.clone(),
+        cmd: manifest.cmd,
+    };
+    api.put_spider(request).await.map_err(|e| e.to_string())?;
+    api.upload_files(&manifest.name, archive)
+        .await
+        .map_err(|e| e.to_string())?;
+    info!(spider = %manifest.name, "example spider registered");
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `arachne-master`: parses configuration, binds the listeners and runs the master library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use arachne_master::{Config, Listeners, LocalWorker};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The Arachne master: API, scheduler and (by default) a local worker in one process.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Where the embedded store and spider files live.
+    #[arg(long, env = "ARACHNE_DATA_DIR", default_value = "./arachne-data")]
+    data_dir: PathBuf,
+    /// HTTP API address.
+    #[arg(long, env = "ARACHNE_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Worker gRPC address.
+    #[arg(long, env = "ARACHNE_GRPC", default_value = "127.0.0.1:9666")]
+    grpc: SocketAddr,
+    /// Do not run a worker inside the master.
+    #[arg(long)]
+    no_local_worker: bool,
+    /// Runner slots of the local worker.
+    #[arg(long, default_value_t = 4)]
+    local_max_runners: u32,
+    /// Spider folders registered on start when missing (each holds an arachne.toml).
+    #[arg(long, default_value = "examples")]
+    examples_dir: PathBuf,
+    /// Largest spider upload, in MiB.
+    #[arg(long, default_value_t = 256)]
+    max_upload_mib: usize,
+    /// Seconds a spider has to exit after a cancel before SIGTERM.
+    #[arg(long, default_value_t = 5)]
+    cancel_grace: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = Config::new(args.data_dir);
+    config.examples_dir = Some(args.examples_dir);
+    config.http.max_upload_bytes = args.max_upload_mib << 20;
+    config.local_worker = (!args.no_local_worker).then(|| LocalWorker {
+        max_runners: args.local_max_runners,
+        runner: arachne_worker::RunnerOptions {
+            cancel_grace: Duration::from_secs(args.cancel_grace),
+            ..Default::default()
+        },
+        ..LocalWorker::default()
+    });
+    let listeners = Listeners {
+        http: TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("binding the HTTP address {}", args.http))?,
+        grpc: TcpListener::bind(args.grpc)
+            .await
+            .with_context(|| format!("binding the gRPC address {}", args.grpc))?,
+    };
+    let shutdown = CancellationToken::new();
+    arachne_worker::signals::spawn_handler(shutdown.clone());
+    arachne_master::run(config, listeners, shutdown).await?;
+    Ok(())
+}

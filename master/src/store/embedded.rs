@@ -1,0 +1,399 @@
+//! The embedded store: SQLite (bundled, so nothing to install) in one file under the data directory.
+//!
+//! Rows keep the queried fields as columns and the full record as JSON; log lines and items are keyed by
+//! `(task_id, seq)` and inserted with `OR IGNORE`, which makes a retried batch harmless.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arachne_shared::{
+    ItemRecord, LogLine, LogStream, Node, Spider, Task, TaskId, TaskStatus, from_millis, to_millis,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Error, Result, Store, TaskChange, TaskFilter};
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS spiders (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    spider_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    node TEXT,
+    priority INTEGER NOT NULL,
+    log_lines INTEGER NOT NULL DEFAULT 0,
+    items INTEGER NOT NULL DEFAULT 0,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_dispatch ON tasks (status, priority, id) WHERE node IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
+CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
+CREATE INDEX IF NOT EXISTS tasks_node ON tasks (node, id);
+CREATE TABLE IF NOT EXISTS logs (
+    task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, at_ms INTEGER NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+";
+
+/// The SQLite store. Calls run on the blocking pool so they never stall the async runtime.
+pub struct EmbeddedStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn db(err: rusqlite::Error) -> Error {
+    Error::Database(err.to_string())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain types serialise")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(db)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory().map_err(db)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| Error::Database(format!("store call failed: {e}")))?
+    }
+}
+
+fn read_task(data: String, log_lines: i64, items: i64) -> Result<Task> {
+    let mut task: Task = from_json(&data)?;
+    task.log_lines = log_lines as u64;
+    task.items = items as u64;
+    Ok(task)
+}
+
+fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {
+    conn.query_row(
+        "SELECT data, log_lines, items FROM tasks WHERE id = ?1",
+        [id.to_string()],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    )
+    .optional()
+    .map_err(db)?
+    .map(|(data, lines, items)| read_task(data, lines, items))
+    .transpose()
+}
+
+fn write_task(conn: &Connection, task: &Task) -> Result<()> {
+    conn.execute(
+        "INSERT INTO tasks (id, spider_name, status, node, priority, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id) DO UPDATE SET status = ?3, node = ?4, priority = ?5, data = ?6",
+        params![
+            task.id.to_string(),
+            task.spider_name,
+            task.status.as_str(),
+            task.node,
+            task.priority,
+            to_json(task)
+        ],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for EmbeddedStore {
+    async fn put_spider(&self, spider: &Spider) -> Result<()> {
+        let spider = spider.clone();
+        self.call(move |conn| {
+            let result = conn.execute(
+                "INSERT INTO spiders (id, name, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET name = ?2, data = ?3",
+                params![spider.id.to_string(), spider.name, to_json(&spider)],
+            );
+            match result {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(Error::Duplicate(format!("spider {:?}", spider.name)))
+                }
+                other => other.map(drop).map_err(db),
+            }
+        })
+        .await
+    }
+
+    async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>> {
+        let name = name.to_owned();
+        self.call(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM spiders WHERE name = ?1", [name], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            data.map(|d| from_json(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn list_spiders(&self) -> Result<Vec<Spider>> {
+        self.call(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT data FROM spiders ORDER BY name")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(db)?;
+            rows.map(|r| from_json(&r.map_err(db)?)).collect()
+        })
+        .await
+    }
+
+    async fn insert_task(&self, task: &Task) -> Result<()> {
+        let task = task.clone();
+        self.call(move |conn| write_task(conn, &task)).await
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        self.call(move |conn| get_task(conn, id)).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)> {
+        let filter = filter.clone();
+        self.call(move |conn| {
+            let mut clauses = Vec::new();
+            let mut args: Vec<String> = Vec::new();
+            for (column, value) in [
+                ("spider_name", filter.spider_name),
+                ("status", filter.status.map(|s| s.as_str().to_owned())),
+                ("node", filter.node),
+            ] {
+                if let Some(value) = value {
+                    args.push(value);
+                    clauses.push(format!("{column} = ?{}", args.len()));
+                }
+            }
+            let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+            let total: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM tasks {filter_sql}"), rusqlite::params_from_iter(&args), |r| {
+                    r.get(0)
+                })
+                .map_err(db)?;
+            let sql = format!(
+                "SELECT data, log_lines, items FROM tasks {filter_sql} ORDER BY id DESC LIMIT {} OFFSET {}",
+                filter.limit, filter.offset
+            );
+            let mut stmt = conn.prepare(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(&args), |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(db)?;
+            let tasks = rows
+                .map(|r| {
+                    let (data, lines, items) = r.map_err(db)?;
+                    read_task(data, lines, items)
+                })
+                .collect::<Result<_>>()?;
+            Ok((tasks, total as u64))
+        })
+        .await
+    }
+
+    async fn update_task(
+        &self,
+        id: TaskId,
+        expected: &[TaskStatus],
+        change: TaskChange,
+    ) -> Result<Option<Task>> {
+        let expected = expected.to_vec();
+        self.call(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let Some(mut task) = get_task(&tx, id)? else {
+                return Ok(None);
+            };
+            if !expected.contains(&task.status) {
+                return Ok(None);
+            }
+            if !change(&mut task) {
+                return Ok(None);
+            }
+            write_task(&tx, &task)?;
+            tx.commit().map_err(db)?;
+            Ok(Some(task))
+        })
+        .await
+    }
+
+    async fn dispatchable(&self, limit: u32) -> Result<Vec<Task>> {
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT data, log_lines, items FROM tasks WHERE status = 'pending' AND node IS NULL
+                     ORDER BY priority, id LIMIT ?1",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map([limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).map_err(db)?;
+            rows.map(|r| {
+                let (data, lines, items) = r.map_err(db)?;
+                read_task(data, lines, items)
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()> {
+        let lines = lines.to_vec();
+        self.call(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let id = task.to_string();
+            let mut added = 0usize;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO logs (task_id, seq, stream, at_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(db)?;
+                for line in &lines {
+                    added += stmt
+                        .execute(params![id, line.seq as i64, line.stream.as_str(), to_millis(line.at), line.text])
+                        .map_err(db)?;
+                }
+            }
+            tx.execute("UPDATE tasks SET log_lines = log_lines + ?1 WHERE id = ?2", params![added as i64, id])
+                .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn logs(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>> {
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, stream, at_ms, text FROM logs WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![task.to_string(), after as i64, limit], |row| {
+                    let stream: String = row.get(1)?;
+                    Ok(LogLine {
+                        seq: row.get::<_, i64>(0)? as u64,
+                        stream: match stream.as_str() {
+                            "stderr" => LogStream::Stderr,
+                            "system" => LogStream::System,
+                            _ => LogStream::Stdout,
+                        },
+                        at: from_millis(row.get(2)?),
+                        text: row.get(3)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+        .await
+    }
+
+    async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()> {
+        let items = items.to_vec();
+        self.call(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let id = task.to_string();
+            let mut added = 0usize;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO items (task_id, seq, data) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(db)?;
+                for item in &items {
+                    added += stmt
+                        .execute(params![id, item.seq as i64, to_json(&item.data)])
+                        .map_err(db)?;
+                }
+            }
+            tx.execute(
+                "UPDATE tasks SET items = items + ?1 WHERE id = ?2",
+                params![added as i64, id],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+        .await
+    }
+
+    async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, data FROM items WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![task.to_string(), after as i64, limit], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(db)?;
+            rows.map(|r| {
+                let (seq, data) = r.map_err(db)?;
+                Ok(ItemRecord { seq: seq as u64, data: from_json(&data)? })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn put_node(&self, node: &Node) -> Result<()> {
+        let node = node.clone();
+        self.call(move |conn| {
+            conn.execute(
+                "INSERT INTO nodes (name, data) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET data = ?2",
+                params![node.name, to_json(&node)],
+            )
+            .map(drop)
+            .map_err(db)
+        })
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        self.call(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT data FROM nodes ORDER BY name")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(db)?;
+            rows.map(|r| from_json(&r.map_err(db)?)).collect()
+        })
+        .await
+    }
+}

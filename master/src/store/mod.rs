@@ -1,0 +1,71 @@
+//! Persistence behind one [`Store`] trait, one module per backend. The embedded SQLite store is the default
+//! and needs no service; the MongoDB backend (issue 6) implements the same trait.
+//!
+//! Architecture invariant: every state change of a task goes through [`Store::update_task`], a conditional
+//! update, so two writers racing on one task (the dispatcher and a cancel, say) can never both win.
+
+pub mod embedded;
+
+use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId, TaskStatus};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0} already exists")]
+    Duplicate(String),
+}
+
+/// Result of store calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Filters of [`Store::list_tasks`]. Results are newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub spider_name: Option<String>,
+    pub status: Option<TaskStatus>,
+    pub node: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// A change to apply to a task if its status is one of `expected`. It returns `false` to leave the task as it
+/// was, which lets a caller check more than the status (for example "not yet handed to a node") atomically.
+pub type TaskChange = Box<dyn FnOnce(&mut Task) -> bool + Send + 'static>;
+
+/// The storage interface of the master.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts or replaces a spider, keyed by id. A different spider with the same name is a `Duplicate`.
+    async fn put_spider(&self, spider: &Spider) -> Result<()>;
+    async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>>;
+    async fn list_spiders(&self) -> Result<Vec<Spider>>;
+
+    async fn insert_task(&self, task: &Task) -> Result<()>;
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
+    /// Tasks matching `filter`, newest first, and how many match in all.
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)>;
+    /// Applies `change` atomically if the task's status is in `expected`. Returns the updated task, or `None`
+    /// when the task does not exist, its status did not match, or `change` declined.
+    async fn update_task(
+        &self,
+        id: TaskId,
+        expected: &[TaskStatus],
+        change: TaskChange,
+    ) -> Result<Option<Task>>;
+    /// Pending tasks not yet handed to a node, by priority (1 first) then age.
+    async fn dispatchable(&self, limit: u32) -> Result<Vec<Task>>;
+
+    /// Stores log lines; a line whose sequence number is already stored is skipped, so retries are safe.
+    async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()>;
+    async fn logs(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
+    /// Stores items; an item whose sequence number is already stored is skipped, so retries are safe.
+    async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()>;
+    async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
+
+    async fn put_node(&self, node: &Node) -> Result<()>;
+    async fn list_nodes(&self) -> Result<Vec<Node>>;
+}

@@ -1,0 +1,469 @@
+//! The `arachne` command line: every command is one or a few client calls, printed as a table or as JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arachne_shared::{Task, TaskId, TaskStatus};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, FollowEvent};
+use crate::types::{CreateSpider, ItemQuery, MAX_LIMIT, RunTask, TaskQuery};
+
+/// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    #[error("packing the spider folder failed: {0}")]
+    Archive(#[from] crate::archive::Error),
+    #[error("invalid task id {0:?}")]
+    TaskId(String),
+    #[error("writing output failed: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Arachne: run web crawlers at scale.
+#[derive(Debug, Parser)]
+#[command(name = "arachne", version)]
+pub struct Cli {
+    /// The master's HTTP address.
+    #[arg(
+        long,
+        global = true,
+        env = "ARACHNE_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage spiders.
+    #[command(subcommand)]
+    Spider(SpiderCommand),
+    /// Run a spider: creates a task and prints its id.
+    Run {
+        spider: String,
+        /// Arguments appended to the spider's command.
+        #[arg(long, allow_hyphen_values = true)]
+        param: Option<String>,
+        /// 1 (highest) to 10.
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Stream the task's logs until it ends; exit 0 only if it Finished.
+        #[arg(long)]
+        follow: bool,
+        /// Wait for the task to end; exit 0 only if it Finished.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Inspect tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Print a task's log.
+    Logs {
+        id: String,
+        /// Keep streaming until the task ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print the items a task produced.
+    Items {
+        id: String,
+        #[arg(long, value_enum, default_value_t = ItemsFormat::Jsonl)]
+        format: ItemsFormat,
+    },
+    /// Cancel a task; its processes are killed.
+    Cancel { id: String },
+    /// Inspect worker nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpiderCommand {
+    /// Create a spider (or update it) and upload its folder.
+    Create {
+        name: String,
+        /// Shell command run in the spider's folder.
+        #[arg(long)]
+        cmd: String,
+        /// The folder holding the spider's files.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    List {
+        #[arg(long)]
+        spider: Option<String>,
+        #[arg(long)]
+        status: Option<TaskStatus>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    Show {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    List,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ItemsFormat {
+    Jsonl,
+    Json,
+}
+
+/// Runs one CLI invocation and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match execute(cli).await {
+        Ok(code) => code,
+        // `arachne logs ID | head` closes the pipe early; that is the reader's choice, not a failure.
+        Err(Error::Output(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<TaskId, Error> {
+    id.parse().map_err(|_| Error::TaskId(id.to_owned()))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn task_exit(task: &Task) -> ExitCode {
+    if task.status == TaskStatus::Finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn describe_end(task: &Task) {
+    let detail = task
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    eprintln!("task {} {}{detail}", task.id, task.status);
+}
+
+async fn execute(cli: Cli) -> Result<ExitCode, Error> {
+    let client = Client::new(&cli.server);
+    match cli.command {
+        Command::Spider(SpiderCommand::Create { name, cmd, dir }) => {
+            let mut spider = client
+                .put_spider(&CreateSpider {
+                    name: name.clone(),
+                    cmd,
+                })
+                .await?;
+            if let Some(dir) = dir {
+                let archive = crate::archive::pack_dir(&dir)?;
+                spider = client.upload_files(&name, archive).await?;
+            }
+            if cli.json {
+                print_json(&spider)?;
+            } else {
+                println!(
+                    "spider {} version {} ({} files)",
+                    spider.name,
+                    short(&spider.version),
+                    spider.file_count
+                );
+            }
+        }
+        Command::Spider(SpiderCommand::List) => {
+            let spiders = client.list_spiders().await?;
+            if cli.json {
+                return print_json(&spiders).map(|()| ExitCode::SUCCESS);
+            }
+            let rows = spiders
+                .into_iter()
+                .map(|s| {
+                    vec![
+                        s.name,
+                        s.cmd,
+                        short(&s.version).into(),
+                        s.file_count.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "COMMAND", "VERSION", "FILES"], rows);
+        }
+        Command::Spider(SpiderCommand::Show { name }) => {
+            let spider = client.get_spider(&name).await?;
+            print_json(&spider)?;
+        }
+        Command::Run {
+            spider,
+            param,
+            priority,
+            follow,
+            wait,
+        } => {
+            let task = client
+                .run_task(&RunTask {
+                    spider,
+                    param,
+                    priority,
+                })
+                .await?;
+            if cli.json && !follow && !wait {
+                print_json(&task)?;
+            } else {
+                println!("{}", task.id);
+            }
+            if follow {
+                return follow_logs(&client, task.id).await;
+            }
+            if wait {
+                let task = wait_for(&client, task.id).await?;
+                describe_end(&task);
+                return Ok(task_exit(&task));
+            }
+        }
+        Command::Task(TaskCommand::List {
+            spider,
+            status,
+            limit,
+        }) => {
+            let query = TaskQuery {
+                spider,
+                status,
+                limit: Some(limit),
+                offset: None,
+            };
+            let page = client.list_tasks(&query).await?;
+            if cli.json {
+                return print_json(&page).map(|()| ExitCode::SUCCESS);
+            }
+            let rows = page
+                .items
+                .into_iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.spider_name,
+                        t.status.to_string(),
+                        or_dash(t.node),
+                        t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        t.items.to_string(),
+                        or_dash(t.error),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID", "SPIDER", "STATUS", "NODE", "CREATED", "ITEMS", "ERROR",
+                ],
+                rows,
+            );
+            println!(
+                "({} of {} tasks)",
+                query.limit.unwrap_or(0).min(page.total as u32),
+                page.total
+            );
+        }
+        Command::Task(TaskCommand::Show { id }) => {
+            let task = client.get_task(parse_id(&id)?).await?;
+            print_json(&task)?;
+        }
+        Command::Logs { id, follow } => {
+            let id = parse_id(&id)?;
+            if follow {
+                return follow_logs(&client, id).await;
+            }
+            let mut after = 0;
+            loop {
+                let query = crate::types::LogQuery {
+                    after: Some(after),
+                    limit: Some(MAX_LIMIT),
+                    follow: None,
+                };
+                let lines = client.logs(id, &query).await?;
+                let mut out = std::io::stdout().lock();
+                for line in &lines {
+                    writeln!(out, "{}", line.text)?;
+                }
+                match lines.last() {
+                    Some(last) if lines.len() == MAX_LIMIT as usize => after = last.seq,
+                    _ => break,
+                }
+            }
+        }
+        Command::Items { id, format } => {
+            let id = parse_id(&id)?;
+            let mut after = 0;
+            let mut all = Vec::new();
+            loop {
+                let items = client
+                    .items(
+                        id,
+                        &ItemQuery {
+                            after: Some(after),
+                            limit: Some(MAX_LIMIT),
+                            format: None,
+                        },
+                    )
+                    .await?;
+                let full = items.len() == MAX_LIMIT as usize;
+                if let Some(last) = items.last() {
+                    after = last.seq;
+                }
+                match format {
+                    ItemsFormat::Jsonl => {
+                        let mut out = std::io::stdout().lock();
+                        for item in items {
+                            writeln!(out, "{}", serde_json::Value::Object(item.data))?;
+                        }
+                    }
+                    ItemsFormat::Json => {
+                        all.extend(items.into_iter().map(|i| serde_json::Value::Object(i.data)))
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            if let ItemsFormat::Json = format {
+                print_json(&all)?;
+            }
+        }
+        Command::Cancel { id } => {
+            let task = client.cancel_task(parse_id(&id)?).await?;
+            if cli.json {
+                print_json(&task)?;
+            } else if task.status.is_terminal() {
+                println!("task {} {}", task.id, task.status);
+            } else {
+                println!(
+                    "task {} cancelling: its process group is being stopped",
+                    task.id
+                );
+            }
+        }
+        Command::Node(NodeCommand::List) => {
+            let nodes = client.list_nodes().await?;
+            if cli.json {
+                return print_json(&nodes).map(|()| ExitCode::SUCCESS);
+            }
+            let rows = nodes
+                .into_iter()
+                .map(|n| {
+                    vec![
+                        n.name,
+                        n.status.as_str().into(),
+                        n.running.to_string(),
+                        n.max_runners.to_string(),
+                        n.version,
+                        n.last_seen.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NAME",
+                    "STATUS",
+                    "RUNNING",
+                    "MAX RUNNERS",
+                    "VERSION",
+                    "LAST SEEN",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(version: &str) -> &str {
+    if version.is_empty() {
+        "-"
+    } else {
+        &version[..version.len().min(12)]
+    }
+}
+
+async fn wait_for(client: &Client, id: TaskId) -> Result<Task, Error> {
+    loop {
+        let task = client.wait_task(id, 60).await?;
+        if task.status.is_terminal() {
+            return Ok(task);
+        }
+    }
+}
+
+async fn follow_logs(client: &Client, id: TaskId) -> Result<ExitCode, Error> {
+    let mut ended = None;
+    let mut write_error = None;
+    client
+        .follow_logs(id, 0, |event| match event {
+            FollowEvent::Line(line) => {
+                if let Err(err) = writeln!(std::io::stdout().lock(), "{}", line.text) {
+                    write_error.get_or_insert(err);
+                }
+            }
+            FollowEvent::End(task) => ended = Some(task),
+        })
+        .await?;
+    if let Some(err) = write_error {
+        return Err(err.into());
+    }
+    let task = match ended {
+        Some(task) => *task,
+        None => wait_for(client, id).await?,
+    };
+    describe_end(&task);
+    Ok(task_exit(&task))
+}

@@ -1,0 +1,269 @@
+//! A typed client of the HTTP API, used by the CLI and by tests.
+
+use std::time::Duration;
+
+use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId};
+use futures_util::StreamExt;
+use reqwest::{RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+
+use crate::error::ErrorBody;
+use crate::types::{
+    CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, TaskQuery,
+};
+
+/// Errors of client calls.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server answered with an error; carries its message.
+    #[error("{message} ({code}, HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach the server at {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+/// Result of client calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a log follower sees.
+#[derive(Debug)]
+pub enum FollowEvent {
+    Line(LogLine),
+    /// The task ended; no more lines will come.
+    End(Box<Task>),
+}
+
+/// An API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the server at `base` (for example `http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("client builds");
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.base)
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Result<Response> {
+        let response = request.send().await.map_err(|source| Error::Http {
+            url: self.base.clone(),
+            source,
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Error::Api {
+                status,
+                code: body.error.code,
+                message: body.error.message,
+            },
+            Err(_) => Error::Api {
+                status,
+                code: "http".into(),
+                message: text,
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
+        let response = self.send(request).await?;
+        let bytes = response.bytes().await.map_err(|source| Error::Http {
+            url: self.base.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value> {
+        self.json(self.http.get(format!("{}/health", self.base)))
+            .await
+    }
+
+    pub async fn put_spider(&self, spider: &CreateSpider) -> Result<Spider> {
+        self.json(self.http.post(self.url("/spiders")).json(spider))
+            .await
+    }
+
+    pub async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider> {
+        let request = self
+            .http
+            .put(self.url(&format!("/spiders/{name}/files")))
+            .header("content-type", "application/gzip")
+            .body(archive);
+        self.json(request).await
+    }
+
+    pub async fn list_spiders(&self) -> Result<Vec<Spider>> {
+        self.json(self.http.get(self.url("/spiders"))).await
+    }
+
+    pub async fn get_spider(&self, name: &str) -> Result<Spider> {
+        self.json(self.http.get(self.url(&format!("/spiders/{name}"))))
+            .await
+    }
+
+    pub async fn run_task(&self, run: &RunTask) -> Result<Task> {
+        self.json(self.http.post(self.url("/tasks")).json(run))
+            .await
+    }
+
+    pub async fn list_tasks(&self, query: &TaskQuery) -> Result<Page<Task>> {
+        self.json(self.http.get(self.url("/tasks")).query(query))
+            .await
+    }
+
+    pub async fn get_task(&self, id: TaskId) -> Result<Task> {
+        self.json(self.http.get(self.url(&format!("/tasks/{id}"))))
+            .await
+    }
+
+    pub async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+        self.json(self.http.post(self.url(&format!("/tasks/{id}/cancel"))))
+            .await
+    }
+
+    /// Waits up to `timeout_secs` for the task to end and returns it as it then is.
+    pub async fn wait_task(&self, id: TaskId, timeout_secs: u64) -> Result<Task> {
+        let request = self
+            .http
+            .get(self.url(&format!("/tasks/{id}/wait")))
+            .query(&[("timeout", timeout_secs)]);
+        self.json(request).await
+    }
+
+    pub async fn logs(&self, id: TaskId, query: &LogQuery) -> Result<Vec<LogLine>> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/tasks/{id}/logs")))
+                .query(query),
+        )
+        .await
+    }
+
+    pub async fn items(&self, id: TaskId, query: &ItemQuery) -> Result<Vec<ItemRecord>> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/tasks/{id}/items")))
+                .query(query),
+        )
+        .await
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<Node>> {
+        self.json(self.http.get(self.url("/nodes"))).await
+    }
+
+    /// Follows a task's log from line `after` on, calling `on_event` for each line and once at the end. If the
+    /// stream breaks before the task ends, it reconnects and resumes after the last line seen.
+    pub async fn follow_logs(
+        &self,
+        id: TaskId,
+        mut after: u64,
+        mut on_event: impl FnMut(FollowEvent),
+    ) -> Result<()> {
+        let mut failures = 0u32;
+        loop {
+            match self.follow_once(id, &mut after, &mut on_event).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => failures = 0,
+                Err(err @ Error::Api { .. }) => return Err(err),
+                Err(err) => {
+                    failures += 1;
+                    if failures > 30 {
+                        return Err(err);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+        }
+    }
+
+    /// One SSE connection. `Ok(true)` when the task ended.
+    async fn follow_once(
+        &self,
+        id: TaskId,
+        after: &mut u64,
+        on_event: &mut impl FnMut(FollowEvent),
+    ) -> Result<bool> {
+        let query = LogQuery {
+            after: Some(*after),
+            follow: Some(true),
+            ..LogQuery::default()
+        };
+        let request = self
+            .http
+            .get(self.url(&format!("/tasks/{id}/logs")))
+            .query(&query);
+        let response = self.send(request).await?;
+        let mut body = response.bytes_stream();
+        let mut buffer = Vec::new();
+        let mut event = String::new();
+        let mut data = String::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| Error::Http {
+                url: self.base.clone(),
+                source,
+            })?;
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    match event.as_str() {
+                        EVENT_LOG => {
+                            let log: LogLine = serde_json::from_str(&data)
+                                .map_err(|e| Error::Decode(e.to_string()))?;
+                            *after = log.seq;
+                            on_event(FollowEvent::Line(log));
+                        }
+                        EVENT_END => {
+                            let task: Task = serde_json::from_str(&data)
+                                .map_err(|e| Error::Decode(e.to_string()))?;
+                            on_event(FollowEvent::End(Box::new(task)));
+                            return Ok(true);
+                        }
+                        "error" => return Err(Error::Decode(data)),
+                        _ => {}
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(value) = line.strip_prefix("event:") {
+                    event = value.trim_start().to_owned();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value.strip_prefix(' ').unwrap_or(value));
+                }
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,47 @@
+//! Arachne's HTTP contract. This crate owns the routes ([`router`]), the request and response types
+//! ([`types`]), a typed [`client::Client`], and the `arachne` CLI.
+//!
+//! Architecture invariant: the master is reached only through the [`Backend`] trait. Nothing here knows how
+//! the master stores, schedules or runs anything, and the master knows nothing of HTTP.
+
+pub mod archive;
+pub mod cli;
+pub mod client;
+mod error;
+mod routes;
+pub mod types;
+
+use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId};
+use tokio::sync::broadcast;
+
+pub use error::{Error, ErrorBody, ErrorDetail};
+pub use routes::{RouterOptions, router};
+use types::{CreateSpider, Page, RunTask, TaskQuery};
+
+/// Result of backend calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the HTTP layer needs from the master.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Creates a spider, or updates the command of an existing one with the same name.
+    async fn put_spider(&self, spider: CreateSpider) -> Result<Spider>;
+    /// Stores a new version of the spider's files from a `.tar.gz` archive and makes it current.
+    async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider>;
+    async fn list_spiders(&self) -> Result<Vec<Spider>>;
+    async fn get_spider(&self, name: &str) -> Result<Spider>;
+    /// Creates a task; it is Pending when this returns.
+    async fn run_task(&self, run: RunTask) -> Result<Task>;
+    async fn list_tasks(&self, query: TaskQuery) -> Result<Page<Task>>;
+    async fn get_task(&self, id: TaskId) -> Result<Task>;
+    /// Cancels a task that has not ended; its process group is killed.
+    async fn cancel_task(&self, id: TaskId) -> Result<Task>;
+    /// Log lines with `seq > after`, oldest first.
+    async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
+    /// Items with `seq > after`, oldest first.
+    async fn items(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
+    async fn list_nodes(&self) -> Result<Vec<Node>>;
+    /// Wakes up on every change of any task (status, new logs, new items). Only a hint: readers re-read the
+    /// store, so a lagging receiver loses nothing.
+    fn subscribe(&self) -> broadcast::Receiver<TaskId>;
+}

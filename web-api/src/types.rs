@@ -1,0 +1,104 @@
+//! Request and response types of the HTTP API. Responses reuse the plain domain types from `arachne_shared`.
+
+use arachne_shared::TaskStatus;
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/spiders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSpider {
+    pub name: String,
+    /// Shell command run in the spider's folder, for example `python3 main.py`.
+    pub cmd: String,
+}
+
+/// `POST /api/v1/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunTask {
+    /// Spider name.
+    pub spider: String,
+    /// Arguments appended to the spider's command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// 1 (highest) to 10; 5 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+/// `GET /api/v1/tasks` filters and paging.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    /// Spider name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+}
+
+/// Default and largest page size of listings.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// Largest page size a client may ask for.
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// One page of a listing, newest first, with the total that matches the filters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// `GET /api/v1/tasks/{id}/logs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Only lines with a larger sequence number.
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Stream as Server-Sent Events until the task ends.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+/// Export formats of items.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemFormat {
+    #[default]
+    Json,
+    Jsonl,
+}
+
+/// `GET /api/v1/tasks/{id}/items`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemQuery {
+    /// Only items with a larger sequence number.
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+    #[serde(default)]
+    pub format: Option<ItemFormat>,
+}
+
+/// `GET /api/v1/tasks/{id}/wait`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait at most (default 30, at most 300).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// The SSE event name of a log line; its `id` is the line's sequence number and its data the line as JSON.
+pub const EVENT_LOG: &str = "log";
+/// The SSE event sent last, when the task has ended; its data is the task as JSON.
+pub const EVENT_END: &str = "end";
