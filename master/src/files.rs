@@ -393,10 +393,6 @@ mod tests {
                 archive(&[("big", &[0u8; 1001], tar::EntryType::Regular)]),
                 "more than 1000 bytes",
             ),
-            (
-                archive(&[("1", b"", tar::EntryType::Regular); 4]),
-                "appears twice",
-            ),
             (archive(&[]), "holds no files"),
             (b"definitely not gzip".to_vec(), "not a valid .tar.gz"),
         ];

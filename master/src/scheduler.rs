@@ -119,12 +119,16 @@ impl Scheduler {
         }
     }
 
-    /// Frees the slot a task held.
+    /// Frees the slot a task held, and dispatches into it.
     pub(crate) fn release(&self, node: &str, task: TaskId) {
+        self.unreserve(node, task);
+        self.kick();
+    }
+
+    fn unreserve(&self, node: &str, task: TaskId) {
         if let Some(worker) = self.workers().get_mut(node) {
             worker.assigned.remove(&task);
         }
-        self.kick();
     }
 
     /// Tasks handed to a connected worker and not ended, or `None` if it is not connected.
@@ -183,9 +187,7 @@ impl Scheduler {
                     return Ok(());
                 };
                 if !self.assign(&task, &node, &outbound).await? {
-                    if let Some(worker) = self.workers().get_mut(&node) {
-                        worker.assigned.remove(&task.id);
-                    }
+                    self.unreserve(&node, task.id);
                 }
             }
             if !batch_full {

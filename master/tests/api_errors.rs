@@ -1,0 +1,212 @@
+//! Bad input over HTTP: every case gets a 4xx with a JSON body naming the problem, and nothing is stored.
+
+mod common;
+
+use common::{TestMaster, create_spider};
+use serde_json::Value;
+
+async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    let code = body["error"]["code"].as_str().unwrap().to_owned();
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    (status, code, message)
+}
+
+fn tar_gz_with_raw_name(name: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(1);
+    header.set_mode(0o644);
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_cksum();
+    builder.append(&header, &b"x"[..]).unwrap();
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let base = format!("http://{}/api/v1", master.http);
+    let http = reqwest::Client::new();
+    create_spider(&master.client, "ok", "true", &[("a", "b")]).await;
+    let version = master.client.get_spider("ok").await.unwrap().version;
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str, &str)> = vec![
+        (
+            http.post(format!("{base}/spiders"))
+                .body("{not json")
+                .header("content-type", "application/json"),
+            400,
+            "bad_request",
+            "invalid body",
+        ),
+        (
+            http.post(format!("{base}/spiders"))
+                .json(&serde_json::json!({"name": "x", "cmd": "y", "colour": 1})),
+            400,
+            "bad_request",
+            "colour",
+        ),
+        (
+            http.post(format!("{base}/spiders"))
+                .json(&serde_json::json!({"name": "x"})),
+            400,
+            "bad_request",
+            "cmd",
+        ),
+        (
+            http.post(format!("{base}/spiders"))
+                .json(&serde_json::json!({"name": "../x", "cmd": "y"})),
+            400,
+            "bad_request",
+            "invalid spider name",
+        ),
+        (
+            http.post(format!("{base}/spiders"))
+                .json(&serde_json::json!({"name": "x", "cmd": "  "})),
+            400,
+            "bad_request",
+            "cmd must not be empty",
+        ),
+        (
+            http.post(format!("{base}/tasks"))
+                .json(&serde_json::json!({"spider": "nope"})),
+            404,
+            "not_found",
+            "spider \"nope\" not found",
+        ),
+        (
+            http.post(format!("{base}/tasks"))
+                .json(&serde_json::json!({"spider": "ok", "priority": 11})),
+            400,
+            "bad_request",
+            "priority",
+        ),
+        (
+            http.post(format!("{base}/tasks"))
+                .json(&serde_json::json!({"spider": "ok", "priority": "high"})),
+            400,
+            "bad_request",
+            "priority",
+        ),
+        (
+            http.get(format!("{base}/tasks/not-an-id")),
+            400,
+            "bad_request",
+            "invalid task id",
+        ),
+        (
+            http.get(format!("{base}/tasks/{}", arachne_shared::TaskId::new())),
+            404,
+            "not_found",
+            "not found",
+        ),
+        (
+            http.get(format!("{base}/tasks?status=sleeping")),
+            400,
+            "bad_request",
+            "sleeping",
+        ),
+        (
+            http.get(format!("{base}/tasks?limit=0")),
+            400,
+            "bad_request",
+            "limit",
+        ),
+        (
+            http.get(format!(
+                "{base}/tasks/{}/logs",
+                arachne_shared::TaskId::new()
+            )),
+            404,
+            "not_found",
+            "not found",
+        ),
+        (
+            http.put(format!("{base}/spiders/ok/files")),
+            400,
+            "bad_request",
+            "empty upload",
+        ),
+        (
+            http.put(format!("{base}/spiders/ok/files")).body("garbage"),
+            400,
+            "bad_request",
+            "not a valid .tar.gz",
+        ),
+        (
+            http.put(format!("{base}/spiders/ok/files"))
+                .body(tar_gz_with_raw_name("../../etc/cron.d/x")),
+            400,
+            "bad_request",
+            "unsafe path",
+        ),
+        (
+            http.put(format!("{base}/spiders/nope/files"))
+                .body(tar_gz_with_raw_name("a")),
+            404,
+            "not_found",
+            "nope",
+        ),
+        (
+            http.get(format!("{base}/no/such/route")),
+            404,
+            "not_found",
+            "no such route",
+        ),
+    ];
+    for (request, status, code, needle) in cases {
+        let (got_status, got_code, message) = error_of(request.send().await.unwrap()).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{message}");
+        assert!(
+            message.contains(needle),
+            "{message:?} does not mention {needle:?}"
+        );
+    }
+    assert!(!data.path().join("../etc/cron.d/x").exists());
+    assert_eq!(
+        master
+            .client
+            .list_tasks(&Default::default())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+    let spiders = master.client.list_spiders().await.unwrap();
+    assert_eq!(spiders.len(), 1, "no half-created spider");
+    assert_eq!(
+        spiders[0].version, version,
+        "failed uploads leave the current version alone"
+    );
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_over_the_limit_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.local_worker = None;
+    config.http.max_upload_bytes = 1024;
+    let master = TestMaster::start_with(config).await;
+    create_spider(&master.client, "small", "true", &[("a", "b")]).await;
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7919 % 251) as u8).collect();
+    let response = reqwest::Client::new()
+        .put(format!("http://{}/api/v1/spiders/small/files", master.http))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = error_of(response).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (413, "payload_too_large"),
+        "{message}"
+    );
+    master.stop().await;
+}

@@ -1,0 +1,131 @@
+//! The `arachne` CLI against a real master: create a spider from a folder, run it with --follow and --wait,
+//! and read tasks, logs, items and nodes, checking exit codes as scripts would.
+
+mod common;
+
+use std::process::Output;
+
+use common::{TestMaster, workspace_bin};
+
+async fn arachne(master: &TestMaster, args: &[&str]) -> Output {
+    let output = tokio::process::Command::new(workspace_bin("arachne"))
+        .args(["--server", &format!("http://{}", master.http)])
+        .args(args)
+        .output();
+    tokio::time::timeout(common::TIMEOUT, output)
+        .await
+        .expect("the CLI returns in time")
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_the_whole_path() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    let spider = common::spider_dir(&[(
+        "main.py",
+        "import json\nprint('hello from the cli')\nprint(json.dumps({'type':'INSERT_DATA','payload':{'k':'v'}}))\n",
+    )]);
+    let dir = spider.path().to_str().unwrap();
+    let created = arachne(
+        &master,
+        &[
+            "spider",
+            "create",
+            "cli",
+            "--cmd",
+            "python3 main.py",
+            "--dir",
+            dir,
+        ],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    assert!(
+        stdout(&created).starts_with("spider cli version "),
+        "{}",
+        stdout(&created)
+    );
+    let list = stdout(&arachne(&master, &["spider", "list"]).await);
+    assert!(
+        list.contains("cli") && list.contains("python3 main.py"),
+        "{list}"
+    );
+
+    let run = arachne(&master, &["run", "cli", "--follow"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let out = stdout(&run);
+    let mut lines = out.lines();
+    let id = lines.next().unwrap().to_owned();
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["hello from the cli"],
+        "the log streamed, the item did not"
+    );
+
+    let items = arachne(&master, &["items", &id]).await;
+    assert_eq!(stdout(&items), "{\"k\":\"v\"}\n");
+    let items = arachne(&master, &["items", &id, "--format", "json"]).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&stdout(&items)).unwrap(),
+        serde_json::json!([{"k": "v"}])
+    );
+    let logs = arachne(&master, &["logs", &id]).await;
+    assert_eq!(stdout(&logs), "hello from the cli\n");
+    let show = arachne(&master, &["task", "show", &id]).await;
+    assert!(
+        stdout(&show).contains("\"status\": \"finished\""),
+        "{}",
+        stdout(&show)
+    );
+    let tasks = stdout(&arachne(&master, &["task", "list"]).await);
+    assert!(tasks.contains(&id) && tasks.contains("finished"), "{tasks}");
+    let nodes = stdout(&arachne(&master, &["node", "list"]).await);
+    assert!(
+        nodes.contains("local") && nodes.contains("online"),
+        "{nodes}"
+    );
+
+    // --wait and --follow exit non-zero unless the task Finished.
+    let failing = common::spider_dir(&[("run.sh", "exit 4\n")]);
+    let dir = failing.path().to_str().unwrap();
+    assert!(
+        arachne(
+            &master,
+            &[
+                "spider",
+                "create",
+                "bad",
+                "--cmd",
+                "sh run.sh",
+                "--dir",
+                dir
+            ]
+        )
+        .await
+        .status
+        .success()
+    );
+    let run = arachne(&master, &["run", "bad", "--wait"]).await;
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("error: exit status 4"),
+        "{run:?}"
+    );
+    let run = arachne(&master, &["run", "bad", "--follow"]).await;
+    assert!(!run.status.success());
+
+    // Errors from the server are printed with its message.
+    let missing = arachne(&master, &["run", "nope"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("spider \"nope\" not found"),
+        "{missing:?}"
+    );
+    master.stop().await;
+}

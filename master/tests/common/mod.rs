@@ -1,0 +1,172 @@
+//! Test harness: a real master (HTTP + gRPC on 127.0.0.1:0, embedded store in a temp dir) with an optional
+//! in-process worker, plus helpers to make spiders and wait on tasks with timeouts.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arachne_master::{Config, Listeners, LocalWorker};
+use arachne_shared::{Task, TaskId};
+use arachne_web_api::client::Client;
+use arachne_web_api::types::CreateSpider;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Generous bound for anything a test waits on; a healthy run takes a fraction of it.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct TestMaster {
+    pub client: Client,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), arachne_master::Error>>>,
+}
+
+/// Runner timings short enough for tests; the escalation they drive is the production one.
+pub fn quick_runner() -> arachne_worker::RunnerOptions {
+    arachne_worker::RunnerOptions {
+        cancel_grace: Duration::from_secs(1),
+        term_grace: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+impl TestMaster {
+    pub async fn start(data_dir: &Path, local_worker: bool) -> Self {
+        let mut config = Config::new(data_dir.to_owned());
+        config.local_worker = local_worker.then(|| LocalWorker {
+            runner: quick_runner(),
+            max_runners: 4,
+            ..LocalWorker::default()
+        });
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(arachne_master::run(
+            config,
+            Listeners { http, grpc },
+            shutdown.clone(),
+        ));
+        let client = Client::new(&format!("http://{http_addr}"));
+        eventually("the API answers", || async {
+            client.health().await.is_ok()
+        })
+        .await;
+        Self {
+            client,
+            http: http_addr,
+            grpc: grpc_addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Shuts the master down gracefully and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(TIMEOUT, handle)
+            .await
+            .expect("master stops in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Waits until `count` nodes are online.
+    pub async fn wait_nodes_online(&self, count: usize) {
+        eventually("nodes online", || async {
+            let nodes = self.client.list_nodes().await.unwrap();
+            nodes
+                .iter()
+                .filter(|n| n.status == arachne_shared::NodeStatus::Online)
+                .count()
+                == count
+        })
+        .await;
+    }
+}
+
+impl Drop for TestMaster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`TIMEOUT`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a spider folder with the given files.
+pub fn spider_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+/// Creates a spider through the API from files, as `arachne spider create --dir` does.
+pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&str, &str)]) {
+    let dir = spider_dir(files);
+    client
+        .put_spider(&CreateSpider {
+            name: name.into(),
+            cmd: cmd.into(),
+        })
+        .await
+        .unwrap();
+    let archive = arachne_web_api::archive::pack_dir(dir.path()).unwrap();
+    client.upload_files(name, archive).await.unwrap();
+}
+
+/// Waits for a task to end, through the API's long-poll.
+pub async fn wait_done(client: &Client, id: TaskId) -> Task {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let task = client.wait_task(id, 5).await.unwrap();
+            if task.status.is_terminal() {
+                return task;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("task {id} did not end in time"))
+}
+
+/// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}

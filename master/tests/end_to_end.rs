@@ -1,0 +1,476 @@
+//! The whole path with real parts: upload a spider, run it on a worker, stream its logs, read its items, see
+//! it end; failures, cancel, a separate worker process, and a master restart.
+
+mod common;
+
+use arachne_shared::{LogStream, NodeStatus, TaskStatus};
+use arachne_web_api::client::FollowEvent;
+use arachne_web_api::types::{ItemQuery, LogQuery, RunTask, TaskQuery};
+use common::{TestMaster, create_spider, eventually, wait_done, workspace_bin};
+
+const LINES_SPIDER: &str = r#"
+import json, sys
+n = int(sys.argv[1])
+for i in range(1, n + 1):
+    print(f"line {i}")
+    if i % 10 == 0:
+        print(json.dumps({"type": "INSERT_DATA", "payload": [{"i": i}, {"i": i + 0.5}]}))
+print("to stderr", file=sys.stderr)
+"#;
+
+fn run(spider: &str) -> RunTask {
+    RunTask {
+        spider: spider.into(),
+        param: None,
+        priority: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spider_runs_and_its_logs_and_items_arrive_in_order() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "lines",
+        "python3 main.py",
+        &[("main.py", LINES_SPIDER)],
+    )
+    .await;
+
+    let task = client
+        .run_task(&RunTask {
+            param: Some("300".into()),
+            ..run("lines")
+        })
+        .await
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Pending);
+
+    // A follower started right away sees every line once, in order, and then the end.
+    let mut followed = Vec::new();
+    let mut end = None;
+    tokio::time::timeout(
+        common::TIMEOUT,
+        client.follow_logs(task.id, 0, |event| match event {
+            FollowEvent::Line(line) => followed.push(line),
+            FollowEvent::End(task) => end = Some(task),
+        }),
+    )
+    .await
+    .expect("follow ends when the task ends")
+    .unwrap();
+    let end = end.expect("an end event");
+    assert_eq!(end.status, TaskStatus::Finished);
+
+    let task = wait_done(client, task.id).await;
+    assert_eq!(task.status, TaskStatus::Finished);
+    assert_eq!(task.exit_code, Some(0));
+    assert_eq!(task.node.as_deref(), Some("local"));
+    let states: Vec<_> = task.transitions.iter().map(|t| t.status).collect();
+    assert_eq!(
+        states,
+        [
+            TaskStatus::Created,
+            TaskStatus::Pending,
+            TaskStatus::Running,
+            TaskStatus::Finished
+        ]
+    );
+    assert!(
+        task.transitions.windows(2).all(|w| w[0].at <= w[1].at),
+        "{:?}",
+        task.transitions
+    );
+
+    let logs = client
+        .logs(
+            task.id,
+            &LogQuery {
+                limit: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(logs, followed, "the follower saw exactly what was stored");
+    let stdout: Vec<_> = logs
+        .iter()
+        .filter(|l| l.stream == LogStream::Stdout)
+        .map(|l| l.text.clone())
+        .collect();
+    let expected: Vec<_> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        stdout, expected,
+        "log lines in order, IPC lines not among them"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.stream == LogStream::Stderr && l.text == "to stderr")
+    );
+    assert!(
+        logs.iter().enumerate().all(|(i, l)| l.seq == i as u64 + 1),
+        "sequence numbers without gaps"
+    );
+    assert_eq!(task.log_lines, logs.len() as u64);
+
+    let items = client
+        .items(
+            task.id,
+            &ItemQuery {
+                limit: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let values: Vec<f64> = items
+        .iter()
+        .map(|i| i.data["i"].as_f64().unwrap())
+        .collect();
+    let expected: Vec<f64> = (1..=30)
+        .flat_map(|k| [k as f64 * 10.0, k as f64 * 10.0 + 0.5])
+        .collect();
+    assert_eq!(values, expected, "items in order");
+    assert_eq!(task.items, 60);
+
+    // Paging by sequence number.
+    let page = client
+        .logs(
+            task.id,
+            &LogQuery {
+                after: Some(100),
+                limit: Some(5),
+                follow: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        [101, 102, 103, 104, 105]
+    );
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_spider_ends_in_error_with_its_exit_code() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "fails",
+        "sh run.sh",
+        &[("run.sh", "echo going down >&2\nexit 7\n")],
+    )
+    .await;
+    let task = client.run_task(&run("fails")).await.unwrap();
+    let task = wait_done(client, task.id).await;
+    assert_eq!(task.status, TaskStatus::Error);
+    assert_eq!(task.exit_code, Some(7));
+    assert_eq!(task.error.as_deref(), Some("exit status 7"));
+    let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
+    assert_eq!(logs[0].text, "going down");
+
+    // A command that does not exist is an Error too, with the shell's message in the log.
+    create_spider(client, "missing", "./no-such-program", &[("README", "x")]).await;
+    let task = wait_done(client, client.run_task(&run("missing")).await.unwrap().id).await;
+    assert_eq!(
+        (task.status, task.exit_code),
+        (TaskStatus::Error, Some(127))
+    );
+    master.stop().await;
+}
+
+/// Whether `pid` is a live process. A zombie (killed, not yet reaped by its new parent) counts as dead.
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_the_whole_process_group() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let pid_file = data.path().join("grandchild.pid");
+    // The spider ignores CANCEL and SIGTERM and leaves a grandchild behind: only a group SIGKILL ends both.
+    let script = format!(
+        "trap '' TERM\nsleep 1000 &\necho $! > {}\necho started\nwhile true; do sleep 0.1; done\n",
+        pid_file.display()
+    );
+    create_spider(client, "stubborn", "sh run.sh", &[("run.sh", &script)]).await;
+    let task = client.run_task(&run("stubborn")).await.unwrap();
+    eventually("the spider to start", || async {
+        let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
+        logs.iter().any(|l| l.text == "started")
+    })
+    .await;
+    let grandchild: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let shell = client
+        .get_task(task.id)
+        .await
+        .unwrap()
+        .pid
+        .expect("a running task has a pid") as i32;
+    assert!(process_alive(grandchild) && process_alive(shell));
+
+    let cancelling = client.cancel_task(task.id).await.unwrap();
+    assert_eq!(
+        cancelling.status,
+        TaskStatus::Running,
+        "a running task is cancelled by its worker"
+    );
+    let task = wait_done(client, task.id).await;
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    assert_eq!(task.error.as_deref(), Some("cancelled by user"));
+    // SIGKILL has been sent to the group once the task is Cancelled; the kernel finishes the job promptly.
+    eventually("the spider and its grandchild to die", || async {
+        !process_alive(grandchild) && !process_alive(shell)
+    })
+    .await;
+
+    // Cancelling an ended task is a conflict, and an unknown task is not found.
+    let err = client.cancel_task(task.id).await.unwrap_err().to_string();
+    assert!(
+        err.contains("already ended") && err.contains("409"),
+        "{err}"
+    );
+    let err = client
+        .cancel_task(arachne_shared::TaskId::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not found") && err.contains("404"), "{err}");
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spider_that_honours_cancel_exits_cleanly_as_cancelled() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let script = r#"
+import json, sys
+print("waiting for orders", flush=True)
+for line in sys.stdin:
+    message = json.loads(line)
+    if message["type"] == "CANCEL":
+        print("got CANCEL:", message["payload"]["reason"], flush=True)
+        sys.exit(0)
+"#;
+    create_spider(client, "polite", "python3 main.py", &[("main.py", script)]).await;
+    let task = client.run_task(&run("polite")).await.unwrap();
+    eventually("the spider to start", || async {
+        client
+            .logs(task.id, &LogQuery::default())
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.text == "waiting for orders")
+    })
+    .await;
+    client.cancel_task(task.id).await.unwrap();
+    let task = wait_done(client, task.id).await;
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
+    assert!(
+        logs.iter().any(|l| l.text == "got CANCEL: user"),
+        "{logs:?}"
+    );
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_task_needs_no_worker() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let client = &master.client;
+    create_spider(client, "queued", "true", &[("x", "")]).await;
+    let task = client.run_task(&run("queued")).await.unwrap();
+    let task = client.cancel_task(task.id).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_worker_process_connects_and_runs_tasks() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let client = &master.client;
+    create_spider(client, "remote", "sh run.sh", &[("run.sh", "echo \"on $ARACHNE_NODE as $ARACHNE_TASK_ID, token ${ARACHNE_WORKER_TOKEN:-unseen}\"\n")]).await;
+    let queued = client.run_task(&run("remote")).await.unwrap();
+
+    let work_dir = tempfile::tempdir().unwrap();
+    let mut worker = tokio::process::Command::new(workspace_bin("arachne-worker"))
+        .args([
+            "--master",
+            &master.grpc_url(),
+            "--name",
+            "far-away",
+            "--max-runners",
+            "3",
+        ])
+        .arg("--work-dir")
+        .arg(work_dir.path())
+        .env("RUST_LOG", "warn")
+        // The worker's own secrets must not reach spiders.
+        .env("ARACHNE_WORKER_TOKEN", "s3cret")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    master.wait_nodes_online(1).await;
+    let nodes = client.list_nodes().await.unwrap();
+    assert_eq!(
+        (
+            nodes[0].name.as_str(),
+            nodes[0].max_runners,
+            nodes[0].status
+        ),
+        ("far-away", 3, NodeStatus::Online)
+    );
+
+    // The task queued before any worker existed runs as soon as one connects.
+    let task = wait_done(client, queued.id).await;
+    assert_eq!(
+        (task.status, task.node.as_deref()),
+        (TaskStatus::Finished, Some("far-away"))
+    );
+    let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
+    assert_eq!(
+        logs[0].text,
+        format!("on far-away as {}, token unseen", task.id)
+    );
+
+    // A worker that goes away is shown offline.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(common::TIMEOUT, worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "graceful worker exit, got {status}");
+    master.wait_nodes_online(0).await;
+    assert_eq!(
+        client.list_nodes().await.unwrap()[0].status,
+        NodeStatus::Offline
+    );
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_restart_keeps_spiders_tasks_logs_items_nodes_and_the_queue() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    create_spider(
+        &master.client,
+        "lines",
+        "python3 main.py",
+        &[("main.py", LINES_SPIDER)],
+    )
+    .await;
+    let done = master
+        .client
+        .run_task(&RunTask {
+            param: Some("20".into()),
+            ..run("lines")
+        })
+        .await
+        .unwrap();
+    let done = wait_done(&master.client, done.id).await;
+    let logs = master
+        .client
+        .logs(done.id, &LogQuery::default())
+        .await
+        .unwrap();
+    let items = master
+        .client
+        .items(done.id, &ItemQuery::default())
+        .await
+        .unwrap();
+    master.stop().await;
+
+    // Restarted without a worker, a task queued now must wait, and survive another restart.
+    let master = TestMaster::start(data.path(), false).await;
+    let client = &master.client;
+    assert_eq!(client.get_spider("lines").await.unwrap().name, "lines");
+    assert_eq!(client.get_task(done.id).await.unwrap(), done);
+    assert_eq!(
+        client.logs(done.id, &LogQuery::default()).await.unwrap(),
+        logs
+    );
+    assert_eq!(
+        client.items(done.id, &ItemQuery::default()).await.unwrap(),
+        items
+    );
+    let nodes = client.list_nodes().await.unwrap();
+    assert_eq!(
+        (nodes[0].name.as_str(), nodes[0].status),
+        ("local", NodeStatus::Offline)
+    );
+    let queued = client
+        .run_task(&RunTask {
+            param: Some("3".into()),
+            ..run("lines")
+        })
+        .await
+        .unwrap();
+    master.stop().await;
+
+    let master = TestMaster::start(data.path(), true).await;
+    let task = wait_done(&master.client, queued.id).await;
+    assert_eq!(
+        task.status,
+        TaskStatus::Finished,
+        "the queued task ran after the restart"
+    );
+    let page = master
+        .client
+        .list_tasks(&TaskQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(page.total, 2);
+    assert_eq!(page.items[0].id, queued.id, "newest first");
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_in_a_clean_directory_with_their_environment() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let script = "ls -a | tr '\\n' ' '; echo; echo leftover > written.txt; \
+                  echo \"spider=$ARACHNE_SPIDER_NAME crawlab=$CRAWLAB_TASK_ID\"\n";
+    create_spider(
+        client,
+        "env",
+        "sh run.sh",
+        &[("run.sh", script), ("data/input.txt", "x")],
+    )
+    .await;
+    for _ in 0..2 {
+        let task = wait_done(client, client.run_task(&run("env")).await.unwrap().id).await;
+        assert_eq!(task.status, TaskStatus::Finished);
+        let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
+        assert_eq!(
+            logs[0].text, ". .. data run.sh ",
+            "no file of an earlier run leaks in"
+        );
+        assert_eq!(logs[1].text, format!("spider=env crawlab={}", task.id));
+    }
+    master.stop().await;
+}
