@@ -1,0 +1,360 @@
+//! The benchmark behind `scripts/bench`: each figure is measured beside a baseline taken in the same run on the
+//! same machine, and all rows are printed and written as JSON.
+//!
+//! Figures: trigger → spider started (p50/p99) against a bare spawn; no-op task throughput against a bare
+//! spawn-and-wait loop with the same concurrency; items/s and log lines/s through the whole path against
+//! writing the same records straight into the same store.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arachne_master::store::Store;
+use arachne_master::store::embedded::EmbeddedStore;
+use arachne_master::{Config, Listeners, LocalWorker};
+use arachne_shared::{ItemRecord, LogLine, LogStream, Task, TaskId, TaskStatus};
+use arachne_web_api::client::Client;
+use arachne_web_api::types::{CreateSpider, RunTask};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Serialize)]
+struct Row {
+    figure: String,
+    unit: String,
+    measured: f64,
+    baseline: f64,
+    baseline_name: String,
+    ratio: f64,
+    target: String,
+    met: bool,
+}
+
+fn row(
+    figure: &str,
+    unit: &str,
+    measured: f64,
+    baseline: (f64, &str),
+    target: &str,
+    met: bool,
+) -> Row {
+    Row {
+        figure: figure.into(),
+        unit: unit.into(),
+        measured,
+        baseline: baseline.0,
+        baseline_name: baseline.1.into(),
+        ratio: if baseline.0 == 0.0 {
+            0.0
+        } else {
+            measured / baseline.0
+        },
+        target: target.into(),
+        met,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn bare_spawn_ms(runs: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "true"])
+            .spawn()?;
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        child.wait().await?;
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+async fn bare_loop_per_sec(tasks: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    let per = tasks / concurrency;
+    for _ in 0..concurrency {
+        set.spawn(async move {
+            for _ in 0..per {
+                tokio::process::Command::new("sh")
+                    .args(["-c", "true"])
+                    .status()
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    Ok((per * concurrency) as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn spider(
+    client: &Client,
+    name: &str,
+    cmd: &str,
+    files: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (path, content) in files {
+        std::fs::write(dir.path().join(path), content)?;
+    }
+    client
+        .put_spider(&CreateSpider {
+            name: name.into(),
+            cmd: cmd.into(),
+        })
+        .await?;
+    client
+        .upload_files(name, arachne_web_api::archive::pack_dir(dir.path())?)
+        .await?;
+    Ok(())
+}
+
+async fn run_to_end(client: &Client, spider: &str, param: Option<String>) -> anyhow::Result<Task> {
+    let task = client
+        .run_task(&RunTask {
+            spider: spider.into(),
+            param,
+            priority: None,
+        })
+        .await?;
+    loop {
+        let task = client.wait_task(task.id, 60).await?;
+        if task.status.is_terminal() {
+            anyhow::ensure!(
+                task.status == TaskStatus::Finished,
+                "bench task ended {}: {:?}",
+                task.status,
+                task.error
+            );
+            return Ok(task);
+        }
+    }
+}
+
+const ITEMS_SPIDER: &str = r#"
+import json, sys
+n, batch = int(sys.argv[1]), 1000
+item = {"url": "https://example.com/catalogue/page-1/item-00001.html", "title": "A Light in the Attic, and other things", "price": 51.77, "stock": 22, "rating": 3}
+line = json.dumps({"type": "INSERT_DATA", "payload": [item] * batch}) + "\n"
+out = sys.stdout
+for _ in range(n // batch):
+    out.write(line)
+"#;
+
+const LOGS_SPIDER: &str = r#"
+import sys
+n = int(sys.argv[1])
+line = "2026-11-22 10:00:00 [quotes] INFO: Crawled (200) <GET https://example.com/page/1> ok\n"
+block = line * 1000
+for _ in range(n // 1000):
+    sys.stdout.write(block)
+"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let out: PathBuf = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "bench-results/bench.json".into());
+    let data = tempfile::tempdir()?;
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = Some(LocalWorker {
+        max_runners: 4,
+        ..LocalWorker::default()
+    });
+    let http = TcpListener::bind("127.0.0.1:0").await?;
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let client = Client::new(&format!("http://{}", http.local_addr()?));
+    let shutdown = CancellationToken::new();
+    let master = tokio::spawn(arachne_master::run(
+        config,
+        Listeners { http, grpc },
+        shutdown.clone(),
+    ));
+    for _ in 0..500 {
+        if client
+            .list_nodes()
+            .await
+            .is_ok_and(|n| n.iter().any(|n| n.running == 0 && n.name == "local"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut rows = Vec::new();
+
+    // Trigger → Running recorded, for a no-op spider, one at a time.
+    spider(&client, "noop", "true", &[("README", "no-op")]).await?;
+    run_to_end(&client, "noop", None).await?; // warm the file cache
+    let mut latencies = Vec::new();
+    for _ in 0..100 {
+        let task = run_to_end(&client, "noop", None).await?;
+        let started = task
+            .started_at()
+            .context("a finished task has a start time")?;
+        latencies.push((started - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let spawn = bare_spawn_ms(100).await?;
+    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let (measured, base) = (percentile(&latencies, p), percentile(&spawn, p));
+        rows.push(row(
+            &format!("trigger -> spider started, {label}, local worker"),
+            "ms",
+            measured,
+            (base, "bare spawn of sh -c true"),
+            "<= bare spawn + 2 ms",
+            measured <= base + 2.0,
+        ));
+    }
+
+    // No-op task throughput, 4 runner slots, against a bare loop with 4 concurrent spawn-and-wait.
+    let tasks = 200;
+    let start = Instant::now();
+    let mut ids: Vec<TaskId> = Vec::new();
+    for _ in 0..tasks {
+        ids.push(
+            client
+                .run_task(&RunTask {
+                    spider: "noop".into(),
+                    param: None,
+                    priority: None,
+                })
+                .await?
+                .id,
+        );
+    }
+    for id in &ids {
+        while !client.wait_task(*id, 60).await?.status.is_terminal() {}
+    }
+    let measured = tasks as f64 / start.elapsed().as_secs_f64();
+    let base = bare_loop_per_sec(tasks, 4).await?;
+    rows.push(row(
+        "no-op task throughput, one worker, 4 slots",
+        "tasks/s",
+        measured,
+        (base, "bare spawn-and-wait loop, 4 concurrent"),
+        ">= 50% of baseline",
+        measured >= base * 0.5,
+    ));
+
+    // Items and log lines through the whole path, against direct inserts into the same kind of store.
+    let n_items = 200_000;
+    spider(
+        &client,
+        "items",
+        "python3 main.py",
+        &[("main.py", ITEMS_SPIDER)],
+    )
+    .await?;
+    let start = Instant::now();
+    let task = run_to_end(&client, "items", Some(n_items.to_string())).await?;
+    let measured = task.items as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        task.items == n_items,
+        "items lost: {} of {n_items}",
+        task.items
+    );
+    let direct = direct_items(n_items).await?;
+    rows.push(row(
+        "items/s, INSERT_DATA batches of ~200-byte items, embedded store",
+        "items/s",
+        measured,
+        (direct, "direct insert into the embedded store"),
+        ">= 200000/s and >= 50% of baseline",
+        measured >= 200_000.0 && measured >= direct * 0.5,
+    ));
+
+    let n_lines = 300_000;
+    spider(
+        &client,
+        "logs",
+        "python3 main.py",
+        &[("main.py", LOGS_SPIDER)],
+    )
+    .await?;
+    let start = Instant::now();
+    let task = run_to_end(&client, "logs", Some(n_lines.to_string())).await?;
+    let measured = task.log_lines as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        task.log_lines == n_lines,
+        "log lines lost: {} of {n_lines}",
+        task.log_lines
+    );
+    let direct = direct_logs(n_lines).await?;
+    rows.push(row(
+        "log lines/s, 80-byte lines, embedded store",
+        "lines/s",
+        measured,
+        (direct, "direct append into the embedded store"),
+        ">= 300000/s persisted, none lost",
+        measured >= 300_000.0,
+    ));
+
+    shutdown.cancel();
+    master.await??;
+    println!(
+        "{:<66} {:>12} {:>12} {:>7}  {:<8} target",
+        "figure", "measured", "baseline", "ratio", "unit"
+    );
+    for r in &rows {
+        let verdict = if r.met { "met" } else { "NOT MET" };
+        println!(
+            "{:<66} {:>12.2} {:>12.2} {:>7.2}  {:<8} {} ({verdict}; baseline: {})",
+            r.figure, r.measured, r.baseline, r.ratio, r.unit, r.target, r.baseline_name
+        );
+    }
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
+    println!("saved {}", out.display());
+    Ok(())
+}
+
+async fn direct_items(n: u64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(&dir.path().join("direct.db"))?;
+    let item: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        r#"{"url": "https://example.com/catalogue/page-1/item-00001.html", "title": "A Light in the Attic, and other things", "price": 51.77, "stock": 22, "rating": 3}"#,
+    )?;
+    let task = TaskId::new();
+    let start = Instant::now();
+    for batch in 0..n / 2000 {
+        let items: Vec<_> = (1..=2000)
+            .map(|i| ItemRecord {
+                seq: batch * 2000 + i,
+                data: item.clone(),
+            })
+            .collect();
+        store.insert_items(task, &items).await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn direct_logs(n: u64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(&dir.path().join("direct.db"))?;
+    let text =
+        "2026-11-22 10:00:00 [quotes] INFO: Crawled (200) <GET https://example.com/page/1> ok"
+            .to_owned();
+    let task = TaskId::new();
+    let start = Instant::now();
+    for batch in 0..n / 2000 {
+        let lines: Vec<_> = (1..=2000)
+            .map(|i| LogLine {
+                seq: batch * 2000 + i,
+                stream: LogStream::Stdout,
+                text: text.clone(),
+                at: chrono::Utc::now(),
+            })
+            .collect();
+        store.append_logs(task, &lines).await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
