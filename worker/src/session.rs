@@ -139,15 +139,7 @@ impl Runners {
             let outcome = TaskOutcome::Abnormal {
                 reason: format!("node {} had no free runner slot", self.ctx.node),
             };
-            let _ = self
-                .ctx
-                .events
-                .send(WorkerToMaster::TaskEnded {
-                    task_id,
-                    outcome,
-                    at: Utc::now(),
-                })
-                .await;
+            report_end(&self.ctx.events, task_id, outcome).await;
             return;
         };
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -156,14 +148,7 @@ impl Runners {
         self.tasks.spawn(async move {
             let outcome = runner::execute(&ctx, task, stop_rx).await;
             info!(task_id = %task_id, node = %ctx.node, status = %outcome.status(), "task ended");
-            let _ = ctx
-                .events
-                .send(WorkerToMaster::TaskEnded {
-                    task_id,
-                    outcome,
-                    at: Utc::now(),
-                })
-                .await;
+            report_end(&ctx.events, task_id, outcome).await;
             drop(permit);
             task_id
         });
@@ -195,6 +180,18 @@ impl Runners {
             self.reap(done);
         }
     }
+}
+
+/// Tells the master a task ended. If the session is gone the master settles the task itself, so a failed send
+/// needs no handling here.
+async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, outcome: TaskOutcome) {
+    let _ = events
+        .send(WorkerToMaster::TaskEnded {
+            task_id,
+            outcome,
+            at: Utc::now(),
+        })
+        .await;
 }
 
 /// Exponential backoff between reconnects: 200 ms doubling up to 5 s.

@@ -131,6 +131,43 @@ fn write_task(conn: &Connection, task: &Task) -> Result<()> {
     Ok(())
 }
 
+/// A table of numbered per-task records and the task column that counts them.
+struct Numbered {
+    insert: &'static str,
+    counter: &'static str,
+}
+
+const LOGS: Numbered = Numbered {
+    insert: "INSERT OR IGNORE INTO logs (task_id, seq, stream, at_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+    counter: "UPDATE tasks SET log_lines = log_lines + ?1 WHERE id = ?2",
+};
+
+const ITEMS: Numbered = Numbered {
+    insert: "INSERT OR IGNORE INTO items (task_id, seq, data) VALUES (?1, ?2, ?3)",
+    counter: "UPDATE tasks SET items = items + ?1 WHERE id = ?2",
+};
+
+/// Inserts one batch in one transaction. Rows whose `(task_id, seq)` is already stored are skipped, and only
+/// the rows actually inserted are counted, so a retried batch changes nothing.
+fn append_numbered<P: rusqlite::Params>(
+    conn: &mut Connection,
+    task: &str,
+    table: &Numbered,
+    rows: impl IntoIterator<Item = P>,
+) -> Result<()> {
+    let tx = conn.transaction().map_err(db)?;
+    let mut added = 0i64;
+    {
+        let mut stmt = tx.prepare_cached(table.insert).map_err(db)?;
+        for row in rows {
+            added += stmt.execute(row).map_err(db)? as i64;
+        }
+    }
+    tx.execute(table.counter, params![added, task])
+        .map_err(db)?;
+    tx.commit().map_err(db)
+}
+
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn put_spider(&self, spider: &Spider) -> Result<()> {
@@ -275,24 +312,17 @@ impl Store for EmbeddedStore {
     async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()> {
         let lines = lines.to_vec();
         self.call(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
             let id = task.to_string();
-            let mut added = 0usize;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO logs (task_id, seq, stream, at_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )
-                    .map_err(db)?;
-                for line in &lines {
-                    added += stmt
-                        .execute(params![id, line.seq as i64, line.stream.as_str(), to_millis(line.at), line.text])
-                        .map_err(db)?;
-                }
-            }
-            tx.execute("UPDATE tasks SET log_lines = log_lines + ?1 WHERE id = ?2", params![added as i64, id])
-                .map_err(db)?;
-            tx.commit().map_err(db)
+            let rows = lines.iter().map(|l| {
+                (
+                    &id,
+                    l.seq as i64,
+                    l.stream.as_str(),
+                    to_millis(l.at),
+                    &l.text,
+                )
+            });
+            append_numbered(conn, &id, &LOGS, rows)
         })
         .await
     }
@@ -327,27 +357,9 @@ impl Store for EmbeddedStore {
     async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()> {
         let items = items.to_vec();
         self.call(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
             let id = task.to_string();
-            let mut added = 0usize;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO items (task_id, seq, data) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(db)?;
-                for item in &items {
-                    added += stmt
-                        .execute(params![id, item.seq as i64, to_json(&item.data)])
-                        .map_err(db)?;
-                }
-            }
-            tx.execute(
-                "UPDATE tasks SET items = items + ?1 WHERE id = ?2",
-                params![added as i64, id],
-            )
-            .map_err(db)?;
-            tx.commit().map_err(db)
+            let rows = items.iter().map(|i| (&id, i.seq as i64, to_json(&i.data)));
+            append_numbered(conn, &id, &ITEMS, rows)
         })
         .await
     }
