@@ -87,7 +87,8 @@ impl MasterApi {
 #[async_trait::async_trait]
 impl Backend for MasterApi {
     async fn put_spider(&self, request: CreateSpider) -> Result<Spider> {
-        arachne_shared::spider::validate_name(&request.name).map_err(Error::BadRequest)?;
+        arachne_shared::spider::validate_name("spider", &request.name)
+            .map_err(Error::BadRequest)?;
         let cmd = request.cmd.trim();
         if cmd.is_empty() {
             return Err(Error::BadRequest("cmd must not be empty".into()));

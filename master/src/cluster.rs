@@ -46,12 +46,8 @@ impl Handler for Cluster {
             }
         };
         let name = registration.name.clone();
-        if let Err(message) = arachne_shared::spider::validate_name(&name) {
-            return outbound
-                .reject(Rejection::Refused(
-                    message.replace("spider name", "node name"),
-                ))
-                .await;
+        if let Err(message) = arachne_shared::spider::validate_name("node", &name) {
+            return outbound.reject(Rejection::Refused(message)).await;
         }
         let session = match self.scheduler.register(&registration, outbound.clone()) {
             Ok(session) => session,

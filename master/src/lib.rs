@@ -123,7 +123,8 @@ pub async fn run(
 
     let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
     let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
-    let servers = shutdown.child_token();
+    // Not a child of `shutdown`: the servers must outlive the local worker so its last reports get stored.
+    let servers = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(Arc::clone(&scheduler).run(servers.clone()));
     let cluster = Arc::new(Cluster {
@@ -132,20 +133,23 @@ pub async fn run(
         files,
         shutdown: servers.clone(),
     });
-    let grpc = tracker.spawn(arachne_proto::server::serve(
-        listeners.grpc,
-        cluster,
-        servers.clone(),
-    ));
+    // A server that stops on its own takes the master down with it, through its drop guard.
+    let (grpc_guard, grpc_shutdown) = (servers.clone().drop_guard(), servers.clone());
+    let grpc = tracker.spawn(async move {
+        let _guard = grpc_guard;
+        arachne_proto::server::serve(listeners.grpc, cluster, grpc_shutdown).await
+    });
     let router = arachne_web_api::router(api as Arc<dyn Backend>, &config.http);
-    let http_shutdown = servers.clone();
+    let (http_guard, http_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let http = tracker.spawn(async move {
+        let _guard = http_guard;
         axum::serve(listeners.http, router)
             .with_graceful_shutdown(http_shutdown.cancelled_owned())
             .await
     });
     info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "master started");
 
+    let worker_shutdown = CancellationToken::new();
     let worker = config.local_worker.clone().map(|local| {
         let mut worker_config = arachne_worker::Config::new(
             format!("http://{}", loopback(grpc_addr)),
@@ -154,7 +158,7 @@ pub async fn run(
         );
         worker_config.max_runners = local.max_runners;
         worker_config.runner = local.runner;
-        tokio::spawn(arachne_worker::run(worker_config, shutdown.child_token()))
+        tokio::spawn(arachne_worker::run(worker_config, worker_shutdown.clone()))
     });
 
     // Either a shutdown, or a server that died on its own, ends the master.
@@ -162,6 +166,7 @@ pub async fn run(
         () = shutdown.cancelled() => {}
         () = servers.cancelled() => {}
     }
+    worker_shutdown.cancel();
     if let Some(worker) = worker {
         match worker.await {
             Ok(result) => result?,
@@ -227,8 +232,12 @@ async fn recover(store: &dyn Store) -> Result<(), store::Error> {
                         true
                     })
                 } else {
-                    requeued += 1;
+                    requeued += usize::from(task.node.is_some() || status == TaskStatus::Created);
                     Box::new(|t| {
+                        // An unassigned Pending task is already where it belongs: no write.
+                        if t.status == TaskStatus::Pending && t.node.is_none() {
+                            return false;
+                        }
                         if t.status == TaskStatus::Created {
                             t.set_status(TaskStatus::Pending, Utc::now());
                         }
@@ -238,7 +247,7 @@ async fn recover(store: &dyn Store) -> Result<(), store::Error> {
                 };
                 store.update_task(task.id, &[status], change).await?;
             }
-            if status == TaskStatus::Running {
+            if status != TaskStatus::Pending {
                 // Those rows left the filter, so the next page starts at the beginning again.
                 offset = 0;
             }

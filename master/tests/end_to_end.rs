@@ -474,3 +474,41 @@ async fn tasks_run_in_a_clean_directory_with_their_environment() {
     }
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_master_stop_settles_running_tasks_through_the_local_worker() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    create_spider(
+        &master.client,
+        "forever",
+        "sh run.sh",
+        &[("run.sh", "echo up\nwhile true; do sleep 0.1; done\n")],
+    )
+    .await;
+    let task = master.client.run_task(&run("forever")).await.unwrap();
+    eventually("the spider to start", || async {
+        master.client.get_task(task.id).await.unwrap().status == TaskStatus::Running
+    })
+    .await;
+    let pid = master.client.get_task(task.id).await.unwrap().pid.unwrap() as i32;
+    master.stop().await;
+    assert!(!process_alive(pid), "the spider outlived the master");
+
+    // The worker stopped first and its report was stored: no task is left Running, and the reason is the
+    // worker's own, not the restart fallback.
+    let master = TestMaster::start(data.path(), false).await;
+    let task = master.client.get_task(task.id).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Abnormal);
+    assert_eq!(
+        task.error.as_deref(),
+        Some("worker local shut down while the task ran")
+    );
+    let logs = master
+        .client
+        .logs(task.id, &LogQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(logs[0].text, "up");
+    master.stop().await;
+}

@@ -54,15 +54,16 @@ pub struct Spider {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Checks a spider name: 1-64 characters of ASCII letters, digits, `-`, `_` and `.`, not starting with `.`.
-/// Names appear in paths and URLs, so anything else is refused rather than escaped.
-pub fn validate_name(name: &str) -> Result<(), String> {
+/// Checks a spider or node name (`what` says which, for the message): 1-64 characters of ASCII letters, digits,
+/// `-`, `_` and `.`, not starting with `.`. Names appear in paths and URLs, so anything else is refused rather
+/// than escaped.
+pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
         return Err(format!(
-            "invalid spider name {name:?}: use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.'"
+            "invalid {what} name {name:?}: use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.'"
         ));
     }
     Ok(())
@@ -115,10 +116,10 @@ mod tests {
     #[test]
     fn names_that_could_escape_a_path_are_refused() {
         for bad in ["", "..", "a/b", ".hidden", "x y", &"n".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+            assert!(validate_name("spider", bad).is_err(), "{bad:?} accepted");
         }
         for good in ["hello", "quotes_v2", "a.b-c"] {
-            validate_name(good).unwrap();
+            validate_name("spider", good).unwrap();
         }
     }
 }

@@ -67,8 +67,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     if config.max_runners == 0 {
         return Err(Error::Config("max runners must be at least 1".into()));
     }
-    arachne_shared::spider::validate_name(&config.name)
-        .map_err(|e| Error::Config(e.replace("spider name", "node name")))?;
+    arachne_shared::spider::validate_name("node", &config.name).map_err(Error::Config)?;
+    // Leftovers of runs cut short by a crash would otherwise pile up.
+    let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
+    let _ = tokio::fs::remove_dir_all(config.work_dir.join("cache/.staging")).await;
     for dir in [config.work_dir.join("cache"), config.work_dir.join("tasks")] {
         tokio::fs::create_dir_all(&dir)
             .await
@@ -77,9 +79,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 source,
             })?;
     }
-    // Leftovers of runs cut short by a crash would otherwise pile up.
-    let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
-    let _ = tokio::fs::remove_dir_all(config.work_dir.join("cache/.staging")).await;
     session::run(config, shutdown).await;
     Ok(())
 }

@@ -22,6 +22,8 @@ use crate::sync::FileCache;
 /// Messages to the master waiting to be sent. Runners wait when it is full, which slows their readers and,
 /// through the pipe, the spider.
 const EVENTS_CAPACITY: usize = 256;
+/// How long a stopping worker waits for the master to take its last reports.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keeps a session with the master open until `shutdown`.
 pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
@@ -111,6 +113,16 @@ async fn session(
         Stop::MasterLost
     };
     runners.stop_all(stop).await;
+    if ended.is_ok() {
+        // Half-close: with every sender dropped, our stream ends after the last report. Dropping the master's
+        // stream instead would reset both directions and lose reports still in flight, so wait until the
+        // master has read everything and closed its side.
+        drop(events);
+        let drained = async { while let Some(Ok(_)) = inbound.next().await {} };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+            warn!(node = %config.name, "the master did not close the session in time");
+        }
+    }
     ended
 }
 
