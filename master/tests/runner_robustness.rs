@@ -1,0 +1,179 @@
+//! Spiders that misbehave, run for real: nothing they print can hang the runner, lose output or crash it.
+
+mod common;
+
+use arachne_master::{Config, LocalWorker};
+use arachne_shared::{LogLine, LogStream, TaskStatus};
+use arachne_web_api::types::{ItemQuery, LogQuery, RunTask};
+use common::{TestMaster, create_spider, wait_done};
+
+/// A master whose local worker cuts lines at 1 MiB, so a test can cross the limit without 16 MiB of output.
+async fn master(data: &std::path::Path) -> TestMaster {
+    let mut config = Config::new(data.to_owned());
+    let mut runner = common::quick_runner();
+    runner.max_line_bytes = 1 << 20;
+    config.local_worker = Some(LocalWorker {
+        runner,
+        ..LocalWorker::default()
+    });
+    TestMaster::start_with(config).await
+}
+
+async fn run_spider(
+    master: &TestMaster,
+    name: &str,
+    script: &str,
+) -> (arachne_shared::Task, Vec<LogLine>) {
+    create_spider(
+        &master.client,
+        name,
+        "python3 main.py",
+        &[("main.py", script)],
+    )
+    .await;
+    let task = master
+        .client
+        .run_task(&RunTask {
+            spider: name.into(),
+            param: None,
+            priority: None,
+        })
+        .await
+        .unwrap();
+    let task = wait_done(&master.client, task.id).await;
+    let mut logs = Vec::new();
+    loop {
+        let query = LogQuery {
+            after: logs.last().map(|l: &LogLine| l.seq),
+            limit: Some(10_000),
+            follow: None,
+        };
+        let page = master.client.logs(task.id, &query).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        logs.extend(page);
+    }
+    (task, logs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_over_the_limit_is_cut_with_a_marker_and_the_task_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let script = r#"
+import json, sys
+sys.stdout.write("x" * (3 * 1024 * 1024) + "\n")
+big = {"blob": "y" * (900 * 1024)}
+print(json.dumps({"type": "INSERT_DATA", "payload": big}))
+print("after")
+"#;
+    let (task, logs) = run_spider(&master, "long", script).await;
+    assert_eq!(task.status, TaskStatus::Finished);
+    assert!(logs[0].text.starts_with(&"x".repeat(1 << 20)));
+    assert!(
+        logs[0].text.ends_with(&format!(
+            " [arachne: line truncated, {} more bytes dropped]",
+            2 << 20
+        )),
+        "{}",
+        &logs[0].text[(1 << 20) - 10..]
+    );
+    assert_eq!(
+        logs[1].text, "after",
+        "the reader went on after the long line"
+    );
+    // A 900 KiB message is well past Crawlab's 64 KiB scanner limit and still parsed.
+    let items = master
+        .client
+        .items(task.id, &ItemQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(items[0].data["blob"].as_str().unwrap().len(), 900 * 1024);
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_output_becomes_lossy_text() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let script = r#"
+import os, sys
+sys.stdout.buffer.write(bytes(range(256)) * 400 + b"\n")
+sys.stderr.buffer.write(b"\xff\xfe\x00bad utf-8\n")
+print("done")
+"#;
+    let (task, logs) = run_spider(&master, "binary", script).await;
+    assert_eq!(task.status, TaskStatus::Finished);
+    assert!(
+        logs.iter()
+            .any(|l| l.stream == LogStream::Stderr && l.text == "\u{fffd}\u{fffd}\0bad utf-8"),
+        "{logs:?}"
+    );
+    assert_eq!(logs.last().unwrap().text, "done");
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spider_that_closes_stdout_is_tracked_until_it_exits() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let script = r#"
+import os, sys, time
+print("closing stdout", flush=True)
+os.close(1)
+time.sleep(0.5)
+sys.stderr.write("still here\n")
+sys.exit(3)
+"#;
+    let (task, logs) = run_spider(&master, "closer", script).await;
+    assert_eq!(
+        (task.status, task.exit_code),
+        (TaskStatus::Error, Some(3)),
+        "the exit code after stdout closed counts"
+    );
+    let texts: Vec<_> = logs.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts, ["closing stdout", "still here"]);
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_output_loses_no_line_and_no_item() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let script = r#"
+import json, sys
+out = sys.stdout
+for i in range(1, 100001):
+    out.write(f"line {i}\n")
+    if i % 10 == 0:
+        out.write(json.dumps({"type": "INSERT_DATA", "payload": [{"i": i}]}) + "\n")
+    if i % 25000 == 0:
+        out.write('{"type": "INSERT_DATA", "payload": [1, 2]}\n')
+"#;
+    let (task, logs) = run_spider(&master, "flood", script).await;
+    assert_eq!(task.status, TaskStatus::Finished);
+    let lines: Vec<_> = logs
+        .iter()
+        .filter(|l| l.stream == LogStream::Stdout && l.text.starts_with("line "))
+        .collect();
+    assert_eq!(lines.len(), 100_000);
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.text == format!("line {}", i + 1)),
+        "lines in order"
+    );
+    let warnings = logs
+        .iter()
+        .filter(|l| l.stream == LogStream::System && l.text.contains("payload[0] is a number"));
+    assert_eq!(
+        warnings.count(),
+        4,
+        "each malformed message is named, and the rest goes on"
+    );
+    assert_eq!(task.items, 10_000);
+    assert_eq!(task.log_lines, logs.len() as u64);
+    master.stop().await;
+}
