@@ -183,6 +183,9 @@ impl Backend for MasterApi {
             }],
             log_lines: 0,
             items: 0,
+            progress: None,
+            errors: Vec::new(),
+            error_count: 0,
         };
         task.set_status(TaskStatus::Pending, now);
         self.store.insert_task(&task).await.map_err(internal)?;

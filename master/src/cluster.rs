@@ -153,6 +153,25 @@ impl Cluster {
                 self.scheduler.changed(task_id);
                 result
             }
+            WorkerToMaster::Report {
+                task_id,
+                status,
+                errors,
+                at,
+            } => {
+                // Reports may arrive for a task that just ended (the end was sent right after): keep them too.
+                let update = Box::new(move |t: &mut arachne_shared::Task| {
+                    t.record_report(status, errors, at);
+                    true
+                });
+                let result = self
+                    .store
+                    .update_task(task_id, &TaskStatus::ALL, update)
+                    .await
+                    .map(drop);
+                self.scheduler.changed(task_id);
+                result
+            }
             WorkerToMaster::TaskEnded {
                 task_id,
                 outcome,

@@ -512,3 +512,55 @@ async fn a_graceful_master_stop_settles_running_tasks_through_the_local_worker()
     assert_eq!(logs[0].text, "up");
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_errors_show_on_the_task_and_a_fatal_error_fails_it() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let script = r#"
+import json, sys
+def send(kind, payload):
+    print(json.dumps({"type": kind, "payload": payload}), flush=True)
+send("STATUS", {"progress": 0.1, "message": "page 1/10"})
+send("ERROR", {"message": "HTTP 503 on page 2", "fatal": False, "url": "https://example.com/2"})
+send("STATUS", {"progress": 0.5, "message": "page 5/10", "stats": {"pages": 5}})
+sys.stdin.readline()  # stays running until it gets CANCEL
+"#;
+    create_spider(
+        client,
+        "reporter",
+        "python3 main.py",
+        &[("main.py", script)],
+    )
+    .await;
+    let task = client.run_task(&run("reporter")).await.unwrap();
+    eventually("progress to show while the task runs", || async {
+        let task = client.get_task(task.id).await.unwrap();
+        task.status == TaskStatus::Running
+            && task.progress.as_ref().and_then(|p| p.status.progress) == Some(0.5)
+    })
+    .await;
+    client.cancel_task(task.id).await.unwrap();
+    let task = wait_done(client, task.id).await;
+    assert_eq!(task.status, TaskStatus::Cancelled);
+    let progress = task
+        .progress
+        .expect("the last status is kept after the end");
+    assert_eq!(progress.status.message.as_deref(), Some("page 5/10"));
+    assert_eq!(progress.status.stats.unwrap()["pages"], 5);
+    assert_eq!(task.error_count, 1);
+    assert_eq!(task.errors[0].error.message, "HTTP 503 on page 2");
+    assert_eq!(task.errors[0].error.extra["url"], "https://example.com/2");
+
+    let fatal = "import json\nprint(json.dumps({'type': 'ERROR', 'payload': {'message': 'banned', 'fatal': True}}))\n";
+    create_spider(client, "banned", "python3 main.py", &[("main.py", fatal)]).await;
+    let task = wait_done(client, client.run_task(&run("banned")).await.unwrap().id).await;
+    assert_eq!((task.status, task.exit_code), (TaskStatus::Error, Some(0)));
+    assert_eq!(
+        task.error.as_deref(),
+        Some("spider reported a fatal error: banned")
+    );
+    assert!(task.errors[0].error.fatal);
+    master.stop().await;
+}

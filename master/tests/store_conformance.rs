@@ -45,6 +45,9 @@ fn task(spider: &str, priority: u8) -> Task {
         transitions: vec![],
         log_lines: 0,
         items: 0,
+        progress: None,
+        errors: vec![],
+        error_count: 0,
     }
 }
 

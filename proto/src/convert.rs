@@ -74,6 +74,21 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     })
                     .collect::<Result<_>>()?,
             },
+            worker_message::Msg::Report(r) => WorkerToMaster::Report {
+                task_id: task_id("report.task_id", &r.task_id)?,
+                status: r
+                    .status_json
+                    .map(|json| serde_json::from_str(&json))
+                    .transpose()
+                    .map_err(|e| Error::Invalid(format!("report.status_json: {e}")))?,
+                errors: r
+                    .errors_json
+                    .iter()
+                    .map(|json| serde_json::from_str(json))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Error::Invalid(format!("report.errors_json: {e}")))?,
+                at: from_millis(r.at_ms),
+            },
             worker_message::Msg::TaskEnded(e) => {
                 let outcome = match pb::Outcome::try_from(e.outcome) {
                     Ok(pb::Outcome::Finished) => TaskOutcome::Finished,
@@ -145,6 +160,25 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     })
                     .collect(),
             }),
+            WorkerToMaster::Report {
+                task_id,
+                status,
+                errors,
+                at,
+            } => {
+                // Payloads are plain data, so serialising them cannot fail.
+                worker_message::Msg::Report(pb::TaskReport {
+                    task_id: task_id.to_string(),
+                    status_json: status
+                        .as_ref()
+                        .map(|s| serde_json::to_string(s).expect("status serialises")),
+                    errors_json: errors
+                        .iter()
+                        .map(|e| serde_json::to_string(e).expect("error serialises"))
+                        .collect(),
+                    at_ms: to_millis(at),
+                })
+            }
             WorkerToMaster::TaskEnded {
                 task_id,
                 outcome,
@@ -285,6 +319,20 @@ mod tests {
                 seq: 7,
                 data: serde_json::json!({"a": [1]}).as_object().unwrap().clone(),
             }],
+        });
+        round_trip_worker(WorkerToMaster::Report {
+            task_id,
+            status: Some(arachne_shared::ipc::StatusPayload {
+                progress: Some(0.5),
+                message: None,
+                stats: None,
+            }),
+            errors: vec![arachne_shared::ipc::ErrorPayload {
+                message: "e".into(),
+                fatal: true,
+                extra: Default::default(),
+            }],
+            at,
         });
         for outcome in [
             TaskOutcome::Finished,

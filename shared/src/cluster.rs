@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ipc::{ErrorPayload, StatusPayload};
 use crate::log::{ItemRecord, LogLine};
 use crate::spider::SpiderId;
 use crate::task::{TaskId, TaskOutcome};
@@ -38,6 +39,13 @@ pub enum WorkerToMaster {
     Items {
         task_id: TaskId,
         items: Vec<ItemRecord>,
+    },
+    /// What the spider reported since the last report: its latest STATUS and its ERRORs.
+    Report {
+        task_id: TaskId,
+        status: Option<StatusPayload>,
+        errors: Vec<ErrorPayload>,
+        at: DateTime<Utc>,
     },
     /// A task ended. Sent after every log line and item of the task.
     TaskEnded {

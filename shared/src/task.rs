@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::ipc::{ErrorPayload, StatusPayload};
 use crate::spider::SpiderId;
 
 /// A task's id. UUID v7, so ids sort by creation time.
@@ -182,6 +183,34 @@ pub struct Task {
     pub log_lines: u64,
     /// Items stored so far.
     pub items: u64,
+    /// The latest STATUS the spider reported; kept after the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// ERRORs the spider reported, oldest first; at most [`MAX_TASK_ERRORS`] are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ReportedError>,
+    /// How many ERRORs the spider reported in all, including those not kept.
+    #[serde(default)]
+    pub error_count: u64,
+}
+
+/// How many reported errors a task keeps; the count goes on past it.
+pub const MAX_TASK_ERRORS: usize = 100;
+
+/// A STATUS report and when it arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    #[serde(flatten)]
+    pub status: StatusPayload,
+    pub at: DateTime<Utc>,
+}
+
+/// An ERROR report and when it arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportedError {
+    #[serde(flatten)]
+    pub error: ErrorPayload,
+    pub at: DateTime<Utc>,
 }
 
 /// Default task priority (1 is the highest, 10 the lowest).
@@ -224,6 +253,25 @@ impl Task {
             .rev()
             .find(|t| t.status.is_terminal())
             .map(|t| t.at)
+    }
+
+    /// Records what the spider reported: the latest status replaces the previous one, errors are appended.
+    pub fn record_report(
+        &mut self,
+        status: Option<StatusPayload>,
+        errors: Vec<ErrorPayload>,
+        at: DateTime<Utc>,
+    ) {
+        if let Some(status) = status {
+            self.progress = Some(Progress { status, at });
+        }
+        for error in errors {
+            self.error_count += 1;
+            if self.errors.len() < MAX_TASK_ERRORS {
+                self.errors.push(ReportedError { error, at });
+            }
+        }
+        self.updated_at = at;
     }
 
     /// Records how the run ended: terminal status, exit code or signal, and the reason.

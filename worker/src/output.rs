@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use arachne_shared::cluster::WorkerToMaster;
-use arachne_shared::ipc::{self, Line, SpiderMessage};
+use arachne_shared::ipc::{self, ErrorPayload, Line, SpiderMessage, StatusPayload};
 use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId};
 use chrono::Utc;
 use tokio::io::{AsyncBufRead, BufReader};
@@ -104,6 +104,10 @@ pub(crate) struct Collector {
     items: Vec<ItemRecord>,
     bytes: usize,
     oldest: Option<Instant>,
+    /// The latest STATUS not yet sent.
+    status: Option<StatusPayload>,
+    /// ERRORs not yet sent.
+    errors: Vec<ErrorPayload>,
     summary: Summary,
 }
 
@@ -118,6 +122,8 @@ impl Collector {
             items: Vec::new(),
             bytes: 0,
             oldest: None,
+            status: None,
+            errors: Vec::new(),
             summary: Summary {
                 fatal_error: None,
                 delivered: true,
@@ -171,6 +177,16 @@ impl Collector {
             })
             .await;
         }
+        if self.status.is_some() || !self.errors.is_empty() {
+            let (status, errors) = (self.status.take(), std::mem::take(&mut self.errors));
+            self.send(WorkerToMaster::Report {
+                task_id: self.task_id,
+                status,
+                errors,
+                at: Utc::now(),
+            })
+            .await;
+        }
     }
 
     async fn send(&mut self, message: WorkerToMaster) {
@@ -210,13 +226,10 @@ impl Collector {
                     });
                 }
             }
+            // Only the latest status matters, so a spider reporting on every page costs one message a batch.
             Line::Message(SpiderMessage::Status(status)) => {
-                let mut parts = Vec::new();
-                if let Some(progress) = status.progress {
-                    parts.push(format!("{:.0}%", progress * 100.0));
-                }
-                parts.extend(status.message);
-                self.system(format!("[arachne] status: {}", parts.join(" ")));
+                self.status = Some(status);
+                self.oldest.get_or_insert_with(Instant::now);
             }
             Line::Message(SpiderMessage::Error(error)) => {
                 let kind = if error.fatal { "fatal error" } else { "error" };
@@ -225,8 +238,9 @@ impl Collector {
                     error.message
                 ));
                 if error.fatal && self.summary.fatal_error.is_none() {
-                    self.summary.fatal_error = Some(error.message);
+                    self.summary.fatal_error = Some(error.message.clone());
                 }
+                self.errors.push(error);
             }
         }
     }
@@ -265,7 +279,9 @@ mod tests {
         }
     }
 
-    async fn collect(input: Vec<Raw>) -> (Vec<LogLine>, Vec<ItemRecord>, Summary) {
+    type Reports = Vec<(Option<StatusPayload>, Vec<ErrorPayload>)>;
+
+    async fn collect(input: Vec<Raw>) -> (Vec<LogLine>, Vec<ItemRecord>, Summary, Reports) {
         let (events_tx, mut events_rx) = mpsc::channel(1024);
         let (raw_tx, raw_rx) = raw_channel();
         let collector = tokio::spawn(Collector::new(TaskId::new(), events_tx).run(raw_rx));
@@ -274,20 +290,23 @@ mod tests {
         }
         drop(raw_tx);
         let summary = collector.await.unwrap();
-        let (mut logs, mut items) = (Vec::new(), Vec::new());
+        let (mut logs, mut items, mut reports) = (Vec::new(), Vec::new(), Vec::new());
         while let Ok(event) = events_rx.try_recv() {
             match event {
                 WorkerToMaster::Logs { lines, .. } => logs.extend(lines),
                 WorkerToMaster::Items { items: batch, .. } => items.extend(batch),
+                WorkerToMaster::Report { status, errors, .. } => {
+                    reports.push((status, errors));
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
-        (logs, items, summary)
+        (logs, items, summary, reports)
     }
 
     #[tokio::test]
     async fn separates_items_from_logs_and_numbers_both_without_gaps() {
-        let (logs, items, summary) = collect(vec![
+        let (logs, items, summary, reports) = collect(vec![
             raw(LogStream::Stdout, b"starting"),
             raw(
                 LogStream::Stdout,
@@ -332,11 +351,34 @@ mod tests {
             .collect();
         assert_eq!(seqs, [(1, 1), (2, 2)]);
         assert_eq!(summary.fatal_error.as_deref(), Some("blocked"));
+        assert_eq!(reports.len(), 1, "one report per batch");
+        assert_eq!(reports[0].1[0].message, "blocked");
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_status_of_a_batch_is_sent() {
+        let (logs, _, _, reports) = collect(vec![
+            raw(
+                LogStream::Stdout,
+                br#"{"type":"STATUS","payload":{"progress":0.1}}"#,
+            ),
+            raw(
+                LogStream::Stdout,
+                br#"{"type":"STATUS","payload":{"progress":0.2,"message":"page 2"}}"#,
+            ),
+        ])
+        .await;
+        assert!(logs.is_empty(), "status reports are not log lines");
+        let status = reports[0].0.as_ref().unwrap();
+        assert_eq!(
+            (status.progress, status.message.as_deref()),
+            (Some(0.2), Some("page 2"))
+        );
     }
 
     #[tokio::test]
     async fn a_malformed_message_keeps_the_line_and_adds_a_warning() {
-        let (logs, items, _) = collect(vec![raw(
+        let (logs, items, _, _) = collect(vec![raw(
             LogStream::Stdout,
             br#"{"type":"INSERT_DATA","payload":7}"#,
         )])
@@ -354,7 +396,7 @@ mod tests {
     async fn truncated_lines_carry_a_marker() {
         let mut truncated = raw(LogStream::Stdout, br#"{"type":"INSERT_DATA","pay"#);
         truncated.line.truncated = 123;
-        let (logs, items, _) = collect(vec![truncated]).await;
+        let (logs, items, _, _) = collect(vec![truncated]).await;
         assert!(items.is_empty());
         assert!(
             logs[0]
