@@ -106,6 +106,7 @@ async fn spider(
         .put_spider(&CreateSpider {
             name: name.into(),
             cmd: cmd.into(),
+            settings: None,
         })
         .await?;
     client
@@ -120,6 +121,7 @@ async fn run_to_end(client: &Client, spider: &str, param: Option<String>) -> any
             spider: spider.into(),
             param,
             priority: None,
+            settings: None,
         })
         .await?;
     loop {
@@ -224,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
                     spider: "noop".into(),
                     param: None,
                     priority: None,
+                    settings: None,
                 })
                 .await?
                 .id,

@@ -93,6 +93,11 @@ impl Backend for MasterApi {
         if cmd.is_empty() {
             return Err(Error::BadRequest("cmd must not be empty".into()));
         }
+        if let Some(settings) = &request.settings {
+            settings
+                .validate()
+                .map_err(|e| Error::BadRequest(format!("settings.{e}")))?;
+        }
         let now = Utc::now();
         let spider = match self
             .store
@@ -103,6 +108,7 @@ impl Backend for MasterApi {
             Some(existing) => Spider {
                 cmd: cmd.to_owned(),
                 updated_at: now,
+                settings: request.settings.unwrap_or(existing.settings.clone()),
                 ..existing
             },
             None => Spider {
@@ -114,6 +120,7 @@ impl Backend for MasterApi {
                 total_bytes: 0,
                 created_at: now,
                 updated_at: now,
+                settings: request.settings.unwrap_or_default(),
             },
         };
         self.store.put_spider(&spider).await.map_err(internal)?;
@@ -161,6 +168,11 @@ impl Backend for MasterApi {
         }
         let spider = self.spider(&run.spider).await?;
         let now = Utc::now();
+        let overrides = run.settings.unwrap_or_default();
+        overrides
+            .validate()
+            .map_err(|e| Error::BadRequest(format!("settings.{e}")))?;
+        let settings = spider.settings.overridden_by(&overrides);
         let mut task = Task {
             id: TaskId::new(),
             spider_id: spider.id,
@@ -169,6 +181,8 @@ impl Backend for MasterApi {
             cmd: spider.cmd,
             param: run.param.filter(|p| !p.trim().is_empty()),
             priority,
+            settings,
+            peak_rss_bytes: None,
             status: TaskStatus::Created,
             node: None,
             pid: None,

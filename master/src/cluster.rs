@@ -120,6 +120,14 @@ impl Handler for Cluster {
     }
 }
 
+/// A worker's report that a task ended.
+struct Ended {
+    task_id: TaskId,
+    outcome: TaskOutcome,
+    at: chrono::DateTime<Utc>,
+    peak_rss_bytes: Option<u64>,
+}
+
 impl Cluster {
     async fn registered_at(&self, name: &str) -> Option<chrono::DateTime<Utc>> {
         let nodes = self.store.list_nodes().await.ok()?;
@@ -176,7 +184,19 @@ impl Cluster {
                 task_id,
                 outcome,
                 at,
-            } => self.ended(node, task_id, outcome, at).await,
+                peak_rss_bytes,
+            } => {
+                self.ended(
+                    node,
+                    Ended {
+                        task_id,
+                        outcome,
+                        at,
+                        peak_rss_bytes,
+                    },
+                )
+                .await
+            }
         };
         if let Err(err) = result {
             error!(node = %node.name, error = %err, "cannot store what a worker reported");
@@ -221,13 +241,13 @@ impl Cluster {
         Ok(())
     }
 
-    async fn ended(
-        &self,
-        node: &Node,
-        task_id: TaskId,
-        outcome: TaskOutcome,
-        at: chrono::DateTime<Utc>,
-    ) -> crate::store::Result<()> {
+    async fn ended(&self, node: &Node, ended: Ended) -> crate::store::Result<()> {
+        let Ended {
+            task_id,
+            outcome,
+            at,
+            peak_rss_bytes,
+        } = ended;
         let name = node.name.clone();
         let status = outcome.status();
         let updated = self
@@ -240,6 +260,7 @@ impl Cluster {
                         return false;
                     }
                     t.finish(&outcome, at);
+                    t.peak_rss_bytes = peak_rss_bytes.or(t.peak_rss_bytes);
                     true
                 }),
             )

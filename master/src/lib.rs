@@ -273,6 +273,8 @@ struct SpiderManifest {
     cmd: String,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    settings: Option<arachne_shared::spider::RunSettings>,
 }
 
 /// Registers every example spider that does not exist yet. A broken example is reported and skipped.
@@ -308,6 +310,7 @@ async fn register_example(api: &MasterApi, folder: &Path) -> Result<(), String> 
     let request = arachne_web_api::types::CreateSpider {
         name: manifest.name.clone(),
         cmd: manifest.cmd,
+        settings: manifest.settings,
     };
     api.put_spider(request).await.map_err(|e| e.to_string())?;
     api.upload_files(&manifest.name, archive)

@@ -228,6 +228,7 @@ impl Scheduler {
             spider_name: task.spider_name.clone(),
             version: task.version.clone(),
             command_line: task.command_line(),
+            settings: task.settings.clone(),
         };
         if outbound
             .send(MasterToWorker::Assign(assignment))

@@ -23,6 +23,7 @@ fn run(spider: &str) -> RunTask {
         spider: spider.into(),
         param: None,
         priority: None,
+        settings: None,
     }
 }
 

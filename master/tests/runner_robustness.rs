@@ -37,6 +37,7 @@ async fn run_spider(
             spider: name.into(),
             param: None,
             priority: None,
+            settings: None,
         })
         .await
         .unwrap();
@@ -175,5 +176,144 @@ for i in range(1, 100001):
     );
     assert_eq!(task.items, 10_000);
     assert_eq!(task.log_lines, logs.len() as u64);
+    master.stop().await;
+}
+
+fn settings(
+    timeout: Option<u64>,
+    memory_mib: Option<u64>,
+    env: &[(&str, &str)],
+) -> arachne_shared::spider::RunSettings {
+    arachne_shared::spider::RunSettings {
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        timeout_secs: timeout,
+        memory_limit_mib: memory_mib,
+        cancel_grace_secs: Some(0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_its_time_limit_ends_in_error_with_its_processes_gone() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let client = &master.client;
+    let pid_file = data.path().join("child.pid");
+    let script = format!("sleep 1000 &\necho $! > {}\nwait\n", pid_file.display());
+    create_spider(client, "slow", "sh run.sh", &[("run.sh", &script)]).await;
+    let run = RunTask {
+        spider: "slow".into(),
+        param: None,
+        priority: None,
+        settings: Some(settings(Some(1), None, &[])),
+    };
+    let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
+    assert_eq!(
+        (task.status, task.error.as_deref()),
+        (TaskStatus::Error, Some("timed out after 1 s"))
+    );
+    let child: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    common::eventually("the spider's child to die", || async {
+        std::fs::read_to_string(format!("/proc/{child}/stat")).map_or(true, |s| s.contains(") Z"))
+    })
+    .await;
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_its_memory_limit_is_stopped_and_says_by_how_much() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let client = &master.client;
+    // Grows in a grandchild, so only a whole-tree measure sees it.
+    let script = "python3 -c \"import time\nblocks = []\nwhile True:\n    blocks.append(bytearray(8 << 20))\n    time.sleep(0.02)\"\n";
+    create_spider(client, "hungry", "sh run.sh", &[("run.sh", script)]).await;
+    let run = RunTask {
+        spider: "hungry".into(),
+        param: None,
+        priority: None,
+        settings: Some(settings(Some(120), Some(64), &[])),
+    };
+    let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
+    assert_eq!(task.status, TaskStatus::Error);
+    let error = task.error.unwrap();
+    assert!(
+        error.starts_with("memory limit exceeded (") && error.ends_with(" MiB > 64 MiB)"),
+        "{error}"
+    );
+    assert!(
+        task.peak_rss_bytes.unwrap() > 64 << 20,
+        "the peak is recorded"
+    );
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_settings_merge_over_the_spider_and_bad_ones_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master(data.path()).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "envs",
+        "sh run.sh",
+        &[("run.sh", "echo \"$GREETING $TARGET\"\nsleep 1\n")],
+    )
+    .await;
+    let spider = arachne_web_api::types::CreateSpider {
+        name: "envs".into(),
+        cmd: "sh run.sh".into(),
+        settings: Some(settings(
+            None,
+            None,
+            &[("GREETING", "hello"), ("TARGET", "spider")],
+        )),
+    };
+    client.put_spider(&spider).await.unwrap();
+    let run = RunTask {
+        spider: "envs".into(),
+        param: None,
+        priority: None,
+        settings: Some(settings(None, None, &[("TARGET", "run")])),
+    };
+    let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
+    assert_eq!(task.status, TaskStatus::Finished);
+    assert_eq!(task.settings.env["GREETING"], "hello");
+    let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
+    assert_eq!(logs[0].text, "hello run");
+    assert!(
+        task.peak_rss_bytes.is_some_and(|b| b > 0),
+        "peak RSS is a task stat"
+    );
+
+    for (bad, needle) in [
+        (
+            settings(None, None, &[("ARACHNE_TASK_ID", "x")]),
+            "settings.env: ARACHNE_TASK_ID is reserved",
+        ),
+        (
+            settings(Some(0), None, &[]),
+            "settings.timeout_secs must be at least 1",
+        ),
+        (
+            settings(None, None, &[("A=B", "x")]),
+            "settings.env: invalid variable name",
+        ),
+    ] {
+        let run = RunTask {
+            spider: "envs".into(),
+            param: None,
+            priority: None,
+            settings: Some(bad),
+        };
+        let err = client.run_task(&run).await.unwrap_err().to_string();
+        assert!(err.contains(needle) && err.contains("400"), "{err}");
+    }
     master.stop().await;
 }

@@ -34,6 +34,8 @@ fn task(spider: &str, priority: u8) -> Task {
         cmd: "true".into(),
         param: None,
         priority,
+        settings: Default::default(),
+        peak_rss_bytes: None,
         status: TaskStatus::Pending,
         node: None,
         pid: None,
@@ -301,6 +303,7 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             total_bytes: 2,
             created_at: now,
             updated_at: now,
+            settings: Default::default(),
         };
         let node = Node {
             name: "n".into(),

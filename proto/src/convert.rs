@@ -4,6 +4,7 @@
 use arachne_shared::cluster::{
     Assignment, FileChunk, MasterToWorker, Registration, WorkerToMaster,
 };
+use arachne_shared::spider::RunSettings;
 use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId, TaskOutcome, from_millis, to_millis};
 
 use crate::pb::{self, master_message, worker_message};
@@ -110,6 +111,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     task_id: task_id("task_ended.task_id", &e.task_id)?,
                     outcome,
                     at: from_millis(e.at_ms),
+                    peak_rss_bytes: e.peak_rss_bytes,
                 }
             }
         })
@@ -183,6 +185,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 task_id,
                 outcome,
                 at,
+                peak_rss_bytes,
             } => {
                 let (outcome, exit_code, signal, message) = match outcome {
                     TaskOutcome::Finished => (pb::Outcome::Finished, Some(0), None, String::new()),
@@ -203,6 +206,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     signal,
                     message,
                     at_ms: to_millis(at),
+                    peak_rss_bytes,
                 })
             }
         };
@@ -224,6 +228,12 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
                 spider_name: a.spider_name,
                 version: a.version,
                 command_line: a.command_line,
+                settings: RunSettings {
+                    env: a.env.into_iter().collect(),
+                    timeout_secs: a.timeout_secs,
+                    memory_limit_mib: a.memory_limit_mib,
+                    cancel_grace_secs: a.cancel_grace_secs,
+                },
             }),
             master_message::Msg::Cancel(c) => MasterToWorker::Cancel {
                 task_id: task_id("cancel.task_id", &c.task_id)?,
@@ -243,6 +253,10 @@ impl From<MasterToWorker> for pb::MasterMessage {
                 spider_name: a.spider_name,
                 version: a.version,
                 command_line: a.command_line,
+                env: a.settings.env.into_iter().collect(),
+                timeout_secs: a.settings.timeout_secs,
+                memory_limit_mib: a.settings.memory_limit_mib,
+                cancel_grace_secs: a.settings.cancel_grace_secs,
             }),
             MasterToWorker::Cancel { task_id, reason } => {
                 master_message::Msg::Cancel(pb::CancelTask {
@@ -352,6 +366,7 @@ mod tests {
                 task_id,
                 outcome,
                 at,
+                peak_rss_bytes: Some(4096),
             });
         }
     }
@@ -364,6 +379,12 @@ mod tests {
             spider_name: "s".into(),
             version: "v".into(),
             command_line: "python3 main.py".into(),
+            settings: RunSettings {
+                env: [("K".to_owned(), "v".to_owned())].into(),
+                timeout_secs: Some(3),
+                memory_limit_mib: None,
+                cancel_grace_secs: Some(1),
+            },
         });
         assert_eq!(
             MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),

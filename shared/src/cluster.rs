@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ipc::{ErrorPayload, StatusPayload};
 use crate::log::{ItemRecord, LogLine};
-use crate::spider::SpiderId;
+use crate::spider::{RunSettings, SpiderId};
 use crate::task::{TaskId, TaskOutcome};
 
 /// What a worker announces when its session opens.
@@ -52,6 +52,8 @@ pub enum WorkerToMaster {
         task_id: TaskId,
         outcome: TaskOutcome,
         at: DateTime<Utc>,
+        /// Peak RSS of the process tree, when it was sampled.
+        peak_rss_bytes: Option<u64>,
     },
 }
 
@@ -64,6 +66,7 @@ pub struct Assignment {
     pub version: String,
     /// The full shell command line (command plus parameters).
     pub command_line: String,
+    pub settings: RunSettings,
 }
 
 /// Master → worker.

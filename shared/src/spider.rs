@@ -1,5 +1,6 @@
 //! Spiders: a named command plus the files it runs in, identified by version.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -52,6 +53,68 @@ pub struct Spider {
     pub total_bytes: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How its runs are supervised; a run can override each field.
+    #[serde(default)]
+    pub settings: RunSettings,
+}
+
+/// Supervision settings of a run. Unset fields fall back to the worker's defaults (no timeout, no memory
+/// limit, the worker's cancel grace).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// Extra environment variables of the spider process.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The run is stopped, and ends as Error, after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// The run is stopped, and ends as Error, when its process tree's RSS goes over this many MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u64>,
+    /// Seconds a spider has to exit after CANCEL before SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_grace_secs: Option<u64>,
+}
+
+impl RunSettings {
+    /// These settings with every field `run` sets taken from `run` (environment variables are merged).
+    pub fn overridden_by(&self, run: &RunSettings) -> RunSettings {
+        let mut env = self.env.clone();
+        env.extend(run.env.clone());
+        RunSettings {
+            env,
+            timeout_secs: run.timeout_secs.or(self.timeout_secs),
+            memory_limit_mib: run.memory_limit_mib.or(self.memory_limit_mib),
+            cancel_grace_secs: run.cancel_grace_secs.or(self.cancel_grace_secs),
+        }
+    }
+
+    /// Checks the settings; the message names the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(format!("env: invalid variable name {key:?}"));
+            }
+            if key.starts_with("ARACHNE_") {
+                return Err(format!(
+                    "env: {key} is reserved (ARACHNE_* variables are set by the platform)"
+                ));
+            }
+        }
+        if self.env.values().any(|v| v.contains('\0')) {
+            return Err("env: values must not contain NUL".into());
+        }
+        for (field, value) in [
+            ("timeout_secs", self.timeout_secs),
+            ("memory_limit_mib", self.memory_limit_mib),
+        ] {
+            if value == Some(0) {
+                return Err(format!("{field} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks a spider or node name (`what` says which, for the message): 1-64 characters of ASCII letters, digits,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::ipc::{ErrorPayload, StatusPayload};
-use crate::spider::SpiderId;
+use crate::spider::{RunSettings, SpiderId};
 
 /// A task's id. UUID v7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -168,6 +168,12 @@ pub struct Task {
     pub param: Option<String>,
     /// 1 (highest) to 10; 5 by default, as in Crawlab.
     pub priority: u8,
+    /// The spider's settings with this run's overrides applied.
+    #[serde(default)]
+    pub settings: RunSettings,
+    /// Peak RSS of the task's process tree, in bytes, as sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     pub status: TaskStatus,
     /// The node the task was handed to, once it was.
     pub node: Option<String>,

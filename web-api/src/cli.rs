@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use arachne_shared::spider::RunSettings;
 use arachne_shared::{Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -62,6 +63,8 @@ pub enum Command {
         /// Wait for the task to end; exit 0 only if it Finished.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     /// Inspect tasks.
     #[command(subcommand)]
@@ -97,6 +100,9 @@ pub enum SpiderCommand {
         /// The folder holding the spider's files.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Given any of these, they replace the spider's settings; given none, an existing spider keeps its own.
+        #[command(flatten)]
+        settings: SettingsArgs,
     },
     List,
     Show {
@@ -122,6 +128,46 @@ pub enum TaskCommand {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     List,
+}
+
+/// Supervision settings, for a spider or one run.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SettingsArgs {
+    /// Stop the run after this many seconds (it ends as Error).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Stop the run when its process tree uses more than this many MiB (it ends as Error).
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
+    /// Seconds the spider has to exit after a cancel before SIGTERM.
+    #[arg(long, value_name = "SECS")]
+    pub cancel_grace: Option<u64>,
+    /// An environment variable of the spider process, as KEY=VALUE; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+}
+
+impl SettingsArgs {
+    /// The settings, or `None` when no flag was given.
+    fn into_settings(self) -> Option<RunSettings> {
+        let given = self.timeout.is_some()
+            || self.memory_limit.is_some()
+            || self.cancel_grace.is_some()
+            || !self.env.is_empty();
+        given.then(|| RunSettings {
+            env: self.env.into_iter().collect(),
+            timeout_secs: self.timeout,
+            memory_limit_mib: self.memory_limit,
+            cancel_grace_secs: self.cancel_grace,
+        })
+    }
+}
+
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {value:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -201,11 +247,17 @@ fn describe_end(task: &Task) {
 async fn execute(cli: Cli) -> Result<ExitCode, Error> {
     let client = Client::new(&cli.server);
     match cli.command {
-        Command::Spider(SpiderCommand::Create { name, cmd, dir }) => {
+        Command::Spider(SpiderCommand::Create {
+            name,
+            cmd,
+            dir,
+            settings,
+        }) => {
             let mut spider = client
                 .put_spider(&CreateSpider {
                     name: name.clone(),
                     cmd,
+                    settings: settings.into_settings(),
                 })
                 .await?;
             if let Some(dir) = dir {
@@ -251,12 +303,14 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             priority,
             follow,
             wait,
+            settings,
         } => {
             let task = client
                 .run_task(&RunTask {
                     spider,
                     param,
                     priority,
+                    settings: settings.into_settings(),
                 })
                 .await?;
             if cli.json && !follow && !wait {

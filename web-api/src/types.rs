@@ -1,6 +1,7 @@
 //! Request and response types of the HTTP API. Responses reuse the plain domain types from `arachne_shared`.
 
 use arachne_shared::TaskStatus;
+use arachne_shared::spider::RunSettings;
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/spiders`.
@@ -10,6 +11,9 @@ pub struct CreateSpider {
     pub name: String,
     /// Shell command run in the spider's folder, for example `python3 main.py`.
     pub cmd: String,
+    /// How its runs are supervised. When absent, an existing spider keeps its settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RunSettings>,
 }
 
 /// `POST /api/v1/tasks`.
@@ -24,6 +28,9 @@ pub struct RunTask {
     /// 1 (highest) to 10; 5 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// Overrides of the spider's settings for this run; `env` is merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RunSettings>,
 }
 
 /// `GET /api/v1/tasks` filters and paging.

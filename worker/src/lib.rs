@@ -5,6 +5,7 @@
 //! local and a remote worker are the same code talking the same protocol.
 
 mod lines;
+mod memory;
 mod output;
 mod runner;
 mod session;

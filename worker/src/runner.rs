@@ -1,11 +1,14 @@
 //! Runs one task: sync its files, spawn the spider in its own process group, stream its output, and stop it
-//! on request with the escalation CANCEL on stdin → SIGTERM to the group → SIGKILL to the group.
+//! when asked, when it runs too long or when it uses too much memory, with the escalation CANCEL on stdin →
+//! SIGTERM to the group → SIGKILL to the group.
 //!
 //! Whatever happens, the run ends with a [`TaskOutcome`] (a failing spider is an outcome, not an error) and
 //! with no process of the group left behind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arachne_proto::client::Client;
@@ -17,13 +20,14 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use crate::memory::{self, OverLimit};
 use crate::output::{self, Collector};
 use crate::sync::{self, FileCache};
 
-/// How runs are supervised.
+/// How runs are supervised when the spider and the run do not say otherwise.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
     /// How long a spider has to exit after CANCEL on stdin before it gets SIGTERM.
@@ -53,6 +57,10 @@ pub(crate) enum Stop {
     Shutdown,
     /// The session with the master broke, so the master has already written the task off.
     MasterLost,
+    /// The run's time limit, in seconds, passed.
+    Timeout(u64),
+    /// The process tree went over its memory limit.
+    Memory(OverLimit),
 }
 
 impl Stop {
@@ -60,10 +68,17 @@ impl Stop {
         match self {
             Stop::User(_) => CancelReason::User,
             Stop::Shutdown | Stop::MasterLost => CancelReason::Shutdown,
+            Stop::Timeout(_) => CancelReason::Timeout,
+            Stop::Memory(_) => CancelReason::Memory,
         }
     }
 
     fn outcome(&self, node: &str) -> TaskOutcome {
+        let error = |message: String| TaskOutcome::Error {
+            exit_code: None,
+            signal: None,
+            message,
+        };
         match self {
             Stop::User(reason) => TaskOutcome::Cancelled {
                 reason: reason.clone(),
@@ -74,6 +89,28 @@ impl Stop {
             Stop::MasterLost => TaskOutcome::Abnormal {
                 reason: format!("worker {node} lost its master connection"),
             },
+            Stop::Timeout(secs) => error(format!("timed out after {secs} s")),
+            Stop::Memory(OverLimit { used, limit }) => error(format!(
+                "memory limit exceeded ({} MiB > {} MiB)",
+                used >> 20,
+                limit >> 20
+            )),
+        }
+    }
+}
+
+/// How a run ended, with what was measured of it.
+#[derive(Debug)]
+pub(crate) struct RunResult {
+    pub(crate) outcome: TaskOutcome,
+    pub(crate) peak_rss_bytes: Option<u64>,
+}
+
+impl From<TaskOutcome> for RunResult {
+    fn from(outcome: TaskOutcome) -> Self {
+        Self {
+            outcome,
+            peak_rss_bytes: None,
         }
     }
 }
@@ -106,12 +143,12 @@ pub(crate) async fn execute(
     ctx: &RunContext,
     task: Assignment,
     mut stop: watch::Receiver<Option<Stop>>,
-) -> TaskOutcome {
+) -> RunResult {
     let mut collector = Collector::new(task.task_id, ctx.events.clone());
     let workdir = ctx.tasks_dir.join(task.task_id.to_string());
     let prepared = tokio::select! {
         prepared = prepare(ctx, &task, workdir.clone()) => prepared,
-        reason = stopped(&mut stop) => return reason.outcome(&ctx.node),
+        reason = stopped(&mut stop) => return reason.outcome(&ctx.node).into(),
     };
     if let Err(err) = prepared {
         collector.system(format!("[arachne] {err}"));
@@ -121,13 +158,14 @@ pub(crate) async fn execute(
             exit_code: None,
             signal: None,
             message: err.to_string(),
-        };
+        }
+        .into();
     }
-    let outcome = supervise(ctx, &task, &workdir, collector, stop).await;
+    let result = supervise(ctx, &task, &workdir, collector, stop).await;
     if let Err(err) = tokio::fs::remove_dir_all(&workdir).await {
         warn!(task_id = %task.task_id, error = %err, "could not remove the working directory");
     }
-    outcome
+    result
 }
 
 async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Result<(), sync::Error> {
@@ -144,7 +182,7 @@ async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Resul
     sync::prepare_workdir(source, workdir).await
 }
 
-fn command(ctx: &RunContext, task: &Assignment, workdir: &std::path::Path) -> Command {
+fn command(ctx: &RunContext, task: &Assignment, workdir: &Path) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(&task.command_line).current_dir(workdir);
     // The worker's own settings (master address, tokens) stay out of the spider's environment.
@@ -154,13 +192,14 @@ fn command(ctx: &RunContext, task: &Assignment, workdir: &std::path::Path) -> Co
             cmd.env_remove(&*key);
         }
     }
+    // Without this, Python buffers piped stdout and logs arrive in bursts long after they were printed.
+    cmd.env("PYTHONUNBUFFERED", "1");
+    cmd.envs(&task.settings.env);
     cmd.env("ARACHNE_TASK_ID", task.task_id.to_string())
         .env("ARACHNE_SPIDER_ID", task.spider_id.to_string())
         .env("ARACHNE_SPIDER_NAME", &task.spider_name)
         .env("ARACHNE_NODE", &ctx.node)
-        .env("CRAWLAB_TASK_ID", task.task_id.to_string())
-        // Without this, Python buffers piped stdout and logs arrive in bursts long after they were printed.
-        .env("PYTHONUNBUFFERED", "1");
+        .env("CRAWLAB_TASK_ID", task.task_id.to_string());
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -168,13 +207,66 @@ fn command(ctx: &RunContext, task: &Assignment, workdir: &std::path::Path) -> Co
     cmd
 }
 
+/// A running spider: the group leader, its pid (which is the group id) and the stdin CANCEL goes to.
+struct Process {
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+}
+
+/// The grace periods of one run's stop escalation.
+#[derive(Debug, Clone, Copy)]
+struct Escalation {
+    cancel_grace: Duration,
+    term_grace: Duration,
+}
+
+impl Process {
+    /// Asks the spider to stop, then escalates. Returns once the group leader has exited.
+    async fn terminate(
+        &mut self,
+        reason: &Stop,
+        escalation: Escalation,
+    ) -> std::io::Result<ExitStatus> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let grace_seconds = escalation.cancel_grace.as_secs();
+            let line = RunnerMessage::Cancel {
+                reason: reason.cancel_reason(),
+                grace_seconds,
+            }
+            .to_line();
+            // A spider that never reads stdin must not block the cancel: the write is bounded in time.
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), stdin.write_all(line.as_bytes()))
+                    .await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), stdin.flush()).await;
+        }
+        if let Ok(status) = tokio::time::timeout(escalation.cancel_grace, self.child.wait()).await {
+            return status;
+        }
+        signal_group(self.pid, Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(escalation.term_grace, self.child.wait()).await {
+            return status;
+        }
+        signal_group(self.pid, Signal::SIGKILL);
+        self.child.wait().await
+    }
+}
+
+async fn sleep_for(limit: Option<u64>) {
+    match limit {
+        Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn supervise(
     ctx: &RunContext,
     task: &Assignment,
-    workdir: &std::path::Path,
+    workdir: &Path,
     mut collector: Collector,
     mut stop: watch::Receiver<Option<Stop>>,
-) -> TaskOutcome {
+) -> RunResult {
     let mut child = match command(ctx, task, workdir).spawn() {
         Ok(child) => child,
         Err(err) => {
@@ -185,7 +277,8 @@ async fn supervise(
                 exit_code: None,
                 signal: None,
                 message,
-            };
+            }
+            .into();
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
@@ -200,31 +293,66 @@ async fn supervise(
         .await;
 
     let (raw_tx, raw_rx) = output::raw_channel();
+    let max_line = ctx.options.max_line_bytes;
     let readers = [
         output::spawn_reader(
             child.stdout.take().expect("stdout is piped"),
             LogStream::Stdout,
-            ctx.options.max_line_bytes,
+            max_line,
             raw_tx.clone(),
         ),
         output::spawn_reader(
             child.stderr.take().expect("stderr is piped"),
             LogStream::Stderr,
-            ctx.options.max_line_bytes,
+            max_line,
             raw_tx,
         ),
     ];
-    let collected = tokio::spawn(collector.run(raw_rx));
-    let mut stdin = child.stdin.take();
 
-    let (status, stopped_by) = tokio::select! {
-        status = child.wait() => (status, None),
-        reason = stopped(&mut stop) => {
-            let status = terminate(&mut child, pid, stdin.take(), &reason, &ctx.options).await;
-            (status, Some(reason))
-        }
+    let peak = Arc::new(AtomicU64::new(0));
+    let (over_tx, mut over_rx) = oneshot::channel();
+    let limit = task.settings.memory_limit_mib.map(|mib| mib << 20);
+    let sampler = tokio::spawn(memory::watch(memory::Watch {
+        pid,
+        limit,
+        peak: Arc::clone(&peak),
+        over: over_tx,
+    }));
+    let sampler_abort = sampler.abort_handle();
+    let mut sampler = std::pin::pin!(sampler);
+    let collected = tokio::spawn(collector.run(raw_rx));
+    let mut process = Process {
+        stdin: child.stdin.take(),
+        child,
+        pid,
     };
-    drop(stdin);
+    let escalation = Escalation {
+        cancel_grace: task
+            .settings
+            .cancel_grace_secs
+            .map(Duration::from_secs)
+            .unwrap_or(ctx.options.cancel_grace),
+        term_grace: ctx.options.term_grace,
+    };
+
+    let mut sampler_failed = None;
+    let (status, stopped_by) = loop {
+        let reason = tokio::select! {
+            status = process.child.wait() => break (status, None),
+            reason = stopped(&mut stop) => reason,
+            () = sleep_for(task.settings.timeout_secs) => Stop::Timeout(task.settings.timeout_secs.unwrap_or(0)),
+            Ok(over) = &mut over_rx => Stop::Memory(over),
+            Ok(why) = &mut sampler, if sampler_failed.is_none() => {
+                warn!(task_id = %task.task_id, "{why}");
+                sampler_failed = Some(why);
+                continue;
+            }
+        };
+        let status = process.terminate(&reason, escalation).await;
+        break (status, Some(reason));
+    };
+    sampler_abort.abort();
+    drop(process.stdin.take());
     // The shell may be gone while something it started still runs and holds the pipes open.
     signal_group(pid, Signal::SIGKILL);
 
@@ -245,17 +373,27 @@ async fn supervise(
     if !readers_done {
         warn!(task_id = %task.task_id, "output pipe held open by a process outside the group; stopped reading");
     }
-
-    if let Some(reason) = stopped_by {
-        return reason.outcome(&ctx.node);
-    }
-    match status {
-        Err(err) => TaskOutcome::Error {
+    let peak_rss_bytes = Some(peak.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0);
+    let outcome = match (stopped_by, status) {
+        (Some(reason), _) => reason.outcome(&ctx.node),
+        (None, Err(err)) => TaskOutcome::Error {
             exit_code: None,
             signal: None,
             message: format!("waiting for the spider failed: {err}"),
         },
-        Ok(status) => exit_outcome(status, summary.fatal_error),
+        (None, Ok(status)) => exit_outcome(status, summary.fatal_error),
+    };
+    let outcome = match (outcome, sampler_failed) {
+        (TaskOutcome::Finished, Some(why)) if limit.is_some() => TaskOutcome::Error {
+            exit_code: Some(0),
+            signal: None,
+            message: format!("memory limit not enforced: {why}"),
+        },
+        (outcome, _) => outcome,
+    };
+    RunResult {
+        outcome,
+        peak_rss_bytes,
     }
 }
 
@@ -285,36 +423,6 @@ fn exit_outcome(status: ExitStatus, fatal_error: Option<String>) -> TaskOutcome 
             message: format!("exit status {code}"),
         },
     }
-}
-
-/// Asks the spider to stop, then escalates. Returns once the group leader has exited.
-async fn terminate(
-    child: &mut Child,
-    pid: u32,
-    stdin: Option<ChildStdin>,
-    reason: &Stop,
-    options: &RunnerOptions,
-) -> std::io::Result<ExitStatus> {
-    if let Some(mut stdin) = stdin {
-        let line = RunnerMessage::Cancel {
-            reason: reason.cancel_reason(),
-            grace_seconds: options.cancel_grace.as_secs(),
-        }
-        .to_line();
-        // A spider that never reads stdin must not block the cancel: the write is bounded in time.
-        let _ = tokio::time::timeout(Duration::from_millis(200), stdin.write_all(line.as_bytes()))
-            .await;
-        let _ = tokio::time::timeout(Duration::from_millis(50), stdin.flush()).await;
-    }
-    if let Ok(status) = tokio::time::timeout(options.cancel_grace, child.wait()).await {
-        return status;
-    }
-    signal_group(pid, Signal::SIGTERM);
-    if let Ok(status) = tokio::time::timeout(options.term_grace, child.wait()).await {
-        return status;
-    }
-    signal_group(pid, Signal::SIGKILL);
-    child.wait().await
 }
 
 fn signal_group(pid: u32, signal: Signal) {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::Config;
-use crate::runner::{self, RunContext, Stop};
+use crate::runner::{self, RunContext, RunResult, Stop};
 use crate::sync::FileCache;
 
 /// Messages to the master waiting to be sent. Runners wait when it is full, which slows their readers and,
@@ -151,16 +151,16 @@ impl Runners {
             let outcome = TaskOutcome::Abnormal {
                 reason: format!("node {} had no free runner slot", self.ctx.node),
             };
-            report_end(&self.ctx.events, task_id, outcome).await;
+            report_end(&self.ctx.events, task_id, outcome.into()).await;
             return;
         };
         let (stop_tx, stop_rx) = watch::channel(None);
         self.active.insert(task_id, stop_tx);
         let ctx = self.ctx.clone();
         self.tasks.spawn(async move {
-            let outcome = runner::execute(&ctx, task, stop_rx).await;
-            info!(task_id = %task_id, node = %ctx.node, status = %outcome.status(), "task ended");
-            report_end(&ctx.events, task_id, outcome).await;
+            let result = runner::execute(&ctx, task, stop_rx).await;
+            info!(task_id = %task_id, node = %ctx.node, status = %result.outcome.status(), "task ended");
+            report_end(&ctx.events, task_id, result).await;
             drop(permit);
             task_id
         });
@@ -196,12 +196,17 @@ impl Runners {
 
 /// Tells the master a task ended. If the session is gone the master settles the task itself, so a failed send
 /// needs no handling here.
-async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, outcome: TaskOutcome) {
+async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, result: RunResult) {
+    let RunResult {
+        outcome,
+        peak_rss_bytes,
+    } = result;
     let _ = events
         .send(WorkerToMaster::TaskEnded {
             task_id,
             outcome,
             at: Utc::now(),
+            peak_rss_bytes,
         })
         .await;
 }

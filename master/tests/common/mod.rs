@@ -138,6 +138,7 @@ pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&st
         .put_spider(&CreateSpider {
             name: name.into(),
             cmd: cmd.into(),
+            settings: None,
         })
         .await
         .unwrap();
