@@ -183,6 +183,8 @@ impl Backend for MasterApi {
             priority,
             settings,
             peak_rss_bytes: None,
+            wait_ms: None,
+            run_ms: None,
             status: TaskStatus::Created,
             node: None,
             pid: None,

@@ -38,6 +38,9 @@ struct Args {
     /// Seconds a spider has to exit after a cancel before SIGTERM.
     #[arg(long, default_value_t = 5)]
     cancel_grace: u64,
+    /// Local worker: longest output line kept whole, and longest IPC message parsed, in MiB.
+    #[arg(long, default_value_t = 16)]
+    max_line_mib: usize,
 }
 
 #[tokio::main]
@@ -55,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         max_runners: args.local_max_runners,
         runner: arachne_worker::RunnerOptions {
             cancel_grace: Duration::from_secs(args.cancel_grace),
+            max_line_bytes: args.max_line_mib << 20,
             ..Default::default()
         },
         ..LocalWorker::default()

@@ -69,6 +69,10 @@ async fn a_spider_runs_and_its_logs_and_items_arrive_in_order() {
     assert_eq!(task.status, TaskStatus::Finished);
     assert_eq!(task.exit_code, Some(0));
     assert_eq!(task.node.as_deref(), Some("local"));
+    assert!(
+        task.wait_ms.is_some() && task.run_ms.is_some(),
+        "wait and run durations are task stats"
+    );
     let states: Vec<_> = task.transitions.iter().map(|t| t.status).collect();
     assert_eq!(
         states,

@@ -36,6 +36,8 @@ fn task(spider: &str, priority: u8) -> Task {
         priority,
         settings: Default::default(),
         peak_rss_bytes: None,
+        wait_ms: None,
+        run_ms: None,
         status: TaskStatus::Pending,
         node: None,
         pid: None,

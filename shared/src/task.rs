@@ -171,6 +171,12 @@ pub struct Task {
     /// The spider's settings with this run's overrides applied.
     #[serde(default)]
     pub settings: RunSettings,
+    /// From creation to the process start (or to the end, for a task that never started), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// From the process start to the end, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<u64>,
     /// Peak RSS of the task's process tree, in bytes, as sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
@@ -236,6 +242,16 @@ impl Task {
         self.status = status;
         self.updated_at = at;
         self.transitions.push(Transition { status, at });
+        let millis = |from: Option<DateTime<Utc>>| {
+            from.map(|from| (at - from).num_milliseconds().max(0) as u64)
+        };
+        if status == TaskStatus::Running {
+            self.wait_ms = millis(Some(self.created_at));
+        }
+        if status.is_terminal() {
+            self.run_ms = millis(self.started_at());
+            self.wait_ms = self.wait_ms.or_else(|| millis(Some(self.created_at)));
+        }
     }
 
     /// When the task last entered `status`, if it ever did.
@@ -312,6 +328,37 @@ mod tests {
         }
         let err = "bogus".parse::<TaskStatus>().unwrap_err();
         assert!(err.contains("bogus") && err.contains("finished"), "{err}");
+    }
+
+    #[test]
+    fn wait_and_run_times_follow_the_transitions() {
+        let t0 = chrono::DateTime::from_timestamp_millis(1_000_000).unwrap();
+        let mut task: Task = serde_json::from_value(serde_json::json!({
+            "id": TaskId::new(), "spider_id": SpiderId::new(), "spider_name": "s", "version": "", "cmd": "true",
+            "param": null, "priority": 5, "status": "pending", "node": null, "pid": null, "exit_code": null,
+            "signal": null, "error": null, "created_at": t0, "updated_at": t0, "transitions": [],
+            "log_lines": 0, "items": 0
+        }))
+        .unwrap();
+        task.set_status(TaskStatus::Running, t0 + chrono::Duration::milliseconds(40));
+        task.finish(
+            &TaskOutcome::Finished,
+            t0 + chrono::Duration::milliseconds(1040),
+        );
+        assert_eq!((task.wait_ms, task.run_ms), (Some(40), Some(1000)));
+
+        let mut never_started = task.clone();
+        never_started.transitions.clear();
+        never_started.wait_ms = None;
+        never_started.run_ms = None;
+        never_started.finish(
+            &TaskOutcome::Cancelled { reason: "x".into() },
+            t0 + chrono::Duration::milliseconds(7),
+        );
+        assert_eq!(
+            (never_started.wait_ms, never_started.run_ms),
+            (Some(7), None)
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ struct Args {
     /// Seconds a spider has to exit after a cancel before it is sent SIGTERM.
     #[arg(long, default_value_t = 5)]
     cancel_grace: u64,
+    /// Longest output line kept whole, and longest IPC message parsed, in MiB; longer lines are cut.
+    #[arg(long, default_value_t = 16)]
+    max_line_mib: usize,
 }
 
 #[tokio::main]
@@ -48,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_runners = args.max_runners;
     config.runner = RunnerOptions {
         cancel_grace: Duration::from_secs(args.cancel_grace),
+        max_line_bytes: args.max_line_mib << 20,
         ..RunnerOptions::default()
     };
     let shutdown = CancellationToken::new();
