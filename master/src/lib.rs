@@ -272,8 +272,6 @@ struct SpiderManifest {
     name: String,
     cmd: String,
     #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
     settings: Option<arachne_shared::spider::RunSettings>,
 }
 
@@ -302,7 +300,6 @@ async fn register_example(api: &MasterApi, folder: &Path) -> Result<(), String> 
         .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
     let manifest: SpiderManifest =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
-    let _ = manifest.description;
     if api.get_spider(&manifest.name).await.is_ok() {
         return Ok(());
     }

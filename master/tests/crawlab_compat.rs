@@ -1,5 +1,6 @@
-//! Spiders written for Crawlab run unchanged: the real crawlab-sdk package (installed from PyPI into a venv
-//! cached under `target/`) saves items through Arachne's runner.
+//! Spiders written for Crawlab run unchanged: the real crawlab-sdk package, and a Scrapy project using its
+//! `CrawlabPipeline` (both installed from PyPI into a venv cached under `target/`), save items through
+//! Arachne's runner.
 
 mod common;
 
@@ -11,7 +12,7 @@ use arachne_shared::{LogStream, TaskStatus};
 use arachne_web_api::types::{ItemQuery, LogQuery, RunTask};
 use common::{TestMaster, create_spider, wait_done};
 
-const CRAWLAB_SDK: &str = "crawlab-sdk==0.7.0";
+const PACKAGES: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];
 
 /// The venv's python, creating the venv on first use. Built in a temporary folder and renamed into place, so
 /// an interrupted install is never mistaken for a finished one.
@@ -20,7 +21,7 @@ fn crawlab_python() -> &'static PathBuf {
     PYTHON.get_or_init(|| {
         // The folder of the test binaries is target/<profile>; the venv goes beside it, in target/.
         let target = common::workspace_bin("").parent().unwrap().to_owned();
-        let venv = target.join("test-venvs").join("crawlab-sdk-0.7.0");
+        let venv = target.join("test-venvs").join(PACKAGES.join("+"));
         let python = venv.join("bin").join("python");
         if python.exists() {
             return python;
@@ -36,13 +37,9 @@ fn crawlab_python() -> &'static PathBuf {
             );
         };
         run(Command::new("python3").args(["-m", "venv"]).arg(&staging));
-        run(Command::new(staging.join("bin/python")).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            CRAWLAB_SDK,
-        ]));
+        run(Command::new(staging.join("bin/python"))
+            .args(["-m", "pip", "install", "-q"])
+            .args(PACKAGES));
         if std::fs::rename(&staging, &venv).is_err() {
             // Another test process finished first.
             let _ = std::fs::remove_dir_all(&staging);
@@ -92,6 +89,76 @@ save_item({"title": "third", "tags": ["a", "b"]})
     assert_eq!(
         stdout,
         [format!("crawling for task {}", task.id)],
+        "IPC lines are not log lines"
+    );
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrapy_project_with_crawlab_pipeline_runs_unchanged() {
+    let python = crawlab_python().clone();
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let settings = "BOT_NAME = 'quotes'\nSPIDER_MODULES = ['quotes.spiders']\nROBOTSTXT_OBEY = False\n\
+                    ITEM_PIPELINES = {'crawlab.CrawlabPipeline': 300}\nLOG_LEVEL = 'INFO'\n";
+    // A data: URL keeps the crawl off the network while still going through Scrapy's downloader.
+    let spider = r#"
+import scrapy
+
+class QuotesSpider(scrapy.Spider):
+    name = "quotes"
+    start_urls = ["data:text/html,<p class='q'>one</p><p class='q'>two</p><p class='q'>three</p>"]
+
+    def parse(self, response):
+        for text in response.css("p.q::text").getall():
+            yield {"text": text}
+"#;
+    let files = [
+        ("scrapy.cfg", "[settings]\ndefault = quotes.settings\n"),
+        ("quotes/__init__.py", ""),
+        ("quotes/settings.py", settings),
+        ("quotes/spiders/__init__.py", ""),
+        ("quotes/spiders/quotes.py", spider),
+    ];
+    let cmd = format!("{} -m scrapy crawl quotes", python.display());
+    create_spider(client, "scrapy-quotes", &cmd, &files).await;
+    let run = RunTask {
+        spider: "scrapy-quotes".into(),
+        param: None,
+        priority: None,
+        settings: None,
+    };
+    let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
+    let logs = client
+        .logs(
+            task.id,
+            &LogQuery {
+                limit: Some(10_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        task.status,
+        TaskStatus::Finished,
+        "{:?}\n{logs:#?}",
+        task.error
+    );
+    let items = client.items(task.id, &ItemQuery::default()).await.unwrap();
+    let texts: Vec<_> = items
+        .iter()
+        .map(|i| i.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+    assert!(
+        logs.iter()
+            .any(|l| l.stream == LogStream::Stderr && l.text.contains("Spider closed (finished)")),
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.text.contains("\"ipc\"")),
         "IPC lines are not log lines"
     );
     master.stop().await;
