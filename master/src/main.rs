@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use arachne_master::{Config, Listeners, LocalWorker};
@@ -35,32 +34,21 @@ struct Args {
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
-    /// Seconds a spider has to exit after a cancel before SIGTERM.
-    #[arg(long, default_value_t = 5)]
-    cancel_grace: u64,
-    /// Local worker: longest output line kept whole, and longest IPC message parsed, in MiB.
-    #[arg(long, default_value_t = 16)]
-    max_line_mib: usize,
+    /// Runner settings of the local worker.
+    #[command(flatten)]
+    runner: arachne_worker::args::RunnerArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    arachne_worker::args::init_tracing();
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);
     config.http.max_upload_bytes = args.max_upload_mib << 20;
     config.local_worker = (!args.no_local_worker).then(|| LocalWorker {
         max_runners: args.local_max_runners,
-        runner: arachne_worker::RunnerOptions {
-            cancel_grace: Duration::from_secs(args.cancel_grace),
-            max_line_bytes: args.max_line_mib << 20,
-            ..Default::default()
-        },
+        runner: args.runner.into(),
         ..LocalWorker::default()
     });
     let listeners = Listeners {

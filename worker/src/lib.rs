@@ -4,6 +4,7 @@
 //! `arachne-worker` is a thin binary over [`run`]; the master calls the same [`run`] for its local worker, so a
 //! local and a remote worker are the same code talking the same protocol.
 
+pub mod args;
 mod lines;
 mod memory;
 mod output;

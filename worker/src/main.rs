@@ -1,10 +1,10 @@
 //! `arachne-worker`: parses configuration and runs the worker library.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use arachne_worker::{Config, RunnerOptions};
+use arachne_worker::Config;
+use arachne_worker::args::RunnerArgs;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -24,21 +24,13 @@ struct Args {
     /// Where spider files are cached and runs get their working directories.
     #[arg(long, default_value = "./arachne-worker-data")]
     work_dir: PathBuf,
-    /// Seconds a spider has to exit after a cancel before it is sent SIGTERM.
-    #[arg(long, default_value_t = 5)]
-    cancel_grace: u64,
-    /// Longest output line kept whole, and longest IPC message parsed, in MiB; longer lines are cut.
-    #[arg(long, default_value_t = 16)]
-    max_line_mib: usize,
+    #[command(flatten)]
+    runner: RunnerArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    arachne_worker::args::init_tracing();
     let args = Args::parse();
     let name = match args.name {
         Some(name) => name,
@@ -49,11 +41,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut config = Config::new(args.master, name, args.work_dir);
     config.max_runners = args.max_runners;
-    config.runner = RunnerOptions {
-        cancel_grace: Duration::from_secs(args.cancel_grace),
-        max_line_bytes: args.max_line_mib << 20,
-        ..RunnerOptions::default()
-    };
+    config.runner = args.runner.into();
     let shutdown = CancellationToken::new();
     arachne_worker::signals::spawn_handler(shutdown.clone());
     arachne_worker::run(config, shutdown).await?;

@@ -95,6 +95,15 @@ impl EmbeddedStore {
     }
 }
 
+/// Every row of a one-column query of JSON records, decoded.
+fn all_json<T: serde::de::DeserializeOwned>(conn: &Connection, sql: &str) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare(sql).map_err(db)?;
+    let rows = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(db)?;
+    rows.map(|r| from_json(&r.map_err(db)?)).collect()
+}
+
 fn read_task(data: String, log_lines: i64, items: i64) -> Result<Task> {
     let mut task: Task = from_json(&data)?;
     task.log_lines = log_lines as u64;
@@ -205,16 +214,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_spiders(&self) -> Result<Vec<Spider>> {
-        self.call(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT data FROM spiders ORDER BY name")
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([], |row| row.get::<_, String>(0))
-                .map_err(db)?;
-            rows.map(|r| from_json(&r.map_err(db)?)).collect()
-        })
-        .await
+        self.call(|conn| all_json(conn, "SELECT data FROM spiders ORDER BY name"))
+            .await
     }
 
     async fn insert_task(&self, task: &Task) -> Result<()> {
@@ -397,15 +398,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>> {
-        self.call(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT data FROM nodes ORDER BY name")
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([], |row| row.get::<_, String>(0))
-                .map_err(db)?;
-            rows.map(|r| from_json(&r.map_err(db)?)).collect()
-        })
-        .await
+        self.call(|conn| all_json(conn, "SELECT data FROM nodes ORDER BY name"))
+            .await
     }
 }
