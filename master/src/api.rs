@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arachne_shared::{
     ItemRecord, LogLine, Node, NodeStatus, Spider, SpiderId, Task, TaskId, TaskOutcome, TaskStatus,
 };
-use arachne_web_api::types::{CreateSpider, Page, RunTask, TaskQuery};
+use arachne_web_api::types::{CreateSpider, Page, RunTask, TaskQuery, UpdateNode};
 use arachne_web_api::{Backend, Error, Result};
 use chrono::Utc;
 use tokio::sync::broadcast;
@@ -269,11 +269,12 @@ impl Backend for MasterApi {
     async fn list_nodes(&self) -> Result<Vec<Node>> {
         let mut nodes = self.store.list_nodes().await.map_err(internal)?;
         for node in &mut nodes {
-            // The store's copy is only as fresh as the last heartbeat; the live session count is exact.
-            match self.scheduler.running_on(&node.name) {
-                Some(running) => {
+            // The store keeps what outlives a session; running tasks and liveness come from the session.
+            match self.scheduler.live(&node.name) {
+                Some((running, last_seen)) => {
                     node.status = NodeStatus::Online;
                     node.running = running;
+                    node.last_seen = last_seen;
                 }
                 None => {
                     node.status = NodeStatus::Offline;
@@ -282,6 +283,30 @@ impl Backend for MasterApi {
             }
         }
         Ok(nodes)
+    }
+
+    async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node> {
+        let Some(max_runners) = update.max_runners else {
+            return Err(Error::BadRequest(
+                "nothing to change: give max_runners".into(),
+            ));
+        };
+        if !(1..=10_000).contains(&max_runners) {
+            return Err(Error::BadRequest(format!(
+                "max_runners must be 1 to 10000, got {max_runners}"
+            )));
+        }
+        let nodes = self.store.list_nodes().await.map_err(internal)?;
+        let Some(mut node) = nodes.into_iter().find(|n| n.name == name) else {
+            return Err(Error::NotFound(format!("node {name:?} not found")));
+        };
+        node.max_runners = max_runners;
+        node.max_runners_override = Some(max_runners);
+        self.store.put_node(&node).await.map_err(internal)?;
+        // An offline node gets the setting when it registers again.
+        self.scheduler.set_max_runners(name, max_runners).await;
+        let live = self.list_nodes().await?;
+        Ok(live.into_iter().find(|n| n.name == name).unwrap_or(node))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskId> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arachne_proto::server::{FileStream, Handler, Inbound, Outbound, Rejection};
-use arachne_shared::cluster::{MasterToWorker, WorkerToMaster};
+use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
 use arachne_shared::{Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -49,16 +49,24 @@ impl Handler for Cluster {
         if let Err(message) = arachne_shared::spider::validate_name("node", &name) {
             return outbound.reject(Rejection::Refused(message)).await;
         }
-        let session = match self.scheduler.register(&registration, outbound.clone()) {
+        let stored = self.stored_node(&name).await;
+        let max_runners_override = stored.as_ref().and_then(|n| n.max_runners_override);
+        let registered = registration.max_runners;
+        let effective = Registration {
+            max_runners: max_runners_override.unwrap_or(registered),
+            ..registration.clone()
+        };
+        let session = match self.scheduler.register(&effective, outbound.clone()) {
             Ok(session) => session,
             Err(message) => return outbound.reject(Rejection::Refused(message)).await,
         };
         let now = Utc::now();
-        let registered_at = self.registered_at(&name).await.unwrap_or(now);
-        let mut node = Node {
+        let registered_at = stored.map(|n| n.registered_at).unwrap_or(now);
+        let node = Node {
             name: name.clone(),
             status: NodeStatus::Online,
-            max_runners: registration.max_runners,
+            max_runners: effective.max_runners,
+            max_runners_override,
             running: 0,
             version: registration.version,
             registered_at,
@@ -67,7 +75,14 @@ impl Handler for Cluster {
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node");
         }
-        if outbound.send(MasterToWorker::Registered).await.is_ok() {
+        let mut accepted = outbound.send(MasterToWorker::Registered).await.is_ok();
+        if accepted && effective.max_runners != registered {
+            let resize = MasterToWorker::SetMaxRunners {
+                max_runners: effective.max_runners,
+            };
+            accepted = outbound.send(resize).await.is_ok();
+        }
+        if accepted {
             info!(node = %name, max_runners = node.max_runners, "worker connected");
             self.scheduler.kick();
             loop {
@@ -76,7 +91,7 @@ impl Handler for Cluster {
                     () = self.shutdown.cancelled() => break,
                 };
                 match message {
-                    Some(Ok(message)) => self.handle(&mut node, message, &outbound).await,
+                    Some(Ok(message)) => self.handle(&node, message, &outbound).await,
                     Some(Err(err)) => {
                         warn!(node = %name, error = %err, "worker session broke");
                         break;
@@ -95,8 +110,11 @@ impl Handler for Cluster {
             error!(node = %name, error = %err, "cannot settle the tasks of a disconnected node");
         }
         self.scheduler.unregister(&name, session);
+        // Re-read: a user may have changed the node while the session ran.
+        let mut node = self.stored_node(&name).await.unwrap_or(node);
         node.status = NodeStatus::Offline;
         node.running = 0;
+        node.last_seen = Utc::now();
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node offline");
         }
@@ -129,24 +147,21 @@ struct Ended {
 }
 
 impl Cluster {
-    async fn registered_at(&self, name: &str) -> Option<chrono::DateTime<Utc>> {
+    async fn stored_node(&self, name: &str) -> Option<Node> {
         let nodes = self.store.list_nodes().await.ok()?;
-        nodes
-            .into_iter()
-            .find(|n| n.name == name)
-            .map(|n| n.registered_at)
+        nodes.into_iter().find(|n| n.name == name)
     }
 
-    async fn handle(&self, node: &mut Node, message: WorkerToMaster, outbound: &Outbound) {
+    async fn handle(&self, node: &Node, message: WorkerToMaster, outbound: &Outbound) {
         let result = match message {
             WorkerToMaster::Register(_) => {
                 warn!(node = %node.name, "ignoring a second Register in one session");
                 Ok(())
             }
-            WorkerToMaster::Heartbeat { running } => {
-                node.last_seen = Utc::now();
-                node.running = running;
-                self.store.put_node(node).await
+            // Kept in memory: an idle cluster causes no database writes.
+            WorkerToMaster::Heartbeat { .. } => {
+                self.scheduler.heartbeat(&node.name);
+                Ok(())
             }
             WorkerToMaster::TaskStarted { task_id, pid, at } => {
                 self.started(node, task_id, pid, at, outbound).await

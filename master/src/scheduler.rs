@@ -28,6 +28,8 @@ struct Worker {
     max_runners: u32,
     /// Tasks handed to this worker that have not ended.
     assigned: HashSet<TaskId>,
+    /// When the worker last spoke; kept in memory only, so heartbeats cost no database write.
+    last_seen: chrono::DateTime<chrono::Utc>,
     /// The session is ending: it gets no new tasks, but keeps its name until its tasks are settled, so a
     /// reconnecting worker of the same name cannot get tasks that are about to be requeued.
     closing: bool,
@@ -95,6 +97,7 @@ impl Scheduler {
             max_runners: registration.max_runners,
             assigned: HashSet::new(),
             closing: false,
+            last_seen: chrono::Utc::now(),
         };
         workers.insert(registration.name.clone(), worker);
         Ok(session)
@@ -131,9 +134,36 @@ impl Scheduler {
         }
     }
 
-    /// Tasks handed to a connected worker and not ended, or `None` if it is not connected.
-    pub(crate) fn running_on(&self, node: &str) -> Option<u32> {
-        self.workers().get(node).map(|w| w.assigned.len() as u32)
+    /// Notes that a worker is alive.
+    pub(crate) fn heartbeat(&self, node: &str) {
+        if let Some(worker) = self.workers().get_mut(node) {
+            worker.last_seen = chrono::Utc::now();
+        }
+    }
+
+    /// What only the live session knows of a connected worker: tasks handed to it and not ended, and when it
+    /// last spoke. `None` if it is not connected.
+    pub(crate) fn live(&self, node: &str) -> Option<(u32, chrono::DateTime<chrono::Utc>)> {
+        self.workers()
+            .get(node)
+            .map(|w| (w.assigned.len() as u32, w.last_seen))
+    }
+
+    /// Changes a connected worker's runner slots at once and tells it. Tasks beyond the new limit keep
+    /// running; no new one starts until the node is under it. False if the worker is not connected.
+    pub(crate) async fn set_max_runners(&self, node: &str, max_runners: u32) -> bool {
+        let outbound = self.workers().get_mut(node).map(|w| {
+            w.max_runners = max_runners;
+            w.outbound.clone()
+        });
+        let Some(outbound) = outbound else {
+            return false;
+        };
+        self.kick();
+        outbound
+            .send(MasterToWorker::SetMaxRunners { max_runners })
+            .await
+            .is_ok()
     }
 
     /// Sends a cancel to the worker running `task`. False if that worker is not connected.

@@ -569,3 +569,98 @@ sys.stdin.readline()  # stays running until it gets CANCEL
     assert!(task.errors[0].error.fatal);
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    master.wait_nodes_online(1).await;
+    let one = arachne_web_api::types::UpdateNode {
+        max_runners: Some(1),
+    };
+    assert_eq!(
+        client.update_node("local", &one).await.unwrap().max_runners,
+        1
+    );
+
+    let release = data.path().join("release");
+    let script = format!(
+        "while [ ! -f {} ]; do sleep 0.05; done\n",
+        release.display()
+    );
+    create_spider(client, "gated", "sh run.sh", &[("run.sh", &script)]).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(client.run_task(&run("gated")).await.unwrap().id);
+    }
+    let statuses = || async {
+        let mut statuses = Vec::new();
+        for id in &ids {
+            statuses.push(client.get_task(*id).await.unwrap().status);
+        }
+        statuses
+    };
+    eventually("one task to run", || async {
+        statuses().await.contains(&TaskStatus::Running)
+    })
+    .await;
+    let now = statuses().await;
+    assert_eq!(
+        now,
+        [
+            TaskStatus::Running,
+            TaskStatus::Pending,
+            TaskStatus::Pending
+        ],
+        "oldest first, one slot"
+    );
+    let pending = client.get_task(ids[2]).await.unwrap();
+    assert_eq!(
+        pending.node, None,
+        "a task beyond the limit is not handed out"
+    );
+
+    let three = arachne_web_api::types::UpdateNode {
+        max_runners: Some(3),
+    };
+    client.update_node("local", &three).await.unwrap();
+    eventually("all three to run", || async {
+        statuses().await.iter().all(|s| *s == TaskStatus::Running)
+    })
+    .await;
+    std::fs::write(&release, "").unwrap();
+    for id in &ids {
+        assert_eq!(wait_done(client, *id).await.status, TaskStatus::Finished);
+    }
+
+    let zero = arachne_web_api::types::UpdateNode {
+        max_runners: Some(0),
+    };
+    let err = client
+        .update_node("local", &zero)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_runners must be 1 to 10000") && err.contains("400"),
+        "{err}"
+    );
+    let err = client
+        .update_node("nowhere", &three)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node \"nowhere\" not found") && err.contains("404"),
+        "{err}"
+    );
+    master.stop().await;
+
+    // The setting outlives the session: the local worker registers with 4 and is held to 3.
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    let node = master.client.list_nodes().await.unwrap().remove(0);
+    assert_eq!((node.max_runners, node.max_runners_override), (3, Some(3)));
+    master.stop().await;
+}

@@ -311,6 +311,7 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             name: "n".into(),
             status: NodeStatus::Online,
             max_runners: 3,
+            max_runners_override: None,
             running: 1,
             version: "0".into(),
             registered_at: now,

@@ -235,6 +235,9 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
                     cancel_grace_secs: a.cancel_grace_secs,
                 },
             }),
+            master_message::Msg::SetMaxRunners(m) => MasterToWorker::SetMaxRunners {
+                max_runners: m.max_runners,
+            },
             master_message::Msg::Cancel(c) => MasterToWorker::Cancel {
                 task_id: task_id("cancel.task_id", &c.task_id)?,
                 reason: c.reason,
@@ -258,6 +261,9 @@ impl From<MasterToWorker> for pb::MasterMessage {
                 memory_limit_mib: a.settings.memory_limit_mib,
                 cancel_grace_secs: a.settings.cancel_grace_secs,
             }),
+            MasterToWorker::SetMaxRunners { max_runners } => {
+                master_message::Msg::SetMaxRunners(pb::SetMaxRunners { max_runners })
+            }
             MasterToWorker::Cancel { task_id, reason } => {
                 master_message::Msg::Cancel(pb::CancelTask {
                     task_id: task_id.to_string(),

@@ -78,6 +78,8 @@ pub enum MasterToWorker {
     Assign(Assignment),
     /// Stop this task; the worker answers with `TaskEnded`.
     Cancel { task_id: TaskId, reason: String },
+    /// Run at most this many tasks at once from now on; running tasks are not stopped.
+    SetMaxRunners { max_runners: u32 },
 }
 
 /// One piece of a spider version's files, streamed from the master to a worker. A file arrives as one or more

@@ -27,7 +27,11 @@ pub struct Node {
     /// Unique name the worker registered with.
     pub name: String,
     pub status: NodeStatus,
+    /// The runner slots in force: the user's setting if there is one, else what the worker registered with.
     pub max_runners: u32,
+    /// Set by a user at run time; wins over what the worker registers with, also after it reconnects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runners_override: Option<u32>,
     /// Tasks handed to the node that have not ended yet.
     pub running: u32,
     /// The worker's software version.

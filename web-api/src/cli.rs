@@ -9,7 +9,7 @@ use arachne_shared::{Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, FollowEvent};
-use crate::types::{CreateSpider, ItemQuery, MAX_LIMIT, RunTask, TaskQuery};
+use crate::types::{CreateSpider, ItemQuery, MAX_LIMIT, RunTask, TaskQuery, UpdateNode};
 
 /// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,13 @@ pub enum TaskCommand {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     List,
+    /// Change a node at run time; the setting survives its reconnects.
+    Set {
+        name: String,
+        /// How many tasks the node runs at once. Running tasks are never stopped by a lower limit.
+        #[arg(long)]
+        max_runners: u32,
+    },
 }
 
 /// Supervision settings, for a spider or one run.
@@ -444,6 +451,22 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 println!(
                     "task {} cancelling: its process group is being stopped",
                     task.id
+                );
+            }
+        }
+        Command::Node(NodeCommand::Set { name, max_runners }) => {
+            let update = UpdateNode {
+                max_runners: Some(max_runners),
+            };
+            let node = client.update_node(&name, &update).await?;
+            if cli.json {
+                print_json(&node)?;
+            } else {
+                println!(
+                    "node {} max runners {} ({})",
+                    node.name,
+                    node.max_runners,
+                    node.status.as_str()
                 );
             }
         }

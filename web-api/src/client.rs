@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::types::{
-    CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, TaskQuery,
+    CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, TaskQuery, UpdateNode,
 };
 
 /// Errors of client calls.
@@ -177,6 +177,15 @@ impl Client {
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>> {
         self.json(self.http.get(self.url("/nodes"))).await
+    }
+
+    pub async fn update_node(&self, name: &str, update: &UpdateNode) -> Result<Node> {
+        self.json(
+            self.http
+                .patch(self.url(&format!("/nodes/{name}")))
+                .json(update),
+        )
+        .await
     }
 
     /// Follows a task's log from line `after` on, calling `on_event` for each line and once at the end. If the

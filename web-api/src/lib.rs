@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 pub use error::{Error, ErrorBody, ErrorDetail};
 pub use routes::{RouterOptions, router};
-use types::{CreateSpider, Page, RunTask, TaskQuery};
+use types::{CreateSpider, Page, RunTask, TaskQuery, UpdateNode};
 
 /// Result of backend calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,6 +41,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Items with `seq > after`, oldest first.
     async fn items(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
+    /// Changes a node's settings at run time; they persist across its reconnects.
+    async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node>;
     /// Wakes up on every change of any task (status, new logs, new items). Only a hint: readers re-read the
     /// store, so a lagging receiver loses nothing.
     fn subscribe(&self) -> broadcast::Receiver<TaskId>;

@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::types::{
     CreateSpider, DEFAULT_LIMIT, EVENT_END, EVENT_LOG, ItemFormat, ItemQuery, LogQuery, MAX_LIMIT,
-    RunTask, TaskQuery, WaitQuery,
+    RunTask, TaskQuery, UpdateNode, WaitQuery,
 };
 use crate::{Backend, Error, Result};
 
@@ -55,6 +55,7 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         .route("/tasks/{id}/items", get(items))
         .route("/tasks/{id}/wait", get(wait))
         .route("/nodes", get(list_nodes))
+        .route("/nodes/{name}", axum::routing::patch(update_node))
         .fallback(|| async { Error::NotFound("no such route".into()) });
     Router::new()
         .route(
@@ -175,6 +176,14 @@ async fn items(
 
 async fn list_nodes(State(api): State<Api>) -> Result<impl IntoResponse> {
     Ok(Json(api.list_nodes().await?))
+}
+
+async fn update_node(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateNode>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.update_node(&name, json(body)?).await?))
 }
 
 async fn wait(

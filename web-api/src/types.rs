@@ -105,6 +105,15 @@ pub struct WaitQuery {
     pub timeout: Option<u64>,
 }
 
+/// `PATCH /api/v1/nodes/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNode {
+    /// Runner slots: how many tasks the node runs at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runners: Option<u32>,
+}
+
 /// The SSE event name of a log line; its `id` is the line's sequence number and its data the line as JSON.
 pub const EVENT_LOG: &str = "log";
 /// The SSE event sent last, when the task has ended; its data is the task as JSON.

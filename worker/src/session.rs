@@ -92,6 +92,7 @@ async fn session(
             message = inbound.next() => match message {
                 Some(Ok(MasterToWorker::Assign(task))) => runners.start(task).await,
                 Some(Ok(MasterToWorker::Cancel { task_id, reason })) => runners.stop(task_id, Stop::User(reason)),
+                Some(Ok(MasterToWorker::SetMaxRunners { max_runners })) => runners.resize(max_runners),
                 Some(Ok(MasterToWorker::Registered)) => {}
                 Some(Err(err)) => break Err(err.to_string()),
                 None => break Err("the master closed the session".to_owned()),
@@ -128,6 +129,10 @@ async fn session(
 
 struct Runners {
     slots: Arc<Semaphore>,
+    /// The number of slots in force.
+    max: u32,
+    /// Slots still to remove after a shrink; each is taken back as a running task ends.
+    shrink_debt: u32,
     active: HashMap<TaskId, watch::Sender<Option<Stop>>>,
     tasks: JoinSet<TaskId>,
     ctx: RunContext,
@@ -137,6 +142,8 @@ impl Runners {
     fn new(max_runners: u32, ctx: RunContext) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max_runners as usize)),
+            max: max_runners,
+            shrink_debt: 0,
             active: HashMap::new(),
             tasks: JoinSet::new(),
             ctx,
@@ -175,7 +182,30 @@ impl Runners {
         }
     }
 
+    /// Changes the number of slots. Running tasks are never stopped: a shrink takes back free slots now and the
+    /// rest as tasks end.
+    fn resize(&mut self, max_runners: u32) {
+        let max_runners = max_runners.max(1);
+        info!(node = %self.ctx.node, from = self.max, to = max_runners, "runner slots changed");
+        if max_runners > self.max {
+            let mut grow = max_runners - self.max;
+            let repaid = grow.min(self.shrink_debt);
+            self.shrink_debt -= repaid;
+            grow -= repaid;
+            self.slots.add_permits(grow as usize);
+        } else {
+            let shrink = (self.max - max_runners) as usize;
+            let forgotten = self.slots.forget_permits(shrink);
+            self.shrink_debt += (shrink - forgotten) as u32;
+        }
+        self.max = max_runners;
+    }
+
     fn reap(&mut self, done: Result<TaskId, tokio::task::JoinError>) {
+        // The ended task's slot is free again; it pays off a shrink first.
+        while self.shrink_debt > 0 && self.slots.forget_permits(1) == 1 {
+            self.shrink_debt -= 1;
+        }
         match done {
             Ok(task_id) => {
                 self.active.remove(&task_id);
