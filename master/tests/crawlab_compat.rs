@@ -130,16 +130,7 @@ class QuotesSpider(scrapy.Spider):
         settings: None,
     };
     let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
-    let logs = client
-        .logs(
-            task.id,
-            &LogQuery {
-                limit: Some(10_000),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let logs = common::all_logs(client, task.id).await;
     assert_eq!(
         task.status,
         TaskStatus::Finished,

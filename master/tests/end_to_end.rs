@@ -89,16 +89,7 @@ async fn a_spider_runs_and_its_logs_and_items_arrive_in_order() {
         task.transitions
     );
 
-    let logs = client
-        .logs(
-            task.id,
-            &LogQuery {
-                limit: Some(10_000),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let logs = common::all_logs(client, task.id).await;
     assert_eq!(logs, followed, "the follower saw exactly what was stored");
     let stdout: Vec<_> = logs
         .iter()

@@ -42,19 +42,7 @@ async fn run_spider(
         .await
         .unwrap();
     let task = wait_done(&master.client, task.id).await;
-    let mut logs = Vec::new();
-    loop {
-        let query = LogQuery {
-            after: logs.last().map(|l: &LogLine| l.seq),
-            limit: Some(10_000),
-            follow: None,
-        };
-        let page = master.client.logs(task.id, &query).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        logs.extend(page);
-    }
+    let logs = common::all_logs(&master.client, task.id).await;
     (task, logs)
 }
 

@@ -160,6 +160,24 @@ pub async fn wait_done(client: &Client, id: TaskId) -> Task {
     .unwrap_or_else(|_| panic!("task {id} did not end in time"))
 }
 
+/// Every log line of a task, paging through the API.
+pub async fn all_logs(client: &Client, id: TaskId) -> Vec<arachne_shared::LogLine> {
+    let mut logs: Vec<arachne_shared::LogLine> = Vec::new();
+    loop {
+        let after = logs.last().map(|l| l.seq);
+        let query = arachne_web_api::types::LogQuery {
+            after,
+            limit: Some(10_000),
+            follow: None,
+        };
+        let page = client.logs(id, &query).await.unwrap();
+        if page.is_empty() {
+            return logs;
+        }
+        logs.extend(page);
+    }
+}
+
 /// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
