@@ -70,6 +70,8 @@ pub(crate) async fn watch(
         over,
     }: Watch,
 ) -> String {
+    // A full process scan costs more than a short spider run; runs shorter than one interval are not sampled.
+    tokio::time::sleep(SAMPLE_EVERY).await;
     let mut system = match System::new() {
         Ok(system) => system,
         Err(err) => return format!("cannot sample process memory: {err}"),
