@@ -323,8 +323,10 @@ async fn main() -> anyhow::Result<()> {
 async fn direct_items(n: u64) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(&dir.path().join("direct.db"))?;
-    let item: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
-        r#"{"url": "https://example.com/catalogue/page-1/item-00001.html", "title": "A Light in the Attic, and other things", "price": 51.77, "stock": 22, "rating": 3}"#,
+    // The same text the spider sends, stored as items are: as JSON text.
+    let item = serde_json::value::RawValue::from_string(
+        r#"{"url": "https://example.com/catalogue/page-1/item-00001.html", "title": "A Light in the Attic, and other things", "price": 51.77, "stock": 22, "rating": 3}"#
+            .to_owned(),
     )?;
     let task = TaskId::new();
     let start = Instant::now();

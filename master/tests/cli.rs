@@ -69,7 +69,8 @@ async fn the_cli_drives_the_whole_path() {
     );
 
     let items = arachne(&master, &["items", &id]).await;
-    assert_eq!(stdout(&items), "{\"k\":\"v\"}\n");
+    // Items are kept as the JSON text the spider wrote (here Python's json.dumps spacing).
+    assert_eq!(stdout(&items), "{\"k\": \"v\"}\n");
     let items = arachne(&master, &["items", &id, "--format", "json"]).await;
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&stdout(&items)).unwrap(),

@@ -76,10 +76,10 @@ save_item({"title": "third", "tags": ["a", "b"]})
     let items = client.items(task.id, &ItemQuery::default()).await.unwrap();
     let titles: Vec<_> = items
         .iter()
-        .map(|i| i.data["title"].as_str().unwrap())
+        .map(|i| i.value()["title"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(titles, ["first", "second", "third"]);
-    assert_eq!(items[2].data["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(items[2].value()["tags"], serde_json::json!(["a", "b"]));
     let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
     let stdout: Vec<_> = logs
         .iter()
@@ -140,7 +140,7 @@ class QuotesSpider(scrapy.Spider):
     let items = client.items(task.id, &ItemQuery::default()).await.unwrap();
     let texts: Vec<_> = items
         .iter()
-        .map(|i| i.data["text"].as_str().unwrap())
+        .map(|i| i.value()["text"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(texts, ["one", "two", "three"]);
     assert!(

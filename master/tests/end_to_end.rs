@@ -123,7 +123,7 @@ async fn a_spider_runs_and_its_logs_and_items_arrive_in_order() {
         .unwrap();
     let values: Vec<f64> = items
         .iter()
-        .map(|i| i.data["i"].as_f64().unwrap())
+        .map(|i| i.value()["i"].as_f64().unwrap())
         .collect();
     let expected: Vec<f64> = (1..=30)
         .flat_map(|k| [k as f64 * 10.0, k as f64 * 10.0 + 0.5])

@@ -78,7 +78,7 @@ print("after")
         .items(task.id, &ItemQuery::default())
         .await
         .unwrap();
-    assert_eq!(items[0].data["blob"].as_str().unwrap().len(), 900 * 1024);
+    assert_eq!(items[0].value()["blob"].as_str().unwrap().len(), 900 * 1024);
     master.stop().await;
 }
 

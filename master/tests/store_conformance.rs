@@ -178,17 +178,15 @@ async fn retried_log_and_item_batches_are_stored_once() {
             "{name}: paging by sequence"
         );
 
-        let item = |seq| ItemRecord {
-            seq,
-            data: serde_json::json!({"n": seq}).as_object().unwrap().clone(),
-        };
+        let item =
+            |seq| ItemRecord::from_object(seq, serde_json::json!({"n": seq}).as_object().unwrap());
         store.insert_items(t.id, &[item(1), item(2)]).await.unwrap();
         store.insert_items(t.id, &[item(2), item(3)]).await.unwrap();
         let items = store.items(t.id, 0, 100).await.unwrap();
         assert_eq!(
             items
                 .iter()
-                .map(|i| i.data["n"].as_u64().unwrap())
+                .map(|i| i.value()["n"].as_u64().unwrap())
                 .collect::<Vec<_>>(),
             [1, 2, 3],
             "{name}"

@@ -63,15 +63,17 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                 items: batch
                     .items
                     .into_iter()
-                    .map(|item| match serde_json::from_str(&item.json) {
-                        Ok(serde_json::Value::Object(data)) => Ok(ItemRecord {
-                            seq: item.seq,
-                            data,
-                        }),
-                        _ => Err(Error::Invalid(format!(
-                            "items[seq={}].json is not a JSON object",
-                            item.seq
-                        ))),
+                    .map(|item| {
+                        let bad = || {
+                            Error::Invalid(format!(
+                                "items[seq={}].json is not a JSON object",
+                                item.seq
+                            ))
+                        };
+                        // Validates the text without decoding it into a map.
+                        let raw = serde_json::value::RawValue::from_string(item.json)
+                            .map_err(|_| bad())?;
+                        ItemRecord::new(item.seq, raw).map_err(|_| bad())
                     })
                     .collect::<Result<_>>()?,
             },
@@ -158,7 +160,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     .into_iter()
                     .map(|item| pb::Item {
                         seq: item.seq,
-                        json: serde_json::Value::Object(item.data).to_string(),
+                        json: item.data.get().to_owned(),
                     })
                     .collect(),
             }),
@@ -335,10 +337,10 @@ mod tests {
         });
         round_trip_worker(WorkerToMaster::Items {
             task_id,
-            items: vec![ItemRecord {
-                seq: 7,
-                data: serde_json::json!({"a": [1]}).as_object().unwrap().clone(),
-            }],
+            items: vec![ItemRecord::from_object(
+                7,
+                serde_json::json!({"a": [1]}).as_object().unwrap(),
+            )],
         });
         round_trip_worker(WorkerToMaster::Report {
             task_id,

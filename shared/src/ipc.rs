@@ -6,6 +6,7 @@
 //! wrong with it. Nothing a spider prints can be silently dropped.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// One JSON object, as spiders write items.
@@ -34,11 +35,26 @@ pub struct ErrorPayload {
 }
 
 /// A message from a spider to its runner.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum SpiderMessage {
-    InsertData(Vec<Object>),
+    /// Each item is the JSON text of one object, as the spider wrote it.
+    InsertData(Vec<Box<RawValue>>),
     Status(StatusPayload),
     Error(ErrorPayload),
+}
+
+/// Items compare by their JSON text; `RawValue` has no equality of its own.
+impl PartialEq for SpiderMessage {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::InsertData(a), Self::InsertData(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.get() == y.get())
+            }
+            (Self::Status(a), Self::Status(b)) => a == b,
+            (Self::Error(a), Self::Error(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// Why the runner asks a spider to stop.
@@ -85,15 +101,30 @@ pub enum Line {
 /// The message types spiders may send, as written on the wire.
 pub const SPIDER_MESSAGE_TYPES: [&str; 3] = ["INSERT_DATA", "STATUS", "ERROR"];
 
+/// The outer shape of a message. The payload is kept as borrowed JSON text, so an INSERT_DATA line is
+/// checked without building a map for every item.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    ipc: Option<bool>,
+}
+
 /// Classifies one stdout line (without its newline).
 pub fn classify(line: &str) -> Line {
     let trimmed = line.trim();
     if !trimmed.starts_with('{') {
         return Line::Log;
     }
-    let mut object = match serde_json::from_str::<Value>(trimmed) {
-        Ok(Value::Object(object)) => object,
-        Ok(_) => return Line::Log,
+    let envelope = match serde_json::from_str::<Envelope<'_>>(trimmed) {
+        Ok(envelope) => envelope,
+        // Valid JSON of another shape (`"type": 5`, say) is ordinary output.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(trimmed).is_ok() => {
+            return Line::Log;
+        }
         Err(err) => {
             return match claimed_type(trimmed) {
                 Some(kind) => Line::Invalid {
@@ -103,17 +134,15 @@ pub fn classify(line: &str) -> Line {
             };
         }
     };
-    let crawlab = object.get("ipc") == Some(&Value::Bool(true));
-    let kind = match object.get("type") {
-        Some(Value::String(kind)) => kind.as_str(),
+    let crawlab = envelope.ipc == Some(true);
+    let kind = match envelope.kind.as_deref() {
+        Some(kind) => kind,
         // crawlab-sdk treats a missing type as data.
         None if crawlab => "",
-        _ => return Line::Log,
+        None => return Line::Log,
     };
-    // Moved out rather than borrowed: items are the hot path, and cloning each one doubled its cost.
-    let kind = kind.to_owned();
-    let payload = object.remove("payload");
-    match kind.as_str() {
+    let payload = envelope.payload;
+    match kind {
         "INSERT_DATA" => insert_data("INSERT_DATA", payload),
         "data" | "" if crawlab => insert_data("data", payload),
         "STATUS" => parse_payload("STATUS", payload, SpiderMessage::Status),
@@ -128,19 +157,26 @@ pub fn classify(line: &str) -> Line {
     }
 }
 
-fn insert_data(kind: &str, payload: Option<Value>) -> Line {
-    let items = match payload {
-        Some(Value::Object(item)) => vec![item],
-        Some(Value::Array(values)) => {
+fn insert_data(kind: &str, payload: Option<&RawValue>) -> Line {
+    let Some(payload) = payload else {
+        return Line::Invalid {
+            warning: format!("{kind} message ignored: it has no payload"),
+        };
+    };
+    let text = payload.get();
+    let items = match text.as_bytes().first() {
+        Some(b'{') => vec![payload.to_owned()],
+        Some(b'[') => {
+            let values: Vec<&RawValue> =
+                serde_json::from_str(text).expect("a validated JSON array splits");
             let mut items = Vec::with_capacity(values.len());
             for (index, value) in values.into_iter().enumerate() {
-                match value {
-                    Value::Object(item) => items.push(item),
+                match raw_kind(value) {
+                    "an object" => items.push(value.to_owned()),
                     other => {
                         return Line::Invalid {
                             warning: format!(
-                                "{kind} message ignored: payload[{index}] is {}, expected an object",
-                                json_kind(&other)
+                                "{kind} message ignored: payload[{index}] is {other}, expected an object"
                             ),
                         };
                     }
@@ -148,17 +184,12 @@ fn insert_data(kind: &str, payload: Option<Value>) -> Line {
             }
             items
         }
-        Some(other) => {
+        _ => {
             return Line::Invalid {
                 warning: format!(
                     "{kind} message ignored: payload is {}, expected an object or an array of objects",
-                    json_kind(&other)
+                    raw_kind(payload)
                 ),
-            };
-        }
-        None => {
-            return Line::Invalid {
-                warning: format!("{kind} message ignored: it has no payload"),
             };
         }
     };
@@ -167,11 +198,14 @@ fn insert_data(kind: &str, payload: Option<Value>) -> Line {
 
 fn parse_payload<T: for<'de> Deserialize<'de>>(
     kind: &str,
-    payload: Option<Value>,
+    payload: Option<&RawValue>,
     wrap: fn(T) -> SpiderMessage,
 ) -> Line {
-    let payload = payload.unwrap_or(Value::Object(Map::new()));
-    match serde_json::from_value::<T>(payload) {
+    let parsed = match payload {
+        Some(payload) => serde_json::from_str::<T>(payload.get()),
+        None => serde_json::from_value::<T>(Value::Object(Map::new())),
+    };
+    match parsed {
         Ok(payload) => Line::Message(wrap(payload)),
         Err(err) => Line::Invalid {
             warning: format!("{kind} message ignored: bad payload ({err})"),
@@ -199,14 +233,15 @@ fn claimed_type(line: &str) -> Option<&'static str> {
         .find(|kind| line.contains(&format!("\"{kind}\"")) && line.contains("\"type\""))
 }
 
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What kind of JSON value a (valid) raw value is, in words, from its first character.
+fn raw_kind(value: &RawValue) -> &'static str {
+    match value.get().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
 }
 
@@ -216,9 +251,12 @@ mod tests {
 
     use super::*;
 
-    fn items(line: &str) -> Vec<Object> {
+    fn items(line: &str) -> Vec<Value> {
         match classify(line) {
-            Line::Message(SpiderMessage::InsertData(items)) => items,
+            Line::Message(SpiderMessage::InsertData(items)) => items
+                .iter()
+                .map(|i| serde_json::from_str(i.get()).unwrap())
+                .collect(),
             other => panic!("{line} classified as {other:?}"),
         }
     }
@@ -234,7 +272,7 @@ mod tests {
     fn insert_data_takes_an_object_or_an_array_of_objects() {
         assert_eq!(
             items(r#"{"type":"INSERT_DATA","payload":{"a":1}}"#),
-            vec![json!({"a":1}).as_object().unwrap().clone()]
+            vec![json!({"a":1})]
         );
         assert_eq!(
             items(r#" {"type":"INSERT_DATA","payload":[{"a":1},{"b":2}]} "#).len(),

@@ -34,8 +34,39 @@ pub struct LogLine {
 }
 
 /// One item a spider produced. `seq` starts at 1 and has no gaps within a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The item stays the JSON text the spider wrote (checked to be one object) from the runner to the store and
+/// back out of the API: items are the hot path, and decoding each into a map and encoding it again at every hop
+/// cost more than everything else together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ItemRecord {
     pub seq: u64,
-    pub data: serde_json::Map<String, serde_json::Value>,
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl ItemRecord {
+    /// A record of `data`, which must be the JSON text of one object.
+    pub fn new(seq: u64, data: Box<serde_json::value::RawValue>) -> Result<Self, String> {
+        if !data.get().trim_start().starts_with('{') {
+            return Err(format!("item {seq} is not a JSON object"));
+        }
+        Ok(Self { seq, data })
+    }
+
+    /// A record of an object value.
+    pub fn from_object(seq: u64, data: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let raw = serde_json::value::to_raw_value(data).expect("a JSON map always serialises");
+        Self { seq, data: raw }
+    }
+
+    /// The item decoded, for callers that need to look inside it.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.data.get()).expect("an item is valid JSON")
+    }
+}
+
+impl PartialEq for ItemRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq && self.data.get() == other.data.get()
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use arachne_shared::spider::RunSettings;
-use arachne_shared::{Task, TaskId, TaskStatus};
+use arachne_shared::{ItemRecord, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, FollowEvent};
@@ -426,12 +426,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     ItemsFormat::Jsonl => {
                         let mut out = std::io::stdout().lock();
                         for item in items {
-                            writeln!(out, "{}", serde_json::Value::Object(item.data))?;
+                            writeln!(out, "{}", item.data.get())?;
                         }
                     }
-                    ItemsFormat::Json => {
-                        all.extend(items.into_iter().map(|i| serde_json::Value::Object(i.data)))
-                    }
+                    ItemsFormat::Json => all.extend(items.iter().map(ItemRecord::value)),
                 }
                 if !full {
                     break;

@@ -166,7 +166,7 @@ async fn items(
         ItemFormat::Jsonl => {
             let mut body = String::new();
             for item in items {
-                body.push_str(&serde_json::Value::Object(item.data).to_string());
+                body.push_str(item.data.get());
                 body.push('\n');
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()

@@ -347,7 +347,7 @@ mod tests {
         );
         let seqs: Vec<_> = items
             .iter()
-            .map(|i| (i.seq, i.data["n"].as_i64().unwrap()))
+            .map(|i| (i.seq, i.value()["n"].as_i64().unwrap()))
             .collect();
         assert_eq!(seqs, [(1, 1), (2, 2)]);
         assert_eq!(summary.fatal_error.as_deref(), Some("blocked"));

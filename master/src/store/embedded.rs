@@ -359,7 +359,7 @@ impl Store for EmbeddedStore {
         let items = items.to_vec();
         self.call(move |conn| {
             let id = task.to_string();
-            let rows = items.iter().map(|i| (&id, i.seq as i64, to_json(&i.data)));
+            let rows = items.iter().map(|i| (&id, i.seq as i64, i.data.get()));
             append_numbered(conn, &id, &ITEMS, rows)
         })
         .await
@@ -377,7 +377,8 @@ impl Store for EmbeddedStore {
                 .map_err(db)?;
             rows.map(|r| {
                 let (seq, data) = r.map_err(db)?;
-                Ok(ItemRecord { seq: seq as u64, data: from_json(&data)? })
+                let data = serde_json::value::RawValue::from_string(data).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    Ok(ItemRecord { seq: seq as u64, data })
             })
             .collect()
         })
