@@ -406,4 +406,59 @@ mod tests {
             logs[0].text
         );
     }
+
+    /// Where the kernel has `pid` waiting, or "" if it is gone.
+    fn wchan(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_stalled_consumer_blocks_the_spider_and_loses_nothing() {
+        const LINES: u64 = 300_000;
+        // Nobody reads these events yet: everything the worker may buffer fills up, and then it stops reading.
+        let (events_tx, mut events_rx) = mpsc::channel(1);
+        let mut child = tokio::process::Command::new("seq")
+            .args(["1", &LINES.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let (raw_tx, raw_rx) = raw_channel();
+        spawn_reader(
+            child.stdout.take().unwrap(),
+            LogStream::Stdout,
+            1024,
+            raw_tx,
+        );
+        let collector = tokio::spawn(Collector::new(TaskId::new(), events_tx).run(raw_rx));
+
+        // 2 MB of output against a few hundred KB of buffers: the spider has to end up blocked on its pipe.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !wchan(pid).contains("pipe") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the spider never blocked: {:?}",
+                wchan(pid)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the spider finished although nothing was consumed"
+        );
+
+        let mut next = 1u64;
+        while let Some(event) = events_rx.recv().await {
+            if let WorkerToMaster::Logs { lines, .. } = event {
+                for line in lines {
+                    assert_eq!(line.text, next.to_string());
+                    next += 1;
+                }
+            }
+        }
+        assert_eq!(next, LINES + 1, "every line arrived, in order");
+        collector.await.unwrap();
+        assert!(child.wait().await.unwrap().success());
+    }
 }
