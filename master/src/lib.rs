@@ -11,9 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arachne_shared::{TaskOutcome, TaskStatus};
 use arachne_web_api::{Backend, RouterOptions};
-use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +21,7 @@ use crate::api::MasterApi;
 use crate::cluster::Cluster;
 use crate::files::{SpiderFiles, UploadLimits};
 use crate::scheduler::Scheduler;
-use crate::store::{Store, TaskFilter, embedded::EmbeddedStore};
+use crate::store::{Store, embedded::EmbeddedStore};
 
 /// The master's configuration.
 #[derive(Debug, Clone)]
@@ -203,62 +201,14 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 /// back to the queue, since its worker's session died with the master); tasks that were running cannot be
 /// vouched for and become Abnormal with the reason.
 async fn recover(store: &dyn Store) -> Result<(), store::Error> {
-    let mut requeued = 0;
-    let mut abnormal = 0;
-    for status in [
-        TaskStatus::Created,
-        TaskStatus::Pending,
-        TaskStatus::Running,
-    ] {
-        let mut offset = 0;
-        loop {
-            let filter = TaskFilter {
-                status: Some(status),
-                limit: 500,
-                offset,
-                ..Default::default()
-            };
-            let (tasks, _) = store.list_tasks(&filter).await?;
-            if tasks.is_empty() {
-                break;
-            }
-            offset += tasks.len() as u32;
-            for task in tasks {
-                let change: store::TaskChange = if status == TaskStatus::Running {
-                    abnormal += 1;
-                    Box::new(|t| {
-                        let reason = "the master restarted while the task ran".to_owned();
-                        t.finish(&TaskOutcome::Abnormal { reason }, Utc::now());
-                        true
-                    })
-                } else {
-                    requeued += usize::from(task.node.is_some() || status == TaskStatus::Created);
-                    Box::new(|t| {
-                        // An unassigned Pending task is already where it belongs: no write.
-                        if t.status == TaskStatus::Pending && t.node.is_none() {
-                            return false;
-                        }
-                        if t.status == TaskStatus::Created {
-                            t.set_status(TaskStatus::Pending, Utc::now());
-                        }
-                        t.node = None;
-                        true
-                    })
-                };
-                store.update_task(task.id, &[status], change).await?;
-            }
-            if status != TaskStatus::Pending {
-                // Those rows left the filter, so the next page starts at the beginning again.
-                offset = 0;
-            }
-        }
-    }
+    let settled = scheduler::settle(store, None, "the master restarted while the task ran").await?;
     let mut nodes = store.list_nodes().await?;
     for node in &mut nodes {
         node.status = arachne_shared::NodeStatus::Offline;
         node.running = 0;
         store.put_node(node).await?;
     }
+    let (requeued, abnormal) = (settled.requeued.len(), settled.abnormal.len());
     if requeued + abnormal > 0 {
         info!(requeued, abnormal, "recovered tasks from the previous run");
     }

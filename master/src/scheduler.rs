@@ -295,45 +295,88 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Settles the tasks of a node that is gone: those it never started go back to the queue, those it was
-    /// running become Abnormal with `reason`. Nothing is left Pending on a dead node or Running forever.
+    /// Settles the tasks of a node that is gone, through [`settle`], and wakes whoever waits on them.
     pub(crate) async fn settle_node(&self, node: &str, reason: &str) -> crate::store::Result<()> {
-        for status in [TaskStatus::Pending, TaskStatus::Running] {
-            loop {
-                let filter = TaskFilter {
-                    node: Some(node.to_owned()),
-                    status: Some(status),
-                    limit: 500,
-                    ..Default::default()
-                };
-                let (tasks, _) = self.store.list_tasks(&filter).await?;
-                if tasks.is_empty() {
-                    break;
-                }
-                for task in tasks {
-                    if status == TaskStatus::Pending {
-                        self.requeue(task.id).await?;
-                        continue;
-                    }
-                    let why = reason.to_owned();
-                    self.store
-                        .update_task(
-                            task.id,
-                            &[TaskStatus::Running],
-                            Box::new(move |t| {
-                                t.finish(
-                                    &arachne_shared::TaskOutcome::Abnormal { reason: why },
-                                    chrono::Utc::now(),
-                                );
-                                true
-                            }),
-                        )
-                        .await?;
-                    warn!(task_id = %task.id, node, "task marked abnormal: {reason}");
-                    self.changed(task.id);
-                }
-            }
+        let settled = settle(self.store.as_ref(), Some(node), reason).await?;
+        for id in &settled.abnormal {
+            warn!(task_id = %id, node, "task marked abnormal: {reason}");
+        }
+        for id in settled.requeued.iter().chain(&settled.abnormal) {
+            self.changed(*id);
+        }
+        if !settled.requeued.is_empty() {
+            self.kick();
         }
         Ok(())
     }
+}
+
+/// The tasks [`settle`] changed.
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    pub(crate) requeued: Vec<TaskId>,
+    pub(crate) abnormal: Vec<TaskId>,
+}
+
+/// Settles the tasks in flight on `node`, or on every node when `None`. A task handed out but never started
+/// (or only Created) goes back to the queue; a running one becomes Abnormal with `reason`. The master's
+/// start-up and the end of a worker's session both use this, so no task is left Pending on a dead node or
+/// Running forever.
+pub(crate) async fn settle(
+    store: &dyn Store,
+    node: Option<&str>,
+    reason: &str,
+) -> crate::store::Result<Settled> {
+    let mut settled = Settled::default();
+    for status in [
+        TaskStatus::Created,
+        TaskStatus::Pending,
+        TaskStatus::Running,
+    ] {
+        // Settled rows leave the filter; rows already in place (queued, unassigned) stay, and paging skips them.
+        let mut in_place = 0;
+        loop {
+            let filter = TaskFilter {
+                node: node.map(str::to_owned),
+                status: Some(status),
+                limit: 500,
+                offset: in_place,
+                ..Default::default()
+            };
+            let (tasks, _) = store.list_tasks(&filter).await?;
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                if status == TaskStatus::Pending && task.node.is_none() {
+                    in_place += 1;
+                    continue;
+                }
+                let now = chrono::Utc::now();
+                let change: crate::store::TaskChange = if status == TaskStatus::Running {
+                    let reason = reason.to_owned();
+                    Box::new(move |t| {
+                        t.finish(&arachne_shared::TaskOutcome::Abnormal { reason }, now);
+                        true
+                    })
+                } else {
+                    Box::new(move |t| {
+                        if t.status == TaskStatus::Created {
+                            t.set_status(TaskStatus::Pending, now);
+                        }
+                        t.node = None;
+                        t.updated_at = now;
+                        true
+                    })
+                };
+                // `None`: the task changed meanwhile, so it has left the filter anyway.
+                match store.update_task(task.id, &[status], change).await? {
+                    Some(_) if status == TaskStatus::Running => settled.abnormal.push(task.id),
+                    Some(_) => settled.requeued.push(task.id),
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(settled)
 }
