@@ -29,8 +29,6 @@ const BATCH_DELAY: Duration = Duration::from_millis(50);
 pub(crate) struct Summary {
     /// The first fatal ERROR the spider reported.
     pub(crate) fatal_error: Option<String>,
-    /// False when the master session closed while output was still being sent.
-    pub(crate) delivered: bool,
 }
 
 pub(crate) struct Raw {
@@ -124,10 +122,7 @@ impl Collector {
             oldest: None,
             status: None,
             errors: Vec::new(),
-            summary: Summary {
-                fatal_error: None,
-                delivered: true,
-            },
+            summary: Summary::default(),
         }
     }
 
@@ -190,9 +185,8 @@ impl Collector {
     }
 
     async fn send(&mut self, message: WorkerToMaster) {
-        if self.events.send(message).await.is_err() {
-            self.summary.delivered = false;
-        }
+        // A closed session needs no handling here: the master settles the task itself when a session ends.
+        let _ = self.events.send(message).await;
     }
 
     fn accept(&mut self, Raw { stream, line }: Raw) {
