@@ -13,6 +13,7 @@ mod session;
 pub mod signals;
 mod sync;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +35,19 @@ pub struct Config {
     pub runner: RunnerOptions,
     /// How often the worker tells the master it is alive.
     pub heartbeat: Duration,
+    /// The environment every spider starts from (each run adds its own variables on top).
+    pub spider_env: Vec<(OsString, OsString)>,
+}
+
+/// This process's environment without the worker's own `ARACHNE_*` and `CRAWLAB_*` variables (its
+/// configuration and secrets), which must never reach a spider.
+pub fn inherited_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(key, _)| {
+            let key = key.to_string_lossy();
+            !key.starts_with("ARACHNE_") && !key.starts_with("CRAWLAB_")
+        })
+        .collect()
 }
 
 impl Config {
@@ -46,6 +60,7 @@ impl Config {
             work_dir,
             runner: RunnerOptions::default(),
             heartbeat: Duration::from_secs(5),
+            spider_env: inherited_env(),
         }
     }
 }

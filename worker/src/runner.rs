@@ -5,6 +5,7 @@
 //! Whatever happens, the run ends with a [`TaskOutcome`] (a failing spider is an outcome, not an error) and
 //! with no process of the group left behind.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -124,6 +125,8 @@ pub(crate) struct RunContext {
     pub(crate) client: Client,
     pub(crate) tasks_dir: PathBuf,
     pub(crate) events: mpsc::Sender<WorkerToMaster>,
+    /// The environment every spider starts from; see [`crate::Config::spider_env`].
+    pub(crate) spider_env: Arc<[(OsString, OsString)]>,
 }
 
 /// Waits until a stop is requested. Never returns if the requester goes away without asking.
@@ -185,13 +188,9 @@ async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Resul
 fn command(ctx: &RunContext, task: &Assignment, workdir: &Path) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(&task.command_line).current_dir(workdir);
-    // The worker's own settings (master address, tokens) stay out of the spider's environment.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("ARACHNE_") || key.starts_with("CRAWLAB_") {
-            cmd.env_remove(&*key);
-        }
-    }
+    // The worker's own settings (master address, tokens) are not in `spider_env`, so they stay out.
+    cmd.env_clear()
+        .envs(ctx.spider_env.iter().map(|(k, v)| (k, v)));
     // Without this, Python buffers piped stdout and logs arrive in bursts long after they were printed.
     cmd.env("PYTHONUNBUFFERED", "1");
     cmd.envs(&task.settings.env);

@@ -83,6 +83,7 @@ async fn session(
         client,
         tasks_dir: config.work_dir.join("tasks"),
         events: events.clone(),
+        spider_env: config.spider_env.clone().into(),
     };
     let mut runners = Runners::new(config.max_runners, ctx);
     let mut heartbeat = tokio::time::interval(config.heartbeat);
