@@ -28,6 +28,15 @@ fn internal(err: store::Error) -> Error {
     }
 }
 
+/// When the master may end a task itself instead of asking its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CancelHere {
+    /// Only while no node has it: nothing runs anywhere yet.
+    IfUnassigned,
+    /// Its node is gone, so no process of it is left to stop.
+    Always,
+}
+
 const NOT_ENDED: [TaskStatus; 3] = [
     TaskStatus::Created,
     TaskStatus::Pending,
@@ -55,7 +64,7 @@ impl MasterApi {
         &self,
         id: TaskId,
         reason: &'static str,
-        unassigned_only: bool,
+        only: CancelHere,
     ) -> Result<Option<Task>> {
         let done = self
             .store
@@ -63,7 +72,7 @@ impl MasterApi {
                 id,
                 &NOT_ENDED,
                 Box::new(move |t| {
-                    if unassigned_only && t.node.is_some() {
+                    if only == CancelHere::IfUnassigned && t.node.is_some() {
                         return false;
                     }
                     t.finish(
@@ -236,7 +245,10 @@ impl Backend for MasterApi {
             )));
         }
         // Not yet handed to a node: nothing runs anywhere, so it ends here.
-        if let Some(task) = self.finish_here(id, "cancelled by user", true).await? {
+        if let Some(task) = self
+            .finish_here(id, "cancelled by user", CancelHere::IfUnassigned)
+            .await?
+        {
             return Ok(task);
         }
         let task = self.task(id).await?;
@@ -253,7 +265,11 @@ impl Backend for MasterApi {
         }
         // Its node is gone, so no process of it is left to stop.
         Ok(self
-            .finish_here(id, "cancelled by user (its node was offline)", false)
+            .finish_here(
+                id,
+                "cancelled by user (its node was offline)",
+                CancelHere::Always,
+            )
             .await?
             .unwrap_or(task))
     }
