@@ -107,6 +107,7 @@ async fn spider(
             name: name.into(),
             cmd: cmd.into(),
             settings: None,
+            ..Default::default()
         })
         .await?;
     client
@@ -122,6 +123,7 @@ async fn run_to_end(client: &Client, spider: &str, param: Option<String>) -> any
             param,
             priority: None,
             settings: None,
+            ..Default::default()
         })
         .await?;
     loop {
@@ -227,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
                     param: None,
                     priority: None,
                     settings: None,
+                    ..Default::default()
                 })
                 .await?
                 .id,

@@ -2,10 +2,15 @@
 
 use std::sync::Arc;
 
+use arachne_shared::schedule::{CronExpr, Schedule, ScheduleId};
+use arachne_shared::spider::RunSettings;
 use arachne_shared::{
-    ItemRecord, LogLine, Node, NodeStatus, Spider, SpiderId, Task, TaskId, TaskOutcome, TaskStatus,
+    ItemRecord, LogLine, Node, NodeStatus, RunMode, Spider, SpiderId, Task, TaskId, TaskOutcome,
+    TaskStatus,
 };
-use arachne_web_api::types::{CreateSpider, Page, RunTask, TaskQuery, UpdateNode};
+use arachne_web_api::types::{
+    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode,
+};
 use arachne_web_api::{Backend, Error, Result};
 use chrono::Utc;
 use tokio::sync::broadcast;
@@ -19,6 +24,25 @@ pub(crate) struct MasterApi {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) files: SpiderFiles,
+    /// Woken when a schedule changes, so the cron loop re-reads them.
+    pub(crate) schedules_changed: Arc<tokio::sync::Notify>,
+    /// Serialises schedule writes between users and the cron loop, so neither loses the other's change.
+    pub(crate) schedule_writes: tokio::sync::Mutex<()>,
+}
+
+/// One run to create, from the API or from a schedule.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RunSpec {
+    pub(crate) spider: String,
+    pub(crate) param: Option<String>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) settings: RunSettings,
+    pub(crate) mode: RunMode,
+    pub(crate) nodes: Vec<String>,
+    pub(crate) schedule_id: Option<ScheduleId>,
+    pub(crate) fire_time: Option<chrono::DateTime<Utc>>,
+    /// Tasks with this key never run at once.
+    pub(crate) exclusive: Option<String>,
 }
 
 fn internal(err: store::Error) -> Error {
@@ -86,11 +110,239 @@ impl MasterApi {
             )
             .await
             .map_err(internal)?;
-        if done.is_some() {
-            self.scheduler.changed(id);
+        if let Some(task) = &done {
+            self.scheduler.ended(task).await;
         }
         Ok(done)
     }
+
+    /// Cancels one task that runs by itself (not a parent).
+    async fn cancel_one(&self, id: TaskId) -> Result<Task> {
+        // Not yet handed to a node: nothing runs anywhere, so it ends here.
+        if let Some(task) = self
+            .finish_here(id, "cancelled by user", CancelHere::IfUnassigned)
+            .await?
+        {
+            return Ok(task);
+        }
+        let task = self.task(id).await?;
+        let Some(node) = task.node.clone().filter(|_| !task.status.is_terminal()) else {
+            return Ok(task);
+        };
+        if self
+            .scheduler
+            .send_cancel(&node, id, "cancelled by user")
+            .await
+        {
+            // The worker kills the process group and reports Cancelled.
+            return Ok(task);
+        }
+        // Its node is gone, so no process of it is left to stop.
+        Ok(self
+            .finish_here(
+                id,
+                "cancelled by user (its node was offline)",
+                CancelHere::Always,
+            )
+            .await?
+            .unwrap_or(task))
+    }
+
+    /// A parent's children, oldest first.
+    async fn children(&self, parent: TaskId) -> Result<Vec<Task>> {
+        let mut children = Vec::new();
+        loop {
+            let filter = TaskFilter {
+                parent_id: Some(parent),
+                limit: 1000,
+                offset: children.len() as u32,
+                ..Default::default()
+            };
+            let (page, _) = self.store.list_tasks(&filter).await.map_err(internal)?;
+            let full = page.len() == 1000;
+            children.extend(page);
+            if !full {
+                break;
+            }
+        }
+        children.reverse();
+        Ok(children)
+    }
+
+    /// Creates the tasks of one run: a single task, or a parent with one pinned child per node.
+    pub(crate) async fn create_run(&self, run: RunSpec) -> Result<Task> {
+        let priority = run
+            .priority
+            .unwrap_or(arachne_shared::task::DEFAULT_PRIORITY);
+        if !(1..=10).contains(&priority) {
+            return Err(Error::BadRequest(format!(
+                "priority must be 1 (highest) to 10, got {priority}"
+            )));
+        }
+        run.settings
+            .validate()
+            .map_err(|e| Error::BadRequest(format!("settings.{e}")))?;
+        let spider = self.spider(&run.spider).await?;
+        let nodes = self.placement(run.mode, &run.nodes).await?;
+        let now = Utc::now();
+        let mut task = Task::pending(&spider, now);
+        task.param = run.param.filter(|p| !p.trim().is_empty());
+        task.priority = priority;
+        task.settings = spider.settings.overridden_by(&run.settings);
+        task.mode = run.mode;
+        task.schedule_id = run.schedule_id;
+        task.fire_time = run.fire_time;
+        task.exclusive = run.exclusive;
+        let mut tasks = Vec::new();
+        match nodes.as_slice() {
+            [] => tasks.push(task),
+            [only] if run.mode == RunMode::Nodes => {
+                task.pinned_node = Some(only.clone());
+                tasks.push(task);
+            }
+            many => {
+                for node in many {
+                    let mut child = Task::pending(&spider, now);
+                    child.param = task.param.clone();
+                    child.priority = priority;
+                    child.settings = task.settings.clone();
+                    child.mode = run.mode;
+                    child.schedule_id = task.schedule_id;
+                    child.exclusive = task.exclusive.clone();
+                    child.parent_id = Some(task.id);
+                    child.pinned_node = Some(node.clone());
+                    tasks.push(child);
+                }
+                task.children = many.len() as u32;
+                tasks.insert(0, task);
+            }
+        }
+        self.store.insert_tasks(&tasks).await.map_err(internal)?;
+        let head = tasks.swap_remove(0);
+        tracing::info!(task_id = %head.id, spider = %head.spider_name, mode = head.mode.as_str(),
+            children = head.children, "task created");
+        self.scheduler.changed(head.id);
+        self.scheduler.kick();
+        Ok(head)
+    }
+
+    /// The nodes a run names (mode `nodes`) or covers (mode `all`); empty for mode `random`.
+    async fn placement(&self, mode: RunMode, nodes: &[String]) -> Result<Vec<String>> {
+        match mode {
+            RunMode::Random if nodes.is_empty() => Ok(Vec::new()),
+            RunMode::Random | RunMode::All if !nodes.is_empty() => Err(Error::BadRequest(format!(
+                "nodes are only used by mode nodes, not {}",
+                mode.as_str()
+            ))),
+            RunMode::All => {
+                let online = self.scheduler.online_enabled();
+                if online.is_empty() {
+                    return Err(Error::Conflict(
+                        "mode all: no online, enabled node to run on".into(),
+                    ));
+                }
+                Ok(online)
+            }
+            _ => {
+                if nodes.is_empty() {
+                    return Err(Error::BadRequest(
+                        "mode nodes needs at least one node".into(),
+                    ));
+                }
+                let known = self.store.list_nodes().await.map_err(internal)?;
+                let mut named = Vec::new();
+                for node in nodes {
+                    if !known.iter().any(|k| &k.name == node) {
+                        return Err(Error::BadRequest(format!(
+                            "unknown node {node:?}: no worker of that name ever registered"
+                        )));
+                    }
+                    if !named.contains(node) {
+                        named.push(node.clone());
+                    }
+                }
+                Ok(named)
+            }
+        }
+    }
+
+    async fn schedule_by_name(&self, name: &str) -> Result<Schedule> {
+        let schedules = self.store.list_schedules().await.map_err(internal)?;
+        let by_id: Option<ScheduleId> = name.parse().ok();
+        schedules
+            .into_iter()
+            .find(|s| s.name == name || Some(s.id) == by_id)
+            .ok_or_else(|| Error::NotFound(format!("schedule {name:?} not found")))
+    }
+
+    /// Builds a schedule from a request, checking it; `existing` keeps id, history and creation time.
+    async fn schedule_from(
+        &self,
+        spec: ScheduleSpec,
+        existing: Option<Schedule>,
+    ) -> Result<Schedule> {
+        self.spider(&spec.spider).await?;
+        let now = Utc::now();
+        let enabled = spec.enabled.unwrap_or(true);
+        let mut schedule = Schedule {
+            id: existing.as_ref().map(|s| s.id).unwrap_or_default(),
+            name: spec.name,
+            spider: spec.spider,
+            cron: spec.cron,
+            timezone: spec.timezone.unwrap_or_else(|| "UTC".into()),
+            mode: spec.mode.unwrap_or_default(),
+            nodes: spec.nodes,
+            param: spec.param.filter(|p| !p.trim().is_empty()),
+            priority: spec
+                .priority
+                .unwrap_or(arachne_shared::task::DEFAULT_PRIORITY),
+            settings: spec.settings.unwrap_or_default(),
+            enabled,
+            overlap: spec.overlap.unwrap_or_default(),
+            misfire: spec.misfire.unwrap_or_default(),
+            // Fire times from before a schedule existed (or was changed) were never missed.
+            last_fire: Some(now),
+            created_at: existing.as_ref().map(|s| s.created_at).unwrap_or(now),
+            updated_at: now,
+            labels: existing.map(|s| s.labels).unwrap_or_default(),
+        };
+        arachne_shared::schedule::validate(&schedule).map_err(Error::BadRequest)?;
+        if schedule.mode == RunMode::Nodes {
+            self.placement(RunMode::Nodes, &schedule.nodes).await?;
+        }
+        schedule.nodes.dedup();
+        Ok(schedule)
+    }
+
+    async fn save_schedule(&self, schedule: Schedule) -> Result<ScheduleView> {
+        self.store.put_schedule(&schedule).await.map_err(internal)?;
+        self.schedules_changed.notify_one();
+        Ok(view(schedule))
+    }
+}
+
+/// A schedule with its next 5 fire times.
+pub(crate) fn view(schedule: Schedule) -> ScheduleView {
+    let next = match CronExpr::parse(&schedule.cron, &schedule.timezone) {
+        Ok(expr) if schedule.enabled => expr.next(Utc::now(), 5),
+        _ => Vec::new(),
+    };
+    ScheduleView { schedule, next }
+}
+
+/// The latest attempt of each child (retries and restarts are attempts of the same child).
+fn latest_attempts(children: &[Task]) -> Vec<&Task> {
+    let mut latest: std::collections::HashMap<TaskId, &Task> = std::collections::HashMap::new();
+    for child in children {
+        let chain = child.first_attempt.unwrap_or(child.id);
+        let entry = latest.entry(chain).or_insert(child);
+        if child.attempt > entry.attempt {
+            *entry = child;
+        }
+    }
+    let mut latest: Vec<&Task> = latest.into_values().collect();
+    latest.sort_by_key(|t| t.id);
+    latest
 }
 
 #[async_trait::async_trait]
@@ -118,6 +370,11 @@ impl Backend for MasterApi {
                 cmd: cmd.to_owned(),
                 updated_at: now,
                 settings: request.settings.unwrap_or(existing.settings.clone()),
+                max_instances: match request.max_instances {
+                    Some(0) => None,
+                    Some(max) => Some(max),
+                    None => existing.max_instances,
+                },
                 ..existing
             },
             None => Spider {
@@ -130,6 +387,7 @@ impl Backend for MasterApi {
                 created_at: now,
                 updated_at: now,
                 settings: request.settings.unwrap_or_default(),
+                max_instances: request.max_instances.filter(|max| *max > 0),
             },
         };
         self.store.put_spider(&spider).await.map_err(internal)?;
@@ -167,64 +425,72 @@ impl Backend for MasterApi {
     }
 
     async fn run_task(&self, run: RunTask) -> Result<Task> {
-        let priority = run
-            .priority
-            .unwrap_or(arachne_shared::task::DEFAULT_PRIORITY);
-        if !(1..=10).contains(&priority) {
-            return Err(Error::BadRequest(format!(
-                "priority must be 1 (highest) to 10, got {priority}"
+        self.create_run(RunSpec {
+            spider: run.spider,
+            param: run.param,
+            priority: run.priority,
+            settings: run.settings.unwrap_or_default(),
+            mode: run.mode.unwrap_or_default(),
+            nodes: run.nodes,
+            ..RunSpec::default()
+        })
+        .await
+    }
+
+    async fn restart_task(&self, id: TaskId) -> Result<Task> {
+        let task = self.task(id).await?;
+        if !task.status.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "task {id} has not ended ({}); cancel it first",
+                task.status
             )));
         }
-        let spider = self.spider(&run.spider).await?;
         let now = Utc::now();
-        let overrides = run.settings.unwrap_or_default();
-        overrides
-            .validate()
-            .map_err(|e| Error::BadRequest(format!("settings.{e}")))?;
-        let settings = spider.settings.overridden_by(&overrides);
-        let mut task = Task {
-            id: TaskId::new(),
-            spider_id: spider.id,
-            spider_name: spider.name,
-            version: spider.version,
-            cmd: spider.cmd,
-            param: run.param.filter(|p| !p.trim().is_empty()),
-            priority,
-            settings,
-            peak_rss_bytes: None,
-            wait_ms: None,
-            run_ms: None,
-            status: TaskStatus::Created,
-            node: None,
-            pid: None,
-            exit_code: None,
-            signal: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            transitions: vec![arachne_shared::Transition {
-                status: TaskStatus::Created,
-                at: now,
-            }],
-            log_lines: 0,
-            items: 0,
-            progress: None,
-            errors: Vec::new(),
-            error_count: 0,
-        };
-        task.set_status(TaskStatus::Pending, now);
-        self.store.insert_task(&task).await.map_err(internal)?;
-        tracing::info!(task_id = %task.id, spider = %task.spider_name, "task created");
-        self.scheduler.changed(task.id);
+        if !task.is_parent() {
+            let next = task.next_attempt(now, None);
+            self.store.insert_task(&next).await.map_err(internal)?;
+            tracing::info!(task_id = %next.id, restart_of = %id, attempt = next.attempt, "task restarted");
+            self.scheduler.changed(next.id);
+            self.scheduler.kick();
+            if let Some(parent) = next.parent_id {
+                self.scheduler
+                    .refresh_parent(parent)
+                    .await
+                    .map_err(internal)?;
+            }
+            return Ok(next);
+        }
+        let children = self.children(id).await?;
+        let unfinished: Vec<Task> = latest_attempts(&children)
+            .into_iter()
+            .filter(|c| c.status != TaskStatus::Finished)
+            .map(|c| c.next_attempt(now, None))
+            .collect();
+        if unfinished.is_empty() {
+            return Err(Error::Conflict(format!(
+                "every child of task {id} finished; nothing to restart"
+            )));
+        }
+        self.store
+            .insert_tasks(&unfinished)
+            .await
+            .map_err(internal)?;
+        tracing::info!(task_id = %id, children = unfinished.len(), "parent task restarted: re-running its unfinished children");
+        for child in &unfinished {
+            self.scheduler.changed(child.id);
+        }
+        self.scheduler.refresh_parent(id).await.map_err(internal)?;
         self.scheduler.kick();
-        Ok(task)
+        self.task(id).await
     }
 
     async fn list_tasks(&self, query: TaskQuery) -> Result<Page<Task>> {
         let filter = TaskFilter {
             spider_name: query.spider,
             status: query.status,
-            node: None,
+            node: query.node,
+            parent_id: query.parent,
+            schedule_id: query.schedule,
             limit: query.limit.unwrap_or(arachne_web_api::types::DEFAULT_LIMIT),
             offset: query.offset.unwrap_or(0),
         };
@@ -244,34 +510,16 @@ impl Backend for MasterApi {
                 task.status
             )));
         }
-        // Not yet handed to a node: nothing runs anywhere, so it ends here.
-        if let Some(task) = self
-            .finish_here(id, "cancelled by user", CancelHere::IfUnassigned)
-            .await?
-        {
-            return Ok(task);
+        if task.is_parent() {
+            for child in self.children(id).await? {
+                if !child.status.is_terminal() {
+                    self.cancel_one(child.id).await?;
+                }
+            }
+            self.scheduler.refresh_parent(id).await.map_err(internal)?;
+            return self.task(id).await;
         }
-        let task = self.task(id).await?;
-        let Some(node) = task.node.clone().filter(|_| !task.status.is_terminal()) else {
-            return Ok(task);
-        };
-        if self
-            .scheduler
-            .send_cancel(&node, id, "cancelled by user")
-            .await
-        {
-            // The worker kills the process group and reports Cancelled.
-            return Ok(task);
-        }
-        // Its node is gone, so no process of it is left to stop.
-        Ok(self
-            .finish_here(
-                id,
-                "cancelled by user (its node was offline)",
-                CancelHere::Always,
-            )
-            .await?
-            .unwrap_or(task))
+        self.cancel_one(id).await
     }
 
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>> {
@@ -287,10 +535,11 @@ impl Backend for MasterApi {
         for node in &mut nodes {
             // The store keeps what outlives a session; running tasks and liveness come from the session.
             match self.scheduler.live(&node.name) {
-                Some((running, last_seen)) => {
+                Some(live) => {
                     node.status = NodeStatus::Online;
-                    node.running = running;
-                    node.last_seen = last_seen;
+                    node.running = live.running;
+                    node.last_seen = live.last_seen;
+                    node.metrics = live.metrics;
                 }
                 None => {
                     node.status = NodeStatus::Offline;
@@ -302,12 +551,14 @@ impl Backend for MasterApi {
     }
 
     async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node> {
-        let Some(max_runners) = update.max_runners else {
+        if update.max_runners.is_none() && update.enabled.is_none() {
             return Err(Error::BadRequest(
-                "nothing to change: give max_runners".into(),
+                "nothing to change: give max_runners or enabled".into(),
             ));
-        };
-        if !(1..=10_000).contains(&max_runners) {
+        }
+        if let Some(max_runners) = update.max_runners
+            && !(1..=10_000).contains(&max_runners)
+        {
             return Err(Error::BadRequest(format!(
                 "max_runners must be 1 to 10000, got {max_runners}"
             )));
@@ -316,13 +567,74 @@ impl Backend for MasterApi {
         let Some(mut node) = nodes.into_iter().find(|n| n.name == name) else {
             return Err(Error::NotFound(format!("node {name:?} not found")));
         };
-        node.max_runners = max_runners;
-        node.max_runners_override = Some(max_runners);
+        if let Some(max_runners) = update.max_runners {
+            node.max_runners = max_runners;
+            node.max_runners_override = Some(max_runners);
+        }
+        if let Some(enabled) = update.enabled {
+            node.enabled = enabled;
+        }
         self.store.put_node(&node).await.map_err(internal)?;
-        // An offline node gets the setting when it registers again.
-        self.scheduler.set_max_runners(name, max_runners).await;
+        // An offline node gets the settings when it registers again.
+        if let Some(enabled) = update.enabled {
+            self.scheduler.set_enabled(name, enabled);
+        }
+        if let Some(max_runners) = update.max_runners {
+            self.scheduler.set_max_runners(name, max_runners).await;
+        }
         let live = self.list_nodes().await?;
         Ok(live.into_iter().find(|n| n.name == name).unwrap_or(node))
+    }
+
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
+        let _writes = self.schedule_writes.lock().await;
+        let schedule = self.schedule_from(spec, None).await?;
+        self.save_schedule(schedule).await
+    }
+
+    async fn update_schedule(&self, name: &str, spec: ScheduleSpec) -> Result<ScheduleView> {
+        let _writes = self.schedule_writes.lock().await;
+        let existing = self.schedule_by_name(name).await?;
+        let schedule = self.schedule_from(spec, Some(existing)).await?;
+        self.save_schedule(schedule).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>> {
+        let schedules = self.store.list_schedules().await.map_err(internal)?;
+        Ok(schedules.into_iter().map(view).collect())
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<ScheduleView> {
+        Ok(view(self.schedule_by_name(name).await?))
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let _writes = self.schedule_writes.lock().await;
+        let schedule = self.schedule_by_name(name).await?;
+        self.store
+            .delete_schedule(schedule.id)
+            .await
+            .map_err(internal)?;
+        self.schedules_changed.notify_one();
+        Ok(())
+    }
+
+    async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView> {
+        let _writes = self.schedule_writes.lock().await;
+        let mut schedule = self.schedule_by_name(name).await?;
+        if schedule.enabled != enabled {
+            schedule.enabled = enabled;
+            schedule.updated_at = Utc::now();
+            // Fire times passed while disabled were never due.
+            schedule.last_fire = Some(schedule.updated_at);
+        }
+        self.save_schedule(schedule).await
+    }
+
+    async fn run_schedule(&self, name: &str) -> Result<Task> {
+        let schedule = self.schedule_by_name(name).await?;
+        self.create_run(crate::cron::run_spec(&schedule, None))
+            .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskId> {

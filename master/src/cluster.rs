@@ -1,6 +1,7 @@
 //! The master's side of worker sessions: registration, task progress, logs and items into the store, and the
 //! settling of a node's tasks when its session ends.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::files::{self, SpiderFiles};
 use crate::scheduler::Scheduler;
-use crate::store::Store;
+use crate::store::{Store, TaskFilter};
 
 /// How long a new session may take to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,15 +27,30 @@ pub(crate) struct Cluster {
     pub(crate) shutdown: CancellationToken,
 }
 
+/// Why a worker's session ended, which decides what happens to its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// The worker closed its side after reporting its last task: it left on purpose.
+    Left,
+    /// The worker said nothing for the heartbeat timeout.
+    Silent,
+    /// The connection broke, or a report could not be stored: the worker may come back for its tasks.
+    Broken,
+    /// The master is shutting down: tasks stay as they are for the next master to take back.
+    MasterShutdown,
+}
+
 #[async_trait::async_trait]
 impl Handler for Cluster {
     async fn session(&self, mut inbound: Inbound, outbound: Outbound) {
         let registration = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.next()).await {
-            Ok(Some(Ok(WorkerToMaster::Register(registration)))) => registration,
-            Ok(Some(Ok(other))) => {
-                let message = format!("the first message must be Register, got {other:?}");
-                return outbound.reject(Rejection::Refused(message)).await;
-            }
+            Ok(Some(Ok(envelope))) => match envelope.message {
+                WorkerToMaster::Register(registration) => registration,
+                other => {
+                    let message = format!("the first message must be Register, got {other:?}");
+                    return outbound.reject(Rejection::Refused(message)).await;
+                }
+            },
             Ok(Some(Err(err))) => {
                 return warn!(error = %err, "worker session failed before registering");
             }
@@ -49,65 +65,31 @@ impl Handler for Cluster {
         if let Err(message) = arachne_shared::spider::validate_name("node", &name) {
             return outbound.reject(Rejection::Refused(message)).await;
         }
-        let stored = self.stored_node(&name).await;
-        let max_runners_override = stored.as_ref().and_then(|n| n.max_runners_override);
-        let registered = registration.max_runners;
-        let effective = Registration {
-            max_runners: max_runners_override.unwrap_or(registered),
-            ..registration.clone()
+        let Some((node, session, kill)) = self.admit(&registration, &outbound).await else {
+            return;
         };
-        let session = match self.scheduler.register(&effective, outbound.clone()) {
-            Ok(session) => session,
-            Err(message) => return outbound.reject(Rejection::Refused(message)).await,
-        };
-        let now = Utc::now();
-        let registered_at = stored.map(|n| n.registered_at).unwrap_or(now);
-        let node = Node {
-            name: name.clone(),
-            status: NodeStatus::Online,
-            max_runners: effective.max_runners,
-            max_runners_override,
-            running: 0,
-            version: registration.version,
-            registered_at,
-            last_seen: now,
-        };
-        if let Err(err) = self.store.put_node(&node).await {
-            error!(node = %name, error = %err, "cannot record the node");
-        }
-        let mut accepted = outbound.send(MasterToWorker::Registered).await.is_ok();
-        if accepted && effective.max_runners != registered {
-            let resize = MasterToWorker::SetMaxRunners {
-                max_runners: effective.max_runners,
-            };
-            accepted = outbound.send(resize).await.is_ok();
-        }
-        if accepted {
-            info!(node = %name, max_runners = node.max_runners, "worker connected");
-            self.scheduler.kick();
-            loop {
-                let message = tokio::select! {
-                    message = inbound.next() => message,
-                    () = self.shutdown.cancelled() => break,
-                };
-                match message {
-                    Some(Ok(message)) => self.handle(&node, message, &outbound).await,
-                    Some(Err(err)) => {
-                        warn!(node = %name, error = %err, "worker session broke");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-        }
-        let reason = if self.shutdown.is_cancelled() {
-            format!("the master shut down while the task ran on {name}")
-        } else {
-            format!("node {name} disconnected while the task ran")
-        };
+        let end = self.serve(&node, &mut inbound, &outbound, &kill).await;
         self.scheduler.close(&name, session);
-        if let Err(err) = self.scheduler.settle_node(&name, &reason).await {
+        let timeout = self.scheduler.heartbeat_timeout().as_secs_f32();
+        let settle_now = match end {
+            SessionEnd::Left => Some(format!("worker {name} shut down while the task ran")),
+            SessionEnd::Silent => Some(format!(
+                "node {name} went offline: no heartbeat for {timeout} s"
+            )),
+            SessionEnd::Broken => {
+                self.scheduler.mark_lost(&name);
+                None
+            }
+            SessionEnd::MasterShutdown => None,
+        };
+        if let Some(reason) = settle_now
+            && let Err(err) = self
+                .scheduler
+                .settle_node(&name, &reason, &HashSet::new())
+                .await
+        {
             error!(node = %name, error = %err, "cannot settle the tasks of a disconnected node");
+            self.scheduler.mark_lost(&name);
         }
         self.scheduler.unregister(&name, session);
         // Re-read: a user may have changed the node while the session ran.
@@ -118,7 +100,7 @@ impl Handler for Cluster {
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node offline");
         }
-        info!(node = %name, "worker disconnected");
+        info!(node = %name, ?end, "worker disconnected");
     }
 
     async fn fetch_files(
@@ -152,48 +134,214 @@ impl Cluster {
         nodes.into_iter().find(|n| n.name == name)
     }
 
-    async fn handle(&self, node: &Node, message: WorkerToMaster, outbound: &Outbound) {
-        let result = match message {
+    /// Takes a worker in: reconciles the tasks it says it still runs with those the store has on it, registers
+    /// it, and tells it what to stop. `None` if it was refused.
+    async fn admit(
+        &self,
+        registration: &Registration,
+        outbound: &Outbound,
+    ) -> Option<(Node, u64, CancellationToken)> {
+        let name = registration.name.clone();
+        let stored = self.stored_node(&name).await;
+        let max_runners_override = stored.as_ref().and_then(|n| n.max_runners_override);
+        let enabled = stored.as_ref().is_none_or(|n| n.enabled);
+        let registered = registration.max_runners;
+        let effective = Registration {
+            max_runners: max_runners_override.unwrap_or(registered),
+            ..registration.clone()
+        };
+        let in_flight = match self.in_flight(&name).await {
+            Ok(ids) => ids,
+            Err(err) => {
+                let message = format!("the master cannot read its tasks: {err}");
+                outbound.reject(Rejection::Internal(message)).await;
+                return None;
+            }
+        };
+        let reported: HashSet<TaskId> = registration.running.iter().copied().collect();
+        let keep: HashSet<TaskId> = in_flight.intersection(&reported).copied().collect();
+        let unknown: Vec<TaskId> = reported.difference(&in_flight).copied().collect();
+        // Before registering, so no task handed to the new session can be mistaken for a leftover.
+        let reason = format!("worker {name} restarted and no longer runs the task");
+        if let Err(err) = self.scheduler.settle_node(&name, &reason, &keep).await {
+            let message = format!("the master cannot settle the node's tasks: {err}");
+            outbound.reject(Rejection::Internal(message)).await;
+            return None;
+        }
+        let (session, kill) =
+            match self
+                .scheduler
+                .register(&effective, enabled, keep.clone(), outbound.clone())
+            {
+                Ok(registered) => registered,
+                Err(message) => {
+                    outbound.reject(Rejection::Refused(message)).await;
+                    return None;
+                }
+            };
+        let now = Utc::now();
+        let node = Node {
+            name: name.clone(),
+            status: NodeStatus::Online,
+            max_runners: effective.max_runners,
+            max_runners_override,
+            running: keep.len() as u32,
+            version: registration.version.clone(),
+            registered_at: stored.as_ref().map(|n| n.registered_at).unwrap_or(now),
+            last_seen: now,
+            enabled,
+            labels: registration.labels.clone(),
+            metrics: None,
+        };
+        if let Err(err) = self.store.put_node(&node).await {
+            error!(node = %name, error = %err, "cannot record the node");
+        }
+        let mut accepted = outbound.send(MasterToWorker::Registered).await.is_ok();
+        if accepted && effective.max_runners != registered {
+            let resize = MasterToWorker::SetMaxRunners {
+                max_runners: effective.max_runners,
+            };
+            accepted = outbound.send(resize).await.is_ok();
+        }
+        for task_id in unknown {
+            warn!(task_id = %task_id, node = %name, "the worker runs a task the master no longer expects; cancelling it");
+            let cancel = MasterToWorker::Cancel {
+                task_id,
+                reason: "the task ended or moved while its worker was away".into(),
+            };
+            accepted = accepted && outbound.send(cancel).await.is_ok();
+        }
+        if !keep.is_empty() {
+            info!(node = %name, tasks = keep.len(), "worker reattached its running tasks");
+        }
+        info!(node = %name, max_runners = node.max_runners, "worker connected");
+        self.scheduler.kick();
+        accepted.then_some((node, session, kill))
+    }
+
+    /// Tasks the store has handed to `node` that have not ended.
+    async fn in_flight(&self, node: &str) -> crate::store::Result<HashSet<TaskId>> {
+        let mut ids = HashSet::new();
+        for status in [TaskStatus::Pending, TaskStatus::Running] {
+            let mut offset = 0;
+            loop {
+                let filter = TaskFilter {
+                    node: Some(node.to_owned()),
+                    status: Some(status),
+                    limit: 1000,
+                    offset,
+                    ..Default::default()
+                };
+                let (tasks, _) = self.store.list_tasks(&filter).await?;
+                let full = tasks.len() == 1000;
+                offset += tasks.len() as u32;
+                ids.extend(tasks.into_iter().map(|t| t.id));
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Handles the worker's messages until the session ends, acknowledging each sequenced one once stored.
+    async fn serve(
+        &self,
+        node: &Node,
+        inbound: &mut Inbound,
+        outbound: &Outbound,
+        kill: &CancellationToken,
+    ) -> SessionEnd {
+        // An acknowledgement that did not fit in the outbound queue; acks are cumulative, so only the latest
+        // matters, and it is offered again shortly.
+        let mut unsent_ack: Option<u64> = None;
+        loop {
+            let retry_ack = async {
+                match unsent_ack {
+                    Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let envelope = tokio::select! {
+                message = inbound.next() => message,
+                () = retry_ack => {
+                    if let Some(seq) = unsent_ack.take()
+                        && !outbound.offer(MasterToWorker::Ack { seq }) {
+                            unsent_ack = Some(seq);
+                        }
+                    continue;
+                }
+                () = kill.cancelled() => return SessionEnd::Silent,
+                () = self.shutdown.cancelled() => return SessionEnd::MasterShutdown,
+            };
+            let envelope = match envelope {
+                Some(Ok(envelope)) => envelope,
+                Some(Err(err)) => {
+                    warn!(node = %node.name, error = %err, "worker session broke");
+                    return SessionEnd::Broken;
+                }
+                None => return SessionEnd::Left,
+            };
+            let seq = envelope.seq;
+            if let Err(err) = self.handle(node, envelope.message, outbound).await {
+                // Not acknowledged: ending the session makes the worker resend it after reconnecting.
+                error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
+                return SessionEnd::Broken;
+            }
+            if seq > 0 && !outbound.offer(MasterToWorker::Ack { seq }) {
+                unsent_ack = Some(seq);
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        node: &Node,
+        message: WorkerToMaster,
+        outbound: &Outbound,
+    ) -> crate::store::Result<()> {
+        let heartbeat = match &message {
+            WorkerToMaster::Heartbeat(metrics) => Some(metrics.clone()),
+            _ => None,
+        };
+        self.scheduler.seen(&node.name, heartbeat);
+        match message {
             WorkerToMaster::Register(_) => {
                 warn!(node = %node.name, "ignoring a second Register in one session");
                 Ok(())
             }
             // Kept in memory: an idle cluster causes no database writes.
-            WorkerToMaster::Heartbeat { .. } => {
-                self.scheduler.heartbeat(&node.name);
-                Ok(())
-            }
+            WorkerToMaster::Heartbeat(_) => Ok(()),
             WorkerToMaster::TaskStarted { task_id, pid, at } => {
                 self.started(node, task_id, pid, at, outbound).await
             }
             WorkerToMaster::Logs { task_id, lines } => {
-                let result = self.store.append_logs(task_id, &lines).await;
+                self.store.append_logs(task_id, &lines).await?;
                 self.scheduler.changed(task_id);
-                result
+                Ok(())
             }
             WorkerToMaster::Items { task_id, items } => {
-                let result = self.store.insert_items(task_id, &items).await;
+                self.store.insert_items(task_id, &items).await?;
                 self.scheduler.changed(task_id);
-                result
+                Ok(())
             }
             WorkerToMaster::Report {
                 task_id,
                 status,
                 errors,
+                errors_before,
                 at,
             } => {
                 // Reports may arrive for a task that just ended (the end was sent right after): keep them too.
                 let update = Box::new(move |t: &mut arachne_shared::Task| {
-                    t.record_report(status, errors, at);
+                    t.record_report(status, errors, errors_before, at);
                     true
                 });
-                let result = self
-                    .store
+                self.store
                     .update_task(task_id, &TaskStatus::ALL, update)
-                    .await
-                    .map(drop);
+                    .await?;
                 self.scheduler.changed(task_id);
-                result
+                Ok(())
             }
             WorkerToMaster::TaskEnded {
                 task_id,
@@ -212,9 +360,6 @@ impl Cluster {
                 )
                 .await
             }
-        };
-        if let Err(err) = result {
-            error!(node = %node.name, error = %err, "cannot store what a worker reported");
         }
     }
 
@@ -242,17 +387,28 @@ impl Cluster {
                 }),
             )
             .await?;
-        if updated.is_none() {
-            // Cancelled (or handed elsewhere) while the worker was preparing it: stop it there too.
+        self.scheduler.changed(task_id);
+        if updated.is_some() {
+            return Ok(());
+        }
+        let current = self.store.get_task(task_id).await?;
+        let resent = current.is_some_and(|t| {
+            t.node.as_deref() == Some(node.name.as_str())
+                && (t.status == TaskStatus::Running || t.status.is_terminal())
+        });
+        if !resent {
+            // Cancelled (or handed elsewhere) while the worker was preparing it: stop it there too. Sent from
+            // its own task, so this session never waits on a worker that may be waiting on it.
             warn!(task_id = %task_id, node = %node.name, "a task started that is no longer this node's; cancelling it");
-            let _ = outbound
-                .send(MasterToWorker::Cancel {
+            let outbound = outbound.clone();
+            tokio::spawn(async move {
+                let cancel = MasterToWorker::Cancel {
                     task_id,
                     reason: "the task was cancelled before it started".into(),
-                })
-                .await;
+                };
+                let _ = outbound.send(cancel).await;
+            });
         }
-        self.scheduler.changed(task_id);
         Ok(())
     }
 
@@ -281,10 +437,13 @@ impl Cluster {
             )
             .await?;
         self.scheduler.release(&node.name, task_id);
-        self.scheduler.changed(task_id);
         match updated {
-            Some(_) => info!(task_id = %task_id, node = %node.name, %status, "task ended"),
+            Some(task) => {
+                info!(task_id = %task_id, node = %node.name, %status, "task ended");
+                self.scheduler.ended(&task).await;
+            }
             None => {
+                self.scheduler.changed(task_id);
                 warn!(task_id = %task_id, node = %node.name, %status, "end of a task that had already ended")
             }
         }

@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod cron;
 pub mod files;
 mod scheduler;
 pub mod store;
@@ -21,6 +22,7 @@ use crate::api::MasterApi;
 use crate::cluster::Cluster;
 use crate::files::{SpiderFiles, UploadLimits};
 use crate::scheduler::Scheduler;
+pub use crate::scheduler::SchedulerOptions;
 use crate::store::{Store, embedded::EmbeddedStore};
 
 /// The master's configuration.
@@ -34,6 +36,7 @@ pub struct Config {
     pub local_worker: Option<LocalWorker>,
     pub upload: UploadLimits,
     pub http: RouterOptions,
+    pub scheduler: SchedulerOptions,
 }
 
 /// The worker the master runs in its own process.
@@ -42,6 +45,8 @@ pub struct LocalWorker {
     pub name: String,
     pub max_runners: u32,
     pub runner: arachne_worker::RunnerOptions,
+    /// How often it tells the master it is alive; must be well under the master's heartbeat timeout.
+    pub heartbeat: std::time::Duration,
 }
 
 impl Default for LocalWorker {
@@ -50,6 +55,7 @@ impl Default for LocalWorker {
             name: "local".into(),
             max_runners: 4,
             runner: Default::default(),
+            heartbeat: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -63,6 +69,7 @@ impl Config {
             local_worker: Some(LocalWorker::default()),
             upload: UploadLimits::default(),
             http: RouterOptions::default(),
+            scheduler: SchedulerOptions::default(),
         }
     }
 }
@@ -106,14 +113,16 @@ pub async fn run(
         source,
     })?;
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?);
-    recover(store.as_ref()).await?;
+    let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
+    recover(store.as_ref(), &scheduler).await?;
 
     let files = SpiderFiles::new(config.data_dir.join("spiders"), config.upload.clone());
-    let scheduler = Arc::new(Scheduler::new(Arc::clone(&store)));
     let api = Arc::new(MasterApi {
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
         files: files.clone(),
+        schedules_changed: Default::default(),
+        schedule_writes: Default::default(),
     });
     if let Some(dir) = &config.examples_dir {
         register_examples(api.as_ref(), dir).await;
@@ -125,6 +134,7 @@ pub async fn run(
     let servers = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(Arc::clone(&scheduler).run(servers.clone()));
+    tracker.spawn(cron::run(Arc::clone(&api), servers.clone()));
     let cluster = Arc::new(Cluster {
         store,
         scheduler,
@@ -156,6 +166,7 @@ pub async fn run(
         );
         worker_config.max_runners = local.max_runners;
         worker_config.runner = local.runner;
+        worker_config.heartbeat = local.heartbeat;
         tokio::spawn(arachne_worker::run(worker_config, worker_shutdown.clone()))
     });
 
@@ -197,20 +208,25 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Settles what a previous run of the master left in flight. Pending tasks stay queued (a handed-out one goes
-/// back to the queue, since its worker's session died with the master); tasks that were running cannot be
-/// vouched for and become Abnormal with the reason.
-async fn recover(store: &dyn Store) -> Result<(), store::Error> {
-    let settled = scheduler::settle(store, None, "the master restarted while the task ran").await?;
+/// Takes over what a previous run of the master left. Pending tasks stay queued. Nodes that had tasks in
+/// flight get the heartbeat timeout to reconnect and claim them (their spiders may well still be running);
+/// what no node claims by then is settled.
+async fn recover(store: &dyn Store, scheduler: &Scheduler) -> Result<(), store::Error> {
+    let waiting = scheduler::recover(store).await?;
+    for node in &waiting {
+        scheduler.mark_lost(node);
+    }
     let mut nodes = store.list_nodes().await?;
     for node in &mut nodes {
         node.status = arachne_shared::NodeStatus::Offline;
         node.running = 0;
         store.put_node(node).await?;
     }
-    let (requeued, abnormal) = (settled.requeued.len(), settled.abnormal.len());
-    if requeued + abnormal > 0 {
-        info!(requeued, abnormal, "recovered tasks from the previous run");
+    if !waiting.is_empty() {
+        info!(
+            nodes = waiting.len(),
+            "waiting for nodes with tasks in flight to reconnect"
+        );
     }
     Ok(())
 }
@@ -223,6 +239,8 @@ struct SpiderManifest {
     cmd: String,
     #[serde(default)]
     settings: Option<arachne_shared::spider::RunSettings>,
+    #[serde(default)]
+    max_instances: Option<u32>,
 }
 
 /// Registers every example spider that does not exist yet. A broken example is reported and skipped.
@@ -258,6 +276,7 @@ async fn register_example(api: &MasterApi, folder: &Path) -> Result<(), String> 
         name: manifest.name.clone(),
         cmd: manifest.cmd,
         settings: manifest.settings,
+        max_instances: manifest.max_instances,
     };
     api.put_spider(request).await.map_err(|e| e.to_string())?;
     api.upload_files(&manifest.name, archive)

@@ -31,6 +31,10 @@ struct Args {
     /// Spider folders registered on start when missing (each holds an arachne.toml).
     #[arg(long, default_value = "examples")]
     examples_dir: PathBuf,
+    /// Seconds without a word from a worker before it counts as offline and its running tasks are settled
+    /// (Abnormal, or retried); also how long a disconnected worker has to come back for its tasks.
+    #[arg(long, default_value_t = 15.0)]
+    heartbeat_timeout: f64,
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
@@ -46,9 +50,18 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);
     config.http.max_upload_bytes = args.max_upload_mib << 20;
+    anyhow::ensure!(
+        args.heartbeat_timeout.is_finite() && args.heartbeat_timeout >= 0.5,
+        "--heartbeat-timeout must be at least 0.5 seconds"
+    );
+    config.scheduler.heartbeat_timeout = std::time::Duration::from_secs_f64(args.heartbeat_timeout);
+    // The local worker beats well inside the timeout.
+    let local_heartbeat =
+        (config.scheduler.heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));
     config.local_worker = (!args.no_local_worker).then(|| LocalWorker {
         max_runners: args.local_max_runners,
         runner: args.runner.into(),
+        heartbeat: local_heartbeat,
         ..LocalWorker::default()
     });
     let listeners = Listeners {

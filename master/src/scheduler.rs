@@ -1,64 +1,139 @@
-//! Dispatch: hands Pending tasks to connected workers with a free runner slot, highest priority (1) first,
-//! then oldest, preferring the least loaded worker.
+//! Dispatch and liveness: hands Pending tasks to connected workers with a free runner slot, highest priority
+//! (1) first, then oldest, preferring the least loaded worker; and decides when a silent or vanished worker's
+//! tasks are written off.
 //!
 //! Dispatch is push, and it runs only when something changed (a task was created, a worker connected, a task
 //! ended), so idle workers cause no database queries. Pending tasks live in the store, so a master restart
-//! loses none of them.
+//! loses none of them. A task whose constraints cannot be met (its node is offline or disabled, its spider is
+//! at `max_instances`, its schedule's previous run is active) stays Pending with the reason on the task.
+//!
+//! Liveness is in memory: a worker that says nothing for `heartbeat_timeout` has its session ended, and a
+//! worker whose session broke has the same time to come back and claim its running tasks before they are
+//! settled (Abnormal, or retried).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arachne_proto::server::Outbound;
 use arachne_shared::cluster::{Assignment, MasterToWorker, Registration};
-use arachne_shared::{Task, TaskId, TaskStatus};
+use arachne_shared::{NodeMetrics, Spider, Task, TaskId, TaskOutcome, TaskStatus};
+use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::store::{Store, TaskFilter};
+use crate::store::{ActiveScope, Store, TaskFilter};
 
 /// How many pending tasks one dispatch pass reads at a time.
-const DISPATCH_BATCH: u32 = 64;
+const DISPATCH_BATCH: u32 = 256;
 /// Capacity of the change-notice channel; a receiver that lags just re-reads the store.
 const CHANGES_CAPACITY: usize = 1024;
+
+/// The scheduler's settings.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// A worker silent this long is offline: its session is ended, and a worker whose session broke gets this
+    /// long to reconnect before its tasks are settled.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout: Duration::from_secs(15),
+        }
+    }
+}
 
 struct Worker {
     session: u64,
     outbound: Outbound,
+    /// Ends the session; cancelled when the worker goes silent.
+    kill: CancellationToken,
     max_runners: u32,
+    enabled: bool,
     /// Tasks handed to this worker that have not ended.
     assigned: HashSet<TaskId>,
     /// When the worker last spoke; kept in memory only, so heartbeats cost no database write.
-    last_seen: chrono::DateTime<chrono::Utc>,
+    last_seen: Instant,
+    last_seen_at: DateTime<Utc>,
+    metrics: Option<NodeMetrics>,
     /// The session is ending: it gets no new tasks, but keeps its name until its tasks are settled, so a
     /// reconnecting worker of the same name cannot get tasks that are about to be requeued.
     closing: bool,
 }
 
-/// The registry of connected workers and the dispatch loop.
+impl Worker {
+    fn free(&self) -> bool {
+        !self.closing && self.enabled && (self.assigned.len() as u32) < self.max_runners
+    }
+
+    fn load(&self) -> f64 {
+        self.assigned.len() as f64 / f64::from(self.max_runners.max(1))
+    }
+}
+
+/// What the session of a connected worker knows that the store does not.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub(crate) running: u32,
+    pub(crate) last_seen: DateTime<Utc>,
+    pub(crate) metrics: Option<NodeMetrics>,
+}
+
+/// Where one pending task stands after a dispatch look at it.
+enum Placement {
+    Assigned,
+    /// Cannot run now for a reason worth showing.
+    Blocked(String),
+    /// Its retry backoff has not passed.
+    Deferred(DateTime<Utc>),
+    /// Eligible, but no eligible node has a free slot.
+    NoSlot,
+}
+
+/// The registry of connected workers, the dispatch loop and the liveness watch.
 pub(crate) struct Scheduler {
     store: Arc<dyn Store>,
+    options: SchedulerOptions,
     workers: Mutex<HashMap<String, Worker>>,
+    /// Nodes whose session broke (or that were connected to a previous master) and may still come back for
+    /// their tasks, with when they were last heard of.
+    lost: Mutex<HashMap<String, Instant>>,
     next_session: std::sync::atomic::AtomicU64,
     kick: Notify,
+    /// The earliest retry backoff the last pass deferred, so the loop wakes for it.
+    wake_at: Mutex<Option<DateTime<Utc>>>,
     changes: broadcast::Sender<TaskId>,
+    /// Serialises parent-status updates: two children ending at once must not race on their parent.
+    parents: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Scheduler {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: Arc<dyn Store>, options: SchedulerOptions) -> Self {
         Self {
             store,
+            options,
             workers: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashMap::new()),
             next_session: Default::default(),
             kick: Notify::new(),
+            wake_at: Mutex::new(None),
             changes: broadcast::channel(CHANGES_CAPACITY).0,
+            parents: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn workers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Worker>> {
-        self.workers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn heartbeat_timeout(&self) -> Duration {
+        self.options.heartbeat_timeout
     }
 
     /// Asks for a dispatch pass.
@@ -75,13 +150,16 @@ impl Scheduler {
         self.changes.subscribe()
     }
 
-    /// Adds a worker; refused if a worker of that name is connected. Returns the session number.
+    /// Adds a worker with the tasks it still runs; refused if a worker of that name is connected. Returns the
+    /// session number and the token that ends the session.
     pub(crate) fn register(
         &self,
         registration: &Registration,
+        enabled: bool,
+        kept: HashSet<TaskId>,
         outbound: Outbound,
-    ) -> Result<u64, String> {
-        let mut workers = self.workers();
+    ) -> Result<(u64, CancellationToken), String> {
+        let mut workers = lock(&self.workers);
         if workers.contains_key(&registration.name) {
             return Err(format!(
                 "a worker named {:?} is already connected",
@@ -91,22 +169,27 @@ impl Scheduler {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let kill = CancellationToken::new();
         let worker = Worker {
             session,
             outbound,
+            kill: kill.clone(),
             max_runners: registration.max_runners,
-            assigned: HashSet::new(),
+            enabled,
+            assigned: kept,
             closing: false,
-            last_seen: chrono::Utc::now(),
+            last_seen: Instant::now(),
+            last_seen_at: Utc::now(),
+            metrics: None,
         };
         workers.insert(registration.name.clone(), worker);
-        Ok(session)
+        lock(&self.lost).remove(&registration.name);
+        Ok((session, kill))
     }
 
     /// Stops handing tasks to a worker whose session is ending.
     pub(crate) fn close(&self, name: &str, session: u64) {
-        if let Some(worker) = self
-            .workers()
+        if let Some(worker) = lock(&self.workers)
             .get_mut(name)
             .filter(|w| w.session == session)
         {
@@ -116,10 +199,15 @@ impl Scheduler {
 
     /// Removes a worker's session (if it is still the current one).
     pub(crate) fn unregister(&self, name: &str, session: u64) {
-        let mut workers = self.workers();
+        let mut workers = lock(&self.workers);
         if workers.get(name).is_some_and(|w| w.session == session) {
             workers.remove(name);
         }
+    }
+
+    /// Gives a node whose session broke `heartbeat_timeout` to come back before its tasks are settled.
+    pub(crate) fn mark_lost(&self, name: &str) {
+        lock(&self.lost).insert(name.to_owned(), Instant::now());
     }
 
     /// Frees the slot a task held, and dispatches into it.
@@ -129,30 +217,57 @@ impl Scheduler {
     }
 
     fn unreserve(&self, node: &str, task: TaskId) {
-        if let Some(worker) = self.workers().get_mut(node) {
+        if let Some(worker) = lock(&self.workers).get_mut(node) {
             worker.assigned.remove(&task);
         }
     }
 
-    /// Notes that a worker is alive.
-    pub(crate) fn heartbeat(&self, node: &str) {
-        if let Some(worker) = self.workers().get_mut(node) {
-            worker.last_seen = chrono::Utc::now();
+    /// Notes that a worker is alive, with its latest metrics if it sent them.
+    pub(crate) fn seen(&self, node: &str, metrics: Option<NodeMetrics>) {
+        if let Some(worker) = lock(&self.workers).get_mut(node) {
+            worker.last_seen = Instant::now();
+            worker.last_seen_at = Utc::now();
+            if metrics.is_some() {
+                worker.metrics = metrics;
+            }
         }
     }
 
-    /// What only the live session knows of a connected worker: tasks handed to it and not ended, and when it
-    /// last spoke. `None` if it is not connected.
-    pub(crate) fn live(&self, node: &str) -> Option<(u32, chrono::DateTime<chrono::Utc>)> {
-        self.workers()
+    /// What only the live session knows of a connected worker; `None` if it is not connected.
+    pub(crate) fn live(&self, node: &str) -> Option<Live> {
+        lock(&self.workers)
             .get(node)
-            .map(|w| (w.assigned.len() as u32, w.last_seen))
+            .filter(|w| !w.closing)
+            .map(|w| Live {
+                running: w.assigned.len() as u32,
+                last_seen: w.last_seen_at,
+                metrics: w.metrics.clone(),
+            })
+    }
+
+    /// Connected, enabled nodes, by name.
+    pub(crate) fn online_enabled(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.workers)
+            .iter()
+            .filter(|(_, w)| !w.closing && w.enabled)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Enables or disables a connected worker at once. Running tasks are not touched.
+    pub(crate) fn set_enabled(&self, node: &str, enabled: bool) {
+        if let Some(worker) = lock(&self.workers).get_mut(node) {
+            worker.enabled = enabled;
+        }
+        self.kick();
     }
 
     /// Changes a connected worker's runner slots at once and tells it. Tasks beyond the new limit keep
     /// running; no new one starts until the node is under it. False if the worker is not connected.
     pub(crate) async fn set_max_runners(&self, node: &str, max_runners: u32) -> bool {
-        let outbound = self.workers().get_mut(node).map(|w| {
+        let outbound = lock(&self.workers).get_mut(node).map(|w| {
             w.max_runners = max_runners;
             w.outbound.clone()
         });
@@ -168,7 +283,10 @@ impl Scheduler {
 
     /// Sends a cancel to the worker running `task`. False if that worker is not connected.
     pub(crate) async fn send_cancel(&self, node: &str, task: TaskId, reason: &str) -> bool {
-        let outbound = self.workers().get(node).map(|w| w.outbound.clone());
+        let outbound = lock(&self.workers)
+            .get(node)
+            .filter(|w| !w.closing)
+            .map(|w| w.outbound.clone());
         match outbound {
             Some(outbound) => outbound
                 .send(MasterToWorker::Cancel {
@@ -181,49 +299,209 @@ impl Scheduler {
         }
     }
 
-    /// Dispatches whenever kicked, until `shutdown`.
+    /// Dispatches whenever kicked, and watches liveness, until `shutdown`.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tick = (self.options.heartbeat_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut liveness = tokio::time::interval(tick);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Err(err) = self.dispatch().await {
                 error!(error = %err, "dispatch failed; retrying on the next change");
             }
+            let wake_at = *lock(&self.wake_at);
+            let deferred = async {
+                match wake_at {
+                    Some(at) => {
+                        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.kick.notified() => {}
+                () = deferred => {}
+                _ = liveness.tick() => self.watch_liveness().await,
                 () = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Picks the least loaded worker with a free slot and reserves the slot for `task`.
-    fn reserve(&self, task: TaskId) -> Option<(String, Outbound)> {
-        let mut workers = self.workers();
-        let (name, worker) = workers
-            .iter_mut()
-            .filter(|(_, w)| !w.closing && (w.assigned.len() as u32) < w.max_runners)
-            .min_by(|(_, a), (_, b)| {
-                let load = |w: &Worker| w.assigned.len() as f64 / f64::from(w.max_runners.max(1));
-                load(a).total_cmp(&load(b))
-            })?;
-        worker.assigned.insert(task);
-        Some((name.clone(), worker.outbound.clone()))
+    /// Ends the sessions of silent workers, and settles the tasks of lost ones that did not come back.
+    async fn watch_liveness(&self) {
+        let timeout = self.options.heartbeat_timeout;
+        for worker in lock(&self.workers).values() {
+            if !worker.closing && worker.last_seen.elapsed() > timeout {
+                worker.kill.cancel();
+            }
+        }
+        let expired: Vec<String> = {
+            let workers = lock(&self.workers);
+            let mut lost = lock(&self.lost);
+            let expired: Vec<String> = lost
+                .iter()
+                .filter(|(name, since)| since.elapsed() > timeout && !workers.contains_key(*name))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in &expired {
+                lost.remove(name);
+            }
+            expired
+        };
+        for name in expired {
+            let reason = format!(
+                "node {name} went offline: no contact for {} s",
+                timeout.as_secs_f32()
+            );
+            if let Err(err) = self.settle_node(&name, &reason, &HashSet::new()).await {
+                error!(node = %name, error = %err, "cannot settle the tasks of a lost node");
+                self.mark_lost(&name);
+            }
+        }
     }
 
     async fn dispatch(&self) -> crate::store::Result<()> {
+        let now = Utc::now();
+        let mut spiders: HashMap<String, Option<Spider>> = HashMap::new();
+        let mut wake_at: Option<DateTime<Utc>> = None;
+        let mut offset = 0;
         loop {
-            let pending = self.store.dispatchable(DISPATCH_BATCH).await?;
+            if !lock(&self.workers).values().any(Worker::free) {
+                break;
+            }
+            let pending = self.store.dispatchable(DISPATCH_BATCH, offset).await?;
             let batch_full = pending.len() == DISPATCH_BATCH as usize;
             for task in pending {
-                let Some((node, outbound)) = self.reserve(task.id) else {
-                    return Ok(());
-                };
-                if !self.assign(&task, &node, &outbound).await? {
-                    self.unreserve(&node, task.id);
+                match self.place(&task, now, &mut spiders).await? {
+                    Placement::Assigned => {}
+                    Placement::NoSlot => offset += 1,
+                    Placement::Deferred(at) => {
+                        offset += 1;
+                        wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                    }
+                    Placement::Blocked(reason) => {
+                        offset += 1;
+                        if task.pending_reason.as_deref() != Some(&reason) {
+                            self.set_pending_reason(task.id, Some(reason)).await?;
+                        }
+                    }
                 }
             }
             if !batch_full {
-                return Ok(());
+                break;
             }
         }
+        *lock(&self.wake_at) = wake_at;
+        Ok(())
+    }
+
+    async fn set_pending_reason(
+        &self,
+        id: TaskId,
+        reason: Option<String>,
+    ) -> crate::store::Result<()> {
+        let updated = self
+            .store
+            .update_task(
+                id,
+                &[TaskStatus::Pending],
+                Box::new(move |t| {
+                    if t.node.is_some() || t.pending_reason == reason {
+                        return false;
+                    }
+                    t.pending_reason = reason;
+                    true
+                }),
+            )
+            .await?;
+        if updated.is_some() {
+            self.changed(id);
+        }
+        Ok(())
+    }
+
+    /// Looks at one pending task: places it, or says why not.
+    async fn place(
+        &self,
+        task: &Task,
+        now: DateTime<Utc>,
+        spiders: &mut HashMap<String, Option<Spider>>,
+    ) -> crate::store::Result<Placement> {
+        if let Some(at) = task.not_before.filter(|at| *at > now) {
+            return Ok(Placement::Deferred(at));
+        }
+        if let Some(key) = &task.exclusive
+            && self
+                .store
+                .count_active(&ActiveScope::Exclusive(key.clone()))
+                .await?
+                > 0
+        {
+            return Ok(Placement::Blocked(
+                "waiting for the schedule's previous run to end (overlap policy queue)".into(),
+            ));
+        }
+        if !spiders.contains_key(&task.spider_name) {
+            let spider = self.store.spider_by_name(&task.spider_name).await?;
+            spiders.insert(task.spider_name.clone(), spider);
+        }
+        let limit = spiders
+            .get(&task.spider_name)
+            .and_then(|s| s.as_ref()?.max_instances);
+        if let Some(max) = limit {
+            let active = self
+                .store
+                .count_active(&ActiveScope::Spider(task.spider_name.clone()))
+                .await?;
+            if active >= u64::from(max) {
+                return Ok(Placement::Blocked(format!(
+                    "spider {} already runs {active} of at most {max} instances",
+                    task.spider_name
+                )));
+            }
+        }
+        let reserved = match self.reserve(task) {
+            Ok(Some(reserved)) => reserved,
+            Ok(None) => return Ok(Placement::NoSlot),
+            Err(reason) => return Ok(Placement::Blocked(reason)),
+        };
+        let (node, outbound) = reserved;
+        if !self.assign(task, &node, &outbound).await? {
+            self.unreserve(&node, task.id);
+        }
+        Ok(Placement::Assigned)
+    }
+
+    /// Picks a worker for `task` and reserves a slot: its pinned node, or the least loaded eligible one.
+    /// `Ok(None)` when eligible nodes are all busy; `Err` with the reason when no node could ever take it now.
+    fn reserve(&self, task: &Task) -> Result<Option<(String, Outbound)>, String> {
+        let mut workers = lock(&self.workers);
+        let chosen = match &task.pinned_node {
+            Some(pin) => match workers.get(pin) {
+                None => return Err(format!("no online node among [{pin}]")),
+                Some(w) if w.closing => return Err(format!("no online node among [{pin}]")),
+                Some(w) if !w.enabled => return Err(format!("node {pin} is disabled")),
+                Some(w) if !w.free() => return Ok(None),
+                Some(_) => pin.clone(),
+            },
+            None => {
+                if !workers.values().any(|w| !w.closing && w.enabled) {
+                    return Err("no online, enabled node".into());
+                }
+                let best = workers
+                    .iter()
+                    .filter(|(_, w)| w.free())
+                    .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()));
+                match best {
+                    Some((name, _)) => name.clone(),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let worker = workers.get_mut(&chosen).expect("chosen from the map");
+        worker.assigned.insert(task.id);
+        Ok(Some((chosen, worker.outbound.clone())))
     }
 
     /// Records the assignment and sends it. False if the task was no longer dispatchable or the worker left.
@@ -244,7 +522,8 @@ impl Scheduler {
                         return false;
                     }
                     t.node = Some(assigned_node);
-                    t.updated_at = chrono::Utc::now();
+                    t.pending_reason = None;
+                    t.updated_at = Utc::now();
                     true
                 }),
             )
@@ -283,7 +562,7 @@ impl Scheduler {
                 &[TaskStatus::Pending],
                 Box::new(|t| {
                     t.node = None;
-                    t.updated_at = chrono::Utc::now();
+                    t.updated_at = Utc::now();
                     true
                 }),
             )
@@ -295,52 +574,172 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Settles the tasks of a node that is gone, through [`settle`], and wakes whoever waits on them.
-    pub(crate) async fn settle_node(&self, node: &str, reason: &str) -> crate::store::Result<()> {
-        let settled = settle(self.store.as_ref(), Some(node), reason).await?;
-        for id in &settled.abnormal {
-            warn!(task_id = %id, node, "task marked abnormal: {reason}");
+    /// Settles the tasks in flight on `node`, except those in `keep` (which the node still runs): a task
+    /// handed out but never started goes back to the queue; a running one becomes Abnormal with `reason`,
+    /// and is retried if it has retries left.
+    pub(crate) async fn settle_node(
+        &self,
+        node: &str,
+        reason: &str,
+        keep: &HashSet<TaskId>,
+    ) -> crate::store::Result<()> {
+        let mut requeued = false;
+        for status in [TaskStatus::Pending, TaskStatus::Running] {
+            // Settled rows leave the filter; kept rows stay, and paging skips them.
+            let mut in_place = 0;
+            loop {
+                let filter = TaskFilter {
+                    node: Some(node.to_owned()),
+                    status: Some(status),
+                    limit: 500,
+                    offset: in_place,
+                    ..Default::default()
+                };
+                let (tasks, _) = self.store.list_tasks(&filter).await?;
+                if tasks.is_empty() {
+                    break;
+                }
+                for task in tasks {
+                    if keep.contains(&task.id) {
+                        in_place += 1;
+                        continue;
+                    }
+                    let now = Utc::now();
+                    let change: crate::store::TaskChange = if status == TaskStatus::Running {
+                        let reason = reason.to_owned();
+                        Box::new(move |t| {
+                            t.finish(&TaskOutcome::Abnormal { reason }, now);
+                            true
+                        })
+                    } else {
+                        Box::new(move |t| {
+                            t.node = None;
+                            t.updated_at = now;
+                            true
+                        })
+                    };
+                    // `None`: the task changed meanwhile, so it has left the filter anyway.
+                    match self.store.update_task(task.id, &[status], change).await? {
+                        Some(task) if status == TaskStatus::Running => {
+                            warn!(task_id = %task.id, node, "task marked abnormal: {reason}");
+                            self.unreserve(node, task.id);
+                            self.ended(&task).await;
+                        }
+                        Some(task) => {
+                            self.unreserve(node, task.id);
+                            self.changed(task.id);
+                            requeued = true;
+                        }
+                        None => {}
+                    }
+                }
+            }
         }
-        for id in settled.requeued.iter().chain(&settled.abnormal) {
-            self.changed(*id);
-        }
-        if !settled.requeued.is_empty() {
+        if requeued {
             self.kick();
+        }
+        Ok(())
+    }
+
+    /// Everything that follows a task reaching its end: a retry when it failed and has retries left, its
+    /// parent's status, and the followers' wake-up. Failures are logged: the end itself is already stored.
+    pub(crate) async fn ended(&self, task: &Task) {
+        self.changed(task.id);
+        if let Err(err) = self.retry(task).await {
+            error!(task_id = %task.id, error = %err, "cannot create the retry of a failed task");
+        }
+        if let Some(parent) = task.parent_id
+            && let Err(err) = self.refresh_parent(parent).await
+        {
+            error!(task_id = %parent, error = %err, "cannot update a parent task's status");
+        }
+    }
+
+    async fn retry(&self, task: &Task) -> crate::store::Result<()> {
+        let failed = matches!(task.status, TaskStatus::Error | TaskStatus::Abnormal);
+        let retries = task.settings.retries.unwrap_or(0);
+        if !failed || task.is_parent() || task.attempt > retries {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let delay = task.settings.retry_delay(task.attempt + 1);
+        let not_before =
+            (!delay.is_zero()).then(|| now + chrono::Duration::from_std(delay).unwrap_or_default());
+        let next = task.next_attempt(now, not_before);
+        self.store.insert_task(&next).await?;
+        info!(task_id = %next.id, first_attempt = %next.first_attempt.unwrap_or(task.id), attempt = next.attempt,
+            delay_secs = delay.as_secs(), spider = %next.spider_name, "retrying a failed task");
+        self.changed(next.id);
+        self.kick();
+        Ok(())
+    }
+
+    /// Derives a parent's status from its children and stores it if it changed.
+    pub(crate) async fn refresh_parent(&self, parent: TaskId) -> crate::store::Result<()> {
+        let _serial = self.parents.lock().await;
+        let mut children = Vec::new();
+        loop {
+            let filter = TaskFilter {
+                parent_id: Some(parent),
+                limit: 1000,
+                offset: children.len() as u32,
+                ..Default::default()
+            };
+            let (page, _) = self.store.list_tasks(&filter).await?;
+            let full = page.len() == 1000;
+            children.extend(page);
+            if !full {
+                break;
+            }
+        }
+        if children.is_empty() {
+            return Ok(());
+        }
+        let derived = arachne_shared::task::parent_status(&children);
+        let failed = children
+            .iter()
+            .filter(|c| matches!(c.status, TaskStatus::Error | TaskStatus::Abnormal))
+            .count();
+        let total = children.len();
+        let updated = self
+            .store
+            .update_task(
+                parent,
+                &TaskStatus::ALL,
+                Box::new(move |t| {
+                    if t.status == derived {
+                        return false;
+                    }
+                    let now = Utc::now();
+                    t.error = (derived == TaskStatus::Error)
+                        .then(|| format!("{failed} of {total} child tasks failed"));
+                    t.set_status(derived, now);
+                    true
+                }),
+            )
+            .await?;
+        if updated.is_some() {
+            self.changed(parent);
         }
         Ok(())
     }
 }
 
-/// The tasks [`settle`] changed.
-#[derive(Debug, Default)]
-pub(crate) struct Settled {
-    pub(crate) requeued: Vec<TaskId>,
-    pub(crate) abnormal: Vec<TaskId>,
-}
-
-/// Settles the tasks in flight on `node`, or on every node when `None`. A task handed out but never started
-/// (or only Created) goes back to the queue; a running one becomes Abnormal with `reason`. The master's
-/// start-up and the end of a worker's session both use this, so no task is left Pending on a dead node or
-/// Running forever.
-pub(crate) async fn settle(
-    store: &dyn Store,
-    node: Option<&str>,
-    reason: &str,
-) -> crate::store::Result<Settled> {
-    let mut settled = Settled::default();
+/// Makes tasks left Created by a crash Pending, and lists the nodes that had tasks in flight when the previous
+/// master stopped: they get the usual time to reconnect and claim them.
+pub(crate) async fn recover(store: &dyn Store) -> crate::store::Result<HashSet<String>> {
+    let mut nodes = HashSet::new();
     for status in [
         TaskStatus::Created,
         TaskStatus::Pending,
         TaskStatus::Running,
     ] {
-        // Settled rows leave the filter; rows already in place (queued, unassigned) stay, and paging skips them.
-        let mut in_place = 0;
+        let mut offset = 0;
         loop {
             let filter = TaskFilter {
-                node: node.map(str::to_owned),
                 status: Some(status),
                 limit: 500,
-                offset: in_place,
+                offset,
                 ..Default::default()
             };
             let (tasks, _) = store.list_tasks(&filter).await?;
@@ -348,35 +747,20 @@ pub(crate) async fn settle(
                 break;
             }
             for task in tasks {
-                if status == TaskStatus::Pending && task.node.is_none() {
-                    in_place += 1;
+                if status == TaskStatus::Created {
+                    let change: crate::store::TaskChange = Box::new(|t| {
+                        t.set_status(TaskStatus::Pending, Utc::now());
+                        true
+                    });
+                    store.update_task(task.id, &[status], change).await?;
                     continue;
                 }
-                let now = chrono::Utc::now();
-                let change: crate::store::TaskChange = if status == TaskStatus::Running {
-                    let reason = reason.to_owned();
-                    Box::new(move |t| {
-                        t.finish(&arachne_shared::TaskOutcome::Abnormal { reason }, now);
-                        true
-                    })
-                } else {
-                    Box::new(move |t| {
-                        if t.status == TaskStatus::Created {
-                            t.set_status(TaskStatus::Pending, now);
-                        }
-                        t.node = None;
-                        t.updated_at = now;
-                        true
-                    })
-                };
-                // `None`: the task changed meanwhile, so it has left the filter anyway.
-                match store.update_task(task.id, &[status], change).await? {
-                    Some(_) if status == TaskStatus::Running => settled.abnormal.push(task.id),
-                    Some(_) => settled.requeued.push(task.id),
-                    None => {}
+                offset += 1;
+                if let Some(node) = task.node {
+                    nodes.insert(node);
                 }
             }
         }
     }
-    Ok(settled)
+    Ok(nodes)
 }

@@ -69,6 +69,7 @@ save_item({"title": "third", "tags": ["a", "b"]})
             param: None,
             priority: None,
             settings: None,
+            ..Default::default()
         })
         .await;
     let task = wait_done(client, task.unwrap().id).await;
@@ -128,6 +129,7 @@ class QuotesSpider(scrapy.Spider):
         param: None,
         priority: None,
         settings: None,
+        ..Default::default()
     };
     let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
     let logs = common::all_logs(client, task.id).await;

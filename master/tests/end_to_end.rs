@@ -24,6 +24,7 @@ fn run(spider: &str) -> RunTask {
         param: None,
         priority: None,
         settings: None,
+        ..Default::default()
     }
 }
 
@@ -569,6 +570,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
     master.wait_nodes_online(1).await;
     let one = arachne_web_api::types::UpdateNode {
         max_runners: Some(1),
+        ..Default::default()
     };
     assert_eq!(
         client.update_node("local", &one).await.unwrap().max_runners,
@@ -614,6 +616,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
 
     let three = arachne_web_api::types::UpdateNode {
         max_runners: Some(3),
+        ..Default::default()
     };
     client.update_node("local", &three).await.unwrap();
     eventually("all three to run", || async {
@@ -627,6 +630,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
 
     let zero = arachne_web_api::types::UpdateNode {
         max_runners: Some(0),
+        ..Default::default()
     };
     let err = client
         .update_node("local", &zero)

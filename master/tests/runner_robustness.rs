@@ -38,6 +38,7 @@ async fn run_spider(
             param: None,
             priority: None,
             settings: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -195,6 +196,7 @@ fn settings(
         timeout_secs: timeout,
         memory_limit_mib: memory_mib,
         cancel_grace_secs: Some(0),
+        ..Default::default()
     }
 }
 
@@ -211,6 +213,7 @@ async fn a_run_over_its_time_limit_ends_in_error_with_its_processes_gone() {
         param: None,
         priority: None,
         settings: Some(settings(Some(1), None, &[])),
+        ..Default::default()
     };
     let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
     assert_eq!(
@@ -242,6 +245,7 @@ async fn a_run_over_its_memory_limit_is_stopped_and_says_by_how_much() {
         param: None,
         priority: None,
         settings: Some(settings(Some(120), Some(64), &[])),
+        ..Default::default()
     };
     let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
     assert_eq!(task.status, TaskStatus::Error);
@@ -277,6 +281,7 @@ async fn run_settings_merge_over_the_spider_and_bad_ones_are_refused() {
             None,
             &[("GREETING", "hello"), ("TARGET", "spider")],
         )),
+        ..Default::default()
     };
     client.put_spider(&spider).await.unwrap();
     let run = RunTask {
@@ -284,6 +289,7 @@ async fn run_settings_merge_over_the_spider_and_bad_ones_are_refused() {
         param: None,
         priority: None,
         settings: Some(settings(None, None, &[("TARGET", "run")])),
+        ..Default::default()
     };
     let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
     assert_eq!(task.status, TaskStatus::Finished);
@@ -314,6 +320,7 @@ async fn run_settings_merge_over_the_spider_and_bad_ones_are_refused() {
             param: None,
             priority: None,
             settings: Some(bad),
+            ..Default::default()
         };
         let err = client.run_task(&run).await.unwrap_err().to_string();
         assert!(err.contains(needle) && err.contains("400"), "{err}");

@@ -24,35 +24,26 @@ fn backends() -> Vec<(&'static str, tempfile::TempDir, Opener)> {
     )]
 }
 
-fn task(spider: &str, priority: u8) -> Task {
+fn spider(name: &str) -> Spider {
     let now = Utc::now();
-    Task {
-        id: TaskId::new(),
-        spider_id: SpiderId::new(),
-        spider_name: spider.into(),
-        version: String::new(),
+    Spider {
+        id: SpiderId::new(),
+        name: name.into(),
         cmd: "true".into(),
-        param: None,
-        priority,
-        settings: Default::default(),
-        peak_rss_bytes: None,
-        wait_ms: None,
-        run_ms: None,
-        status: TaskStatus::Pending,
-        node: None,
-        pid: None,
-        exit_code: None,
-        signal: None,
-        error: None,
+        version: String::new(),
+        file_count: 0,
+        total_bytes: 0,
         created_at: now,
         updated_at: now,
-        transitions: vec![],
-        log_lines: 0,
-        items: 0,
-        progress: None,
-        errors: vec![],
-        error_count: 0,
+        settings: Default::default(),
+        max_instances: None,
     }
+}
+
+fn task(spider_name: &str, priority: u8) -> Task {
+    let mut task = Task::pending(&spider(spider_name), Utc::now());
+    task.priority = priority;
+    task
 }
 
 fn lines(range: std::ops::RangeInclusive<u64>) -> Vec<LogLine> {
@@ -80,7 +71,7 @@ async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks() {
             store.insert_task(t).await.unwrap();
         }
         let order: Vec<_> = store
-            .dispatchable(10)
+            .dispatchable(10, 0)
             .await
             .unwrap()
             .into_iter()
@@ -91,7 +82,7 @@ async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks() {
             [high.id, default_a.id, default_b.id, low_old.id],
             "{name}"
         );
-        assert_eq!(store.dispatchable(2).await.unwrap().len(), 2, "{name}");
+        assert_eq!(store.dispatchable(2, 0).await.unwrap().len(), 2, "{name}");
     }
 }
 
@@ -304,6 +295,7 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             created_at: now,
             updated_at: now,
             settings: Default::default(),
+            max_instances: Some(2),
         };
         let node = Node {
             name: "n".into(),
@@ -314,6 +306,9 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             version: "0".into(),
             registered_at: now,
             last_seen: now,
+            enabled: false,
+            labels: [("region".to_owned(), "eu".to_owned())].into(),
+            metrics: None,
         };
         let t = task("s", 5);
         {
@@ -353,5 +348,198 @@ async fn everything_survives_reopening_and_names_stay_unique() {
         assert_eq!((again.id, again.log_lines), (t.id, 2), "{name}");
         // Reading does not consume: a task's status is there however often it is asked for.
         assert!(store.get_task(t.id).await.unwrap().is_some(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_trees_fire_times_and_active_counts() {
+    use arachne_master::store::ActiveScope;
+    for (name, _dir, store) in backends().into_iter().map(|(n, d, open)| {
+        let store = open(d.path());
+        (n, d, store)
+    }) {
+        let schedule = arachne_shared::ScheduleId::new();
+        let fire = Utc::now();
+        let mut parent = task("tree", 5);
+        parent.children = 2;
+        parent.schedule_id = Some(schedule);
+        parent.fire_time = Some(fire);
+        let mut kids = Vec::new();
+        for node in ["a", "b"] {
+            let mut child = task("tree", 5);
+            child.parent_id = Some(parent.id);
+            child.pinned_node = Some(node.into());
+            child.schedule_id = Some(schedule);
+            child.exclusive = Some("k".into());
+            kids.push(child);
+        }
+        let mut all = vec![parent.clone()];
+        all.extend(kids.clone());
+        store.insert_tasks(&all).await.unwrap();
+
+        // One fire time, one run: a second parent for it is refused, and nothing of it is written.
+        let mut again = task("tree", 5);
+        again.schedule_id = Some(schedule);
+        again.fire_time = Some(fire);
+        let other = task("tree", 5);
+        let err = store
+            .insert_tasks(&[other.clone(), again])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, arachne_master::store::Error::Duplicate(_)),
+            "{name}: {err}"
+        );
+        assert!(
+            store.get_task(other.id).await.unwrap().is_none(),
+            "{name}: all or nothing"
+        );
+
+        // Parents are never dispatched themselves; their children are.
+        let ids: Vec<_> = store
+            .dispatchable(10, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, [kids[0].id, kids[1].id], "{name}");
+        assert_eq!(
+            store.dispatchable(10, 1).await.unwrap().len(),
+            1,
+            "{name}: offset"
+        );
+
+        let filter = TaskFilter {
+            parent_id: Some(parent.id),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.list_tasks(&filter).await.unwrap().1, 2, "{name}");
+        let filter = TaskFilter {
+            schedule_id: Some(schedule),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.list_tasks(&filter).await.unwrap().1, 3, "{name}");
+
+        let exclusive = ActiveScope::Exclusive("k".into());
+        assert_eq!(
+            store.count_active(&exclusive).await.unwrap(),
+            0,
+            "{name}: unassigned is not active"
+        );
+        store
+            .update_task(
+                kids[0].id,
+                &[TaskStatus::Pending],
+                Box::new(|t| {
+                    t.node = Some("a".into());
+                    true
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.count_active(&exclusive).await.unwrap(), 1, "{name}");
+        assert_eq!(
+            store
+                .count_active(&ActiveScope::Spider("tree".into()))
+                .await
+                .unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .count_active(&ActiveScope::Schedule(schedule))
+                .await
+                .unwrap(),
+            1,
+            "{name}"
+        );
+        store
+            .update_task(
+                kids[0].id,
+                &[TaskStatus::Pending],
+                Box::new(|t| {
+                    t.set_status(TaskStatus::Running, Utc::now());
+                    true
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.count_active(&exclusive).await.unwrap(),
+            1,
+            "{name}: running counts"
+        );
+        store
+            .update_task(
+                kids[0].id,
+                &[TaskStatus::Running],
+                Box::new(|t| {
+                    t.finish(&arachne_shared::TaskOutcome::Finished, Utc::now());
+                    true
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.count_active(&exclusive).await.unwrap(),
+            0,
+            "{name}: ended does not"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_stored_by_id_with_unique_names() {
+    for (name, dir, open) in backends() {
+        let store = open(dir.path());
+        let now = Utc::now();
+        let schedule = arachne_shared::Schedule {
+            id: arachne_shared::ScheduleId::new(),
+            name: "nightly".into(),
+            spider: "s".into(),
+            cron: "0 3 * * *".into(),
+            timezone: "Europe/Berlin".into(),
+            mode: arachne_shared::RunMode::Nodes,
+            nodes: vec!["a".into()],
+            param: Some("-x".into()),
+            priority: 2,
+            settings: Default::default(),
+            enabled: true,
+            overlap: arachne_shared::schedule::OverlapPolicy::Queue,
+            misfire: arachne_shared::schedule::MisfirePolicy::Skip,
+            last_fire: Some(now),
+            created_at: now,
+            updated_at: now,
+            labels: Default::default(),
+        };
+        store.put_schedule(&schedule).await.unwrap();
+        let mut changed = schedule.clone();
+        changed.cron = "0 4 * * *".into();
+        store.put_schedule(&changed).await.unwrap();
+        assert_eq!(
+            store.get_schedule(schedule.id).await.unwrap(),
+            Some(changed.clone()),
+            "{name}"
+        );
+        let clash = arachne_shared::Schedule {
+            id: arachne_shared::ScheduleId::new(),
+            ..schedule.clone()
+        };
+        let err = store.put_schedule(&clash).await.unwrap_err();
+        assert!(
+            matches!(err, arachne_master::store::Error::Duplicate(_)),
+            "{name}: {err}"
+        );
+        assert_eq!(store.list_schedules().await.unwrap(), [changed], "{name}");
+        assert!(store.delete_schedule(schedule.id).await.unwrap(), "{name}");
+        assert!(!store.delete_schedule(schedule.id).await.unwrap(), "{name}");
+        assert!(store.list_schedules().await.unwrap().is_empty(), "{name}");
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use arachne_shared::SpiderId;
-use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerToMaster};
+use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerEnvelope};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,7 +43,7 @@ impl Client {
     }
 
     /// Opens a session: every message put on `outbound` goes to the master, in order.
-    pub async fn session(&mut self, outbound: mpsc::Receiver<WorkerToMaster>) -> Result<Session> {
+    pub async fn session(&mut self, outbound: mpsc::Receiver<WorkerEnvelope>) -> Result<Session> {
         let stream = ReceiverStream::new(outbound).map(pb::WorkerMessage::from);
         let inbound = self.inner.session(stream).await?.into_inner();
         Ok(Session { inbound })

@@ -2,8 +2,9 @@
 //! so a malformed peer message becomes an [`Error::Invalid`] naming the field instead of a panic further in.
 
 use arachne_shared::cluster::{
-    Assignment, FileChunk, MasterToWorker, Registration, WorkerToMaster,
+    Assignment, FileChunk, MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster,
 };
+use arachne_shared::node::NodeMetrics;
 use arachne_shared::spider::RunSettings;
 use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId, TaskOutcome, from_millis, to_millis};
 
@@ -33,9 +34,22 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     name: r.name,
                     max_runners: r.max_runners,
                     version: r.version,
+                    labels: r.labels.into_iter().collect(),
+                    running: r
+                        .running
+                        .iter()
+                        .map(|id| task_id("register.running", id))
+                        .collect::<Result<_>>()?,
                 })
             }
-            worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat { running: h.running },
+            worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat(NodeMetrics {
+                cpu_percent: h.cpu_percent,
+                memory_used_bytes: h.memory_used_bytes,
+                memory_total_bytes: h.memory_total_bytes,
+                disk_used_bytes: h.disk_used_bytes,
+                disk_total_bytes: h.disk_total_bytes,
+                running: h.running,
+            }),
             worker_message::Msg::TaskStarted(s) => WorkerToMaster::TaskStarted {
                 task_id: task_id("task_started.task_id", &s.task_id)?,
                 pid: s.pid,
@@ -90,6 +104,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     .map(|json| serde_json::from_str(json))
                     .collect::<Result<_, _>>()
                     .map_err(|e| Error::Invalid(format!("report.errors_json: {e}")))?,
+                errors_before: r.errors_before,
                 at: from_millis(r.at_ms),
             },
             worker_message::Msg::TaskEnded(e) => {
@@ -127,10 +142,17 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 name: r.name,
                 max_runners: r.max_runners,
                 version: r.version,
+                labels: r.labels.into_iter().collect(),
+                running: r.running.iter().map(ToString::to_string).collect(),
             }),
-            WorkerToMaster::Heartbeat { running } => {
-                worker_message::Msg::Heartbeat(pb::Heartbeat { running })
-            }
+            WorkerToMaster::Heartbeat(m) => worker_message::Msg::Heartbeat(pb::Heartbeat {
+                running: m.running,
+                cpu_percent: m.cpu_percent,
+                memory_used_bytes: m.memory_used_bytes,
+                memory_total_bytes: m.memory_total_bytes,
+                disk_used_bytes: m.disk_used_bytes,
+                disk_total_bytes: m.disk_total_bytes,
+            }),
             WorkerToMaster::TaskStarted { task_id, pid, at } => {
                 worker_message::Msg::TaskStarted(pb::TaskStarted {
                     task_id: task_id.to_string(),
@@ -168,6 +190,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 task_id,
                 status,
                 errors,
+                errors_before,
                 at,
             } => {
                 // Payloads are plain data, so serialising them cannot fail.
@@ -181,6 +204,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                         .map(|e| serde_json::to_string(e).expect("error serialises"))
                         .collect(),
                     at_ms: to_millis(at),
+                    errors_before,
                 })
             }
             WorkerToMaster::TaskEnded {
@@ -212,7 +236,31 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 })
             }
         };
-        pb::WorkerMessage { msg: Some(msg) }
+        pb::WorkerMessage {
+            seq: 0,
+            msg: Some(msg),
+        }
+    }
+}
+
+impl TryFrom<pb::WorkerMessage> for WorkerEnvelope {
+    type Error = Error;
+
+    fn try_from(message: pb::WorkerMessage) -> Result<Self> {
+        let seq = message.seq;
+        Ok(WorkerEnvelope {
+            seq,
+            message: WorkerToMaster::try_from(message)?,
+        })
+    }
+}
+
+impl From<WorkerEnvelope> for pb::WorkerMessage {
+    fn from(envelope: WorkerEnvelope) -> Self {
+        pb::WorkerMessage {
+            seq: envelope.seq,
+            ..envelope.message.into()
+        }
     }
 }
 
@@ -235,6 +283,7 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
                     timeout_secs: a.timeout_secs,
                     memory_limit_mib: a.memory_limit_mib,
                     cancel_grace_secs: a.cancel_grace_secs,
+                    ..RunSettings::default()
                 },
             }),
             master_message::Msg::SetMaxRunners(m) => MasterToWorker::SetMaxRunners {
@@ -244,6 +293,7 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
                 task_id: task_id("cancel.task_id", &c.task_id)?,
                 reason: c.reason,
             },
+            master_message::Msg::Ack(a) => MasterToWorker::Ack { seq: a.seq },
         })
     }
 }
@@ -272,6 +322,7 @@ impl From<MasterToWorker> for pb::MasterMessage {
                     reason,
                 })
             }
+            MasterToWorker::Ack { seq } => master_message::Msg::Ack(pb::Ack { seq }),
         };
         pb::MasterMessage { msg: Some(msg) }
     }
@@ -320,7 +371,27 @@ mod tests {
             name: "n1".into(),
             max_runners: 4,
             version: "0.1.0".into(),
+            labels: [("region".to_owned(), "eu".to_owned())].into(),
+            running: vec![task_id],
         }));
+        round_trip_worker(WorkerToMaster::Heartbeat(NodeMetrics {
+            cpu_percent: 12.5,
+            memory_used_bytes: 1,
+            memory_total_bytes: 2,
+            disk_used_bytes: 3,
+            disk_total_bytes: 4,
+            running: 5,
+        }));
+        let envelope = WorkerEnvelope {
+            seq: 77,
+            message: WorkerToMaster::TaskStarted {
+                task_id,
+                pid: 1,
+                at,
+            },
+        };
+        let wire = pb::WorkerMessage::from(envelope.clone());
+        assert_eq!(WorkerEnvelope::try_from(wire).unwrap(), envelope);
         round_trip_worker(WorkerToMaster::TaskStarted {
             task_id,
             pid: 42,
@@ -354,6 +425,7 @@ mod tests {
                 fatal: true,
                 extra: Default::default(),
             }],
+            errors_before: 3,
             at,
         });
         for outcome in [
@@ -392,8 +464,14 @@ mod tests {
                 timeout_secs: Some(3),
                 memory_limit_mib: None,
                 cancel_grace_secs: Some(1),
+                ..RunSettings::default()
             },
         });
+        assert_eq!(
+            MasterToWorker::try_from(pb::MasterMessage::from(MasterToWorker::Ack { seq: 9 }))
+                .unwrap(),
+            MasterToWorker::Ack { seq: 9 }
+        );
         assert_eq!(
             MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),
             message
@@ -402,9 +480,10 @@ mod tests {
 
     #[test]
     fn malformed_messages_name_the_field() {
-        let err = WorkerToMaster::try_from(pb::WorkerMessage { msg: None }).unwrap_err();
+        let err = WorkerToMaster::try_from(pb::WorkerMessage { seq: 0, msg: None }).unwrap_err();
         assert!(err.to_string().contains("`msg`"), "{err}");
         let err = WorkerToMaster::try_from(pb::WorkerMessage {
+            seq: 0,
             msg: Some(worker_message::Msg::Items(pb::ItemBatch {
                 task_id: TaskId::new().to_string(),
                 items: vec![pb::Item {
@@ -416,10 +495,12 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("items[seq=1]"), "{err}");
         let err = WorkerToMaster::try_from(pb::WorkerMessage {
-            msg: Some(worker_message::Msg::Heartbeat(pb::Heartbeat { running: 0 })),
+            seq: 0,
+            msg: Some(worker_message::Msg::Heartbeat(pb::Heartbeat::default())),
         });
         assert!(err.is_ok());
         let err = WorkerToMaster::try_from(pb::WorkerMessage {
+            seq: 0,
             msg: Some(worker_message::Msg::TaskStarted(pb::TaskStarted {
                 task_id: "nope".into(),
                 pid: 1,

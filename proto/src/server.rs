@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arachne_shared::SpiderId;
-use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerToMaster};
+use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerEnvelope};
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -49,9 +49,9 @@ pub struct Inbound {
 impl Inbound {
     /// The next message; `None` when the worker closed the session. A transport error or an invalid message
     /// is an `Err`, after which the session should end.
-    pub async fn next(&mut self) -> Option<Result<WorkerToMaster>> {
+    pub async fn next(&mut self) -> Option<Result<WorkerEnvelope>> {
         match self.stream.next().await? {
-            Ok(message) => Some(WorkerToMaster::try_from(message)),
+            Ok(message) => Some(WorkerEnvelope::try_from(message)),
             Err(status) => Some(Err(status.into())),
         }
     }
@@ -72,6 +72,12 @@ impl Outbound {
     /// Sends one message, waiting while the worker is slow to read.
     pub async fn send(&self, message: MasterToWorker) -> Result<(), Closed> {
         self.tx.send(Ok(message.into())).await.map_err(|_| Closed)
+    }
+
+    /// Sends a message only if there is room now. For messages a later one supersedes (acknowledgements):
+    /// the master must never wait on a worker that is itself waiting for the master to read.
+    pub fn offer(&self, message: MasterToWorker) -> bool {
+        self.tx.try_send(Ok(message.into())).is_ok()
     }
 
     /// Ends the session with an error the worker will see.

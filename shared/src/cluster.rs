@@ -1,11 +1,14 @@
 //! The messages a worker and the master exchange over their session, in plain domain terms. The `proto`
 //! crate maps them to and from the gRPC wire types; nothing else sees the wire types.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ipc::{ErrorPayload, StatusPayload};
 use crate::log::{ItemRecord, LogLine};
+use crate::node::NodeMetrics;
 use crate::spider::{RunSettings, SpiderId};
 use crate::task::{TaskId, TaskOutcome};
 
@@ -15,6 +18,20 @@ pub struct Registration {
     pub name: String,
     pub max_runners: u32,
     pub version: String,
+    pub labels: BTreeMap<String, String>,
+    /// Tasks the worker is still running from an earlier session (after the master restarted or the
+    /// connection broke); they carry on if the master still expects them.
+    pub running: Vec<TaskId>,
+}
+
+/// One message of a worker's session. The messages a worker must not lose (task starts, logs, items,
+/// reports, ends) carry a sequence number, counted over the worker's life and not per session, and stay
+/// buffered on the worker until the master acknowledges them; after a reconnect the worker sends the
+/// unacknowledged ones again. `seq` is 0 for the rest (registration, heartbeats).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerEnvelope {
+    pub seq: u64,
+    pub message: WorkerToMaster,
 }
 
 /// Worker → master.
@@ -22,8 +39,8 @@ pub struct Registration {
 pub enum WorkerToMaster {
     /// First message of every session.
     Register(Registration),
-    /// Sent every few seconds so the master knows the session is alive.
-    Heartbeat { running: u32 },
+    /// Sent every few seconds so the master knows the worker is alive.
+    Heartbeat(NodeMetrics),
     /// The spider process of a task is running.
     TaskStarted {
         task_id: TaskId,
@@ -45,6 +62,8 @@ pub enum WorkerToMaster {
         task_id: TaskId,
         status: Option<StatusPayload>,
         errors: Vec<ErrorPayload>,
+        /// How many errors of this task were reported before these, so a resent report counts each once.
+        errors_before: u64,
         at: DateTime<Utc>,
     },
     /// A task ended. Sent after every log line and item of the task.
@@ -80,6 +99,8 @@ pub enum MasterToWorker {
     Cancel { task_id: TaskId, reason: String },
     /// Run at most this many tasks at once from now on; running tasks are not stopped.
     SetMaxRunners { max_runners: u32 },
+    /// Every sequenced message up to and including `seq` is stored; the worker may forget them.
+    Ack { seq: u64 },
 }
 
 /// One piece of a spider version's files, streamed from the master to a worker. A file arrives as one or more

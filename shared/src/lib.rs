@@ -8,13 +8,15 @@ pub mod cluster;
 pub mod ipc;
 pub mod log;
 pub mod node;
+pub mod schedule;
 pub mod spider;
 pub mod task;
 
 pub use log::{ItemRecord, LogLine, LogStream};
-pub use node::{Node, NodeStatus};
+pub use node::{Node, NodeMetrics, NodeStatus};
+pub use schedule::{Schedule, ScheduleId};
 pub use spider::{Spider, SpiderId};
-pub use task::{Task, TaskId, TaskOutcome, TaskStatus, Transition};
+pub use task::{RunMode, Task, TaskId, TaskOutcome, TaskStatus, Transition};
 
 /// Milliseconds since the Unix epoch, the one timestamp encoding used on the wire and in the embedded store.
 pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {

@@ -1,5 +1,7 @@
 //! Nodes: workers known to the master.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -38,4 +40,31 @@ pub struct Node {
     pub version: String,
     pub registered_at: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// A disabled node gets no new tasks; its running ones carry on.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// What the worker registered with, for the user (`region=eu`, `gpu=1`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The latest machine metrics the worker sent with its heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<NodeMetrics>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// Machine metrics a worker sends with every heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeMetrics {
+    /// CPU use of the whole machine, 0-100.
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// Space on the disk holding the worker's work directory.
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    /// Spider processes running on the node.
+    pub running: u32,
 }

@@ -56,6 +56,9 @@ pub struct Spider {
     /// How its runs are supervised; a run can override each field.
     #[serde(default)]
     pub settings: RunSettings,
+    /// At most this many tasks of the spider run at once across the cluster; the rest wait in Pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
 }
 
 /// Supervision settings of a run. Unset fields fall back to the worker's defaults (no timeout, no memory
@@ -75,6 +78,13 @@ pub struct RunSettings {
     /// Seconds a spider has to exit after CANCEL before SIGTERM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_grace_secs: Option<u64>,
+    /// How many times a run that ends as Error or Abnormal is tried again (0 by default). Each attempt is its
+    /// own task, linked to the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Seconds before the first retry; each further retry waits twice as long (capped at an hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_backoff_secs: Option<u64>,
 }
 
 impl RunSettings {
@@ -87,7 +97,16 @@ impl RunSettings {
             timeout_secs: run.timeout_secs.or(self.timeout_secs),
             memory_limit_mib: run.memory_limit_mib.or(self.memory_limit_mib),
             cancel_grace_secs: run.cancel_grace_secs.or(self.cancel_grace_secs),
+            retries: run.retries.or(self.retries),
+            retry_backoff_secs: run.retry_backoff_secs.or(self.retry_backoff_secs),
         }
+    }
+
+    /// How long to wait before attempt number `next_attempt` (2 for the first retry).
+    pub fn retry_delay(&self, next_attempt: u32) -> std::time::Duration {
+        let base = self.retry_backoff_secs.unwrap_or(0);
+        let doublings = next_attempt.saturating_sub(2).min(20);
+        std::time::Duration::from_secs(base.saturating_mul(1 << doublings).min(3600))
     }
 
     /// Checks the settings; the message names the bad field.
@@ -104,6 +123,9 @@ impl RunSettings {
         }
         if self.env.values().any(|v| v.contains('\0')) {
             return Err("env: values must not contain NUL".into());
+        }
+        if self.retries.is_some_and(|r| r > 100) {
+            return Err("retries must be at most 100".into());
         }
         for (field, value) in [
             ("timeout_secs", self.timeout_secs),

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::ipc::{ErrorPayload, StatusPayload};
-use crate::spider::{RunSettings, SpiderId};
+use crate::schedule::ScheduleId;
+use crate::spider::{RunSettings, Spider, SpiderId};
 
 /// A task's id. UUID v7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -204,6 +205,107 @@ pub struct Task {
     /// How many ERRORs the spider reported in all, including those not kept.
     #[serde(default)]
     pub error_count: u64,
+    /// How the run picks its nodes.
+    #[serde(default)]
+    pub mode: RunMode,
+    /// The task this one is a child of, in a run on several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<TaskId>,
+    /// How many child tasks this task has. A parent is never dispatched; its status follows its children.
+    #[serde(default)]
+    pub children: u32,
+    /// Only this node may run the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_node: Option<String>,
+    /// The schedule that created the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<ScheduleId>,
+    /// The schedule's fire time that created the task; none for a schedule's manual run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire_time: Option<DateTime<Utc>>,
+    /// 1 for a first run; each retry or restart adds one.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The first attempt of this run, on a retry or restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt: Option<TaskId>,
+    /// Not dispatched before this time (the backoff of a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Why a Pending task is not running yet, when the scheduler found a reason beyond a busy cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// Tasks with the same key never run at once (a schedule's `queue` overlap policy uses the schedule id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// How a run picks the nodes it runs on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// One task on any one eligible node, the least loaded first.
+    #[default]
+    Random,
+    /// One task per named node, each pinned to its node.
+    Nodes,
+    /// One child task per online, enabled node, under one parent task.
+    All,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Nodes => "nodes",
+            Self::All => "all",
+        }
+    }
+}
+
+impl FromStr for RunMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "random" => Ok(Self::Random),
+            "nodes" => Ok(Self::Nodes),
+            "all" => Ok(Self::All),
+            _ => Err(format!(
+                "unknown mode {s:?} (expected one of: random, nodes, all)"
+            )),
+        }
+    }
+}
+
+/// The status a parent task shows for its children: Running while any runs; once all have ended, Error if any
+/// failed, else Cancelled if any was cancelled, else Finished; Pending before any started. Only the latest
+/// attempt of each child counts, so a retried child that then finished does not leave its parent failed.
+pub fn parent_status(children: &[Task]) -> TaskStatus {
+    let latest: Vec<&Task> = children
+        .iter()
+        .filter(|child| {
+            let chain = child.first_attempt.unwrap_or(child.id);
+            !children.iter().any(|other| {
+                other.first_attempt.unwrap_or(other.id) == chain && other.attempt > child.attempt
+            })
+        })
+        .collect();
+    let any = |status: TaskStatus| latest.iter().any(|c| c.status == status);
+    if any(TaskStatus::Running) {
+        TaskStatus::Running
+    } else if !latest.iter().all(|c| c.status.is_terminal()) {
+        TaskStatus::Pending
+    } else if any(TaskStatus::Error) || any(TaskStatus::Abnormal) {
+        TaskStatus::Error
+    } else if any(TaskStatus::Cancelled) {
+        TaskStatus::Cancelled
+    } else {
+        TaskStatus::Finished
+    }
 }
 
 /// How many reported errors a task keeps; the count goes on past it.
@@ -229,6 +331,85 @@ pub struct ReportedError {
 pub const DEFAULT_PRIORITY: u8 = 5;
 
 impl Task {
+    /// A new Pending task of `spider`'s current version and settings, priority 5, first attempt; callers
+    /// set what their run asks for.
+    pub fn pending(spider: &Spider, at: DateTime<Utc>) -> Self {
+        let mut task = Task {
+            id: TaskId::new(),
+            spider_id: spider.id,
+            spider_name: spider.name.clone(),
+            version: spider.version.clone(),
+            cmd: spider.cmd.clone(),
+            param: None,
+            priority: DEFAULT_PRIORITY,
+            settings: spider.settings.clone(),
+            wait_ms: None,
+            run_ms: None,
+            peak_rss_bytes: None,
+            status: TaskStatus::Created,
+            node: None,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            error: None,
+            created_at: at,
+            updated_at: at,
+            transitions: vec![Transition {
+                status: TaskStatus::Created,
+                at,
+            }],
+            log_lines: 0,
+            items: 0,
+            progress: None,
+            errors: Vec::new(),
+            error_count: 0,
+            mode: RunMode::Random,
+            parent_id: None,
+            children: 0,
+            pinned_node: None,
+            schedule_id: None,
+            fire_time: None,
+            attempt: 1,
+            first_attempt: None,
+            not_before: None,
+            pending_reason: None,
+            exclusive: None,
+        };
+        task.set_status(TaskStatus::Pending, at);
+        task
+    }
+
+    /// The next attempt of this task: same spider version, command, settings and placement, Pending, linked
+    /// to the first attempt. Not dispatched before `not_before`.
+    pub fn next_attempt(&self, at: DateTime<Utc>, not_before: Option<DateTime<Utc>>) -> Self {
+        let mut next = self.clone();
+        next.id = TaskId::new();
+        next.status = TaskStatus::Created;
+        next.transitions = vec![Transition {
+            status: TaskStatus::Created,
+            at,
+        }];
+        next.created_at = at;
+        next.set_status(TaskStatus::Pending, at);
+        next.attempt = self.attempt + 1;
+        next.first_attempt = Some(self.first_attempt.unwrap_or(self.id));
+        next.not_before = not_before;
+        (next.node, next.pid, next.exit_code, next.signal, next.error) =
+            (None, None, None, None, None);
+        (next.wait_ms, next.run_ms, next.peak_rss_bytes) = (None, None, None);
+        (next.log_lines, next.items, next.error_count) = (0, 0, 0);
+        next.progress = None;
+        next.errors.clear();
+        next.pending_reason = None;
+        next.fire_time = None;
+        next
+    }
+
+    /// Whether this task stands for child tasks rather than running itself.
+    pub fn is_parent(&self) -> bool {
+        self.children > 0
+    }
+
     /// The full shell command line the runner executes.
     pub fn command_line(&self) -> String {
         match self.param.as_deref().map(str::trim) {
@@ -278,16 +459,21 @@ impl Task {
     }
 
     /// Records what the spider reported: the latest status replaces the previous one, errors are appended.
+    ///
+    /// `errors_before` is how many errors of this task the spider reported before these, so a report that
+    /// arrives twice (resent after a reconnect) records each error once.
     pub fn record_report(
         &mut self,
         status: Option<StatusPayload>,
         errors: Vec<ErrorPayload>,
+        errors_before: u64,
         at: DateTime<Utc>,
     ) {
         if let Some(status) = status {
             self.progress = Some(Progress { status, at });
         }
-        for error in errors {
+        let already = self.error_count.saturating_sub(errors_before) as usize;
+        for error in errors.into_iter().skip(already) {
             self.error_count += 1;
             if self.errors.len() < MAX_TASK_ERRORS {
                 self.errors.push(ReportedError { error, at });

@@ -4,12 +4,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::RunSettings;
-use arachne_shared::{ItemRecord, Task, TaskId, TaskStatus};
+use arachne_shared::{ItemRecord, RunMode, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, FollowEvent};
-use crate::types::{CreateSpider, ItemQuery, MAX_LIMIT, RunTask, TaskQuery, UpdateNode};
+use crate::types::{
+    CreateSpider, ItemQuery, MAX_LIMIT, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode,
+};
 
 /// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub enum Command {
         /// 1 (highest) to 10.
         #[arg(long)]
         priority: Option<u8>,
+        #[command(flatten)]
+        placement: PlacementArgs,
         /// Stream the task's logs until it ends; exit 0 only if it Finished.
         #[arg(long)]
         follow: bool,
@@ -87,6 +92,106 @@ pub enum Command {
     /// Inspect worker nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage cron schedules.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+}
+
+/// Where a run goes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PlacementArgs {
+    /// random: one task on the least loaded node; nodes: one task per --node; all: one per online node.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<RunMode>,
+    /// A node of mode `nodes` (giving --node alone implies it); repeatable.
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+}
+
+impl PlacementArgs {
+    fn mode(&self) -> Option<RunMode> {
+        self.mode
+            .or_else(|| (!self.nodes.is_empty()).then_some(RunMode::Nodes))
+    }
+}
+
+fn parse_mode(value: &str) -> Result<RunMode, String> {
+    value.parse()
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule.
+    Create(ScheduleArgs),
+    /// Replace a schedule's definition.
+    Update(ScheduleArgs),
+    List,
+    /// Show a schedule and its next 5 fire times.
+    Show {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Run the schedule's spider now.
+    RunNow {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScheduleArgs {
+    name: String,
+    #[arg(long)]
+    spider: String,
+    /// "*/5 * * * *" (minute first), six fields with seconds first, or @hourly/@daily/@weekly/@monthly.
+    #[arg(long)]
+    cron: String,
+    /// IANA time zone, for example Europe/Berlin (default UTC).
+    #[arg(long)]
+    tz: Option<String>,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    #[arg(long, allow_hyphen_values = true)]
+    param: Option<String>,
+    #[arg(long)]
+    priority: Option<u8>,
+    /// allow, skip (no new run while the last one is active) or queue.
+    #[arg(long, value_parser = |v: &str| v.parse::<OverlapPolicy>())]
+    overlap: Option<OverlapPolicy>,
+    /// After master downtime: once (run once for all missed times) or skip.
+    #[arg(long, value_parser = |v: &str| v.parse::<MisfirePolicy>())]
+    misfire: Option<MisfirePolicy>,
+    /// Create it disabled.
+    #[arg(long)]
+    disabled: bool,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+impl ScheduleArgs {
+    fn into_spec(self) -> ScheduleSpec {
+        ScheduleSpec {
+            mode: self.placement.mode(),
+            nodes: self.placement.nodes,
+            name: self.name,
+            spider: self.spider,
+            cron: self.cron,
+            timezone: self.tz,
+            param: self.param,
+            priority: self.priority,
+            settings: self.settings.into_settings(),
+            enabled: Some(!self.disabled),
+            overlap: self.overlap,
+            misfire: self.misfire,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +208,9 @@ pub enum SpiderCommand {
         /// Given any of these, they replace the spider's settings; given none, an existing spider keeps its own.
         #[command(flatten)]
         settings: SettingsArgs,
+        /// At most this many of its tasks run at once across the cluster (0 removes the limit).
+        #[arg(long)]
+        max_instances: Option<u32>,
     },
     List,
     Show {
@@ -122,7 +230,12 @@ pub enum TaskCommand {
     },
     Show {
         id: String,
+        /// Also list the task's children.
+        #[arg(long)]
+        recursive: bool,
     },
+    /// Run an ended task again; for a parent, only its children that did not finish.
+    Restart { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +247,14 @@ pub enum NodeCommand {
         /// How many tasks the node runs at once. Running tasks are never stopped by a lower limit.
         #[arg(long)]
         max_runners: u32,
+    },
+    /// Let the node take new tasks again.
+    Enable {
+        name: String,
+    },
+    /// Give the node no new tasks; the ones it runs carry on.
+    Disable {
+        name: String,
     },
 }
 
@@ -152,6 +273,12 @@ pub struct SettingsArgs {
     /// An environment variable of the spider process, as KEY=VALUE; repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Run again this many times when a run ends as Error or Abnormal.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Seconds before the first retry; each later one waits twice as long.
+    #[arg(long, value_name = "SECS")]
+    pub retry_backoff: Option<u64>,
 }
 
 impl SettingsArgs {
@@ -160,12 +287,16 @@ impl SettingsArgs {
         let given = self.timeout.is_some()
             || self.memory_limit.is_some()
             || self.cancel_grace.is_some()
+            || self.retries.is_some()
+            || self.retry_backoff.is_some()
             || !self.env.is_empty();
         given.then(|| RunSettings {
             env: self.env.into_iter().collect(),
             timeout_secs: self.timeout,
             memory_limit_mib: self.memory_limit,
             cancel_grace_secs: self.cancel_grace,
+            retries: self.retries,
+            retry_backoff_secs: self.retry_backoff,
         })
     }
 }
@@ -259,12 +390,14 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             cmd,
             dir,
             settings,
+            max_instances,
         }) => {
             let mut spider = client
                 .put_spider(&CreateSpider {
                     name: name.clone(),
                     cmd,
                     settings: settings.into_settings(),
+                    max_instances,
                 })
                 .await?;
             if let Some(dir) = dir {
@@ -308,6 +441,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             spider,
             param,
             priority,
+            placement,
             follow,
             wait,
             settings,
@@ -318,6 +452,8 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     param,
                     priority,
                     settings: settings.into_settings(),
+                    mode: placement.mode(),
+                    nodes: placement.nodes,
                 })
                 .await?;
             if cli.json && !follow && !wait {
@@ -343,42 +479,40 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 spider,
                 status,
                 limit: Some(limit),
-                offset: None,
+                ..TaskQuery::default()
             };
             let page = client.list_tasks(&query).await?;
             if cli.json {
                 return print_json(&page).map(|()| ExitCode::SUCCESS);
             }
-            let rows = page
-                .items
-                .into_iter()
-                .map(|t| {
-                    vec![
-                        t.id.to_string(),
-                        t.spider_name,
-                        t.status.to_string(),
-                        or_dash(t.node),
-                        t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                        t.items.to_string(),
-                        or_dash(t.error),
-                    ]
-                })
-                .collect();
-            print_table(
-                &[
-                    "ID", "SPIDER", "STATUS", "NODE", "CREATED", "ITEMS", "ERROR",
-                ],
-                rows,
-            );
+            print_tasks(page.items);
             println!(
                 "({} of {} tasks)",
                 query.limit.unwrap_or(0).min(page.total as u32),
                 page.total
             );
         }
-        Command::Task(TaskCommand::Show { id }) => {
-            let task = client.get_task(parse_id(&id)?).await?;
-            print_json(&task)?;
+        Command::Task(TaskCommand::Show { id, recursive }) => {
+            let id = parse_id(&id)?;
+            if recursive {
+                let tree = client.task_tree(id).await?;
+                if cli.json {
+                    return print_json(&tree).map(|()| ExitCode::SUCCESS);
+                }
+                print_tasks(vec![tree.task]);
+                println!("children:");
+                print_tasks(tree.children_tasks);
+            } else {
+                print_json(&client.get_task(id).await?)?;
+            }
+        }
+        Command::Task(TaskCommand::Restart { id }) => {
+            let task = client.restart_task(parse_id(&id)?).await?;
+            if cli.json {
+                print_json(&task)?;
+            } else {
+                println!("{}", task.id);
+            }
         }
         Command::Logs { id, follow } => {
             let id = parse_id(&id)?;
@@ -452,19 +586,45 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 );
             }
         }
-        Command::Node(NodeCommand::Set { name, max_runners }) => {
-            let update = UpdateNode {
-                max_runners: Some(max_runners),
+        Command::Node(
+            command @ (NodeCommand::Set { .. }
+            | NodeCommand::Enable { .. }
+            | NodeCommand::Disable { .. }),
+        ) => {
+            let (name, update) = match command {
+                NodeCommand::Set { name, max_runners } => (
+                    name,
+                    UpdateNode {
+                        max_runners: Some(max_runners),
+                        enabled: None,
+                    },
+                ),
+                NodeCommand::Enable { name } => (
+                    name,
+                    UpdateNode {
+                        max_runners: None,
+                        enabled: Some(true),
+                    },
+                ),
+                NodeCommand::Disable { name } => (
+                    name,
+                    UpdateNode {
+                        max_runners: None,
+                        enabled: Some(false),
+                    },
+                ),
+                NodeCommand::List => unreachable!("matched above"),
             };
             let node = client.update_node(&name, &update).await?;
             if cli.json {
                 print_json(&node)?;
             } else {
                 println!(
-                    "node {} max runners {} ({})",
+                    "node {} max runners {} ({}, {})",
                     node.name,
                     node.max_runners,
-                    node.status.as_str()
+                    node.status.as_str(),
+                    if node.enabled { "enabled" } else { "disabled" }
                 );
             }
         }
@@ -473,16 +633,35 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 return print_json(&nodes).map(|()| ExitCode::SUCCESS);
             }
+            let gib = |bytes: u64| format!("{:.1}", bytes as f64 / f64::from(1u32 << 30));
             let rows = nodes
                 .into_iter()
                 .map(|n| {
+                    let (cpu, memory, disk) = match &n.metrics {
+                        Some(m) => (
+                            format!("{:.0}%", m.cpu_percent),
+                            format!(
+                                "{}/{} GiB",
+                                gib(m.memory_used_bytes),
+                                gib(m.memory_total_bytes)
+                            ),
+                            format!("{}/{} GiB", gib(m.disk_used_bytes), gib(m.disk_total_bytes)),
+                        ),
+                        None => ("-".into(), "-".into(), "-".into()),
+                    };
+                    let labels: Vec<String> =
+                        n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     vec![
                         n.name,
                         n.status.as_str().into(),
-                        n.running.to_string(),
-                        n.max_runners.to_string(),
+                        if n.enabled { "yes" } else { "no" }.into(),
+                        format!("{}/{}", n.running, n.max_runners),
+                        cpu,
+                        memory,
+                        disk,
                         n.version,
                         n.last_seen.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        labels.join(","),
                     ]
                 })
                 .collect();
@@ -490,16 +669,140 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 &[
                     "NAME",
                     "STATUS",
+                    "ENABLED",
                     "RUNNING",
-                    "MAX RUNNERS",
+                    "CPU",
+                    "MEMORY",
+                    "DISK",
                     "VERSION",
                     "LAST SEEN",
+                    "LABELS",
                 ],
                 rows,
             );
         }
+        Command::Schedule(command) => return schedule(&client, cli.json, command).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_tasks(tasks: Vec<Task>) {
+    let rows = tasks
+        .into_iter()
+        .map(|t| {
+            let status = match (&t.pending_reason, t.status) {
+                (Some(reason), TaskStatus::Pending) => format!("pending ({reason})"),
+                _ => t.status.to_string(),
+            };
+            vec![
+                t.id.to_string(),
+                t.spider_name,
+                status,
+                or_dash(t.node.or(t.pinned_node)),
+                t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                t.attempt.to_string(),
+                t.items.to_string(),
+                or_dash(t.error),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "SPIDER", "STATUS", "NODE", "CREATED", "ATTEMPT", "ITEMS", "ERROR",
+        ],
+        rows,
+    );
+}
+
+async fn schedule(
+    client: &Client,
+    json: bool,
+    command: ScheduleCommand,
+) -> Result<ExitCode, Error> {
+    let view = match command {
+        ScheduleCommand::Create(args) => client.create_schedule(&args.into_spec()).await?,
+        ScheduleCommand::Update(args) => {
+            let name = args.name.clone();
+            client.update_schedule(&name, &args.into_spec()).await?
+        }
+        ScheduleCommand::Show { name } => client.get_schedule(&name).await?,
+        ScheduleCommand::Enable { name } => client.set_schedule_enabled(&name, true).await?,
+        ScheduleCommand::Disable { name } => client.set_schedule_enabled(&name, false).await?,
+        ScheduleCommand::Delete { name } => {
+            client.delete_schedule(&name).await?;
+            if !json {
+                println!("schedule {name} deleted");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ScheduleCommand::RunNow { name } => {
+            let task = client.run_schedule(&name).await?;
+            if json {
+                print_json(&task)?;
+            } else {
+                println!("{}", task.id);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ScheduleCommand::List => {
+            let schedules = client.list_schedules().await?;
+            if json {
+                return print_json(&schedules).map(|()| ExitCode::SUCCESS);
+            }
+            let rows = schedules
+                .into_iter()
+                .map(|v| {
+                    let s = v.schedule;
+                    vec![
+                        s.name,
+                        s.spider,
+                        s.cron,
+                        s.timezone,
+                        s.mode.as_str().into(),
+                        if s.enabled { "yes" } else { "no" }.into(),
+                        s.overlap.as_str().into(),
+                        or_dash(v.next.first().map(|t| t.format("%Y-%m-%d %H:%M:%S UTC"))),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "NAME", "SPIDER", "CRON", "TZ", "MODE", "ENABLED", "OVERLAP", "NEXT",
+                ],
+                rows,
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        print_json(&view)?;
+    } else {
+        print_schedule(&view);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_schedule(view: &ScheduleView) {
+    let s = &view.schedule;
+    println!("schedule {} ({})", s.name, s.id);
+    println!("  spider:   {}", s.spider);
+    println!("  cron:     {} ({})", s.cron, s.timezone);
+    let nodes = if s.nodes.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", s.nodes.join(","))
+    };
+    println!("  mode:     {}{nodes}", s.mode.as_str());
+    println!("  enabled:  {}", s.enabled);
+    println!(
+        "  overlap:  {}, misfire: {}",
+        s.overlap.as_str(),
+        s.misfire.as_str()
+    );
+    println!("  next fire times:");
+    for at in &view.next {
+        println!("    {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+    }
 }
 
 fn short(version: &str) -> &str {

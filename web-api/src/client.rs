@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::types::{
-    CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, TaskQuery, UpdateNode,
+    CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, ScheduleSpec,
+    ScheduleView, TaskQuery, TaskTree, UpdateNode,
 };
 
 /// Errors of client calls.
@@ -173,6 +174,59 @@ impl Client {
                 .query(query),
         )
         .await
+    }
+
+    pub async fn restart_task(&self, id: TaskId) -> Result<Task> {
+        self.json(self.http.post(self.url(&format!("/tasks/{id}/restart"))))
+            .await
+    }
+
+    pub async fn task_tree(&self, id: TaskId) -> Result<TaskTree> {
+        self.json(self.http.get(self.url(&format!("/tasks/{id}/tree"))))
+            .await
+    }
+
+    pub async fn create_schedule(&self, spec: &ScheduleSpec) -> Result<ScheduleView> {
+        self.json(self.http.post(self.url("/schedules")).json(spec))
+            .await
+    }
+
+    pub async fn update_schedule(&self, name: &str, spec: &ScheduleSpec) -> Result<ScheduleView> {
+        self.json(
+            self.http
+                .put(self.url(&format!("/schedules/{name}")))
+                .json(spec),
+        )
+        .await
+    }
+
+    pub async fn list_schedules(&self) -> Result<Vec<ScheduleView>> {
+        self.json(self.http.get(self.url("/schedules"))).await
+    }
+
+    pub async fn get_schedule(&self, name: &str) -> Result<ScheduleView> {
+        self.json(self.http.get(self.url(&format!("/schedules/{name}"))))
+            .await
+    }
+
+    pub async fn delete_schedule(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/schedules/{name}"))))
+            .await
+            .map(drop)
+    }
+
+    pub async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView> {
+        let action = if enabled { "enable" } else { "disable" };
+        self.json(
+            self.http
+                .post(self.url(&format!("/schedules/{name}/{action}"))),
+        )
+        .await
+    }
+
+    pub async fn run_schedule(&self, name: &str) -> Result<Task> {
+        self.json(self.http.post(self.url(&format!("/schedules/{name}/run"))))
+            .await
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>> {

@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 pub use error::{Error, ErrorBody, ErrorDetail};
 pub use routes::{RouterOptions, router};
-use types::{CreateSpider, Page, RunTask, TaskQuery, UpdateNode};
+use types::{CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode};
 
 /// Result of backend calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -30,11 +30,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider>;
     async fn list_spiders(&self) -> Result<Vec<Spider>>;
     async fn get_spider(&self, name: &str) -> Result<Spider>;
-    /// Creates a task; it is Pending when this returns.
+    /// Creates a task (or a parent task with its children, by mode); Pending when this returns.
     async fn run_task(&self, run: RunTask) -> Result<Task>;
+    /// Runs an ended task again as its next attempt; for a parent, re-runs only the children that did not
+    /// finish. Returns the new task (or the parent).
+    async fn restart_task(&self, id: TaskId) -> Result<Task>;
     async fn list_tasks(&self, query: TaskQuery) -> Result<Page<Task>>;
     async fn get_task(&self, id: TaskId) -> Result<Task>;
-    /// Cancels a task that has not ended; its process group is killed.
+    /// Cancels a task that has not ended; its process group is killed. Cancelling a parent cancels its children.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
     /// Log lines with `seq > after`, oldest first.
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
@@ -43,6 +46,15 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_nodes(&self) -> Result<Vec<Node>>;
     /// Changes a node's settings at run time; they persist across its reconnects.
     async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node>;
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView>;
+    /// Replaces a schedule's definition (found by name or id); its fire history is kept.
+    async fn update_schedule(&self, name: &str, spec: ScheduleSpec) -> Result<ScheduleView>;
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>>;
+    async fn get_schedule(&self, name: &str) -> Result<ScheduleView>;
+    async fn delete_schedule(&self, name: &str) -> Result<()>;
+    async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView>;
+    /// Runs a schedule's spider now, as the schedule would, without waiting for its next fire time.
+    async fn run_schedule(&self, name: &str) -> Result<Task>;
     /// Wakes up on every change of any task (status, new logs, new items). Only a hint: readers re-read the
     /// store, so a lagging receiver loses nothing.
     fn subscribe(&self) -> broadcast::Receiver<TaskId>;

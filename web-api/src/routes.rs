@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::types::{
     CreateSpider, DEFAULT_LIMIT, EVENT_END, EVENT_LOG, ItemFormat, ItemQuery, LogQuery, MAX_LIMIT,
-    RunTask, TaskQuery, UpdateNode, WaitQuery,
+    RunTask, ScheduleSpec, TaskQuery, TaskTree, UpdateNode, WaitQuery,
 };
 use crate::{Backend, Error, Result};
 
@@ -51,6 +51,18 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         .route("/tasks", get(list_tasks).post(run_task))
         .route("/tasks/{id}", get(get_task))
         .route("/tasks/{id}/cancel", post(cancel_task))
+        .route("/tasks/{id}/restart", post(restart_task))
+        .route("/tasks/{id}/tree", get(task_tree))
+        .route("/schedules", get(list_schedules).post(create_schedule))
+        .route(
+            "/schedules/{name}",
+            get(get_schedule)
+                .put(update_schedule)
+                .delete(delete_schedule),
+        )
+        .route("/schedules/{name}/enable", post(enable_schedule))
+        .route("/schedules/{name}/disable", post(disable_schedule))
+        .route("/schedules/{name}/run", post(run_schedule))
         .route("/tasks/{id}/logs", get(logs))
         .route("/tasks/{id}/items", get(items))
         .route("/tasks/{id}/wait", get(wait))
@@ -150,6 +162,96 @@ async fn get_task(State(api): State<Api>, Path(id): Path<String>) -> Result<impl
 
 async fn cancel_task(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse> {
     Ok(Json(api.cancel_task(task_id(&id)?).await?))
+}
+
+async fn restart_task(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(api.restart_task(task_id(&id)?).await?),
+    ))
+}
+
+async fn task_tree(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse> {
+    let id = task_id(&id)?;
+    let task = api.get_task(id).await?;
+    let mut children_tasks = Vec::new();
+    while (children_tasks.len() as u64) < u64::from(task.children) * 4 + MAX_LIMIT as u64 {
+        let query = TaskQuery {
+            parent: Some(id),
+            limit: Some(MAX_LIMIT),
+            offset: Some(children_tasks.len() as u32),
+            ..TaskQuery::default()
+        };
+        let page = api.list_tasks(query).await?;
+        let full = page.items.len() == MAX_LIMIT as usize;
+        children_tasks.extend(page.items);
+        if !full {
+            break;
+        }
+    }
+    children_tasks.reverse();
+    Ok(Json(TaskTree {
+        task,
+        children_tasks,
+    }))
+}
+
+async fn list_schedules(State(api): State<Api>) -> Result<impl IntoResponse> {
+    Ok(Json(api.list_schedules().await?))
+}
+
+async fn create_schedule(
+    State(api): State<Api>,
+    body: Result<Json<ScheduleSpec>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(api.create_schedule(json(body)?).await?),
+    ))
+}
+
+async fn get_schedule(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.get_schedule(&name).await?))
+}
+
+async fn update_schedule(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Result<Json<ScheduleSpec>, JsonRejection>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.update_schedule(&name, json(body)?).await?))
+}
+
+async fn delete_schedule(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
+    api.delete_schedule(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn enable_schedule(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.set_schedule_enabled(&name, true).await?))
+}
+
+async fn disable_schedule(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.set_schedule_enabled(&name, false).await?))
+}
+
+async fn run_schedule(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok((StatusCode::CREATED, Json(api.run_schedule(&name).await?)))
 }
 
 async fn items(

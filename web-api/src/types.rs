@@ -1,11 +1,13 @@
 //! Request and response types of the HTTP API. Responses reuse the plain domain types from `arachne_shared`.
 
-use arachne_shared::TaskStatus;
+use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::RunSettings;
+use arachne_shared::{RunMode, Schedule, ScheduleId, Task, TaskId, TaskStatus};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/spiders`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSpider {
     pub name: String,
@@ -14,10 +16,14 @@ pub struct CreateSpider {
     /// How its runs are supervised. When absent, an existing spider keeps its settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RunSettings>,
+    /// At most this many of its tasks run at once across the cluster. When absent, an existing spider keeps
+    /// its limit; 0 removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
 }
 
 /// `POST /api/v1/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunTask {
     /// Spider name.
@@ -31,6 +37,61 @@ pub struct RunTask {
     /// Overrides of the spider's settings for this run; `env` is merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<RunSettings>,
+    /// `random` (default), `nodes` (one task per node in `nodes`) or `all` (one child task per online node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RunMode>,
+    /// The nodes of mode `nodes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+/// `GET /api/v1/tasks/{id}/tree`: a task and its child tasks, oldest child first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskTree {
+    #[serde(flatten)]
+    pub task: Task,
+    #[serde(default)]
+    pub children_tasks: Vec<Task>,
+}
+
+/// `POST /api/v1/schedules` and `PUT /api/v1/schedules/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    pub name: String,
+    /// Spider name.
+    pub spider: String,
+    /// 5 fields (minute first), 6 fields (seconds first), or @hourly, @daily, @weekly, @monthly.
+    pub cron: String,
+    /// IANA time zone; UTC by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RunMode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RunSettings>,
+    /// True by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<OverlapPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misfire: Option<MisfirePolicy>,
+}
+
+/// A schedule with its next fire times.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleView {
+    #[serde(flatten)]
+    pub schedule: Schedule,
+    /// The next 5 fire times (none while disabled).
+    pub next: Vec<DateTime<Utc>>,
 }
 
 /// `GET /api/v1/tasks` filters and paging.
@@ -42,6 +103,15 @@ pub struct TaskQuery {
     pub spider: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<TaskStatus>,
+    /// Node name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Only the children of this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<TaskId>,
+    /// Only tasks this schedule created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +182,9 @@ pub struct UpdateNode {
     /// Runner slots: how many tasks the node runs at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_runners: Option<u32>,
+    /// A disabled node gets no new tasks; the ones it runs carry on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// The SSE event name of a log line; its `id` is the line's sequence number and its data the line as JSON.

@@ -7,12 +7,14 @@
 pub mod args;
 mod lines;
 mod memory;
+mod metrics;
 mod output;
 mod runner;
 mod session;
 pub mod signals;
 mod sync;
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +39,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// The environment every spider starts from (each run adds its own variables on top).
     pub spider_env: Vec<(OsString, OsString)>,
+    /// Shown with the node (`region=eu`, …).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// This process's environment without the worker's own `ARACHNE_*` and `CRAWLAB_*` variables (its
@@ -61,6 +65,7 @@ impl Config {
             runner: RunnerOptions::default(),
             heartbeat: Duration::from_secs(5),
             spider_env: inherited_env(),
+            labels: BTreeMap::new(),
         }
     }
 }

@@ -24,8 +24,21 @@ struct Args {
     /// Where spider files are cached and runs get their working directories.
     #[arg(long, default_value = "./arachne-worker-data")]
     work_dir: PathBuf,
+    /// A label shown with the node, as KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Seconds between heartbeats to the master.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
     #[command(flatten)]
     runner: RunnerArgs,
+}
+
+fn parse_label(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {value:?}")),
+    }
 }
 
 #[tokio::main]
@@ -42,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::new(args.master, name, args.work_dir);
     config.max_runners = args.max_runners;
     config.runner = args.runner.into();
+    config.labels = args.labels.into_iter().collect();
+    config.heartbeat = std::time::Duration::from_secs(args.heartbeat_secs.max(1));
     let shutdown = CancellationToken::new();
     arachne_worker::signals::spawn_handler(shutdown.clone());
     arachne_worker::run(config, shutdown).await?;

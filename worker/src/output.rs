@@ -106,6 +106,8 @@ pub(crate) struct Collector {
     status: Option<StatusPayload>,
     /// ERRORs not yet sent.
     errors: Vec<ErrorPayload>,
+    /// ERRORs already sent.
+    errors_sent: u64,
     summary: Summary,
 }
 
@@ -122,6 +124,7 @@ impl Collector {
             oldest: None,
             status: None,
             errors: Vec::new(),
+            errors_sent: 0,
             summary: Summary::default(),
         }
     }
@@ -174,10 +177,13 @@ impl Collector {
         }
         if self.status.is_some() || !self.errors.is_empty() {
             let (status, errors) = (self.status.take(), std::mem::take(&mut self.errors));
+            let errors_before = self.errors_sent;
+            self.errors_sent += errors.len() as u64;
             self.send(WorkerToMaster::Report {
                 task_id: self.task_id,
                 status,
                 errors,
+                errors_before,
                 at: Utc::now(),
             })
             .await;
@@ -185,7 +191,8 @@ impl Collector {
     }
 
     async fn send(&mut self, message: WorkerToMaster) {
-        // A closed session needs no handling here: the master settles the task itself when a session ends.
+        // The channel outlives every session (the outbox resends after a reconnect); it closes only when the
+        // worker itself is gone, and then nobody is left to tell.
         let _ = self.events.send(message).await;
     }
 

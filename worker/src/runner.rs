@@ -56,8 +56,6 @@ pub(crate) enum Stop {
     User(String),
     /// The worker is shutting down.
     Shutdown,
-    /// The session with the master broke, so the master has already written the task off.
-    MasterLost,
     /// The run's time limit, in seconds, passed.
     Timeout(u64),
     /// The process tree went over its memory limit.
@@ -68,7 +66,7 @@ impl Stop {
     fn cancel_reason(&self) -> CancelReason {
         match self {
             Stop::User(_) => CancelReason::User,
-            Stop::Shutdown | Stop::MasterLost => CancelReason::Shutdown,
+            Stop::Shutdown => CancelReason::Shutdown,
             Stop::Timeout(_) => CancelReason::Timeout,
             Stop::Memory(_) => CancelReason::Memory,
         }
@@ -86,9 +84,6 @@ impl Stop {
             },
             Stop::Shutdown => TaskOutcome::Abnormal {
                 reason: format!("worker {node} shut down while the task ran"),
-            },
-            Stop::MasterLost => TaskOutcome::Abnormal {
-                reason: format!("worker {node} lost its master connection"),
             },
             Stop::Timeout(secs) => error(format!("timed out after {secs} s")),
             Stop::Memory(OverLimit { used, limit }) => error(format!(
@@ -122,7 +117,8 @@ pub(crate) struct RunContext {
     pub(crate) node: String,
     pub(crate) options: RunnerOptions,
     pub(crate) cache: FileCache,
-    pub(crate) client: Client,
+    /// The connection of the current session; `None` while the worker is reconnecting.
+    pub(crate) client: watch::Receiver<Option<Client>>,
     pub(crate) tasks_dir: PathBuf,
     pub(crate) events: mpsc::Sender<WorkerToMaster>,
     /// The environment every spider starts from; see [`crate::Config::spider_env`].
@@ -175,7 +171,7 @@ async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Resul
     let source = if task.version.is_empty() {
         None
     } else {
-        let mut client = ctx.client.clone();
+        let mut client = connected(ctx).await?;
         Some(
             ctx.cache
                 .ensure(&mut client, task.spider_id, &task.version)
@@ -183,6 +179,18 @@ async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Resul
         )
     };
     sync::prepare_workdir(source, workdir).await
+}
+
+/// How long a run that needs files waits for the worker to reconnect to the master.
+const RECONNECT_WAIT: Duration = Duration::from_secs(60);
+
+async fn connected(ctx: &RunContext) -> Result<Client, sync::Error> {
+    let mut slot = ctx.client.clone();
+    let wait = slot.wait_for(Option::is_some);
+    match tokio::time::timeout(RECONNECT_WAIT, wait).await {
+        Ok(Ok(client)) => Ok(client.clone().expect("waited for a client")),
+        _ => Err(sync::Error::Disconnected(RECONNECT_WAIT.as_secs())),
+    }
 }
 
 fn command(ctx: &RunContext, task: &Assignment, workdir: &Path) -> Command {

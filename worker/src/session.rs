@@ -1,14 +1,20 @@
-//! The worker's session with the master: register, take assignments into runner slots, forward cancels,
+//! The worker's sessions with the master: register, take assignments into runner slots, forward cancels,
 //! heartbeat, and reconnect with backoff when the master goes away.
+//!
+//! Runs outlive sessions. When the connection breaks (or the master restarts) spiders keep running; their
+//! messages wait in the [`Outbox`] until a new session takes them, and the worker names its running tasks when
+//! it registers again, so the master can take them back instead of writing them off.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arachne_proto::client::Client;
 use arachne_shared::TaskId;
 use arachne_shared::TaskOutcome;
-use arachne_shared::cluster::{Assignment, MasterToWorker, Registration, WorkerToMaster};
+use arachne_shared::cluster::{
+    Assignment, MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster,
+};
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -16,116 +22,249 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::Config;
+use crate::metrics::Metrics;
 use crate::runner::{self, RunContext, RunResult, Stop};
 use crate::sync::FileCache;
 
-/// Messages to the master waiting to be sent. Runners wait when it is full, which slows their readers and,
+/// Messages from runners waiting for the outbox. Runners wait when it is full, which slows their readers and,
 /// through the pipe, the spider.
 const EVENTS_CAPACITY: usize = 256;
+/// Sequenced messages sent but not yet acknowledged. Past this the worker stops sending until the master
+/// catches up, so a slow or absent master bounds the worker's memory instead of growing it.
+const WINDOW: usize = 512;
 /// How long a stopping worker waits for the master to take its last reports.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Keeps a session with the master open until `shutdown`.
+/// Keeps a session with the master open until `shutdown`, reconnecting when it breaks.
 pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    while !shutdown.is_cancelled() {
-        match session(&config, &shutdown, &mut backoff).await {
-            Ok(()) => return,
-            Err(err) => {
-                warn!(node = %config.name, error = %err, "session with the master ended; reconnecting")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next()) => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Runs one session. `Ok` means the worker was shut down; `Err` means reconnect.
-async fn session(
-    config: &Config,
-    shutdown: &CancellationToken,
-    backoff: &mut Backoff,
-) -> Result<(), String> {
-    let client = tokio::select! {
-        client = Client::connect(&config.master) => client.map_err(|e| e.to_string())?,
-        () = shutdown.cancelled() => return Ok(()),
-    };
-    let (events, outbound) = mpsc::channel(EVENTS_CAPACITY);
-    let registration = Registration {
-        name: config.name.clone(),
-        max_runners: config.max_runners,
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
-    events
-        .send(WorkerToMaster::Register(registration))
-        .await
-        .map_err(|_| "session closed".to_owned())?;
-    let mut inbound = client
-        .clone()
-        .session(outbound)
-        .await
-        .map_err(|e| e.to_string())?;
-    match inbound.next().await {
-        Some(Ok(MasterToWorker::Registered)) => {}
-        Some(Ok(other)) => return Err(format!("expected Registered, the master sent {other:?}")),
-        Some(Err(err)) => return Err(format!("registration refused: {err}")),
-        None => return Err("the master closed the session during registration".to_owned()),
-    }
-    info!(node = %config.name, master = %config.master, max_runners = config.max_runners, "registered with the master");
-    backoff.reset();
-
+    let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+    let (client_tx, client_rx) = watch::channel(None);
     let ctx = RunContext {
         node: config.name.clone(),
         options: config.runner.clone(),
         cache: FileCache::new(config.work_dir.join("cache")),
-        client,
+        client: client_rx,
         tasks_dir: config.work_dir.join("tasks"),
-        events: events.clone(),
+        events,
         spider_env: config.spider_env.clone().into(),
     };
-    let mut runners = Runners::new(config.max_runners, ctx);
-    let mut heartbeat = tokio::time::interval(config.heartbeat);
-    let ended = loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            message = inbound.next() => match message {
-                Some(Ok(MasterToWorker::Assign(task))) => runners.start(task).await,
-                Some(Ok(MasterToWorker::Cancel { task_id, reason })) => runners.stop(task_id, Stop::User(reason)),
-                Some(Ok(MasterToWorker::SetMaxRunners { max_runners })) => runners.resize(max_runners),
-                Some(Ok(MasterToWorker::Registered)) => {}
-                Some(Err(err)) => break Err(err.to_string()),
-                None => break Err("the master closed the session".to_owned()),
-            },
-            Some(done) = runners.tasks.join_next() => runners.reap(done),
-            _ = heartbeat.tick() => {
-                let running = runners.active.len() as u32;
-                if events.send(WorkerToMaster::Heartbeat { running }).await.is_err() {
-                    break Err("session closed".to_owned());
-                }
+    let mut worker = Worker {
+        runners: Runners::new(config.max_runners, ctx),
+        outbox: Outbox::new(events_rx),
+        metrics: Metrics::new(config.work_dir.clone()),
+        client: client_tx,
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match worker.session(&config, &shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(err) => {
+                warn!(node = %config.name, error = %err, running = worker.runners.active.len(), "session with the master ended; reconnecting")
             }
         }
-    };
-    // Whatever ended the session, no spider outlives it: on shutdown the master hears each task's outcome,
-    // and when the master is lost it has already written the tasks off.
-    let stop = if ended.is_ok() {
-        Stop::Shutdown
-    } else {
-        Stop::MasterLost
-    };
-    runners.stop_all(stop).await;
-    if ended.is_ok() {
-        // Half-close: with every sender dropped, our stream ends after the last report. Dropping the master's
-        // stream instead would reset both directions and lose reports still in flight, so wait until the
-        // master has read everything and closed its side.
-        drop(events);
-        let drained = async { while let Some(Ok(_)) = inbound.next().await {} };
-        if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
-            warn!(node = %config.name, "the master did not close the session in time");
+        worker.client.send_replace(None);
+        // Spiders keep running while the worker reconnects; only their ends are collected here.
+        let pause = tokio::time::sleep(backoff.next());
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                () = shutdown.cancelled() => {
+                    // No master to tell: it settles these tasks itself when the worker does not come back.
+                    worker.runners.stop_all(Stop::Shutdown);
+                    while let Some(done) = worker.runners.tasks.join_next().await {
+                        worker.runners.reap(done);
+                    }
+                    return;
+                }
+                Some(done) = worker.runners.tasks.join_next() => worker.runners.reap(done),
+            }
         }
     }
-    ended
+}
+
+/// What lives across sessions.
+struct Worker {
+    runners: Runners,
+    outbox: Outbox,
+    metrics: Metrics,
+    client: watch::Sender<Option<Client>>,
+}
+
+impl Worker {
+    /// Runs one session. `Ok` means the worker was shut down; `Err` means reconnect.
+    async fn session(
+        &mut self,
+        config: &Config,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), String> {
+        let client = tokio::select! {
+            client = Client::connect(&config.master) => client.map_err(|e| e.to_string())?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let (session_tx, session_rx) = mpsc::channel(EVENTS_CAPACITY);
+        let mut running: Vec<TaskId> = self.runners.active.keys().copied().collect();
+        running.extend(self.outbox.unacknowledged_ends());
+        let registration = Registration {
+            name: config.name.clone(),
+            max_runners: config.max_runners,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            labels: config.labels.clone(),
+            running,
+        };
+        let register = WorkerEnvelope {
+            seq: 0,
+            message: WorkerToMaster::Register(registration),
+        };
+        session_tx
+            .send(register)
+            .await
+            .map_err(|_| "session closed".to_owned())?;
+        let mut inbound = client
+            .clone()
+            .session(session_rx)
+            .await
+            .map_err(|e| e.to_string())?;
+        match inbound.next().await {
+            Some(Ok(MasterToWorker::Registered)) => {}
+            Some(Ok(other)) => {
+                return Err(format!("expected Registered, the master sent {other:?}"));
+            }
+            Some(Err(err)) => return Err(format!("registration refused: {err}")),
+            None => return Err("the master closed the session during registration".to_owned()),
+        }
+        info!(node = %config.name, master = %config.master, max_runners = config.max_runners,
+            running = self.runners.active.len(), "registered with the master");
+        backoff.reset();
+        self.client.send_replace(Some(client));
+        // What the last session sent but the master never confirmed goes again, first and in order.
+        for envelope in self.outbox.unacknowledged() {
+            session_tx
+                .send(envelope)
+                .await
+                .map_err(|_| "session closed".to_owned())?;
+        }
+
+        let mut heartbeat = tokio::time::interval(config.heartbeat);
+        let mut stopping = false;
+        let mut drain_deadline = None;
+        let ended = loop {
+            if stopping && self.runners.active.is_empty() && self.outbox.is_settled() {
+                break Ok(());
+            }
+            tokio::select! {
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    drain_deadline = Some(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                    self.runners.stop_all(Stop::Shutdown);
+                }
+                () = sleep_until(drain_deadline) => {
+                    warn!(node = %config.name, unacknowledged = self.outbox.unacked.len(), "the master did not take the last reports in time");
+                    break Ok(());
+                }
+                message = inbound.next() => match message {
+                    Some(Ok(MasterToWorker::Assign(task))) if !stopping => self.runners.start(task).await,
+                    Some(Ok(MasterToWorker::Assign(task))) => {
+                        let outcome = TaskOutcome::Abnormal { reason: format!("worker {} is shutting down", config.name) };
+                        report_end(&self.runners.ctx.events, task.task_id, outcome.into()).await;
+                    }
+                    Some(Ok(MasterToWorker::Cancel { task_id, reason })) => self.runners.stop(task_id, Stop::User(reason)),
+                    Some(Ok(MasterToWorker::SetMaxRunners { max_runners })) => self.runners.resize(max_runners),
+                    Some(Ok(MasterToWorker::Ack { seq })) => self.outbox.ack(seq),
+                    Some(Ok(MasterToWorker::Registered)) => {}
+                    Some(Err(err)) => break Err(err.to_string()),
+                    None => break Err("the master closed the session".to_owned()),
+                },
+                Some(done) = self.runners.tasks.join_next() => self.runners.reap(done),
+                Some(envelope) = self.outbox.next(), if self.outbox.window_open() => {
+                    if session_tx.send(envelope).await.is_err() {
+                        break Err("session closed".to_owned());
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let metrics = self.metrics.sample(self.runners.active.len() as u32);
+                    let beat = WorkerEnvelope { seq: 0, message: WorkerToMaster::Heartbeat(metrics) };
+                    if session_tx.send(beat).await.is_err() {
+                        break Err("session closed".to_owned());
+                    }
+                }
+            }
+        };
+        if ended.is_ok() {
+            // Half-close: with our sender dropped, the master sees our stream end after the last report and
+            // knows the worker left on purpose. Dropping its stream instead would reset both directions.
+            drop(session_tx);
+            let drained = async { while let Some(Ok(_)) = inbound.next().await {} };
+            if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+                warn!(node = %config.name, "the master did not close the session in time");
+            }
+        }
+        ended
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Numbers the runners' messages and keeps each until the master acknowledges it.
+struct Outbox {
+    rx: mpsc::Receiver<WorkerToMaster>,
+    next_seq: u64,
+    unacked: VecDeque<WorkerEnvelope>,
+}
+
+impl Outbox {
+    fn new(rx: mpsc::Receiver<WorkerToMaster>) -> Self {
+        Self {
+            rx,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+        }
+    }
+
+    fn window_open(&self) -> bool {
+        self.unacked.len() < WINDOW
+    }
+
+    /// The next runner message, numbered and kept for resending.
+    async fn next(&mut self) -> Option<WorkerEnvelope> {
+        let message = self.rx.recv().await?;
+        let envelope = WorkerEnvelope {
+            seq: self.next_seq,
+            message,
+        };
+        self.next_seq += 1;
+        self.unacked.push_back(envelope.clone());
+        Some(envelope)
+    }
+
+    fn ack(&mut self, seq: u64) {
+        while self.unacked.front().is_some_and(|e| e.seq <= seq) {
+            self.unacked.pop_front();
+        }
+    }
+
+    fn unacknowledged(&self) -> Vec<WorkerEnvelope> {
+        self.unacked.iter().cloned().collect()
+    }
+
+    /// Tasks whose end the master has not confirmed: they are still this worker's to report.
+    fn unacknowledged_ends(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.unacked.iter().filter_map(|e| match e.message {
+            WorkerToMaster::TaskEnded { task_id, .. } => Some(task_id),
+            _ => None,
+        })
+    }
+
+    /// Nothing waits to be sent or confirmed.
+    fn is_settled(&self) -> bool {
+        self.unacked.is_empty() && self.rx.is_empty()
+    }
 }
 
 struct Runners {
@@ -153,6 +292,10 @@ impl Runners {
 
     async fn start(&mut self, task: Assignment) {
         let task_id = task.task_id;
+        if self.active.contains_key(&task_id) {
+            warn!(task_id = %task_id, "assigned a task this worker already runs; ignored");
+            return;
+        }
         let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
             // The master counts slots too, so this only happens if the two disagree; say so rather than queue.
             error!(task_id = %task_id, node = %self.ctx.node, "assigned a task with no free runner slot");
@@ -215,18 +358,15 @@ impl Runners {
         }
     }
 
-    async fn stop_all(mut self, reason: Stop) {
+    /// Asks every run to stop; each reports its end as it finishes.
+    fn stop_all(&self, reason: Stop) {
         for stop in self.active.values() {
             stop.send_replace(Some(reason.clone()));
-        }
-        while let Some(done) = self.tasks.join_next().await {
-            self.reap(done);
         }
     }
 }
 
-/// Tells the master a task ended. If the session is gone the master settles the task itself, so a failed send
-/// needs no handling here.
+/// Queues a task's end for the master.
 async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, result: RunResult) {
     let RunResult {
         outcome,
@@ -264,5 +404,41 @@ impl Backoff {
 
     fn reset(&mut self) {
         *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(task_id: TaskId) -> WorkerToMaster {
+        WorkerToMaster::TaskEnded {
+            task_id,
+            outcome: TaskOutcome::Finished,
+            at: Utc::now(),
+            peak_rss_bytes: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_messages_until_acknowledged_and_resends_them_in_order() {
+        let (tx, rx) = mpsc::channel(8);
+        let mut outbox = Outbox::new(rx);
+        let (a, b) = (TaskId::new(), TaskId::new());
+        tx.send(ended(a)).await.unwrap();
+        tx.send(ended(b)).await.unwrap();
+        let first = outbox.next().await.unwrap();
+        let second = outbox.next().await.unwrap();
+        assert_eq!((first.seq, second.seq), (1, 2));
+        assert_eq!(outbox.unacknowledged_ends().collect::<Vec<_>>(), [a, b]);
+        outbox.ack(1);
+        let resent = outbox.unacknowledged();
+        assert_eq!(resent.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        assert!(!outbox.is_settled());
+        outbox.ack(2);
+        assert!(outbox.is_settled());
+        // Numbering goes on across sessions, so the master can tell a resent message from a new one.
+        tx.send(ended(a)).await.unwrap();
+        assert_eq!(outbox.next().await.unwrap().seq, 3);
     }
 }

@@ -17,6 +17,8 @@ use tokio::io::AsyncWriteExt;
 pub(crate) enum Error {
     #[error("fetching files from the master failed: {0}")]
     Fetch(#[from] arachne_proto::Error),
+    #[error("fetching files failed: no connection to the master within {0} s")]
+    Disconnected(u64),
     #[error("the master sent an unsafe path: {0}")]
     UnsafePath(String),
     #[error("the master sent chunks of {0:?} after its last chunk")]

@@ -7,11 +7,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arachne_shared::{
-    ItemRecord, LogLine, LogStream, Node, Spider, Task, TaskId, TaskStatus, from_millis, to_millis,
+    ItemRecord, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
+    from_millis, to_millis,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Error, Result, Store, TaskChange, TaskFilter};
+use super::{ActiveScope, Error, Result, Store, TaskChange, TaskFilter};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -27,7 +28,27 @@ CREATE TABLE IF NOT EXISTS tasks (
     items INTEGER NOT NULL DEFAULT 0,
     data TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_dispatch ON tasks (status, priority, id) WHERE node IS NULL;
+CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+";
+
+/// Columns added after the first release, with their definitions; added to older databases on open.
+const ADDED_TASK_COLUMNS: [(&str, &str); 5] = [
+    ("parent_id", "TEXT"),
+    ("schedule_id", "TEXT"),
+    ("fire_ms", "INTEGER"),
+    ("children", "INTEGER NOT NULL DEFAULT 0"),
+    ("exclusive", "TEXT"),
+];
+
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS tasks_dispatch ON tasks (status, priority, id) WHERE node IS NULL AND children = 0;
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks (parent_id, id) WHERE parent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks (schedule_id, id) WHERE schedule_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_fire ON tasks (schedule_id, fire_ms)
+    WHERE fire_ms IS NOT NULL AND parent_id IS NULL;
+CREATE INDEX IF NOT EXISTS tasks_exclusive ON tasks (exclusive, status) WHERE exclusive IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_spider_status ON tasks (spider_name, status);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
 CREATE INDEX IF NOT EXISTS tasks_node ON tasks (node, id);
@@ -39,7 +60,6 @@ CREATE TABLE IF NOT EXISTS items (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 ";
 
 /// The SQLite store. Calls run on the blocking pool so they never stall the async runtime.
@@ -75,6 +95,22 @@ impl EmbeddedStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        let existing: Vec<String> = {
+            let mut stmt = conn
+                .prepare("SELECT name FROM pragma_table_info('tasks')")
+                .map_err(db)?;
+            let names = stmt.query_map([], |row| row.get(0)).map_err(db)?;
+            names.collect::<Result<_, _>>().map_err(db)?
+        };
+        for (column, definition) in ADDED_TASK_COLUMNS {
+            if !existing.iter().any(|c| c == column) {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE tasks ADD COLUMN {column} {definition}"
+                ))
+                .map_err(db)?;
+            }
+        }
+        conn.execute_batch(INDEXES).map_err(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -124,20 +160,55 @@ fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {
 }
 
 fn write_task(conn: &Connection, task: &Task) -> Result<()> {
-    conn.execute(
-        "INSERT INTO tasks (id, spider_name, status, node, priority, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id) DO UPDATE SET status = ?3, node = ?4, priority = ?5, data = ?6",
+    let result = conn.execute(
+        "INSERT INTO tasks (id, spider_name, status, node, priority, data, parent_id, schedule_id, fire_ms,
+                            children, exclusive)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (id) DO UPDATE SET status = ?3, node = ?4, priority = ?5, data = ?6, children = ?10",
         params![
             task.id.to_string(),
             task.spider_name,
             task.status.as_str(),
             task.node,
             task.priority,
-            to_json(task)
+            to_json(task),
+            task.parent_id.map(|id| id.to_string()),
+            task.schedule_id.map(|id| id.to_string()),
+            task.fire_time.map(to_millis),
+            task.children,
+            task.exclusive,
         ],
-    )
-    .map_err(db)?;
-    Ok(())
+    );
+    match result {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(Error::Duplicate(format!(
+                "a task for schedule {} at {}",
+                or_dash(task.schedule_id),
+                or_dash(task.fire_time)
+            )))
+        }
+        other => other.map(drop).map_err(db),
+    }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn read_tasks(conn: &Connection, sql: &str, args: &[String]) -> Result<Vec<Task>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args), |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(db)?;
+    rows.map(|r| {
+        let (data, lines, items) = r.map_err(db)?;
+        read_task(data, lines, items)
+    })
+    .collect()
 }
 
 /// A table of numbered per-task records and the task column that counts them.
@@ -218,9 +289,19 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn insert_task(&self, task: &Task) -> Result<()> {
-        let task = task.clone();
-        self.call(move |conn| write_task(conn, &task)).await
+    async fn insert_tasks(&self, tasks: &[Task]) -> Result<()> {
+        let tasks = tasks.to_vec();
+        self.call(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            for task in &tasks {
+                if get_task(&tx, task.id)?.is_some() {
+                    return Err(Error::Duplicate(format!("task {}", task.id)));
+                }
+                write_task(&tx, task)?;
+            }
+            tx.commit().map_err(db)
+        })
+        .await
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
@@ -236,6 +317,8 @@ impl Store for EmbeddedStore {
                 ("spider_name", filter.spider_name),
                 ("status", filter.status.map(|s| s.as_str().to_owned())),
                 ("node", filter.node),
+                ("parent_id", filter.parent_id.map(|id| id.to_string())),
+                ("schedule_id", filter.schedule_id.map(|id| id.to_string())),
             ] {
                 if let Some(value) = value {
                     args.push(value);
@@ -252,16 +335,7 @@ impl Store for EmbeddedStore {
                 "SELECT data, log_lines, items FROM tasks {filter_sql} ORDER BY id DESC LIMIT {} OFFSET {}",
                 filter.limit, filter.offset
             );
-            let mut stmt = conn.prepare(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(&args), |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .map_err(db)?;
-            let tasks = rows
-                .map(|r| {
-                    let (data, lines, items) = r.map_err(db)?;
-                    read_task(data, lines, items)
-                })
-                .collect::<Result<_>>()?;
+            let tasks = read_tasks(conn, &sql, &args)?;
             Ok((tasks, total as u64))
         })
         .await
@@ -292,20 +366,33 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn dispatchable(&self, limit: u32) -> Result<Vec<Task>> {
+    async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {
         self.call(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT data, log_lines, items FROM tasks WHERE status = 'pending' AND node IS NULL
-                     ORDER BY priority, id LIMIT ?1",
-                )
+            read_tasks(
+                conn,
+                "SELECT data, log_lines, items FROM tasks WHERE status = 'pending' AND node IS NULL AND children = 0
+                 ORDER BY priority, id LIMIT ?1 OFFSET ?2",
+                &[limit.to_string(), offset.to_string()],
+            )
+        })
+        .await
+    }
+
+    async fn count_active(&self, scope: &ActiveScope) -> Result<u64> {
+        let (column, value) = match scope {
+            ActiveScope::Spider(name) => ("spider_name", name.clone()),
+            ActiveScope::Exclusive(key) => ("exclusive", key.clone()),
+            ActiveScope::Schedule(id) => ("schedule_id", id.to_string()),
+        };
+        self.call(move |conn| {
+            let sql = format!(
+                "SELECT COUNT(*) FROM tasks WHERE {column} = ?1 AND children = 0
+                 AND (status = 'running' OR (status = 'pending' AND node IS NOT NULL))"
+            );
+            let count: i64 = conn
+                .query_row(&sql, [value], |row| row.get(0))
                 .map_err(db)?;
-            let rows = stmt.query_map([limit], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).map_err(db)?;
-            rows.map(|r| {
-                let (data, lines, items) = r.map_err(db)?;
-                read_task(data, lines, items)
-            })
-            .collect()
+            Ok(count as u64)
         })
         .await
     }
@@ -401,5 +488,54 @@ impl Store for EmbeddedStore {
     async fn list_nodes(&self) -> Result<Vec<Node>> {
         self.call(|conn| all_json(conn, "SELECT data FROM nodes ORDER BY name"))
             .await
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<()> {
+        let schedule = schedule.clone();
+        self.call(move |conn| {
+            let result = conn.execute(
+                "INSERT INTO schedules (id, name, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET name = ?2, data = ?3",
+                params![schedule.id.to_string(), schedule.name, to_json(&schedule)],
+            );
+            match result {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(Error::Duplicate(format!("schedule {:?}", schedule.name)))
+                }
+                other => other.map(drop).map_err(db),
+            }
+        })
+        .await
+    }
+
+    async fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>> {
+        self.call(move |conn| {
+            let data: Option<String> = conn
+                .query_row(
+                    "SELECT data FROM schedules WHERE id = ?1",
+                    [id.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            data.map(|d| from_json(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        self.call(|conn| all_json(conn, "SELECT data FROM schedules ORDER BY name"))
+            .await
+    }
+
+    async fn delete_schedule(&self, id: ScheduleId) -> Result<bool> {
+        self.call(move |conn| {
+            conn.execute("DELETE FROM schedules WHERE id = ?1", [id.to_string()])
+                .map(|n| n > 0)
+                .map_err(db)
+        })
+        .await
     }
 }

@@ -6,7 +6,9 @@
 
 pub mod embedded;
 
-use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId, TaskStatus};
+use arachne_shared::{
+    ItemRecord, LogLine, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
+};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +30,21 @@ pub struct TaskFilter {
     pub spider_name: Option<String>,
     pub status: Option<TaskStatus>,
     pub node: Option<String>,
+    pub parent_id: Option<TaskId>,
+    pub schedule_id: Option<ScheduleId>,
     pub limit: u32,
     pub offset: u32,
+}
+
+/// Which tasks [`Store::count_active`] counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveScope {
+    /// Tasks of one spider.
+    Spider(String),
+    /// Tasks sharing an exclusivity key ([`Task::exclusive`]).
+    Exclusive(String),
+    /// Tasks a schedule created.
+    Schedule(ScheduleId),
 }
 
 /// A change to apply to a task if its status is one of `expected`. It returns `false` to leave the task as it
@@ -44,7 +59,12 @@ pub trait Store: Send + Sync + 'static {
     async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>>;
     async fn list_spiders(&self) -> Result<Vec<Spider>>;
 
-    async fn insert_task(&self, task: &Task) -> Result<()>;
+    async fn insert_task(&self, task: &Task) -> Result<()> {
+        self.insert_tasks(std::slice::from_ref(task)).await
+    }
+    /// Inserts tasks all together or none. A second task for the same schedule fire time (a parent, or a
+    /// task without one) is a `Duplicate`, which is what makes a fire time run once, also across restarts.
+    async fn insert_tasks(&self, tasks: &[Task]) -> Result<()>;
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
     /// Tasks matching `filter`, newest first, and how many match in all.
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)>;
@@ -56,8 +76,10 @@ pub trait Store: Send + Sync + 'static {
         expected: &[TaskStatus],
         change: TaskChange,
     ) -> Result<Option<Task>>;
-    /// Pending tasks not yet handed to a node, by priority (1 first) then age.
-    async fn dispatchable(&self, limit: u32) -> Result<Vec<Task>>;
+    /// Pending tasks not yet handed to a node (parents excluded), by priority (1 first) then age.
+    async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>>;
+    /// How many tasks in `scope` are handed to a node and not ended (Running, or Pending on a node).
+    async fn count_active(&self, scope: &ActiveScope) -> Result<u64>;
 
     /// Stores log lines; a line whose sequence number is already stored is skipped, so retries are safe.
     async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()>;
@@ -68,4 +90,11 @@ pub trait Store: Send + Sync + 'static {
 
     async fn put_node(&self, node: &Node) -> Result<()>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
+
+    /// Inserts or replaces a schedule, keyed by id. A different schedule with the same name is a `Duplicate`.
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<()>;
+    async fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>>;
+    async fn list_schedules(&self) -> Result<Vec<Schedule>>;
+    /// Removes a schedule; false if there was none. Its tasks stay.
+    async fn delete_schedule(&self, id: ScheduleId) -> Result<bool>;
 }

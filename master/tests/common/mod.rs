@@ -139,6 +139,7 @@ pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&st
             name: name.into(),
             cmd: cmd.into(),
             settings: None,
+            ..Default::default()
         })
         .await
         .unwrap();
