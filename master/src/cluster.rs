@@ -388,7 +388,10 @@ impl Cluster {
             )
             .await?;
         self.scheduler.changed(task_id);
-        if updated.is_some() {
+        if let Some(task) = updated {
+            if let Some(parent) = task.parent_id {
+                self.scheduler.refresh_parent(parent).await?;
+            }
             return Ok(());
         }
         let current = self.store.get_task(task_id).await?;

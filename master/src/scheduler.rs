@@ -367,8 +367,14 @@ impl Scheduler {
         let mut wake_at: Option<DateTime<Utc>> = None;
         let mut offset = 0;
         loop {
-            if !lock(&self.workers).values().any(Worker::free) {
-                break;
+            {
+                // Every eligible node busy: nothing could be placed, so nothing is read. With no eligible node
+                // at all the pass goes on, to tell each task why it waits.
+                let workers = lock(&self.workers);
+                let eligible = workers.values().any(|w| !w.closing && w.enabled);
+                if eligible && !workers.values().any(Worker::free) {
+                    break;
+                }
             }
             let pending = self.store.dispatchable(DISPATCH_BATCH, offset).await?;
             let batch_full = pending.len() == DISPATCH_BATCH as usize;

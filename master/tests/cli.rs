@@ -130,3 +130,84 @@ async fn the_cli_drives_the_whole_path() {
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_schedules_and_nodes() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    let spider = common::spider_dir(&[("main.sh", "echo hi\n")]);
+    let dir = spider.path().to_str().unwrap();
+    let created = arachne(
+        &master,
+        &["spider", "create", "s", "--cmd", "sh main.sh", "--dir", dir],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+
+    let bad = arachne(
+        &master,
+        &[
+            "schedule",
+            "create",
+            "bad",
+            "--spider",
+            "s",
+            "--cron",
+            "* 25 * * *",
+        ],
+    )
+    .await;
+    assert!(!bad.status.success());
+    let message = String::from_utf8_lossy(&bad.stderr);
+    assert!(message.contains("invalid hour field \"25\""), "{message}");
+
+    let args = [
+        "schedule",
+        "create",
+        "nightly",
+        "--spider",
+        "s",
+        "--cron",
+        "30 2 * * 1-5",
+        "--tz",
+        "Europe/Berlin",
+        "--node",
+        "local",
+        "--overlap",
+        "skip",
+    ];
+    let created = arachne(&master, &args).await;
+    assert!(created.status.success(), "{created:?}");
+    let shown = stdout(&arachne(&master, &["schedule", "show", "nightly"]).await);
+    assert!(shown.contains("mode:     nodes local"), "{shown}");
+    assert_eq!(
+        shown.matches(" UTC\n").count(),
+        5,
+        "five next fire times: {shown}"
+    );
+    let list = stdout(&arachne(&master, &["schedule", "list"]).await);
+    assert!(
+        list.contains("nightly") && list.contains("Europe/Berlin"),
+        "{list}"
+    );
+    let disabled = stdout(&arachne(&master, &["--json", "schedule", "disable", "nightly"]).await);
+    let view: serde_json::Value = serde_json::from_str(&disabled).unwrap();
+    assert_eq!(view["enabled"], false);
+    let run = arachne(&master, &["schedule", "run-now", "nightly"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let deleted = arachne(&master, &["schedule", "delete", "nightly"]).await;
+    assert!(deleted.status.success(), "{deleted:?}");
+    let gone = arachne(&master, &["schedule", "show", "nightly"]).await;
+    assert!(!gone.status.success());
+
+    let disabled = stdout(&arachne(&master, &["node", "disable", "local"]).await);
+    assert!(disabled.contains("disabled"), "{disabled}");
+    let nodes = stdout(&arachne(&master, &["node", "list"]).await);
+    assert!(
+        nodes.contains("ENABLED") && nodes.contains("CPU"),
+        "{nodes}"
+    );
+    let enabled = stdout(&arachne(&master, &["node", "enable", "local"]).await);
+    assert!(enabled.contains("enabled"), "{enabled}");
+}

@@ -46,8 +46,14 @@ impl TestMaster {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_on(config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts a master whose gRPC listener is `grpc`: a restarted master takes its predecessor's address, so
+    /// the workers find it again.
+    pub async fn start_on(config: Config, grpc: SocketAddr) -> Self {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = TcpListener::bind(grpc).await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_master::run(
@@ -189,4 +195,47 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A worker running in the test process (the same library `arachne-worker` runs).
+pub struct TestWorker {
+    pub name: String,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), arachne_worker::Error>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestWorker {
+    pub fn start(master: &str, name: &str, max_runners: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = arachne_worker::Config::new(master, name, dir.path().to_owned());
+        config.max_runners = max_runners;
+        config.runner = quick_runner();
+        config.heartbeat = Duration::from_millis(200);
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(arachne_worker::run(config, shutdown.clone()));
+        Self {
+            name: name.into(),
+            shutdown,
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    /// Shuts the worker down gracefully and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(TIMEOUT, handle)
+            .await
+            .expect("worker stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
