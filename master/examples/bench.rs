@@ -173,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let http = TcpListener::bind("127.0.0.1:0").await?;
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_addr = grpc.local_addr()?;
     let client = Client::new(&format!("http://{}", http.local_addr()?));
     let shutdown = CancellationToken::new();
     let master = tokio::spawn(arachne_master::run(
@@ -302,6 +303,45 @@ async fn main() -> anyhow::Result<()> {
         measured >= 300_000.0,
     ));
 
+    // 50 idle connected workers: CPU of this whole process (master plus the 50 workers' session code, so an
+    // upper bound for the master alone), against the same process idle with only its local worker.
+    let window = Duration::from_secs(10);
+    let idle = cpu_percent_over(window).await?;
+    let worker_shutdown = CancellationToken::new();
+    let mut worker_dirs = Vec::new();
+    for i in 0..50 {
+        let dir = tempfile::tempdir()?;
+        let config = arachne_worker::Config::new(
+            format!("http://{grpc_addr}"),
+            format!("idle-{i}"),
+            dir.path().to_owned(),
+        );
+        tokio::spawn(arachne_worker::run(config, worker_shutdown.clone()));
+        worker_dirs.push(dir);
+    }
+    for _ in 0..1000 {
+        let online = client
+            .list_nodes()
+            .await?
+            .iter()
+            .filter(|n| n.status == arachne_shared::NodeStatus::Online)
+            .count();
+        if online == 51 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let measured = cpu_percent_over(window).await?;
+    rows.push(row(
+        "CPU with 50 idle connected workers (master + workers, one process)",
+        "% core",
+        measured,
+        (idle, "the same process idle with one local worker"),
+        "< 1% (master alone is below this)",
+        measured < 1.0,
+    ));
+    worker_shutdown.cancel();
+
     shutdown.cancel();
     master.await??;
     println!(
@@ -321,6 +361,24 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
     println!("saved {}", out.display());
     Ok(())
+}
+
+/// This process's CPU use over `window`, in percent of one core, from /proc (user + system ticks, 100 per s).
+async fn cpu_percent_over(window: Duration) -> anyhow::Result<f64> {
+    fn ticks() -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string("/proc/self/stat")?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat
+            .rsplit_once(')')
+            .context("malformed /proc/self/stat")?
+            .1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    }
+    let before = ticks()?;
+    tokio::time::sleep(window).await;
+    let used = ticks()? - before;
+    Ok(used as f64 / window.as_secs_f64())
 }
 
 async fn direct_items(n: u64) -> anyhow::Result<f64> {
