@@ -148,6 +148,13 @@ pub async fn serve(
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself; these come from our listener.
+    // Without it, an acknowledgement followed by an assignment waits ~40 ms for a delayed ACK (Nagle).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     let service = ClusterServer::new(Adapter { handler })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -157,7 +164,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
         .map_err(Error::Serve)
 }
