@@ -150,21 +150,11 @@ impl MasterApi {
 
     /// A parent's children, oldest first.
     async fn children(&self, parent: TaskId) -> Result<Vec<Task>> {
-        let mut children = Vec::new();
-        loop {
-            let filter = TaskFilter {
-                parent_id: Some(parent),
-                limit: 1000,
-                offset: children.len() as u32,
-                ..Default::default()
-            };
-            let (page, _) = self.store.list_tasks(&filter).await.map_err(internal)?;
-            let full = page.len() == 1000;
-            children.extend(page);
-            if !full {
-                break;
-            }
-        }
+        let filter = TaskFilter {
+            parent_id: Some(parent),
+            ..Default::default()
+        };
+        let mut children = self.store.all_tasks(&filter).await.map_err(internal)?;
         children.reverse();
         Ok(children)
     }

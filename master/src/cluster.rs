@@ -223,23 +223,18 @@ impl Cluster {
     async fn in_flight(&self, node: &str) -> crate::store::Result<HashSet<TaskId>> {
         let mut ids = HashSet::new();
         for status in [TaskStatus::Pending, TaskStatus::Running] {
-            let mut offset = 0;
-            loop {
-                let filter = TaskFilter {
-                    node: Some(node.to_owned()),
-                    status: Some(status),
-                    limit: 1000,
-                    offset,
-                    ..Default::default()
-                };
-                let (tasks, _) = self.store.list_tasks(&filter).await?;
-                let full = tasks.len() == 1000;
-                offset += tasks.len() as u32;
-                ids.extend(tasks.into_iter().map(|t| t.id));
-                if !full {
-                    break;
-                }
-            }
+            let filter = TaskFilter {
+                node: Some(node.to_owned()),
+                status: Some(status),
+                ..Default::default()
+            };
+            ids.extend(
+                self.store
+                    .all_tasks(&filter)
+                    .await?
+                    .into_iter()
+                    .map(|t| t.id),
+            );
         }
         Ok(ids)
     }

@@ -683,21 +683,11 @@ impl Scheduler {
     /// Derives a parent's status from its children and stores it if it changed.
     pub(crate) async fn refresh_parent(&self, parent: TaskId) -> crate::store::Result<()> {
         let _serial = self.parents.lock().await;
-        let mut children = Vec::new();
-        loop {
-            let filter = TaskFilter {
-                parent_id: Some(parent),
-                limit: 1000,
-                offset: children.len() as u32,
-                ..Default::default()
-            };
-            let (page, _) = self.store.list_tasks(&filter).await?;
-            let full = page.len() == 1000;
-            children.extend(page);
-            if !full {
-                break;
-            }
-        }
+        let filter = TaskFilter {
+            parent_id: Some(parent),
+            ..Default::default()
+        };
+        let children = self.store.all_tasks(&filter).await?;
         if children.is_empty() {
             return Ok(());
         }

@@ -71,6 +71,18 @@ fn db(err: rusqlite::Error) -> Error {
     Error::Database(err.to_string())
 }
 
+/// A write's result, with a uniqueness violation reported as a `Duplicate` of `what`.
+fn unique(result: rusqlite::Result<usize>, what: impl FnOnce() -> String) -> Result<()> {
+    match result {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(Error::Duplicate(what()))
+        }
+        other => other.map(drop).map_err(db),
+    }
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("domain types serialise")
 }
@@ -179,18 +191,13 @@ fn write_task(conn: &Connection, task: &Task) -> Result<()> {
             task.exclusive,
         ],
     );
-    match result {
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(Error::Duplicate(format!(
-                "a task for schedule {} at {}",
-                or_dash(task.schedule_id),
-                or_dash(task.fire_time)
-            )))
-        }
-        other => other.map(drop).map_err(db),
-    }
+    unique(result, || {
+        format!(
+            "a task for schedule {} at {}",
+            or_dash(task.schedule_id),
+            or_dash(task.fire_time)
+        )
+    })
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -258,14 +265,7 @@ impl Store for EmbeddedStore {
                  ON CONFLICT (id) DO UPDATE SET name = ?2, data = ?3",
                 params![spider.id.to_string(), spider.name, to_json(&spider)],
             );
-            match result {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(Error::Duplicate(format!("spider {:?}", spider.name)))
-                }
-                other => other.map(drop).map_err(db),
-            }
+            unique(result, || format!("spider {:?}", spider.name))
         })
         .await
     }
@@ -498,14 +498,7 @@ impl Store for EmbeddedStore {
                  ON CONFLICT (id) DO UPDATE SET name = ?2, data = ?3",
                 params![schedule.id.to_string(), schedule.name, to_json(&schedule)],
             );
-            match result {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(Error::Duplicate(format!("schedule {:?}", schedule.name)))
-                }
-                other => other.map(drop).map_err(db),
-            }
+            unique(result, || format!("schedule {:?}", schedule.name))
         })
         .await
     }

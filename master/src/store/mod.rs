@@ -68,6 +68,24 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
     /// Tasks matching `filter`, newest first, and how many match in all.
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)>;
+    /// Every task matching `filter` (its `limit` and `offset` are ignored), newest first, read in pages.
+    async fn all_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        const PAGE: u32 = 1000;
+        let mut tasks = Vec::new();
+        loop {
+            let page = TaskFilter {
+                limit: PAGE,
+                offset: tasks.len() as u32,
+                ..filter.clone()
+            };
+            let (found, _) = self.list_tasks(&page).await?;
+            let full = found.len() == PAGE as usize;
+            tasks.extend(found);
+            if !full {
+                return Ok(tasks);
+            }
+        }
+    }
     /// Applies `change` atomically if the task's status is in `expected`. Returns the updated task, or `None`
     /// when the task does not exist, its status did not match, or `change` declined.
     async fn update_task(
