@@ -12,7 +12,7 @@ use anyhow::Context;
 use arachne_master::store::Store;
 use arachne_master::store::embedded::EmbeddedStore;
 use arachne_master::{Config, Listeners, LocalWorker};
-use arachne_shared::{ItemRecord, LogLine, LogStream, Task, TaskId, TaskStatus};
+use arachne_shared::{ItemRecord, LogLine, LogStream, RunMode, Task, TaskId, TaskStatus};
 use arachne_web_api::client::Client;
 use arachne_web_api::types::{CreateSpider, RunTask};
 use serde::Serialize;
@@ -116,16 +116,8 @@ async fn spider(
     Ok(())
 }
 
-async fn run_to_end(client: &Client, spider: &str, param: Option<String>) -> anyhow::Result<Task> {
-    let task = client
-        .run_task(&RunTask {
-            spider: spider.into(),
-            param,
-            priority: None,
-            settings: None,
-            ..Default::default()
-        })
-        .await?;
+async fn run_to_end(client: &Client, run: &RunTask) -> anyhow::Result<Task> {
+    let task = client.run_task(run).await?;
     loop {
         let task = client.wait_task(task.id, 60).await?;
         if task.status.is_terminal() {
@@ -159,12 +151,30 @@ for _ in range(n // 1000):
     sys.stdout.write(block)
 "#;
 
+/// The figures `scripts/bench` can measure; a second argument (comma-separated names) picks some of them.
+const SECTIONS: [&str; 5] = ["latency", "throughput", "items", "logs", "idle"];
+
+/// The master under measurement, with its one local worker, and a client on its HTTP API.
+struct Bench {
+    client: Client,
+    grpc_addr: std::net::SocketAddr,
+    rows: Vec<Row>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let out: PathBuf = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let out: PathBuf = args
+        .next()
         .map(PathBuf::from)
         .unwrap_or_else(|| "bench-results/bench.json".into());
+    let only: Vec<String> = match args.next() {
+        Some(list) => list.split(',').map(str::to_owned).collect(),
+        None => SECTIONS.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        anyhow::bail!("unknown figure {unknown:?}; known: {}", SECTIONS.join(", "));
+    }
     let data = tempfile::tempdir()?;
     let mut config = Config::new(data.path().to_owned());
     config.local_worker = Some(LocalWorker {
@@ -181,166 +191,23 @@ async fn main() -> anyhow::Result<()> {
         Listeners { http, grpc },
         shutdown.clone(),
     ));
-    for _ in 0..500 {
-        if client
-            .list_nodes()
-            .await
-            .is_ok_and(|n| n.iter().any(|n| n.running == 0 && n.name == "local"))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let mut rows = Vec::new();
-
-    // Trigger → Running recorded, for a no-op spider, one at a time.
+    wait_nodes_idle(&client, &["local"]).await?;
     spider(&client, "noop", "true", &[("README", "no-op")]).await?;
-    run_to_end(&client, "noop", None).await?; // warm the file cache
-    let mut latencies = Vec::new();
-    for _ in 0..100 {
-        let task = run_to_end(&client, "noop", None).await?;
-        let started = task
-            .started_at()
-            .context("a finished task has a start time")?;
-        latencies.push((started - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-    }
-    latencies.sort_by(f64::total_cmp);
-    let spawn = bare_spawn_ms(100).await?;
-    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
-        let (measured, base) = (percentile(&latencies, p), percentile(&spawn, p));
-        rows.push(row(
-            &format!("trigger -> spider started, {label}, local worker"),
-            "ms",
-            measured,
-            (base, "bare spawn of sh -c true"),
-            "<= bare spawn + 2 ms",
-            measured <= base + 2.0,
-        ));
-    }
-
-    // No-op task throughput, 4 runner slots, against a bare loop with 4 concurrent spawn-and-wait.
-    let tasks = 200;
-    let start = Instant::now();
-    let mut ids: Vec<TaskId> = Vec::new();
-    for _ in 0..tasks {
-        ids.push(
-            client
-                .run_task(&RunTask {
-                    spider: "noop".into(),
-                    param: None,
-                    priority: None,
-                    settings: None,
-                    ..Default::default()
-                })
-                .await?
-                .id,
-        );
-    }
-    for id in &ids {
-        while !client.wait_task(*id, 60).await?.status.is_terminal() {}
-    }
-    let measured = tasks as f64 / start.elapsed().as_secs_f64();
-    let base = bare_loop_per_sec(tasks, 4).await?;
-    rows.push(row(
-        "no-op task throughput, one worker, 4 slots",
-        "tasks/s",
-        measured,
-        (base, "bare spawn-and-wait loop, 4 concurrent"),
-        ">= 50% of baseline",
-        measured >= base * 0.5,
-    ));
-
-    // Items and log lines through the whole path, against direct inserts into the same kind of store.
-    let n_items = 200_000;
-    spider(
-        &client,
-        "items",
-        "python3 main.py",
-        &[("main.py", ITEMS_SPIDER)],
-    )
-    .await?;
-    let start = Instant::now();
-    let task = run_to_end(&client, "items", Some(n_items.to_string())).await?;
-    let measured = task.items as f64 / start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        task.items == n_items,
-        "items lost: {} of {n_items}",
-        task.items
-    );
-    let direct = direct_items(n_items).await?;
-    rows.push(row(
-        "items/s, INSERT_DATA batches of ~200-byte items, embedded store",
-        "items/s",
-        measured,
-        (direct, "direct insert into the embedded store"),
-        ">= 200000/s and >= 50% of baseline",
-        measured >= 200_000.0 && measured >= direct * 0.5,
-    ));
-
-    let n_lines = 300_000;
-    spider(
-        &client,
-        "logs",
-        "python3 main.py",
-        &[("main.py", LOGS_SPIDER)],
-    )
-    .await?;
-    let start = Instant::now();
-    let task = run_to_end(&client, "logs", Some(n_lines.to_string())).await?;
-    let measured = task.log_lines as f64 / start.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        task.log_lines == n_lines,
-        "log lines lost: {} of {n_lines}",
-        task.log_lines
-    );
-    let direct = direct_logs(n_lines).await?;
-    rows.push(row(
-        "log lines/s, 80-byte lines, embedded store",
-        "lines/s",
-        measured,
-        (direct, "direct append into the embedded store"),
-        ">= 300000/s persisted, none lost",
-        measured >= 300_000.0,
-    ));
-
-    // 50 idle connected workers: CPU of this whole process (master plus the 50 workers' session code, so an
-    // upper bound for the master alone), against the same process idle with only its local worker.
-    let window = Duration::from_secs(10);
-    let idle = cpu_percent_over(window).await?;
-    let worker_shutdown = CancellationToken::new();
-    let mut worker_dirs = Vec::new();
-    for i in 0..50 {
-        let dir = tempfile::tempdir()?;
-        let config = arachne_worker::Config::new(
-            format!("http://{grpc_addr}"),
-            format!("idle-{i}"),
-            dir.path().to_owned(),
-        );
-        tokio::spawn(arachne_worker::run(config, worker_shutdown.clone()));
-        worker_dirs.push(dir);
-    }
-    for _ in 0..1000 {
-        let online = client
-            .list_nodes()
-            .await?
-            .iter()
-            .filter(|n| n.status == arachne_shared::NodeStatus::Online)
-            .count();
-        if online == 51 {
-            break;
+    run_to_end(&client, &noop_run(None)).await?; // warm the file cache
+    let mut bench = Bench {
+        client,
+        grpc_addr,
+        rows: Vec::new(),
+    };
+    for section in &only {
+        match section.as_str() {
+            "latency" => bench.latency().await?,
+            "throughput" => bench.throughput().await?,
+            "items" => bench.items().await?,
+            "logs" => bench.logs().await?,
+            _ => bench.idle_workers().await?,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let measured = cpu_percent_over(window).await?;
-    rows.push(row(
-        "CPU with 50 idle connected workers (master + workers, one process)",
-        "% core",
-        measured,
-        (idle, "the same process idle with one local worker"),
-        "< 1% (master alone is below this)",
-        measured < 1.0,
-    ));
-    worker_shutdown.cancel();
 
     shutdown.cancel();
     master.await??;
@@ -348,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
         "{:<66} {:>12} {:>12} {:>7}  {:<8} target",
         "figure", "measured", "baseline", "ratio", "unit"
     );
-    for r in &rows {
+    for r in &bench.rows {
         let verdict = if r.met { "met" } else { "NOT MET" };
         println!(
             "{:<66} {:>12.2} {:>12.2} {:>7.2}  {:<8} {} ({verdict}; baseline: {})",
@@ -358,9 +225,233 @@ async fn main() -> anyhow::Result<()> {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&out, serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(&out, serde_json::to_string_pretty(&bench.rows)?)?;
     println!("saved {}", out.display());
     Ok(())
+}
+
+fn noop_run(node: Option<&str>) -> RunTask {
+    RunTask {
+        spider: "noop".into(),
+        mode: node.map(|_| RunMode::Nodes),
+        nodes: node.into_iter().map(str::to_owned).collect(),
+        ..Default::default()
+    }
+}
+
+/// Waits until each named node is online with nothing running.
+async fn wait_nodes_idle(client: &Client, names: &[&str]) -> anyhow::Result<()> {
+    for _ in 0..1000 {
+        let nodes = client.list_nodes().await.unwrap_or_default();
+        let idle = |name: &&str| {
+            nodes.iter().any(|n| {
+                n.name == *name && n.running == 0 && n.status == arachne_shared::NodeStatus::Online
+            })
+        };
+        if names.iter().all(idle) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("nodes {names:?} did not come online")
+}
+
+impl Bench {
+    /// Trigger → Running recorded, for a no-op spider, one at a time: on the master's local worker, and on a
+    /// worker binary in its own process, connected over TCP.
+    async fn latency(&mut self) -> anyhow::Result<()> {
+        let spawn = bare_spawn_ms(100).await?;
+        let local = self.trigger_to_started(None).await?;
+        let worker_dir = tempfile::tempdir()?;
+        let worker_bin = std::env::var_os("ARACHNE_WORKER_BIN")
+            .map(PathBuf::from)
+            .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")?;
+        let mut worker = tokio::process::Command::new(worker_bin)
+            .args(["--master", &format!("http://{}", self.grpc_addr)])
+            .args(["--name", "remote", "--max-runners", "4"])
+            .arg("--work-dir")
+            .arg(worker_dir.path())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the worker binary")?;
+        wait_nodes_idle(&self.client, &["remote"]).await?;
+        run_to_end(&self.client, &noop_run(Some("remote"))).await?; // warm its file cache
+        let remote = self.trigger_to_started(Some("remote")).await?;
+        worker.kill().await?;
+        for (where_, samples) in [
+            ("local worker", &local),
+            ("separate worker process", &remote),
+        ] {
+            for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+                let (measured, base) = (percentile(samples, p), percentile(&spawn, p));
+                self.rows.push(row(
+                    &format!("trigger -> spider started, {label}, {where_}"),
+                    "ms",
+                    measured,
+                    (base, "bare spawn of sh -c true"),
+                    "<= bare spawn + 2 ms",
+                    measured <= base + 2.0,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn trigger_to_started(&self, node: Option<&str>) -> anyhow::Result<Vec<f64>> {
+        let mut latencies = Vec::new();
+        for _ in 0..100 {
+            let task = run_to_end(&self.client, &noop_run(node)).await?;
+            let started = task
+                .started_at()
+                .context("a finished task has a start time")?;
+            latencies
+                .push((started - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        latencies.sort_by(f64::total_cmp);
+        Ok(latencies)
+    }
+
+    /// No-op task throughput with 4 runner slots, against a bare loop of 4 concurrent spawn-and-wait: tasks are
+    /// submitted by 4 concurrent clients, as the baseline spawns from 4 concurrent loops.
+    async fn throughput(&mut self) -> anyhow::Result<()> {
+        const TASKS: usize = 400;
+        const CONCURRENCY: usize = 4;
+        let start = Instant::now();
+        let mut submitters = tokio::task::JoinSet::new();
+        for _ in 0..CONCURRENCY {
+            let client = self.client.clone();
+            submitters.spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..TASKS / CONCURRENCY {
+                    ids.push(client.run_task(&noop_run(None)).await?.id);
+                }
+                anyhow::Ok(ids)
+            });
+        }
+        let mut ids: Vec<TaskId> = Vec::new();
+        while let Some(submitted) = submitters.join_next().await {
+            ids.extend(submitted??);
+        }
+        for id in &ids {
+            while !self.client.wait_task(*id, 60).await?.status.is_terminal() {}
+        }
+        let measured = ids.len() as f64 / start.elapsed().as_secs_f64();
+        let base = bare_loop_per_sec(TASKS, CONCURRENCY).await?;
+        self.rows.push(row(
+            "no-op task throughput, one worker, 4 slots, 4 submitters",
+            "tasks/s",
+            measured,
+            (base, "bare spawn-and-wait loop, 4 concurrent"),
+            ">= 50% of baseline",
+            measured >= base * 0.5,
+        ));
+        Ok(())
+    }
+
+    /// Items through the whole path, against direct inserts into the same kind of store.
+    async fn items(&mut self) -> anyhow::Result<()> {
+        let n_items = 200_000;
+        spider(
+            &self.client,
+            "items",
+            "python3 main.py",
+            &[("main.py", ITEMS_SPIDER)],
+        )
+        .await?;
+        let start = Instant::now();
+        let run = RunTask {
+            spider: "items".into(),
+            param: Some(n_items.to_string()),
+            ..Default::default()
+        };
+        let task = run_to_end(&self.client, &run).await?;
+        let measured = task.items as f64 / start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            task.items == n_items,
+            "items lost: {} of {n_items}",
+            task.items
+        );
+        let direct = direct_items(n_items).await?;
+        self.rows.push(row(
+            "items/s, INSERT_DATA batches of ~200-byte items, embedded store",
+            "items/s",
+            measured,
+            (direct, "direct insert into the embedded store"),
+            ">= 200000/s and >= 50% of baseline",
+            measured >= 200_000.0 && measured >= direct * 0.5,
+        ));
+        Ok(())
+    }
+
+    /// Log lines through the whole path, against direct appends into the same kind of store.
+    async fn logs(&mut self) -> anyhow::Result<()> {
+        let n_lines = 300_000;
+        spider(
+            &self.client,
+            "logs",
+            "python3 main.py",
+            &[("main.py", LOGS_SPIDER)],
+        )
+        .await?;
+        let start = Instant::now();
+        let run = RunTask {
+            spider: "logs".into(),
+            param: Some(n_lines.to_string()),
+            ..Default::default()
+        };
+        let task = run_to_end(&self.client, &run).await?;
+        let measured = task.log_lines as f64 / start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            task.log_lines == n_lines,
+            "log lines lost: {} of {n_lines}",
+            task.log_lines
+        );
+        let direct = direct_logs(n_lines).await?;
+        self.rows.push(row(
+            "log lines/s, 80-byte lines, embedded store",
+            "lines/s",
+            measured,
+            (direct, "direct append into the embedded store"),
+            ">= 300000/s persisted, none lost",
+            measured >= 300_000.0,
+        ));
+        Ok(())
+    }
+
+    /// 50 idle connected workers: CPU of this whole process (master plus the 50 workers' session code, so an
+    /// upper bound for the master alone), against the same process idle with only its local worker.
+    async fn idle_workers(&mut self) -> anyhow::Result<()> {
+        let window = Duration::from_secs(10);
+        let idle = cpu_percent_over(window).await?;
+        let worker_shutdown = CancellationToken::new();
+        let mut worker_dirs = Vec::new();
+        let mut names = Vec::new();
+        for i in 0..50 {
+            let dir = tempfile::tempdir()?;
+            let config = arachne_worker::Config::new(
+                format!("http://{}", self.grpc_addr),
+                format!("idle-{i}"),
+                dir.path().to_owned(),
+            );
+            names.push(config.name.clone());
+            tokio::spawn(arachne_worker::run(config, worker_shutdown.clone()));
+            worker_dirs.push(dir);
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        wait_nodes_idle(&self.client, &names).await?;
+        let measured = cpu_percent_over(window).await?;
+        self.rows.push(row(
+            "CPU with 50 idle connected workers (master + workers, one process)",
+            "% core",
+            measured,
+            (idle, "the same process idle with one local worker"),
+            "< 1% (master alone is below this)",
+            measured < 1.0,
+        ));
+        worker_shutdown.cancel();
+        Ok(())
+    }
 }
 
 /// This process's CPU use over `window`, in percent of one core, from /proc (user + system ticks, 100 per s).

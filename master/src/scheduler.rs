@@ -26,8 +26,10 @@ use tracing::{error, info, warn};
 
 use crate::store::{ActiveScope, Store, TaskFilter};
 
-/// How many pending tasks one dispatch pass reads at a time.
+/// The most pending tasks one dispatch pass reads at a time.
 const DISPATCH_BATCH: u32 = 256;
+/// The fewest: a page is sized by the free slots, so a freed slot reads a few rows, not the whole queue.
+const DISPATCH_MIN_PAGE: u32 = 8;
 /// Capacity of the change-notice channel; a receiver that lags just re-reads the store.
 const CHANGES_CAPACITY: usize = 1024;
 
@@ -366,18 +368,16 @@ impl Scheduler {
         let mut spiders: HashMap<String, Option<Spider>> = HashMap::new();
         let mut wake_at: Option<DateTime<Utc>> = None;
         let mut offset = 0;
-        loop {
-            {
-                // Every eligible node busy: nothing could be placed, so nothing is read. With no eligible node
-                // at all the pass goes on, to tell each task why it waits.
-                let workers = lock(&self.workers);
-                let eligible = workers.values().any(|w| !w.closing && w.enabled);
-                if eligible && !workers.values().any(Worker::free) {
-                    break;
-                }
-            }
-            let pending = self.store.dispatchable(DISPATCH_BATCH, offset).await?;
-            let batch_full = pending.len() == DISPATCH_BATCH as usize;
+        'pages: loop {
+            // Every eligible node busy: nothing could be placed, so nothing is read. With no eligible node
+            // at all the pass goes on, to tell each task why it waits.
+            let limit = match self.free_slots() {
+                Some(0) => break,
+                Some(free) => (free * 2).clamp(DISPATCH_MIN_PAGE, DISPATCH_BATCH),
+                None => DISPATCH_BATCH,
+            };
+            let pending = self.store.dispatchable(limit, offset).await?;
+            let page_full = pending.len() == limit as usize;
             for task in pending {
                 match self.place(&task, now, &mut spiders).await? {
                     Placement::Assigned => {}
@@ -393,13 +393,29 @@ impl Scheduler {
                         }
                     }
                 }
+                if self.free_slots() == Some(0) {
+                    break 'pages;
+                }
             }
-            if !batch_full {
+            if !page_full {
                 break;
             }
         }
         *lock(&self.wake_at) = wake_at;
         Ok(())
+    }
+
+    /// Free runner slots over all eligible nodes; `None` when no node is online and enabled.
+    fn free_slots(&self) -> Option<u32> {
+        let workers = lock(&self.workers);
+        let eligible = workers.values().any(|w| !w.closing && w.enabled);
+        eligible.then(|| {
+            workers
+                .values()
+                .filter(|w| w.free())
+                .map(|w| w.max_runners - w.assigned.len() as u32)
+                .sum()
+        })
     }
 
     async fn set_pending_reason(

@@ -394,6 +394,20 @@ async fn task_trees_fire_times_and_active_counts() {
             store.get_task(other.id).await.unwrap().is_none(),
             "{name}: all or nothing"
         );
+        // A task id is stored once: inserting it again is refused, and the stored task is unchanged.
+        let stored = &kids[0];
+        let mut twin = stored.clone();
+        twin.priority = 9;
+        let err = store.insert_tasks(&[twin]).await.unwrap_err();
+        assert!(
+            matches!(&err, arachne_master::store::Error::Duplicate(what) if what.contains(&stored.id.to_string())),
+            "{name}: {err}"
+        );
+        assert_eq!(
+            store.get_task(stored.id).await.unwrap().unwrap().priority,
+            stored.priority,
+            "{name}"
+        );
 
         // Parents are never dispatched themselves; their children are.
         let ids: Vec<_> = store
