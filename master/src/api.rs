@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arachne_shared::files::VersionInfo;
 use arachne_shared::schedule::{CronExpr, Schedule, ScheduleId};
 use arachne_shared::spider::RunSettings;
 use arachne_shared::{
@@ -9,11 +10,13 @@ use arachne_shared::{
     TaskStatus,
 };
 use arachne_web_api::types::{
-    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode,
+    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode, Upload,
+    VersionFiles,
 };
 use arachne_web_api::{Backend, Error, Result};
 use chrono::Utc;
 use tokio::sync::broadcast;
+use tracing::info;
 
 use crate::files::{self, SpiderFiles};
 use crate::scheduler::Scheduler;
@@ -43,6 +46,20 @@ pub(crate) struct RunSpec {
     pub(crate) fire_time: Option<chrono::DateTime<Utc>>,
     /// Tasks with this key never run at once.
     pub(crate) exclusive: Option<String>,
+    /// A stored version to run instead of the spider's current one.
+    pub(crate) version: Option<String>,
+}
+
+fn files_error(spider: &str, err: files::Error) -> Error {
+    match err {
+        files::Error::BadArchive(_) => Error::BadRequest(err.to_string()),
+        files::Error::TooLarge(_) => Error::PayloadTooLarge(err.to_string()),
+        files::Error::NotFound(version) => {
+            Error::NotFound(format!("spider {spider:?} has no version {version:?}"))
+        }
+        files::Error::NoSuchFile { .. } => Error::NotFound(err.to_string()),
+        other => Error::Internal(other.to_string()),
+    }
 }
 
 fn internal(err: store::Error) -> Error {
@@ -74,6 +91,31 @@ impl MasterApi {
             .await
             .map_err(internal)?
             .ok_or_else(|| Error::NotFound(format!("spider {name:?} not found")))
+    }
+
+    /// The spider and the version a file request means: the named one, or the current one.
+    async fn version_of(&self, name: &str, version: Option<String>) -> Result<(Spider, String)> {
+        let spider = self.spider(name).await?;
+        let version = match version {
+            Some(v) => v,
+            None if spider.version.is_empty() => {
+                return Err(Error::NotFound(format!("spider {name:?} has no files yet")));
+            }
+            None => spider.version.clone(),
+        };
+        Ok((spider, version))
+    }
+
+    async fn make_current(&self, spider: Spider, version: VersionInfo) -> Result<Spider> {
+        let spider = Spider {
+            version: version.hash,
+            file_count: version.file_count,
+            total_bytes: version.total_bytes,
+            updated_at: Utc::now(),
+            ..spider
+        };
+        self.store.put_spider(&spider).await.map_err(internal)?;
+        Ok(spider)
     }
 
     async fn task(&self, id: TaskId) -> Result<Task> {
@@ -172,7 +214,14 @@ impl MasterApi {
         run.settings
             .validate()
             .map_err(|e| Error::BadRequest(format!("settings.{e}")))?;
-        let spider = self.spider(&run.spider).await?;
+        let mut spider = self.spider(&run.spider).await?;
+        if let Some(version) = run.version {
+            self.files
+                .manifest(spider.id, &version)
+                .await
+                .map_err(|err| files_error(&spider.name, err))?;
+            spider.version = version;
+        }
         let nodes = self.placement(run.mode, &run.nodes).await?;
         let now = Utc::now();
         let mut task = Task::pending(&spider, now);
@@ -384,26 +433,67 @@ impl Backend for MasterApi {
         Ok(spider)
     }
 
-    async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider> {
+    async fn upload_files(&self, name: &str, upload: Upload) -> Result<Spider> {
         let spider = self.spider(name).await?;
-        let version =
-            self.files
-                .store_archive(spider.id, archive)
-                .await
-                .map_err(|err| match err {
-                    files::Error::BadArchive(_) => Error::BadRequest(err.to_string()),
-                    files::Error::TooLarge(_) => Error::PayloadTooLarge(err.to_string()),
-                    other => Error::Internal(other.to_string()),
-                })?;
-        let spider = Spider {
-            version: version.hash,
-            file_count: version.file_count,
-            total_bytes: version.total_bytes,
-            updated_at: Utc::now(),
-            ..spider
+        let version = self
+            .files
+            .store_upload(spider.id, upload)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        info!(spider = %name, version = %version.hash, files = version.file_count, bytes = version.total_bytes,
+            "spider files uploaded");
+        self.make_current(spider, version).await
+    }
+
+    async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        let spider = self.spider(name).await?;
+        let mut versions = self
+            .files
+            .versions(spider.id)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        for v in &mut versions {
+            v.current = v.hash == spider.version;
+        }
+        Ok(versions)
+    }
+
+    async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
+        let spider = self.spider(name).await?;
+        let manifest = self
+            .files
+            .manifest(spider.id, version)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        let info = VersionInfo {
+            hash: version.to_owned(),
+            file_count: manifest.files.len() as u64,
+            total_bytes: manifest.total_bytes(),
+            created_at: Utc::now(),
+            current: true,
         };
-        self.store.put_spider(&spider).await.map_err(internal)?;
-        Ok(spider)
+        self.make_current(spider, info).await
+    }
+
+    async fn list_files(&self, name: &str, version: Option<String>) -> Result<VersionFiles> {
+        let (spider, version) = self.version_of(name, version).await?;
+        let manifest = self
+            .files
+            .manifest(spider.id, &version)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        Ok(VersionFiles {
+            version,
+            files: manifest.files,
+        })
+    }
+
+    async fn read_file(&self, name: &str, path: &str, version: Option<String>) -> Result<Vec<u8>> {
+        let (spider, version) = self.version_of(name, version).await?;
+        self.files
+            .read_file(spider.id, &version, path)
+            .await
+            .map_err(|err| files_error(name, err))
     }
 
     async fn list_spiders(&self) -> Result<Vec<Spider>> {
@@ -422,6 +512,7 @@ impl Backend for MasterApi {
             settings: run.settings.unwrap_or_default(),
             mode: run.mode.unwrap_or_default(),
             nodes: run.nodes,
+            version: run.version,
             ..RunSpec::default()
         })
         .await

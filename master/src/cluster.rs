@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arachne_proto::server::{FileStream, Handler, Inbound, Outbound, Rejection};
+use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
 use arachne_shared::{Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
 use chrono::Utc;
@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use crate::files::{self, SpiderFiles};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, TaskFilter};
+use arachne_shared::files::Manifest;
 
 /// How long a new session may take to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,20 +104,33 @@ impl Handler for Cluster {
         info!(node = %name, ?end, "worker disconnected");
     }
 
-    async fn fetch_files(
+    async fn manifest(&self, spider_id: SpiderId, version: String) -> Result<Manifest, Rejection> {
+        self.files
+            .manifest(spider_id, &version)
+            .await
+            .map_err(|err| files_rejection(spider_id, &version, err))
+    }
+
+    async fn fetch_blobs(
         &self,
         spider_id: SpiderId,
         version: String,
-    ) -> Result<FileStream, Rejection> {
+        sha256: Vec<String>,
+    ) -> Result<BlobStream, Rejection> {
         self.files
-            .stream(spider_id, &version)
+            .stream_blobs(spider_id, &version, sha256)
             .await
-            .map_err(|err| match err {
-                files::Error::NotFound(_) => {
-                    Rejection::NotFound(format!("spider {spider_id} has no version {version:?}"))
-                }
-                other => Rejection::Internal(other.to_string()),
-            })
+            .map_err(|err| files_rejection(spider_id, &version, err))
+    }
+}
+
+fn files_rejection(spider_id: SpiderId, version: &str, err: files::Error) -> Rejection {
+    match err {
+        files::Error::NotFound(_) => {
+            Rejection::NotFound(format!("spider {spider_id} has no version {version:?}"))
+        }
+        files::Error::NoSuchFile { .. } => Rejection::NotFound(err.to_string()),
+        other => Rejection::Internal(other.to_string()),
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) fn run_spec(schedule: &Schedule, fire_time: Option<DateTime<Utc>>) ->
         fire_time,
         exclusive: (schedule.overlap == OverlapPolicy::Queue)
             .then(|| format!("schedule:{}", schedule.id)),
+        // A schedule runs whatever version is current when it fires.
+        version: None,
     }
 }
 

@@ -1,19 +1,26 @@
-//! Spider files on the master: each upload becomes an immutable version folder named by the sha256 of its
-//! manifest (path, size, mode and sha256 of every file), and versions are streamed to workers in chunks.
+//! Spider files on the master. Every file content is stored once, named by its sha256, in `blobs/`, whichever
+//! spider or version holds it; a version is a manifest (path, size, mode and sha256 of every file) in
+//! `versions/{spider}/{hash}.json`, named by the sha256 of the manifest. Workers fetch manifests and then only
+//! the contents they lack.
 //!
-//! Uploads are checked before anything is kept: no path may leave the spider folder, no link or special file
-//! is accepted, and size and file-count limits hold even when the archive lies about its sizes. A rejected
-//! upload leaves nothing behind.
+//! Uploads (`.tar.gz`, `.zip`, or single files) are checked before anything is kept: no path may leave the
+//! spider folder, no link or special file is accepted, no path appears twice, and size and file-count limits
+//! hold even when an archive lies about its sizes. A rejected upload leaves nothing behind.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use arachne_proto::server::{FileStream, Rejection};
+use arachne_proto::server::{BlobStream, Rejection};
 use arachne_shared::SpiderId;
-use arachne_shared::cluster::FileChunk;
+use arachne_shared::cluster::BlobChunk;
+use arachne_shared::files::{FileEntry, Manifest, VersionInfo, hex, is_sha256};
 use arachne_shared::spider::validate_relative_path;
+use arachne_web_api::archive::IgnoreRules;
+use arachne_web_api::types::Upload;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -23,18 +30,22 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// Errors of storing and reading spider files.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("bad archive: {0}")]
+    #[error("bad upload: {0}")]
     BadArchive(String),
-    #[error("archive too large: {0}")]
+    #[error("upload too large: {0}")]
     TooLarge(String),
     #[error("version {0} not found")]
     NotFound(String),
+    #[error("no file {path:?} in version {version}")]
+    NoSuchFile { version: String, path: String },
     #[error("spider file storage failed at {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("stored version {0} is unreadable: {1}")]
+    Corrupt(String, String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -61,15 +72,14 @@ impl Default for UploadLimits {
     }
 }
 
-/// What an upload produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
-    pub hash: String,
-    pub file_count: u64,
-    pub total_bytes: u64,
+/// A version as kept on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredVersion {
+    created_at: DateTime<Utc>,
+    manifest: Manifest,
 }
 
-/// The folder of spider versions.
+/// The spider file store: blobs by content and version manifests.
 #[derive(Debug, Clone)]
 pub struct SpiderFiles {
     root: PathBuf,
@@ -81,25 +91,33 @@ impl SpiderFiles {
         Self { root, limits }
     }
 
-    fn version_dir(&self, spider: SpiderId, version: &str) -> PathBuf {
-        self.root.join(spider.to_string()).join(version)
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(&sha256[..2]).join(sha256)
     }
 
-    /// Unpacks a `.tar.gz` archive into a new version of `spider`.
-    pub async fn store_archive(
+    fn version_path(&self, spider: SpiderId, version: &str) -> PathBuf {
+        self.root
+            .join("versions")
+            .join(spider.to_string())
+            .join(format!("{version}.json"))
+    }
+
+    /// Checks an upload and stores it as a version of `spider` (the same content gives the same version).
+    pub async fn store_upload(
         &self,
         spider: SpiderId,
-        archive: Vec<u8>,
-    ) -> Result<Version, Error> {
+        upload: Upload,
+    ) -> Result<VersionInfo, Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let staging = this
                 .root
                 .join(".staging")
                 .join(uuid::Uuid::now_v7().to_string());
+            std::fs::create_dir_all(&staging).map_err(io(&staging))?;
             let result = this
-                .unpack(&archive, &staging)
-                .and_then(|manifest| this.commit(spider, &staging, manifest));
+                .unpack(upload, &staging)
+                .and_then(|staged| this.commit(spider, staged));
             let _ = std::fs::remove_dir_all(&staging);
             result
         })
@@ -107,185 +125,377 @@ impl SpiderFiles {
         .expect("unpacking does not panic")
     }
 
-    fn unpack(
-        &self,
-        archive: &[u8],
-        staging: &Path,
-    ) -> Result<BTreeMap<String, (u64, u32, String)>, Error> {
-        std::fs::create_dir_all(staging).map_err(io(staging))?;
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-        let mut manifest = BTreeMap::new();
-        let mut total = 0u64;
-        let bad =
-            |e: std::io::Error| Error::BadArchive(format!("not a valid .tar.gz archive ({e})"));
-        for entry in tar.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let raw_path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-            let path = raw_path
-                .trim_start_matches("./")
-                .trim_end_matches('/')
-                .to_owned();
-            let kind = entry.header().entry_type();
-            if kind.is_dir() || path.is_empty() {
-                continue;
+    fn unpack(&self, upload: Upload, staging: &Path) -> Result<Vec<Staged>, Error> {
+        let mut sink = Sink {
+            staging,
+            limits: &self.limits,
+            files: Vec::new(),
+            paths: HashSet::new(),
+            total: 0,
+        };
+        match upload {
+            Upload::Archive(bytes) if bytes.starts_with(&[0x1f, 0x8b]) => {
+                read_tar(&bytes, &mut sink)?
             }
-            validate_relative_path(&path).map_err(Error::BadArchive)?;
-            if kind.is_symlink() || kind.is_hard_link() {
-                return Err(Error::BadArchive(format!(
-                    "{path} is a link; links are not allowed in spiders"
-                )));
+            Upload::Archive(bytes) if bytes.starts_with(b"PK") => read_zip(&bytes, &mut sink)?,
+            Upload::Archive(bytes) if bytes.is_empty() => {
+                return Err(Error::BadArchive("the upload is empty".into()));
             }
-            if !kind.is_file() {
-                return Err(Error::BadArchive(format!("{path} is not a regular file")));
+            Upload::Archive(_) => {
+                return Err(Error::BadArchive(
+                    "not a .tar.gz or .zip archive (send a spider folder as one of those, or as files)".into(),
+                ));
             }
-            if manifest.contains_key(&path) {
-                return Err(Error::BadArchive(format!(
-                    "{path} appears twice in the archive"
-                )));
-            }
-            if manifest.len() >= self.limits.max_files {
-                return Err(Error::TooLarge(format!(
-                    "more than {} files",
-                    self.limits.max_files
-                )));
-            }
-            let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-            let target = staging.join(&path);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            let mut file = std::fs::File::create(&target).map_err(io(&target))?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            let mut buffer = vec![0u8; 64 * 1024];
-            // Counted while reading, not taken from the header, so a lying header cannot smuggle a bomb in.
-            loop {
-                let n = entry.read(&mut buffer).map_err(bad)?;
-                if n == 0 {
-                    break;
+            Upload::Files(files) => {
+                for file in files {
+                    let mode = file.mode.unwrap_or(0o644);
+                    sink.add(&file.path, mode, &mut &file.data[..])?;
                 }
-                size += n as u64;
-                total += n as u64;
-                if total > self.limits.max_unpacked_bytes {
-                    return Err(Error::TooLarge(format!(
-                        "more than {} bytes once unpacked",
-                        self.limits.max_unpacked_bytes
-                    )));
-                }
-                hasher.update(&buffer[..n]);
-                file.write_all(&buffer[..n]).map_err(io(&target))?;
             }
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o400))
-                .map_err(io(&target))?;
-            manifest.insert(path, (size, mode | 0o400, hex::encode(hasher.finalize())));
         }
-        if manifest.is_empty() {
-            return Err(Error::BadArchive("the archive holds no files".into()));
-        }
-        Ok(manifest)
+        sink.finish()
     }
 
-    fn commit(
-        &self,
-        spider: SpiderId,
-        staging: &Path,
-        manifest: BTreeMap<String, (u64, u32, String)>,
-    ) -> Result<Version, Error> {
-        let mut hasher = Sha256::new();
-        let mut total_bytes = 0;
-        for (path, (size, mode, sha)) in &manifest {
-            hasher.update(format!("{path}\t{size}\t{mode:o}\t{sha}\n"));
-            total_bytes += size;
+    fn commit(&self, spider: SpiderId, staged: Vec<Staged>) -> Result<VersionInfo, Error> {
+        let mut entries = Vec::with_capacity(staged.len());
+        for file in staged {
+            let blob = self.blob_path(&file.entry.sha256);
+            if blob.exists() {
+                let _ = std::fs::remove_file(&file.temp);
+            } else {
+                let parent = blob.parent().expect("a blob has a parent");
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+                std::fs::set_permissions(&file.temp, std::fs::Permissions::from_mode(0o444))
+                    .map_err(io(&file.temp))?;
+                std::fs::rename(&file.temp, &blob).map_err(io(&blob))?;
+            }
+            entries.push(file.entry);
         }
-        let hash = hex::encode(hasher.finalize());
-        let dir = self.version_dir(spider, &hash);
-        if !dir.exists() {
-            let parent = dir.parent().expect("version dir has a parent");
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-            std::fs::rename(staging, &dir).map_err(io(&dir))?;
-        }
-        Ok(Version {
+        let manifest = Manifest::new(entries);
+        let hash = manifest.hash();
+        let path = self.version_path(spider, &hash);
+        let created_at = match self.read_version(spider, &hash) {
+            Ok(existing) => existing.created_at,
+            Err(_) => {
+                let stored = StoredVersion {
+                    created_at: Utc::now(),
+                    manifest: manifest.clone(),
+                };
+                write_atomically(&path, &serde_json::to_vec(&stored).expect("serialises"))?;
+                stored.created_at
+            }
+        };
+        Ok(VersionInfo {
             hash,
-            file_count: manifest.len() as u64,
-            total_bytes,
+            file_count: manifest.files.len() as u64,
+            total_bytes: manifest.total_bytes(),
+            created_at,
+            current: false,
         })
     }
 
-    /// Streams every file of a version, in path order.
-    pub async fn stream(&self, spider: SpiderId, version: &str) -> Result<FileStream, Error> {
-        validate_relative_path(version).map_err(|_| Error::NotFound(version.to_owned()))?;
-        let dir = self.version_dir(spider, version);
-        if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+    fn read_version(&self, spider: SpiderId, version: &str) -> Result<StoredVersion, Error> {
+        if !is_sha256(version) {
             return Err(Error::NotFound(version.to_owned()));
         }
+        let path = self.version_path(spider, version);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(version.to_owned()));
+            }
+            Err(err) => return Err(io(&path)(err)),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(version.to_owned(), e.to_string()))
+    }
+
+    /// The manifest of one version.
+    pub async fn manifest(&self, spider: SpiderId, version: &str) -> Result<Manifest, Error> {
+        let this = self.clone();
+        let version = version.to_owned();
+        tokio::task::spawn_blocking(move || Ok(this.read_version(spider, &version)?.manifest))
+            .await
+            .expect("reading does not panic")
+    }
+
+    /// Every version of `spider`, newest first.
+    pub async fn versions(&self, spider: SpiderId) -> Result<Vec<VersionInfo>, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = this.root.join("versions").join(spider.to_string());
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(err) => return Err(io(&dir)(err)),
+            };
+            let mut versions = Vec::new();
+            for entry in entries {
+                let name = entry.map_err(io(&dir))?.file_name();
+                let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                    continue;
+                };
+                let stored = this.read_version(spider, hash)?;
+                versions.push(VersionInfo {
+                    hash: hash.to_owned(),
+                    file_count: stored.manifest.files.len() as u64,
+                    total_bytes: stored.manifest.total_bytes(),
+                    created_at: stored.created_at,
+                    current: false,
+                });
+            }
+            versions.sort_by_key(|v| std::cmp::Reverse(v.created_at));
+            Ok(versions)
+        })
+        .await
+        .expect("listing does not panic")
+    }
+
+    /// The content of one file of a version.
+    pub async fn read_file(
+        &self,
+        spider: SpiderId,
+        version: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let manifest = self.manifest(spider, version).await?;
+        let entry = manifest.get(path).ok_or_else(|| Error::NoSuchFile {
+            version: version.to_owned(),
+            path: path.to_owned(),
+        })?;
+        let blob = self.blob_path(&entry.sha256);
+        tokio::fs::read(&blob).await.map_err(io(&blob))
+    }
+
+    /// Streams the named contents, each of which must belong to the version.
+    pub async fn stream_blobs(
+        &self,
+        spider: SpiderId,
+        version: &str,
+        wanted: Vec<String>,
+    ) -> Result<BlobStream, Error> {
+        let manifest = self.manifest(spider, version).await?;
+        let known: HashSet<&str> = manifest.files.iter().map(|f| f.sha256.as_str()).collect();
+        if let Some(stranger) = wanted.iter().find(|w| !known.contains(w.as_str())) {
+            return Err(Error::NoSuchFile {
+                version: version.to_owned(),
+                path: format!("content {stranger}"),
+            });
+        }
+        let paths: Vec<(String, PathBuf)> = wanted
+            .into_iter()
+            .map(|sha| {
+                let path = self.blob_path(&sha);
+                (sha, path)
+            })
+            .collect();
         let (tx, rx) = mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
-            if let Err(err) = send_tree(&dir, &tx) {
-                let _ = tx.blocking_send(Err(Rejection::Internal(err.to_string())));
+            for (sha, path) in paths {
+                if let Err(err) = send_blob(&sha, &path, &tx) {
+                    let _ = tx.blocking_send(Err(Rejection::Internal(err.to_string())));
+                    return;
+                }
             }
         });
         Ok(rx)
     }
 }
 
-fn list_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let path = entry.map_err(io(dir))?.path();
-        if path.is_dir() {
-            list_files(root, &path, out)?;
-        } else {
-            out.push(path.strip_prefix(root).expect("below root").to_owned());
+/// One checked file of an upload, written to a temporary file.
+struct Staged {
+    entry: FileEntry,
+    temp: PathBuf,
+}
+
+/// Takes an upload's files one by one and enforces the rules on them.
+struct Sink<'a> {
+    staging: &'a Path,
+    limits: &'a UploadLimits,
+    files: Vec<Staged>,
+    paths: HashSet<String>,
+    total: u64,
+}
+
+impl Sink<'_> {
+    /// Checks and stages one file, unless the built-in rules leave it out.
+    fn add(&mut self, raw_path: &str, mode: u32, content: &mut dyn Read) -> Result<(), Error> {
+        let path = raw_path.trim_start_matches("./").to_owned();
+        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        if IgnoreRules::builtin().is_ignored(&path) {
+            return Ok(());
         }
+        if !self.paths.insert(path.clone()) {
+            return Err(Error::BadArchive(format!(
+                "{path} appears twice in the upload"
+            )));
+        }
+        if self.files.len() >= self.limits.max_files {
+            return Err(Error::TooLarge(format!(
+                "more than {} files",
+                self.limits.max_files
+            )));
+        }
+        let temp = self.staging.join(self.files.len().to_string());
+        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 64 * 1024];
+        // Counted while reading, never taken from a header, so a lying archive cannot smuggle a bomb in.
+        loop {
+            let n = content.read(&mut buffer).map_err(|e| {
+                Error::BadArchive(format!("{path} cannot be read from the upload ({e})"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            self.total += n as u64;
+            if self.total > self.limits.max_unpacked_bytes {
+                return Err(Error::TooLarge(format!(
+                    "more than {} bytes once unpacked",
+                    self.limits.max_unpacked_bytes
+                )));
+            }
+            hasher.update(&buffer[..n]);
+            file.write_all(&buffer[..n]).map_err(io(&temp))?;
+        }
+        self.files.push(Staged {
+            entry: FileEntry {
+                path,
+                size,
+                mode: (mode & 0o777) | 0o400,
+                sha256: hex(&hasher.finalize()),
+            },
+            temp,
+        });
+        Ok(())
+    }
+
+    /// Applies the upload's own `.arachneignore` and checks that the files form a folder.
+    fn finish(self) -> Result<Vec<Staged>, Error> {
+        let rules = match self
+            .files
+            .iter()
+            .find(|f| f.entry.path == IgnoreRules::FILE)
+        {
+            Some(file) => {
+                let text = std::fs::read_to_string(&file.temp).map_err(io(&file.temp))?;
+                IgnoreRules::parse(&text).map_err(Error::BadArchive)?
+            }
+            None => IgnoreRules::builtin(),
+        };
+        let kept: Vec<Staged> = self
+            .files
+            .into_iter()
+            .filter(|f| !rules.is_ignored(&f.entry.path))
+            .collect();
+        if kept.is_empty() {
+            return Err(Error::BadArchive("the upload holds no files".into()));
+        }
+        let paths: HashSet<&str> = kept.iter().map(|f| f.entry.path.as_str()).collect();
+        for file in &kept {
+            let mut parent = file.entry.path.as_str();
+            while let Some((dir, _)) = parent.rsplit_once('/') {
+                if paths.contains(dir) {
+                    return Err(Error::BadArchive(format!(
+                        "{dir} is both a file and a folder"
+                    )));
+                }
+                parent = dir;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+fn read_tar(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
+    let bad = |e: std::io::Error| Error::BadArchive(format!("not a valid .tar.gz archive ({e})"));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw_path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let path = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() || path.is_empty() {
+            continue;
+        }
+        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        if kind.is_symlink() || kind.is_hard_link() {
+            return Err(Error::BadArchive(format!(
+                "{path} is a link; links are not allowed in spiders"
+            )));
+        }
+        if !kind.is_file() {
+            return Err(Error::BadArchive(format!("{path} is not a regular file")));
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        sink.add(&path, mode, &mut entry)?;
     }
     Ok(())
 }
 
-fn send_tree(root: &Path, tx: &mpsc::Sender<Result<FileChunk, Rejection>>) -> Result<(), Error> {
-    let mut files = Vec::new();
-    list_files(root, root, &mut files)?;
-    files.sort();
-    for relative in files {
-        let full = root.join(&relative);
-        let mode = std::fs::metadata(&full)
-            .map_err(io(&full))?
-            .permissions()
-            .mode()
-            & 0o777;
-        let mut file = std::fs::File::open(&full).map_err(io(&full))?;
-        let path = relative.to_string_lossy().into_owned();
-        let mut sent_any = false;
-        loop {
-            let mut data = vec![0u8; CHUNK_BYTES];
-            let n = read_full(&mut file, &mut data).map_err(io(&full))?;
-            data.truncate(n);
-            let last = n < CHUNK_BYTES;
-            if n > 0 || !sent_any {
-                let chunk = FileChunk {
-                    path: path.clone(),
-                    mode,
-                    data,
-                    last,
-                };
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return Ok(());
-                }
-                sent_any = true;
-            } else {
-                // The file was an exact multiple of the chunk size: close it with an empty last chunk.
-                let chunk = FileChunk {
-                    path: path.clone(),
-                    mode,
-                    data: Vec::new(),
-                    last: true,
-                };
-                let _ = tx.blocking_send(Ok(chunk));
-            }
-            if last {
-                break;
-            }
+fn read_zip(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
+    let bad =
+        |e: zip::result::ZipError| Error::BadArchive(format!("not a valid .zip archive ({e})"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    for index in 0..zip.len() {
+        let mut entry = zip.by_index(index).map_err(bad)?;
+        // The raw name, not `enclosed_name`, so a hostile path is reported rather than quietly rewritten.
+        let raw_path = String::from_utf8_lossy(entry.name_raw()).into_owned();
+        let path = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        if entry.is_dir() || path.is_empty() {
+            continue;
         }
+        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        if entry.is_symlink() {
+            return Err(Error::BadArchive(format!(
+                "{path} is a link; links are not allowed in spiders"
+            )));
+        }
+        let mode = entry.unix_mode().unwrap_or(0o644);
+        if mode & 0o170000 != 0 && mode & 0o170000 != 0o100000 {
+            return Err(Error::BadArchive(format!("{path} is not a regular file")));
+        }
+        sink.add(&path, mode, &mut entry)?;
     }
     Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let parent = path.parent().expect("a version file has a parent");
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let temp = parent.join(format!(".{}.tmp", uuid::Uuid::now_v7()));
+    std::fs::write(&temp, bytes).map_err(io(&temp))?;
+    std::fs::rename(&temp, path).map_err(io(path))
+}
+
+fn send_blob(
+    sha: &str,
+    path: &Path,
+    tx: &mpsc::Sender<Result<BlobChunk, Rejection>>,
+) -> Result<(), Error> {
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    loop {
+        let mut data = vec![0u8; CHUNK_BYTES];
+        let n = read_full(&mut file, &mut data).map_err(io(path))?;
+        data.truncate(n);
+        let last = n < CHUNK_BYTES;
+        let chunk = BlobChunk {
+            sha256: sha.to_owned(),
+            data,
+            last,
+        };
+        if tx.blocking_send(Ok(chunk)).is_err() || last {
+            return Ok(());
+        }
+    }
 }
 
 fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
@@ -301,6 +511,8 @@ fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usi
 
 #[cfg(test)]
 mod tests {
+    use arachne_web_api::types::UploadedFile;
+
     use super::*;
 
     fn archive(entries: &[(&str, &[u8], tar::EntryType)]) -> Vec<u8> {
@@ -321,6 +533,16 @@ mod tests {
         builder.into_inner().unwrap().finish().unwrap()
     }
 
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (path, data) in entries {
+            let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+            zip.start_file(*path, options).unwrap();
+            zip.write_all(data).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
     fn files(dir: &Path) -> SpiderFiles {
         SpiderFiles::new(
             dir.to_owned(),
@@ -331,8 +553,16 @@ mod tests {
         )
     }
 
+    fn blob_count(dir: &Path) -> usize {
+        let mut count = 0;
+        for shard in std::fs::read_dir(dir.join("blobs")).unwrap() {
+            count += std::fs::read_dir(shard.unwrap().path()).unwrap().count();
+        }
+        count
+    }
+
     #[tokio::test]
-    async fn same_content_gives_the_same_version_and_modes_survive() {
+    async fn same_content_is_one_version_and_contents_are_stored_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = files(dir.path());
         let spider = SpiderId::new();
@@ -340,65 +570,178 @@ mod tests {
             ("main.py", b"print(1)", tar::EntryType::Regular),
             ("a/b.sh", b"", tar::EntryType::Regular),
         ]);
-        let v1 = store.store_archive(spider, upload.clone()).await.unwrap();
-        let v2 = store.store_archive(spider, upload).await.unwrap();
+        let v1 = store
+            .store_upload(spider, Upload::Archive(upload.clone()))
+            .await
+            .unwrap();
+        let v2 = store
+            .store_upload(spider, Upload::Archive(upload))
+            .await
+            .unwrap();
         assert_eq!(v1, v2);
         assert_eq!((v1.file_count, v1.total_bytes), (2, 8));
-        let mode = std::fs::metadata(store.version_dir(spider, &v1.hash).join("a/b.sh"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o755);
+        let manifest = store.manifest(spider, &v1.hash).await.unwrap();
+        assert_eq!(manifest.hash(), v1.hash);
+        assert_eq!(manifest.get("a/b.sh").unwrap().mode, 0o755);
 
-        let mut stream = store.stream(spider, &v1.hash).await.unwrap();
-        let mut got = Vec::new();
-        while let Some(chunk) = stream.recv().await {
-            let chunk = chunk.unwrap();
-            got.push((chunk.path, chunk.data, chunk.last));
-        }
+        // The same content as a zip, and for another spider, adds a version but no blob.
+        let other = SpiderId::new();
+        let zipped = zip_of(&[("main.py", b"print(1)"), ("a/b.sh", b"")]);
+        let v3 = store
+            .store_upload(other, Upload::Archive(zipped))
+            .await
+            .unwrap();
+        assert_eq!(v3.hash, v1.hash, "modes and contents are the same");
+        // Single files, one of them changed.
+        let single = vec![
+            UploadedFile {
+                path: "main.py".into(),
+                data: b"print(2)".to_vec(),
+                mode: None,
+            },
+            UploadedFile {
+                path: "a/b.sh".into(),
+                data: Vec::new(),
+                mode: Some(0o755),
+            },
+        ];
+        let v4 = store
+            .store_upload(spider, Upload::Files(single))
+            .await
+            .unwrap();
+        assert_ne!(v4.hash, v1.hash);
         assert_eq!(
-            got,
-            [
-                ("a/b.sh".into(), vec![], true),
-                ("main.py".into(), b"print(1)".to_vec(), true)
-            ]
+            blob_count(dir.path()),
+            3,
+            "print(1), print(2) and the empty file"
+        );
+        assert_eq!(store.versions(spider).await.unwrap().len(), 2);
+        assert_eq!(
+            store.read_file(spider, &v4.hash, "main.py").await.unwrap(),
+            b"print(2)"
+        );
+        assert!(matches!(
+            store.read_file(spider, &v4.hash, "nope").await,
+            Err(Error::NoSuchFile { .. })
+        ));
+
+        let sha = manifest.get("main.py").unwrap().sha256.clone();
+        let mut stream = store
+            .stream_blobs(spider, &v1.hash, vec![sha.clone()])
+            .await
+            .unwrap();
+        let chunk = stream.recv().await.unwrap().unwrap();
+        assert_eq!(
+            (chunk.sha256, chunk.data, chunk.last),
+            (sha, b"print(1)".to_vec(), true)
+        );
+        assert!(stream.recv().await.is_none());
+        // A content of another version cannot be fetched through this one.
+        let foreign = store
+            .manifest(spider, &v4.hash)
+            .await
+            .unwrap()
+            .get("main.py")
+            .unwrap()
+            .sha256
+            .clone();
+        assert!(
+            store
+                .stream_blobs(spider, &v1.hash, vec![foreign])
+                .await
+                .is_err()
         );
     }
 
     #[tokio::test]
-    async fn hostile_or_oversize_archives_are_refused_and_leave_nothing() {
+    async fn ignore_rules_apply_to_every_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SpiderFiles::new(dir.path().to_owned(), UploadLimits::default());
+        let zipped = zip_of(&[
+            ("main.py", b"1"),
+            (".arachneignore", b"*.log\n"),
+            ("run.log", b"x"),
+            ("node_modules/x/index.js", b"x"),
+            ("m.pyc", b"x"),
+        ]);
+        let v = store
+            .store_upload(SpiderId::new(), Upload::Archive(zipped))
+            .await
+            .unwrap();
+        assert_eq!(v.file_count, 2, "main.py and .arachneignore");
+    }
+
+    #[tokio::test]
+    async fn hostile_or_oversize_uploads_are_refused_and_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = files(dir.path());
-        let cases: Vec<(Vec<u8>, &str)> = vec![
+        let file = |path: &str| UploadedFile {
+            path: path.into(),
+            data: b"x".to_vec(),
+            mode: None,
+        };
+        let cases: Vec<(Upload, &str)> = vec![
             (
-                archive(&[("../evil", b"x", tar::EntryType::Regular)]),
+                Upload::Archive(archive(&[("../evil", b"x", tar::EntryType::Regular)])),
                 "unsafe path",
             ),
             (
-                archive(&[("/etc/x", b"x", tar::EntryType::Regular)]),
+                Upload::Archive(archive(&[("/etc/x", b"x", tar::EntryType::Regular)])),
                 "unsafe path",
             ),
             (
-                archive(&[("link", b"", tar::EntryType::Symlink)]),
+                Upload::Archive(archive(&[("link", b"", tar::EntryType::Symlink)])),
                 "links are not allowed",
             ),
             (
-                archive(&[
+                Upload::Archive(archive(&[
                     ("a", b"1", tar::EntryType::Regular),
                     ("a", b"2", tar::EntryType::Regular),
-                ]),
+                ])),
                 "appears twice",
             ),
             (
-                archive(&[("big", &[0u8; 1001], tar::EntryType::Regular)]),
+                Upload::Archive(archive(&[
+                    ("a", b"1", tar::EntryType::Regular),
+                    ("a/b", b"2", tar::EntryType::Regular),
+                ])),
+                "both a file and a folder",
+            ),
+            (
+                Upload::Archive(archive(&[("big", &[0u8; 1001], tar::EntryType::Regular)])),
                 "more than 1000 bytes",
             ),
-            (archive(&[]), "holds no files"),
-            (b"definitely not gzip".to_vec(), "not a valid .tar.gz"),
+            (Upload::Archive(archive(&[])), "holds no files"),
+            (
+                Upload::Archive(b"definitely not an archive".to_vec()),
+                "not a .tar.gz or .zip",
+            ),
+            (
+                Upload::Archive(vec![0x1f, 0x8b, 0, 1, 2]),
+                "not a valid .tar.gz",
+            ),
+            (
+                Upload::Archive(b"PK\x03\x04 truncated".to_vec()),
+                "not a valid .zip",
+            ),
+            (Upload::Archive(Vec::new()), "empty"),
+            (Upload::Archive(zip_of(&[("../../x", b"1")])), "unsafe path"),
+            (
+                Upload::Archive(zip_of(&[("big", &[0u8; 1001])])),
+                "more than 1000 bytes",
+            ),
+            (Upload::Files(vec![file("/abs")]), "unsafe path"),
+            (Upload::Files(vec![file("a/../../b")]), "unsafe path"),
+            (Upload::Files(vec![file("a"), file("a")]), "appears twice"),
+            (Upload::Files(Vec::new()), "holds no files"),
+            (
+                Upload::Files(vec![file("1"), file("2"), file("3"), file("4")]),
+                "more than 3 files",
+            ),
         ];
         for (upload, expected) in cases {
             let err = store
-                .store_archive(SpiderId::new(), upload)
+                .store_upload(SpiderId::new(), upload)
                 .await
                 .unwrap_err()
                 .to_string();
@@ -407,17 +750,23 @@ mod tests {
                 "{err:?} does not mention {expected:?}"
             );
         }
-        let many: Vec<_> = ["1", "2", "3", "4"]
-            .iter()
-            .map(|n| (*n, &b""[..], tar::EntryType::Regular))
-            .collect();
+        // A zip bomb: a small archive whose content inflates past the limit.
+        let bomb = {
+            let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let options = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            zip.start_file("bomb", options).unwrap();
+            zip.write_all(&vec![0u8; 1 << 20]).unwrap();
+            zip.finish().unwrap().into_inner()
+        };
+        assert!(bomb.len() < 10_000);
         let err = store
-            .store_archive(SpiderId::new(), archive(&many))
+            .store_upload(SpiderId::new(), Upload::Archive(bomb))
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("more than 3 files"), "{err}");
-        // Only the (empty) staging folder may remain.
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge(_)), "{err}");
+
+        // Nothing was kept: no blob, no version, only the (empty) staging folder.
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())

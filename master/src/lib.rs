@@ -279,9 +279,12 @@ async fn register_example(api: &MasterApi, folder: &Path) -> Result<(), String> 
         max_instances: manifest.max_instances,
     };
     api.put_spider(request).await.map_err(|e| e.to_string())?;
-    api.upload_files(&manifest.name, archive)
-        .await
-        .map_err(|e| e.to_string())?;
+    api.upload_files(
+        &manifest.name,
+        arachne_web_api::types::Upload::Archive(archive),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     info!(spider = %manifest.name, "example spider registered");
     Ok(())
 }

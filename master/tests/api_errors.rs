@@ -137,7 +137,53 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             http.put(format!("{base}/spiders/ok/files")).body("garbage"),
             400,
             "bad_request",
-            "not a valid .tar.gz",
+            "not a .tar.gz or .zip archive",
+        ),
+        (
+            http.put(format!("{base}/spiders/ok/files"))
+                .body(&b"PK\x03\x04 cut short"[..]),
+            400,
+            "bad_request",
+            "not a valid .zip",
+        ),
+        (
+            multipart(
+                http.put(format!("{base}/spiders/ok/files")),
+                &[("file", "../../evil.py", "x")],
+            ),
+            400,
+            "bad_request",
+            "unsafe path",
+        ),
+        (
+            multipart(
+                http.put(format!("{base}/spiders/ok/files")),
+                &[("file", "a.py", "1"), ("file", "a.py", "2")],
+            ),
+            400,
+            "bad_request",
+            "appears twice",
+        ),
+        (
+            multipart(http.put(format!("{base}/spiders/ok/files")), &[]),
+            400,
+            "bad_request",
+            "holds no files",
+        ),
+        (
+            http.get(format!("{base}/spiders/ok/files/nothing.py")),
+            404,
+            "not_found",
+            "no file \"nothing.py\"",
+        ),
+        (
+            http.post(format!(
+                "{base}/spiders/ok/versions/{}/current",
+                "0".repeat(64)
+            )),
+            404,
+            "not_found",
+            "has no version",
         ),
         (
             http.put(format!("{base}/spiders/ok/files"))
@@ -209,4 +255,25 @@ async fn an_upload_over_the_limit_is_refused() {
         "{message}"
     );
     master.stop().await;
+}
+
+/// A `multipart/form-data` body of (field, file name, content) parts.
+fn multipart(
+    request: reqwest::RequestBuilder,
+    parts: &[(&str, &str, &str)],
+) -> reqwest::RequestBuilder {
+    let boundary = "arachne-test-boundary";
+    let mut body = String::new();
+    for (field, name, content) in parts {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n\r\n{content}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    request
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
 }

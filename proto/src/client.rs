@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use arachne_shared::SpiderId;
-use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerEnvelope};
+use arachne_shared::cluster::{BlobChunk, MasterToWorker, WorkerEnvelope};
+use arachne_shared::files::Manifest;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -49,14 +50,33 @@ impl Client {
         Ok(Session { inbound })
     }
 
-    /// Streams the files of one spider version.
-    pub async fn fetch_files(&mut self, spider_id: SpiderId, version: &str) -> Result<Files> {
-        let request = pb::FetchFilesRequest {
+    /// The manifest of one spider version.
+    pub async fn manifest(&mut self, spider_id: SpiderId, version: &str) -> Result<Manifest> {
+        let request = pb::ManifestRequest {
             spider_id: spider_id.to_string(),
             version: version.to_owned(),
         };
-        let inner = self.inner.fetch_files(request).await?.into_inner();
-        Ok(Files { inner })
+        self.inner
+            .get_manifest(request)
+            .await?
+            .into_inner()
+            .try_into()
+    }
+
+    /// Streams the named contents of one spider version.
+    pub async fn fetch_blobs(
+        &mut self,
+        spider_id: SpiderId,
+        version: &str,
+        sha256: Vec<String>,
+    ) -> Result<Blobs> {
+        let request = pb::FetchBlobsRequest {
+            spider_id: spider_id.to_string(),
+            version: version.to_owned(),
+            sha256,
+        };
+        let inner = self.inner.fetch_blobs(request).await?.into_inner();
+        Ok(Blobs { inner })
     }
 }
 
@@ -75,14 +95,14 @@ impl Session {
     }
 }
 
-/// The chunks of one file transfer.
-pub struct Files {
-    inner: Streaming<pb::FileChunk>,
+/// The chunks of one blob transfer.
+pub struct Blobs {
+    inner: Streaming<pb::BlobChunk>,
 }
 
-impl Files {
+impl Blobs {
     /// The next chunk; `None` at the end of the transfer.
-    pub async fn next(&mut self) -> Option<Result<FileChunk>> {
+    pub async fn next(&mut self) -> Option<Result<BlobChunk>> {
         match self.inner.next().await? {
             Ok(chunk) => Some(Ok(chunk.into())),
             Err(status) => Some(Err(status.into())),

@@ -2,10 +2,11 @@
 //! so a malformed peer message becomes an [`Error::Invalid`] naming the field instead of a panic further in.
 
 use arachne_shared::cluster::{
-    Assignment, FileChunk, MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster,
+    Assignment, BlobChunk, MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster,
 };
+use arachne_shared::files::{FileEntry, Manifest, is_sha256};
 use arachne_shared::node::NodeMetrics;
-use arachne_shared::spider::RunSettings;
+use arachne_shared::spider::{RunSettings, validate_relative_path};
 use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId, TaskOutcome, from_millis, to_millis};
 
 use crate::pb::{self, master_message, worker_message};
@@ -328,25 +329,75 @@ impl From<MasterToWorker> for pb::MasterMessage {
     }
 }
 
-impl From<pb::FileChunk> for FileChunk {
-    fn from(c: pb::FileChunk) -> Self {
-        FileChunk {
-            path: c.path,
-            mode: c.mode,
+impl From<pb::BlobChunk> for BlobChunk {
+    fn from(c: pb::BlobChunk) -> Self {
+        BlobChunk {
+            sha256: c.sha256,
             data: c.data,
             last: c.last,
         }
     }
 }
 
-impl From<FileChunk> for pb::FileChunk {
-    fn from(c: FileChunk) -> Self {
-        pb::FileChunk {
-            path: c.path,
-            mode: c.mode,
+impl From<BlobChunk> for pb::BlobChunk {
+    fn from(c: BlobChunk) -> Self {
+        pb::BlobChunk {
+            sha256: c.sha256,
             data: c.data,
             last: c.last,
         }
+    }
+}
+
+impl From<&FileEntry> for pb::FileEntry {
+    fn from(f: &FileEntry) -> Self {
+        pb::FileEntry {
+            path: f.path.clone(),
+            size: f.size,
+            mode: f.mode,
+            sha256: f.sha256.clone(),
+        }
+    }
+}
+
+impl From<&Manifest> for pb::ManifestReply {
+    fn from(m: &Manifest) -> Self {
+        pb::ManifestReply {
+            files: m.files.iter().map(pb::FileEntry::from).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ManifestReply> for Manifest {
+    type Error = Error;
+
+    /// Checks what the rest of the worker relies on: safe relative paths, each once, and content names.
+    fn try_from(reply: pb::ManifestReply) -> Result<Self> {
+        let mut files = Vec::with_capacity(reply.files.len());
+        for f in reply.files {
+            validate_relative_path(&f.path)
+                .map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+            if !is_sha256(&f.sha256) {
+                return Err(Error::Invalid(format!(
+                    "manifest: {} has no valid sha256",
+                    f.path
+                )));
+            }
+            files.push(FileEntry {
+                path: f.path,
+                size: f.size,
+                mode: f.mode & 0o777,
+                sha256: f.sha256,
+            });
+        }
+        let manifest = Manifest::new(files);
+        if let Some(pair) = manifest.files.windows(2).find(|w| w[0].path == w[1].path) {
+            return Err(Error::Invalid(format!(
+                "manifest: {} is listed twice",
+                pair[0].path
+            )));
+        }
+        Ok(manifest)
     }
 }
 

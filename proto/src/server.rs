@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arachne_shared::SpiderId;
-use arachne_shared::cluster::{FileChunk, MasterToWorker, WorkerEnvelope};
+use arachne_shared::cluster::{BlobChunk, MasterToWorker, WorkerEnvelope};
+use arachne_shared::files::Manifest;
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -86,8 +87,8 @@ impl Outbound {
     }
 }
 
-/// A stream of a version's files, ending with `None`; an `Err` item aborts the transfer.
-pub type FileStream = mpsc::Receiver<Result<FileChunk, Rejection>>;
+/// A stream of blob chunks, ending with `None`; an `Err` item aborts the transfer.
+pub type BlobStream = mpsc::Receiver<Result<BlobChunk, Rejection>>;
 
 /// What the master does with sessions and file requests.
 #[async_trait::async_trait]
@@ -95,12 +96,16 @@ pub trait Handler: Send + Sync + 'static {
     /// Runs one worker session until it ends. The first inbound message should be `Register`.
     async fn session(&self, inbound: Inbound, outbound: Outbound);
 
-    /// Streams the files of one spider version.
-    async fn fetch_files(
+    /// The manifest of one spider version.
+    async fn manifest(&self, spider_id: SpiderId, version: String) -> Result<Manifest, Rejection>;
+
+    /// Streams the named contents of one spider version; each must belong to it.
+    async fn fetch_blobs(
         &self,
         spider_id: SpiderId,
         version: String,
-    ) -> Result<FileStream, Rejection>;
+        sha256: Vec<String>,
+    ) -> Result<BlobStream, Rejection>;
 }
 
 struct Adapter {
@@ -112,7 +117,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[async_trait::async_trait]
 impl Cluster for Adapter {
     type SessionStream = BoxStream<pb::MasterMessage>;
-    type FetchFilesStream = BoxStream<pb::FileChunk>;
+    type FetchBlobsStream = BoxStream<pb::BlobChunk>;
 
     async fn session(
         &self,
@@ -127,19 +132,36 @@ impl Cluster for Adapter {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn fetch_files(
+    async fn get_manifest(
         &self,
-        request: Request<pb::FetchFilesRequest>,
-    ) -> Result<Response<Self::FetchFilesStream>, Status> {
+        request: Request<pb::ManifestRequest>,
+    ) -> Result<Response<pb::ManifestReply>, Status> {
         let request = request.into_inner();
-        let spider_id: SpiderId = request.spider_id.parse().map_err(|err| {
-            Status::invalid_argument(format!("`spider_id` is not a spider id: {err}"))
-        })?;
-        let files = self.handler.fetch_files(spider_id, request.version).await?;
-        let stream = ReceiverStream::new(files)
-            .map(|chunk| chunk.map(pb::FileChunk::from).map_err(Status::from));
+        let spider_id = spider_id(&request.spider_id)?;
+        let manifest = self.handler.manifest(spider_id, request.version).await?;
+        Ok(Response::new(pb::ManifestReply::from(&manifest)))
+    }
+
+    async fn fetch_blobs(
+        &self,
+        request: Request<pb::FetchBlobsRequest>,
+    ) -> Result<Response<Self::FetchBlobsStream>, Status> {
+        let request = request.into_inner();
+        let spider_id = spider_id(&request.spider_id)?;
+        let blobs = self
+            .handler
+            .fetch_blobs(spider_id, request.version, request.sha256)
+            .await?;
+        let stream = ReceiverStream::new(blobs)
+            .map(|chunk| chunk.map(pb::BlobChunk::from).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+fn spider_id(value: &str) -> Result<SpiderId, Status> {
+    value
+        .parse()
+        .map_err(|err| Status::invalid_argument(format!("`spider_id` is not a spider id: {err}")))
 }
 
 /// Serves the protocol on `listener` until `shutdown` is cancelled and every session has ended.

@@ -103,14 +103,11 @@ pub enum MasterToWorker {
     Ack { seq: u64 },
 }
 
-/// One piece of a spider version's files, streamed from the master to a worker. A file arrives as one or more
-/// chunks in order; the last chunk of a file has `last` set (an empty file is a single empty last chunk).
+/// A piece of one blob (a file's content, named by its sha256) streamed from the master to a worker. Chunks of
+/// a blob arrive in order; the last has `last` set (an empty blob is a single empty last chunk).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileChunk {
-    /// Path relative to the version's root, with `/` separators.
-    pub path: String,
-    /// Unix permission bits.
-    pub mode: u32,
+pub struct BlobChunk {
+    pub sha256: String,
     pub data: Vec<u8>,
     pub last: bool,
 }

@@ -5,6 +5,7 @@
 //! these types and none of them drags a runtime along.
 
 pub mod cluster;
+pub mod files;
 pub mod ipc;
 pub mod log;
 pub mod node;

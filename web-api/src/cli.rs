@@ -1,12 +1,12 @@
 //! The `arachne` command line: every command is one or a few client calls, printed as a table or as JSON.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::RunSettings;
-use arachne_shared::{ItemRecord, RunMode, Task, TaskId, TaskStatus};
+use arachne_shared::{ItemRecord, RunMode, Spider, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, FollowEvent};
@@ -25,6 +25,8 @@ pub enum Error {
     TaskId(String),
     #[error("writing output failed: {0}")]
     Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Arachne: run web crawlers at scale.
@@ -60,6 +62,9 @@ pub enum Command {
         /// 1 (highest) to 10.
         #[arg(long)]
         priority: Option<u8>,
+        /// Run this stored version (a hash, or a unique prefix of one) instead of the current one.
+        #[arg(long)]
+        version: Option<String>,
         #[command(flatten)]
         placement: PlacementArgs,
         /// Stream the task's logs until it ends; exit 0 only if it Finished.
@@ -202,7 +207,7 @@ pub enum SpiderCommand {
         /// Shell command run in the spider's folder.
         #[arg(long)]
         cmd: String,
-        /// The folder holding the spider's files.
+        /// The spider's files: a folder, or a .zip or .tar.gz archive.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Given any of these, they replace the spider's settings; given none, an existing spider keeps its own.
@@ -215,6 +220,29 @@ pub enum SpiderCommand {
     List,
     Show {
         name: String,
+    },
+    /// Upload a new version from a folder, or a .zip or .tar.gz archive, and make it current.
+    Upload {
+        name: String,
+        path: PathBuf,
+    },
+    /// List the stored versions, newest first.
+    Versions {
+        name: String,
+    },
+    /// Make a stored version (a hash, or a unique prefix of one) the one runs use.
+    Use {
+        name: String,
+        version: String,
+    },
+    /// List the files of a version, or print one of them.
+    Files {
+        name: String,
+        /// A file to print.
+        path: Option<String>,
+        /// A stored version (a hash or a unique prefix); the current one by default.
+        #[arg(long)]
+        version: Option<String>,
     },
 }
 
@@ -401,8 +429,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 })
                 .await?;
             if let Some(dir) = dir {
-                let archive = crate::archive::pack_dir(&dir)?;
-                spider = client.upload_files(&name, archive).await?;
+                spider = upload(&client, &name, &dir).await?;
             }
             if cli.json {
                 print_json(&spider)?;
@@ -437,15 +464,94 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             let spider = client.get_spider(&name).await?;
             print_json(&spider)?;
         }
+        Command::Spider(SpiderCommand::Upload { name, path }) => {
+            let spider = upload(&client, &name, &path).await?;
+            if cli.json {
+                print_json(&spider)?;
+            } else {
+                println!(
+                    "spider {} version {} ({} files, {} bytes)",
+                    spider.name,
+                    short(&spider.version),
+                    spider.file_count,
+                    spider.total_bytes
+                );
+            }
+        }
+        Command::Spider(SpiderCommand::Versions { name }) => {
+            let versions = client.list_versions(&name).await?;
+            if cli.json {
+                return print_json(&versions).map(|()| ExitCode::SUCCESS);
+            }
+            let rows = versions
+                .into_iter()
+                .map(|v| {
+                    vec![
+                        if v.current { "*".into() } else { String::new() },
+                        short(&v.hash).into(),
+                        v.file_count.to_string(),
+                        v.total_bytes.to_string(),
+                        v.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["", "VERSION", "FILES", "BYTES", "UPLOADED"], rows);
+        }
+        Command::Spider(SpiderCommand::Use { name, version }) => {
+            let version = resolve_version(&client, &name, &version).await?;
+            let spider = client.set_current_version(&name, &version).await?;
+            if cli.json {
+                print_json(&spider)?;
+            } else {
+                println!(
+                    "spider {} now runs version {}",
+                    spider.name,
+                    short(&spider.version)
+                );
+            }
+        }
+        Command::Spider(SpiderCommand::Files {
+            name,
+            path,
+            version,
+        }) => {
+            let version = match version {
+                Some(v) => Some(resolve_version(&client, &name, &v).await?),
+                None => None,
+            };
+            match path {
+                Some(path) => {
+                    let content = client.read_file(&name, &path, version.as_deref()).await?;
+                    std::io::stdout().write_all(&content)?;
+                }
+                None => {
+                    let files = client.list_files(&name, version.as_deref()).await?;
+                    if cli.json {
+                        return print_json(&files).map(|()| ExitCode::SUCCESS);
+                    }
+                    let rows = files
+                        .files
+                        .into_iter()
+                        .map(|f| vec![format!("{:o}", f.mode), f.size.to_string(), f.path])
+                        .collect();
+                    print_table(&["MODE", "BYTES", "PATH"], rows);
+                }
+            }
+        }
         Command::Run {
             spider,
             param,
             priority,
+            version,
             placement,
             follow,
             wait,
             settings,
         } => {
+            let version = match version {
+                Some(v) => Some(resolve_version(&client, &spider, &v).await?),
+                None => None,
+            };
             let task = client
                 .run_task(&RunTask {
                     spider,
@@ -454,6 +560,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     settings: settings.into_settings(),
                     mode: placement.mode(),
                     nodes: placement.nodes,
+                    version,
                 })
                 .await?;
             if cli.json && !follow && !wait {
@@ -802,6 +909,60 @@ fn print_schedule(view: &ScheduleView) {
     println!("  next fire times:");
     for at in &view.next {
         println!("    {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+    }
+}
+
+/// Uploads a folder (packed here, leaving out what the ignore rules leave out) or an archive file, with a
+/// progress bar on a terminal.
+async fn upload(client: &Client, name: &str, path: &Path) -> Result<Spider, Error> {
+    let archive = if path.is_dir() {
+        crate::archive::pack_dir(path)?
+    } else {
+        std::fs::read(path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?
+    };
+    let show = std::io::stderr().is_terminal() && archive.len() > 1 << 20;
+    let spider = client
+        .upload_files_with_progress(name, archive, move |sent, total| {
+            if show {
+                eprint!("\r{}", progress_bar(sent, total));
+            }
+        })
+        .await;
+    if show {
+        eprintln!();
+    }
+    Ok(spider?)
+}
+
+fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    format!(
+        "uploading [{}{}] {:.1}/{:.1} MiB",
+        "#".repeat(filled as usize),
+        " ".repeat((WIDTH - filled) as usize),
+        mib(done),
+        mib(total)
+    )
+}
+
+/// The full hash of a stored version named by a unique prefix.
+async fn resolve_version(client: &Client, spider: &str, prefix: &str) -> Result<String, Error> {
+    let versions = client.list_versions(spider).await?;
+    let matching: Vec<_> = versions
+        .iter()
+        .filter(|v| v.hash.starts_with(prefix))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.hash.clone()),
+        [] => Err(Error::Input(format!(
+            "spider {spider} has no version {prefix}"
+        ))),
+        _ => Err(Error::Input(format!(
+            "version prefix {prefix} is ambiguous: {} versions match",
+            matching.len()
+        ))),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use arachne_shared::files::VersionInfo;
 use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId};
 use futures_util::StreamExt;
 use reqwest::{RequestBuilder, Response};
@@ -10,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::ErrorBody;
 use crate::types::{
     CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, ScheduleSpec,
-    ScheduleView, TaskQuery, TaskTree, UpdateNode,
+    ScheduleView, TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -111,13 +112,82 @@ impl Client {
             .await
     }
 
+    /// Uploads a `.tar.gz` or `.zip` archive as the spider's new current version.
     pub async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider> {
+        self.upload_files_with_progress(name, archive, |_, _| {})
+            .await
+    }
+
+    /// [`Self::upload_files`], calling `progress(sent, total)` as the body goes out.
+    pub async fn upload_files_with_progress(
+        &self,
+        name: &str,
+        archive: Vec<u8>,
+        mut progress: impl FnMut(u64, u64) + Send + 'static,
+    ) -> Result<Spider> {
+        const PIECE: usize = 256 * 1024;
+        let total = archive.len() as u64;
+        let archive = axum::body::Bytes::from(archive);
+        let pieces: Vec<axum::body::Bytes> = (0..archive.len())
+            .step_by(PIECE)
+            .map(|at| archive.slice(at..(at + PIECE).min(archive.len())))
+            .collect();
+        let mut sent = 0u64;
+        let body = futures_util::stream::iter(pieces.into_iter().map(move |piece| {
+            sent += piece.len() as u64;
+            progress(sent, total);
+            Ok::<_, std::io::Error>(piece)
+        }));
         let request = self
             .http
             .put(self.url(&format!("/spiders/{name}/files")))
-            .header("content-type", "application/gzip")
-            .body(archive);
+            .header("content-type", "application/octet-stream")
+            .header("content-length", total)
+            .body(reqwest::Body::wrap_stream(body));
         self.json(request).await
+    }
+
+    pub async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/spiders/{name}/versions"))),
+        )
+        .await
+    }
+
+    pub async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
+        let url = self.url(&format!("/spiders/{name}/versions/{version}/current"));
+        self.json(self.http.post(url)).await
+    }
+
+    pub async fn list_files(&self, name: &str, version: Option<&str>) -> Result<VersionFiles> {
+        let request = self
+            .http
+            .get(self.url(&format!("/spiders/{name}/files")))
+            .query(&VersionQuery {
+                version: version.map(str::to_owned),
+            });
+        self.json(request).await
+    }
+
+    pub async fn read_file(
+        &self,
+        name: &str,
+        path: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        let request = self
+            .http
+            .get(self.url(&format!("/spiders/{name}/files/{path}")))
+            .query(&VersionQuery {
+                version: version.map(str::to_owned),
+            });
+        let response = self.send(request).await?;
+        let bytes = response.bytes().await.map_err(|source| Error::Http {
+            url: self.base.clone(),
+            source,
+        })?;
+        Ok(bytes.to_vec())
     }
 
     pub async fn list_spiders(&self) -> Result<Vec<Spider>> {

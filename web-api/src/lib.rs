@@ -11,12 +11,16 @@ mod error;
 mod routes;
 pub mod types;
 
+use arachne_shared::files::VersionInfo;
 use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId};
 use tokio::sync::broadcast;
 
 pub use error::{Error, ErrorBody, ErrorDetail};
 pub use routes::{RouterOptions, router};
-use types::{CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode};
+use types::{
+    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode, Upload,
+    VersionFiles,
+};
 
 /// Result of backend calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -26,8 +30,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait Backend: Send + Sync + 'static {
     /// Creates a spider, or updates the command of an existing one with the same name.
     async fn put_spider(&self, spider: CreateSpider) -> Result<Spider>;
-    /// Stores a new version of the spider's files from a `.tar.gz` archive and makes it current.
-    async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider>;
+    /// Stores a new version of the spider's files and makes it current.
+    async fn upload_files(&self, name: &str, upload: Upload) -> Result<Spider>;
+    /// Every stored version of the spider, newest first.
+    async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>>;
+    /// Makes a stored version the one runs use.
+    async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider>;
+    /// The files of a version (the current one when `None`).
+    async fn list_files(&self, name: &str, version: Option<String>) -> Result<VersionFiles>;
+    /// The content of one file of a version (the current one when `None`).
+    async fn read_file(&self, name: &str, path: &str, version: Option<String>) -> Result<Vec<u8>>;
     async fn list_spiders(&self) -> Result<Vec<Spider>>;
     async fn get_spider(&self, name: &str) -> Result<Spider>;
     /// Creates a task (or a parent task with its children, by mode); Pending when this returns.

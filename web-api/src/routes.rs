@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use arachne_shared::TaskId;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::multipart::MultipartError;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::types::{
     CreateSpider, DEFAULT_LIMIT, EVENT_END, EVENT_LOG, ItemFormat, ItemQuery, LogQuery, MAX_LIMIT,
-    RunTask, ScheduleSpec, TaskQuery, TaskTree, UpdateNode, WaitQuery,
+    RunTask, ScheduleSpec, TaskQuery, TaskTree, UpdateNode, Upload, UploadedFile, VersionQuery,
+    WaitQuery,
 };
 use crate::{Backend, Error, Result};
 
@@ -46,7 +48,15 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         .route("/spiders/{name}", get(get_spider))
         .route(
             "/spiders/{name}/files",
-            put(upload_files).layer(DefaultBodyLimit::max(options.max_upload_bytes)),
+            put(upload_files)
+                .get(list_files)
+                .layer(DefaultBodyLimit::max(options.max_upload_bytes)),
+        )
+        .route("/spiders/{name}/files/{*path}", get(read_file))
+        .route("/spiders/{name}/versions", get(list_versions))
+        .route(
+            "/spiders/{name}/versions/{version}/current",
+            post(set_current_version),
         )
         .route("/tasks", get(list_tasks).post(run_task))
         .route("/tasks/{id}", get(get_task))
@@ -124,20 +134,90 @@ async fn get_spider(State(api): State<Api>, Path(name): Path<String>) -> Result<
 async fn upload_files(
     State(api): State<Api>,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<impl IntoResponse> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            Error::PayloadTooLarge("the archive is over the upload size limit".into())
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let too_large = || Error::PayloadTooLarge("the upload is over the upload size limit".into());
+    let upload = if multipart {
+        let bad = |e: MultipartError| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+            _ => Error::BadRequest(format!("invalid multipart upload: {}", e.body_text())),
+        };
+        let mut form = Multipart::from_request(request, &()).await.map_err(|e| {
+            Error::BadRequest(format!("invalid multipart upload: {}", e.body_text()))
+        })?;
+        let mut files = Vec::new();
+        while let Some(field) = form.next_field().await.map_err(bad)? {
+            let field_name = field.name().unwrap_or_default().to_owned();
+            let Some(path) = field.file_name().map(str::to_owned) else {
+                return Err(Error::BadRequest(format!(
+                    "form field {field_name:?} is not a file: every part needs a file name (its path)"
+                )));
+            };
+            // A part named `executable` keeps the executable bit; multipart has no other way to say so.
+            let mode = (field_name == "executable").then_some(0o755);
+            let data = field.bytes().await.map_err(bad)?.to_vec();
+            files.push(UploadedFile { path, data, mode });
         }
-        _ => Error::BadRequest(format!("reading the upload failed: {}", e.body_text())),
-    })?;
-    if body.is_empty() {
-        return Err(Error::BadRequest(
-            "empty upload: send the spider's files as a .tar.gz archive".into(),
-        ));
-    }
-    Ok(Json(api.upload_files(&name, body.to_vec()).await?))
+        if files.is_empty() {
+            return Err(Error::BadRequest(
+                "empty upload: the form holds no files".into(),
+            ));
+        }
+        Upload::Files(files)
+    } else {
+        let body = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+                _ => Error::BadRequest(format!("reading the upload failed: {}", e.body_text())),
+            })?;
+        if body.is_empty() {
+            return Err(Error::BadRequest(
+                "empty upload: send the spider's files as a .tar.gz or .zip archive, or as multipart files".into(),
+            ));
+        }
+        Upload::Archive(body.to_vec())
+    };
+    Ok(Json(api.upload_files(&name, upload).await?))
+}
+
+async fn list_versions(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.list_versions(&name).await?))
+}
+
+async fn set_current_version(
+    State(api): State<Api>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.set_current_version(&name, &version).await?))
+}
+
+async fn list_files(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<VersionQuery>, QueryRejection>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.list_files(&name, query(q)?.version).await?))
+}
+
+async fn read_file(
+    State(api): State<Api>,
+    Path((name, path)): Path<(String, String)>,
+    q: Result<Query<VersionQuery>, QueryRejection>,
+) -> Result<impl IntoResponse> {
+    let content = api.read_file(&name, &path, query(q)?.version).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        content,
+    ))
 }
 
 async fn run_task(

@@ -43,6 +43,9 @@ pub struct RunTask {
     /// The nodes of mode `nodes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// A stored version of the spider to run instead of its current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// `GET /api/v1/tasks/{id}/tree`: a task and its child tasks, oldest child first.
@@ -191,3 +194,36 @@ pub struct UpdateNode {
 pub const EVENT_LOG: &str = "log";
 /// The SSE event sent last, when the task has ended; its data is the task as JSON.
 pub const EVENT_END: &str = "end";
+
+/// `PUT /api/v1/spiders/{name}/files`: a `.tar.gz` or `.zip` archive as the body, or single files as
+/// `multipart/form-data` (each part's file name is its path in the spider folder).
+#[derive(Debug, Clone)]
+pub enum Upload {
+    Archive(Vec<u8>),
+    Files(Vec<UploadedFile>),
+}
+
+/// One file of a multipart upload.
+#[derive(Debug, Clone)]
+pub struct UploadedFile {
+    /// Relative to the spider's folder, with `/` separators.
+    pub path: String,
+    pub data: Vec<u8>,
+    /// Unix permission bits; 0644 when not given.
+    pub mode: Option<u32>,
+}
+
+/// `GET /api/v1/spiders/{name}/files`: the files of one version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionFiles {
+    pub version: String,
+    pub files: Vec<arachne_shared::files::FileEntry>,
+}
+
+/// `?version=` of the file routes: the spider's current version when absent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}

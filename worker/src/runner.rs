@@ -172,18 +172,22 @@ pub(crate) async fn execute(
     result
 }
 
+/// Syncs the task's version and builds its working directory.
 async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Result<(), sync::Error> {
-    let source = if task.version.is_empty() {
-        None
-    } else {
-        let mut client = connected(ctx).await?;
-        Some(
-            ctx.cache
-                .ensure(&mut client, task.spider_id, &task.version)
-                .await?,
-        )
-    };
-    sync::prepare_workdir(source, workdir).await
+    if task.version.is_empty() {
+        return sync::prepare_workdir(None, workdir).await;
+    }
+    let mut client = connected(ctx).await?;
+    let synced = ctx
+        .cache
+        .ensure(&mut client, task.spider_id, &task.version)
+        .await?;
+    if synced.fetched_files > 0 {
+        info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
+            fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
+            "synced spider files; the rest were cached");
+    }
+    sync::prepare_workdir(Some((ctx.cache.clone(), synced.manifest)), workdir).await
 }
 
 /// How long a run that needs files waits for the worker to reconnect to the master.

@@ -1,15 +1,20 @@
-//! Keeps a local cache of spider versions fetched from the master, and builds each run's working directory.
+//! Keeps a local cache of spider files fetched from the master, and builds each run's working directory.
 //!
-//! A version is downloaded into a temporary folder and renamed into place only when complete, so a sync that
-//! is cut off never leaves a half-written version that a later run would use. A failed sync fails the task:
-//! a spider never runs on stale or partial files.
+//! Contents are cached once each, named by their sha256 (`blobs/`), whatever spider or version holds them;
+//! a version is its manifest (`versions/{hash}.json`). Before a run the worker fetches the manifest, asks the
+//! master only for the contents it lacks, and checks each one's sha256 and size. A content is renamed into
+//! place only once verified, and the manifest is written last, so a sync that is cut off never leaves a
+//! half-written version that a later run would use. A failed sync fails the task: a spider never runs on
+//! stale or partial files.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use arachne_proto::client::Client;
 use arachne_shared::SpiderId;
-use arachne_shared::spider::validate_relative_path;
+use arachne_shared::files::{Manifest, hex, is_sha256};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 /// Errors of syncing files.
@@ -19,10 +24,20 @@ pub(crate) enum Error {
     Fetch(#[from] arachne_proto::Error),
     #[error("fetching files failed: no connection to the master within {0} s")]
     Disconnected(u64),
-    #[error("the master sent an unsafe path: {0}")]
-    UnsafePath(String),
-    #[error("the master sent chunks of {0:?} after its last chunk")]
-    Order(String),
+    #[error("the master sent a bad version name: {0:?}")]
+    BadVersion(String),
+    #[error("the manifest the master sent does not match version {0}")]
+    ManifestMismatch(String),
+    #[error("the master sent {0}, which was not asked for or came twice")]
+    Unexpected(String),
+    #[error("content {sha256} of {path} failed its check: {problem}")]
+    Corrupt {
+        sha256: String,
+        path: String,
+        problem: String,
+    },
+    #[error("the transfer ended before content {0} arrived")]
+    Incomplete(String),
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -38,7 +53,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// The folder of cached versions on this worker.
+/// What a sync found and did.
+#[derive(Debug)]
+pub(crate) struct Synced {
+    pub(crate) manifest: Manifest,
+    /// Contents downloaded for this sync (the rest were cached).
+    pub(crate) fetched_files: usize,
+    pub(crate) fetched_bytes: u64,
+}
+
+/// The cache of spider files on this worker.
 #[derive(Debug, Clone)]
 pub(crate) struct FileCache {
     root: PathBuf,
@@ -49,95 +73,219 @@ impl FileCache {
         Self { root }
     }
 
-    /// The folder holding `version` of the spider, downloading it first if it is not cached.
+    pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(&sha256[..2]).join(sha256)
+    }
+
+    fn manifest_path(&self, version: &str) -> PathBuf {
+        self.root.join("versions").join(format!("{version}.json"))
+    }
+
+    /// A version cached whole: its manifest and every content it names.
+    async fn cached(&self, version: &str) -> Option<Manifest> {
+        let bytes = tokio::fs::read(self.manifest_path(version)).await.ok()?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+        for file in &manifest.files {
+            if !tokio::fs::try_exists(self.blob_path(&file.sha256))
+                .await
+                .unwrap_or(false)
+            {
+                return None;
+            }
+        }
+        Some(manifest)
+    }
+
+    /// Makes sure every file of `version` is cached, downloading only the contents this worker lacks.
     pub(crate) async fn ensure(
         &self,
         client: &mut Client,
         spider_id: SpiderId,
         version: &str,
-    ) -> Result<PathBuf, Error> {
-        validate_relative_path(version).map_err(Error::UnsafePath)?;
-        let dir = self.root.join(spider_id.to_string()).join(version);
-        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            return Ok(dir);
+    ) -> Result<Synced, Error> {
+        if !is_sha256(version) {
+            return Err(Error::BadVersion(version.to_owned()));
         }
-        let staging = self
-            .root
-            .join(".staging")
-            .join(uuid::Uuid::now_v7().to_string());
-        let result = download(client, spider_id, version, &staging).await;
-        if let Err(err) = result {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-            return Err(err);
+        if let Some(manifest) = self.cached(version).await {
+            return Ok(Synced {
+                manifest,
+                fetched_files: 0,
+                fetched_bytes: 0,
+            });
         }
-        let parent = dir.parent().expect("version dir has a parent");
-        tokio::fs::create_dir_all(parent)
+        let manifest = client.manifest(spider_id, version).await?;
+        if manifest.hash() != version {
+            return Err(Error::ManifestMismatch(version.to_owned()));
+        }
+        let mut missing: HashMap<String, (u64, String)> = HashMap::new();
+        for file in &manifest.files {
+            if !missing.contains_key(&file.sha256)
+                && !tokio::fs::try_exists(self.blob_path(&file.sha256))
+                    .await
+                    .unwrap_or(false)
+            {
+                missing.insert(file.sha256.clone(), (file.size, file.path.clone()));
+            }
+        }
+        let fetched_files = missing.len();
+        let fetched_bytes = missing.values().map(|(size, _)| size).sum();
+        if !missing.is_empty() {
+            self.download(client, spider_id, version, missing).await?;
+        }
+        let path = self.manifest_path(version);
+        write_atomically(&path, &serde_json::to_vec(&manifest).expect("serialises")).await?;
+        Ok(Synced {
+            manifest,
+            fetched_files,
+            fetched_bytes,
+        })
+    }
+
+    async fn download(
+        &self,
+        client: &mut Client,
+        spider_id: SpiderId,
+        version: &str,
+        missing: HashMap<String, (u64, String)>,
+    ) -> Result<(), Error> {
+        let staging = self.root.join(".staging");
+        tokio::fs::create_dir_all(&staging)
             .await
-            .map_err(io(parent))?;
-        if let Err(err) = tokio::fs::rename(&staging, &dir).await {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-            // Another run of the same version finished its download first; theirs is as good as ours.
-            if !tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-                return Err(Error::Io {
-                    path: dir,
-                    source: err,
+            .map_err(io(&staging))?;
+        let wanted: Vec<String> = missing.keys().cloned().collect();
+        let mut blobs = client.fetch_blobs(spider_id, version, wanted).await?;
+        let mut done: HashSet<String> = HashSet::new();
+        let mut open: Option<Incoming> = None;
+        let result = async {
+            while let Some(chunk) = blobs.next().await {
+                let chunk = chunk?;
+                if open.as_ref().is_none_or(|o| o.sha256 != chunk.sha256) {
+                    if open.is_some() || done.contains(&chunk.sha256) {
+                        return Err(Error::Unexpected(format!("content {}", chunk.sha256)));
+                    }
+                    let Some((size, path)) = missing.get(&chunk.sha256) else {
+                        return Err(Error::Unexpected(format!("content {}", chunk.sha256)));
+                    };
+                    let temp = staging.join(uuid::Uuid::now_v7().to_string());
+                    let file = tokio::fs::File::create(&temp).await.map_err(io(&temp))?;
+                    open = Some(Incoming {
+                        sha256: chunk.sha256.clone(),
+                        path: path.clone(),
+                        expected_size: *size,
+                        size: 0,
+                        hasher: Sha256::new(),
+                        file,
+                        temp,
+                    });
+                }
+                let incoming = open.as_mut().expect("a content is open");
+                incoming.size += chunk.data.len() as u64;
+                if incoming.size > incoming.expected_size {
+                    return Err(incoming.corrupt(format!(
+                        "more than its {} bytes arrived",
+                        incoming.expected_size
+                    )));
+                }
+                incoming.hasher.update(&chunk.data);
+                incoming
+                    .file
+                    .write_all(&chunk.data)
+                    .await
+                    .map_err(io(&incoming.temp))?;
+                if chunk.last {
+                    let incoming = open.take().expect("a content is open");
+                    done.insert(incoming.sha256.clone());
+                    self.settle(incoming).await?;
+                }
+            }
+            match missing.keys().find(|sha| !done.contains(*sha)) {
+                Some(sha) => Err(Error::Incomplete(sha.clone())),
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Some(incoming) = open {
+            let _ = tokio::fs::remove_file(&incoming.temp).await;
+        }
+        result
+    }
+
+    /// Checks a received content and renames it into the cache.
+    async fn settle(&self, incoming: Incoming) -> Result<(), Error> {
+        let Incoming {
+            sha256,
+            path,
+            expected_size,
+            size,
+            hasher,
+            mut file,
+            temp,
+        } = incoming;
+        let check = async {
+            file.flush().await.map_err(io(&temp))?;
+            drop(file);
+            let actual = hex(&hasher.finalize());
+            if size != expected_size || actual != sha256 {
+                return Err(Error::Corrupt {
+                    sha256: sha256.clone(),
+                    path: path.clone(),
+                    problem: format!("got {size} bytes with sha256 {actual}"),
                 });
             }
-        }
-        Ok(dir)
-    }
-}
-
-async fn download(
-    client: &mut Client,
-    spider_id: SpiderId,
-    version: &str,
-    staging: &Path,
-) -> Result<(), Error> {
-    tokio::fs::create_dir_all(staging)
-        .await
-        .map_err(io(staging))?;
-    let mut files = client.fetch_files(spider_id, version).await?;
-    let mut open: Option<(String, tokio::fs::File, u32)> = None;
-    let mut done = std::collections::HashSet::new();
-    while let Some(chunk) = files.next().await {
-        let chunk = chunk?;
-        if open.as_ref().is_none_or(|(path, ..)| *path != chunk.path) {
-            validate_relative_path(&chunk.path).map_err(Error::UnsafePath)?;
-            if !done.insert(chunk.path.clone()) {
-                return Err(Error::Order(chunk.path));
-            }
-            let path = staging.join(&chunk.path);
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(io(parent))?;
-            }
-            let file = tokio::fs::File::create(&path).await.map_err(io(&path))?;
-            open = Some((chunk.path.clone(), file, chunk.mode));
-        }
-        let (path, file, mode) = open.as_mut().expect("a file is open");
-        let full = staging.join(&*path);
-        file.write_all(&chunk.data).await.map_err(io(&full))?;
-        if chunk.last {
-            file.flush().await.map_err(io(&full))?;
-            let permissions = std::fs::Permissions::from_mode(*mode & 0o777);
-            tokio::fs::set_permissions(&full, permissions)
+            tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o444))
                 .await
-                .map_err(io(&full))?;
-            open = None;
+                .map_err(io(&temp))?;
+            let blob = self.blob_path(&sha256);
+            let parent = blob.parent().expect("a blob has a parent");
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
+            tokio::fs::rename(&temp, &blob).await.map_err(io(&blob))
         }
-    }
-    match open {
-        Some((path, ..)) => Err(Error::Order(path)),
-        None => Ok(()),
+        .await;
+        if check.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        check
     }
 }
 
-/// Creates a fresh working directory for one run, holding a copy of `source` (or nothing), so files one run
-/// writes never leak into the next.
+/// A content being received.
+struct Incoming {
+    sha256: String,
+    /// A path that holds it, for error messages.
+    path: String,
+    expected_size: u64,
+    size: u64,
+    hasher: Sha256,
+    file: tokio::fs::File,
+    temp: PathBuf,
+}
+
+impl Incoming {
+    fn corrupt(&self, problem: String) -> Error {
+        Error::Corrupt {
+            sha256: self.sha256.clone(),
+            path: self.path.clone(),
+            problem,
+        }
+    }
+}
+
+async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let parent = path.parent().expect("a manifest has a parent");
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(io(parent))?;
+    let temp = parent.join(format!(".{}.tmp", uuid::Uuid::now_v7()));
+    tokio::fs::write(&temp, bytes).await.map_err(io(&temp))?;
+    tokio::fs::rename(&temp, path).await.map_err(io(path))
+}
+
+/// Creates a fresh working directory for one run, holding a copy of the version's files (or nothing), so
+/// files one run writes never leak into the next, nor into the cache.
 pub(crate) async fn prepare_workdir(
-    source: Option<PathBuf>,
+    files: Option<(FileCache, Manifest)>,
     workdir: PathBuf,
 ) -> Result<(), Error> {
     tokio::task::spawn_blocking(move || {
@@ -145,27 +293,20 @@ pub(crate) async fn prepare_workdir(
             std::fs::remove_dir_all(&workdir).map_err(io(&workdir))?;
         }
         std::fs::create_dir_all(&workdir).map_err(io(&workdir))?;
-        match source {
-            Some(source) => copy_tree(&source, &workdir),
-            None => Ok(()),
+        let Some((cache, manifest)) = files else {
+            return Ok(());
+        };
+        for file in &manifest.files {
+            let target = workdir.join(&file.path);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
+                .map_err(io(&target))?;
         }
+        Ok(())
     })
     .await
     .expect("copy task does not panic")
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
-    for entry in std::fs::read_dir(from).map_err(io(from))? {
-        let entry = entry.map_err(io(from))?;
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().map_err(io(&entry.path()))?;
-        if kind.is_dir() {
-            std::fs::create_dir(&target).map_err(io(&target))?;
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
-            // fs::copy keeps the permission bits, so executables stay executable.
-            std::fs::copy(entry.path(), &target).map_err(io(&target))?;
-        }
-    }
-    Ok(())
 }
