@@ -92,6 +92,56 @@ async fn the_cli_drives_the_whole_path() {
         "{nodes}"
     );
 
+    // Versions and files: a .zip archive uploaded as a second version, both listed, the files read back, and
+    // the first made current again by a prefix of its hash.
+    let first = stdout(&created)
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_owned();
+    let zip_path = spider.path().join("../cli-upload.zip");
+    {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+        zip.start_file("main.py", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(b"print('second version')\n").unwrap();
+        zip.finish().unwrap();
+    }
+    let uploaded = arachne(
+        &master,
+        &["spider", "upload", "cli", zip_path.to_str().unwrap()],
+    )
+    .await;
+    assert!(uploaded.status.success(), "{uploaded:?}");
+    let versions = stdout(&arachne(&master, &["spider", "versions", "cli"]).await);
+    assert_eq!(
+        versions.lines().count(),
+        3,
+        "a header and two versions: {versions}"
+    );
+    assert!(
+        versions.lines().nth(2).unwrap().contains(&first),
+        "{versions}"
+    );
+    let files = stdout(&arachne(&master, &["spider", "files", "cli"]).await);
+    assert!(
+        files.contains("main.py") && files.contains("644"),
+        "{files}"
+    );
+    let content = stdout(&arachne(&master, &["spider", "files", "cli", "main.py"]).await);
+    assert_eq!(content, "print('second version')\n");
+    let used = arachne(&master, &["spider", "use", "cli", &first]).await;
+    assert!(used.status.success(), "{used:?}");
+    let content = stdout(&arachne(&master, &["spider", "files", "cli", "main.py"]).await);
+    assert!(content.contains("hello from the cli"), "{content}");
+    let unknown = arachne(&master, &["spider", "use", "cli", "ffffff"]).await;
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("has no version ffffff"),
+        "{unknown:?}"
+    );
+
     // --wait and --follow exit non-zero unless the task Finished.
     let failing = common::spider_dir(&[("run.sh", "exit 4\n")]);
     let dir = failing.path().to_str().unwrap();

@@ -202,7 +202,7 @@ pub struct TestWorker {
     pub name: String,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<Result<(), arachne_worker::Error>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl TestWorker {
@@ -218,8 +218,13 @@ impl TestWorker {
             name: name.into(),
             shutdown,
             handle: Some(handle),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The worker's work directory (its file cache and the runs' working directories).
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Shuts the worker down gracefully and waits until it has stopped.

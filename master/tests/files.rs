@@ -1,0 +1,222 @@
+//! Spider files end to end: versions uploaded, listed, run and made current; a worker syncing only the
+//! contents it lacks; executable bits and clean working directories; a sync that fails failing its task.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use arachne_shared::RunMode;
+use arachne_shared::TaskStatus;
+use arachne_web_api::client::Client;
+use arachne_web_api::types::{CreateSpider, RunTask};
+use common::{TestMaster, TestWorker, all_logs, spider_dir, wait_done};
+
+/// Contents in a worker's (or master's) blob store.
+fn blobs(root: &Path) -> usize {
+    let Ok(shards) = std::fs::read_dir(root.join("blobs")) else {
+        return 0;
+    };
+    shards
+        .map(|s| std::fs::read_dir(s.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+async fn run_on(client: &Client, spider: &str, node: &str, version: Option<String>) -> Vec<String> {
+    let task = client
+        .run_task(&RunTask {
+            spider: spider.into(),
+            mode: Some(RunMode::Nodes),
+            nodes: vec![node.into()],
+            version,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_done(client, task.id).await;
+    assert_eq!(done.status, TaskStatus::Finished, "{:?}", done.error);
+    all_logs(client, task.id)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect()
+}
+
+const RUN_SH: &str = "#!/bin/sh
+cat VERSION
+if [ -e leak.txt ]; then echo leaked; else echo clean; fi
+echo written > leak.txt
+";
+
+#[tokio::test]
+async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    let client = &master.client;
+
+    // 300 files, an executable run.sh, and what the upload leaves out.
+    let mut files: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("pkg/m{i:03}.py"), format!("value = {i}\n")))
+        .collect();
+    files.push(("VERSION".into(), "v1\n".into()));
+    files.push(("run.sh".into(), RUN_SH.into()));
+    files.push((".arachneignore".into(), "*.log\n".into()));
+    files.push(("debug.log".into(), "left out".into()));
+    files.push((".git/HEAD".into(), "left out".into()));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let dir = spider_dir(&refs);
+    let run_sh = dir.path().join("run.sh");
+    std::fs::set_permissions(&run_sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    client
+        .put_spider(&CreateSpider {
+            name: "many".into(),
+            cmd: "./run.sh".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let v1 = client
+        .upload_files(
+            "many",
+            arachne_web_api::archive::pack_dir(dir.path()).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v1.file_count, 303,
+        "300 modules, VERSION, run.sh, .arachneignore"
+    );
+
+    // The executable bit survives upload and sync: the command runs run.sh directly.
+    assert_eq!(run_on(client, "many", "w1", None).await, ["v1", "clean"]);
+    let cached = blobs(&worker.work_dir().join("cache"));
+    // A second run gets a clean directory: what the first one wrote is gone.
+    assert_eq!(run_on(client, "many", "w1", None).await, ["v1", "clean"]);
+
+    // One file changed: one new content on the worker, nothing else fetched.
+    std::fs::write(dir.path().join("VERSION"), "v2\n").unwrap();
+    let v2 = client
+        .upload_files(
+            "many",
+            arachne_web_api::archive::pack_dir(dir.path()).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_ne!(v2.version, v1.version);
+    assert_eq!(run_on(client, "many", "w1", None).await, ["v2", "clean"]);
+    assert_eq!(blobs(&worker.work_dir().join("cache")), cached + 1);
+
+    // Both versions are listed; the older one still runs by name and can be made current again.
+    let versions = client.list_versions("many").await.unwrap();
+    let listed: Vec<(&str, bool)> = versions
+        .iter()
+        .map(|v| (v.hash.as_str(), v.current))
+        .collect();
+    assert_eq!(
+        listed,
+        [(v2.version.as_str(), true), (v1.version.as_str(), false)]
+    );
+    assert_eq!(
+        run_on(client, "many", "w1", Some(v1.version.clone())).await,
+        ["v1", "clean"]
+    );
+    let back = client
+        .set_current_version("many", &v1.version)
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.version.as_str(), back.file_count),
+        (v1.version.as_str(), 303)
+    );
+    assert_eq!(run_on(client, "many", "w1", None).await, ["v1", "clean"]);
+
+    // Files of any version can be listed and read.
+    let listing = client.list_files("many", Some(&v2.version)).await.unwrap();
+    assert_eq!(listing.files.len(), 303);
+    let entry = listing.files.iter().find(|f| f.path == "run.sh").unwrap();
+    assert_eq!(entry.mode & 0o777, 0o755);
+    assert!(
+        !listing
+            .files
+            .iter()
+            .any(|f| f.path.ends_with(".log") || f.path.starts_with(".git"))
+    );
+    assert_eq!(
+        client
+            .read_file("many", "VERSION", Some(&v2.version))
+            .await
+            .unwrap(),
+        b"v2\n"
+    );
+    assert_eq!(
+        client.read_file("many", "VERSION", None).await.unwrap(),
+        b"v1\n"
+    );
+    assert_eq!(
+        client.read_file("many", "pkg/m007.py", None).await.unwrap(),
+        b"value = 7\n"
+    );
+
+    // Contents are stored once on the master too, across versions and spiders.
+    let master_blobs = blobs(&data.path().join("spiders"));
+    common::create_spider(client, "copy", "true", &[("pkg/m001.py", "value = 1\n")]).await;
+    assert_eq!(blobs(&data.path().join("spiders")), master_blobs);
+
+    worker.stop().await;
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn a_sync_that_fails_fails_the_task_and_never_runs_stale_files() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 1);
+    master.wait_nodes_online(1).await;
+    let client = &master.client;
+    common::create_spider(
+        client,
+        "lost",
+        "cat data.txt",
+        &[("data.txt", "a content only this spider has")],
+    )
+    .await;
+    // The master loses the content (a damaged disk): the worker cannot get it.
+    let sha = client.list_files("lost", None).await.unwrap().files[0]
+        .sha256
+        .clone();
+    let blob = data.path().join("spiders/blobs").join(&sha[..2]).join(&sha);
+    std::fs::remove_file(&blob).unwrap();
+
+    let task = client
+        .run_task(&RunTask {
+            spider: "lost".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_done(client, task.id).await;
+    assert_eq!(done.status, TaskStatus::Error);
+    let error = done.error.unwrap_or_default();
+    assert!(error.contains("fetching files"), "{error}");
+    let logs: Vec<String> = all_logs(client, task.id)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert!(
+        !logs.iter().any(|l| l.contains("a content only")),
+        "the spider never ran: {logs:?}"
+    );
+    // Nothing half-synced was kept: no manifest of that version on the worker.
+    let cache = worker.work_dir().join("cache/versions");
+    let kept = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(kept, 0);
+
+    worker.stop().await;
+    master.stop().await;
+}
