@@ -100,7 +100,9 @@ async fn spider(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     for (path, content) in files {
-        std::fs::write(dir.path().join(path), content)?;
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
+        std::fs::write(path, content)?;
     }
     client
         .put_spider(&CreateSpider {
@@ -152,7 +154,7 @@ for _ in range(n // 1000):
 "#;
 
 /// The figures `scripts/bench` can measure; a second argument (comma-separated names) picks some of them.
-const SECTIONS: [&str; 5] = ["latency", "throughput", "items", "logs", "idle"];
+const SECTIONS: [&str; 6] = ["latency", "throughput", "sync", "items", "logs", "idle"];
 
 /// The master under measurement, with its one local worker, and a client on its HTTP API.
 struct Bench {
@@ -203,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         match section.as_str() {
             "latency" => bench.latency().await?,
             "throughput" => bench.throughput().await?,
+            "sync" => bench.sync().await?,
             "items" => bench.items().await?,
             "logs" => bench.logs().await?,
             _ => bench.idle_workers().await?,
@@ -262,20 +265,7 @@ impl Bench {
     async fn latency(&mut self) -> anyhow::Result<()> {
         let spawn = bare_spawn_ms(100).await?;
         let local = self.trigger_to_started(None).await?;
-        let worker_dir = tempfile::tempdir()?;
-        let worker_bin = std::env::var_os("ARACHNE_WORKER_BIN")
-            .map(PathBuf::from)
-            .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")?;
-        let mut worker = tokio::process::Command::new(worker_bin)
-            .args(["--master", &format!("http://{}", self.grpc_addr)])
-            .args(["--name", "remote", "--max-runners", "4"])
-            .arg("--work-dir")
-            .arg(worker_dir.path())
-            .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the worker binary")?;
-        wait_nodes_idle(&self.client, &["remote"]).await?;
+        let (mut worker, _worker_dir) = self.remote_worker("remote").await?;
         run_to_end(&self.client, &noop_run(Some("remote"))).await?; // warm its file cache
         let remote = self.trigger_to_started(Some("remote")).await?;
         worker.kill().await?;
@@ -295,6 +285,119 @@ impl Bench {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Starts an `arachne-worker` process of its own, connected over TCP, and waits until it is online.
+    async fn remote_worker(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(tokio::process::Child, tempfile::TempDir)> {
+        let worker_dir = tempfile::tempdir()?;
+        let worker_bin = std::env::var_os("ARACHNE_WORKER_BIN")
+            .map(PathBuf::from)
+            .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")?;
+        let worker = tokio::process::Command::new(worker_bin)
+            .args(["--master", &format!("http://{}", self.grpc_addr)])
+            .args(["--name", name, "--max-runners", "4"])
+            .arg("--work-dir")
+            .arg(worker_dir.path())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the worker binary")?;
+        wait_nodes_idle(&self.client, &[name]).await?;
+        Ok((worker, worker_dir))
+    }
+
+    /// Spider files synced to a separate worker: what a one-file change transfers, and the speed of a 100 MB
+    /// first sync against copying the same bytes over loopback into files.
+    async fn sync(&mut self) -> anyhow::Result<()> {
+        let (mut worker, worker_dir) = self.remote_worker("syncer").await?;
+        let cache = worker_dir.path().join("cache");
+        let run = |name: &str| RunTask {
+            spider: name.into(),
+            mode: Some(RunMode::Nodes),
+            nodes: vec!["syncer".into()],
+            ..Default::default()
+        };
+
+        let files: Vec<(String, String)> = (0..1000)
+            .map(|i| {
+                (
+                    format!("spider/part{i:04}.py"),
+                    format!("# part {i}\n{}\n", "x = 1\n".repeat(100)),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        spider(&self.client, "thousand", "true", &refs).await?;
+        run_to_end(&self.client, &run("thousand")).await?;
+        let before = count_blobs(&cache);
+        let mut changed = files.clone();
+        changed[500].1.push_str("x = 2\n");
+        let refs: Vec<(&str, &str)> = changed
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        spider(&self.client, "thousand", "true", &refs).await?;
+        run_to_end(&self.client, &run("thousand")).await?;
+        let fetched = (count_blobs(&cache) - before) as f64;
+        self.rows.push(row(
+            "1,000-file spider, one file changed: files transferred on re-sync",
+            "files",
+            fetched,
+            (1000.0, "a full sync"),
+            "1 (only the changed file)",
+            fetched == 1.0,
+        ));
+
+        // 100 MB in 20 files of incompressible bytes.
+        const FILES: usize = 20;
+        const FILE_BYTES: usize = 5 << 20;
+        let dir = tempfile::tempdir()?;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..FILES {
+            let mut data = Vec::with_capacity(FILE_BYTES);
+            while data.len() < FILE_BYTES {
+                seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = seed;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                data.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+            }
+            std::fs::write(dir.path().join(format!("blob{i:02}.bin")), &data)?;
+        }
+        self.client
+            .put_spider(&CreateSpider {
+                name: "big".into(),
+                cmd: "true".into(),
+                ..Default::default()
+            })
+            .await?;
+        self.client
+            .upload_files("big", arachne_web_api::archive::pack_dir(dir.path())?)
+            .await?;
+        let task = run_to_end(&self.client, &run("big")).await?;
+        let started = task
+            .started_at()
+            .context("a finished task has a start time")?;
+        let secs = (started - task.created_at).num_microseconds().unwrap_or(1) as f64 / 1e6;
+        let bytes = (FILES * FILE_BYTES) as f64;
+        let measured = bytes / secs / 1e6;
+        let base = loopback_copy_mb_per_sec(FILES, FILE_BYTES).await?;
+        self.rows.push(row(
+            "100 MB spider, first sync to a separate worker (trigger -> started)",
+            "MB/s",
+            measured,
+            (base, "the same bytes over loopback TCP into files"),
+            ">= 50% of baseline",
+            measured >= base * 0.5,
+        ));
+        worker.kill().await?;
         Ok(())
     }
 
@@ -452,6 +555,53 @@ impl Bench {
         worker_shutdown.cancel();
         Ok(())
     }
+}
+
+/// Contents in a worker's file cache.
+fn count_blobs(cache: &std::path::Path) -> usize {
+    std::fs::read_dir(cache.join("blobs"))
+        .map(|shards| {
+            shards
+                .filter_map(Result::ok)
+                .map(|s| std::fs::read_dir(s.path()).map(|d| d.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// MB/s of sending `files` × `file_bytes` over a loopback TCP connection and writing them into files, as a
+/// plain copy tool would.
+async fn loopback_copy_mb_per_sec(files: usize, file_bytes: usize) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let data = vec![0x5a_u8; file_bytes];
+    let target = tempfile::tempdir()?;
+    let start = Instant::now();
+    let sender = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        for _ in 0..files {
+            for piece in data.chunks(256 * 1024) {
+                stream.write_all(piece).await?;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let (mut stream, _) = listener.accept().await?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    for i in 0..files {
+        let mut file = tokio::fs::File::create(target.path().join(i.to_string())).await?;
+        let mut left = file_bytes;
+        while left > 0 {
+            let n = stream.read(&mut buffer[..left.min(256 * 1024)]).await?;
+            anyhow::ensure!(n > 0, "the loopback sender stopped early");
+            file.write_all(&buffer[..n]).await?;
+            left -= n;
+        }
+        file.flush().await?;
+    }
+    sender.await??;
+    Ok((files * file_bytes) as f64 / start.elapsed().as_secs_f64() / 1e6)
 }
 
 /// This process's CPU use over `window`, in percent of one core, from /proc (user + system ticks, 100 per s).

@@ -5,11 +5,12 @@ mod api;
 mod cluster;
 mod cron;
 pub mod files;
+mod folders;
 mod scheduler;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arachne_web_api::{Backend, RouterOptions};
@@ -32,6 +33,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Spider folders (each with an `arachne.toml`) registered on start if no spider of that name exists.
     pub examples_dir: Option<PathBuf>,
+    /// A folder of spider folders (each with an `arachne.toml`) kept in sync: edits become new versions.
+    pub spiders_dir: Option<PathBuf>,
     /// Runs a worker inside the master process; `None` turns it off.
     pub local_worker: Option<LocalWorker>,
     pub upload: UploadLimits,
@@ -66,6 +69,7 @@ impl Config {
         Self {
             data_dir,
             examples_dir: None,
+            spiders_dir: None,
             local_worker: Some(LocalWorker::default()),
             upload: UploadLimits::default(),
             http: RouterOptions::default(),
@@ -125,7 +129,7 @@ pub async fn run(
         schedule_writes: Default::default(),
     });
     if let Some(dir) = &config.examples_dir {
-        register_examples(api.as_ref(), dir).await;
+        folders::register_examples(api.as_ref(), dir).await;
     }
 
     let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
@@ -135,6 +139,13 @@ pub async fn run(
     let tracker = TaskTracker::new();
     tracker.spawn(Arc::clone(&scheduler).run(servers.clone()));
     tracker.spawn(cron::run(Arc::clone(&api), servers.clone()));
+    if let Some(dir) = &config.spiders_dir {
+        tracker.spawn(folders::watch(
+            Arc::clone(&api),
+            dir.clone(),
+            servers.clone(),
+        ));
+    }
     let cluster = Arc::new(Cluster {
         store,
         scheduler,
@@ -228,63 +239,5 @@ async fn recover(store: &dyn Store, scheduler: &Scheduler) -> Result<(), store::
             "waiting for nodes with tasks in flight to reconnect"
         );
     }
-    Ok(())
-}
-
-/// The settings file of a spider folder.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpiderManifest {
-    name: String,
-    cmd: String,
-    #[serde(default)]
-    settings: Option<arachne_shared::spider::RunSettings>,
-    #[serde(default)]
-    max_instances: Option<u32>,
-}
-
-/// Registers every example spider that does not exist yet. A broken example is reported and skipped.
-async fn register_examples(api: &MasterApi, dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        info!(dir = %dir.display(), "no examples folder; no example spiders registered");
-        return;
-    };
-    let mut folders: Vec<_> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    folders.sort();
-    for folder in folders {
-        if let Err(err) = register_example(api, &folder).await {
-            warn!(folder = %folder.display(), error = %err, "example spider not registered");
-        }
-    }
-}
-
-async fn register_example(api: &MasterApi, folder: &Path) -> Result<(), String> {
-    let manifest_path = folder.join("arachne.toml");
-    let text = std::fs::read_to_string(&manifest_path)
-        .map_err(|e| format!("{}: {e}", manifest_path.display()))?;
-    let manifest: SpiderManifest =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
-    if api.get_spider(&manifest.name).await.is_ok() {
-        return Ok(());
-    }
-    let archive = arachne_web_api::archive::pack_dir(folder).map_err(|e| e.to_string())?;
-    let request = arachne_web_api::types::CreateSpider {
-        name: manifest.name.clone(),
-        cmd: manifest.cmd,
-        settings: manifest.settings,
-        max_instances: manifest.max_instances,
-    };
-    api.put_spider(request).await.map_err(|e| e.to_string())?;
-    api.upload_files(
-        &manifest.name,
-        arachne_web_api::types::Upload::Archive(archive),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    info!(spider = %manifest.name, "example spider registered");
     Ok(())
 }

@@ -31,6 +31,10 @@ struct Args {
     /// Spider folders registered on start when missing (each holds an arachne.toml).
     #[arg(long, default_value = "examples")]
     examples_dir: PathBuf,
+    /// A folder of spider folders (each with an arachne.toml) kept in sync while the master runs: every edit
+    /// becomes the spider's new current version.
+    #[arg(long, env = "ARACHNE_SPIDERS_DIR")]
+    spiders_dir: Option<PathBuf>,
     /// Seconds without a word from a worker before it counts as offline and its running tasks are settled
     /// (Abnormal, or retried); also how long a disconnected worker has to come back for its tasks.
     #[arg(long, default_value_t = 15.0)]
@@ -49,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);
+    config.spiders_dir = args.spiders_dir;
     config.http.max_upload_bytes = args.max_upload_mib << 20;
     anyhow::ensure!(
         args.heartbeat_timeout.is_finite() && args.heartbeat_timeout >= 0.5,

@@ -220,3 +220,90 @@ async fn a_sync_that_fails_fails_the_task_and_never_runs_stale_files() {
     worker.stop().await;
     master.stop().await;
 }
+
+#[tokio::test]
+async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_spider() {
+    let data = tempfile::tempdir().unwrap();
+    let spiders = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let path = spiders.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        "alpha/arachne.toml",
+        "name = \"alpha\"\ncmd = \"cat out.txt\"\n",
+    );
+    write("alpha/out.txt", "first\n");
+    write(
+        "broken/arachne.toml",
+        "name = \"broken\"\ncmd = [not toml\n",
+    );
+    write("broken/out.txt", "x\n");
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.local_worker = Some(arachne_master::LocalWorker {
+        runner: common::quick_runner(),
+        ..Default::default()
+    });
+    config.spiders_dir = Some(spiders.path().to_owned());
+    let master = TestMaster::start_with(config).await;
+    let client = &master.client;
+
+    // Registered and uploaded: a spider is created first and gets its files right after.
+    let has_files = |name: &'static str| async move {
+        client
+            .get_spider(name)
+            .await
+            .is_ok_and(|s| !s.version.is_empty())
+    };
+    common::eventually("alpha is registered from its folder", || has_files("alpha")).await;
+    assert!(
+        client.get_spider("broken").await.is_err(),
+        "a broken arachne.toml registers nothing"
+    );
+    let first = client.get_spider("alpha").await.unwrap().version;
+    assert_eq!(run_local(client, "alpha").await, ["first"]);
+
+    // An edit becomes a new current version, without a restart.
+    write("alpha/out.txt", "second\n");
+    common::eventually("the edit becomes a version", || async {
+        client.get_spider("alpha").await.unwrap().version != first
+    })
+    .await;
+    assert_eq!(run_local(client, "alpha").await, ["second"]);
+    assert_eq!(client.list_versions("alpha").await.unwrap().len(), 2);
+
+    // A spider added while running, and the broken one once fixed, are picked up too.
+    write("beta/out.txt", "beta\n");
+    write(
+        "beta/arachne.toml",
+        "name = \"beta\"\ncmd = \"cat out.txt\"\n",
+    );
+    write(
+        "broken/arachne.toml",
+        "name = \"broken\"\ncmd = \"cat out.txt\"\n",
+    );
+    common::eventually("beta and the fixed spider are registered", || async {
+        has_files("beta").await && has_files("broken").await
+    })
+    .await;
+    assert_eq!(run_local(client, "beta").await, ["beta"]);
+    master.stop().await;
+}
+
+async fn run_local(client: &Client, spider: &str) -> Vec<String> {
+    let task = client
+        .run_task(&RunTask {
+            spider: spider.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = wait_done(client, task.id).await;
+    assert_eq!(done.status, TaskStatus::Finished, "{:?}", done.error);
+    all_logs(client, task.id)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect()
+}

@@ -34,6 +34,9 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
+            // HTTP/2's default 64 KiB window stalls a file transfer on a flow-control round trip every 64 KiB.
+            .initial_stream_window_size(Some(crate::STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(crate::CONNECTION_WINDOW_BYTES))
             .connect()
             .await
             .map_err(connect_error)?;

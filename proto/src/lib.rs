@@ -46,3 +46,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Maximum size of one gRPC message either way. A log batch carries lines of up to the runner's line limit.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// HTTP/2 flow-control windows of both sides: how much may be in flight per stream and per connection.
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;

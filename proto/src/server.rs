@@ -185,6 +185,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
+        // The default 64 KiB window would cap a worker's log and item stream at one window per round trip.
+        .initial_stream_window_size(Some(crate::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(crate::CONNECTION_WINDOW_BYTES))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await

@@ -1,0 +1,193 @@
+//! Spider folders on the master's disk: each subfolder holding an `arachne.toml` (name, cmd, optional settings
+//! and max_instances) is a spider. Example folders are registered once, when missing; a watched spiders folder
+//! (`--spiders-dir`) is kept in sync: edits become a new current version, debounced, without a restart.
+//!
+//! A broken folder is reported with its reason and skipped; it never stops the others.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arachne_web_api::Backend;
+use arachne_web_api::types::{CreateSpider, Upload};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::MasterApi;
+
+/// The settings file of a spider folder.
+const SETTINGS_FILE: &str = "arachne.toml";
+/// Quiet time after the last change before a folder is synced, so a save of many files makes one version.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Changed paths waiting for the syncer; when full, the syncer rescans every folder instead.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// The settings file of a spider folder.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpiderSettings {
+    name: String,
+    cmd: String,
+    #[serde(default)]
+    settings: Option<arachne_shared::spider::RunSettings>,
+    #[serde(default)]
+    max_instances: Option<u32>,
+}
+
+/// Whether a folder's spider is written when it exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    Keep,
+    Update,
+}
+
+/// Registers every example spider that does not exist yet.
+pub(crate) async fn register_examples(api: &MasterApi, dir: &Path) {
+    let Ok(folders) = folders(dir) else {
+        info!(dir = %dir.display(), "no examples folder; no example spiders registered");
+        return;
+    };
+    for folder in folders {
+        if let Err(err) = sync_folder(api, &folder, Existing::Keep).await {
+            warn!(folder = %folder.display(), error = %err, "example spider not registered");
+        }
+    }
+}
+
+/// Syncs every spider folder under `dir`, then keeps them in sync until `shutdown`.
+pub(crate) async fn watch(api: Arc<MasterApi>, dir: PathBuf, shutdown: CancellationToken) {
+    let (tx, mut rx) = mpsc::channel::<Option<PathBuf>>(EVENTS_CAPACITY);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let message = match event {
+            Ok(event) => event.paths.into_iter().next(),
+            // The watcher lost track (for example an overflowed queue): rescan everything.
+            Err(_) => None,
+        };
+        // Full queue: the syncer will rescan anyway, since a `None` or this event is already waiting.
+        let _ = tx.try_send(message);
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(err) => {
+            error!(dir = %dir.display(), error = %err, "cannot watch the spiders folder; edits need a restart");
+            sync_all(&api, &dir).await;
+            return;
+        }
+    };
+    if let Err(err) = watcher.watch(&dir, RecursiveMode::Recursive) {
+        error!(dir = %dir.display(), error = %err, "cannot watch the spiders folder; edits need a restart");
+    }
+    sync_all(&api, &dir).await;
+    loop {
+        let first = tokio::select! {
+            message = rx.recv() => message,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(first) = first else { return };
+        let mut changed = BTreeSet::new();
+        let mut everything = false;
+        let mut note = |message: Option<PathBuf>| match message.and_then(|p| top_folder(&dir, &p)) {
+            Some(folder) => {
+                changed.insert(folder);
+            }
+            None => everything = true,
+        };
+        note(first);
+        // Debounce: keep collecting until the folder has been quiet for a while.
+        loop {
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some(message) => note(message),
+                    None => return,
+                },
+                () = tokio::time::sleep(DEBOUNCE) => break,
+                () = shutdown.cancelled() => return,
+            }
+        }
+        if everything {
+            sync_all(&api, &dir).await;
+            continue;
+        }
+        for folder in changed {
+            if folder.join(SETTINGS_FILE).exists() {
+                sync_one(&api, &folder).await;
+            }
+        }
+    }
+}
+
+/// The subfolder of `dir` that `path` lies in; `None` for `dir` itself or a path outside it.
+fn top_folder(dir: &Path, path: &Path) -> Option<PathBuf> {
+    let relative = path.strip_prefix(dir).ok()?;
+    let first = relative.components().next()?;
+    Some(dir.join(first))
+}
+
+fn folders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.join(SETTINGS_FILE).is_file())
+        .collect();
+    folders.sort();
+    Ok(folders)
+}
+
+async fn sync_all(api: &MasterApi, dir: &Path) {
+    match folders(dir) {
+        Ok(folders) => {
+            for folder in folders {
+                sync_one(api, &folder).await;
+            }
+        }
+        Err(err) => error!(dir = %dir.display(), error = %err, "cannot read the spiders folder"),
+    }
+}
+
+async fn sync_one(api: &MasterApi, folder: &Path) {
+    if let Err(err) = sync_folder(api, folder, Existing::Update).await {
+        warn!(folder = %folder.display(), error = %err, "spider folder not synced; fix it and save again");
+    }
+}
+
+/// Creates or updates the folder's spider and uploads its files as its current version.
+async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Result<(), String> {
+    let settings_path = folder.join(SETTINGS_FILE);
+    let text = tokio::fs::read_to_string(&settings_path)
+        .await
+        .map_err(|e| format!("{}: {e}", settings_path.display()))?;
+    let settings: SpiderSettings =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", settings_path.display()))?;
+    if existing == Existing::Keep && api.get_spider(&settings.name).await.is_ok() {
+        return Ok(());
+    }
+    let packed = {
+        let folder = folder.to_owned();
+        tokio::task::spawn_blocking(move || arachne_web_api::archive::pack_dir(&folder))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+    };
+    let name = settings.name.clone();
+    let before = api.get_spider(&name).await.ok();
+    api.put_spider(CreateSpider {
+        name: name.clone(),
+        cmd: settings.cmd,
+        settings: settings.settings,
+        max_instances: settings.max_instances,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let spider = api
+        .upload_files(&name, Upload::Archive(packed))
+        .await
+        .map_err(|e| e.to_string())?;
+    if before.is_none_or(|b| b.version != spider.version) {
+        info!(spider = %name, version = %spider.version, files = spider.file_count, folder = %folder.display(),
+            "spider folder synced as a new version");
+    }
+    Ok(())
+}
