@@ -22,12 +22,18 @@ fn blobs(root: &Path) -> usize {
         .sum()
 }
 
-async fn run_on(client: &Client, spider: &str, node: &str, version: Option<String>) -> Vec<String> {
+/// Runs the spider (on `node` if given), expects it to finish, and returns its log.
+async fn run_on(
+    client: &Client,
+    spider: &str,
+    node: Option<&str>,
+    version: Option<String>,
+) -> Vec<String> {
     let task = client
         .run_task(&RunTask {
             spider: spider.into(),
-            mode: Some(RunMode::Nodes),
-            nodes: vec![node.into()],
+            mode: node.map(|_| RunMode::Nodes),
+            nodes: node.into_iter().map(str::to_owned).collect(),
             version,
             ..Default::default()
         })
@@ -93,10 +99,16 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
     );
 
     // The executable bit survives upload and sync: the command runs run.sh directly.
-    assert_eq!(run_on(client, "many", "w1", None).await, ["v1", "clean"]);
+    assert_eq!(
+        run_on(client, "many", Some("w1"), None).await,
+        ["v1", "clean"]
+    );
     let cached = blobs(&worker.work_dir().join("cache"));
     // A second run gets a clean directory: what the first one wrote is gone.
-    assert_eq!(run_on(client, "many", "w1", None).await, ["v1", "clean"]);
+    assert_eq!(
+        run_on(client, "many", Some("w1"), None).await,
+        ["v1", "clean"]
+    );
 
     // One file changed: one new content on the worker, nothing else fetched.
     std::fs::write(dir.path().join("VERSION"), "v2\n").unwrap();
@@ -108,7 +120,10 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
         .await
         .unwrap();
     assert_ne!(v2.version, v1.version);
-    assert_eq!(run_on(client, "many", "w1", None).await, ["v2", "clean"]);
+    assert_eq!(
+        run_on(client, "many", Some("w1"), None).await,
+        ["v2", "clean"]
+    );
     assert_eq!(blobs(&worker.work_dir().join("cache")), cached + 1);
 
     // Both versions are listed; the older one still runs by name and can be made current again.
@@ -122,7 +137,7 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
         [(v2.version.as_str(), true), (v1.version.as_str(), false)]
     );
     assert_eq!(
-        run_on(client, "many", "w1", Some(v1.version.clone())).await,
+        run_on(client, "many", Some("w1"), Some(v1.version.clone())).await,
         ["v1", "clean"]
     );
     let back = client
@@ -133,7 +148,10 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
         (back.version.as_str(), back.file_count),
         (v1.version.as_str(), 303)
     );
-    assert_eq!(run_on(client, "many", "w1", None).await, ["v1", "clean"]);
+    assert_eq!(
+        run_on(client, "many", Some("w1"), None).await,
+        ["v1", "clean"]
+    );
 
     // Files of any version can be listed and read.
     let listing = client.list_files("many", Some(&v2.version)).await.unwrap();
@@ -262,7 +280,7 @@ async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_s
         "a broken arachne.toml registers nothing"
     );
     let first = client.get_spider("alpha").await.unwrap().version;
-    assert_eq!(run_local(client, "alpha").await, ["first"]);
+    assert_eq!(run_on(client, "alpha", None, None).await, ["first"]);
 
     // An edit becomes a new current version, without a restart.
     write("alpha/out.txt", "second\n");
@@ -270,7 +288,7 @@ async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_s
         client.get_spider("alpha").await.unwrap().version != first
     })
     .await;
-    assert_eq!(run_local(client, "alpha").await, ["second"]);
+    assert_eq!(run_on(client, "alpha", None, None).await, ["second"]);
     assert_eq!(client.list_versions("alpha").await.unwrap().len(), 2);
 
     // A spider added while running, and the broken one once fixed, are picked up too.
@@ -287,23 +305,6 @@ async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_s
         has_files("beta").await && has_files("broken").await
     })
     .await;
-    assert_eq!(run_local(client, "beta").await, ["beta"]);
+    assert_eq!(run_on(client, "beta", None, None).await, ["beta"]);
     master.stop().await;
-}
-
-async fn run_local(client: &Client, spider: &str) -> Vec<String> {
-    let task = client
-        .run_task(&RunTask {
-            spider: spider.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let done = wait_done(client, task.id).await;
-    assert_eq!(done.status, TaskStatus::Finished, "{:?}", done.error);
-    all_logs(client, task.id)
-        .await
-        .into_iter()
-        .map(|l| l.text)
-        .collect()
 }
