@@ -210,6 +210,79 @@ impl SpiderFiles {
             .map_err(|e| Error::Corrupt(version.to_owned(), e.to_string()))
     }
 
+    /// Moves versions kept in the first layout (a folder of files per version, `{spider}/{hash}/`) into blobs
+    /// and manifests, so spiders uploaded before keep running. Returns how many versions were moved.
+    pub async fn migrate_folders(&self) -> Result<usize, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(spiders) = std::fs::read_dir(&this.root) else {
+                return Ok(0);
+            };
+            let mut moved = 0;
+            for spider_dir in spiders.filter_map(Result::ok) {
+                let name = spider_dir.file_name();
+                let Some(spider) = name.to_str().and_then(|n| n.parse::<SpiderId>().ok()) else {
+                    continue;
+                };
+                for version in std::fs::read_dir(spider_dir.path()).map_err(io(&spider_dir.path()))? {
+                    let version = version.map_err(io(&spider_dir.path()))?.path();
+                    let staging = this.root.join(".staging").join(uuid::Uuid::now_v7().to_string());
+                    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+                    let committed = this
+                        .stage_folder(&version, &staging)
+                        .and_then(|staged| this.commit(spider, staged));
+                    let _ = std::fs::remove_dir_all(&staging);
+                    let committed = committed?;
+                    if version.file_name().and_then(|n| n.to_str()) != Some(committed.hash.as_str()) {
+                        // Same hash formula, so this means the folder was changed by hand.
+                        tracing::warn!(folder = %version.display(), version = %committed.hash,
+                            "a moved spider version hashed differently; its spider needs its version set again");
+                    }
+                    std::fs::remove_dir_all(&version).map_err(io(&version))?;
+                    moved += 1;
+                }
+                let _ = std::fs::remove_dir(spider_dir.path());
+            }
+            Ok(moved)
+        })
+        .await
+        .expect("migrating does not panic")
+    }
+
+    /// A version folder of the first layout, staged as an upload would be (no limits: it was accepted once).
+    fn stage_folder(&self, folder: &Path, staging: &Path) -> Result<Vec<Staged>, Error> {
+        let limits = UploadLimits {
+            max_unpacked_bytes: u64::MAX,
+            max_files: usize::MAX,
+        };
+        let mut sink = Sink {
+            staging,
+            limits: &limits,
+            files: Vec::new(),
+            paths: HashSet::new(),
+            total: 0,
+        };
+        let mut stack = vec![folder.to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+                let path = entry.map_err(io(&dir))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let relative = path.strip_prefix(folder).expect("below the folder");
+                let mode = std::fs::metadata(&path)
+                    .map_err(io(&path))?
+                    .permissions()
+                    .mode();
+                let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+                sink.add(&relative.to_string_lossy(), mode, &mut file)?;
+            }
+        }
+        sink.files.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+        Ok(sink.files)
+    }
+
     /// The manifest of one version.
     pub async fn manifest(&self, spider: SpiderId, version: &str) -> Result<Manifest, Error> {
         let this = self.clone();
@@ -650,6 +723,47 @@ mod tests {
                 .stream_blobs(spider, &v1.hash, vec![foreign])
                 .await
                 .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn versions_of_the_first_layout_are_moved_and_keep_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SpiderFiles::new(dir.path().to_owned(), UploadLimits::default());
+        let spider = SpiderId::new();
+        // What the first layout kept: one folder of files per version, named by the same manifest hash.
+        let manifest = Manifest::new(vec![FileEntry {
+            path: "bin/run.sh".into(),
+            size: 5,
+            mode: 0o755,
+            sha256: hex(&Sha256::digest(b"exit\n")),
+        }]);
+        let old = dir.path().join(spider.to_string()).join(manifest.hash());
+        std::fs::create_dir_all(old.join("bin")).unwrap();
+        std::fs::write(old.join("bin/run.sh"), "exit\n").unwrap();
+        std::fs::set_permissions(
+            old.join("bin/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+
+        assert_eq!(store.migrate_folders().await.unwrap(), 1);
+        assert_eq!(
+            store.manifest(spider, &manifest.hash()).await.unwrap(),
+            manifest
+        );
+        assert_eq!(
+            store
+                .read_file(spider, &manifest.hash(), "bin/run.sh")
+                .await
+                .unwrap(),
+            b"exit\n"
+        );
+        assert!(!dir.path().join(spider.to_string()).exists());
+        assert_eq!(
+            store.migrate_folders().await.unwrap(),
+            0,
+            "nothing left to move"
         );
     }
 

@@ -17,7 +17,7 @@ use arachne_web_api::{Backend, RouterOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::MasterApi;
 use crate::cluster::Cluster;
@@ -121,6 +121,16 @@ pub async fn run(
     recover(store.as_ref(), &scheduler).await?;
 
     let files = SpiderFiles::new(config.data_dir.join("spiders"), config.upload.clone());
+    match files.migrate_folders().await {
+        Ok(0) => {}
+        Ok(moved) => info!(
+            versions = moved,
+            "spider versions moved to content-addressed storage"
+        ),
+        Err(err) => {
+            error!(error = %err, "cannot move spider versions of the first layout; they cannot run")
+        }
+    }
     let api = Arc::new(MasterApi {
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
