@@ -460,18 +460,11 @@ impl Backend for MasterApi {
 
     async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
         let spider = self.spider(name).await?;
-        let manifest = self
+        let info = self
             .files
-            .manifest(spider.id, version)
+            .version(spider.id, version)
             .await
             .map_err(|err| files_error(name, err))?;
-        let info = VersionInfo {
-            hash: version.to_owned(),
-            file_count: manifest.files.len() as u64,
-            total_bytes: manifest.total_bytes(),
-            created_at: Utc::now(),
-            current: true,
-        };
         self.make_current(spider, info).await
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
+use arachne_shared::files::Manifest;
 use arachne_shared::{Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,6 @@ use tracing::{error, info, warn};
 use crate::files::{self, SpiderFiles};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, TaskFilter};
-use arachne_shared::files::Manifest;
 
 /// How long a new session may take to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -79,6 +79,18 @@ struct StoredVersion {
     manifest: Manifest,
 }
 
+impl StoredVersion {
+    fn info(&self, hash: &str) -> VersionInfo {
+        VersionInfo {
+            hash: hash.to_owned(),
+            file_count: self.manifest.files.len() as u64,
+            total_bytes: self.manifest.total_bytes(),
+            created_at: self.created_at,
+            current: false,
+        }
+    }
+}
+
 /// The spider file store: blobs by content and version manifests.
 #[derive(Debug, Clone)]
 pub struct SpiderFiles {
@@ -174,24 +186,17 @@ impl SpiderFiles {
         let manifest = Manifest::new(entries);
         let hash = manifest.hash();
         let path = self.version_path(spider, &hash);
-        let created_at = match self.read_version(spider, &hash) {
-            Ok(existing) => existing.created_at,
+        match self.read_version(spider, &hash) {
+            Ok(existing) => Ok(existing.info(&hash)),
             Err(_) => {
                 let stored = StoredVersion {
                     created_at: Utc::now(),
-                    manifest: manifest.clone(),
+                    manifest,
                 };
                 write_atomically(&path, &serde_json::to_vec(&stored).expect("serialises"))?;
-                stored.created_at
+                Ok(stored.info(&hash))
             }
-        };
-        Ok(VersionInfo {
-            hash,
-            file_count: manifest.files.len() as u64,
-            total_bytes: manifest.total_bytes(),
-            created_at,
-            current: false,
-        })
+        }
     }
 
     fn read_version(&self, spider: SpiderId, version: &str) -> Result<StoredVersion, Error> {
@@ -283,6 +288,15 @@ impl SpiderFiles {
         Ok(sink.files)
     }
 
+    /// One stored version.
+    pub async fn version(&self, spider: SpiderId, version: &str) -> Result<VersionInfo, Error> {
+        let this = self.clone();
+        let version = version.to_owned();
+        tokio::task::spawn_blocking(move || Ok(this.read_version(spider, &version)?.info(&version)))
+            .await
+            .expect("reading does not panic")
+    }
+
     /// The manifest of one version.
     pub async fn manifest(&self, spider: SpiderId, version: &str) -> Result<Manifest, Error> {
         let this = self.clone();
@@ -308,14 +322,7 @@ impl SpiderFiles {
                 let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
                     continue;
                 };
-                let stored = this.read_version(spider, hash)?;
-                versions.push(VersionInfo {
-                    hash: hash.to_owned(),
-                    file_count: stored.manifest.files.len() as u64,
-                    total_bytes: stored.manifest.total_bytes(),
-                    created_at: stored.created_at,
-                    current: false,
-                });
+                versions.push(this.read_version(spider, hash)?.info(hash));
             }
             versions.sort_by_key(|v| std::cmp::Reverse(v.created_at));
             Ok(versions)

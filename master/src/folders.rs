@@ -161,7 +161,8 @@ async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Resu
         .map_err(|e| format!("{}: {e}", settings_path.display()))?;
     let settings: SpiderSettings =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", settings_path.display()))?;
-    if existing == Existing::Keep && api.get_spider(&settings.name).await.is_ok() {
+    let before = api.get_spider(&settings.name).await.ok();
+    if existing == Existing::Keep && before.is_some() {
         return Ok(());
     }
     let packed = {
@@ -172,7 +173,6 @@ async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Resu
             .map_err(|e| e.to_string())?
     };
     let name = settings.name.clone();
-    let before = api.get_spider(&name).await.ok();
     api.put_spider(CreateSpider {
         name: name.clone(),
         cmd: settings.cmd,

@@ -66,30 +66,22 @@ impl IgnoreRules {
 
     /// Whether the file at `path` (relative, `/`-separated) is left out, by its own name or a folder's.
     pub fn is_ignored(&self, path: &str) -> bool {
-        let parts: Vec<&str> = path.split('/').collect();
-        let (name, dirs) = parts.split_last().expect("split yields one part at least");
-        if dirs.iter().any(|d| IGNORED_DIRS.contains(d))
+        let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let folder_ignored = !dirs.is_empty()
+            && dirs
+                .match_indices('/')
+                .map(|(at, _)| &dirs[..at])
+                .chain([dirs])
+                .any(|folder| self.is_ignored_dir(folder));
+        folder_ignored
             || IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s))
-        {
-            return true;
-        }
-        let Some(user) = &self.user else {
-            return false;
-        };
-        let mut prefix = String::new();
-        for dir in dirs {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(dir);
-            if user.matched(&prefix, true).is_ignore() {
-                return true;
-            }
-        }
-        user.matched(path, false).is_ignore()
+            || self
+                .user
+                .as_ref()
+                .is_some_and(|u| u.matched(path, false).is_ignore())
     }
 
-    /// Whether a folder is left out as a whole (so a walk need not enter it).
+    /// Whether the folder at `path` is left out as a whole (so a walk need not enter it).
     fn is_ignored_dir(&self, path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
         IGNORED_DIRS.contains(&name)
@@ -103,11 +95,6 @@ impl IgnoreRules {
 /// Packs the files under `dir` (relative paths, permission bits kept) into a gzip-compressed tar archive,
 /// leaving out what [`IgnoreRules`] (with the folder's `.arachneignore`) leaves out.
 pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, Error> {
-    pack_dir_with(dir, |_| {})
-}
-
-/// [`pack_dir`], calling `progress` with the bytes read so far after each file.
-pub fn pack_dir_with(dir: &Path, mut progress: impl FnMut(u64)) -> Result<Vec<u8>, Error> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
@@ -124,7 +111,6 @@ pub fn pack_dir_with(dir: &Path, mut progress: impl FnMut(u64)) -> Result<Vec<u8
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
     builder.follow_symlinks(true);
-    let mut read = 0u64;
     let mut stack = vec![root.clone()];
     while let Some(current) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&current)
@@ -155,8 +141,6 @@ pub fn pack_dir_with(dir: &Path, mut progress: impl FnMut(u64)) -> Result<Vec<u8
             builder
                 .append_path_with_name(&path, relative)
                 .map_err(io(&path))?;
-            read += meta.len();
-            progress(read);
         }
     }
     let encoder = builder.into_inner().map_err(io(dir))?;

@@ -92,19 +92,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     arachne_shared::spider::validate_name("node", &config.name).map_err(Error::Config)?;
     // Leftovers of runs cut short by a crash would otherwise pile up.
     let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
-    let _ = tokio::fs::remove_dir_all(config.work_dir.join("cache/.staging")).await;
-    // Version folders of the first cache layout: the content cache replaced them, so they are only disk.
-    if let Ok(mut entries) = tokio::fs::read_dir(config.work_dir.join("cache")).await {
-        while let Ok(Some(entry)) = entries.next_entry().await {
-            let name = entry.file_name();
-            if name
-                .to_str()
-                .is_some_and(|n| n.parse::<arachne_shared::SpiderId>().is_ok())
-            {
-                let _ = tokio::fs::remove_dir_all(entry.path()).await;
-            }
-        }
-    }
+    sync::FileCache::new(config.work_dir.join("cache"))
+        .sweep()
+        .await;
     for dir in [config.work_dir.join("cache"), config.work_dir.join("tasks")] {
         tokio::fs::create_dir_all(&dir)
             .await

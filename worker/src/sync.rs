@@ -81,19 +81,46 @@ impl FileCache {
         self.root.join("versions").join(format!("{version}.json"))
     }
 
-    /// A version cached whole: its manifest and every content it names.
-    async fn cached(&self, version: &str) -> Option<Manifest> {
-        let bytes = tokio::fs::read(self.manifest_path(version)).await.ok()?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
-        for file in &manifest.files {
-            if !tokio::fs::try_exists(self.blob_path(&file.sha256))
-                .await
-                .unwrap_or(false)
-            {
-                return None;
+    /// Clears what a crash can leave: half-received contents, and version folders of the first cache layout
+    /// (the content cache replaced them, so they are only disk).
+    pub(crate) async fn sweep(&self) {
+        let _ = tokio::fs::remove_dir_all(self.root.join(".staging")).await;
+        if let Ok(mut entries) = tokio::fs::read_dir(&self.root).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let name = entry.file_name();
+                if name.to_str().is_some_and(|n| n.parse::<SpiderId>().is_ok()) {
+                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
+                }
             }
         }
-        Some(manifest)
+    }
+
+    /// The cached manifest of `version`, if any.
+    async fn cached_manifest(&self, version: &str) -> Option<Manifest> {
+        let bytes = tokio::fs::read(self.manifest_path(version)).await.ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The contents of `manifest` not in the cache, each with its size and a path holding it; one blocking
+    /// pass, not a task hop per file.
+    async fn missing(&self, manifest: &Manifest) -> HashMap<String, (u64, String)> {
+        let cache = self.clone();
+        let files: Vec<_> = manifest
+            .files
+            .iter()
+            .map(|f| (f.sha256.clone(), f.size, f.path.clone()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let mut missing = HashMap::new();
+            for (sha256, size, path) in files {
+                if !missing.contains_key(&sha256) && !cache.blob_path(&sha256).exists() {
+                    missing.insert(sha256, (size, path));
+                }
+            }
+            missing
+        })
+        .await
+        .expect("checking the cache does not panic")
     }
 
     /// Makes sure every file of `version` is cached, downloading only the contents this worker lacks.
@@ -106,7 +133,9 @@ impl FileCache {
         if !is_sha256(version) {
             return Err(Error::BadVersion(version.to_owned()));
         }
-        if let Some(manifest) = self.cached(version).await {
+        if let Some(manifest) = self.cached_manifest(version).await
+            && self.missing(&manifest).await.is_empty()
+        {
             return Ok(Synced {
                 manifest,
                 fetched_files: 0,
@@ -117,16 +146,7 @@ impl FileCache {
         if manifest.hash() != version {
             return Err(Error::ManifestMismatch(version.to_owned()));
         }
-        let mut missing: HashMap<String, (u64, String)> = HashMap::new();
-        for file in &manifest.files {
-            if !missing.contains_key(&file.sha256)
-                && !tokio::fs::try_exists(self.blob_path(&file.sha256))
-                    .await
-                    .unwrap_or(false)
-            {
-                missing.insert(file.sha256.clone(), (file.size, file.path.clone()));
-            }
-        }
+        let missing = self.missing(&manifest).await;
         let fetched_files = missing.len();
         let fetched_bytes = missing.values().map(|(size, _)| size).sum();
         if !missing.is_empty() {

@@ -220,22 +220,27 @@ fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {
         .transpose()
 }
 
-const TASK_COLUMNS: &str =
-    "INSERT INTO tasks (id, spider_name, status, node, priority, data, parent_id, schedule_id,
-                                                 fire_ms, children, exclusive)
-                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+/// The statement that inserts a task; an `ON CONFLICT` clause makes it an upsert.
+macro_rules! insert_task_sql {
+    () => {
+        "INSERT INTO tasks (id, spider_name, status, node, priority, data, parent_id, schedule_id, fire_ms,
+                            children, exclusive)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    };
+}
 
 /// Stores a task, new or changed.
 fn write_task(conn: &Connection, task: &Task) -> Result<()> {
-    let upsert = format!(
-        "{TASK_COLUMNS} ON CONFLICT (id) DO UPDATE SET status = ?3, node = ?4, priority = ?5, data = ?6, children = ?10"
+    const UPSERT: &str = concat!(
+        insert_task_sql!(),
+        " ON CONFLICT (id) DO UPDATE SET status = ?3, node = ?4, priority = ?5, data = ?6, children = ?10"
     );
-    store_task(conn, &upsert, task)
+    store_task(conn, UPSERT, task)
 }
 
 /// Stores a new task; one whose id is already stored is a duplicate, like a second task for a fire time.
 fn insert_task(conn: &Connection, task: &Task) -> Result<()> {
-    store_task(conn, TASK_COLUMNS, task)
+    store_task(conn, insert_task_sql!(), task)
 }
 
 fn store_task(conn: &Connection, sql: &str, task: &Task) -> Result<()> {
