@@ -28,8 +28,9 @@ use crate::store::{ActiveScope, Store, TaskFilter};
 
 /// The most pending tasks one dispatch pass reads at a time.
 const DISPATCH_BATCH: u32 = 256;
-/// The fewest: a page is sized by the free slots, so a freed slot reads a few rows, not the whole queue.
-const DISPATCH_MIN_PAGE: u32 = 8;
+/// The fewest: a page is sized by the free slots, so a freed slot reads a couple of rows, not the whole queue;
+/// it grows with the tasks a pass had to skip, so a queue whose head cannot run is still read in few pages.
+const DISPATCH_MIN_PAGE: u32 = 2;
 /// Capacity of the change-notice channel; a receiver that lags just re-reads the store.
 const CHANGES_CAPACITY: usize = 1024;
 
@@ -373,7 +374,9 @@ impl Scheduler {
             // at all the pass goes on, to tell each task why it waits.
             let limit = match self.free_slots() {
                 Some(0) => break,
-                Some(free) => (free * 2).clamp(DISPATCH_MIN_PAGE, DISPATCH_BATCH),
+                Some(free) => (free * 2)
+                    .max(offset)
+                    .clamp(DISPATCH_MIN_PAGE, DISPATCH_BATCH),
                 None => DISPATCH_BATCH,
             };
             let pending = self.store.dispatchable(limit, offset).await?;

@@ -177,6 +177,13 @@ async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Resul
     if task.version.is_empty() {
         return sync::prepare_workdir(None, workdir).await;
     }
+    if ctx
+        .cache
+        .checkout_cached(&task.version, workdir.clone())
+        .await?
+    {
+        return Ok(());
+    }
     let mut client = connected(ctx).await?;
     let synced = ctx
         .cache

@@ -101,6 +101,33 @@ impl FileCache {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Builds `workdir` straight from the cache when `version` and all its contents are cached, in one
+    /// blocking pass (the common case: every run after a version's first on this worker). `false` when
+    /// something must be synced first.
+    pub(crate) async fn checkout_cached(
+        &self,
+        version: &str,
+        workdir: PathBuf,
+    ) -> Result<bool, Error> {
+        if !is_sha256(version) {
+            return Err(Error::BadVersion(version.to_owned()));
+        }
+        let cache = self.clone();
+        let manifest_path = self.manifest_path(version);
+        tokio::task::spawn_blocking(move || {
+            let cached = std::fs::read(&manifest_path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+                .filter(|m| m.files.iter().all(|f| cache.blob_path(&f.sha256).exists()));
+            match cached {
+                Some(manifest) => build_workdir(&workdir, Some((&cache, &manifest))).map(|()| true),
+                None => Ok(false),
+            }
+        })
+        .await
+        .expect("checking the cache does not panic")
+    }
+
     /// The contents of `manifest` not in the cache, each with its size and a path holding it; one blocking
     /// pass, not a task hop per file.
     async fn missing(&self, manifest: &Manifest) -> HashMap<String, (u64, String)> {
@@ -308,25 +335,30 @@ pub(crate) async fn prepare_workdir(
     files: Option<(FileCache, Manifest)>,
     workdir: PathBuf,
 ) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || {
-        if workdir.exists() {
-            std::fs::remove_dir_all(&workdir).map_err(io(&workdir))?;
-        }
-        std::fs::create_dir_all(&workdir).map_err(io(&workdir))?;
-        let Some((cache, manifest)) = files else {
-            return Ok(());
-        };
-        for file in &manifest.files {
-            let target = workdir.join(&file.path);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
-                .map_err(io(&target))?;
-        }
-        Ok(())
+    tokio::task::spawn_blocking(move || match files {
+        Some((cache, manifest)) => build_workdir(&workdir, Some((&cache, &manifest))),
+        None => build_workdir(&workdir, None),
     })
     .await
     .expect("copy task does not panic")
+}
+
+fn build_workdir(workdir: &Path, files: Option<(&FileCache, &Manifest)>) -> Result<(), Error> {
+    if workdir.exists() {
+        std::fs::remove_dir_all(workdir).map_err(io(workdir))?;
+    }
+    std::fs::create_dir_all(workdir).map_err(io(workdir))?;
+    let Some((cache, manifest)) = files else {
+        return Ok(());
+    };
+    for file in &manifest.files {
+        let target = workdir.join(&file.path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
+            .map_err(io(&target))?;
+    }
+    Ok(())
 }

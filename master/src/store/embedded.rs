@@ -52,7 +52,9 @@ CREATE INDEX IF NOT EXISTS tasks_exclusive ON tasks (exclusive, status) WHERE ex
 CREATE INDEX IF NOT EXISTS tasks_spider_status ON tasks (spider_name, status);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
-CREATE INDEX IF NOT EXISTS tasks_node ON tasks (node, id);
+-- Replaced by a partial index: a queued task has no node, and its insert need not write an index entry.
+DROP INDEX IF EXISTS tasks_node;
+CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
 CREATE TABLE IF NOT EXISTS logs (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, at_ms INTEGER NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (task_id, seq)
@@ -229,13 +231,63 @@ macro_rules! insert_task_sql {
     };
 }
 
-/// Stores a task, new or changed.
-fn write_task(conn: &Connection, task: &Task) -> Result<()> {
-    const UPSERT: &str = concat!(
-        insert_task_sql!(),
-        " ON CONFLICT (id) DO UPDATE SET status = ?3, node = ?4, priority = ?5, data = ?6, children = ?10"
-    );
-    store_task(conn, UPSERT, task)
+/// Stores a changed task. A plain update, not an upsert: an upsert first tries the insert against every unique
+/// index.
+fn update_row(conn: &Connection, task: &Task) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE tasks SET status = ?2, node = ?3, priority = ?4, data = ?5, children = ?6 WHERE id = ?1",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            task.id.to_string(),
+            task.status.as_str(),
+            task.node,
+            task.priority,
+            to_json(task),
+            task.children,
+        ])
+    })
+    .map(drop)
+    .map_err(db)
+}
+
+/// An open transaction, rolled back when dropped uncommitted. BEGIN and COMMIT are cached statements:
+/// rusqlite's `Transaction` parses them at every call, which cost more than a single-row statement inside.
+struct Tx<'c>(&'c Connection);
+
+impl<'c> Tx<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self> {
+        run_cached(conn, "BEGIN")?;
+        Ok(Self(conn))
+    }
+
+    fn commit(self) -> Result<()> {
+        run_cached(self.0, "COMMIT")?;
+        std::mem::forget(self);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.0
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = run_cached(self.0, "ROLLBACK") {
+            tracing::error!(error = %err, "cannot roll back a transaction of the embedded store");
+        }
+    }
+}
+
+fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(drop)
+        .map_err(db)
 }
 
 /// Stores a new task; one whose id is already stored is a duplicate, like a second task for a fire time.
@@ -315,7 +367,7 @@ fn append_numbered<P: rusqlite::Params>(
     table: &Numbered,
     rows: impl IntoIterator<Item = P>,
 ) -> Result<()> {
-    let tx = conn.transaction().map_err(db)?;
+    let tx = Tx::begin(conn)?;
     let mut added = 0i64;
     {
         let mut stmt = tx.prepare_cached(table.insert).map_err(db)?;
@@ -326,7 +378,7 @@ fn append_numbered<P: rusqlite::Params>(
     tx.prepare_cached(table.counter)
         .and_then(|mut stmt| stmt.execute(params![added, task]))
         .map_err(db)?;
-    tx.commit().map_err(db)
+    tx.commit()
 }
 
 #[async_trait::async_trait]
@@ -365,11 +417,11 @@ impl Store for EmbeddedStore {
     async fn insert_tasks(&self, tasks: &[Task]) -> Result<()> {
         let tasks = tasks.to_vec();
         self.quick(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
+            let tx = Tx::begin(conn)?;
             for task in &tasks {
                 insert_task(&tx, task)?;
             }
-            tx.commit().map_err(db)
+            tx.commit()
         })
     }
 
@@ -418,7 +470,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Option<Task>> {
         let expected = expected.to_vec();
         self.quick(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
+            let tx = Tx::begin(conn)?;
             let Some(mut task) = get_task(&tx, id)? else {
                 return Ok(None);
             };
@@ -428,8 +480,8 @@ impl Store for EmbeddedStore {
             if !change(&mut task) {
                 return Ok(None);
             }
-            write_task(&tx, &task)?;
-            tx.commit().map_err(db)?;
+            update_row(&tx, &task)?;
+            tx.commit()?;
             Ok(Some(task))
         })
     }
