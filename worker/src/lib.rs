@@ -5,6 +5,7 @@
 //! local and a remote worker are the same code talking the same protocol.
 
 pub mod args;
+mod deps;
 mod lines;
 mod memory;
 mod metrics;

@@ -87,6 +87,18 @@ async fn read_pipe<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// A line as text, with a marker when it was cut.
+fn text_of(line: &RawLine) -> String {
+    let mut text = String::from_utf8_lossy(&line.bytes).into_owned();
+    if line.truncated > 0 {
+        text.push_str(&format!(
+            " [arachne: line truncated, {} more bytes dropped]",
+            line.truncated
+        ));
+    }
+    text
+}
+
 /// The channel both readers send to.
 pub(crate) fn raw_channel() -> (mpsc::Sender<Raw>, mpsc::Receiver<Raw>) {
     mpsc::channel(RAW_CAPACITY)
@@ -196,13 +208,15 @@ impl Collector {
         let _ = self.events.send(message).await;
     }
 
+    /// Adds a line to the log as it is, never reading it as a message (an installer's output, say).
+    pub(crate) fn plain(&mut self, Raw { stream, line }: Raw) {
+        let text = text_of(&line);
+        self.push_log(stream, text);
+    }
+
     fn accept(&mut self, Raw { stream, line }: Raw) {
-        let mut text = String::from_utf8_lossy(&line.bytes).into_owned();
+        let text = text_of(&line);
         if line.truncated > 0 {
-            text.push_str(&format!(
-                " [arachne: line truncated, {} more bytes dropped]",
-                line.truncated
-            ));
             self.push_log(stream, text);
             return;
         }

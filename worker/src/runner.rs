@@ -24,6 +24,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use crate::deps::{self, Deps, InstallCtx, RunEnv};
 use crate::memory::{self, OverLimit};
 use crate::output::{self, Collector};
 use crate::sync::{self, FileCache};
@@ -117,6 +118,7 @@ pub(crate) struct RunContext {
     pub(crate) node: String,
     pub(crate) options: RunnerOptions,
     pub(crate) cache: FileCache,
+    pub(crate) deps: Deps,
     /// The connection of the current session; `None` while the worker is reconnecting.
     pub(crate) client: watch::Receiver<Option<Client>>,
     pub(crate) tasks_dir: PathBuf,
@@ -146,21 +148,27 @@ pub(crate) async fn execute(
     let mut collector = Collector::new(task.task_id, ctx.events.clone());
     let workdir = ctx.tasks_dir.join(task.task_id.to_string());
     let prepared = tokio::select! {
-        prepared = prepare(ctx, &task, workdir.clone()) => prepared,
-        reason = stopped(&mut stop) => return reason.outcome(&ctx.node).into(),
-    };
-    if let Err(err) = prepared {
-        collector.system(format!("[arachne] {err}"));
-        collector.flush().await;
-        let _ = tokio::fs::remove_dir_all(&workdir).await;
-        return TaskOutcome::Error {
-            exit_code: None,
-            signal: None,
-            message: err.to_string(),
+        prepared = prepare(ctx, &task, workdir.clone(), &mut collector) => prepared,
+        reason = stopped(&mut stop) => {
+            collector.flush().await;
+            return reason.outcome(&ctx.node).into();
         }
-        .into();
-    }
-    let result = supervise(ctx, &task, &workdir, collector, stop).await;
+    };
+    let run_env = match prepared {
+        Ok(run_env) => run_env,
+        Err(err) => {
+            collector.system(format!("[arachne] {err}"));
+            collector.flush().await;
+            let _ = tokio::fs::remove_dir_all(&workdir).await;
+            return TaskOutcome::Error {
+                exit_code: None,
+                signal: None,
+                message: err.to_string(),
+            }
+            .into();
+        }
+    };
+    let result = supervise(ctx, &task, (&workdir, &run_env), collector, stop).await;
     // Off the run's path: the slot is free and the end reported while the directory goes. What a shutdown
     // leaves behind is removed when the worker starts.
     let task_id = task.task_id;
@@ -172,29 +180,49 @@ pub(crate) async fn execute(
     result
 }
 
-/// Syncs the task's version and builds its working directory.
-async fn prepare(ctx: &RunContext, task: &Assignment, workdir: PathBuf) -> Result<(), sync::Error> {
+/// Why a run could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrepareError {
+    #[error(transparent)]
+    Sync(#[from] sync::Error),
+    #[error(transparent)]
+    Deps(#[from] deps::Error),
+}
+
+/// Syncs the task's version, builds its working directory and installs the version's dependencies.
+async fn prepare(
+    ctx: &RunContext,
+    task: &Assignment,
+    workdir: PathBuf,
+    collector: &mut Collector,
+) -> Result<RunEnv, PrepareError> {
     if task.version.is_empty() {
-        return sync::prepare_workdir(None, workdir).await;
+        sync::prepare_workdir(None, workdir).await?;
+        return Ok(RunEnv::default());
     }
-    if ctx
+    if !ctx
         .cache
         .checkout_cached(&task.version, workdir.clone())
         .await?
     {
-        return Ok(());
+        let mut client = connected(ctx).await?;
+        let synced = ctx
+            .cache
+            .ensure(&mut client, task.spider_id, &task.version)
+            .await?;
+        if synced.fetched_files > 0 {
+            info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
+                fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
+                "synced spider files; the rest were cached");
+        }
+        sync::prepare_workdir(Some((ctx.cache.clone(), synced.manifest)), workdir.clone()).await?;
     }
-    let mut client = connected(ctx).await?;
-    let synced = ctx
-        .cache
-        .ensure(&mut client, task.spider_id, &task.version)
-        .await?;
-    if synced.fetched_files > 0 {
-        info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
-            fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
-            "synced spider files; the rest were cached");
-    }
-    sync::prepare_workdir(Some((ctx.cache.clone(), synced.manifest)), workdir).await
+    let install = InstallCtx {
+        collector,
+        spider_env: &ctx.spider_env,
+        max_line_bytes: ctx.options.max_line_bytes,
+    };
+    Ok(ctx.deps.prepare(&task.version, &workdir, install).await?)
 }
 
 /// How long a run that needs files waits for the worker to reconnect to the master.
@@ -209,7 +237,7 @@ async fn connected(ctx: &RunContext) -> Result<Client, sync::Error> {
     }
 }
 
-fn command(ctx: &RunContext, task: &Assignment, workdir: &Path) -> Command {
+fn command(ctx: &RunContext, task: &Assignment, (workdir, run_env): (&Path, &RunEnv)) -> Command {
     // An absolute path: with a PATH of our own and a bare "sh", std falls back from posix_spawn to fork, which
     // copies the whole worker's page tables at every spawn (a third of no-op task throughput).
     let mut cmd = Command::new("/bin/sh");
@@ -219,6 +247,15 @@ fn command(ctx: &RunContext, task: &Assignment, workdir: &Path) -> Command {
         .envs(ctx.spider_env.iter().map(|(k, v)| (k, v)));
     // Without this, Python buffers piped stdout and logs arrive in bursts long after they were printed.
     cmd.env("PYTHONUNBUFFERED", "1");
+    let inherited = ctx
+        .spider_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v);
+    if let Some(path) = run_env.path(inherited) {
+        cmd.env("PATH", path);
+    }
+    cmd.envs(run_env.vars.iter().map(|(k, v)| (k, v)));
     cmd.envs(&task.settings.env);
     cmd.env("ARACHNE_TASK_ID", task.task_id.to_string())
         .env("ARACHNE_SPIDER_ID", task.spider_id.to_string())
@@ -288,7 +325,7 @@ async fn sleep_for(limit: Option<u64>) {
 async fn supervise(
     ctx: &RunContext,
     task: &Assignment,
-    workdir: &Path,
+    workdir: (&Path, &RunEnv),
     mut collector: Collector,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> RunResult {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::Config;
+use crate::deps::Deps;
 use crate::metrics::Metrics;
 use crate::runner::{self, RunContext, RunResult, Stop};
 use crate::sync::FileCache;
@@ -43,6 +44,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
         node: config.name.clone(),
         options: config.runner.clone(),
         cache: FileCache::new(config.work_dir.join("cache")),
+        deps: Deps::new(config.work_dir.join("envs")),
         client: client_rx,
         tasks_dir: config.work_dir.join("tasks"),
         events,

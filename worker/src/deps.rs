@@ -1,0 +1,281 @@
+//! Installs a version's dependencies into an environment private to that version: a Python venv for a
+//! `requirements.txt`, a `node_modules` folder for a `package.json`. An environment is built once per version
+//! on this worker, before the version's first run, and reused by every later run of it; the installer's output
+//! goes to the log of the task that built it, and a failed install fails that task (the next run tries again).
+//!
+//! An environment counts only once its marker file is written, after the installer succeeded, so an install
+//! that was cut off (a cancel, a crash) is thrown away and redone, never used half-built. Runs of one version
+//! wait for each other's install; runs of different versions install side by side.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use arachne_shared::LogStream;
+use tokio::process::Command;
+
+use crate::output::{self, Collector};
+
+/// Errors of installing dependencies.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error("installing dependencies failed: `{command}` {status}; its output is in the log above")]
+    Failed { command: String, status: String },
+    #[error("installing dependencies failed: cannot start `{command}`: {source}")]
+    Start {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing dependencies failed: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What a run needs to use its version's environments: folders to put first on `PATH`, and variables.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RunEnv {
+    pub(crate) path_first: Vec<PathBuf>,
+    pub(crate) vars: Vec<(&'static str, OsString)>,
+}
+
+impl RunEnv {
+    /// `PATH` for the spider: this run's folders, then the `PATH` it would otherwise get.
+    pub(crate) fn path(&self, inherited: Option<&OsString>) -> Option<OsString> {
+        if self.path_first.is_empty() {
+            return None;
+        }
+        let rest = inherited.map(std::env::split_paths).into_iter().flatten();
+        std::env::join_paths(self.path_first.iter().cloned().chain(rest)).ok()
+    }
+}
+
+/// The environments of every version on this worker, under `{work_dir}/envs/{version}/`.
+#[derive(Debug, Clone)]
+pub(crate) struct Deps {
+    root: PathBuf,
+    /// One lock per version, so two runs of a version never install into one folder at once.
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// Where an installer's lines go, and the environment it runs in.
+pub(crate) struct InstallCtx<'a> {
+    pub(crate) collector: &'a mut Collector,
+    pub(crate) spider_env: &'a [(OsString, OsString)],
+    pub(crate) max_line_bytes: usize,
+}
+
+impl Deps {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Self {
+            root,
+            locks: Arc::default(),
+        }
+    }
+
+    /// Makes sure the environments `workdir` (a fresh copy of `version`) asks for exist, installing them if
+    /// needed, and links them into `workdir`. `version` is a checked sha256, safe as a folder name.
+    pub(crate) async fn prepare(
+        &self,
+        version: &str,
+        workdir: &Path,
+        ctx: InstallCtx<'_>,
+    ) -> Result<RunEnv, Error> {
+        let python = workdir.join("requirements.txt").is_file();
+        let node = workdir.join("package.json").is_file();
+        let mut env = RunEnv::default();
+        if !python && !node {
+            return Ok(env);
+        }
+        let lock = Arc::clone(
+            self.locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(version.to_owned())
+                .or_default(),
+        );
+        let _installing = lock.lock().await;
+        let dir = self.root.join(version);
+        let InstallCtx {
+            collector,
+            spider_env,
+            max_line_bytes,
+        } = ctx;
+        let mut installer = Installer {
+            collector,
+            spider_env,
+            max_line_bytes,
+            workdir,
+        };
+        if python {
+            let venv = dir.join("venv");
+            installer.python(&dir, &venv).await?;
+            env.path_first.push(venv.join("bin"));
+            env.vars.push(("VIRTUAL_ENV", venv.into_os_string()));
+        }
+        if node {
+            let modules = dir.join("node_modules");
+            installer.node(&dir, &modules).await?;
+            let link = workdir.join("node_modules");
+            // An upload never holds node_modules (it is ignored), so the name is free.
+            tokio::fs::symlink(&modules, &link)
+                .await
+                .map_err(io(&link))?;
+            env.path_first.push(modules.join(".bin"));
+        }
+        Ok(env)
+    }
+}
+
+struct Installer<'a> {
+    collector: &'a mut Collector,
+    spider_env: &'a [(OsString, OsString)],
+    max_line_bytes: usize,
+    workdir: &'a Path,
+}
+
+impl Installer<'_> {
+    async fn python(&mut self, dir: &Path, venv: &Path) -> Result<(), Error> {
+        let ready = dir.join("python.ready");
+        if ready.exists() {
+            self.collector
+                .system("[arachne] using the Python environment installed for this version");
+            return Ok(());
+        }
+        remove_if_present(venv).await?;
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        self.collector.system(format!(
+            "[arachne] installing requirements.txt into a Python environment for this version ({})",
+            venv.display()
+        ));
+        let mut create = Command::new("python3");
+        create.arg("-m").arg("venv").arg(venv);
+        self.run("python3 -m venv", create).await?;
+        let mut pip = Command::new(venv.join("bin").join("python"));
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+            "requirements.txt",
+        ]);
+        self.run("pip install -r requirements.txt", pip).await?;
+        mark_ready(&ready).await
+    }
+
+    async fn node(&mut self, dir: &Path, modules: &Path) -> Result<(), Error> {
+        let ready = dir.join("node.ready");
+        if ready.exists() {
+            self.collector
+                .system("[arachne] using the node_modules installed for this version");
+            return Ok(());
+        }
+        remove_if_present(modules).await?;
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        // With a lockfile the install is exactly what it pins; without one, npm resolves the ranges.
+        let subcommand = if self.workdir.join("package-lock.json").is_file() {
+            "ci"
+        } else {
+            "install"
+        };
+        self.collector.system(format!(
+            "[arachne] installing package.json dependencies for this version (npm {subcommand})"
+        ));
+        let mut npm = Command::new("npm");
+        npm.args([subcommand, "--no-audit", "--no-fund"])
+            .env("npm_config_update_notifier", "false");
+        self.run(&format!("npm {subcommand}"), npm).await?;
+        // Built inside this run's copy of the version, so relative paths in package.json resolve; then moved
+        // where every later run of the version links to.
+        let built = self.workdir.join("node_modules");
+        if !built.exists() {
+            tokio::fs::create_dir_all(&built)
+                .await
+                .map_err(io(&built))?;
+        }
+        tokio::fs::rename(&built, modules)
+            .await
+            .map_err(io(modules))?;
+        mark_ready(&ready).await
+    }
+
+    /// Runs one installer step in the run's folder, its output going line by line to the task's log.
+    async fn run(&mut self, label: &str, mut command: Command) -> Result<(), Error> {
+        command
+            .current_dir(self.workdir)
+            .env_clear()
+            .envs(self.spider_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|source| Error::Start {
+            command: label.to_owned(),
+            source,
+        })?;
+        let (tx, mut rx) = output::raw_channel();
+        let readers = [
+            output::spawn_reader(
+                child.stdout.take().expect("stdout is piped"),
+                LogStream::Stdout,
+                self.max_line_bytes,
+                tx.clone(),
+            ),
+            output::spawn_reader(
+                child.stderr.take().expect("stderr is piped"),
+                LogStream::Stderr,
+                self.max_line_bytes,
+                tx,
+            ),
+        ];
+        // Flushed line by line: an install can take minutes, and its log must show it moving.
+        while let Some(raw) = rx.recv().await {
+            self.collector.plain(raw);
+            self.collector.flush().await;
+        }
+        for reader in readers {
+            let _ = reader.await;
+        }
+        let status = child.wait().await.map_err(|source| Error::Start {
+            command: label.to_owned(),
+            source,
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        let status = match status.code() {
+            Some(code) => format!("exited with code {code}"),
+            None => "was killed by a signal".to_owned(),
+        };
+        Err(Error::Failed {
+            command: label.to_owned(),
+            status,
+        })
+    }
+}
+
+async fn remove_if_present(path: &Path) -> Result<(), Error> {
+    match tokio::fs::remove_dir_all(path).await {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io(path)(err)),
+        _ => Ok(()),
+    }
+}
+
+async fn mark_ready(ready: &Path) -> Result<(), Error> {
+    tokio::fs::write(ready, b"").await.map_err(io(ready))
+}
