@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // File contents stay in the buffer they were received into instead of being copied out of it.
+    tonic_prost_build::configure()
+        .bytes(".arachne.v1.BlobChunk.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

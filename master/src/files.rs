@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-/// Size of one chunk sent to a worker.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Size of one chunk sent to a worker: large enough that per-message costs vanish beside the bytes.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Errors of storing and reading spider files.
 #[derive(Debug, thiserror::Error)]
@@ -561,32 +561,23 @@ fn send_blob(
     path: &Path,
     tx: &mpsc::Sender<Result<BlobChunk, Rejection>>,
 ) -> Result<(), Error> {
-    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let mut reader = file.take(0);
     loop {
-        let mut data = vec![0u8; CHUNK_BYTES];
-        let n = read_full(&mut file, &mut data).map_err(io(path))?;
-        data.truncate(n);
+        // Read into spare capacity: zeroing a fresh buffer for every chunk cost more than the read.
+        let mut data = Vec::with_capacity(CHUNK_BYTES);
+        reader.set_limit(CHUNK_BYTES as u64);
+        let n = reader.read_to_end(&mut data).map_err(io(path))?;
         let last = n < CHUNK_BYTES;
         let chunk = BlobChunk {
             sha256: sha.to_owned(),
-            data,
+            data: data.into(),
             last,
         };
         if tx.blocking_send(Ok(chunk)).is_err() || last {
             return Ok(());
         }
     }
-}
-
-fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
@@ -713,7 +704,7 @@ mod tests {
         let chunk = stream.recv().await.unwrap().unwrap();
         assert_eq!(
             (chunk.sha256, chunk.data, chunk.last),
-            (sha, b"print(1)".to_vec(), true)
+            (sha, b"print(1)".to_vec().into(), true)
         );
         assert!(stream.recv().await.is_none());
         // A content of another version cannot be fetched through this one.

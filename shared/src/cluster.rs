@@ -108,6 +108,7 @@ pub enum MasterToWorker {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobChunk {
     pub sha256: String,
-    pub data: Vec<u8>,
+    /// Shared, not copied, on its way from the socket to the file.
+    pub data: bytes::Bytes,
     pub last: bool,
 }

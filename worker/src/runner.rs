@@ -197,7 +197,7 @@ async fn prepare(
     collector: &mut Collector,
 ) -> Result<RunEnv, PrepareError> {
     if task.version.is_empty() {
-        sync::prepare_workdir(None, workdir).await?;
+        sync::empty_workdir(workdir).await?;
         return Ok(RunEnv::default());
     }
     if !ctx
@@ -208,14 +208,11 @@ async fn prepare(
         let mut client = connected(ctx).await?;
         let synced = ctx
             .cache
-            .ensure(&mut client, task.spider_id, &task.version)
+            .sync_into(&mut client, task.spider_id, &task.version, workdir.clone())
             .await?;
-        if synced.fetched_files > 0 {
-            info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
-                fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
-                "synced spider files; the rest were cached");
-        }
-        sync::prepare_workdir(Some((ctx.cache.clone(), synced.manifest)), workdir.clone()).await?;
+        info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
+            fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
+            "synced spider files; the rest were cached");
     }
     let install = InstallCtx {
         collector,

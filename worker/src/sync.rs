@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 
 use arachne_proto::client::Client;
 use arachne_shared::SpiderId;
-use arachne_shared::files::{Manifest, hex, is_sha256};
+use arachne_shared::files::{FileEntry, Manifest, hex, is_sha256};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
+
+use tokio::sync::mpsc;
 
 /// Errors of syncing files.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,8 @@ pub(crate) enum Error {
     },
     #[error("the transfer ended before content {0} arrived")]
     Incomplete(String),
+    #[error("writing received files stopped unexpectedly")]
+    WriterGone,
     #[error("writing {path}: {source}")]
     Io {
         path: PathBuf,
@@ -95,12 +99,6 @@ impl FileCache {
         }
     }
 
-    /// The cached manifest of `version`, if any.
-    async fn cached_manifest(&self, version: &str) -> Option<Manifest> {
-        let bytes = tokio::fs::read(self.manifest_path(version)).await.ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
     /// Builds `workdir` straight from the cache when `version` and all its contents are cached, in one
     /// blocking pass (the common case: every run after a version's first on this worker). `false` when
     /// something must be synced first.
@@ -150,24 +148,18 @@ impl FileCache {
         .expect("checking the cache does not panic")
     }
 
-    /// Makes sure every file of `version` is cached, downloading only the contents this worker lacks.
-    pub(crate) async fn ensure(
+    /// Makes sure every file of `version` is cached, downloading only the contents this worker lacks, and
+    /// builds `workdir` from it. Each file is copied into place as soon as its content is cached, beside the
+    /// transfer of the next ones, so a large first sync does not copy everything again once it is done.
+    pub(crate) async fn sync_into(
         &self,
         client: &mut Client,
         spider_id: SpiderId,
         version: &str,
+        workdir: PathBuf,
     ) -> Result<Synced, Error> {
         if !is_sha256(version) {
             return Err(Error::BadVersion(version.to_owned()));
-        }
-        if let Some(manifest) = self.cached_manifest(version).await
-            && self.missing(&manifest).await.is_empty()
-        {
-            return Ok(Synced {
-                manifest,
-                fetched_files: 0,
-                fetched_bytes: 0,
-            });
         }
         let manifest = client.manifest(spider_id, version).await?;
         if manifest.hash() != version {
@@ -176,9 +168,33 @@ impl FileCache {
         let missing = self.missing(&manifest).await;
         let fetched_files = missing.len();
         let fetched_bytes = missing.values().map(|(size, _)| size).sum();
-        if !missing.is_empty() {
-            self.download(client, spider_id, version, missing).await?;
-        }
+        // Bounded by the number of contents, so the writer never waits on the copier.
+        let (cached_tx, cached_rx) = std::sync::mpsc::sync_channel::<String>(missing.len().max(1));
+        let copier = {
+            let (cache, manifest) = (self.clone(), manifest.clone());
+            let missing: HashSet<String> = missing.keys().cloned().collect();
+            tokio::task::spawn_blocking(move || {
+                build_workdir(&workdir, None)?;
+                let copy = |f: &FileEntry| copy_into(&cache, &workdir, f);
+                (manifest.files.iter())
+                    .filter(|f| !missing.contains(&f.sha256))
+                    .try_for_each(copy)?;
+                while let Ok(sha256) = cached_rx.recv() {
+                    (manifest.files.iter())
+                        .filter(|f| f.sha256 == sha256)
+                        .try_for_each(copy)?;
+                }
+                Ok(())
+            })
+        };
+        let downloaded = if missing.is_empty() {
+            Ok(())
+        } else {
+            self.download(client, spider_id, version, missing, cached_tx)
+                .await
+        };
+        let copied = copier.await.expect("the copier does not panic");
+        downloaded.and(copied)?;
         let path = self.manifest_path(version);
         write_atomically(&path, &serde_json::to_vec(&manifest).expect("serialises")).await?;
         Ok(Synced {
@@ -194,6 +210,7 @@ impl FileCache {
         spider_id: SpiderId,
         version: &str,
         missing: HashMap<String, (u64, String)>,
+        cached: std::sync::mpsc::SyncSender<String>,
     ) -> Result<(), Error> {
         let staging = self.root.join(".staging");
         tokio::fs::create_dir_all(&staging)
@@ -201,48 +218,51 @@ impl FileCache {
             .map_err(io(&staging))?;
         let wanted: Vec<String> = missing.keys().cloned().collect();
         let mut blobs = client.fetch_blobs(spider_id, version, wanted).await?;
+        // Hashing and writing run on a thread of their own, beside this task receiving the next chunks: done
+        // in line, the sha256 alone was a third of a large sync and the transfer waited on it.
+        let (pieces, rx) = mpsc::channel(PIECES_IN_FLIGHT);
+        let cache = self.clone();
+        let writer = tokio::task::spawn_blocking(move || cache.write_pieces(&staging, rx, cached));
         let mut done: HashSet<String> = HashSet::new();
-        let mut open: Option<Incoming> = None;
-        let result = async {
+        let received = async {
+            // The content being received, and how many of its bytes came so far.
+            let mut open: Option<(String, u64, u64)> = None;
             while let Some(chunk) = blobs.next().await {
                 let chunk = chunk?;
-                if open.as_ref().is_none_or(|o| o.sha256 != chunk.sha256) {
+                if open.as_ref().is_none_or(|(sha, ..)| *sha != chunk.sha256) {
                     if open.is_some() || done.contains(&chunk.sha256) {
                         return Err(Error::Unexpected(format!("content {}", chunk.sha256)));
                     }
                     let Some((size, path)) = missing.get(&chunk.sha256) else {
                         return Err(Error::Unexpected(format!("content {}", chunk.sha256)));
                     };
-                    let temp = staging.join(uuid::Uuid::now_v7().to_string());
-                    let file = tokio::fs::File::create(&temp).await.map_err(io(&temp))?;
-                    open = Some(Incoming {
+                    let start = Piece::Start {
                         sha256: chunk.sha256.clone(),
                         path: path.clone(),
                         expected_size: *size,
-                        size: 0,
-                        hasher: Sha256::new(),
-                        file,
-                        temp,
+                    };
+                    pieces.send(start).await.map_err(|_| Error::WriterGone)?;
+                    open = Some((chunk.sha256.clone(), *size, 0));
+                }
+                let (sha256, expected, received) = open.as_mut().expect("a content is open");
+                *received += chunk.data.len() as u64;
+                if *received > *expected {
+                    return Err(Error::Corrupt {
+                        sha256: sha256.clone(),
+                        path: missing[sha256.as_str()].1.clone(),
+                        problem: format!("more than its {expected} bytes arrived"),
                     });
                 }
-                let incoming = open.as_mut().expect("a content is open");
-                incoming.size += chunk.data.len() as u64;
-                if incoming.size > incoming.expected_size {
-                    return Err(incoming.corrupt(format!(
-                        "more than its {} bytes arrived",
-                        incoming.expected_size
-                    )));
-                }
-                incoming.hasher.update(&chunk.data);
-                incoming
-                    .file
-                    .write_all(&chunk.data)
+                pieces
+                    .send(Piece::Data(chunk.data))
                     .await
-                    .map_err(io(&incoming.temp))?;
+                    .map_err(|_| Error::WriterGone)?;
                 if chunk.last {
-                    let incoming = open.take().expect("a content is open");
-                    done.insert(incoming.sha256.clone());
-                    self.settle(incoming).await?;
+                    pieces
+                        .send(Piece::End)
+                        .await
+                        .map_err(|_| Error::WriterGone)?;
+                    done.insert(open.take().expect("a content is open").0);
                 }
             }
             match missing.keys().find(|sha| !done.contains(*sha)) {
@@ -251,26 +271,77 @@ impl FileCache {
             }
         }
         .await;
+        drop(pieces);
+        let written = writer.await.expect("the content writer does not panic");
+        // The writer's failure (a bad checksum, a full disk) is the cause when both failed.
+        written.and(received)
+    }
+
+    /// Writes received contents to staging files, checks each one's size and sha256, and renames it into the
+    /// cache. Runs until the sender is dropped; a content left open then is removed.
+    fn write_pieces(
+        &self,
+        staging: &Path,
+        mut pieces: mpsc::Receiver<Piece>,
+        cached: std::sync::mpsc::SyncSender<String>,
+    ) -> Result<(), Error> {
+        let mut open: Option<Incoming> = None;
+        let result = (|| {
+            while let Some(piece) = pieces.blocking_recv() {
+                match piece {
+                    Piece::Start {
+                        sha256,
+                        path,
+                        expected_size,
+                    } => {
+                        let temp = staging.join(uuid::Uuid::now_v7().to_string());
+                        let file = std::fs::File::create(&temp).map_err(io(&temp))?;
+                        open = Some(Incoming {
+                            sha256,
+                            path,
+                            expected_size,
+                            size: 0,
+                            hasher: Sha256::new(),
+                            file,
+                            temp,
+                        });
+                    }
+                    Piece::Data(data) => {
+                        let incoming = open.as_mut().ok_or(Error::WriterGone)?;
+                        incoming.size += data.len() as u64;
+                        incoming.hasher.update(&data);
+                        incoming.file.write_all(&data).map_err(io(&incoming.temp))?;
+                    }
+                    Piece::End => {
+                        let incoming = open.take().ok_or(Error::WriterGone)?;
+                        let sha256 = incoming.sha256.clone();
+                        self.settle(incoming)?;
+                        // The copier stops only on an error of its own, which the sync reports anyway.
+                        let _ = cached.send(sha256);
+                    }
+                }
+            }
+            Ok(())
+        })();
         if let Some(incoming) = open {
-            let _ = tokio::fs::remove_file(&incoming.temp).await;
+            let _ = std::fs::remove_file(&incoming.temp);
         }
         result
     }
 
     /// Checks a received content and renames it into the cache.
-    async fn settle(&self, incoming: Incoming) -> Result<(), Error> {
+    fn settle(&self, incoming: Incoming) -> Result<(), Error> {
         let Incoming {
             sha256,
             path,
             expected_size,
             size,
             hasher,
-            mut file,
+            file,
             temp,
         } = incoming;
-        let check = async {
-            file.flush().await.map_err(io(&temp))?;
-            drop(file);
+        drop(file);
+        let check = (|| {
             let actual = hex(&hasher.finalize());
             if size != expected_size || actual != sha256 {
                 return Err(Error::Corrupt {
@@ -279,22 +350,32 @@ impl FileCache {
                     problem: format!("got {size} bytes with sha256 {actual}"),
                 });
             }
-            tokio::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o444))
-                .await
+            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o444))
                 .map_err(io(&temp))?;
             let blob = self.blob_path(&sha256);
             let parent = blob.parent().expect("a blob has a parent");
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io(parent))?;
-            tokio::fs::rename(&temp, &blob).await.map_err(io(&blob))
-        }
-        .await;
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            std::fs::rename(&temp, &blob).map_err(io(&blob))
+        })();
         if check.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
+            let _ = std::fs::remove_file(&temp);
         }
         check
     }
+}
+
+/// Chunks handed to the writer and not yet written: a few MiB, so a slow disk slows the transfer down.
+const PIECES_IN_FLIGHT: usize = 8;
+
+/// What the receiving task hands the writer thread, in order.
+enum Piece {
+    Start {
+        sha256: String,
+        path: String,
+        expected_size: u64,
+    },
+    Data(bytes::Bytes),
+    End,
 }
 
 /// A content being received.
@@ -305,18 +386,8 @@ struct Incoming {
     expected_size: u64,
     size: u64,
     hasher: Sha256,
-    file: tokio::fs::File,
+    file: std::fs::File,
     temp: PathBuf,
-}
-
-impl Incoming {
-    fn corrupt(&self, problem: String) -> Error {
-        Error::Corrupt {
-            sha256: self.sha256.clone(),
-            path: self.path.clone(),
-            problem,
-        }
-    }
 }
 
 async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
@@ -329,20 +400,15 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     tokio::fs::rename(&temp, path).await.map_err(io(path))
 }
 
-/// Creates a fresh working directory for one run, holding a copy of the version's files (or nothing), so
-/// files one run writes never leak into the next, nor into the cache.
-pub(crate) async fn prepare_workdir(
-    files: Option<(FileCache, Manifest)>,
-    workdir: PathBuf,
-) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || match files {
-        Some((cache, manifest)) => build_workdir(&workdir, Some((&cache, &manifest))),
-        None => build_workdir(&workdir, None),
-    })
-    .await
-    .expect("copy task does not panic")
+/// Creates a fresh, empty working directory, for a run of a spider without files.
+pub(crate) async fn empty_workdir(workdir: PathBuf) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || build_workdir(&workdir, None))
+        .await
+        .expect("creating a folder does not panic")
 }
 
+/// Creates a fresh working directory for one run, holding a copy of the version's files (or nothing), so
+/// files one run writes never leak into the next, nor into the cache.
 fn build_workdir(workdir: &Path, files: Option<(&FileCache, &Manifest)>) -> Result<(), Error> {
     if workdir.exists() {
         std::fs::remove_dir_all(workdir).map_err(io(workdir))?;
@@ -352,13 +418,18 @@ fn build_workdir(workdir: &Path, files: Option<(&FileCache, &Manifest)>) -> Resu
         return Ok(());
     };
     for file in &manifest.files {
-        let target = workdir.join(&file.path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-        std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
-            .map_err(io(&target))?;
+        copy_into(cache, workdir, file)?;
     }
     Ok(())
+}
+
+/// Copies one cached file into a working directory, with its mode.
+fn copy_into(cache: &FileCache, workdir: &Path, file: &FileEntry) -> Result<(), Error> {
+    let target = workdir.join(&file.path);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
+        .map_err(io(&target))
 }
