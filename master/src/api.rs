@@ -398,6 +398,11 @@ impl Backend for MasterApi {
                 .validate()
                 .map_err(|e| Error::BadRequest(format!("settings.{e}")))?;
         }
+        let keep_collection = request.results_collection.is_none();
+        let results_collection = request.results_collection.filter(|c| !c.is_empty());
+        if let Some(collection) = &results_collection {
+            arachne_shared::spider::validate_collection(collection).map_err(Error::BadRequest)?;
+        }
         let now = Utc::now();
         let spider = match self
             .store
@@ -414,6 +419,11 @@ impl Backend for MasterApi {
                     Some(max) => Some(max),
                     None => existing.max_instances,
                 },
+                results_collection: if keep_collection {
+                    existing.results_collection.clone()
+                } else {
+                    results_collection
+                },
                 ..existing
             },
             None => Spider {
@@ -427,6 +437,7 @@ impl Backend for MasterApi {
                 updated_at: now,
                 settings: request.settings.unwrap_or_default(),
                 max_instances: request.max_instances.filter(|max| *max > 0),
+                results_collection,
             },
         };
         self.store.put_spider(&spider).await.map_err(internal)?;

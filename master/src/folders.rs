@@ -35,6 +35,8 @@ struct SpiderSettings {
     settings: Option<arachne_shared::spider::RunSettings>,
     #[serde(default)]
     max_instances: Option<u32>,
+    #[serde(default)]
+    results_collection: Option<String>,
 }
 
 /// Whether a folder's spider is written when it exists already.
@@ -178,6 +180,7 @@ async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Resu
         cmd: settings.cmd,
         settings: settings.settings,
         max_instances: settings.max_instances,
+        results_collection: Some(settings.results_collection.unwrap_or_default()),
     })
     .await
     .map_err(|e| e.to_string())?;

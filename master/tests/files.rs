@@ -295,7 +295,17 @@ async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_s
     write("beta/out.txt", "beta\n");
     write(
         "beta/arachne.toml",
-        "name = \"beta\"\ncmd = \"cat out.txt\"\n",
+        r#"name = "beta"
+cmd = "echo $GREETING; cat out.txt"
+results_collection = "beta_items"
+max_instances = 2
+
+[settings]
+env = { GREETING = "hi" }
+timeout_secs = 60
+memory_limit_mib = 256
+retries = 1
+"#,
     );
     write(
         "broken/arachne.toml",
@@ -305,6 +315,36 @@ async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_s
         has_files("beta").await && has_files("broken").await
     })
     .await;
-    assert_eq!(run_on(client, "beta", None, None).await, ["beta"]);
+    assert_eq!(run_on(client, "beta", None, None).await, ["hi", "beta"]);
+    let beta = client.get_spider("beta").await.unwrap();
+    assert_eq!(
+        (beta.results_collection(), beta.max_instances),
+        ("beta_items".to_owned(), Some(2))
+    );
+    let settings = &beta.settings;
+    assert_eq!(
+        (
+            settings.timeout_secs,
+            settings.memory_limit_mib,
+            settings.retries
+        ),
+        (Some(60), Some(256), Some(1))
+    );
+    let alpha = client.get_spider("alpha").await.unwrap();
+    assert_eq!(
+        alpha.results_collection(),
+        "results_alpha",
+        "Crawlab's default name"
+    );
+    let reserved = client
+        .put_spider(&CreateSpider {
+            name: "alpha".into(),
+            cmd: "true".into(),
+            results_collection: Some("system.users".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(reserved.to_string().contains("reserved"), "{reserved}");
     master.stop().await;
 }

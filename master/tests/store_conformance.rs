@@ -37,6 +37,7 @@ fn spider(name: &str) -> Spider {
         updated_at: now,
         settings: Default::default(),
         max_instances: None,
+        results_collection: None,
     }
 }
 
@@ -296,6 +297,7 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             updated_at: now,
             settings: Default::default(),
             max_instances: Some(2),
+            results_collection: Some("items_s".into()),
         };
         let node = Node {
             name: "n".into(),

@@ -59,6 +59,40 @@ pub struct Spider {
     /// At most this many tasks of the spider run at once across the cluster; the rest wait in Pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
+    /// The collection its items are stored in, in a MongoDB store (`results_<name>` when unset, as Crawlab
+    /// names them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_collection: Option<String>,
+}
+
+impl Spider {
+    /// The collection its items are stored in.
+    pub fn results_collection(&self) -> String {
+        (self.results_collection.clone()).unwrap_or_else(|| format!("results_{}", self.name))
+    }
+}
+
+/// Checks a results collection name: one MongoDB accepts everywhere, and not one of its reserved ones.
+pub fn validate_collection(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty()
+        || name.len() > 120
+        || !ok_chars
+        || name.starts_with('.')
+        || name.ends_with('.')
+    {
+        return Err(format!(
+            "invalid results collection {name:?}: use 1-120 ASCII letters, digits, '-', '_' or '.', not starting or ending with '.'"
+        ));
+    }
+    if name.starts_with("system.") {
+        return Err(format!(
+            "invalid results collection {name:?}: system.* is reserved by MongoDB"
+        ));
+    }
+    Ok(())
 }
 
 /// Supervision settings of a run. Unset fields fall back to the worker's defaults (no timeout, no memory

@@ -216,6 +216,9 @@ pub enum SpiderCommand {
         /// At most this many of its tasks run at once across the cluster (0 removes the limit).
         #[arg(long)]
         max_instances: Option<u32>,
+        /// The collection its items go to in a MongoDB store (default results_<name>; "" restores it).
+        #[arg(long)]
+        results_collection: Option<String>,
     },
     List,
     Show {
@@ -419,6 +422,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             dir,
             settings,
             max_instances,
+            results_collection,
         }) => {
             let mut spider = client
                 .put_spider(&CreateSpider {
@@ -426,6 +430,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     cmd,
                     settings: settings.into_settings(),
                     max_instances,
+                    results_collection,
                 })
                 .await?;
             if let Some(dir) = dir {

@@ -20,6 +20,10 @@ pub struct CreateSpider {
     /// its limit; 0 removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<u32>,
+    /// The collection its items go to in a MongoDB store (`results_<name>` by default). When absent, an
+    /// existing spider keeps its own; "" restores the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_collection: Option<String>,
 }
 
 /// `POST /api/v1/tasks`.
