@@ -343,7 +343,7 @@ impl Cluster {
             } => {
                 // Reports may arrive for a task that just ended (the end was sent right after): keep them too.
                 let update = Box::new(move |t: &mut arachne_shared::Task| {
-                    t.record_report(status, errors, errors_before, at);
+                    t.record_report(status.clone(), errors.clone(), errors_before, at);
                     true
                 });
                 self.store

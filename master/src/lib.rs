@@ -31,6 +31,8 @@ use crate::store::{Store, embedded::EmbeddedStore};
 pub struct Config {
     /// Where the embedded store and spider files live.
     pub data_dir: PathBuf,
+    /// Keeps tasks, logs, items, spiders, schedules and nodes in MongoDB instead of the embedded store.
+    pub mongodb: Option<MongoConfig>,
     /// Spider folders (each with an `arachne.toml`) registered on start if no spider of that name exists.
     pub examples_dir: Option<PathBuf>,
     /// A folder of spider folders (each with an `arachne.toml`) kept in sync: edits become new versions.
@@ -40,6 +42,15 @@ pub struct Config {
     pub upload: UploadLimits,
     pub http: RouterOptions,
     pub scheduler: SchedulerOptions,
+}
+
+/// Where the MongoDB store is.
+#[derive(Debug, Clone)]
+pub struct MongoConfig {
+    /// A `mongodb://` or `mongodb+srv://` connection string.
+    pub uri: String,
+    /// The database; when `None`, the one the URI names, else `arachne`.
+    pub database: Option<String>,
 }
 
 /// The worker the master runs in its own process.
@@ -68,6 +79,7 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Self {
         Self {
             data_dir,
+            mongodb: None,
             examples_dir: None,
             spiders_dir: None,
             local_worker: Some(LocalWorker::default()),
@@ -116,7 +128,12 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?);
+    let store: Arc<dyn Store> = match &config.mongodb {
+        Some(mongo) => Arc::new(
+            store::mongo::MongoStore::connect(&mongo.uri, mongo.database.as_deref()).await?,
+        ),
+        None => Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?),
+    };
     let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
     recover(store.as_ref(), &scheduler).await?;
 

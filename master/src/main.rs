@@ -16,6 +16,13 @@ struct Args {
     /// Where the embedded store and spider files live.
     #[arg(long, env = "ARACHNE_DATA_DIR", default_value = "./arachne-data")]
     data_dir: PathBuf,
+    /// Keep tasks, logs, items, spiders, schedules and nodes in this MongoDB (a mongodb:// URI) instead of the
+    /// embedded store.
+    #[arg(long, env = "ARACHNE_MONGODB_URI")]
+    mongodb_uri: Option<String>,
+    /// The MongoDB database (default: the one the URI names, else "arachne").
+    #[arg(long, env = "ARACHNE_MONGODB_DB", requires = "mongodb_uri")]
+    mongodb_db: Option<String>,
     /// HTTP API address.
     #[arg(long, env = "ARACHNE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
@@ -53,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);
+    config.mongodb = args.mongodb_uri.map(|uri| arachne_master::MongoConfig {
+        uri,
+        database: args.mongodb_db,
+    });
     config.spiders_dir = args.spiders_dir;
     config.http.max_upload_bytes = args.max_upload_mib << 20;
     anyhow::ensure!(

@@ -435,7 +435,7 @@ impl Scheduler {
                     if t.node.is_some() || t.pending_reason == reason {
                         return false;
                     }
-                    t.pending_reason = reason;
+                    t.pending_reason = reason.clone();
                     true
                 }),
             )
@@ -546,7 +546,7 @@ impl Scheduler {
                     if t.node.is_some() {
                         return false;
                     }
-                    t.node = Some(assigned_node);
+                    t.node = Some(assigned_node.clone());
                     t.pending_reason = None;
                     t.updated_at = Utc::now();
                     true
@@ -633,6 +633,7 @@ impl Scheduler {
                     let change: crate::store::TaskChange = if status == TaskStatus::Running {
                         let reason = reason.to_owned();
                         Box::new(move |t| {
+                            let reason = reason.clone();
                             t.finish(&TaskOutcome::Abnormal { reason }, now);
                             true
                         })

@@ -596,9 +596,13 @@ async fn a_killed_worker_s_tasks_become_abnormal_and_are_retried() {
     let retry = wait_done(client, retry.id).await;
     kill_group(retry.pid);
     assert_eq!(retry.status, TaskStatus::Abnormal);
-    let nodes = client.list_nodes().await.unwrap();
-    assert_eq!(nodes[0].status, arachne_shared::NodeStatus::Online);
-    assert!(nodes[0].metrics.is_some() || nodes[0].running == 0);
+    // The retry may be written off by the old session's end before the new one registers.
+    eventually("the restarted worker is online", || async {
+        let nodes = client.list_nodes().await.unwrap();
+        nodes[0].status == arachne_shared::NodeStatus::Online
+            && (nodes[0].metrics.is_some() || nodes[0].running == 0)
+    })
+    .await;
     worker.kill().unwrap();
     worker.wait().unwrap();
 }

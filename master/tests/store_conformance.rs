@@ -4,24 +4,54 @@
 use std::sync::Arc;
 
 use arachne_master::store::embedded::EmbeddedStore;
+use arachne_master::store::mongo::MongoStore;
 use arachne_master::store::{Store, TaskFilter};
 use arachne_shared::{
     ItemRecord, LogLine, LogStream, Node, NodeStatus, Spider, SpiderId, Task, TaskId, TaskStatus,
 };
 use chrono::Utc;
 
-/// Opens a backend's store in a folder; calling it again on the same folder reopens the same data.
-type Opener = Box<dyn Fn(&std::path::Path) -> Arc<dyn Store>>;
+/// A backend with a place of its own: a fresh folder, or a fresh MongoDB database. Opening it again reopens the
+/// same data, as a restarted master would.
+struct Backend {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    mongodb: Option<(String, String)>,
+}
 
-/// Every backend, each with a fresh folder of its own.
-fn backends() -> Vec<(&'static str, tempfile::TempDir, Opener)> {
-    vec![(
-        "embedded",
-        tempfile::tempdir().unwrap(),
-        Box::new(|dir| {
-            Arc::new(EmbeddedStore::open(&dir.join("arachne.db")).unwrap()) as Arc<dyn Store>
-        }),
-    )]
+impl Backend {
+    async fn open(&self) -> Arc<dyn Store> {
+        match &self.mongodb {
+            None => Arc::new(EmbeddedStore::open(&self.dir.path().join("arachne.db")).unwrap()),
+            Some((uri, database)) => {
+                Arc::new(MongoStore::connect(uri, Some(database)).await.unwrap())
+            }
+        }
+    }
+}
+
+/// Every backend: the embedded store always, and MongoDB when `ARACHNE_TEST_MONGODB_URI` names a server
+/// (`scripts/mongodb` starts one; `.ci/run` always does).
+fn backends() -> Vec<Backend> {
+    let mut all = vec![Backend {
+        name: "embedded",
+        dir: tempfile::tempdir().unwrap(),
+        mongodb: None,
+    }];
+    if let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        all.push(Backend {
+            name: "mongodb",
+            dir: tempfile::tempdir().unwrap(),
+            mongodb: Some((
+                uri,
+                format!("arachne_test_{}", uuid::Uuid::new_v4().simple()),
+            )),
+        });
+    }
+    all
 }
 
 fn spider(name: &str) -> Spider {
@@ -60,8 +90,9 @@ fn lines(range: std::ops::RangeInclusive<u64>) -> Vec<LogLine> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks() {
-    for (name, dir, open) in backends() {
-        let store = open(dir.path());
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
         let low_old = task("s", 9);
         let high = task("s", 1);
         let default_a = task("s", 5);
@@ -89,8 +120,9 @@ async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_are_conditional_and_only_one_racer_wins() {
-    for (name, dir, open) in backends() {
-        let store = open(dir.path());
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
         let t = task("s", 5);
         store.insert_task(&t).await.unwrap();
         let wrong = store
@@ -150,8 +182,9 @@ async fn updates_are_conditional_and_only_one_racer_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_log_and_item_batches_are_stored_once() {
-    for (name, dir, open) in backends() {
-        let store = open(dir.path());
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
         let t = task("s", 5);
         store.insert_task(&t).await.unwrap();
         store.append_logs(t.id, &lines(1..=3)).await.unwrap();
@@ -194,8 +227,9 @@ async fn retried_log_and_item_batches_are_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_lose_nothing() {
-    for (name, dir, open) in backends() {
-        let store = open(dir.path());
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
         let tasks: Vec<_> = (0..8).map(|_| task("s", 5)).collect();
         for t in &tasks {
             store.insert_task(t).await.unwrap();
@@ -230,8 +264,9 @@ async fn concurrent_writers_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_filters_pages_and_counts() {
-    for (name, dir, open) in backends() {
-        let store = open(dir.path());
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
         let mut ids = Vec::new();
         for i in 0..25 {
             let mut t = task(if i % 2 == 0 { "even" } else { "odd" }, 5);
@@ -284,7 +319,8 @@ async fn listing_filters_pages_and_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_survives_reopening_and_names_stay_unique() {
-    for (name, dir, open) in backends() {
+    for backend in backends() {
+        let name = backend.name;
         let now = Utc::now();
         let spider = Spider {
             id: SpiderId::new(),
@@ -314,7 +350,7 @@ async fn everything_survives_reopening_and_names_stay_unique() {
         };
         let t = task("s", 5);
         {
-            let store = open(dir.path());
+            let store = backend.open().await;
             store.put_spider(&spider).await.unwrap();
             let clash = Spider {
                 id: SpiderId::new(),
@@ -333,7 +369,7 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             store.insert_task(&t).await.unwrap();
             store.append_logs(t.id, &lines(1..=2)).await.unwrap();
         }
-        let store = open(dir.path());
+        let store = backend.open().await;
         let reread = store.spider_by_name("s").await.unwrap().unwrap();
         assert_eq!(
             (reread.id, reread.version.as_str()),
@@ -356,10 +392,8 @@ async fn everything_survives_reopening_and_names_stay_unique() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_trees_fire_times_and_active_counts() {
     use arachne_master::store::ActiveScope;
-    for (name, _dir, store) in backends().into_iter().map(|(n, d, open)| {
-        let store = open(d.path());
-        (n, d, store)
-    }) {
+    for backend in backends() {
+        let (name, store) = (backend.name, backend.open().await);
         let schedule = arachne_shared::ScheduleId::new();
         let fire = Utc::now();
         let mut parent = task("tree", 5);
@@ -513,8 +547,9 @@ async fn task_trees_fire_times_and_active_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_are_stored_by_id_with_unique_names() {
-    for (name, dir, open) in backends() {
-        let store = open(dir.path());
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
         let now = Utc::now();
         let schedule = arachne_shared::Schedule {
             id: arachne_shared::ScheduleId::new(),

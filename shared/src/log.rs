@@ -22,6 +22,15 @@ impl LogStream {
             Self::System => "system",
         }
     }
+
+    /// The stream named by [`Self::as_str`]; an unknown name reads as stdout.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "stderr" => Self::Stderr,
+            "system" => Self::System,
+            _ => Self::Stdout,
+        }
+    }
 }
 
 /// One log line of a task. `seq` starts at 1 and has no gaps within a task.

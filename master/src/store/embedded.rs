@@ -466,7 +466,7 @@ impl Store for EmbeddedStore {
         &self,
         id: TaskId,
         expected: &[TaskStatus],
-        change: TaskChange,
+        mut change: TaskChange,
     ) -> Result<Option<Task>> {
         let expected = expected.to_vec();
         self.quick(move |conn| {
@@ -546,11 +546,7 @@ impl Store for EmbeddedStore {
                     let stream: String = row.get(1)?;
                     Ok(LogLine {
                         seq: row.get::<_, i64>(0)? as u64,
-                        stream: match stream.as_str() {
-                            "stderr" => LogStream::Stderr,
-                            "system" => LogStream::System,
-                            _ => LogStream::Stdout,
-                        },
+                        stream: LogStream::from_name(&stream),
                         at: from_millis(row.get(2)?),
                         text: row.get(3)?,
                     })

@@ -1,10 +1,11 @@
 //! Persistence behind one [`Store`] trait, one module per backend. The embedded SQLite store is the default
-//! and needs no service; the MongoDB backend (issue 6) implements the same trait.
+//! and needs no service; the MongoDB backend implements the same trait for production.
 //!
 //! Architecture invariant: every state change of a task goes through [`Store::update_task`], a conditional
 //! update, so two writers racing on one task (the dispatcher and a cancel, say) can never both win.
 
 pub mod embedded;
+pub mod mongo;
 
 use arachne_shared::{
     ItemRecord, LogLine, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
@@ -49,7 +50,8 @@ pub enum ActiveScope {
 
 /// A change to apply to a task if its status is one of `expected`. It returns `false` to leave the task as it
 /// was, which lets a caller check more than the status (for example "not yet handed to a node") atomically.
-pub type TaskChange = Box<dyn FnOnce(&mut Task) -> bool + Send + 'static>;
+/// A backend may run it again on a freshly read task after losing a race, so it depends only on the task.
+pub type TaskChange = Box<dyn FnMut(&mut Task) -> bool + Send + 'static>;
 
 /// The storage interface of the master.
 #[async_trait::async_trait]

@@ -51,7 +51,21 @@ impl TestMaster {
 
     /// Starts a master whose gRPC listener is `grpc`: a restarted master takes its predecessor's address, so
     /// the workers find it again.
-    pub async fn start_on(config: Config, grpc: SocketAddr) -> Self {
+    pub async fn start_on(mut config: Config, grpc: SocketAddr) -> Self {
+        // With a test server named, every master keeps its records there: a database per data folder, so a
+        // restarted master finds its predecessor's.
+        if let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            config.data_dir.hash(&mut hasher);
+            config.mongodb.get_or_insert(arachne_master::MongoConfig {
+                uri,
+                database: Some(format!("arachne_test_{:016x}", hasher.finish())),
+            });
+        }
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind(grpc).await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());

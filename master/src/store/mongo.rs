@@ -1,0 +1,685 @@
+//! The MongoDB store, for production: the same [`Store`] contract as the embedded one, on the official driver.
+//!
+//! Collections: `spiders`, `tasks`, `task_logs` (log lines in batches, many per document), `results_<spider>`
+//! (one document per item, tagged `_tid` and `_sid` as Crawlab does, so its data tooling reads them), `nodes`,
+//! `schedules`. Fields that queries filter or sort on are top-level; the full record sits beside them in
+//! `data`. Every index a query needs is created at start-up.
+//!
+//! Task changes are conditional replaces on a revision number (`rev`): a writer that lost a race re-reads and
+//! re-checks, so two masters, or a master and a late worker message, can never both apply a change to one task.
+//! Nothing here needs a replica set: no transaction, no change stream.
+
+use std::collections::HashSet;
+
+use arachne_shared::{
+    ItemRecord, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
+    from_millis, to_millis,
+};
+use bson::{Bson, Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use super::{ActiveScope, Error, Result, Store, TaskChange, TaskFilter};
+
+/// Most log lines kept in one document: a batch from a worker is split into documents of this many lines.
+const LINES_PER_DOC: usize = 1000;
+/// MongoDB's code for a unique index violation.
+const DUPLICATE_KEY: i32 = 11000;
+/// How often a task change is retried after losing a race before giving up.
+const MAX_CONFLICTS: usize = 64;
+
+fn db(err: mongodb::error::Error) -> Error {
+    Error::Database(err.to_string())
+}
+
+/// Whether `err` is a unique-index violation.
+fn is_duplicate(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|e| e.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+/// For an unordered insert that failed only on duplicates: how many documents were duplicates.
+fn duplicates_only(err: &mongodb::error::Error) -> Option<usize> {
+    match err.kind.as_ref() {
+        ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
+            let errs = e.write_errors.as_ref()?;
+            errs.iter()
+                .all(|e| e.code == DUPLICATE_KEY)
+                .then_some(errs.len())
+        }
+        _ => None,
+    }
+}
+
+/// A JSON value as BSON: integers as 64-bit integers, other numbers as doubles.
+fn json_to_bson(value: serde_json::Value) -> Bson {
+    use serde_json::Value;
+    match value {
+        Value::Null => Bson::Null,
+        Value::Bool(b) => Bson::Boolean(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Bson::Int64(i),
+            None => Bson::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Bson::String(s),
+        Value::Array(items) => Bson::Array(items.into_iter().map(json_to_bson).collect()),
+        Value::Object(map) => {
+            Bson::Document(map.into_iter().map(|(k, v)| (k, json_to_bson(v))).collect())
+        }
+    }
+}
+
+/// BSON as JSON; types JSON lacks (ids, dates, binary) become their relaxed extended-JSON form.
+fn bson_to_json(value: Bson) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Boolean(b) => Value::Bool(b),
+        Bson::Int32(i) => Value::from(i),
+        Bson::Int64(i) => Value::from(i),
+        Bson::Double(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        Bson::String(s) => Value::String(s),
+        Bson::Array(items) => Value::Array(items.into_iter().map(bson_to_json).collect()),
+        Bson::Document(doc) => doc_to_json(doc),
+        other => other.into_relaxed_extjson(),
+    }
+}
+
+fn doc_to_json(doc: Document) -> serde_json::Value {
+    serde_json::Value::Object(doc.into_iter().map(|(k, v)| (k, bson_to_json(v))).collect())
+}
+
+/// A domain record as a BSON document.
+fn record<T: serde::Serialize>(value: &T) -> Document {
+    match json_to_bson(serde_json::to_value(value).expect("domain types serialise")) {
+        Bson::Document(doc) => doc,
+        _ => unreachable!("domain records serialise to objects"),
+    }
+}
+
+/// The record kept in a document's `data` field.
+fn from_data<T: serde::de::DeserializeOwned>(mut doc: Document) -> Result<T> {
+    let data = doc
+        .remove("data")
+        .ok_or_else(|| Error::Corrupt("a document has no data field".into()))?;
+    serde_json::from_value(bson_to_json(data)).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn opt<T: ToString>(value: Option<T>) -> Bson {
+    value.map_or(Bson::Null, |v| Bson::String(v.to_string()))
+}
+
+/// The MongoDB store.
+pub struct MongoStore {
+    db: Database,
+}
+
+impl MongoStore {
+    /// Connects to `uri` and makes sure every index exists. The database is `database` if given, else the
+    /// one the URI names, else `arachne`.
+    pub async fn connect(uri: &str, database: Option<&str>) -> Result<Self> {
+        let options = ClientOptions::parse(uri).await.map_err(db)?;
+        let name = (database.map(str::to_owned))
+            .or_else(|| options.default_database.clone())
+            .unwrap_or_else(|| "arachne".into());
+        let client = Client::with_options(options).map_err(db)?;
+        let store = Self {
+            db: client.database(&name),
+        };
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    fn spiders(&self) -> Collection<Document> {
+        self.db.collection("spiders")
+    }
+    fn tasks(&self) -> Collection<Document> {
+        self.db.collection("tasks")
+    }
+    fn logs_coll(&self) -> Collection<Document> {
+        self.db.collection("task_logs")
+    }
+    fn nodes(&self) -> Collection<Document> {
+        self.db.collection("nodes")
+    }
+    fn schedules(&self) -> Collection<Document> {
+        self.db.collection("schedules")
+    }
+
+    async fn create_indexes(&self) -> Result<()> {
+        let index = |keys: Document, unique: bool, sparse: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .unique(unique)
+                        .sparse(sparse)
+                        .build(),
+                )
+                .build()
+        };
+        let plain = |keys: Document| index(keys, false, false);
+        let spiders = [index(doc! {"name": 1}, true, false)];
+        let schedules = [index(doc! {"name": 1}, true, false)];
+        let tasks = [
+            // Dispatch: pending, not handed out, not a parent; by priority then age.
+            plain(doc! {"status": 1, "node": 1, "children": 1, "priority": 1, "_id": 1}),
+            plain(doc! {"status": 1, "_id": -1}),
+            plain(doc! {"spider_name": 1, "_id": -1}),
+            plain(doc! {"spider_name": 1, "status": 1, "_id": -1}),
+            plain(doc! {"node": 1, "_id": -1}),
+            plain(doc! {"parent_id": 1, "_id": -1}),
+            plain(doc! {"schedule_id": 1, "_id": -1}),
+            plain(doc! {"exclusive": 1, "status": 1}),
+            // One task per schedule fire time: only such tasks carry the key.
+            index(doc! {"fire_key": 1}, true, true),
+        ];
+        let logs = [plain(doc! {"task_id": 1, "last": 1})];
+        for (coll, models) in [
+            (self.spiders(), &spiders[..]),
+            (self.schedules(), &schedules[..]),
+            (self.tasks(), &tasks[..]),
+            (self.logs_coll(), &logs[..]),
+        ] {
+            coll.create_indexes(models.to_vec()).await.map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// The collection of a spider's items, and the spider's id, for the spider of `task`.
+    async fn results_of(&self, task: TaskId) -> Result<(Collection<Document>, String)> {
+        let task = self
+            .get_task(task)
+            .await?
+            .ok_or_else(|| Error::Database(format!("items for unknown task {task}")))?;
+        // A spider can be renamed away from its tasks; its name at run time still names the default.
+        let collection = match self.spider_by_name(&task.spider_name).await? {
+            Some(spider) if spider.id == task.spider_id => spider.results_collection(),
+            _ => format!("results_{}", task.spider_name),
+        };
+        let collection = self.db.collection(&collection);
+        ensure_item_index(&collection).await?;
+        Ok((collection, task.spider_id.to_string()))
+    }
+
+    /// Raises a task's counter to `seq` (sequence numbers count from 1 without gaps, so the highest stored is
+    /// the count); a retried batch leaves it as it was.
+    async fn raise_counter(&self, task: TaskId, field: &str, seq: u64) -> Result<()> {
+        self.tasks()
+            .update_one(
+                doc! {"_id": task.to_string()},
+                doc! {"$max": {field: seq as i64}},
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn find_tasks(
+        &self,
+        filter: Document,
+        sort: Document,
+        skip: u64,
+        limit: i64,
+    ) -> Result<Vec<Task>> {
+        let mut cursor = self
+            .tasks()
+            .find(filter)
+            .sort(sort)
+            .skip(skip)
+            .limit(limit)
+            .await
+            .map_err(db)?;
+        let mut tasks = Vec::new();
+        while cursor.advance().await.map_err(db)? {
+            tasks.push(read_task(cursor.deserialize_current().map_err(db)?)?);
+        }
+        Ok(tasks)
+    }
+
+    async fn all_records<T: serde::de::DeserializeOwned>(
+        &self,
+        coll: Collection<Document>,
+        sort: Document,
+    ) -> Result<Vec<T>> {
+        let mut cursor = coll.find(doc! {}).sort(sort).await.map_err(db)?;
+        let mut records = Vec::new();
+        while cursor.advance().await.map_err(db)? {
+            records.push(from_data(cursor.deserialize_current().map_err(db)?)?);
+        }
+        Ok(records)
+    }
+}
+
+/// Items are read by task in sequence order, and a retried batch must not store an item twice.
+async fn ensure_item_index(coll: &Collection<Document>) -> Result<()> {
+    let model = IndexModel::builder()
+        .keys(doc! {"_tid": 1, "_seq": 1})
+        .options(IndexOptions::builder().unique(true).build())
+        .build();
+    coll.create_index(model).await.map_err(db)?;
+    Ok(())
+}
+
+fn task_doc(task: &Task, rev: i64) -> Document {
+    let fire_key = match (task.schedule_id, task.fire_time, task.parent_id) {
+        (Some(schedule), Some(fire), None) => {
+            Bson::String(format!("{schedule}@{}", to_millis(fire)))
+        }
+        _ => Bson::Null,
+    };
+    let mut doc = doc! {
+        "_id": task.id.to_string(),
+        "rev": rev,
+        "spider_name": &task.spider_name,
+        "status": task.status.as_str(),
+        "node": task.node.clone().map_or(Bson::Null, Bson::String),
+        "priority": i32::from(task.priority),
+        "parent_id": opt(task.parent_id),
+        "schedule_id": opt(task.schedule_id),
+        "children": task.children as i64,
+        "exclusive": task.exclusive.clone().map_or(Bson::Null, Bson::String),
+        "log_lines": task.log_lines as i64,
+        "items": task.items as i64,
+        "data": record(task),
+    };
+    // Absent, not null: the unique index skips only documents without the field.
+    if let Bson::String(key) = fire_key {
+        doc.insert("fire_key", key);
+    }
+    doc
+}
+
+fn read_task(doc: Document) -> Result<Task> {
+    let counter = |field: &str| doc.get_i64(field).unwrap_or(0).max(0) as u64;
+    let (log_lines, items) = (counter("log_lines"), counter("items"));
+    let mut task: Task = from_data(doc)?;
+    task.log_lines = log_lines;
+    task.items = items;
+    Ok(task)
+}
+
+fn task_filter(filter: &TaskFilter) -> Document {
+    let mut query = Document::new();
+    if let Some(spider) = &filter.spider_name {
+        query.insert("spider_name", spider);
+    }
+    if let Some(status) = filter.status {
+        query.insert("status", status.as_str());
+    }
+    if let Some(node) = &filter.node {
+        query.insert("node", node);
+    }
+    if let Some(parent) = filter.parent_id {
+        query.insert("parent_id", parent.to_string());
+    }
+    if let Some(schedule) = filter.schedule_id {
+        query.insert("schedule_id", schedule.to_string());
+    }
+    query
+}
+
+/// Replaces a keyed record, reporting a clash on its unique name as a `Duplicate` of `what`.
+async fn put_named(
+    coll: Collection<Document>,
+    id: String,
+    name: &str,
+    data: Document,
+    what: String,
+) -> Result<()> {
+    let doc = doc! {"_id": &id, "name": name, "data": data};
+    match coll.replace_one(doc! {"_id": &id}, doc).upsert(true).await {
+        Err(err) if is_duplicate(&err) => Err(Error::Duplicate(what)),
+        other => other.map(drop).map_err(db),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MongoStore {
+    async fn put_spider(&self, spider: &Spider) -> Result<()> {
+        let what = format!("spider {:?}", spider.name);
+        put_named(
+            self.spiders(),
+            spider.id.to_string(),
+            &spider.name,
+            record(spider),
+            what,
+        )
+        .await
+    }
+
+    async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>> {
+        let found = self
+            .spiders()
+            .find_one(doc! {"name": name})
+            .await
+            .map_err(db)?;
+        found.map(from_data).transpose()
+    }
+
+    async fn list_spiders(&self) -> Result<Vec<Spider>> {
+        self.all_records(self.spiders(), doc! {"name": 1}).await
+    }
+
+    async fn insert_tasks(&self, tasks: &[Task]) -> Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<Document> = tasks.iter().map(|t| task_doc(t, 0)).collect();
+        match self.tasks().insert_many(docs).ordered(true).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                // All or none without a transaction (a standalone server has none): undo the ones before the
+                // failure. Ids are fresh, so the ones removed are this call's own.
+                let failed_at = match err.kind.as_ref() {
+                    ErrorKind::InsertMany(e) => e
+                        .write_errors
+                        .as_ref()
+                        .and_then(|errs| errs.iter().map(|e| e.index).min())
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                let inserted: Vec<String> = tasks[..failed_at]
+                    .iter()
+                    .map(|t| t.id.to_string())
+                    .collect();
+                if !inserted.is_empty() {
+                    self.tasks()
+                        .delete_many(doc! {"_id": {"$in": inserted}})
+                        .await
+                        .map_err(db)?;
+                }
+                if !is_duplicate(&err) {
+                    return Err(db(err));
+                }
+                let task = &tasks[failed_at.min(tasks.len() - 1)];
+                let existing = self.get_task(task.id).await?;
+                Err(Error::Duplicate(
+                    match (existing, task.schedule_id, task.fire_time) {
+                        (Some(_), ..) => format!("task {}", task.id),
+                        (None, Some(schedule), Some(fire)) => {
+                            format!("a task for schedule {schedule} at {fire}")
+                        }
+                        (None, ..) => format!("task {}", task.id),
+                    },
+                ))
+            }
+        }
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        let found = self
+            .tasks()
+            .find_one(doc! {"_id": id.to_string()})
+            .await
+            .map_err(db)?;
+        found.map(read_task).transpose()
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)> {
+        let query = task_filter(filter);
+        let total = self
+            .tasks()
+            .count_documents(query.clone())
+            .await
+            .map_err(db)?;
+        let tasks = self
+            .find_tasks(
+                query,
+                doc! {"_id": -1},
+                filter.offset.into(),
+                filter.limit.into(),
+            )
+            .await?;
+        Ok((tasks, total))
+    }
+
+    async fn update_task(
+        &self,
+        id: TaskId,
+        expected: &[TaskStatus],
+        mut change: TaskChange,
+    ) -> Result<Option<Task>> {
+        for _ in 0..MAX_CONFLICTS {
+            let Some(doc) = self
+                .tasks()
+                .find_one(doc! {"_id": id.to_string()})
+                .await
+                .map_err(db)?
+            else {
+                return Ok(None);
+            };
+            let rev = doc.get_i64("rev").unwrap_or(0);
+            let mut task = read_task(doc)?;
+            if !expected.contains(&task.status) || !change(&mut task) {
+                return Ok(None);
+            }
+            // The counters are left out: log and item appends raise them without a revision, and a change
+            // read before such an append must not set them back.
+            let mut fields = task_doc(&task, rev + 1);
+            for field in ["_id", "log_lines", "items"] {
+                fields.remove(field);
+            }
+            let unset = match fields.contains_key("fire_key") {
+                true => doc! {},
+                false => doc! {"fire_key": ""},
+            };
+            let mut update = doc! {"$set": fields};
+            if !unset.is_empty() {
+                update.insert("$unset", unset);
+            }
+            let replaced = self
+                .tasks()
+                .update_one(doc! {"_id": id.to_string(), "rev": rev}, update)
+                .await
+                .map_err(db)?;
+            if replaced.matched_count == 1 {
+                return Ok(Some(task));
+            }
+            // Someone else changed the task in between: read it again and decide again.
+        }
+        Err(Error::Database(format!(
+            "task {id} kept changing under an update"
+        )))
+    }
+
+    async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {
+        let filter = doc! {"status": "pending", "node": Bson::Null, "children": 0_i64};
+        self.find_tasks(
+            filter,
+            doc! {"priority": 1, "_id": 1},
+            offset.into(),
+            limit.into(),
+        )
+        .await
+    }
+
+    async fn count_active(&self, scope: &ActiveScope) -> Result<u64> {
+        let (field, value) = match scope {
+            ActiveScope::Spider(name) => ("spider_name", name.clone()),
+            ActiveScope::Exclusive(key) => ("exclusive", key.clone()),
+            ActiveScope::Schedule(id) => ("schedule_id", id.to_string()),
+        };
+        let filter = doc! {
+            field: value,
+            "children": 0_i64,
+            "$or": [{"status": "running"}, {"status": "pending", "node": {"$ne": Bson::Null}}],
+        };
+        self.tasks().count_documents(filter).await.map_err(db)
+    }
+
+    async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()> {
+        // Lines already stored are dropped first, so a resent batch adds nothing.
+        let stored = self.get_task(task).await?.map_or(0, |t| t.log_lines);
+        let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > stored).collect();
+        let Some(last) = fresh.iter().map(|l| l.seq).max() else {
+            return Ok(());
+        };
+        let docs: Vec<Document> = fresh
+            .chunks(LINES_PER_DOC)
+            .map(|chunk| {
+                let first = chunk[0].seq;
+                let lines: Vec<Document> = chunk
+                    .iter()
+                    .map(|l| doc! {"seq": l.seq as i64, "stream": l.stream.as_str(), "at": to_millis(l.at), "text": &l.text})
+                    .collect();
+                doc! {
+                    "_id": format!("{task}:{first}"),
+                    "task_id": task.to_string(),
+                    "first": first as i64,
+                    "last": chunk.iter().map(|l| l.seq).max().unwrap_or(first) as i64,
+                    "lines": lines,
+                }
+            })
+            .collect();
+        match self.logs_coll().insert_many(docs).ordered(false).await {
+            Ok(_) => {}
+            Err(err) if duplicates_only(&err).is_some() => {}
+            Err(err) => return Err(db(err)),
+        }
+        self.raise_counter(task, "log_lines", last).await
+    }
+
+    async fn logs(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>> {
+        let mut cursor = self
+            .logs_coll()
+            .find(doc! {"task_id": task.to_string(), "last": {"$gt": after as i64}})
+            .sort(doc! {"first": 1})
+            .await
+            .map_err(db)?;
+        let mut lines = Vec::new();
+        let mut seen = HashSet::new();
+        while lines.len() < limit as usize && cursor.advance().await.map_err(db)? {
+            let doc = cursor.deserialize_current().map_err(db)?;
+            let batch = doc
+                .get_array("lines")
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            for line in batch {
+                let Some(line) = line.as_document() else {
+                    return Err(Error::Corrupt("a log line is not a document".into()));
+                };
+                let corrupt = |e: bson::error::Error| Error::Corrupt(e.to_string());
+                let seq = line.get_i64("seq").map_err(corrupt)? as u64;
+                if seq <= after || lines.len() >= limit as usize || !seen.insert(seq) {
+                    continue;
+                }
+                let stream = line.get_str("stream").map_err(corrupt)?;
+                lines.push(LogLine {
+                    seq,
+                    stream: LogStream::from_name(stream),
+                    at: from_millis(line.get_i64("at").map_err(corrupt)?),
+                    text: line.get_str("text").map_err(corrupt)?.to_owned(),
+                });
+            }
+        }
+        lines.sort_by_key(|l| l.seq);
+        Ok(lines)
+    }
+
+    async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()> {
+        let Some(last) = items.iter().map(|i| i.seq).max() else {
+            return Ok(());
+        };
+        let (collection, spider_id) = self.results_of(task).await?;
+        let tid = task.to_string();
+        let mut docs = Vec::with_capacity(items.len());
+        for item in items {
+            // Straight from the text into an ordered document: the item's fields keep the spider's order.
+            let mut doc: Document = serde_json::from_str(item.data.get())
+                .map_err(|e| Error::Corrupt(format!("item {}: {e}", item.seq)))?;
+            doc.insert("_tid", tid.clone());
+            doc.insert("_sid", spider_id.clone());
+            doc.insert("_seq", item.seq as i64);
+            docs.push(doc);
+        }
+        match collection.insert_many(docs).ordered(false).await {
+            Ok(_) => {}
+            Err(err) if duplicates_only(&err).is_some() => {}
+            Err(err) => return Err(db(err)),
+        }
+        self.raise_counter(task, "items", last).await
+    }
+
+    async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {
+        let (collection, _) = self.results_of(task).await?;
+        let mut cursor = collection
+            .find(doc! {"_tid": task.to_string(), "_seq": {"$gt": after as i64}})
+            .sort(doc! {"_seq": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(db)?;
+        let mut items = Vec::new();
+        while cursor.advance().await.map_err(db)? {
+            let mut doc = cursor.deserialize_current().map_err(db)?;
+            let seq = doc
+                .remove("_seq")
+                .and_then(|s| s.as_i64())
+                .ok_or_else(|| Error::Corrupt("an item has no _seq".into()))?
+                as u64;
+            for field in ["_id", "_tid", "_sid"] {
+                doc.remove(field);
+            }
+            let text = serde_json::to_string(&doc).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let data = serde_json::value::RawValue::from_string(text)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            items.push(ItemRecord { seq, data });
+        }
+        Ok(items)
+    }
+
+    async fn put_node(&self, node: &Node) -> Result<()> {
+        let doc = doc! {"_id": &node.name, "data": record(node)};
+        self.nodes()
+            .replace_one(doc! {"_id": &node.name}, doc)
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        self.all_records(self.nodes(), doc! {"_id": 1}).await
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<()> {
+        let what = format!("schedule {:?}", schedule.name);
+        put_named(
+            self.schedules(),
+            schedule.id.to_string(),
+            &schedule.name,
+            record(schedule),
+            what,
+        )
+        .await
+    }
+
+    async fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>> {
+        let found = self
+            .schedules()
+            .find_one(doc! {"_id": id.to_string()})
+            .await
+            .map_err(db)?;
+        found.map(from_data).transpose()
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>> {
+        self.all_records(self.schedules(), doc! {"name": 1}).await
+    }
+
+    async fn delete_schedule(&self, id: ScheduleId) -> Result<bool> {
+        let deleted = self
+            .schedules()
+            .delete_one(doc! {"_id": id.to_string()})
+            .await
+            .map_err(db)?;
+        Ok(deleted.deleted_count > 0)
+    }
+}
