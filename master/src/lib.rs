@@ -33,6 +33,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Keeps tasks, logs, items, spiders, schedules and nodes in MongoDB instead of the embedded store.
     pub mongodb: Option<MongoConfig>,
+    /// How long ended tasks and their logs are kept (items stay); `None` keeps them forever.
+    pub retention: Option<std::time::Duration>,
     /// Spider folders (each with an `arachne.toml`) registered on start if no spider of that name exists.
     pub examples_dir: Option<PathBuf>,
     /// A folder of spider folders (each with an `arachne.toml`) kept in sync: edits become new versions.
@@ -80,6 +82,7 @@ impl Config {
         Self {
             data_dir,
             mongodb: None,
+            retention: Some(DEFAULT_RETENTION),
             examples_dir: None,
             spiders_dir: None,
             local_worker: Some(LocalWorker::default()),
@@ -117,6 +120,37 @@ pub enum Error {
     Worker(#[from] arachne_worker::Error),
 }
 
+/// How long ended tasks and their logs are kept by default.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// How often ended tasks past their retention are removed. MongoDB also expires them on its own (TTL index).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes ended tasks past `retention`, at start and then every [`SWEEP_EVERY`]. Only the clock decides:
+/// reading a task never removes it.
+async fn sweep_ended(
+    store: Arc<dyn Store>,
+    retention: std::time::Duration,
+    stop: CancellationToken,
+) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    loop {
+        let cutoff = chrono::Utc::now().checked_sub_signed(retention);
+        if let Some(cutoff) = cutoff {
+            match store.delete_ended_before(cutoff).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    info!(tasks = removed, %cutoff, "removed ended tasks past their retention")
+                }
+                Err(err) => warn!(error = %err, "sweeping ended tasks failed; trying again later"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
 /// Runs the master until `shutdown` is cancelled. The local worker stops first, so its running tasks are
 /// settled and reported before the servers close.
 pub async fn run(
@@ -130,7 +164,12 @@ pub async fn run(
     })?;
     let store: Arc<dyn Store> = match &config.mongodb {
         Some(mongo) => Arc::new(
-            store::mongo::MongoStore::connect(&mongo.uri, mongo.database.as_deref()).await?,
+            store::mongo::MongoStore::connect(
+                &mongo.uri,
+                mongo.database.as_deref(),
+                config.retention,
+            )
+            .await?,
         ),
         None => Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?),
     };
@@ -166,6 +205,9 @@ pub async fn run(
     let tracker = TaskTracker::new();
     tracker.spawn(Arc::clone(&scheduler).run(servers.clone()));
     tracker.spawn(cron::run(Arc::clone(&api), servers.clone()));
+    if let Some(retention) = config.retention {
+        tracker.spawn(sweep_ended(Arc::clone(&store), retention, servers.clone()));
+    }
     if let Some(dir) = &config.spiders_dir {
         tracker.spawn(folders::watch(
             Arc::clone(&api),

@@ -23,6 +23,9 @@ struct Args {
     /// The MongoDB database (default: the one the URI names, else "arachne").
     #[arg(long, env = "ARACHNE_MONGODB_DB", requires = "mongodb_uri")]
     mongodb_db: Option<String>,
+    /// Days ended tasks and their logs are kept (their items stay); 0 keeps them forever.
+    #[arg(long, env = "ARACHNE_RETENTION_DAYS", default_value_t = 30)]
+    retention_days: u64,
     /// HTTP API address.
     #[arg(long, env = "ARACHNE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
@@ -60,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);
+    config.retention = (args.retention_days > 0)
+        .then(|| std::time::Duration::from_secs(args.retention_days.saturating_mul(24 * 3600)));
     config.mongodb = args.mongodb_uri.map(|uri| arachne_master::MongoConfig {
         uri,
         database: args.mongodb_db,

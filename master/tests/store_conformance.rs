@@ -23,12 +23,17 @@ impl Backend {
     async fn open(&self) -> Arc<dyn Store> {
         match &self.mongodb {
             None => Arc::new(EmbeddedStore::open(&self.dir.path().join("arachne.db")).unwrap()),
-            Some((uri, database)) => {
-                Arc::new(MongoStore::connect(uri, Some(database)).await.unwrap())
-            }
+            Some((uri, database)) => Arc::new(
+                MongoStore::connect(uri, Some(database), Some(RETENTION))
+                    .await
+                    .unwrap(),
+            ),
         }
     }
 }
+
+/// The retention a MongoDB store is opened with: its TTL indexes must say so.
+const RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Every backend: the embedded store always, and MongoDB when `ARACHNE_TEST_MONGODB_URI` names a server
 /// (`scripts/mongodb` starts one; `.ci/run` always does).
@@ -592,5 +597,81 @@ async fn schedules_are_stored_by_id_with_unique_names() {
         assert!(store.delete_schedule(schedule.id).await.unwrap(), "{name}");
         assert!(!store.delete_schedule(schedule.id).await.unwrap(), "{name}");
         assert!(store.list_schedules().await.unwrap().is_empty(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_tasks_expire_with_their_logs_and_nothing_else_does() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        let long_ago = Utc::now() - chrono::Duration::days(40);
+        let ended = |at: chrono::DateTime<Utc>| {
+            let mut t = task("old", 5);
+            t.created_at = at;
+            t.set_status(TaskStatus::Running, at);
+            t.set_status(TaskStatus::Finished, at);
+            t
+        };
+        let old = ended(long_ago);
+        let recent = ended(Utc::now() - chrono::Duration::hours(1));
+        let mut old_running = task("old", 5);
+        old_running.created_at = long_ago;
+        old_running.set_status(TaskStatus::Running, long_ago);
+        let mut old_pending = task("old", 5);
+        old_pending.created_at = long_ago;
+        for t in [&old, &recent, &old_running, &old_pending] {
+            store.insert_task(t).await.unwrap();
+        }
+        store.append_logs(old.id, &lines(1..=3)).await.unwrap();
+        store.append_logs(recent.id, &lines(1..=3)).await.unwrap();
+        // Reading a task, however often, never removes it.
+        for _ in 0..20 {
+            assert!(store.get_task(old.id).await.unwrap().is_some(), "{name}");
+        }
+
+        let cutoff = Utc::now() - chrono::Duration::days(30);
+        assert_eq!(
+            store.delete_ended_before(cutoff).await.unwrap(),
+            1,
+            "{name}"
+        );
+        assert!(store.get_task(old.id).await.unwrap().is_none(), "{name}");
+        assert!(
+            store.logs(old.id, 0, 100).await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.logs(recent.id, 0, 100).await.unwrap().len(),
+            3,
+            "{name}"
+        );
+        for kept in [&recent, &old_running, &old_pending] {
+            let found = store.get_task(kept.id).await.unwrap();
+            assert_eq!(found.map(|t| t.status), Some(kept.status), "{name}");
+        }
+        assert_eq!(
+            store.delete_ended_before(cutoff).await.unwrap(),
+            0,
+            "{name}"
+        );
+
+        if let Some((uri, database)) = &backend.mongodb {
+            // The server expires them on its own too: a TTL index on both collections, with the retention.
+            let client = mongodb::Client::with_uri_str(uri).await.unwrap();
+            let db = client.database(database);
+            for collection in ["tasks", "task_logs"] {
+                let coll = db.collection::<bson::Document>(collection);
+                let mut indexes = coll.list_indexes().await.unwrap();
+                let mut ttl = None;
+                while indexes.advance().await.unwrap() {
+                    let index = indexes.deserialize_current().unwrap();
+                    if index.keys == bson::doc! {"ended_at": 1} {
+                        ttl = index.options.and_then(|o| o.expire_after);
+                    }
+                }
+                assert_eq!(ttl, Some(RETENTION), "{collection}");
+            }
+        }
     }
 }

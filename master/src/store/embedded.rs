@@ -34,12 +34,13 @@ CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UN
 ";
 
 /// Columns added after the first release, with their definitions; added to older databases on open.
-const ADDED_TASK_COLUMNS: [(&str, &str); 5] = [
+const ADDED_TASK_COLUMNS: [(&str, &str); 6] = [
     ("parent_id", "TEXT"),
     ("schedule_id", "TEXT"),
     ("fire_ms", "INTEGER"),
     ("children", "INTEGER NOT NULL DEFAULT 0"),
     ("exclusive", "TEXT"),
+    ("ended_ms", "INTEGER"),
 ];
 
 const INDEXES: &str = "
@@ -52,6 +53,7 @@ CREATE INDEX IF NOT EXISTS tasks_exclusive ON tasks (exclusive, status) WHERE ex
 CREATE INDEX IF NOT EXISTS tasks_spider_status ON tasks (spider_name, status);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
+CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ms) WHERE ended_ms IS NOT NULL;
 -- Replaced by a partial index: a queued task has no node, and its insert need not write an index entry.
 DROP INDEX IF EXISTS tasks_node;
 CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
@@ -135,6 +137,15 @@ impl EmbeddedStore {
                     "ALTER TABLE tasks ADD COLUMN {column} {definition}"
                 ))
                 .map_err(db)?;
+                if column == "ended_ms" {
+                    // Tasks that ended before the column existed: their last update was their end.
+                    conn.execute_batch(
+                        "UPDATE tasks SET ended_ms = CAST(
+                            (julianday(json_extract(data, '$.updated_at')) - 2440587.5) * 86400000 AS INTEGER)
+                         WHERE status IN ('finished', 'error', 'cancelled', 'abnormal')",
+                    )
+                    .map_err(db)?;
+                }
             }
         }
         conn.execute_batch(INDEXES).map_err(db)?;
@@ -226,8 +237,8 @@ fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>> {
 macro_rules! insert_task_sql {
     () => {
         "INSERT INTO tasks (id, spider_name, status, node, priority, data, parent_id, schedule_id, fire_ms,
-                            children, exclusive)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                            children, exclusive, ended_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
     };
 }
 
@@ -235,7 +246,8 @@ macro_rules! insert_task_sql {
 /// index.
 fn update_row(conn: &Connection, task: &Task) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE tasks SET status = ?2, node = ?3, priority = ?4, data = ?5, children = ?6 WHERE id = ?1",
+        "UPDATE tasks SET status = ?2, node = ?3, priority = ?4, data = ?5, children = ?6, ended_ms = ?7
+         WHERE id = ?1",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -245,10 +257,19 @@ fn update_row(conn: &Connection, task: &Task) -> Result<()> {
             task.priority,
             to_json(task),
             task.children,
+            ended_ms(task),
         ])
     })
     .map(drop)
     .map_err(db)
+}
+
+/// When a task ended, for the retention sweep; `None` while it has not.
+fn ended_ms(task: &Task) -> Option<i64> {
+    task.status
+        .is_terminal()
+        .then(|| task.ended_at().map(to_millis))
+        .flatten()
 }
 
 /// An open transaction, rolled back when dropped uncommitted. BEGIN and COMMIT are cached statements:
@@ -309,6 +330,7 @@ fn store_task(conn: &Connection, sql: &str, task: &Task) -> Result<()> {
             task.fire_time.map(to_millis),
             task.children,
             task.exclusive,
+            ended_ms(task),
         ])
     });
     let id_taken = matches!(&result, Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("tasks.id"));
@@ -484,6 +506,42 @@ impl Store for EmbeddedStore {
             tx.commit()?;
             Ok(Some(task))
         })
+    }
+
+    async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let cutoff = to_millis(cutoff);
+        let mut deleted = 0;
+        // In batches, so a first sweep over years of tasks does not hold the writer for long.
+        loop {
+            let batch = self
+                .call(move |conn| {
+                    let tx = Tx::begin(conn)?;
+                    let ids: Vec<String> = {
+                        let mut stmt = tx
+                            .prepare_cached("SELECT id FROM tasks WHERE ended_ms < ?1 LIMIT 500")
+                            .map_err(db)?;
+                        let rows = stmt.query_map([cutoff], |row| row.get(0)).map_err(db)?;
+                        rows.collect::<Result<_, _>>().map_err(db)?
+                    };
+                    for id in &ids {
+                        for sql in [
+                            "DELETE FROM logs WHERE task_id = ?1",
+                            "DELETE FROM tasks WHERE id = ?1",
+                        ] {
+                            tx.prepare_cached(sql)
+                                .and_then(|mut stmt| stmt.execute([id]))
+                                .map_err(db)?;
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(ids.len() as u64)
+                })
+                .await?;
+            deleted += batch;
+            if batch < 500 {
+                return Ok(deleted);
+            }
+        }
     }
 
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {

@@ -96,6 +96,9 @@ pub trait Store: Send + Sync + 'static {
         expected: &[TaskStatus],
         change: TaskChange,
     ) -> Result<Option<Task>>;
+    /// Removes the tasks that ended before `cutoff`, with their log lines (items stay: they are the crawl's
+    /// results). Tasks that have not ended are never removed, however old. Returns how many tasks went.
+    async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64>;
     /// Pending tasks not yet handed to a node (parents excluded), by priority (1 first) then age.
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>>;
     /// How many tasks in `scope` are handed to a node and not ended (Running, or Pending on a node).

@@ -120,12 +120,23 @@ fn opt<T: ToString>(value: Option<T>) -> Bson {
 /// The MongoDB store.
 pub struct MongoStore {
     db: Database,
+    retention: Option<std::time::Duration>,
 }
+
+/// Name of the TTL indexes that expire ended tasks and their logs.
+const RETENTION_INDEX: &str = "retention";
+/// MongoDB's code for an index that exists with other options.
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
 
 impl MongoStore {
     /// Connects to `uri` and makes sure every index exists. The database is `database` if given, else the
-    /// one the URI names, else `arachne`.
-    pub async fn connect(uri: &str, database: Option<&str>) -> Result<Self> {
+    /// one the URI names, else `arachne`. With `retention`, ended tasks and their logs expire that long after
+    /// they ended (a TTL index, so the server removes them even while no master runs).
+    pub async fn connect(
+        uri: &str,
+        database: Option<&str>,
+        retention: Option<std::time::Duration>,
+    ) -> Result<Self> {
         let options = ClientOptions::parse(uri).await.map_err(db)?;
         let name = (database.map(str::to_owned))
             .or_else(|| options.default_database.clone())
@@ -133,6 +144,7 @@ impl MongoStore {
         let client = Client::with_options(options).map_err(db)?;
         let store = Self {
             db: client.database(&name),
+            retention,
         };
         store.create_indexes().await?;
         Ok(store)
@@ -191,7 +203,36 @@ impl MongoStore {
         ] {
             coll.create_indexes(models.to_vec()).await.map_err(db)?;
         }
+        for coll in [self.tasks(), self.logs_coll()] {
+            self.retention_index(coll).await?;
+        }
         Ok(())
+    }
+
+    /// The TTL index for the configured retention, replacing one made for another retention.
+    async fn retention_index(&self, coll: Collection<Document>) -> Result<()> {
+        let Some(retention) = self.retention else {
+            // Kept forever: an index left from an earlier setting would still expire them.
+            let _ = coll.drop_index(RETENTION_INDEX).await;
+            return Ok(());
+        };
+        let model = IndexModel::builder()
+            .keys(doc! {"ended_at": 1})
+            .options(
+                IndexOptions::builder()
+                    .name(RETENTION_INDEX.to_owned())
+                    .expire_after(retention)
+                    .build(),
+            )
+            .build();
+        match coll.create_index(model.clone()).await {
+            Err(err) if matches!(err.kind.as_ref(), ErrorKind::Command(e) if e.code == INDEX_OPTIONS_CONFLICT) =>
+            {
+                coll.drop_index(RETENTION_INDEX).await.map_err(db)?;
+                coll.create_index(model).await.map(drop).map_err(db)
+            }
+            other => other.map(drop).map_err(db),
+        }
     }
 
     /// The collection of a spider's items, and the spider's id, for the spider of `task`.
@@ -295,7 +336,16 @@ fn task_doc(task: &Task, rev: i64) -> Document {
     if let Bson::String(key) = fire_key {
         doc.insert("fire_key", key);
     }
+    if let Some(ended) = ended_at(task) {
+        doc.insert("ended_at", ended);
+    }
     doc
+}
+
+/// When a task ended, as the date its TTL index reads; `None` while it has not.
+fn ended_at(task: &Task) -> Option<bson::DateTime> {
+    let ended = task.ended_at().filter(|_| task.status.is_terminal())?;
+    Some(bson::DateTime::from_millis(to_millis(ended)))
 }
 
 fn read_task(doc: Document) -> Result<Task> {
@@ -482,6 +532,16 @@ impl Store for MongoStore {
                 .await
                 .map_err(db)?;
             if replaced.matched_count == 1 {
+                if let Some(ended) = ended_at(&task) {
+                    // Its logs expire with it.
+                    self.logs_coll()
+                        .update_many(
+                            doc! {"task_id": id.to_string()},
+                            doc! {"$set": {"ended_at": ended}},
+                        )
+                        .await
+                        .map_err(db)?;
+                }
                 return Ok(Some(task));
             }
             // Someone else changed the task in between: read it again and decide again.
@@ -489,6 +549,13 @@ impl Store for MongoStore {
         Err(Error::Database(format!(
             "task {id} kept changing under an update"
         )))
+    }
+
+    async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let before = doc! {"ended_at": {"$lt": bson::DateTime::from_millis(to_millis(cutoff))}};
+        let deleted = self.tasks().delete_many(before.clone()).await.map_err(db)?;
+        self.logs_coll().delete_many(before).await.map_err(db)?;
+        Ok(deleted.deleted_count)
     }
 
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {
@@ -518,7 +585,9 @@ impl Store for MongoStore {
 
     async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()> {
         // Lines already stored are dropped first, so a resent batch adds nothing.
-        let stored = self.get_task(task).await?.map_or(0, |t| t.log_lines);
+        let current = self.get_task(task).await?;
+        let stored = current.as_ref().map_or(0, |t| t.log_lines);
+        let ended = current.as_ref().and_then(ended_at);
         let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > stored).collect();
         let Some(last) = fresh.iter().map(|l| l.seq).max() else {
             return Ok(());
@@ -531,13 +600,17 @@ impl Store for MongoStore {
                     .iter()
                     .map(|l| doc! {"seq": l.seq as i64, "stream": l.stream.as_str(), "at": to_millis(l.at), "text": &l.text})
                     .collect();
-                doc! {
+                let mut doc = doc! {
                     "_id": format!("{task}:{first}"),
                     "task_id": task.to_string(),
                     "first": first as i64,
                     "last": chunk.iter().map(|l| l.seq).max().unwrap_or(first) as i64,
                     "lines": lines,
+                };
+                if let Some(ended) = ended {
+                    doc.insert("ended_at", ended);
                 }
+                doc
             })
             .collect();
         match self.logs_coll().insert_many(docs).ordered(false).await {
