@@ -154,7 +154,15 @@ for _ in range(n // 1000):
 "#;
 
 /// The figures `scripts/bench` can measure; a second argument (comma-separated names) picks some of them.
-const SECTIONS: [&str; 6] = ["latency", "throughput", "sync", "items", "logs", "idle"];
+const SECTIONS: [&str; 7] = [
+    "latency",
+    "throughput",
+    "sync",
+    "items",
+    "logs",
+    "idle",
+    "mongodb",
+];
 
 /// The master under measurement, with its one local worker, and a client on its HTTP API.
 struct Bench {
@@ -208,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
             "sync" => bench.sync().await?,
             "items" => bench.items().await?,
             "logs" => bench.logs().await?,
+            "mongodb" => bench.mongodb().await?,
             _ => bench.idle_workers().await?,
         }
     }
@@ -240,6 +249,37 @@ fn noop_run(node: Option<&str>) -> RunTask {
         nodes: node.into_iter().map(str::to_owned).collect(),
         ..Default::default()
     }
+}
+
+/// Items/s of a spider sending `n` items through `client`'s master, all of them checked to be stored.
+async fn items_through(client: &Client, n: u64) -> anyhow::Result<f64> {
+    let task = through(client, "items", ITEMS_SPIDER, n).await?;
+    anyhow::ensure!(task.0.items == n, "items lost: {} of {n}", task.0.items);
+    Ok(n as f64 / task.1)
+}
+
+/// Log lines/s of a spider printing `n` lines through `client`'s master, all of them checked to be stored.
+async fn lines_through(client: &Client, n: u64) -> anyhow::Result<f64> {
+    let task = through(client, "logs", LOGS_SPIDER, n).await?;
+    anyhow::ensure!(
+        task.0.log_lines == n,
+        "log lines lost: {} of {n}",
+        task.0.log_lines
+    );
+    Ok(n as f64 / task.1)
+}
+
+/// Runs a Python spider with `n` as its parameter; the ended task and the seconds from trigger to end.
+async fn through(client: &Client, name: &str, main: &str, n: u64) -> anyhow::Result<(Task, f64)> {
+    spider(client, name, "python3 main.py", &[("main.py", main)]).await?;
+    let start = Instant::now();
+    let run = RunTask {
+        spider: name.into(),
+        param: Some(n.to_string()),
+        ..Default::default()
+    };
+    let task = run_to_end(client, &run).await?;
+    Ok((task, start.elapsed().as_secs_f64()))
 }
 
 /// Waits until no task of `spider` is Pending or Running. It waits on one such task at a time: asking after
@@ -482,26 +522,7 @@ impl Bench {
     /// Items through the whole path, against direct inserts into the same kind of store.
     async fn items(&mut self) -> anyhow::Result<()> {
         let n_items = 200_000;
-        spider(
-            &self.client,
-            "items",
-            "python3 main.py",
-            &[("main.py", ITEMS_SPIDER)],
-        )
-        .await?;
-        let start = Instant::now();
-        let run = RunTask {
-            spider: "items".into(),
-            param: Some(n_items.to_string()),
-            ..Default::default()
-        };
-        let task = run_to_end(&self.client, &run).await?;
-        let measured = task.items as f64 / start.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            task.items == n_items,
-            "items lost: {} of {n_items}",
-            task.items
-        );
+        let measured = items_through(&self.client, n_items).await?;
         let direct = direct_items(n_items).await?;
         self.rows.push(row(
             "items/s, INSERT_DATA batches of ~200-byte items, embedded store",
@@ -514,29 +535,70 @@ impl Bench {
         Ok(())
     }
 
+    /// Items and log lines through a master keeping its records in MongoDB, each beside the same server's raw
+    /// bulk-insert rate of the same documents.
+    async fn mongodb(&mut self) -> anyhow::Result<()> {
+        let uri = std::env::var("ARACHNE_TEST_MONGODB_URI").context(
+            "scripts/bench starts a MongoDB test server and names it in ARACHNE_TEST_MONGODB_URI",
+        )?;
+        let database = format!(
+            "arachne_bench_{}",
+            TaskId::new().to_string().replace('-', "")
+        );
+        let data = tempfile::tempdir()?;
+        let mut config = Config::new(data.path().to_owned());
+        config.mongodb = Some(arachne_master::MongoConfig {
+            uri: uri.clone(),
+            database: Some(database.clone()),
+        });
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let client = Client::new(&format!("http://{}", http.local_addr()?));
+        let shutdown = CancellationToken::new();
+        let master = tokio::spawn(arachne_master::run(
+            config,
+            Listeners { http, grpc },
+            shutdown.clone(),
+        ));
+        wait_nodes_idle(&client, &["local"]).await?;
+
+        let db = mongodb::Client::with_uri_str(&uri)
+            .await?
+            .database(&database);
+        let (n_items, n_lines) = (100_000, 200_000);
+        let measured = items_through(&client, n_items).await?;
+        let raw = raw_mongo_items(&db, n_items).await?;
+        self.rows.push(row(
+            "items/s, INSERT_DATA batches of ~200-byte items, MongoDB store",
+            "items/s",
+            measured,
+            (raw, "insert_many of the same item documents, 2,000 a call"),
+            ">= 50% of baseline",
+            measured >= raw * 0.5,
+        ));
+        let measured = lines_through(&client, n_lines).await?;
+        let raw = raw_mongo_lines(&db, n_lines).await?;
+        self.rows.push(row(
+            "log lines/s, 80-byte lines, MongoDB store",
+            "lines/s",
+            measured,
+            (
+                raw,
+                "insert_many of the same 1,000-line documents, 2,000 lines a call",
+            ),
+            ">= 50% of baseline",
+            measured >= raw * 0.5,
+        ));
+        shutdown.cancel();
+        master.await??;
+        db.drop().await?;
+        Ok(())
+    }
+
     /// Log lines through the whole path, against direct appends into the same kind of store.
     async fn logs(&mut self) -> anyhow::Result<()> {
         let n_lines = 300_000;
-        spider(
-            &self.client,
-            "logs",
-            "python3 main.py",
-            &[("main.py", LOGS_SPIDER)],
-        )
-        .await?;
-        let start = Instant::now();
-        let run = RunTask {
-            spider: "logs".into(),
-            param: Some(n_lines.to_string()),
-            ..Default::default()
-        };
-        let task = run_to_end(&self.client, &run).await?;
-        let measured = task.log_lines as f64 / start.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            task.log_lines == n_lines,
-            "log lines lost: {} of {n_lines}",
-            task.log_lines
-        );
+        let measured = lines_through(&self.client, n_lines).await?;
         let direct = direct_logs(n_lines).await?;
         self.rows.push(row(
             "log lines/s, 80-byte lines, embedded store",
@@ -667,6 +729,45 @@ async fn direct_items(n: u64) -> anyhow::Result<f64> {
             })
             .collect();
         store.insert_items(task, &items).await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Items/s of inserting item documents as the MongoDB store writes them, straight through the driver.
+async fn raw_mongo_items(db: &mongodb::Database, n: u64) -> anyhow::Result<f64> {
+    let coll = db.collection::<bson::Document>("raw_items");
+    let tid = TaskId::new().to_string();
+    let start = Instant::now();
+    for batch in 0..n / 2000 {
+        let docs = (1..=2000).map(|i| {
+            bson::doc! {
+                "url": "https://example.com/catalogue/page-1/item-00001.html",
+                "title": "A Light in the Attic, and other things", "price": 51.77, "stock": 22_i64, "rating": 3_i64,
+                "_tid": &tid, "_sid": &tid, "_seq": (batch * 2000 + i) as i64,
+            }
+        });
+        coll.insert_many(docs).ordered(false).await?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Lines/s of inserting log documents of 1,000 lines each, as the MongoDB store writes them.
+async fn raw_mongo_lines(db: &mongodb::Database, n: u64) -> anyhow::Result<f64> {
+    let coll = db.collection::<bson::Document>("raw_logs");
+    let tid = TaskId::new().to_string();
+    let text =
+        "2026-11-22 10:00:00 [quotes] INFO: Crawled (200) <GET https://example.com/page/1> ok";
+    let start = Instant::now();
+    for batch in 0..n / 2000 {
+        let docs = (0..2).map(|half| {
+            let first = batch * 2000 + half * 1000 + 1;
+            let lines: Vec<bson::Document> = (first..first + 1000)
+                .map(|seq| bson::doc! {"seq": seq as i64, "stream": "stdout", "at": 0_i64, "text": text})
+                .collect();
+            bson::doc! {"_id": format!("{tid}:{first}"), "task_id": &tid, "first": first as i64,
+                "last": (first + 999) as i64, "lines": lines}
+        });
+        coll.insert_many(docs).ordered(false).await?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }

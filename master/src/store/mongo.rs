@@ -113,6 +113,12 @@ fn from_data<T: serde::de::DeserializeOwned>(mut doc: Document) -> Result<T> {
     serde_json::from_value(bson_to_json(data)).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn opt<T: ToString>(value: Option<T>) -> Bson {
     value.map_or(Bson::Null, |v| Bson::String(v.to_string()))
 }
@@ -121,7 +127,14 @@ fn opt<T: ToString>(value: Option<T>) -> Bson {
 pub struct MongoStore {
     db: Database,
     retention: Option<std::time::Duration>,
+    /// Where each recent task's items go: looked up once per task, not once per batch.
+    results: std::sync::Mutex<std::collections::HashMap<TaskId, (String, String)>>,
+    /// Item collections whose index is known to exist.
+    indexed: std::sync::Mutex<HashSet<String>>,
 }
+
+/// Tasks whose item destination is remembered; past this the memory starts over.
+const RESULTS_REMEMBERED: usize = 1024;
 
 /// Name of the TTL indexes that expire ended tasks and their logs.
 const RETENTION_INDEX: &str = "retention";
@@ -145,6 +158,8 @@ impl MongoStore {
         let store = Self {
             db: client.database(&name),
             retention,
+            results: Default::default(),
+            indexed: Default::default(),
         };
         store.create_indexes().await?;
         Ok(store)
@@ -237,6 +252,28 @@ impl MongoStore {
 
     /// The collection of a spider's items, and the spider's id, for the spider of `task`.
     async fn results_of(&self, task: TaskId) -> Result<(Collection<Document>, String)> {
+        let known = lock(&self.results).get(&task).cloned();
+        let (name, spider_id) = match known {
+            Some(known) => known,
+            None => {
+                let found = self.lookup_results(task).await?;
+                let mut results = lock(&self.results);
+                if results.len() >= RESULTS_REMEMBERED {
+                    results.clear();
+                }
+                results.insert(task, found.clone());
+                found
+            }
+        };
+        let collection = self.db.collection(&name);
+        if !lock(&self.indexed).contains(&name) {
+            ensure_item_index(&collection).await?;
+            lock(&self.indexed).insert(name);
+        }
+        Ok((collection, spider_id))
+    }
+
+    async fn lookup_results(&self, task: TaskId) -> Result<(String, String)> {
         let task = self
             .get_task(task)
             .await?
@@ -246,8 +283,6 @@ impl MongoStore {
             Some(spider) if spider.id == task.spider_id => spider.results_collection(),
             _ => format!("results_{}", task.spider_name),
         };
-        let collection = self.db.collection(&collection);
-        ensure_item_index(&collection).await?;
         Ok((collection, task.spider_id.to_string()))
     }
 
@@ -584,15 +619,11 @@ impl Store for MongoStore {
     }
 
     async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()> {
-        // Lines already stored are dropped first, so a resent batch adds nothing.
-        let current = self.get_task(task).await?;
-        let stored = current.as_ref().map_or(0, |t| t.log_lines);
-        let ended = current.as_ref().and_then(ended_at);
-        let fresh: Vec<&LogLine> = lines.iter().filter(|l| l.seq > stored).collect();
-        let Some(last) = fresh.iter().map(|l| l.seq).max() else {
+        let Some(last) = lines.iter().map(|l| l.seq).max() else {
             return Ok(());
         };
-        let docs: Vec<Document> = fresh
+        // A resent batch has the same documents (named by task and first line), so the insert skips them.
+        let docs: Vec<Document> = lines
             .chunks(LINES_PER_DOC)
             .map(|chunk| {
                 let first = chunk[0].seq;
@@ -600,17 +631,13 @@ impl Store for MongoStore {
                     .iter()
                     .map(|l| doc! {"seq": l.seq as i64, "stream": l.stream.as_str(), "at": to_millis(l.at), "text": &l.text})
                     .collect();
-                let mut doc = doc! {
+                doc! {
                     "_id": format!("{task}:{first}"),
                     "task_id": task.to_string(),
                     "first": first as i64,
                     "last": chunk.iter().map(|l| l.seq).max().unwrap_or(first) as i64,
                     "lines": lines,
-                };
-                if let Some(ended) = ended {
-                    doc.insert("ended_at", ended);
                 }
-                doc
             })
             .collect();
         match self.logs_coll().insert_many(docs).ordered(false).await {
@@ -618,7 +645,26 @@ impl Store for MongoStore {
             Err(err) if duplicates_only(&err).is_some() => {}
             Err(err) => return Err(db(err)),
         }
-        self.raise_counter(task, "log_lines", last).await
+        let task_doc = self
+            .tasks()
+            .find_one_and_update(
+                doc! {"_id": task.to_string()},
+                doc! {"$max": {"log_lines": last as i64}},
+            )
+            .projection(doc! {"ended_at": 1})
+            .await
+            .map_err(db)?;
+        // Lines that arrive after their task ended expire with it too.
+        if let Some(ended) = task_doc.and_then(|t| t.get_datetime("ended_at").ok().copied()) {
+            self.logs_coll()
+                .update_many(
+                    doc! {"task_id": task.to_string(), "ended_at": {"$exists": false}},
+                    doc! {"$set": {"ended_at": ended}},
+                )
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
     }
 
     async fn logs(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>> {
