@@ -210,6 +210,9 @@ async fn main() -> anyhow::Result<()> {
         rows: Vec::new(),
     };
     for section in &only {
+        // Each figure starts with no dirty pages of the one before: otherwise it pays for the earlier figure's
+        // writeback (100 MB of spider files, a database of 400 tasks) in the middle of its own measurement.
+        std::process::Command::new("sync").status()?;
         match section.as_str() {
             "latency" => bench.latency().await?,
             "throughput" => bench.throughput().await?,
