@@ -165,6 +165,43 @@ const SECTIONS: [&str; 7] = [
 ];
 
 /// The master under measurement, with its one local worker, and a client on its HTTP API.
+/// A master running in this process on free ports.
+struct RunningMaster {
+    client: Client,
+    grpc_addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), arachne_master::Error>>,
+}
+
+impl RunningMaster {
+    /// Starts a master and waits until its local worker is online and idle.
+    async fn start(config: Config) -> anyhow::Result<Self> {
+        let http = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc = TcpListener::bind("127.0.0.1:0").await?;
+        let grpc_addr = grpc.local_addr()?;
+        let client = Client::new(&format!("http://{}", http.local_addr()?));
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(arachne_master::run(
+            config,
+            Listeners { http, grpc },
+            shutdown.clone(),
+        ));
+        wait_nodes_idle(&client, &["local"]).await?;
+        Ok(Self {
+            client,
+            grpc_addr,
+            shutdown,
+            handle,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.handle.await??;
+        Ok(())
+    }
+}
+
 struct Bench {
     client: Client,
     grpc_addr: std::net::SocketAddr,
@@ -191,17 +228,8 @@ async fn main() -> anyhow::Result<()> {
         max_runners: 4,
         ..LocalWorker::default()
     });
-    let http = TcpListener::bind("127.0.0.1:0").await?;
-    let grpc = TcpListener::bind("127.0.0.1:0").await?;
-    let grpc_addr = grpc.local_addr()?;
-    let client = Client::new(&format!("http://{}", http.local_addr()?));
-    let shutdown = CancellationToken::new();
-    let master = tokio::spawn(arachne_master::run(
-        config,
-        Listeners { http, grpc },
-        shutdown.clone(),
-    ));
-    wait_nodes_idle(&client, &["local"]).await?;
+    let master = RunningMaster::start(config).await?;
+    let (client, grpc_addr) = (master.client.clone(), master.grpc_addr);
     spider(&client, "noop", "true", &[("README", "no-op")]).await?;
     run_to_end(&client, &noop_run(None)).await?; // warm the file cache
     let mut bench = Bench {
@@ -224,8 +252,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    shutdown.cancel();
-    master.await??;
+    master.stop().await?;
     println!(
         "{:<66} {:>12} {:>12} {:>7}  {:<8} target",
         "figure", "measured", "baseline", "ratio", "unit"
@@ -554,16 +581,8 @@ impl Bench {
             uri: uri.clone(),
             database: Some(database.clone()),
         });
-        let http = TcpListener::bind("127.0.0.1:0").await?;
-        let grpc = TcpListener::bind("127.0.0.1:0").await?;
-        let client = Client::new(&format!("http://{}", http.local_addr()?));
-        let shutdown = CancellationToken::new();
-        let master = tokio::spawn(arachne_master::run(
-            config,
-            Listeners { http, grpc },
-            shutdown.clone(),
-        ));
-        wait_nodes_idle(&client, &["local"]).await?;
+        let master = RunningMaster::start(config).await?;
+        let client = master.client.clone();
 
         let db = mongodb::Client::with_uri_str(&uri)
             .await?
@@ -592,8 +611,7 @@ impl Bench {
             ">= 50% of baseline",
             measured >= raw * 0.5,
         ));
-        shutdown.cancel();
-        master.await??;
+        master.stop().await?;
         db.drop().await?;
         Ok(())
     }
