@@ -449,8 +449,11 @@ impl Task {
         self.entered(TaskStatus::Running)
     }
 
-    /// When the task reached its terminal status.
+    /// When the task reached its terminal status; `None` while it has not.
     pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        if !self.status.is_terminal() {
+            return None;
+        }
         self.transitions
             .iter()
             .rev()

@@ -210,9 +210,11 @@ async fn prepare(
             .cache
             .sync_into(&mut client, task.spider_id, &task.version, workdir.clone())
             .await?;
-        info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
-            fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
-            "synced spider files; the rest were cached");
+        if synced.fetched_files > 0 {
+            info!(task_id = %task.task_id, spider = %task.spider_name, version = %task.version,
+                fetched = synced.fetched_files, files = synced.manifest.files.len(), bytes = synced.fetched_bytes,
+                "synced spider files; the rest were cached");
+        }
     }
     let install = InstallCtx {
         collector,
@@ -322,11 +324,11 @@ async fn sleep_for(limit: Option<u64>) {
 async fn supervise(
     ctx: &RunContext,
     task: &Assignment,
-    workdir: (&Path, &RunEnv),
+    place: (&Path, &RunEnv),
     mut collector: Collector,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> RunResult {
-    let mut child = match command(ctx, task, workdir).spawn() {
+    let mut child = match command(ctx, task, place).spawn() {
         Ok(child) => child,
         Err(err) => {
             let message = format!("failed to start `sh -c {}`: {err}", task.command_line);

@@ -266,10 +266,7 @@ fn update_row(conn: &Connection, task: &Task) -> Result<()> {
 
 /// When a task ended, for the retention sweep; `None` while it has not.
 fn ended_ms(task: &Task) -> Option<i64> {
-    task.status
-        .is_terminal()
-        .then(|| task.ended_at().map(to_millis))
-        .flatten()
+    task.ended_at().map(to_millis)
 }
 
 /// An open transaction, rolled back when dropped uncommitted. BEGIN and COMMIT are cached statements:

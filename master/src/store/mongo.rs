@@ -379,8 +379,8 @@ fn task_doc(task: &Task, rev: i64) -> Document {
 
 /// When a task ended, as the date its TTL index reads; `None` while it has not.
 fn ended_at(task: &Task) -> Option<bson::DateTime> {
-    let ended = task.ended_at().filter(|_| task.status.is_terminal())?;
-    Some(bson::DateTime::from_millis(to_millis(ended)))
+    task.ended_at()
+        .map(|ended| bson::DateTime::from_millis(to_millis(ended)))
 }
 
 fn read_task(doc: Document) -> Result<Task> {
@@ -544,6 +544,7 @@ impl Store for MongoStore {
             };
             let rev = doc.get_i64("rev").unwrap_or(0);
             let mut task = read_task(doc)?;
+            let was_ended = task.status.is_terminal();
             if !expected.contains(&task.status) || !change(&mut task) {
                 return Ok(None);
             }
@@ -567,8 +568,8 @@ impl Store for MongoStore {
                 .await
                 .map_err(db)?;
             if replaced.matched_count == 1 {
-                if let Some(ended) = ended_at(&task) {
-                    // Its logs expire with it.
+                if let Some(ended) = ended_at(&task).filter(|_| !was_ended) {
+                    // Its logs expire with it (lines that come later get the date as they are stored).
                     self.logs_coll()
                         .update_many(
                             doc! {"task_id": id.to_string()},
