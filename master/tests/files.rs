@@ -348,3 +348,26 @@ retries = 1
     assert!(reserved.to_string().contains("reserved"), "{reserved}");
     master.stop().await;
 }
+
+#[tokio::test]
+async fn a_version_whose_contents_are_all_cached_still_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    common::create_spider(client, "moved", "cat a.txt", &[("a.txt", "same bytes\n")]).await;
+    assert_eq!(run_on(client, "moved", None, None).await, ["same bytes"]);
+    // A new version that only renames the file: its manifest is new, every content is cached already.
+    client
+        .put_spider(&CreateSpider {
+            name: "moved".into(),
+            cmd: "cat b.txt".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = spider_dir(&[("b.txt", "same bytes\n")]);
+    let archive = arachne_web_api::archive::pack_dir(dir.path()).unwrap();
+    client.upload_files("moved", archive).await.unwrap();
+    assert_eq!(run_on(client, "moved", None, None).await, ["same bytes"]);
+    master.stop().await;
+}

@@ -188,6 +188,8 @@ impl FileCache {
             })
         };
         let downloaded = if missing.is_empty() {
+            // Nothing will be announced: without this the copier would wait for the sender forever.
+            drop(cached_tx);
             Ok(())
         } else {
             self.download(client, spider_id, version, missing, cached_tx)
