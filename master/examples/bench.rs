@@ -12,7 +12,9 @@ use anyhow::Context;
 use arachne_master::store::Store;
 use arachne_master::store::embedded::EmbeddedStore;
 use arachne_master::{Config, Listeners, LocalWorker};
-use arachne_shared::{ItemRecord, LogLine, LogStream, RunMode, Task, TaskId, TaskStatus};
+use arachne_shared::{
+    ItemRecord, ItemTarget, LogLine, LogStream, RunMode, SpiderId, Task, TaskId, TaskStatus,
+};
 use arachne_web_api::client::Client;
 use arachne_web_api::types::{CreateSpider, RunTask, TaskQuery};
 use serde::Serialize;
@@ -740,7 +742,12 @@ async fn direct_items(n: u64) -> anyhow::Result<f64> {
         r#"{"url": "https://example.com/catalogue/page-1/item-00001.html", "title": "A Light in the Attic, and other things", "price": 51.77, "stock": 22, "rating": 3}"#
             .to_owned(),
     )?;
-    let task = TaskId::new();
+    let target = ItemTarget {
+        task: TaskId::new(),
+        spider_id: SpiderId::new(),
+        collection: "results_direct".into(),
+        dedup: None,
+    };
     let start = Instant::now();
     for batch in 0..n / 2000 {
         let items: Vec<_> = (1..=2000)
@@ -749,7 +756,7 @@ async fn direct_items(n: u64) -> anyhow::Result<f64> {
                 data: item.clone(),
             })
             .collect();
-        store.insert_items(task, &items).await?;
+        store.insert_items(&target, &items).await?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }

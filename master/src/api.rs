@@ -403,6 +403,11 @@ impl Backend for MasterApi {
         if let Some(collection) = &results_collection {
             arachne_shared::spider::validate_collection(collection).map_err(Error::BadRequest)?;
         }
+        let keep_dedup = request.dedup.is_none();
+        let dedup = request.dedup.filter(|d| !d.keys.is_empty());
+        if let Some(dedup) = &dedup {
+            dedup.validate().map_err(Error::BadRequest)?;
+        }
         let now = Utc::now();
         let spider = match self
             .store
@@ -424,6 +429,11 @@ impl Backend for MasterApi {
                 } else {
                     results_collection
                 },
+                dedup: if keep_dedup {
+                    existing.dedup.clone()
+                } else {
+                    dedup
+                },
                 ..existing
             },
             None => Spider {
@@ -438,6 +448,7 @@ impl Backend for MasterApi {
                 settings: request.settings.unwrap_or_default(),
                 max_instances: request.max_instances.filter(|max| *max > 0),
                 results_collection,
+                dedup,
             },
         };
         self.store.put_spider(&spider).await.map_err(internal)?;

@@ -1,14 +1,14 @@
 //! The master's side of worker sessions: registration, task progress, logs and items into the store, and the
 //! settling of a node's tasks when its session ends.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
 use arachne_shared::files::Manifest;
-use arachne_shared::{Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
+use arachne_shared::{ItemTarget, Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -26,6 +26,31 @@ pub(crate) struct Cluster {
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) files: SpiderFiles,
     pub(crate) shutdown: CancellationToken,
+}
+
+/// Where the items of a session's running tasks go, read from each task once rather than for every batch.
+#[derive(Default)]
+struct ItemTargets(HashMap<TaskId, ItemTarget>);
+
+impl ItemTargets {
+    async fn get(
+        &mut self,
+        store: &dyn Store,
+        task_id: TaskId,
+    ) -> crate::store::Result<Option<&ItemTarget>> {
+        use std::collections::hash_map::Entry;
+        match self.0.entry(task_id) {
+            Entry::Occupied(known) => Ok(Some(known.into_mut())),
+            Entry::Vacant(slot) => Ok(store
+                .get_task(task_id)
+                .await?
+                .map(|task| &*slot.insert(task.item_target()))),
+        }
+    }
+
+    fn forget(&mut self, task_id: TaskId) {
+        self.0.remove(&task_id);
+    }
 }
 
 /// Why a worker's session ended, which decides what happens to its tasks.
@@ -264,6 +289,7 @@ impl Cluster {
         // An acknowledgement that did not fit in the outbound queue; acks are cumulative, so only the latest
         // matters, and it is offered again shortly.
         let mut unsent_ack: Option<u64> = None;
+        let mut targets = ItemTargets::default();
         loop {
             let retry_ack = async {
                 match unsent_ack {
@@ -292,7 +318,10 @@ impl Cluster {
                 None => return SessionEnd::Left,
             };
             let seq = envelope.seq;
-            if let Err(err) = self.handle(node, envelope.message, outbound).await {
+            if let Err(err) = self
+                .handle(node, envelope.message, outbound, &mut targets)
+                .await
+            {
                 // Not acknowledged: ending the session makes the worker resend it after reconnecting.
                 error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
                 return SessionEnd::Broken;
@@ -308,6 +337,7 @@ impl Cluster {
         node: &Node,
         message: WorkerToMaster,
         outbound: &Outbound,
+        targets: &mut ItemTargets,
     ) -> crate::store::Result<()> {
         let heartbeat = match &message {
             WorkerToMaster::Heartbeat(metrics) => Some(metrics.clone()),
@@ -330,7 +360,12 @@ impl Cluster {
                 Ok(())
             }
             WorkerToMaster::Items { task_id, items } => {
-                self.store.insert_items(task_id, &items).await?;
+                let Some(target) = targets.get(self.store.as_ref(), task_id).await? else {
+                    warn!(node = %node.name, task_id = %task_id, items = items.len(),
+                        "dropping items of a task the store does not know");
+                    return Ok(());
+                };
+                self.store.insert_items(target, &items).await?;
                 self.scheduler.changed(task_id);
                 Ok(())
             }
@@ -358,6 +393,7 @@ impl Cluster {
                 at,
                 peak_rss_bytes,
             } => {
+                targets.forget(task_id);
                 self.ended(
                     node,
                     Ended {

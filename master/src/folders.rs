@@ -37,6 +37,8 @@ struct SpiderSettings {
     max_instances: Option<u32>,
     #[serde(default)]
     results_collection: Option<String>,
+    #[serde(default)]
+    dedup: Option<arachne_shared::spider::Dedup>,
 }
 
 /// Whether a folder's spider is written when it exists already.
@@ -175,12 +177,17 @@ async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Resu
             .map_err(|e| e.to_string())?
     };
     let name = settings.name.clone();
+    // The file is the whole truth about its spider: a setting taken out of it goes back to its default.
     api.put_spider(CreateSpider {
         name: name.clone(),
         cmd: settings.cmd,
-        settings: settings.settings,
-        max_instances: settings.max_instances,
+        settings: Some(settings.settings.unwrap_or_default()),
+        max_instances: Some(settings.max_instances.unwrap_or(0)),
         results_collection: Some(settings.results_collection.unwrap_or_default()),
+        dedup: Some(settings.dedup.unwrap_or(arachne_shared::spider::Dedup {
+            keys: Vec::new(),
+            mode: Default::default(),
+        })),
     })
     .await
     .map_err(|e| e.to_string())?;

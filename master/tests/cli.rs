@@ -265,3 +265,127 @@ async fn the_cli_manages_schedules_and_nodes() {
     let enabled = stdout(&arachne(&master, &["node", "enable", "local"]).await);
     assert!(enabled.contains("enabled"), "{enabled}");
 }
+
+/// The `url` and `run` fields of a task's items, through `arachne items`.
+async fn crawled(master: &TestMaster, id: &str) -> Vec<(String, String)> {
+    let items = arachne(master, &["items", id, "--format", "json"]).await;
+    assert!(items.status.success(), "{items:?}");
+    let items: Vec<serde_json::Value> = serde_json::from_str(&stdout(&items)).unwrap();
+    items
+        .iter()
+        .map(|i| {
+            (
+                i["url"].as_str().unwrap().into(),
+                i["run"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn urls(run: &str, urls: &[&str]) -> Vec<(String, String)> {
+    urls.iter()
+        .map(|u| (u.to_string(), run.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_item_deduplication_and_runs_keep_one_item_per_key() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    // Each run crawls the pages named on its command line and tags them with its own name.
+    let spider = common::spider_dir(&[(
+        "main.py",
+        "import json, sys\nrun, pages = sys.argv[1], sys.argv[2:]\n\
+         for p in pages:\n    print(json.dumps({'type': 'INSERT_DATA', 'payload': {'url': p, 'run': run}}))\n",
+    )]);
+    let dir = spider.path().to_str().unwrap();
+    let create = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "spider",
+            "create",
+            "pages",
+            "--cmd",
+            "python3 main.py",
+            "--dir",
+            dir,
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let run = |param: &'static str| {
+        let master = &master;
+        async move {
+            let out = arachne(master, &["run", "pages", "--wait", "--param", param]).await;
+            assert!(out.status.success(), "{out:?}");
+            stdout(&out).lines().next().unwrap().to_owned()
+        }
+    };
+
+    let created = arachne(
+        &master,
+        &create(&["--dedup-key", "url", "--dedup-mode", "ignore"]),
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(
+        &arachne(&master, &["spider", "show", "pages"]).await,
+    ))
+    .unwrap();
+    assert_eq!(
+        shown["dedup"],
+        serde_json::json!({"keys": ["url"], "mode": "ignore"})
+    );
+    let first = run("one a b").await;
+    let second = run("two b c").await;
+    assert_eq!(crawled(&master, &first).await, urls("one", &["a", "b"]));
+    assert_eq!(
+        crawled(&master, &second).await,
+        urls("two", &["c"]),
+        "b was kept from the first run"
+    );
+
+    // Overwrite: the latest run's items replace the stored ones, and move to it.
+    let changed = arachne(
+        &master,
+        &create(&["--dedup-key", "url", "--dedup-mode", "overwrite"]),
+    )
+    .await;
+    assert!(changed.status.success(), "{changed:?}");
+    let third = run("three a c d").await;
+    assert_eq!(
+        crawled(&master, &third).await,
+        urls("three", &["a", "c", "d"])
+    );
+    assert_eq!(crawled(&master, &first).await, urls("one", &["b"]));
+    assert_eq!(crawled(&master, &second).await, []);
+    let task: serde_json::Value =
+        serde_json::from_str(&stdout(&arachne(&master, &["task", "show", &second]).await)).unwrap();
+    assert_eq!(task["items"], 2, "a task counts the items it produced");
+
+    // Off again: every item is stored.
+    let off = arachne(&master, &create(&["--no-dedup"])).await;
+    assert!(off.status.success(), "{off:?}");
+    let fourth = run("four a a").await;
+    assert_eq!(crawled(&master, &fourth).await, urls("four", &["a", "a"]));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(
+        &arachne(&master, &["spider", "show", "pages"]).await,
+    ))
+    .unwrap();
+    assert_eq!(shown.get("dedup"), None);
+
+    // Bad keys are refused with the field named, and the spider keeps what it had.
+    let bad = arachne(&master, &create(&["--dedup-key", "a.b"])).await;
+    assert!(!bad.status.success());
+    let message = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        message.contains("dedup.keys: invalid field \"a.b\""),
+        "{message}"
+    );
+    let lone_mode = arachne(&master, &create(&["--dedup-mode", "ignore"])).await;
+    assert!(
+        !lone_mode.status.success(),
+        "a mode without keys is refused"
+    );
+    master.stop().await;
+}

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use arachne_shared::RunMode;
 use arachne_shared::TaskStatus;
+use arachne_shared::spider::DedupMode;
 use arachne_web_api::client::Client;
 use arachne_web_api::types::{CreateSpider, RunTask};
 use common::{TestMaster, TestWorker, all_logs, spider_dir, wait_done};
@@ -305,6 +306,10 @@ env = { GREETING = "hi" }
 timeout_secs = 60
 memory_limit_mib = 256
 retries = 1
+
+[dedup]
+keys = ["url", "page"]
+mode = "ignore"
 "#,
     );
     write(
@@ -321,6 +326,24 @@ retries = 1
         (beta.results_collection(), beta.max_instances),
         ("beta_items".to_owned(), Some(2))
     );
+    let dedup = beta.dedup.as_ref().expect("dedup is set");
+    assert_eq!(
+        (dedup.keys.as_slice(), dedup.mode),
+        (
+            &["url".to_owned(), "page".to_owned()][..],
+            DedupMode::Ignore
+        )
+    );
+    // The file is the whole truth: a setting taken out of it goes back to its default.
+    write(
+        "beta/arachne.toml",
+        "name = \"beta\"\ncmd = \"cat out.txt\"\n",
+    );
+    common::eventually("beta's settings are reset", || async {
+        let beta = client.get_spider("beta").await.unwrap();
+        beta.dedup.is_none() && beta.max_instances.is_none() && beta.settings.env.is_empty()
+    })
+    .await;
     let settings = &beta.settings;
     assert_eq!(
         (

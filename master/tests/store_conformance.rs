@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arachne_master::store::embedded::EmbeddedStore;
 use arachne_master::store::mongo::MongoStore;
 use arachne_master::store::{Store, TaskFilter};
+use arachne_shared::spider::{Dedup, DedupMode};
 use arachne_shared::{
     ItemRecord, LogLine, LogStream, Node, NodeStatus, Spider, SpiderId, Task, TaskId, TaskStatus,
 };
@@ -73,6 +74,7 @@ fn spider(name: &str) -> Spider {
         settings: Default::default(),
         max_instances: None,
         results_collection: None,
+        dedup: None,
     }
 }
 
@@ -210,8 +212,14 @@ async fn retried_log_and_item_batches_are_stored_once() {
 
         let item =
             |seq| ItemRecord::from_object(seq, serde_json::json!({"n": seq}).as_object().unwrap());
-        store.insert_items(t.id, &[item(1), item(2)]).await.unwrap();
-        store.insert_items(t.id, &[item(2), item(3)]).await.unwrap();
+        store
+            .insert_items(&t.item_target(), &[item(1), item(2)])
+            .await
+            .unwrap();
+        store
+            .insert_items(&t.item_target(), &[item(2), item(3)])
+            .await
+            .unwrap();
         let items = store.items(t.id, 0, 100).await.unwrap();
         assert_eq!(
             items
@@ -227,6 +235,129 @@ async fn retried_log_and_item_batches_are_stored_once() {
             (5, 3),
             "{name}: counters count each record once"
         );
+    }
+}
+
+/// An item of `url` (none when empty) from producer `by`.
+fn page(seq: u64, url: &str, by: &str) -> ItemRecord {
+    let mut item = serde_json::json!({"by": by});
+    if !url.is_empty() {
+        item["url"] = url.into();
+    }
+    ItemRecord::from_object(seq, item.as_object().unwrap())
+}
+
+/// `(url, by)` of a task's stored items, in order.
+async fn pages(store: &dyn Store, task: &Task) -> Vec<(String, String)> {
+    let items = store.items(task.id, 0, 100).await.unwrap();
+    items
+        .iter()
+        .map(|i| {
+            let v = i.value();
+            let text = |f: &str| v[f].as_str().unwrap_or("").to_owned();
+            (text("url"), text("by"))
+        })
+        .collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(u, b)| (u.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_are_deduplicated_by_key_across_tasks_of_a_collection() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        for mode in [DedupMode::Ignore, DedupMode::Overwrite] {
+            let mut spider = spider(&format!("dedup_{mode}"));
+            spider.dedup = Some(Dedup {
+                keys: vec!["url".into()],
+                mode,
+            });
+            let first = Task::pending(&spider, Utc::now());
+            let second = Task::pending(&spider, Utc::now());
+            // Same collection, no de-duplication: its items are never compared.
+            let mut plain_spider = spider.clone();
+            plain_spider.dedup = None;
+            let plain = Task::pending(&plain_spider, Utc::now());
+            // Another collection: its keys are its own.
+            let mut other_spider = spider.clone();
+            other_spider.results_collection = Some(format!("other_{mode}"));
+            let other = Task::pending(&other_spider, Utc::now());
+            for t in [&first, &second, &plain, &other] {
+                store.insert_task(t).await.unwrap();
+            }
+            let first_batch = [page(1, "a", "1"), page(2, "b", "1"), page(3, "", "1")];
+            store
+                .insert_items(&first.item_target(), &first_batch)
+                .await
+                .unwrap();
+            // A key twice in one batch, a key the first task stored, a new key, and an item without a key.
+            let second_batch = [
+                page(1, "c", "2"),
+                page(2, "c", "2b"),
+                page(3, "a", "2"),
+                page(4, "", "2"),
+            ];
+            store
+                .insert_items(&second.item_target(), &second_batch)
+                .await
+                .unwrap();
+            // Retried batches change nothing.
+            store
+                .insert_items(&second.item_target(), &second_batch)
+                .await
+                .unwrap();
+            store
+                .insert_items(&first.item_target(), &first_batch[..2])
+                .await
+                .unwrap();
+            store
+                .insert_items(&plain.item_target(), &[page(1, "a", "p")])
+                .await
+                .unwrap();
+            store
+                .insert_items(&other.item_target(), &[page(1, "a", "o")])
+                .await
+                .unwrap();
+
+            let (first_kept, second_kept) = match mode {
+                DedupMode::Ignore => (
+                    pairs(&[("a", "1"), ("b", "1"), ("", "1")]),
+                    pairs(&[("c", "2"), ("", "2")]),
+                ),
+                DedupMode::Overwrite => (
+                    pairs(&[("b", "1"), ("", "1")]),
+                    pairs(&[("c", "2b"), ("a", "2"), ("", "2")]),
+                ),
+            };
+            assert_eq!(pages(&*store, &first).await, first_kept, "{name} {mode}");
+            assert_eq!(pages(&*store, &second).await, second_kept, "{name} {mode}");
+            assert_eq!(
+                pages(&*store, &plain).await,
+                pairs(&[("a", "p")]),
+                "{name} {mode}"
+            );
+            assert_eq!(
+                pages(&*store, &other).await,
+                pairs(&[("a", "o")]),
+                "{name} {mode}"
+            );
+            let produced = |t: &Task| {
+                let store = Arc::clone(&store);
+                let id = t.id;
+                async move { store.get_task(id).await.unwrap().unwrap().items }
+            };
+            assert_eq!(
+                (produced(&first).await, produced(&second).await),
+                (3, 4),
+                "{name} {mode}: a task's counter is the items it produced"
+            );
+        }
     }
 }
 
@@ -339,6 +470,10 @@ async fn everything_survives_reopening_and_names_stay_unique() {
             settings: Default::default(),
             max_instances: Some(2),
             results_collection: Some("items_s".into()),
+            dedup: Some(Dedup {
+                keys: vec!["url".into()],
+                mode: DedupMode::Ignore,
+            }),
         };
         let node = Node {
             name: "n".into(),

@@ -17,7 +17,7 @@ pub use log::{ItemRecord, LogLine, LogStream};
 pub use node::{Node, NodeMetrics, NodeStatus};
 pub use schedule::{Schedule, ScheduleId};
 pub use spider::{Spider, SpiderId};
-pub use task::{RunMode, Task, TaskId, TaskOutcome, TaskStatus, Transition};
+pub use task::{ItemTarget, RunMode, Task, TaskId, TaskOutcome, TaskStatus, Transition};
 
 /// Milliseconds since the Unix epoch, the one timestamp encoding used on the wire and in the embedded store.
 pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {

@@ -63,12 +63,127 @@ pub struct Spider {
     /// names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results_collection: Option<String>,
+    /// How items with the same key fields are stored once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<Dedup>,
 }
 
 impl Spider {
     /// The collection its items are stored in.
     pub fn results_collection(&self) -> String {
         (self.results_collection.clone()).unwrap_or_else(|| format!("results_{}", self.name))
+    }
+}
+
+/// Items de-duplication: items whose key fields hold the same values are stored once per results collection,
+/// across tasks (and across spiders sharing the collection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dedup {
+    /// Top-level item fields that together identify an item.
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub mode: DedupMode,
+}
+
+/// What happens to an item whose key is already stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupMode {
+    /// The new item replaces the stored one, and now belongs to the task that produced it.
+    #[default]
+    Overwrite,
+    /// The stored item stays; the new one is dropped.
+    Ignore,
+}
+
+impl fmt::Display for DedupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Overwrite => "overwrite",
+            Self::Ignore => "ignore",
+        })
+    }
+}
+
+impl FromStr for DedupMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "overwrite" => Ok(Self::Overwrite),
+            "ignore" => Ok(Self::Ignore),
+            other => Err(format!(
+                "invalid dedup mode {other:?}: use overwrite or ignore"
+            )),
+        }
+    }
+}
+
+/// Keys longer than this are stored as their sha256, so an index entry stays small whatever the item holds.
+const MAX_PLAIN_KEY: usize = 256;
+
+impl Dedup {
+    /// At most this many key fields.
+    pub const MAX_KEYS: usize = 8;
+
+    /// Checks the key fields; the message names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.keys.is_empty() {
+            return Err("dedup.keys: name at least one item field".into());
+        }
+        if self.keys.len() > Self::MAX_KEYS {
+            return Err(format!("dedup.keys: at most {} fields", Self::MAX_KEYS));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for key in &self.keys {
+            // Top-level names only: a dotted path or a `$` name means something else to MongoDB, and `_`
+            // fields are the platform's own tags.
+            if key.is_empty()
+                || key.len() > 128
+                || key.starts_with(['$', '_'])
+                || key.contains(['.', '\0'])
+            {
+                return Err(format!(
+                    "dedup.keys: invalid field {key:?} (a top-level field name, not starting with '$' or '_', without '.')"
+                ));
+            }
+            if !seen.insert(key) {
+                return Err(format!("dedup.keys: {key:?} appears twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The item's key: the JSON text of its key fields' values, in the order of `keys` (a missing field counts
+    /// as null). `None` when the item has none of the key fields, so such items are all kept rather than
+    /// collapsed into one.
+    pub fn key_of(&self, item: &serde_json::value::RawValue) -> Option<String> {
+        let fields: std::collections::HashMap<String, &serde_json::value::RawValue> =
+            serde_json::from_str(item.get()).ok()?;
+        if self.keys.iter().all(|k| !fields.contains_key(k)) {
+            return None;
+        }
+        // Re-encoded, so spacing and the order inside an object value do not make two equal values differ.
+        let values: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| {
+                fields
+                    .get(k)
+                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+                    .unwrap_or(serde_json::Value::Null)
+                    .to_string()
+            })
+            .collect();
+        let key = format!("[{}]", values.join(","));
+        if key.len() <= MAX_PLAIN_KEY {
+            return Some(key);
+        }
+        use sha2::Digest;
+        Some(format!(
+            "sha256:{}",
+            crate::files::hex(&sha2::Sha256::digest(key.as_bytes()))
+        ))
     }
 }
 
@@ -240,5 +355,60 @@ mod tests {
         for good in ["hello", "quotes_v2", "a.b-c"] {
             validate_name("spider", good).unwrap();
         }
+    }
+
+    fn raw(text: &str) -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string(text.into()).unwrap()
+    }
+
+    #[test]
+    fn dedup_keys_compare_values_not_their_spelling() {
+        let dedup = Dedup {
+            keys: vec!["url".into(), "page".into()],
+            mode: DedupMode::Ignore,
+        };
+        let key = |text: &str| dedup.key_of(&raw(text));
+        assert_eq!(
+            key(r#"{"url": "a", "page": 1, "x": 2}"#).unwrap(),
+            r#"["a",1]"#
+        );
+        assert_eq!(
+            key(r#"{"page":1,"url":"a"}"#),
+            key(r#"{"url": "a", "page": 1}"#)
+        );
+        assert_eq!(
+            key(r#"{"url": {"b": 1, "a": [1, 2]}}"#),
+            key(r#"{"url":{"a":[1,2],"b":1}}"#)
+        );
+        assert_eq!(key(r#"{"url": "a"}"#).unwrap(), r#"["a",null]"#);
+        assert_ne!(
+            key(r#"{"url": "a", "page": 1}"#),
+            key(r#"{"url": "a", "page": 2}"#)
+        );
+        assert_eq!(
+            key(r#"{"other": 1}"#),
+            None,
+            "an item without any key field is kept"
+        );
+        let long = format!(r#"{{"url": "{}"}}"#, "x".repeat(1000));
+        assert!(key(&long).unwrap().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn dedup_keys_are_checked() {
+        let check = |keys: &[&str]| {
+            Dedup {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                mode: DedupMode::Overwrite,
+            }
+            .validate()
+        };
+        check(&["url"]).unwrap();
+        for bad in [&[][..], &["a.b"], &["$x"], &["_tid"], &["a", "a"], &[""]] {
+            let err = check(bad).unwrap_err();
+            assert!(err.starts_with("dedup.keys"), "{err}");
+        }
+        assert_eq!("ignore".parse::<DedupMode>(), Ok(DedupMode::Ignore));
+        assert!("skip".parse::<DedupMode>().unwrap_err().contains("skip"));
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::ipc::{ErrorPayload, StatusPayload};
 use crate::schedule::ScheduleId;
-use crate::spider::{RunSettings, Spider, SpiderId};
+use crate::spider::{Dedup, RunSettings, Spider, SpiderId};
 
 /// A task's id. UUID v7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -238,6 +238,12 @@ pub struct Task {
     /// Tasks with the same key never run at once (a schedule's `queue` overlap policy uses the schedule id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclusive: Option<String>,
+    /// Where its items are stored: the spider's results collection when the task was created.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub results_collection: String,
+    /// The spider's item de-duplication when the task was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<Dedup>,
 }
 
 fn first_attempt() -> u32 {
@@ -327,6 +333,16 @@ pub struct ReportedError {
     pub at: DateTime<Utc>,
 }
 
+/// Where a task's items are stored, and how they are de-duplicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemTarget {
+    pub task: TaskId,
+    pub spider_id: SpiderId,
+    /// The results collection (MongoDB), which is also the scope of de-duplication in every store.
+    pub collection: String,
+    pub dedup: Option<Dedup>,
+}
+
 /// Default task priority (1 is the highest, 10 the lowest).
 pub const DEFAULT_PRIORITY: u8 = 5;
 
@@ -374,6 +390,8 @@ impl Task {
             not_before: None,
             pending_reason: None,
             exclusive: None,
+            results_collection: spider.results_collection(),
+            dedup: spider.dedup.clone(),
         };
         task.set_status(TaskStatus::Pending, at);
         task
@@ -403,6 +421,21 @@ impl Task {
         next.pending_reason = None;
         next.fire_time = None;
         next
+    }
+
+    /// Where its items go.
+    pub fn item_target(&self) -> ItemTarget {
+        ItemTarget {
+            task: self.id,
+            spider_id: self.spider_id,
+            // Tasks stored before tasks recorded their collection used the spider's default one.
+            collection: if self.results_collection.is_empty() {
+                format!("results_{}", self.spider_name)
+            } else {
+                self.results_collection.clone()
+            },
+            dedup: self.dedup.clone(),
+        }
     }
 
     /// Whether this task stands for child tasks rather than running itself.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
-use arachne_shared::spider::RunSettings;
+use arachne_shared::spider::{Dedup, DedupMode, RunSettings};
 use arachne_shared::{ItemRecord, RunMode, Spider, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -199,6 +199,35 @@ impl ScheduleArgs {
     }
 }
 
+/// Item de-duplication flags of `spider create`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DedupArgs {
+    /// Store items with equal values in these fields once (repeat for a compound key).
+    #[arg(long = "dedup-key", value_name = "FIELD")]
+    keys: Vec<String>,
+    /// What a duplicate does: overwrite (replace the stored item) or ignore (keep the stored item).
+    #[arg(long, value_name = "MODE", requires = "keys")]
+    dedup_mode: Option<DedupMode>,
+    /// Turn de-duplication off.
+    #[arg(long, conflicts_with_all = ["keys", "dedup_mode"])]
+    no_dedup: bool,
+}
+
+impl DedupArgs {
+    fn into_dedup(self) -> Option<Dedup> {
+        if self.no_dedup {
+            return Some(Dedup {
+                keys: Vec::new(),
+                mode: DedupMode::default(),
+            });
+        }
+        (!self.keys.is_empty()).then(|| Dedup {
+            keys: self.keys,
+            mode: self.dedup_mode.unwrap_or_default(),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SpiderCommand {
     /// Create a spider (or update it) and upload its folder.
@@ -219,6 +248,8 @@ pub enum SpiderCommand {
         /// The collection its items go to in a MongoDB store (default results_<name>; "" restores it).
         #[arg(long)]
         results_collection: Option<String>,
+        #[command(flatten)]
+        dedup: DedupArgs,
     },
     List,
     Show {
@@ -423,6 +454,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             settings,
             max_instances,
             results_collection,
+            dedup,
         }) => {
             let mut spider = client
                 .put_spider(&CreateSpider {
@@ -431,6 +463,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     settings: settings.into_settings(),
                     max_instances,
                     results_collection,
+                    dedup: dedup.into_dedup(),
                 })
                 .await?;
             if let Some(dir) = dir {

@@ -1,7 +1,7 @@
 //! Request and response types of the HTTP API. Responses reuse the plain domain types from `arachne_shared`.
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
-use arachne_shared::spider::RunSettings;
+use arachne_shared::spider::{Dedup, RunSettings};
 use arachne_shared::{RunMode, Schedule, ScheduleId, Task, TaskId, TaskStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,10 @@ pub struct CreateSpider {
     /// existing spider keeps its own; "" restores the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub results_collection: Option<String>,
+    /// Items with equal values in these key fields are stored once per results collection. When absent, an
+    /// existing spider keeps its own; empty `keys` turns de-duplication off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<Dedup>,
 }
 
 /// `POST /api/v1/tasks`.

@@ -6,9 +6,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use arachne_shared::spider::DedupMode;
 use arachne_shared::{
-    ItemRecord, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
-    from_millis, to_millis,
+    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId,
+    TaskStatus, from_millis, to_millis,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -31,16 +32,27 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS logs (
+    task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, at_ms INTEGER NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
 ";
 
-/// Columns added after the first release, with their definitions; added to older databases on open.
-const ADDED_TASK_COLUMNS: [(&str, &str); 6] = [
-    ("parent_id", "TEXT"),
-    ("schedule_id", "TEXT"),
-    ("fire_ms", "INTEGER"),
-    ("children", "INTEGER NOT NULL DEFAULT 0"),
-    ("exclusive", "TEXT"),
-    ("ended_ms", "INTEGER"),
+/// Columns added after the first release (table, column, definition); added to older databases on open.
+const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
+    ("tasks", "parent_id", "TEXT"),
+    ("tasks", "schedule_id", "TEXT"),
+    ("tasks", "fire_ms", "INTEGER"),
+    ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "exclusive", "TEXT"),
+    ("tasks", "ended_ms", "INTEGER"),
+    // The results collection and de-duplication key of an item, for spiders that de-duplicate.
+    ("items", "coll", "TEXT"),
+    ("items", "dkey", "TEXT"),
 ];
 
 const INDEXES: &str = "
@@ -57,14 +69,7 @@ CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ms) WHERE ended_ms IS NOT
 -- Replaced by a partial index: a queued task has no node, and its insert need not write an index entry.
 DROP INDEX IF EXISTS tasks_node;
 CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
-CREATE TABLE IF NOT EXISTS logs (
-    task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, at_ms INTEGER NOT NULL, text TEXT NOT NULL,
-    PRIMARY KEY (task_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS items (
-    task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (task_id, seq)
-) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS items_dedup ON items (coll, dkey) WHERE dkey IS NOT NULL;
 ";
 
 /// The SQLite store. Bulk writes and listings run on the blocking pool; single-row statements run in place
@@ -124,17 +129,17 @@ impl EmbeddedStore {
         // Every hot statement is cached: parsing SQL was a tenth of the master's CPU per task.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(db)?;
-        let existing: Vec<String> = {
-            let mut stmt = conn
-                .prepare("SELECT name FROM pragma_table_info('tasks')")
+        for (table, column, definition) in ADDED_COLUMNS {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    params![table, column],
+                    |row| row.get(0),
+                )
                 .map_err(db)?;
-            let names = stmt.query_map([], |row| row.get(0)).map_err(db)?;
-            names.collect::<Result<_, _>>().map_err(db)?
-        };
-        for (column, definition) in ADDED_TASK_COLUMNS {
-            if !existing.iter().any(|c| c == column) {
+            if !exists {
                 conn.execute_batch(&format!(
-                    "ALTER TABLE tasks ADD COLUMN {column} {definition}"
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
                 ))
                 .map_err(db)?;
                 if column == "ended_ms" {
@@ -362,40 +367,81 @@ fn read_tasks(conn: &Connection, sql: &str, args: &[String]) -> Result<Vec<Task>
     .collect()
 }
 
-/// A table of numbered per-task records and the task column that counts them.
-struct Numbered {
-    insert: &'static str,
-    counter: &'static str,
-}
-
-const LOGS: Numbered = Numbered {
-    insert: "INSERT OR IGNORE INTO logs (task_id, seq, stream, at_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-    counter: "UPDATE tasks SET log_lines = log_lines + ?1 WHERE id = ?2",
-};
-
-const ITEMS: Numbered = Numbered {
-    insert: "INSERT OR IGNORE INTO items (task_id, seq, data) VALUES (?1, ?2, ?3)",
-    counter: "UPDATE tasks SET items = items + ?1 WHERE id = ?2",
-};
-
-/// Inserts one batch in one transaction. Rows whose `(task_id, seq)` is already stored are skipped, and only
-/// the rows actually inserted are counted, so a retried batch changes nothing.
-fn append_numbered<P: rusqlite::Params>(
+/// Inserts one batch of log lines in one transaction. Lines whose `(task_id, seq)` is already stored are
+/// skipped, and only the lines actually inserted are counted, so a retried batch changes nothing.
+fn append_lines<P: rusqlite::Params>(
     conn: &mut Connection,
     task: &str,
-    table: &Numbered,
     rows: impl IntoIterator<Item = P>,
 ) -> Result<()> {
     let tx = Tx::begin(conn)?;
     let mut added = 0i64;
     {
-        let mut stmt = tx.prepare_cached(table.insert).map_err(db)?;
+        let mut stmt = tx
+            .prepare_cached("INSERT OR IGNORE INTO logs (task_id, seq, stream, at_ms, text) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(db)?;
         for row in rows {
             added += stmt.execute(row).map_err(db)? as i64;
         }
     }
-    tx.prepare_cached(table.counter)
+    tx.prepare_cached("UPDATE tasks SET log_lines = log_lines + ?1 WHERE id = ?2")
         .and_then(|mut stmt| stmt.execute(params![added, task]))
+        .map_err(db)?;
+    tx.commit()
+}
+
+/// How an item is inserted: a `(task_id, seq)` already stored is always skipped (a retried batch); a stored
+/// de-duplication key is skipped (`ignore`) or taken over by the new item (`overwrite`) if that comes from a
+/// later task (task ids order by creation), or later in the same task. So the latest crawl wins whatever
+/// order writes arrive in, and a replayed old batch cannot undo a newer item.
+fn item_insert(dedup: Option<DedupMode>) -> &'static str {
+    match dedup {
+        None => "INSERT OR IGNORE INTO items (task_id, seq, data) VALUES (?1, ?2, ?3)",
+        Some(DedupMode::Ignore) => {
+            "INSERT OR IGNORE INTO items (task_id, seq, data, coll, dkey) VALUES (?1, ?2, ?3, ?4, ?5)"
+        }
+        Some(DedupMode::Overwrite) => {
+            "INSERT INTO items (task_id, seq, data, coll, dkey) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (task_id, seq) DO NOTHING
+             ON CONFLICT (coll, dkey) WHERE dkey IS NOT NULL
+                DO UPDATE SET task_id = excluded.task_id, seq = excluded.seq, data = excluded.data
+                WHERE (excluded.task_id, excluded.seq) > (items.task_id, items.seq)"
+        }
+    }
+}
+
+fn insert_item_batch(
+    conn: &mut Connection,
+    target: &ItemTarget,
+    items: &[ItemRecord],
+) -> Result<()> {
+    let Some(last) = items.iter().map(|i| i.seq).max() else {
+        return Ok(());
+    };
+    let task = target.task.to_string();
+    let tx = Tx::begin(conn)?;
+    {
+        let dedup = target.dedup.as_ref();
+        let mut stmt = tx
+            .prepare_cached(item_insert(dedup.map(|d| d.mode)))
+            .map_err(db)?;
+        for item in items {
+            let seq = item.seq as i64;
+            match dedup {
+                None => stmt.execute(params![task, seq, item.data.get()]),
+                Some(dedup) => {
+                    let key = dedup.key_of(&item.data);
+                    let coll = key.as_ref().map(|_| target.collection.as_str());
+                    stmt.execute(params![task, seq, item.data.get(), coll, key])
+                }
+            }
+            .map_err(db)?;
+        }
+    }
+    // The count of items the task produced (sequence numbers have no gaps), whether or not de-duplication kept
+    // each one under this task, and unchanged by a retried batch.
+    tx.prepare_cached("UPDATE tasks SET items = max(items, ?1) WHERE id = ?2")
+        .and_then(|mut stmt| stmt.execute(params![last as i64, task]))
         .map_err(db)?;
     tx.commit()
 }
@@ -584,7 +630,7 @@ impl Store for EmbeddedStore {
                     &l.text,
                 )
             });
-            append_numbered(conn, &id, &LOGS, rows)
+            append_lines(conn, &id, rows)
         })
         .await
     }
@@ -612,14 +658,10 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()> {
-        let items = items.to_vec();
-        self.call(move |conn| {
-            let id = task.to_string();
-            let rows = items.iter().map(|i| (&id, i.seq as i64, i.data.get()));
-            append_numbered(conn, &id, &ITEMS, rows)
-        })
-        .await
+    async fn insert_items(&self, target: &ItemTarget, items: &[ItemRecord]) -> Result<()> {
+        let (target, items) = (target.clone(), items.to_vec());
+        self.call(move |conn| insert_item_batch(conn, &target, &items))
+            .await
     }
 
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {

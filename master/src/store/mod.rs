@@ -8,7 +8,7 @@ pub mod embedded;
 pub mod mongo;
 
 use arachne_shared::{
-    ItemRecord, LogLine, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
+    ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
 };
 
 /// Errors of the store.
@@ -107,8 +107,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores log lines; a line whose sequence number is already stored is skipped, so retries are safe.
     async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()>;
     async fn logs(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
-    /// Stores items; an item whose sequence number is already stored is skipped, so retries are safe.
-    async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()>;
+    /// Stores items of `target.task`; an item whose sequence number is already stored is skipped, so retries
+    /// are safe. With `target.dedup`, an item whose key is already stored in `target.collection` (by any task)
+    /// is dropped (`ignore`) or replaces the stored one and moves to this task (`overwrite`). The task's `items`
+    /// counter becomes the highest sequence number stored: the items it produced.
+    async fn insert_items(&self, target: &ItemTarget, items: &[ItemRecord]) -> Result<()>;
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
 
     async fn put_node(&self, node: &Node) -> Result<()>;

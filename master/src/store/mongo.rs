@@ -11,9 +11,10 @@
 
 use std::collections::HashSet;
 
+use arachne_shared::spider::DedupMode;
 use arachne_shared::{
-    ItemRecord, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
-    from_millis, to_millis,
+    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId,
+    TaskStatus, from_millis, to_millis,
 };
 use bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -46,14 +47,14 @@ fn is_duplicate(err: &mongodb::error::Error) -> bool {
     }
 }
 
-/// For an unordered insert that failed only on duplicates: how many documents were duplicates.
-fn duplicates_only(err: &mongodb::error::Error) -> Option<usize> {
+/// For an unordered insert that failed only on duplicates: the positions of the documents that were.
+fn duplicates_only(err: &mongodb::error::Error) -> Option<Vec<usize>> {
     match err.kind.as_ref() {
         ErrorKind::InsertMany(e) if e.write_concern_error.is_none() => {
             let errs = e.write_errors.as_ref()?;
             errs.iter()
                 .all(|e| e.code == DUPLICATE_KEY)
-                .then_some(errs.len())
+                .then(|| errs.iter().map(|e| e.index).collect())
         }
         _ => None,
     }
@@ -127,11 +128,14 @@ fn opt<T: ToString>(value: Option<T>) -> Bson {
 pub struct MongoStore {
     db: Database,
     retention: Option<std::time::Duration>,
-    /// Where each recent task's items go: looked up once per task, not once per batch.
-    results: std::sync::Mutex<std::collections::HashMap<TaskId, (String, String)>>,
+    /// Which collection holds each recent task's items: looked up once per task, not once per read.
+    results: std::sync::Mutex<std::collections::HashMap<TaskId, String>>,
     /// Item collections whose index is known to exist.
     indexed: std::sync::Mutex<HashSet<String>>,
 }
+
+/// The field holding an item's de-duplication key, in spiders that de-duplicate.
+const DEDUP_KEY: &str = "_dk";
 
 /// Tasks whose item destination is remembered; past this the memory starts over.
 const RESULTS_REMEMBERED: usize = 1024;
@@ -250,40 +254,37 @@ impl MongoStore {
         }
     }
 
-    /// The collection of a spider's items, and the spider's id, for the spider of `task`.
-    async fn results_of(&self, task: TaskId) -> Result<(Collection<Document>, String)> {
+    /// The collection holding `task`'s items.
+    async fn results_of(&self, task: TaskId) -> Result<Collection<Document>> {
         let known = lock(&self.results).get(&task).cloned();
-        let (name, spider_id) = match known {
-            Some(known) => known,
+        let name = match known {
+            Some(name) => name,
             None => {
-                let found = self.lookup_results(task).await?;
+                let name = self
+                    .get_task(task)
+                    .await?
+                    .ok_or_else(|| Error::Database(format!("items of unknown task {task}")))?
+                    .item_target()
+                    .collection;
                 let mut results = lock(&self.results);
                 if results.len() >= RESULTS_REMEMBERED {
                     results.clear();
                 }
-                results.insert(task, found.clone());
-                found
+                results.insert(task, name.clone());
+                name
             }
         };
-        let collection = self.db.collection(&name);
-        if !lock(&self.indexed).contains(&name) {
-            ensure_item_index(&collection).await?;
-            lock(&self.indexed).insert(name);
-        }
-        Ok((collection, spider_id))
+        self.item_collection(&name).await
     }
 
-    async fn lookup_results(&self, task: TaskId) -> Result<(String, String)> {
-        let task = self
-            .get_task(task)
-            .await?
-            .ok_or_else(|| Error::Database(format!("items for unknown task {task}")))?;
-        // A spider can be renamed away from its tasks; its name at run time still names the default.
-        let collection = match self.spider_by_name(&task.spider_name).await? {
-            Some(spider) if spider.id == task.spider_id => spider.results_collection(),
-            _ => format!("results_{}", task.spider_name),
-        };
-        Ok((collection, task.spider_id.to_string()))
+    /// An item collection, with its indexes made sure of once per store.
+    async fn item_collection(&self, name: &str) -> Result<Collection<Document>> {
+        let collection = self.db.collection(name);
+        if !lock(&self.indexed).contains(name) {
+            ensure_item_indexes(&collection).await?;
+            lock(&self.indexed).insert(name.to_owned());
+        }
+        Ok(collection)
     }
 
     /// Raises a task's counter to `seq` (sequence numbers count from 1 without gaps, so the highest stored is
@@ -335,13 +336,23 @@ impl MongoStore {
     }
 }
 
-/// Items are read by task in sequence order, and a retried batch must not store an item twice.
-async fn ensure_item_index(coll: &Collection<Document>) -> Result<()> {
-    let model = IndexModel::builder()
+/// Items are read by task in sequence order, a retried batch must not store an item twice, and a
+/// de-duplication key is stored once (items without one are not in that index).
+async fn ensure_item_indexes(coll: &Collection<Document>) -> Result<()> {
+    let by_task = IndexModel::builder()
         .keys(doc! {"_tid": 1, "_seq": 1})
         .options(IndexOptions::builder().unique(true).build())
         .build();
-    coll.create_index(model).await.map_err(db)?;
+    let by_key = IndexModel::builder()
+        .keys(doc! {DEDUP_KEY: 1})
+        .options(
+            IndexOptions::builder()
+                .unique(true)
+                .partial_filter_expression(doc! {DEDUP_KEY: {"$exists": true}})
+                .build(),
+        )
+        .build();
+    coll.create_indexes([by_task, by_key]).await.map_err(db)?;
     Ok(())
 }
 
@@ -704,32 +715,51 @@ impl Store for MongoStore {
         Ok(lines)
     }
 
-    async fn insert_items(&self, task: TaskId, items: &[ItemRecord]) -> Result<()> {
+    async fn insert_items(&self, target: &ItemTarget, items: &[ItemRecord]) -> Result<()> {
         let Some(last) = items.iter().map(|i| i.seq).max() else {
             return Ok(());
         };
-        let (collection, spider_id) = self.results_of(task).await?;
-        let tid = task.to_string();
+        let collection = self.item_collection(&target.collection).await?;
+        let (tid, sid) = (target.task.to_string(), target.spider_id.to_string());
         let mut docs = Vec::with_capacity(items.len());
         for item in items {
             // Straight from the text into an ordered document: the item's fields keep the spider's order.
             let mut doc: Document = serde_json::from_str(item.data.get())
                 .map_err(|e| Error::Corrupt(format!("item {}: {e}", item.seq)))?;
             doc.insert("_tid", tid.clone());
-            doc.insert("_sid", spider_id.clone());
+            doc.insert("_sid", sid.clone());
             doc.insert("_seq", item.seq as i64);
+            if let Some(key) = target.dedup.as_ref().and_then(|d| d.key_of(&item.data)) {
+                doc.insert(DEDUP_KEY, key);
+            }
             docs.push(doc);
         }
-        match collection.insert_many(docs).ordered(false).await {
-            Ok(_) => {}
-            Err(err) if duplicates_only(&err).is_some() => {}
-            Err(err) => return Err(db(err)),
+        // Unordered, so a duplicate (a retried item, or a key already stored) does not stop the rest.
+        let duplicates = match collection.insert_many(&docs).ordered(false).await {
+            Ok(_) => Vec::new(),
+            Err(err) => duplicates_only(&err).ok_or_else(|| db(err))?,
+        };
+        if target.dedup.as_ref().map(|d| d.mode) == Some(DedupMode::Overwrite) {
+            for index in duplicates {
+                let doc = &docs[index];
+                let Ok(key) = doc.get_str(DEDUP_KEY) else {
+                    continue;
+                };
+                // Only an item from an earlier task (ids order by creation), or from earlier in this one, is
+                // replaced: the latest crawl wins in any arrival order, and a retried batch changes nothing.
+                let seq = doc.get("_seq");
+                let filter = doc! {DEDUP_KEY: key, "$or": [
+                    {"_tid": {"$lt": &tid}},
+                    {"_tid": &tid, "_seq": {"$lt": seq}},
+                ]};
+                collection.replace_one(filter, doc).await.map_err(db)?;
+            }
         }
-        self.raise_counter(task, "items", last).await
+        self.raise_counter(target.task, "items", last).await
     }
 
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {
-        let (collection, _) = self.results_of(task).await?;
+        let collection = self.results_of(task).await?;
         let mut cursor = collection
             .find(doc! {"_tid": task.to_string(), "_seq": {"$gt": after as i64}})
             .sort(doc! {"_seq": 1})
@@ -744,7 +774,7 @@ impl Store for MongoStore {
                 .and_then(|s| s.as_i64())
                 .ok_or_else(|| Error::Corrupt("an item has no _seq".into()))?
                 as u64;
-            for field in ["_id", "_tid", "_sid"] {
+            for field in ["_id", "_tid", "_sid", DEDUP_KEY] {
                 doc.remove(field);
             }
             let text = serde_json::to_string(&doc).map_err(|e| Error::Corrupt(e.to_string()))?;
