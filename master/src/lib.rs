@@ -110,6 +110,8 @@ pub enum Error {
     },
     #[error("store: {0}")]
     Store(#[from] store::Error),
+    #[error("spider files: {0}")]
+    Files(#[from] files::Error),
     #[error("listener: {0}")]
     Listener(std::io::Error),
     #[error("http server: {0}")]
@@ -162,21 +164,28 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store: Arc<dyn Store> = match &config.mongodb {
-        Some(mongo) => Arc::new(
-            store::mongo::MongoStore::connect(
+    let spiders_dir = config.data_dir.join("spiders");
+    let (store, files): (Arc<dyn Store>, SpiderFiles) = match &config.mongodb {
+        Some(mongo) => {
+            let store = store::mongo::MongoStore::connect(
                 &mongo.uri,
                 mongo.database.as_deref(),
                 config.retention,
             )
-            .await?,
+            .await?;
+            let files =
+                SpiderFiles::in_mongodb(store.database(), spiders_dir, config.upload.clone())
+                    .await?;
+            (Arc::new(store), files)
+        }
+        None => (
+            Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?),
+            SpiderFiles::new(spiders_dir, config.upload.clone()),
         ),
-        None => Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?),
     };
     let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
     recover(store.as_ref(), &scheduler).await?;
 
-    let files = SpiderFiles::new(config.data_dir.join("spiders"), config.upload.clone());
     match files.migrate_folders().await {
         Ok(0) => {}
         Ok(moved) => info!(

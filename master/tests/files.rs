@@ -208,8 +208,24 @@ async fn a_sync_that_fails_fails_the_task_and_never_runs_stale_files() {
     let sha = client.list_files("lost", None).await.unwrap().files[0]
         .sha256
         .clone();
-    let blob = data.path().join("spiders/blobs").join(&sha[..2]).join(&sha);
-    std::fs::remove_file(&blob).unwrap();
+    match &master.mongodb {
+        None => {
+            let blob = data.path().join("spiders/blobs").join(&sha[..2]).join(&sha);
+            std::fs::remove_file(&blob).unwrap();
+        }
+        Some(mongo) => {
+            let db = mongodb::Client::with_uri_str(&mongo.uri)
+                .await
+                .unwrap()
+                .database(mongo.database.as_deref().unwrap());
+            let bucket = db.gridfs_bucket(
+                mongodb::options::GridFsBucketOptions::builder()
+                    .bucket_name("spider_files".to_owned())
+                    .build(),
+            );
+            bucket.delete_by_name(sha.as_str()).await.unwrap();
+        }
+    }
 
     let task = client
         .run_task(&RunTask {
@@ -393,4 +409,68 @@ async fn a_version_whose_contents_are_all_cached_still_runs() {
     client.upload_files("moved", archive).await.unwrap();
     assert_eq!(run_on(client, "moved", None, None).await, ["same bytes"]);
     master.stop().await;
+}
+
+/// With MongoDB configured, spider files live in it: a second master with an empty data folder on the same
+/// database runs a spider the first one took, and the first kept no content on its own disk.
+#[tokio::test]
+async fn spider_files_in_mongodb_leave_a_master_no_local_state() {
+    let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!(
+            "ARACHNE_TEST_MONGODB_URI is not set; scripts/mongodb runs the tests with a server"
+        );
+        return;
+    };
+    let mongo = arachne_master::MongoConfig {
+        uri,
+        database: Some(format!(
+            "arachne_test_files_{}",
+            uuid::Uuid::now_v7().simple()
+        )),
+    };
+    // Larger than a chunk sent to workers and than a GridFS chunk, and not a multiple of either.
+    let big: String = (0..200_000).map(|i| format!("{i:07}\n")).collect();
+    let first_dir = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(first_dir.path().to_owned());
+    config.mongodb = Some(mongo.clone());
+    config.local_worker = None;
+    let first = TestMaster::start_with(config).await;
+    common::create_spider(
+        &first.client,
+        "shared",
+        "sh run.sh",
+        &[
+            ("run.sh", "wc -c < big.txt\ntail -n 1 big.txt\n"),
+            ("big.txt", &big),
+        ],
+    )
+    .await;
+    let uploaded = first.client.list_versions("shared").await.unwrap();
+    first.stop().await;
+    assert_eq!(blobs(&first_dir.path().join("spiders")), 0);
+    assert!(!first_dir.path().join("spiders/versions").exists());
+
+    let second_dir = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(second_dir.path().to_owned());
+    config.mongodb = Some(mongo);
+    config.local_worker = Some(arachne_master::LocalWorker {
+        runner: common::quick_runner(),
+        ..Default::default()
+    });
+    let second = TestMaster::start_with(config).await;
+    let client = &second.client;
+    assert_eq!(client.list_versions("shared").await.unwrap(), uploaded);
+    assert_eq!(
+        client.read_file("shared", "big.txt", None).await.unwrap(),
+        big.as_bytes()
+    );
+    assert_eq!(
+        run_on(client, "shared", None, None).await,
+        [big.len().to_string(), "0199999".to_owned()]
+    );
+    assert_eq!(blobs(&second_dir.path().join("spiders")), 0);
+    second.stop().await;
 }

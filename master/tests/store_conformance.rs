@@ -160,9 +160,11 @@ async fn updates_are_conditional_and_only_one_racer_wins() {
             .unwrap();
         assert!(missing.is_none(), "{name}");
 
-        // Sixteen claims race for one pending task; exactly one gets it.
+        // Sixteen claims race for one pending task, through two stores on the same data as two masters
+        // would hold; exactly one gets it.
+        let other = backend.open().await;
         let racers = (0..16).map(|i| {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(if i % 2 == 0 { &store } else { &other });
             tokio::spawn(async move {
                 store
                     .update_task(

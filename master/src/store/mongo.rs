@@ -35,7 +35,7 @@ fn db(err: mongodb::error::Error) -> Error {
 }
 
 /// Whether `err` is a unique-index violation.
-fn is_duplicate(err: &mongodb::error::Error) -> bool {
+pub(crate) fn is_duplicate(err: &mongodb::error::Error) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
@@ -79,7 +79,7 @@ fn json_to_bson(value: serde_json::Value) -> Bson {
 }
 
 /// BSON as JSON; types JSON lacks (ids, dates, binary) become their relaxed extended-JSON form.
-fn bson_to_json(value: Bson) -> serde_json::Value {
+pub(crate) fn bson_to_json(value: Bson) -> serde_json::Value {
     use serde_json::Value;
     match value {
         Bson::Null | Bson::Undefined => Value::Null,
@@ -99,7 +99,7 @@ fn doc_to_json(doc: Document) -> serde_json::Value {
 }
 
 /// A domain record as a BSON document.
-fn record<T: serde::Serialize>(value: &T) -> Document {
+pub(crate) fn record<T: serde::Serialize>(value: &T) -> Document {
     match json_to_bson(serde_json::to_value(value).expect("domain types serialise")) {
         Bson::Document(doc) => doc,
         _ => unreachable!("domain records serialise to objects"),
@@ -167,6 +167,11 @@ impl MongoStore {
         };
         store.create_indexes().await?;
         Ok(store)
+    }
+
+    /// The database, for what lives beside the store (spider files).
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     fn spiders(&self) -> Collection<Document> {
@@ -652,20 +657,26 @@ impl Store for MongoStore {
                 }
             })
             .collect();
-        match self.logs_coll().insert_many(docs).ordered(false).await {
-            Ok(_) => {}
-            Err(err) if duplicates_only(&err).is_some() => {}
-            Err(err) => return Err(db(err)),
-        }
-        let task_doc = self
-            .tasks()
-            .find_one_and_update(
-                doc! {"_id": task.to_string()},
-                doc! {"$max": {"log_lines": last as i64}},
-            )
-            .projection(doc! {"ended_at": 1})
-            .await
-            .map_err(db)?;
+        // The counter is a `$max`, so it may move first: a batch whose insert fails is sent again and raises
+        // it to the same value. Both at once halve the round trips a batch waits for.
+        let inserted = async {
+            match self.logs_coll().insert_many(docs).ordered(false).await {
+                Ok(_) => Ok(()),
+                Err(err) if duplicates_only(&err).is_some() => Ok(()),
+                Err(err) => Err(db(err)),
+            }
+        };
+        let counted = async {
+            self.tasks()
+                .find_one_and_update(
+                    doc! {"_id": task.to_string()},
+                    doc! {"$max": {"log_lines": last as i64}},
+                )
+                .projection(doc! {"ended_at": 1})
+                .await
+                .map_err(db)
+        };
+        let ((), task_doc) = tokio::try_join!(inserted, counted)?;
         // Lines that arrive after their task ended expire with it too.
         if let Some(ended) = task_doc.and_then(|t| t.get_datetime("ended_at").ok().copied()) {
             self.logs_coll()
@@ -735,10 +746,15 @@ impl Store for MongoStore {
             docs.push(doc);
         }
         // Unordered, so a duplicate (a retried item, or a key already stored) does not stop the rest.
-        let duplicates = match collection.insert_many(&docs).ordered(false).await {
-            Ok(_) => Vec::new(),
-            Err(err) => duplicates_only(&err).ok_or_else(|| db(err))?,
+        let inserted = async {
+            match collection.insert_many(&docs).ordered(false).await {
+                Ok(_) => Ok(Vec::new()),
+                Err(err) => duplicates_only(&err).ok_or_else(|| db(err)),
+            }
         };
+        // A `$max`, as for log lines: raised beside the insert, and to the same value by a resent batch.
+        let (duplicates, ()) =
+            tokio::try_join!(inserted, self.raise_counter(target.task, "items", last))?;
         if target.dedup.as_ref().map(|d| d.mode) == Some(DedupMode::Overwrite) {
             for index in duplicates {
                 let doc = &docs[index];
@@ -755,7 +771,7 @@ impl Store for MongoStore {
                 collection.replace_one(filter, doc).await.map_err(db)?;
             }
         }
-        self.raise_counter(target.task, "items", last).await
+        Ok(())
     }
 
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {

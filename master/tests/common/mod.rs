@@ -21,6 +21,8 @@ pub struct TestMaster {
     pub client: Client,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// Where its records are, when on MongoDB.
+    pub mongodb: Option<arachne_master::MongoConfig>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<Result<(), arachne_master::Error>>>,
 }
@@ -66,6 +68,7 @@ impl TestMaster {
                 database: Some(format!("arachne_test_{:016x}", hasher.finish())),
             });
         }
+        let mongodb = config.mongodb.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind(grpc).await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -84,6 +87,7 @@ impl TestMaster {
             client,
             http: http_addr,
             grpc: grpc_addr,
+            mongodb,
             shutdown,
             handle: Some(handle),
         }

@@ -1,0 +1,250 @@
+//! Checking an upload: its files are read one at a time from a `.tar.gz`, a `.zip` or a list of single files,
+//! checked against the rules (paths, links, duplicates, limits) and written to a staging folder with their
+//! sha256, before any of them is kept.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use arachne_shared::files::{FileEntry, hex};
+use arachne_shared::spider::validate_relative_path;
+use arachne_web_api::archive::IgnoreRules;
+use arachne_web_api::types::Upload;
+use sha2::{Digest, Sha256};
+
+use super::{Error, UploadLimits, io};
+
+/// Unpacks and checks `upload` into `staging`.
+pub(super) fn unpack(
+    upload: Upload,
+    staging: &Path,
+    limits: &UploadLimits,
+) -> Result<Vec<Staged>, Error> {
+    let mut sink = Sink::new(staging, limits);
+    match upload {
+        Upload::Archive(bytes) if bytes.starts_with(&[0x1f, 0x8b]) => read_tar(&bytes, &mut sink)?,
+        Upload::Archive(bytes) if bytes.starts_with(b"PK") => read_zip(&bytes, &mut sink)?,
+        Upload::Archive(bytes) if bytes.is_empty() => {
+            return Err(Error::BadArchive("the upload is empty".into()));
+        }
+        Upload::Archive(_) => {
+            return Err(Error::BadArchive(
+                "not a .tar.gz or .zip archive (send a spider folder as one of those, or as files)"
+                    .into(),
+            ));
+        }
+        Upload::Files(files) => {
+            for file in files {
+                let mode = file.mode.unwrap_or(0o644);
+                sink.add(&file.path, mode, &mut &file.data[..])?;
+            }
+        }
+    }
+    sink.finish()
+}
+
+/// A version folder of the first layout, staged as an upload would be (no limits: it was accepted once).
+pub(super) fn stage_folder(folder: &Path, staging: &Path) -> Result<Vec<Staged>, Error> {
+    let limits = UploadLimits {
+        max_unpacked_bytes: u64::MAX,
+        max_files: usize::MAX,
+    };
+    let mut sink = Sink::new(staging, &limits);
+    let mut stack = vec![folder.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let path = entry.map_err(io(&dir))?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(folder).expect("below the folder");
+            let mode = std::fs::metadata(&path)
+                .map_err(io(&path))?
+                .permissions()
+                .mode();
+            let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+            sink.add(&relative.to_string_lossy(), mode, &mut file)?;
+        }
+    }
+    sink.files.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
+    Ok(sink.files)
+}
+
+/// One checked file of an upload, written to a temporary file.
+pub(super) struct Staged {
+    pub(super) entry: FileEntry,
+    /// Where the content waits until it is kept.
+    pub(super) temp: PathBuf,
+}
+
+/// Takes an upload's files one by one and enforces the rules on them.
+struct Sink<'a> {
+    staging: &'a Path,
+    limits: &'a UploadLimits,
+    files: Vec<Staged>,
+    paths: HashSet<String>,
+    total: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(staging: &'a Path, limits: &'a UploadLimits) -> Self {
+        Self {
+            staging,
+            limits,
+            files: Vec::new(),
+            paths: HashSet::new(),
+            total: 0,
+        }
+    }
+
+    /// Checks and stages one file, unless the built-in rules leave it out.
+    fn add(&mut self, raw_path: &str, mode: u32, content: &mut dyn Read) -> Result<(), Error> {
+        let path = raw_path.trim_start_matches("./").to_owned();
+        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        if IgnoreRules::builtin().is_ignored(&path) {
+            return Ok(());
+        }
+        if !self.paths.insert(path.clone()) {
+            return Err(Error::BadArchive(format!(
+                "{path} appears twice in the upload"
+            )));
+        }
+        if self.files.len() >= self.limits.max_files {
+            return Err(Error::TooLarge(format!(
+                "more than {} files",
+                self.limits.max_files
+            )));
+        }
+        let temp = self.staging.join(self.files.len().to_string());
+        let mut file = std::fs::File::create(&temp).map_err(io(&temp))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buffer = vec![0u8; 64 * 1024];
+        // Counted while reading, never taken from a header, so a lying archive cannot smuggle a bomb in.
+        loop {
+            let n = content.read(&mut buffer).map_err(|e| {
+                Error::BadArchive(format!("{path} cannot be read from the upload ({e})"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            self.total += n as u64;
+            if self.total > self.limits.max_unpacked_bytes {
+                return Err(Error::TooLarge(format!(
+                    "more than {} bytes once unpacked",
+                    self.limits.max_unpacked_bytes
+                )));
+            }
+            hasher.update(&buffer[..n]);
+            file.write_all(&buffer[..n]).map_err(io(&temp))?;
+        }
+        self.files.push(Staged {
+            entry: FileEntry {
+                path,
+                size,
+                mode: (mode & 0o777) | 0o400,
+                sha256: hex(&hasher.finalize()),
+            },
+            temp,
+        });
+        Ok(())
+    }
+
+    /// Applies the upload's own `.arachneignore` and checks that the files form a folder.
+    fn finish(self) -> Result<Vec<Staged>, Error> {
+        let rules = match self
+            .files
+            .iter()
+            .find(|f| f.entry.path == IgnoreRules::FILE)
+        {
+            Some(file) => {
+                let text = std::fs::read_to_string(&file.temp).map_err(io(&file.temp))?;
+                IgnoreRules::parse(&text).map_err(Error::BadArchive)?
+            }
+            None => IgnoreRules::builtin(),
+        };
+        let kept: Vec<Staged> = self
+            .files
+            .into_iter()
+            .filter(|f| !rules.is_ignored(&f.entry.path))
+            .collect();
+        if kept.is_empty() {
+            return Err(Error::BadArchive("the upload holds no files".into()));
+        }
+        let paths: HashSet<&str> = kept.iter().map(|f| f.entry.path.as_str()).collect();
+        for file in &kept {
+            let mut parent = file.entry.path.as_str();
+            while let Some((dir, _)) = parent.rsplit_once('/') {
+                if paths.contains(dir) {
+                    return Err(Error::BadArchive(format!(
+                        "{dir} is both a file and a folder"
+                    )));
+                }
+                parent = dir;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+fn read_tar(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
+    let bad = |e: std::io::Error| Error::BadArchive(format!("not a valid .tar.gz archive ({e})"));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw_path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let path = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() || path.is_empty() {
+            continue;
+        }
+        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        if kind.is_symlink() || kind.is_hard_link() {
+            return Err(Error::BadArchive(format!(
+                "{path} is a link; links are not allowed in spiders"
+            )));
+        }
+        if !kind.is_file() {
+            return Err(Error::BadArchive(format!("{path} is not a regular file")));
+        }
+        let mode = entry.header().mode().unwrap_or(0o644);
+        sink.add(&path, mode, &mut entry)?;
+    }
+    Ok(())
+}
+
+fn read_zip(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
+    let bad =
+        |e: zip::result::ZipError| Error::BadArchive(format!("not a valid .zip archive ({e})"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    for index in 0..zip.len() {
+        let mut entry = zip.by_index(index).map_err(bad)?;
+        // The raw name, not `enclosed_name`, so a hostile path is reported rather than quietly rewritten.
+        let raw_path = String::from_utf8_lossy(entry.name_raw()).into_owned();
+        let path = raw_path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        if entry.is_dir() || path.is_empty() {
+            continue;
+        }
+        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        if entry.is_symlink() {
+            return Err(Error::BadArchive(format!(
+                "{path} is a link; links are not allowed in spiders"
+            )));
+        }
+        let mode = entry.unix_mode().unwrap_or(0o644);
+        if mode & 0o170000 != 0 && mode & 0o170000 != 0o100000 {
+            return Err(Error::BadArchive(format!("{path} is not a regular file")));
+        }
+        sink.add(&path, mode, &mut entry)?;
+    }
+    Ok(())
+}
