@@ -167,6 +167,10 @@ const SECTIONS: [&str; 7] = [
 ];
 
 /// The master under measurement, with its one local worker, and a client on its HTTP API.
+/// The tokens of the benchmark's masters and workers.
+const API_TOKEN: &str = "arachne_api_bench";
+const WORKER_TOKEN: &str = "arachne_worker_bench";
+
 /// A master running in this process on free ports.
 struct RunningMaster {
     client: Client,
@@ -177,11 +181,14 @@ struct RunningMaster {
 
 impl RunningMaster {
     /// Starts a master and waits until its local worker is online and idle.
-    async fn start(config: Config) -> anyhow::Result<Self> {
+    async fn start(mut config: Config) -> anyhow::Result<Self> {
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc.local_addr()?;
-        let client = Client::new(&format!("http://{}", http.local_addr()?));
+        // Tokens on, as in production: every request and every worker is checked.
+        config.auth.api_token = Some(API_TOKEN.into());
+        config.auth.worker_token = Some(WORKER_TOKEN.into());
+        let client = Client::with_token(&format!("http://{}", http.local_addr()?), API_TOKEN)?;
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_master::run(
             config,
@@ -396,6 +403,7 @@ impl Bench {
             .arg("--work-dir")
             .arg(worker_dir.path())
             .env("RUST_LOG", "warn")
+            .env("ARACHNE_WORKER_TOKEN", WORKER_TOKEN)
             .kill_on_drop(true)
             .spawn()
             .context("starting the worker binary")?;
@@ -644,11 +652,12 @@ impl Bench {
         let mut names = Vec::new();
         for i in 0..50 {
             let dir = tempfile::tempdir()?;
-            let config = arachne_worker::Config::new(
+            let mut config = arachne_worker::Config::new(
                 format!("http://{}", self.grpc_addr),
                 format!("idle-{i}"),
                 dir.path().to_owned(),
             );
+            config.token = Some(WORKER_TOKEN.into());
             names.push(config.name.clone());
             tokio::spawn(arachne_worker::run(config, worker_shutdown.clone()));
             worker_dirs.push(dir);

@@ -27,6 +27,7 @@ pub(crate) struct MasterApi {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) files: SpiderFiles,
+    pub(crate) auth: Arc<crate::auth::Auth>,
     /// Woken when a schedule changes, so the cron loop re-reads them.
     pub(crate) schedules_changed: Arc<tokio::sync::Notify>,
     /// Serialises schedule writes between users and the cron loop, so neither loses the other's change.
@@ -731,6 +732,13 @@ impl Backend for MasterApi {
         let schedule = self.schedule_by_name(name).await?;
         self.create_run(crate::cron::run_spec(&schedule, None))
             .await
+    }
+
+    async fn check_api_token(&self, secret: &str) -> Result<bool> {
+        self.auth
+            .check(secret, arachne_shared::TokenKind::Api)
+            .await
+            .map_err(internal)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskId> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
+use arachne_shared::TokenKind;
 use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
 use arachne_shared::files::Manifest;
 use arachne_shared::{ItemTarget, Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
@@ -25,6 +26,7 @@ pub(crate) struct Cluster {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) files: SpiderFiles,
+    pub(crate) auth: Arc<crate::auth::Auth>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -68,6 +70,26 @@ enum SessionEnd {
 
 #[async_trait::async_trait]
 impl Handler for Cluster {
+    async fn authorize(&self, token: Option<&str>) -> Result<(), Rejection> {
+        if !self.auth.required() {
+            return Ok(());
+        }
+        let Some(token) = token else {
+            return Err(Rejection::Unauthenticated(
+                "no worker token: start the worker with --token or ARACHNE_WORKER_TOKEN (arachne-master token create NAME --kind worker makes one)".into(),
+            ));
+        };
+        match self.auth.check(token, TokenKind::Worker).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Rejection::Unauthenticated(
+                "the worker token is unknown or revoked".into(),
+            )),
+            Err(err) => Err(Rejection::Internal(format!(
+                "checking the worker token failed: {err}"
+            ))),
+        }
+    }
+
     async fn session(&self, mut inbound: Inbound, outbound: Outbound) {
         let registration = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.next()).await {
             Ok(Some(Ok(envelope))) => match envelope.message {

@@ -2,6 +2,7 @@
 //! API. `arachne-master` is a thin binary over [`run`], so tests start exactly what users run.
 
 mod api;
+pub mod auth;
 mod cluster;
 mod cron;
 pub mod files;
@@ -20,6 +21,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::api::MasterApi;
+use crate::auth::Auth;
+pub use crate::auth::AuthConfig;
 use crate::cluster::Cluster;
 use crate::files::{SpiderFiles, UploadLimits};
 use crate::scheduler::Scheduler;
@@ -42,6 +45,8 @@ pub struct Config {
     /// Runs a worker inside the master process; `None` turns it off.
     pub local_worker: Option<LocalWorker>,
     pub upload: UploadLimits,
+    /// Tokens for the API and for workers. `http.require_token` follows `auth.required`.
+    pub auth: AuthConfig,
     pub http: RouterOptions,
     pub scheduler: SchedulerOptions,
 }
@@ -87,6 +92,7 @@ impl Config {
             spiders_dir: None,
             local_worker: Some(LocalWorker::default()),
             upload: UploadLimits::default(),
+            auth: AuthConfig::default(),
             http: RouterOptions::default(),
             scheduler: SchedulerOptions::default(),
         }
@@ -112,6 +118,12 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("spider files: {0}")]
     Files(#[from] files::Error),
+    #[error("tokens: {0}")]
+    Auth(#[from] auth::Error),
+    #[error(
+        "authentication can be turned off only while every listener is on loopback, but {0} is not"
+    )]
+    Insecure(SocketAddr),
     #[error("listener: {0}")]
     Listener(std::io::Error),
     #[error("http server: {0}")]
@@ -153,6 +165,30 @@ async fn sweep_ended(
     }
 }
 
+async fn connect_mongodb(
+    mongo: &MongoConfig,
+    config: &Config,
+) -> Result<store::mongo::MongoStore, Error> {
+    Ok(
+        store::mongo::MongoStore::connect(&mongo.uri, mongo.database.as_deref(), config.retention)
+            .await?,
+    )
+}
+
+/// The store `config` names, for commands that work on it without running the master (`token`).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
+    Ok(match &config.mongodb {
+        Some(mongo) => Arc::new(connect_mongodb(mongo, config).await?),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?)
+        }
+    })
+}
+
 /// Runs the master until `shutdown` is cancelled. The local worker stops first, so its running tasks are
 /// settled and reported before the servers close.
 pub async fn run(
@@ -164,15 +200,19 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
+    let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
+    if !config.auth.required
+        && let Some(open) = [http_addr, grpc_addr]
+            .into_iter()
+            .find(|a| !a.ip().is_loopback())
+    {
+        return Err(Error::Insecure(open));
+    }
     let spiders_dir = config.data_dir.join("spiders");
     let (store, files): (Arc<dyn Store>, SpiderFiles) = match &config.mongodb {
         Some(mongo) => {
-            let store = store::mongo::MongoStore::connect(
-                &mongo.uri,
-                mongo.database.as_deref(),
-                config.retention,
-            )
-            .await?;
+            let store = connect_mongodb(mongo, &config).await?;
             let files =
                 SpiderFiles::in_mongodb(store.database(), spiders_dir, config.upload.clone())
                     .await?;
@@ -183,6 +223,7 @@ pub async fn run(
             SpiderFiles::new(spiders_dir, config.upload.clone()),
         ),
     };
+    let auth = Arc::new(Auth::start(Arc::clone(&store), &config.auth, &config.data_dir).await?);
     let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
     recover(store.as_ref(), &scheduler).await?;
 
@@ -200,6 +241,7 @@ pub async fn run(
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
         files: files.clone(),
+        auth: Arc::clone(&auth),
         schedules_changed: Default::default(),
         schedule_writes: Default::default(),
     });
@@ -207,8 +249,6 @@ pub async fn run(
         folders::register_examples(api.as_ref(), dir).await;
     }
 
-    let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
-    let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
     // Not a child of `shutdown`: the servers must outlive the local worker so its last reports get stored.
     let servers = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -228,6 +268,7 @@ pub async fn run(
         store,
         scheduler,
         files,
+        auth: Arc::clone(&auth),
         shutdown: servers.clone(),
     });
     // A server that stops on its own takes the master down with it, through its drop guard.
@@ -236,7 +277,11 @@ pub async fn run(
         let _guard = grpc_guard;
         arachne_proto::server::serve(listeners.grpc, cluster, grpc_shutdown).await
     });
-    let router = arachne_web_api::router(api as Arc<dyn Backend>, &config.http);
+    let http_options = RouterOptions {
+        require_token: config.auth.required,
+        ..config.http.clone()
+    };
+    let router = arachne_web_api::router(api as Arc<dyn Backend>, &http_options);
     let (http_guard, http_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let http = tracker.spawn(async move {
         let _guard = http_guard;
@@ -256,6 +301,7 @@ pub async fn run(
         worker_config.max_runners = local.max_runners;
         worker_config.runner = local.runner;
         worker_config.heartbeat = local.heartbeat;
+        worker_config.token = Some(auth.local_worker_secret().to_owned());
         tokio::spawn(arachne_worker::run(worker_config, worker_shutdown.clone()))
     });
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use arachne_master::{Config, Listeners, LocalWorker};
-use clap::Parser;
+use arachne_shared::TokenKind;
+use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,14 +53,74 @@ struct Args {
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
+    /// Serve without tokens: anyone who reaches the ports controls the master. Refused unless both listeners
+    /// are on loopback.
+    #[arg(long)]
+    no_auth: bool,
+    /// An API token to accept, registered at start as "configured-api" (for deployments that hand secrets in).
+    #[arg(long, env = "ARACHNE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// A worker token to accept, registered at start as "configured-worker"; workers present the same value.
+    #[arg(long, env = "ARACHNE_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
     /// Runner settings of the local worker.
     #[command(flatten)]
     runner: arachne_worker::args::RunnerArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage access tokens in the store the other flags name (the master may be running).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print its secret, which is shown this once and stored only as a hash.
+    Create {
+        name: String,
+        /// `api` for the HTTP API and CLI, `worker` for workers joining over gRPC.
+        #[arg(long, default_value = "api")]
+        kind: TokenKind,
+    },
+    /// List tokens (names, kinds and creation times; never secrets).
+    List,
+    /// Revoke a token: it stops working within seconds.
+    Revoke { name: String },
+}
+
+async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
+    let store = arachne_master::open_store(config).await?;
+    match command {
+        TokenCommand::Create { name, kind } => {
+            let secret = arachne_master::auth::create_token(store.as_ref(), &name, kind).await?;
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            for token in store.list_tokens().await? {
+                println!(
+                    "{:<24} {:<7} {}",
+                    token.name,
+                    token.kind.as_str(),
+                    token.created_at.to_rfc3339()
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            arachne_master::auth::revoke_token(store.as_ref(), &name).await?;
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     arachne_worker::args::init_tracing();
+    arachne_worker::args::seal_process();
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);
@@ -85,6 +146,14 @@ async fn main() -> anyhow::Result<()> {
         heartbeat: local_heartbeat,
         ..LocalWorker::default()
     });
+    config.auth = arachne_master::AuthConfig {
+        required: !args.no_auth,
+        api_token: args.api_token,
+        worker_token: args.worker_token,
+    };
+    if let Some(Command::Token(command)) = args.command {
+        return token(&config, command).await;
+    }
     let listeners = Listeners {
         http: TcpListener::bind(args.http)
             .await

@@ -27,12 +27,25 @@ fn tar_gz_with_raw_name(name: &str) -> Vec<u8> {
     builder.into_inner().unwrap().finish().unwrap()
 }
 
+/// A plain HTTP client that sends the test masters' API token.
+fn authorized_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", common::API_TOKEN).parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_change_nothing() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), false).await;
     let base = format!("http://{}/api/v1", master.http);
-    let http = reqwest::Client::new();
+    let http = authorized_http();
     create_spider(&master.client, "ok", "true", &[("a", "b")]).await;
     let version = master.client.get_spider("ok").await.unwrap().version;
 
@@ -242,7 +255,7 @@ async fn an_upload_over_the_limit_is_refused() {
     let master = TestMaster::start_with(config).await;
     create_spider(&master.client, "small", "true", &[("a", "b")]).await;
     let big: Vec<u8> = (0..64 * 1024).map(|i| (i * 7919 % 251) as u8).collect();
-    let response = reqwest::Client::new()
+    let response = authorized_http()
         .put(format!("http://{}/api/v1/spiders/small/files", master.http))
         .body(big)
         .send()

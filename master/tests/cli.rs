@@ -10,6 +10,7 @@ use common::{TestMaster, workspace_bin};
 async fn arachne(master: &TestMaster, args: &[&str]) -> Output {
     let output = tokio::process::Command::new(workspace_bin("arachne"))
         .args(["--server", &format!("http://{}", master.http)])
+        .env("ARACHNE_TOKEN", common::API_TOKEN)
         .args(args)
         .output();
     tokio::time::timeout(common::TIMEOUT, output)

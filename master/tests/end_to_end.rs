@@ -306,7 +306,21 @@ async fn a_separate_worker_process_connects_and_runs_tasks() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), false).await;
     let client = &master.client;
-    create_spider(client, "remote", "sh run.sh", &[("run.sh", "echo \"on $ARACHNE_NODE as $ARACHNE_TASK_ID, token ${ARACHNE_WORKER_TOKEN:-unseen}\"\n")]).await;
+    // The spider looks for the worker's token in its own environment and in its ancestors' (the worker's).
+    let run_sh = "p=$PPID; leak=no
+for i in 1 2 3; do
+  if grep -q \"$SECRET\" /proc/$p/environ 2>/dev/null; then leak=yes; fi
+  p=$(cut -d' ' -f4 /proc/$p/stat 2>/dev/null || echo 1)
+done
+echo \"on $ARACHNE_NODE as $ARACHNE_TASK_ID, token ${ARACHNE_WORKER_TOKEN:-unseen}, environ leak $leak\"
+";
+    create_spider(
+        client,
+        "remote",
+        &format!("SECRET={} sh run.sh", common::WORKER_TOKEN),
+        &[("run.sh", run_sh)],
+    )
+    .await;
     let queued = client.run_task(&run("remote")).await.unwrap();
 
     let work_dir = tempfile::tempdir().unwrap();
@@ -323,7 +337,7 @@ async fn a_separate_worker_process_connects_and_runs_tasks() {
         .arg(work_dir.path())
         .env("RUST_LOG", "warn")
         // The worker's own secrets must not reach spiders.
-        .env("ARACHNE_WORKER_TOKEN", "s3cret")
+        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -347,7 +361,16 @@ async fn a_separate_worker_process_connects_and_runs_tasks() {
     let logs = client.logs(task.id, &LogQuery::default()).await.unwrap();
     assert_eq!(
         logs[0].text,
-        format!("on far-away as {}, token unseen", task.id)
+        format!(
+            "on far-away as {}, token unseen, environ leak {}",
+            task.id,
+            // Root reads every process's memory, non-dumpable or not: only an unprivileged worker is sealed.
+            if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
+                "yes"
+            } else {
+                "no"
+            }
+        )
     );
 
     // A worker that goes away is shown offline.

@@ -126,6 +126,7 @@ async fn run_modes_build_task_trees_and_a_parent_follows_its_children() {
     // The CLI shows the tree.
     let output = std::process::Command::new(common::workspace_bin("arachne"))
         .args(["--server", &format!("http://{}", master.http)])
+        .env("ARACHNE_TOKEN", common::API_TOKEN)
         .args(["task", "show", &parent.id.to_string(), "--recursive"])
         .output()
         .unwrap();
@@ -524,6 +525,7 @@ fn spawn_worker(
 ) -> std::process::Child {
     std::process::Command::new(common::workspace_bin("arachne-worker"))
         .args(["--master", &master.grpc_url(), "--name", name])
+        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
         .args(["--max-runners", "2", "--heartbeat-secs", "1"])
         .arg("--work-dir")
         .arg(work_dir)

@@ -9,6 +9,7 @@ use arachne_master::store::{Store, TaskFilter};
 use arachne_shared::spider::{Dedup, DedupMode};
 use arachne_shared::{
     ItemRecord, LogLine, LogStream, Node, NodeStatus, Spider, SpiderId, Task, TaskId, TaskStatus,
+    Token, TokenKind,
 };
 use chrono::Utc;
 
@@ -810,5 +811,64 @@ async fn ended_tasks_expire_with_their_logs_and_nothing_else_does() {
                 assert_eq!(ttl, Some(RETENTION), "{collection}");
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        let token = |token_name: &str, secret: &str, kind| Token {
+            name: token_name.into(),
+            kind,
+            hash: Token::hash_of(secret),
+            created_at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
+        };
+        let ci = token("ci", "secret-1", TokenKind::Api);
+        store.insert_token(&ci).await.unwrap();
+        store
+            .insert_token(&token("rack-2", "secret-2", TokenKind::Worker))
+            .await
+            .unwrap();
+        let clash = store
+            .insert_token(&token("ci", "secret-3", TokenKind::Api))
+            .await;
+        assert!(
+            matches!(clash, Err(arachne_master::store::Error::Duplicate(_))),
+            "{name}: {clash:?}"
+        );
+        let store = backend.open().await;
+        assert_eq!(
+            store
+                .token_by_hash(&Token::hash_of("secret-1"))
+                .await
+                .unwrap(),
+            Some(ci),
+            "{name}"
+        );
+        assert_eq!(
+            store.token_by_hash("secret-1").await.unwrap(),
+            None,
+            "{name}"
+        );
+        let names: Vec<String> = store
+            .list_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["ci", "rack-2"], "{name}");
+        assert!(store.delete_token("ci").await.unwrap(), "{name}");
+        assert!(!store.delete_token("ci").await.unwrap(), "{name}");
+        assert_eq!(
+            store
+                .token_by_hash(&Token::hash_of("secret-1"))
+                .await
+                .unwrap(),
+            None,
+            "{name}: a revoked token opens nothing"
+        );
     }
 }

@@ -9,20 +9,51 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::cluster_client::ClusterClient;
 use crate::{Error, MAX_MESSAGE_BYTES, Result, pb};
 
+/// Adds the worker's token to every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A connection to the master.
 #[derive(Clone)]
 pub struct Client {
-    inner: ClusterClient<Channel>,
+    inner: ClusterClient<InterceptedService<Channel, Bearer>>,
 }
 
 impl Client {
-    /// Connects to the master at `endpoint` (for example `http://127.0.0.1:9666`).
-    pub async fn connect(endpoint: &str) -> Result<Self> {
+    /// Connects to the master at `endpoint` (for example `http://127.0.0.1:9666`), presenting `token` on
+    /// every call.
+    pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self> {
+        let bearer = token
+            .map(|t| {
+                MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    Error::Unauthenticated(
+                        "the worker token holds characters gRPC metadata cannot carry".into(),
+                    )
+                })
+            })
+            .transpose()?;
         let connect_error = |source| Error::Connect {
             endpoint: endpoint.to_owned(),
             source,
@@ -40,7 +71,7 @@ impl Client {
             .connect()
             .await
             .map_err(connect_error)?;
-        let inner = ClusterClient::new(channel)
+        let inner = ClusterClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self { inner })

@@ -30,6 +30,9 @@ pub enum Error {
     /// A call failed or the stream broke; carries the peer's message.
     #[error("{0}")]
     Rpc(String),
+    /// The master refused this worker's token; retrying with the same token cannot help.
+    #[error("the master refused this worker's token: {0}")]
+    Unauthenticated(String),
     /// Serving failed (for example the listener broke).
     #[error("grpc server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -37,7 +40,10 @@ pub enum Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        Self::Rpc(format!("{:?}: {}", status.code(), status.message()))
+        match status.code() {
+            tonic::Code::Unauthenticated => Self::Unauthenticated(status.message().to_owned()),
+            code => Self::Rpc(format!("{code:?}: {}", status.message())),
+        }
     }
 }
 

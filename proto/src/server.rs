@@ -25,6 +25,8 @@ const OUTBOUND_CAPACITY: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Refused(String),
@@ -35,6 +37,7 @@ pub enum Rejection {
 impl From<Rejection> for Status {
     fn from(rejection: Rejection) -> Self {
         match rejection {
+            Rejection::Unauthenticated(m) => Status::unauthenticated(m),
             Rejection::NotFound(m) => Status::not_found(m),
             Rejection::Refused(m) => Status::failed_precondition(m),
             Rejection::Internal(m) => Status::internal(m),
@@ -93,6 +96,10 @@ pub type BlobStream = mpsc::Receiver<Result<BlobChunk, Rejection>>;
 /// What the master does with sessions and file requests.
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
+    /// Whether a caller holding `token` (the bearer token of its `authorization` metadata, if any) may use
+    /// the service. Asked before every call.
+    async fn authorize(&self, token: Option<&str>) -> Result<(), Rejection>;
+
     /// Runs one worker session until it ends. The first inbound message should be `Register`.
     async fn session(&self, inbound: Inbound, outbound: Outbound);
 
@@ -112,6 +119,26 @@ struct Adapter {
     handler: Arc<dyn Handler>,
 }
 
+impl Adapter {
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let token = match request.metadata().get("authorization") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .ok_or_else(|| {
+                        Status::unauthenticated(
+                            "malformed authorization metadata: expected `Bearer <worker token>`",
+                        )
+                    })?,
+            ),
+        };
+        self.handler.authorize(token).await.map_err(Status::from)
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[async_trait::async_trait]
@@ -123,6 +150,7 @@ impl Cluster for Adapter {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.authorize(&request).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let handler = Arc::clone(&self.handler);
         let inbound = Inbound {
@@ -136,6 +164,7 @@ impl Cluster for Adapter {
         &self,
         request: Request<pb::ManifestRequest>,
     ) -> Result<Response<pb::ManifestReply>, Status> {
+        self.authorize(&request).await?;
         let request = request.into_inner();
         let spider_id = spider_id(&request.spider_id)?;
         let manifest = self.handler.manifest(spider_id, request.version).await?;
@@ -146,6 +175,7 @@ impl Cluster for Adapter {
         &self,
         request: Request<pb::FetchBlobsRequest>,
     ) -> Result<Response<Self::FetchBlobsStream>, Status> {
+        self.authorize(&request).await?;
         let request = request.into_inner();
         let spider_id = spider_id(&request.spider_id)?;
         let blobs = self

@@ -12,12 +12,14 @@ pub mod node;
 pub mod schedule;
 pub mod spider;
 pub mod task;
+pub mod token;
 
 pub use log::{ItemRecord, LogLine, LogStream};
 pub use node::{Node, NodeMetrics, NodeStatus};
 pub use schedule::{Schedule, ScheduleId};
 pub use spider::{Spider, SpiderId};
 pub use task::{ItemTarget, RunMode, Task, TaskId, TaskOutcome, TaskStatus, Transition};
+pub use token::{Token, TokenKind};
 
 /// Milliseconds since the Unix epoch, the one timestamp encoding used on the wire and in the embedded store.
 pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {

@@ -41,6 +41,18 @@ pub struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
+    /// The API token (`arachne-master token create NAME` makes one).
+    #[arg(long, global = true, env = "ARACHNE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the API token, read when no --token is given. The default is where a master started in
+    /// this folder writes the token it makes on its first start.
+    #[arg(
+        long,
+        global = true,
+        env = "ARACHNE_TOKEN_FILE",
+        default_value = "arachne-data/api-token"
+    )]
+    pub token_file: std::path::PathBuf,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -444,8 +456,27 @@ fn describe_end(task: &Task) {
     eprintln!("task {} {}{detail}", task.id, task.status);
 }
 
+/// The token from `--token`, else from `--token-file` if that file exists; none otherwise (a master started
+/// with `--no-auth` needs none).
+fn token(cli: &Cli) -> Result<Option<String>, Error> {
+    if let Some(token) = &cli.token {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    match std::fs::read_to_string(&cli.token_file) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(Error::Input(format!(
+            "cannot read the token file {}: {err}",
+            cli.token_file.display()
+        ))),
+    }
+}
+
 async fn execute(cli: Cli) -> Result<ExitCode, Error> {
-    let client = Client::new(&cli.server);
+    let client = match token(&cli)? {
+        Some(token) => Client::with_token(&cli.server, &token)?,
+        None => Client::new(&cli.server),
+    };
     match cli.command {
         Command::Spider(SpiderCommand::Create {
             name,

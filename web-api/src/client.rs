@@ -32,6 +32,8 @@ pub enum Error {
     },
     #[error("unexpected response: {0}")]
     Decode(String),
+    #[error("unusable API token: {0}")]
+    Token(String),
 }
 
 /// Result of client calls.
@@ -53,16 +55,35 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the server at `base` (for example `http://127.0.0.1:8080`).
+    /// A client of the server at `base` (for example `http://127.0.0.1:8080`), without a token.
     pub fn new(base: &str) -> Self {
+        Self::build(base, None).expect("a client without headers builds")
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer` with every request.
+    pub fn with_token(base: &str, token: &str) -> Result<Self> {
+        Self::build(base, Some(token))
+    }
+
+    fn build(base: &str, token: Option<&str>) -> Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    Error::Token("it holds characters an HTTP header cannot carry".into())
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .expect("client builds");
-        Self {
+        Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
-        }
+        })
     }
 
     fn url(&self, path: &str) -> String {

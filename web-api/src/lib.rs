@@ -67,6 +67,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView>;
     /// Runs a schedule's spider now, as the schedule would, without waiting for its next fire time.
     async fn run_schedule(&self, name: &str) -> Result<Task>;
+    /// Whether `secret` is a valid API token. Asked on every request under `/api/v1` unless the router was
+    /// built without authentication.
+    async fn check_api_token(&self, secret: &str) -> Result<bool>;
     /// Wakes up on every change of any task (status, new logs, new items). Only a hint: readers re-read the
     /// store, so a lagging receiver loses nothing.
     fn subscribe(&self) -> broadcast::Receiver<TaskId>;

@@ -29,12 +29,15 @@ use crate::{Backend, Error, Result};
 pub struct RouterOptions {
     /// Largest spider archive accepted, in bytes.
     pub max_upload_bytes: usize,
+    /// Every route but `/health` needs `Authorization: Bearer <API token>`. Off only by explicit choice.
+    pub require_token: bool,
 }
 
 impl Default for RouterOptions {
     fn default() -> Self {
         Self {
             max_upload_bytes: 256 << 20,
+            require_token: true,
         }
     }
 }
@@ -79,6 +82,14 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/nodes/{name}", axum::routing::patch(update_node))
         .fallback(|| async { Error::NotFound("no such route".into()) });
+    let api = if options.require_token {
+        api.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&backend),
+            authenticate,
+        ))
+    } else {
+        api
+    };
     Router::new()
         .route(
             "/health",
@@ -86,6 +97,37 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         )
         .nest("/api/v1", api)
         .with_state(backend)
+}
+
+/// Lets a request through only with a valid API token.
+async fn authenticate(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response> {
+    let header = request.headers().get(header::AUTHORIZATION);
+    let Some(header) = header else {
+        return Err(Error::Unauthorized(
+            "missing Authorization header: send `Authorization: Bearer <API token>` (arachne-master token create NAME makes one)".into(),
+        ));
+    };
+    let secret = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            Error::Unauthorized(
+                "malformed Authorization header: expected `Bearer <API token>`".into(),
+            )
+        })?;
+    if !api.check_api_token(secret).await? {
+        return Err(Error::Unauthorized(
+            "the API token is unknown or revoked".into(),
+        ));
+    }
+    Ok(next.run(request).await)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T> {

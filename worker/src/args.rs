@@ -34,3 +34,12 @@ pub fn init_tracing() {
         )
         .init();
 }
+
+/// Keeps this process's memory and environment (tokens, the MongoDB URI) from the spiders it starts: they run
+/// as the same user, and a same-user process may otherwise read `/proc/<pid>/environ` of its parent. A spider
+/// itself is dumpable again, as `exec` resets the flag. Only the process-wide binaries call this.
+pub fn seal_process() {
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %err, "cannot hide this process's environment from spiders");
+    }
+}

@@ -42,6 +42,8 @@ pub struct Config {
     pub spider_env: Vec<(OsString, OsString)>,
     /// Shown with the node (`region=eu`, …).
     pub labels: BTreeMap<String, String>,
+    /// The worker token presented to the master (`arachne-master token create NAME --kind worker`).
+    pub token: Option<String>,
 }
 
 /// This process's environment without the worker's own `ARACHNE_*` and `CRAWLAB_*` variables (its
@@ -67,6 +69,7 @@ impl Config {
             heartbeat: Duration::from_secs(5),
             spider_env: inherited_env(),
             labels: BTreeMap::new(),
+            token: None,
         }
     }
 }
@@ -82,6 +85,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The master refused the worker's token: retrying cannot help, so the worker stops.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Runs the worker until `shutdown` is cancelled. Running spiders are stopped and their outcomes reported
@@ -104,6 +110,5 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 source,
             })?;
     }
-    session::run(config, shutdown).await;
-    Ok(())
+    session::run(config, shutdown).await.map_err(Error::Refused)
 }

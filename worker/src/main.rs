@@ -27,6 +27,10 @@ struct Args {
     /// A label shown with the node, as KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// The worker token the master gave out (`arachne-master token create NAME --kind worker`). Prefer the
+    /// environment variable: a command line is visible to every user of the machine.
+    #[arg(long, env = "ARACHNE_WORKER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Seconds between heartbeats to the master.
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
@@ -44,6 +48,7 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     arachne_worker::args::init_tracing();
+    arachne_worker::args::seal_process();
     let args = Args::parse();
     let name = match args.name {
         Some(name) => name,
@@ -56,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_runners = args.max_runners;
     config.runner = args.runner.into();
     config.labels = args.labels.into_iter().collect();
+    config.token = args.token;
     config.heartbeat = std::time::Duration::from_secs(args.heartbeat_secs.max(1));
     let shutdown = CancellationToken::new();
     arachne_worker::signals::spawn_handler(shutdown.clone());

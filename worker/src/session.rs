@@ -37,7 +37,8 @@ const WINDOW: usize = 512;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Keeps a session with the master open until `shutdown`, reconnecting when it breaks.
-pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
+/// Runs sessions until `shutdown`; an `Err` is a refusal no reconnect can cure (a wrong token).
+pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), String> {
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let (client_tx, client_rx) = watch::channel(None);
     let ctx = RunContext {
@@ -59,8 +60,19 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
     loop {
         match worker.session(&config, &shutdown, &mut backoff).await {
-            Ok(()) => return,
-            Err(err) => {
+            Ok(()) => return Ok(()),
+            Err(Ended::Refused(reason)) => {
+                error!(node = %config.name, master = %config.master, %reason, "the master refused this worker's token; stopping");
+                worker.runners.stop_all(Stop::Shutdown);
+                while let Some(done) = worker.runners.tasks.join_next().await {
+                    worker.runners.reap(done);
+                }
+                return Err(format!(
+                    "the master at {} refused this worker's token ({reason}); give the worker a valid one with --token or ARACHNE_WORKER_TOKEN",
+                    config.master
+                ));
+            }
+            Err(Ended::Retry(err)) => {
                 warn!(node = %config.name, error = %err, running = worker.runners.active.len(), "session with the master ended; reconnecting")
             }
         }
@@ -77,10 +89,34 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) {
                     while let Some(done) = worker.runners.tasks.join_next().await {
                         worker.runners.reap(done);
                     }
-                    return;
+                    return Ok(());
                 }
                 Some(done) = worker.runners.tasks.join_next() => worker.runners.reap(done),
             }
+        }
+    }
+}
+
+/// Why a session ended without a shutdown.
+#[derive(Debug)]
+enum Ended {
+    /// Connection trouble or a master restart: connect again after a pause.
+    Retry(String),
+    /// The master refused the token.
+    Refused(String),
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Self {
+        Self::Retry(reason)
+    }
+}
+
+impl From<arachne_proto::Error> for Ended {
+    fn from(err: arachne_proto::Error) -> Self {
+        match err {
+            arachne_proto::Error::Unauthenticated(reason) => Self::Refused(reason),
+            other => Self::Retry(other.to_string()),
         }
     }
 }
@@ -100,9 +136,9 @@ impl Worker {
         config: &Config,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    ) -> Result<(), Ended> {
         let client = tokio::select! {
-            client = Client::connect(&config.master) => client.map_err(|e| e.to_string())?,
+            client = Client::connect(&config.master, config.token.as_deref()) => client?,
             () = shutdown.cancelled() => return Ok(()),
         };
         let (session_tx, session_rx) = mpsc::channel(EVENTS_CAPACITY);
@@ -123,18 +159,19 @@ impl Worker {
             .send(register)
             .await
             .map_err(|_| "session closed".to_owned())?;
-        let mut inbound = client
-            .clone()
-            .session(session_rx)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut inbound = client.clone().session(session_rx).await?;
         match inbound.next().await {
             Some(Ok(MasterToWorker::Registered)) => {}
             Some(Ok(other)) => {
-                return Err(format!("expected Registered, the master sent {other:?}"));
+                return Err(format!("expected Registered, the master sent {other:?}").into());
             }
-            Some(Err(err)) => return Err(format!("registration refused: {err}")),
-            None => return Err("the master closed the session during registration".to_owned()),
+            Some(Err(err @ arachne_proto::Error::Unauthenticated(_))) => return Err(err.into()),
+            Some(Err(err)) => return Err(format!("registration refused: {err}").into()),
+            None => {
+                return Err("the master closed the session during registration"
+                    .to_owned()
+                    .into());
+            }
         }
         info!(node = %config.name, master = %config.master, max_runners = config.max_runners,
             running = self.runners.active.len(), "registered with the master");
@@ -202,7 +239,7 @@ impl Worker {
                 warn!(node = %config.name, "the master did not close the session in time");
             }
         }
-        ended
+        ended.map_err(Ended::Retry)
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arachne_shared::spider::DedupMode;
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId,
-    TaskStatus, from_millis, to_millis,
+    TaskStatus, Token, from_millis, to_millis,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, at_ms INTEGER NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (task_id, seq)
@@ -738,6 +739,47 @@ impl Store for EmbeddedStore {
     async fn delete_schedule(&self, id: ScheduleId) -> Result<bool> {
         self.call(move |conn| {
             conn.execute("DELETE FROM schedules WHERE id = ?1", [id.to_string()])
+                .map(|n| n > 0)
+                .map_err(db)
+        })
+        .await
+    }
+
+    async fn insert_token(&self, token: &Token) -> Result<()> {
+        let token = token.clone();
+        self.call(move |conn| {
+            let result = conn.execute(
+                "INSERT INTO tokens (name, hash, data) VALUES (?1, ?2, ?3)",
+                params![token.name, token.hash, to_json(&token)],
+            );
+            unique(result, || format!("token {:?}", token.name))
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>> {
+        let hash = hash.to_owned();
+        self.call(move |conn| {
+            let data: Option<String> = conn
+                .query_row("SELECT data FROM tokens WHERE hash = ?1", [hash], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            data.map(|d| from_json(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<Token>> {
+        self.call(|conn| all_json(conn, "SELECT data FROM tokens ORDER BY name"))
+            .await
+    }
+
+    async fn delete_token(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |conn| {
+            conn.execute("DELETE FROM tokens WHERE name = ?1", [name])
                 .map(|n| n > 0)
                 .map_err(db)
         })

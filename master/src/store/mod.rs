@@ -9,6 +9,7 @@ pub mod mongo;
 
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
+    Token,
 };
 
 /// Errors of the store.
@@ -123,4 +124,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_schedules(&self) -> Result<Vec<Schedule>>;
     /// Removes a schedule; false if there was none. Its tasks stay.
     async fn delete_schedule(&self, id: ScheduleId) -> Result<bool>;
+
+    /// Adds a token; one with the same name (or, however unlikely, the same hash) is a `Duplicate`.
+    async fn insert_token(&self, token: &Token) -> Result<()>;
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>>;
+    /// Every token, by name.
+    async fn list_tokens(&self) -> Result<Vec<Token>>;
+    /// Removes a token; false if there was none.
+    async fn delete_token(&self, name: &str) -> Result<bool>;
 }

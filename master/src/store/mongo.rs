@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use arachne_shared::spider::DedupMode;
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId,
-    TaskStatus, from_millis, to_millis,
+    TaskStatus, Token, from_millis, to_millis,
 };
 use bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -189,6 +189,9 @@ impl MongoStore {
     fn schedules(&self) -> Collection<Document> {
         self.db.collection("schedules")
     }
+    fn tokens(&self) -> Collection<Document> {
+        self.db.collection("tokens")
+    }
 
     async fn create_indexes(&self) -> Result<()> {
         let index = |keys: Document, unique: bool, sparse: bool| {
@@ -205,6 +208,7 @@ impl MongoStore {
         let plain = |keys: Document| index(keys, false, false);
         let spiders = [index(doc! {"name": 1}, true, false)];
         let schedules = [index(doc! {"name": 1}, true, false)];
+        let tokens = [index(doc! {"hash": 1}, true, false)];
         let tasks = [
             // Dispatch: pending, not handed out, not a parent; by priority then age.
             plain(doc! {"status": 1, "node": 1, "children": 1, "priority": 1, "_id": 1}),
@@ -222,6 +226,7 @@ impl MongoStore {
         for (coll, models) in [
             (self.spiders(), &spiders[..]),
             (self.schedules(), &schedules[..]),
+            (self.tokens(), &tokens[..]),
             (self.tasks(), &tasks[..]),
             (self.logs_coll(), &logs[..]),
         ] {
@@ -844,6 +849,38 @@ impl Store for MongoStore {
         let deleted = self
             .schedules()
             .delete_one(doc! {"_id": id.to_string()})
+            .await
+            .map_err(db)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    async fn insert_token(&self, token: &Token) -> Result<()> {
+        let doc = doc! {"_id": &token.name, "hash": &token.hash, "data": record(token)};
+        match self.tokens().insert_one(doc).await {
+            Err(err) if is_duplicate(&err) => {
+                Err(Error::Duplicate(format!("token {:?}", token.name)))
+            }
+            other => other.map(drop).map_err(db),
+        }
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>> {
+        let found = self
+            .tokens()
+            .find_one(doc! {"hash": hash})
+            .await
+            .map_err(db)?;
+        found.map(from_data).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<Token>> {
+        self.all_records(self.tokens(), doc! {"_id": 1}).await
+    }
+
+    async fn delete_token(&self, name: &str) -> Result<bool> {
+        let deleted = self
+            .tokens()
+            .delete_one(doc! {"_id": name})
             .await
             .map_err(db)?;
         Ok(deleted.deleted_count > 0)

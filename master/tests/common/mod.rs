@@ -14,6 +14,11 @@ use arachne_web_api::types::CreateSpider;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The API token every test master accepts and every test client sends.
+pub const API_TOKEN: &str = "arachne_api_test-token";
+/// The worker token every test master accepts and every test worker presents.
+pub const WORKER_TOKEN: &str = "arachne_worker_test-token";
+
 /// Generous bound for anything a test waits on; a healthy run takes a fraction of it.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,6 +59,21 @@ impl TestMaster {
     /// Starts a master whose gRPC listener is `grpc`: a restarted master takes its predecessor's address, so
     /// the workers find it again.
     pub async fn start_on(mut config: Config, grpc: SocketAddr) -> Self {
+        if config.auth.required {
+            config
+                .auth
+                .api_token
+                .get_or_insert_with(|| API_TOKEN.into());
+            config
+                .auth
+                .worker_token
+                .get_or_insert_with(|| WORKER_TOKEN.into());
+        }
+        Self::launch(config, grpc).await
+    }
+
+    /// Starts a master without adding the test tokens (the client sends the configured API token, if any).
+    pub async fn launch(mut config: Config, grpc: SocketAddr) -> Self {
         // With a test server named, every master keeps its records there: a database per data folder, so a
         // restarted master finds its predecessor's.
         if let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
@@ -68,6 +88,7 @@ impl TestMaster {
                 database: Some(format!("arachne_test_{:016x}", hasher.finish())),
             });
         }
+        let token = config.auth.api_token.clone();
         let mongodb = config.mongodb.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind(grpc).await.unwrap();
@@ -78,7 +99,11 @@ impl TestMaster {
             Listeners { http, grpc },
             shutdown.clone(),
         ));
-        let client = Client::new(&format!("http://{http_addr}"));
+        let base = format!("http://{http_addr}");
+        let client = match &token {
+            Some(token) => Client::with_token(&base, token).unwrap(),
+            None => Client::new(&base),
+        };
         eventually("the API answers", || async {
             client.health().await.is_ok()
         })
@@ -230,6 +255,7 @@ impl TestWorker {
         config.max_runners = max_runners;
         config.runner = quick_runner();
         config.heartbeat = Duration::from_millis(200);
+        config.token = Some(WORKER_TOKEN.into());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_worker::run(config, shutdown.clone()));
         Self {

@@ -1,0 +1,215 @@
+//! Tokens: the API and the worker port refuse callers without a valid token, with errors that say what to do;
+//! tokens are made, listed and revoked with `arachne-master token`; a first start makes a token for the CLI;
+//! running without tokens is refused off loopback.
+
+mod common;
+
+use std::process::Output;
+
+use arachne_master::Config;
+use arachne_web_api::client::{Client, Error as ClientError};
+use common::{TIMEOUT, TestMaster, TestWorker, eventually, workspace_bin};
+
+/// Runs `arachne-master token ...` against the store `master` uses.
+fn token_command(master: &TestMaster, data_dir: &std::path::Path, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(workspace_bin("arachne-master"));
+    command.arg("--data-dir").arg(data_dir);
+    if let Some(mongo) = &master.mongodb {
+        command.args(["--mongodb-uri", &mongo.uri]);
+        command.args(["--mongodb-db", mongo.database.as_deref().unwrap()]);
+    }
+    command.env("RUST_LOG", "warn").arg("token").args(args);
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "token {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn unauthorized(result: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match result {
+        Err(ClientError::Api {
+            status: 401,
+            code,
+            message,
+        }) if code == "unauthorized" => message,
+        other => panic!("expected a 401, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_needs_a_valid_token_and_revoked_ones_stop_working() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let base = format!("http://{}", master.http);
+
+    // Load balancers probe without a token.
+    Client::new(&base).health().await.unwrap();
+    let missing = unauthorized(Client::new(&base).list_spiders().await);
+    assert!(missing.contains("Authorization"), "{missing}");
+    let wrong = unauthorized(
+        Client::with_token(&base, "arachne_api_guess")
+            .unwrap()
+            .list_spiders()
+            .await,
+    );
+    assert!(wrong.contains("unknown or revoked"), "{wrong}");
+    let raw = reqwest::Client::new()
+        .get(format!("{base}/api/v1/tasks"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 401);
+    let body: serde_json::Value = raw.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer")
+    );
+
+    // A token made while the master runs works at once; the secret is printed once and never listed.
+    let made = token_command(&master, data.path(), &["create", "ci"]);
+    let secret = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("arachne_api_"), "{secret}");
+    let ci = Client::with_token(&base, &secret).unwrap();
+    ci.list_spiders().await.unwrap();
+    let listed = String::from_utf8(token_command(&master, data.path(), &["list"]).stdout).unwrap();
+    assert!(listed.contains("ci") && listed.contains("api"), "{listed}");
+    assert!(!listed.contains(&secret), "{listed}");
+    // A worker token does not open the API.
+    let made = token_command(
+        &master,
+        data.path(),
+        &["create", "rack", "--kind", "worker"],
+    );
+    let worker_secret = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    unauthorized(
+        Client::with_token(&base, &worker_secret)
+            .unwrap()
+            .list_spiders()
+            .await,
+    );
+
+    token_command(&master, data.path(), &["revoke", "ci"]);
+    eventually("a revoked token is refused", || async {
+        matches!(
+            ci.list_spiders().await,
+            Err(ClientError::Api { status: 401, .. })
+        )
+    })
+    .await;
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_need_a_worker_token_and_a_refused_worker_stops_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let good = TestWorker::start(&master.grpc_url(), "good", 1);
+    master.wait_nodes_online(1).await;
+
+    for (token, expected) in [
+        (None, "no worker token"),
+        (Some("arachne_worker_guess"), "unknown or revoked"),
+        // An API token is not a worker token.
+        (Some(common::API_TOKEN), "unknown or revoked"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            arachne_worker::Config::new(master.grpc_url(), "intruder", dir.path().into());
+        config.token = token.map(str::to_owned);
+        let run = arachne_worker::run(config, tokio_util::sync::CancellationToken::new());
+        let err = tokio::time::timeout(TIMEOUT, run)
+            .await
+            .expect("a refused worker stops on its own")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("refused this worker's token") && err.contains(expected),
+            "{err}"
+        );
+    }
+    let nodes = master.client.list_nodes().await.unwrap();
+    assert_eq!(
+        nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    good.stop().await;
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_makes_a_token_the_cli_reads_from_the_data_folder() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = None;
+    let master = TestMaster::launch(config, "127.0.0.1:0".parse().unwrap()).await;
+    let file = data.path().join("api-token");
+    let secret = std::fs::read_to_string(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let cli = |token_file: &std::path::Path| {
+        std::process::Command::new(workspace_bin("arachne"))
+            .args(["--server", &format!("http://{}", master.http)])
+            .arg("--token-file")
+            .arg(token_file)
+            .env_remove("ARACHNE_TOKEN")
+            .args(["spider", "list"])
+            .output()
+            .unwrap()
+    };
+    let ok = cli(&file);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = cli(&data.path().join("no-such-file"));
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("Authorization"), "{stderr}");
+    Client::with_token(&format!("http://{}", master.http), secret.trim())
+        .unwrap()
+        .list_spiders()
+        .await
+        .unwrap();
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_without_tokens_is_allowed_only_on_loopback() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = None;
+    config.auth.required = false;
+    let listeners = arachne_master::Listeners {
+        http: tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap(),
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let err = arachne_master::run(
+        config.clone(),
+        listeners,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, arachne_master::Error::Insecure(_)), "{err}");
+    assert!(err.to_string().contains("loopback"), "{err}");
+
+    let master = TestMaster::launch(config, "127.0.0.1:0".parse().unwrap()).await;
+    Client::new(&format!("http://{}", master.http))
+        .list_spiders()
+        .await
+        .unwrap();
+    assert!(!data.path().join("api-token").exists());
+    master.stop().await;
+}
