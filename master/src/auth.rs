@@ -115,10 +115,9 @@ async fn register(
     secret: &str,
 ) -> Result<(), Error> {
     let hash = Token::hash_of(secret);
-    let current = store.list_tokens().await?;
-    if current
-        .iter()
-        .any(|t| t.name == name && t.hash == hash && t.kind == kind)
+    if let Some(current) = store.token_by_hash(&hash).await?
+        && current.name == name
+        && current.kind == kind
     {
         return Ok(());
     }

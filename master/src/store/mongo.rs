@@ -2,8 +2,8 @@
 //!
 //! Collections: `spiders`, `tasks`, `task_logs` (log lines in batches, many per document), `results_<spider>`
 //! (one document per item, tagged `_tid` and `_sid` as Crawlab does, so its data tooling reads them), `nodes`,
-//! `schedules`. Fields that queries filter or sort on are top-level; the full record sits beside them in
-//! `data`. Every index a query needs is created at start-up.
+//! `schedules`, `tokens` (hashes only). Fields that queries filter or sort on are top-level; the full record
+//! sits beside them in `data`. Every index a query needs is created at start-up.
 //!
 //! Task changes are conditional replaces on a revision number (`rev`): a writer that lost a race re-reads and
 //! re-checks, so two masters, or a master and a late worker message, can never both apply a change to one task.
