@@ -10,8 +10,8 @@ use arachne_shared::{
     TaskStatus,
 };
 use arachne_web_api::types::{
-    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode, Upload,
-    VersionFiles,
+    CreateSpider, Metrics, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode,
+    Upload, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, Result};
 use chrono::Utc;
@@ -588,6 +588,8 @@ impl Backend for MasterApi {
             node: query.node,
             parent_id: query.parent,
             schedule_id: query.schedule,
+            created_since: query.since,
+            created_until: query.until,
             limit: query.limit.unwrap_or(arachne_web_api::types::DEFAULT_LIMIT),
             offset: query.offset.unwrap_or(0),
         };
@@ -617,6 +619,32 @@ impl Backend for MasterApi {
             return self.task(id).await;
         }
         self.cancel_one(id).await
+    }
+
+    async fn delete_task(&self, id: TaskId) -> Result<()> {
+        let task = self.task(id).await?;
+        let children = if task.is_parent() {
+            self.children(id).await?
+        } else {
+            Vec::new()
+        };
+        let running: Vec<_> = std::iter::once(&task)
+            .chain(&children)
+            .filter(|t| !t.status.is_terminal())
+            .collect();
+        if !running.is_empty() {
+            return Err(Error::Conflict(format!(
+                "task {} has not ended ({}): cancel it first, then delete it",
+                running[0].id, running[0].status
+            )));
+        }
+        // Children first, so a parent never outlives a child half-deleted by a failure.
+        for child in children.iter().chain(std::iter::once(&task)) {
+            self.store.delete_task(child).await.map_err(internal)?;
+            self.scheduler.changed(child.id);
+        }
+        info!(task_id = %id, children = children.len(), "task deleted");
+        Ok(())
     }
 
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>> {
@@ -734,6 +762,22 @@ impl Backend for MasterApi {
             .await
     }
 
+    async fn metrics(&self) -> Result<Metrics> {
+        let tasks = self.store.count_by_status().await.map_err(internal)?;
+        let (nodes_online, runner_slots, runner_slots_in_use) = self.scheduler.slots();
+        let (items_ingested, log_lines_ingested, dispatch_latency) =
+            self.scheduler.telemetry.snapshot();
+        Ok(Metrics {
+            tasks,
+            nodes_online,
+            runner_slots,
+            runner_slots_in_use,
+            items_ingested,
+            log_lines_ingested,
+            dispatch_latency,
+        })
+    }
+
     async fn check_api_token(&self, secret: &str) -> Result<bool> {
         self.auth
             .check(secret, arachne_shared::TokenKind::Api)
@@ -741,7 +785,7 @@ impl Backend for MasterApi {
             .map_err(internal)
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<TaskId> {
+    fn subscribe(&self) -> broadcast::Receiver<arachne_shared::TaskChanged> {
         self.scheduler.subscribe()
     }
 }

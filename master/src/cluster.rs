@@ -2,6 +2,8 @@
 //! settling of a node's tasks when its session ends.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
 use arachne_shared::files::Manifest;
 use arachne_shared::{ItemTarget, Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
 use chrono::Utc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -52,6 +56,41 @@ impl ItemTargets {
 
     fn forget(&mut self, task_id: TaskId) {
         self.0.remove(&task_id);
+    }
+}
+
+/// Log and item batches of one session stored at once; see [`Cluster::serve`].
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// A batch's store write, yielding the batch's sequence number.
+type Write<'a> = Pin<Box<dyn Future<Output = (u64, crate::store::Result<()>)> + Send + 'a>>;
+
+/// A worker message sorted by how it is stored.
+enum Routed<'a> {
+    Write(Write<'a>),
+    Other(WorkerToMaster),
+}
+
+/// Cumulative acknowledgements to a worker.
+#[derive(Default)]
+struct Acks {
+    /// An acknowledgement that did not fit in the outbound queue; acks are cumulative, so only the latest
+    /// matters, and it is offered again shortly.
+    unsent: Option<u64>,
+}
+
+impl Acks {
+    fn offer(&mut self, outbound: &Outbound, seq: u64) {
+        if seq > 0 {
+            let sent = outbound.offer(MasterToWorker::Ack { seq });
+            self.unsent = (!sent).then_some(seq);
+        }
+    }
+
+    fn retry(&mut self, outbound: &Outbound) {
+        if let Some(seq) = self.unsent.take() {
+            self.offer(outbound, seq);
+        }
     }
 }
 
@@ -301,6 +340,12 @@ impl Cluster {
     }
 
     /// Handles the worker's messages until the session ends, acknowledging each sequenced one once stored.
+    ///
+    /// Log and item batches are written up to [`WRITES_IN_FLIGHT`] at a time: both writes are idempotent and
+    /// independent of their order (logs are named by their first line, counters are `$max`-style, item
+    /// de-duplication compares sequence numbers), so a batch need not wait for the one before it. Any other
+    /// message first waits for every write before it, so a task's end is stored after all its records.
+    /// Acknowledgements still go out in order: a write is acknowledged only once every earlier one is stored.
     async fn serve(
         &self,
         node: &Node,
@@ -308,24 +353,29 @@ impl Cluster {
         outbound: &Outbound,
         kill: &CancellationToken,
     ) -> SessionEnd {
-        // An acknowledgement that did not fit in the outbound queue; acks are cumulative, so only the latest
-        // matters, and it is offered again shortly.
-        let mut unsent_ack: Option<u64> = None;
+        let mut acks = Acks::default();
         let mut targets = ItemTargets::default();
+        let mut writes: FuturesOrdered<Write<'_>> = FuturesOrdered::new();
         loop {
             let retry_ack = async {
-                match unsent_ack {
+                match acks.unsent {
                     Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                     None => std::future::pending().await,
                 }
             };
             let envelope = tokio::select! {
-                message = inbound.next() => message,
+                Some((seq, written)) = writes.next() => {
+                    if let Err(err) = written {
+                        // Not acknowledged: ending the session makes the worker resend it after reconnecting.
+                        error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
+                        return SessionEnd::Broken;
+                    }
+                    acks.offer(outbound, seq);
+                    continue;
+                }
+                message = inbound.next(), if writes.len() < WRITES_IN_FLIGHT => message,
                 () = retry_ack => {
-                    if let Some(seq) = unsent_ack.take()
-                        && !outbound.offer(MasterToWorker::Ack { seq }) {
-                            unsent_ack = Some(seq);
-                        }
+                    acks.retry(outbound);
                     continue;
                 }
                 () = kill.cancelled() => return SessionEnd::Silent,
@@ -340,18 +390,84 @@ impl Cluster {
                 None => return SessionEnd::Left,
             };
             let seq = envelope.seq;
-            if let Err(err) = self
-                .handle(node, envelope.message, outbound, &mut targets)
-                .await
-            {
-                // Not acknowledged: ending the session makes the worker resend it after reconnecting.
+            let handled = match self.route(node, seq, envelope.message, &mut targets).await {
+                Ok(Routed::Write(write)) => {
+                    writes.push_back(write);
+                    Ok(())
+                }
+                Err(err) => Err(err),
+                // Kept in memory only, so it need not wait for the writes.
+                Ok(Routed::Other(beat @ WorkerToMaster::Heartbeat(_))) => {
+                    self.handle(node, beat, outbound, &mut targets).await
+                }
+                Ok(Routed::Other(message)) => {
+                    let mut settled = Ok(());
+                    while let Some((seq, written)) = writes.next().await {
+                        if written.is_err() {
+                            settled = written;
+                            break;
+                        }
+                        acks.offer(outbound, seq);
+                    }
+                    match settled {
+                        Ok(()) => {
+                            let handled = self.handle(node, message, outbound, &mut targets).await;
+                            if handled.is_ok() {
+                                acks.offer(outbound, seq);
+                            }
+                            handled
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+            };
+            if let Err(err) = handled {
                 error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
                 return SessionEnd::Broken;
             }
-            if seq > 0 && !outbound.offer(MasterToWorker::Ack { seq }) {
-                unsent_ack = Some(seq);
-            }
         }
+    }
+
+    /// Turns a log or item batch into its store write; any other message comes back to be handled in turn.
+    async fn route<'a>(
+        &'a self,
+        node: &'a Node,
+        seq: u64,
+        message: WorkerToMaster,
+        targets: &mut ItemTargets,
+    ) -> crate::store::Result<Routed<'a>> {
+        let (store, scheduler) = (&self.store, &self.scheduler);
+        Ok(match message {
+            WorkerToMaster::Logs { task_id, lines } => {
+                scheduler.seen(&node.name, None);
+                Routed::Write(Box::pin(async move {
+                    let written = store.append_logs(task_id, &lines).await;
+                    if written.is_ok() {
+                        scheduler.telemetry.ingested(0, lines.len());
+                    }
+                    scheduler.output(task_id);
+                    (seq, written)
+                }))
+            }
+            WorkerToMaster::Items { task_id, items } => {
+                scheduler.seen(&node.name, None);
+                let target = targets.get(store.as_ref(), task_id).await?.cloned();
+                Routed::Write(Box::pin(async move {
+                    let Some(target) = target else {
+                        warn!(node = %node.name, task_id = %task_id, items = items.len(),
+                            "dropping items of a task the store does not know");
+                        return (seq, Ok(()));
+                    };
+                    let written = store.insert_items(&target, &items).await;
+                    if written.is_ok() {
+                        scheduler.telemetry.ingested(items.len(), 0);
+                    }
+                    scheduler.output(task_id);
+                    (seq, written)
+                }))
+            }
+            other => Routed::Other(other),
+        })
     }
 
     async fn handle(
@@ -376,20 +492,12 @@ impl Cluster {
             WorkerToMaster::TaskStarted { task_id, pid, at } => {
                 self.started(node, task_id, pid, at, outbound).await
             }
-            WorkerToMaster::Logs { task_id, lines } => {
-                self.store.append_logs(task_id, &lines).await?;
-                self.scheduler.changed(task_id);
-                Ok(())
-            }
-            WorkerToMaster::Items { task_id, items } => {
-                let Some(target) = targets.get(self.store.as_ref(), task_id).await? else {
-                    warn!(node = %node.name, task_id = %task_id, items = items.len(),
-                        "dropping items of a task the store does not know");
-                    return Ok(());
-                };
-                self.store.insert_items(target, &items).await?;
-                self.scheduler.changed(task_id);
-                Ok(())
+            // Sent here only when not pipelined by `serve`.
+            message @ (WorkerToMaster::Logs { .. } | WorkerToMaster::Items { .. }) => {
+                match self.route(node, 0, message, targets).await? {
+                    Routed::Write(write) => write.await.1,
+                    Routed::Other(_) => Ok(()),
+                }
             }
             WorkerToMaster::Report {
                 task_id,

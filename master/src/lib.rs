@@ -9,6 +9,7 @@ pub mod files;
 mod folders;
 mod scheduler;
 pub mod store;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

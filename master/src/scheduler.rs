@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use arachne_proto::server::Outbound;
 use arachne_shared::cluster::{Assignment, MasterToWorker, Registration};
-use arachne_shared::{NodeMetrics, Spider, Task, TaskId, TaskOutcome, TaskStatus};
+use arachne_shared::{
+    ChangeKind, NodeMetrics, Spider, Task, TaskChanged, TaskId, TaskOutcome, TaskStatus,
+};
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::store::{ActiveScope, Store, TaskFilter};
+use crate::telemetry::Telemetry;
 
 /// The most pending tasks one dispatch pass reads at a time.
 const DISPATCH_BATCH: u32 = 256;
@@ -109,9 +112,10 @@ pub(crate) struct Scheduler {
     kick: Notify,
     /// The earliest retry backoff the last pass deferred, so the loop wakes for it.
     wake_at: Mutex<Option<DateTime<Utc>>>,
-    changes: broadcast::Sender<TaskId>,
+    changes: broadcast::Sender<TaskChanged>,
     /// Serialises parent-status updates: two children ending at once must not race on their parent.
     parents: tokio::sync::Mutex<()>,
+    pub(crate) telemetry: Telemetry,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -132,6 +136,7 @@ impl Scheduler {
             wake_at: Mutex::new(None),
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             parents: tokio::sync::Mutex::new(()),
+            telemetry: Telemetry::default(),
         }
     }
 
@@ -144,12 +149,21 @@ impl Scheduler {
         self.kick.notify_one();
     }
 
-    /// Tells followers that a task changed.
+    /// Tells followers that a task's record changed.
     pub(crate) fn changed(&self, id: TaskId) {
-        let _ = self.changes.send(id);
+        self.announce(id, ChangeKind::State);
     }
 
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<TaskId> {
+    /// Tells followers that a task has new log lines or items.
+    pub(crate) fn output(&self, id: TaskId) {
+        self.announce(id, ChangeKind::Output);
+    }
+
+    fn announce(&self, task_id: TaskId, kind: ChangeKind) {
+        let _ = self.changes.send(TaskChanged { task_id, kind });
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<TaskChanged> {
         self.changes.subscribe()
     }
 
@@ -246,6 +260,20 @@ impl Scheduler {
                 last_seen: w.last_seen_at,
                 metrics: w.metrics.clone(),
             })
+    }
+
+    /// Connected workers: how many, their runner slots, and how many slots hold a task.
+    pub(crate) fn slots(&self) -> (u64, u64, u64) {
+        lock(&self.workers).values().filter(|w| !w.closing).fold(
+            (0, 0, 0),
+            |(nodes, slots, used), w| {
+                (
+                    nodes + 1,
+                    slots + u64::from(w.max_runners),
+                    used + w.assigned.len() as u64,
+                )
+            },
+        )
     }
 
     /// Connected, enabled nodes, by name.
@@ -573,6 +601,11 @@ impl Scheduler {
             self.requeue(task.id).await?;
             return Ok(false);
         }
+        let ready = task
+            .not_before
+            .map_or(task.created_at, |t| t.max(task.created_at));
+        self.telemetry
+            .dispatched((Utc::now() - ready).to_std().unwrap_or_default());
         info!(task_id = %task.id, node, spider = %task.spider_name, "task dispatched");
         self.changed(task.id);
         Ok(true)

@@ -390,3 +390,64 @@ async fn the_cli_sets_item_deduplication_and_runs_keep_one_item_per_key() {
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_filters_exports_deletes_and_reads_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    common::create_spider(
+        &master.client,
+        "csv",
+        "python3 main.py",
+        &[(
+            "main.py",
+            "import json\nprint(json.dumps({'type':'INSERT_DATA','payload':[{'a':1,'b':'x, y'},{'b':'z','c':True}]}))\n",
+        )],
+    )
+    .await;
+    let run = arachne(&master, &["run", "csv", "--wait"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let id = stdout(&arachne(&master, &["--json", "task", "list"]).await);
+    let page: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let node = page["items"][0]["node"].as_str().unwrap().to_owned();
+
+    let csv = arachne(&master, &["items", &id, "--format", "csv"]).await;
+    assert!(csv.status.success(), "{csv:?}");
+    assert_eq!(stdout(&csv), "a,b,c\r\n1,\"x, y\",\r\n,z,true\r\n");
+
+    let on_node = stdout(&arachne(&master, &["--json", "task", "list", "--node", &node]).await);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&on_node).unwrap()["total"],
+        1
+    );
+    let later = stdout(
+        &arachne(
+            &master,
+            &["--json", "task", "list", "--since", "2999-01-01T00:00:00Z"],
+        )
+        .await,
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&later).unwrap()["total"],
+        0
+    );
+    let bad = arachne(&master, &["task", "list", "--since", "yesterday"]).await;
+    assert!(!bad.status.success());
+
+    let metrics = arachne(&master, &["metrics"]).await;
+    assert!(
+        stdout(&metrics).contains("arachne_tasks{status=\"finished\"} 1"),
+        "{metrics:?}"
+    );
+
+    let deleted = arachne(&master, &["task", "delete", &id]).await;
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert_eq!(stdout(&deleted).trim(), format!("deleted task {id}"));
+    let again = arachne(&master, &["task", "delete", &id]).await;
+    assert!(!again.status.success(), "deleting twice fails");
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("not found"), "{message}");
+    master.stop().await;
+}

@@ -872,3 +872,103 @@ async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_records() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        // Creation-time filters work to the millisecond, the precision of an id's time.
+        let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let hours_ago = |h: i64| now - chrono::Duration::hours(h);
+        let mut made = Vec::new();
+        for h in [3, 2, 1] {
+            let mut t = task("timed", 5);
+            // Ids carry their creation time; these are made as if created hours apart.
+            t.id = TaskId::first_at(hours_ago(h));
+            t.created_at = hours_ago(h);
+            store.insert_task(&t).await.unwrap();
+            made.push(t);
+        }
+        let ids = |filter: TaskFilter| {
+            let store = Arc::clone(&store);
+            async move {
+                let (tasks, total) = store.list_tasks(&filter).await.unwrap();
+                assert_eq!(tasks.len() as u64, total);
+                tasks.into_iter().map(|t| t.id).collect::<Vec<_>>()
+            }
+        };
+        let window = |since: Option<i64>, until: Option<chrono::DateTime<Utc>>| TaskFilter {
+            spider_name: Some("timed".into()),
+            created_since: since.map(hours_ago),
+            created_until: until,
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(window(Some(2), None)).await,
+            [made[2].id, made[1].id],
+            "{name}"
+        );
+        assert_eq!(
+            ids(window(None, Some(hours_ago(1)))).await,
+            [made[1].id, made[0].id],
+            "{name}"
+        );
+        assert_eq!(
+            ids(window(Some(2), Some(hours_ago(1)))).await,
+            [made[1].id],
+            "{name}"
+        );
+        let just_after = made[0].created_at + chrono::Duration::milliseconds(1);
+        assert_eq!(
+            ids(window(None, Some(just_after))).await,
+            [made[0].id],
+            "{name}"
+        );
+
+        let mut ended = task("gone", 5);
+        ended.set_status(TaskStatus::Running, now);
+        ended.set_status(TaskStatus::Finished, now);
+        let mut running = task("gone", 5);
+        running.set_status(TaskStatus::Running, now);
+        for t in [&ended, &running] {
+            store.insert_task(t).await.unwrap();
+            store.append_logs(t.id, &lines(1..=3)).await.unwrap();
+            let items = [page(1, "https://a", "x"), page(2, "https://b", "x")];
+            store.insert_items(&t.item_target(), &items).await.unwrap();
+        }
+        assert!(
+            !store.delete_task(&running).await.unwrap(),
+            "{name}: a running task stays"
+        );
+        assert!(
+            store.get_task(running.id).await.unwrap().is_some(),
+            "{name}"
+        );
+        assert_eq!(
+            store.logs(running.id, 0, 10).await.unwrap().len(),
+            3,
+            "{name}"
+        );
+        assert!(store.delete_task(&ended).await.unwrap(), "{name}");
+        assert!(store.get_task(ended.id).await.unwrap().is_none(), "{name}");
+        assert!(
+            store.logs(ended.id, 0, 10).await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert!(
+            store.items(ended.id, 0, 10).await.unwrap().is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            store.items(running.id, 0, 10).await.unwrap().len(),
+            2,
+            "{name}"
+        );
+        assert!(
+            !store.delete_task(&ended).await.unwrap(),
+            "{name}: deleting twice finds nothing"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 pub type Object = Map<String, Value>;
 
 /// A progress report from a spider; every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusPayload {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
@@ -24,7 +24,7 @@ pub struct StatusPayload {
 }
 
 /// An error a spider reports about its own work. `fatal` makes the task end as Error whatever the exit code.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorPayload {
     pub message: String,
     #[serde(default)]

@@ -18,7 +18,9 @@ pub use log::{ItemRecord, LogLine, LogStream};
 pub use node::{Node, NodeMetrics, NodeStatus};
 pub use schedule::{Schedule, ScheduleId};
 pub use spider::{Spider, SpiderId};
-pub use task::{ItemTarget, RunMode, Task, TaskId, TaskOutcome, TaskStatus, Transition};
+pub use task::{
+    ChangeKind, ItemTarget, RunMode, Task, TaskChanged, TaskId, TaskOutcome, TaskStatus, Transition,
+};
 pub use token::{Token, TokenKind};
 
 /// Milliseconds since the Unix epoch, the one timestamp encoding used on the wire and in the embedded store.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which stream a log line came from. `System` lines are written by the platform itself (warnings about
 /// malformed IPC, sync progress), so users can tell them from their spider's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     Stdout,
@@ -34,7 +34,7 @@ impl LogStream {
 }
 
 /// One log line of a task. `seq` starts at 1 and has no gaps within a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogLine {
     pub seq: u64,
     pub stream: LogStream,
@@ -47,9 +47,10 @@ pub struct LogLine {
 /// The item stays the JSON text the spider wrote (checked to be one object) from the runner to the store and
 /// back out of the API: items are the hot path, and decoding each into a map and encoding it again at every hop
 /// cost more than everything else together.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ItemRecord {
     pub seq: u64,
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub data: Box<serde_json::value::RawValue>,
 }
 

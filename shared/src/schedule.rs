@@ -17,7 +17,19 @@ use crate::spider::RunSettings;
 use crate::task::RunMode;
 
 /// A schedule's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct ScheduleId(pub Uuid);
 
@@ -47,7 +59,9 @@ impl FromStr for ScheduleId {
 }
 
 /// What a schedule does when it fires while a task it started earlier is still active.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OverlapPolicy {
     /// Start another task anyway.
@@ -60,7 +74,9 @@ pub enum OverlapPolicy {
 }
 
 /// What a schedule does about fire times it missed while the master was down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MisfirePolicy {
     /// Run once for all the missed fire times, at once (never one run per missed time).
@@ -93,7 +109,7 @@ named_enum!(OverlapPolicy, Allow => "allow", Skip => "skip", Queue => "queue");
 named_enum!(MisfirePolicy, Once => "once", Skip => "skip");
 
 /// A cron schedule as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Schedule {
     pub id: ScheduleId,
     /// Unique, user-chosen name.

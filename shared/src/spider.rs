@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A spider's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct SpiderId(pub Uuid);
 
@@ -40,7 +52,7 @@ impl FromStr for SpiderId {
 }
 
 /// A spider as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Spider {
     pub id: SpiderId,
     /// Unique, user-chosen name; what the CLI refers to.
@@ -77,7 +89,7 @@ impl Spider {
 
 /// Items de-duplication: items whose key fields hold the same values are stored once per results collection,
 /// across tasks (and across spiders sharing the collection).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dedup {
     /// Top-level item fields that together identify an item.
@@ -87,7 +99,9 @@ pub struct Dedup {
 }
 
 /// What happens to an item whose key is already stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DedupMode {
     /// The new item replaces the stored one, and now belongs to the task that produced it.
@@ -212,7 +226,7 @@ pub fn validate_collection(name: &str) -> Result<(), String> {
 
 /// Supervision settings of a run. Unset fields fall back to the worker's defaults (no timeout, no memory
 /// limit, the worker's cancel grace).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
     /// Extra environment variables of the spider process.

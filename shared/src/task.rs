@@ -12,7 +12,19 @@ use crate::schedule::ScheduleId;
 use crate::spider::{Dedup, RunSettings, Spider, SpiderId};
 
 /// A task's id. UUID v7, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct TaskId(pub Uuid);
 
@@ -20,6 +32,13 @@ impl TaskId {
     /// A fresh, time-ordered id.
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// The smallest id a task created in the millisecond of `at` can have; ids of tasks created before
+    /// that millisecond are smaller. Lets a store filter by creation time on its primary key.
+    pub fn first_at(at: DateTime<Utc>) -> Self {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid())
     }
 }
 
@@ -42,8 +61,24 @@ impl FromStr for TaskId {
     }
 }
 
+/// A notice that a task changed. Only a hint: whoever follows the task re-reads the store for what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskChanged {
+    pub task_id: TaskId,
+    pub kind: ChangeKind,
+}
+
+/// What kind of change a [`TaskChanged`] announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Its status, progress, errors or anything else in the task record (also its deletion).
+    State,
+    /// New log lines or items only.
+    Output,
+}
+
 /// Where a task is in its life. The order of declaration is the order of the life-cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     /// Recorded, not yet eligible for dispatch.
@@ -119,14 +154,14 @@ impl FromStr for TaskStatus {
 }
 
 /// One time-stamped status change; a task keeps the whole list so its history can be audited.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Transition {
     pub status: TaskStatus,
     pub at: DateTime<Utc>,
 }
 
 /// How a spider run ended, as the runner saw it. A failing spider is an outcome, never a Rust error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "lowercase")]
 pub enum TaskOutcome {
     /// The process exited 0.
@@ -156,7 +191,7 @@ impl TaskOutcome {
 }
 
 /// A task as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Task {
     pub id: TaskId,
     pub spider_id: SpiderId,
@@ -251,7 +286,9 @@ fn first_attempt() -> u32 {
 }
 
 /// How a run picks the nodes it runs on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RunMode {
     /// One task on any one eligible node, the least loaded first.
@@ -318,7 +355,7 @@ pub fn parent_status(children: &[Task]) -> TaskStatus {
 pub const MAX_TASK_ERRORS: usize = 100;
 
 /// A STATUS report and when it arrived.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Progress {
     #[serde(flatten)]
     pub status: StatusPayload,
@@ -326,7 +363,7 @@ pub struct Progress {
 }
 
 /// An ERROR report and when it arrived.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReportedError {
     #[serde(flatten)]
     pub error: ErrorPayload,

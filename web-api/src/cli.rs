@@ -9,9 +9,10 @@ use arachne_shared::spider::{Dedup, DedupMode, RunSettings};
 use arachne_shared::{ItemRecord, RunMode, Spider, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::client::{Client, FollowEvent};
+use crate::client::{Client, FollowEvent, TaskEvent};
 use crate::types::{
-    CreateSpider, ItemQuery, MAX_LIMIT, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode,
+    CreateSpider, EventQuery, ItemQuery, MAX_LIMIT, RunTask, ScheduleSpec, ScheduleView, TaskQuery,
+    UpdateNode,
 };
 
 /// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
@@ -106,6 +107,18 @@ pub enum Command {
     },
     /// Cancel a task; its processes are killed.
     Cancel { id: String },
+    /// Stream task status changes and STATUS progress as they happen (one line each, or JSON lines with
+    /// --json) until interrupted.
+    Events {
+        /// Only tasks of this spider.
+        #[arg(long)]
+        spider: Option<String>,
+        /// Only this task and its children.
+        #[arg(long)]
+        task: Option<String>,
+    },
+    /// Print the master's metrics (Prometheus text format).
+    Metrics,
     /// Inspect worker nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -299,8 +312,23 @@ pub enum TaskCommand {
         spider: Option<String>,
         #[arg(long)]
         status: Option<TaskStatus>,
+        /// Only tasks handed to this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only tasks this schedule (name or id) created.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only tasks created at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only tasks created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// Skip this many of the newest matching tasks.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
     },
     Show {
         id: String,
@@ -310,6 +338,8 @@ pub enum TaskCommand {
     },
     /// Run an ended task again; for a parent, only its children that did not finish.
     Restart { id: String },
+    /// Delete an ended task with its logs and items; a parent goes with its children.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -382,10 +412,12 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ItemsFormat {
     Jsonl,
     Json,
+    /// One column per field, as the server exports it.
+    Csv,
 }
 
 /// Runs one CLI invocation and returns the process exit code.
@@ -649,24 +681,35 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
         Command::Task(TaskCommand::List {
             spider,
             status,
+            node,
+            schedule,
+            since,
+            until,
             limit,
+            offset,
         }) => {
+            let schedule = match schedule {
+                Some(name) => Some(client.get_schedule(&name).await?.schedule.id),
+                None => None,
+            };
             let query = TaskQuery {
                 spider,
                 status,
+                node,
+                schedule,
+                since,
+                until,
                 limit: Some(limit),
+                offset: Some(offset),
                 ..TaskQuery::default()
             };
             let page = client.list_tasks(&query).await?;
             if cli.json {
                 return print_json(&page).map(|()| ExitCode::SUCCESS);
             }
+            let shown = page.items.len();
             print_tasks(page.items);
-            println!(
-                "({} of {} tasks)",
-                query.limit.unwrap_or(0).min(page.total as u32),
-                page.total
-            );
+            println!("({shown} of {} tasks)", page.total);
         }
         Command::Task(TaskCommand::Show { id, recursive }) => {
             let id = parse_id(&id)?;
@@ -680,6 +723,15 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 print_tasks(tree.children_tasks);
             } else {
                 print_json(&client.get_task(id).await?)?;
+            }
+        }
+        Command::Task(TaskCommand::Delete { id }) => {
+            let id = parse_id(&id)?;
+            client.delete_task(id).await?;
+            if cli.json {
+                print_json(&serde_json::json!({"deleted": id}))?;
+            } else {
+                println!("deleted task {id}");
             }
         }
         Command::Task(TaskCommand::Restart { id }) => {
@@ -715,6 +767,23 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Items { id, format } => {
             let id = parse_id(&id)?;
+            if format == ItemsFormat::Csv {
+                let mut out = std::io::stdout().lock();
+                let mut failed = None;
+                client
+                    .export_items_csv(id, |chunk| match out.write_all(chunk) {
+                        Ok(()) => true,
+                        Err(err) => {
+                            failed = Some(err);
+                            false
+                        }
+                    })
+                    .await?;
+                if let Some(err) = failed {
+                    return Err(err.into());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut after = 0;
             let mut all = Vec::new();
             loop {
@@ -740,6 +809,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                         }
                     }
                     ItemsFormat::Json => all.extend(items.iter().map(ItemRecord::value)),
+                    ItemsFormat::Csv => {}
                 }
                 if !full {
                     break;
@@ -749,6 +819,27 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 print_json(&all)?;
             }
         }
+        Command::Events { spider, task } => {
+            let query = EventQuery {
+                spider,
+                task: task.as_deref().map(parse_id).transpose()?,
+            };
+            let mut failed = None;
+            client
+                .events(&query, |event| {
+                    let written = if cli.json {
+                        print_event_json(&event)
+                    } else {
+                        print_event(&event)
+                    };
+                    written.map_err(|err| failed = Some(err)).is_ok()
+                })
+                .await?;
+            if let Some(err) = failed {
+                return Err(err.into());
+            }
+        }
+        Command::Metrics => print!("{}", client.metrics().await?),
         Command::Cancel { id } => {
             let task = client.cancel_task(parse_id(&id)?).await?;
             if cli.json {
@@ -860,6 +951,47 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
         Command::Schedule(command) => return schedule(&client, cli.json, command).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(event: &TaskEvent) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match event {
+        TaskEvent::Changed(task) => {
+            let mut line = format!(
+                "{} {} {} {}",
+                task.updated_at.format("%H:%M:%S"),
+                task.id,
+                task.spider_name,
+                task.status
+            );
+            if let Some(node) = &task.node {
+                line.push_str(&format!(" on {node}"));
+            }
+            if let Some(progress) = &task.progress {
+                if let Some(fraction) = progress.status.progress {
+                    line.push_str(&format!(" {:.0}%", fraction * 100.0));
+                }
+                if let Some(message) = &progress.status.message {
+                    line.push_str(&format!(" {message}"));
+                }
+            }
+            writeln!(out, "{line}")?;
+        }
+        TaskEvent::Deleted(id) => writeln!(out, "{id} deleted")?,
+        TaskEvent::Lagged => writeln!(out, "(fell behind; some changes were skipped)")?,
+    }
+    out.flush()
+}
+
+fn print_event_json(event: &TaskEvent) -> std::io::Result<()> {
+    let value = match event {
+        TaskEvent::Changed(task) => serde_json::json!({"event": "task", "task": task}),
+        TaskEvent::Deleted(id) => serde_json::json!({"event": "deleted", "id": id}),
+        TaskEvent::Lagged => serde_json::json!({"event": "lagged"}),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}")?;
+    out.flush()
 }
 
 fn print_tasks(tasks: Vec<Task>) {

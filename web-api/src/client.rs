@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::types::{
-    CreateSpider, EVENT_END, EVENT_LOG, ItemQuery, LogQuery, Page, RunTask, ScheduleSpec,
-    ScheduleView, TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery,
+    CreateSpider, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, EventQuery,
+    ItemQuery, LogQuery, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree,
+    UpdateNode, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -38,6 +39,16 @@ pub enum Error {
 
 /// Result of client calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What an events subscriber sees.
+#[derive(Debug)]
+pub enum TaskEvent {
+    /// A task's status or record changed; this is the task as it now is.
+    Changed(Box<Task>),
+    Deleted(TaskId),
+    /// The subscriber fell behind and changes were skipped: re-read what you show.
+    Lagged,
+}
 
 /// What a log follower sees.
 #[derive(Debug)]
@@ -121,6 +132,17 @@ impl Client {
             source,
         })?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// `/metrics` as Prometheus text.
+    pub async fn metrics(&self) -> Result<String> {
+        let response = self
+            .send(self.http.get(format!("{}/metrics", self.base)))
+            .await?;
+        response.text().await.map_err(|source| Error::Http {
+            url: self.base.clone(),
+            source,
+        })
     }
 
     pub async fn health(&self) -> Result<serde_json::Value> {
@@ -238,6 +260,37 @@ impl Client {
     pub async fn cancel_task(&self, id: TaskId) -> Result<Task> {
         self.json(self.http.post(self.url(&format!("/tasks/{id}/cancel"))))
             .await
+    }
+
+    /// Deletes an ended task with its logs and items (a parent with its children).
+    pub async fn delete_task(&self, id: TaskId) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/tasks/{id}"))))
+            .await
+            .map(drop)
+    }
+
+    /// Every item of the task as CSV, handed to `write` chunk by chunk as it arrives; `write` returns false
+    /// to stop early.
+    pub async fn export_items_csv(
+        &self,
+        id: TaskId,
+        mut write: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        let request = self
+            .http
+            .get(self.url(&format!("/tasks/{id}/items")))
+            .query(&[("format", "csv")]);
+        let mut body = self.send(request).await?.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| Error::Http {
+                url: self.base.clone(),
+                source,
+            })?;
+            if !write(&chunk) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Waits up to `timeout_secs` for the task to end and returns it as it then is.
@@ -374,6 +427,64 @@ impl Client {
             .http
             .get(self.url(&format!("/tasks/{id}/logs")))
             .query(&query);
+        self.read_sse(request, |event, data| match event {
+            EVENT_LOG => {
+                let log: LogLine =
+                    serde_json::from_str(data).map_err(|e| Error::Decode(e.to_string()))?;
+                *after = log.seq;
+                on_event(FollowEvent::Line(log));
+                Ok(false)
+            }
+            EVENT_END => {
+                let task: Task =
+                    serde_json::from_str(data).map_err(|e| Error::Decode(e.to_string()))?;
+                on_event(FollowEvent::End(Box::new(task)));
+                Ok(true)
+            }
+            "error" => Err(Error::Decode(data.to_owned())),
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    /// Streams task changes (`GET /api/v1/events`) to `on_event` until it returns false or the server closes
+    /// the stream.
+    pub async fn events(
+        &self,
+        query: &EventQuery,
+        mut on_event: impl FnMut(TaskEvent) -> bool,
+    ) -> Result<()> {
+        let request = self.http.get(self.url("/events")).query(query);
+        self.read_sse(request, |event, data| {
+            let decode = |e: serde_json::Error| Error::Decode(e.to_string());
+            let event = match event {
+                EVENT_TASK => {
+                    TaskEvent::Changed(Box::new(serde_json::from_str(data).map_err(decode)?))
+                }
+                EVENT_DELETED => {
+                    let deleted: serde_json::Value = serde_json::from_str(data).map_err(decode)?;
+                    let id = deleted["id"].as_str().and_then(|id| id.parse().ok());
+                    TaskEvent::Deleted(id.ok_or_else(|| {
+                        Error::Decode(format!("deleted event without an id: {data}"))
+                    })?)
+                }
+                EVENT_LAGGED => TaskEvent::Lagged,
+                "error" => return Err(Error::Decode(data.to_owned())),
+                _ => return Ok(false),
+            };
+            Ok(!on_event(event))
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Reads one Server-Sent Events response, handing each event's name and data to `on_event` until it
+    /// returns `Ok(true)` (then this returns `Ok(true)`) or the stream ends (`Ok(false)`).
+    async fn read_sse(
+        &self,
+        request: RequestBuilder,
+        mut on_event: impl FnMut(&str, &str) -> Result<bool>,
+    ) -> Result<bool> {
         let response = self.send(request).await?;
         let mut body = response.bytes_stream();
         let mut buffer = Vec::new();
@@ -390,21 +501,8 @@ impl Client {
                 let line = String::from_utf8_lossy(&line);
                 let line = line.trim_end_matches(['\n', '\r']);
                 if line.is_empty() {
-                    match event.as_str() {
-                        EVENT_LOG => {
-                            let log: LogLine = serde_json::from_str(&data)
-                                .map_err(|e| Error::Decode(e.to_string()))?;
-                            *after = log.seq;
-                            on_event(FollowEvent::Line(log));
-                        }
-                        EVENT_END => {
-                            let task: Task = serde_json::from_str(&data)
-                                .map_err(|e| Error::Decode(e.to_string()))?;
-                            on_event(FollowEvent::End(Box::new(task)));
-                            return Ok(true);
-                        }
-                        "error" => return Err(Error::Decode(data)),
-                        _ => {}
+                    if !event.is_empty() && on_event(&event, &data)? {
+                        return Ok(true);
                     }
                     event.clear();
                     data.clear();

@@ -7,12 +7,15 @@
 pub mod archive;
 pub mod cli;
 pub mod client;
+mod csv;
 mod error;
+mod metrics;
+mod openapi;
 mod routes;
 pub mod types;
 
 use arachne_shared::files::VersionInfo;
-use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId};
+use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
 pub use error::{Error, ErrorBody, ErrorDetail};
@@ -51,6 +54,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn get_task(&self, id: TaskId) -> Result<Task>;
     /// Cancels a task that has not ended; its process group is killed. Cancelling a parent cancels its children.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
+    /// Deletes an ended task with its log lines and items; a parent goes with its children. A task that has
+    /// not ended is a `Conflict`.
+    async fn delete_task(&self, id: TaskId) -> Result<()>;
     /// Log lines with `seq > after`, oldest first.
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
     /// Items with `seq > after`, oldest first.
@@ -67,10 +73,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView>;
     /// Runs a schedule's spider now, as the schedule would, without waiting for its next fire time.
     async fn run_schedule(&self, name: &str) -> Result<Task>;
+    /// The figures `/metrics` reports.
+    async fn metrics(&self) -> Result<types::Metrics>;
     /// Whether `secret` is a valid API token. Asked on every request under `/api/v1` unless the router was
     /// built without authentication.
     async fn check_api_token(&self, secret: &str) -> Result<bool>;
-    /// Wakes up on every change of any task (status, new logs, new items). Only a hint: readers re-read the
-    /// store, so a lagging receiver loses nothing.
-    fn subscribe(&self) -> broadcast::Receiver<TaskId>;
+    /// Wakes up on every change of any task (its record, or new logs and items). Only a hint: readers re-read
+    /// the store, so a lagging receiver loses nothing.
+    fn subscribe(&self) -> broadcast::Receiver<TaskChanged>;
 }

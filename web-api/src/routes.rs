@@ -4,23 +4,29 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arachne_shared::TaskId;
+use std::collections::HashMap;
+
+use arachne_shared::{ChangeKind, TaskChanged, TaskId, TaskStatus};
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, State};
+use axum::http::Method;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::csv::Columns;
+use crate::openapi::{self, Doc, Reply};
 use crate::types::{
-    CreateSpider, DEFAULT_LIMIT, EVENT_END, EVENT_LOG, ItemFormat, ItemQuery, LogQuery, MAX_LIMIT,
-    RunTask, ScheduleSpec, TaskQuery, TaskTree, UpdateNode, Upload, UploadedFile, VersionQuery,
-    WaitQuery,
+    CreateSpider, DEFAULT_LIMIT, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK,
+    EventQuery, ItemFormat, ItemQuery, LogQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec,
+    ScheduleView, TaskQuery, TaskTree, UpdateNode, Upload, UploadedFile, VersionFiles,
+    VersionQuery, WaitQuery,
 };
 use crate::{Backend, Error, Result};
 
@@ -44,59 +50,327 @@ impl Default for RouterOptions {
 
 type Api = Arc<dyn Backend>;
 
-/// Builds the router for `backend`.
+/// Builds the router for `backend` from the table of [`endpoints`], which also makes its OpenAPI document.
 pub fn router(backend: Api, options: &RouterOptions) -> Router {
-    let api = Router::new()
-        .route("/spiders", get(list_spiders).post(put_spider))
-        .route("/spiders/{name}", get(get_spider))
-        .route(
-            "/spiders/{name}/files",
-            put(upload_files)
-                .get(list_files)
-                .layer(DefaultBodyLimit::max(options.max_upload_bytes)),
-        )
-        .route("/spiders/{name}/files/{*path}", get(read_file))
-        .route("/spiders/{name}/versions", get(list_versions))
-        .route(
-            "/spiders/{name}/versions/{version}/current",
-            post(set_current_version),
-        )
-        .route("/tasks", get(list_tasks).post(run_task))
-        .route("/tasks/{id}", get(get_task))
-        .route("/tasks/{id}/cancel", post(cancel_task))
-        .route("/tasks/{id}/restart", post(restart_task))
-        .route("/tasks/{id}/tree", get(task_tree))
-        .route("/schedules", get(list_schedules).post(create_schedule))
-        .route(
-            "/schedules/{name}",
-            get(get_schedule)
-                .put(update_schedule)
-                .delete(delete_schedule),
-        )
-        .route("/schedules/{name}/enable", post(enable_schedule))
-        .route("/schedules/{name}/disable", post(disable_schedule))
-        .route("/schedules/{name}/run", post(run_schedule))
-        .route("/tasks/{id}/logs", get(logs))
-        .route("/tasks/{id}/items", get(items))
-        .route("/tasks/{id}/wait", get(wait))
-        .route("/nodes", get(list_nodes))
-        .route("/nodes/{name}", axum::routing::patch(update_node))
-        .fallback(|| async { Error::NotFound("no such route".into()) });
-    let api = if options.require_token {
-        api.layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&backend),
-            authenticate,
-        ))
-    } else {
-        api
+    let mut table = endpoints(options);
+    let openapi_doc = Doc {
+        method: Method::GET,
+        path: "/api/v1/openapi.json",
+        summary: "This document: every route, its parameters and its types",
+        query: None,
+        body: None,
+        reply: Reply::Json(200, openapi::schema::<serde_json::Value>),
+        secured: true,
     };
-    Router::new()
-        .route(
-            "/health",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .nest("/api/v1", api)
+    let mut docs: Vec<Doc> = table.iter().map(|(doc, _)| doc.clone()).collect();
+    docs.push(openapi_doc.clone());
+    let document = serde_json::to_string(&openapi::document(&docs)).expect("documents serialise");
+    let serve_document =
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) });
+    table.push((openapi_doc, serve_document));
+
+    let auth = axum::middleware::from_fn_with_state(Arc::clone(&backend), authenticate);
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Api>> = Default::default();
+    for (doc, handler) in table {
+        // Scrapers of /metrics authenticate like any client: Prometheus sends a bearer token too.
+        let handler = if doc.secured && options.require_token {
+            handler.layer(auth.clone())
+        } else {
+            handler
+        };
+        let merged = match by_path.remove(doc.path) {
+            Some(other) => other.merge(handler),
+            None => handler,
+        };
+        by_path.insert(doc.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(|| async { Error::NotFound("no such route".into()) })
         .with_state(backend)
+}
+
+/// A route with its documentation.
+type Endpoint = (Doc, MethodRouter<Api>);
+
+/// Every route but the OpenAPI document's own.
+fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
+    use openapi::{Body as In, Reply as Out, inline, schema};
+    let route = |method: Method,
+                 path: &'static str,
+                 summary: &'static str,
+                 (query, body): (Option<openapi::SchemaFn>, Option<In>),
+                 reply: Out,
+                 handler: MethodRouter<Api>| {
+        let doc = Doc {
+            method,
+            path,
+            summary,
+            query,
+            body,
+            reply,
+            secured: path != "/health",
+        };
+        (doc, handler)
+    };
+    let none = (None, None);
+    let body = |schema: openapi::SchemaFn| (None, Some(In::Json(schema)));
+    let query = |schema: openapi::SchemaFn| (Some(schema), None);
+    vec![
+        route(
+            Method::GET,
+            "/health",
+            "Liveness for load balancers; needs no token",
+            none,
+            Out::Json(200, schema::<serde_json::Value>),
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        ),
+        route(
+            Method::GET,
+            "/metrics",
+            "Prometheus metrics: tasks by status, dispatch latency, ingest counters, nodes, slots",
+            none,
+            Out::Media(crate::metrics::CONTENT_TYPE),
+            get(metrics),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders",
+            "List spiders",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::Spider>>),
+            get(list_spiders),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/spiders",
+            "Create a spider, or update the one of that name",
+            body(schema::<CreateSpider>),
+            Out::Json(201, schema::<arachne_shared::Spider>),
+            post(put_spider),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}",
+            "Show a spider",
+            none,
+            Out::Json(200, schema::<arachne_shared::Spider>),
+            get(get_spider),
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/spiders/{name}/files",
+            "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
+            (None, Some(In::Upload)),
+            Out::Json(200, schema::<arachne_shared::Spider>),
+            put(upload_files).layer(DefaultBodyLimit::max(options.max_upload_bytes)),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}/files",
+            "List the files of a version (the current one by default)",
+            query(inline::<VersionQuery>),
+            Out::Json(200, schema::<VersionFiles>),
+            get(list_files),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}/files/{*path}",
+            "Read one file of a version",
+            query(inline::<VersionQuery>),
+            Out::Media("application/octet-stream"),
+            get(read_file),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}/versions",
+            "List a spider's versions, newest first",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::files::VersionInfo>>),
+            get(list_versions),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/spiders/{name}/versions/{version}/current",
+            "Make a stored version the one runs use",
+            none,
+            Out::Json(200, schema::<arachne_shared::Spider>),
+            post(set_current_version),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks",
+            "List tasks, newest first, filtered by spider, status, node, parent, schedule and creation time",
+            query(inline::<TaskQuery>),
+            Out::Json(200, schema::<Page<arachne_shared::Task>>),
+            get(list_tasks),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tasks",
+            "Run a spider: one task, or a parent with a child per node",
+            body(schema::<RunTask>),
+            Out::Json(201, schema::<arachne_shared::Task>),
+            post(run_task),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}",
+            "Show a task",
+            none,
+            Out::Json(200, schema::<arachne_shared::Task>),
+            get(get_task),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/tasks/{id}",
+            "Delete an ended task with its logs and items (a parent with its children)",
+            none,
+            Out::NoContent,
+            delete(delete_task),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tasks/{id}/cancel",
+            "Cancel a task; its processes are killed",
+            none,
+            Out::Json(200, schema::<arachne_shared::Task>),
+            post(cancel_task),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tasks/{id}/restart",
+            "Run an ended task again (for a parent, its children that did not finish)",
+            none,
+            Out::Json(201, schema::<arachne_shared::Task>),
+            post(restart_task),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/tree",
+            "A task with its children",
+            none,
+            Out::Json(200, schema::<TaskTree>),
+            get(task_tree),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/logs",
+            "Log lines after a sequence number; with follow=true, Server-Sent Events `log` (id = sequence number; Last-Event-ID resumes) then `end`",
+            query(inline::<LogQuery>),
+            Out::Json(200, schema::<Vec<arachne_shared::LogLine>>),
+            get(logs),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/items",
+            "Items after a sequence number: JSON, JSON lines (format=jsonl) or a CSV export of all of them (format=csv)",
+            query(inline::<ItemQuery>),
+            Out::Json(200, schema::<Vec<arachne_shared::ItemRecord>>),
+            get(items),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/wait",
+            "Answer when the task ends or the timeout passes, with the task",
+            query(inline::<WaitQuery>),
+            Out::Json(200, schema::<arachne_shared::Task>),
+            get(wait),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/events",
+            "Task changes as Server-Sent Events",
+            query(inline::<EventQuery>),
+            Out::Events(
+                "`task` events (the task as JSON) on every status change and STATUS report, `deleted` ({\"id\"}) and `lagged` ({\"missed\"}) when changes were skipped",
+            ),
+            get(events),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/schedules",
+            "List schedules with their next fire times",
+            none,
+            Out::Json(200, schema::<Vec<ScheduleView>>),
+            get(list_schedules),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules",
+            "Create a cron schedule",
+            body(schema::<ScheduleSpec>),
+            Out::Json(201, schema::<ScheduleView>),
+            post(create_schedule),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/schedules/{name}",
+            "Show a schedule with its next 5 fire times",
+            none,
+            Out::Json(200, schema::<ScheduleView>),
+            get(get_schedule),
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/schedules/{name}",
+            "Replace a schedule's definition",
+            body(schema::<ScheduleSpec>),
+            Out::Json(200, schema::<ScheduleView>),
+            put(update_schedule),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/schedules/{name}",
+            "Delete a schedule; its tasks stay",
+            none,
+            Out::NoContent,
+            delete(delete_schedule),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/enable",
+            "Enable a schedule",
+            none,
+            Out::Json(200, schema::<ScheduleView>),
+            post(enable_schedule),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/disable",
+            "Disable a schedule",
+            none,
+            Out::Json(200, schema::<ScheduleView>),
+            post(disable_schedule),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/run",
+            "Run a schedule's spider now",
+            none,
+            Out::Json(201, schema::<arachne_shared::Task>),
+            post(run_schedule),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/nodes",
+            "List nodes with their state and metrics",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::Node>>),
+            get(list_nodes),
+        ),
+        route(
+            Method::PATCH,
+            "/api/v1/nodes/{name}",
+            "Enable or disable a node, or change its runner slots",
+            body(schema::<UpdateNode>),
+            Out::Json(200, schema::<arachne_shared::Node>),
+            patch(update_node),
+        ),
+    ]
 }
 
 /// Lets a request through only with a valid API token.
@@ -282,6 +556,11 @@ async fn get_task(State(api): State<Api>, Path(id): Path<String>) -> Result<impl
     Ok(Json(api.get_task(task_id(&id)?).await?))
 }
 
+async fn delete_task(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse> {
+    api.delete_task(task_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn cancel_task(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse> {
     Ok(Json(api.cancel_task(task_id(&id)?).await?))
 }
@@ -384,10 +663,18 @@ async fn items(
     let q = query(q)?;
     let id = task_id(&id)?;
     api.get_task(id).await?;
-    let items = api.items(id, q.after.unwrap_or(0), limit(q.limit)?).await?;
+    let after = q.after.unwrap_or(0);
     Ok(match q.format.unwrap_or_default() {
-        ItemFormat::Json => Json(items).into_response(),
+        ItemFormat::Csv => {
+            let rows = match q.limit {
+                Some(_) => u64::from(limit(q.limit)?),
+                None => u64::MAX,
+            };
+            export_csv(api, id, after, rows).await?
+        }
+        ItemFormat::Json => Json(api.items(id, after, limit(q.limit)?).await?).into_response(),
         ItemFormat::Jsonl => {
+            let items = api.items(id, after, limit(q.limit)?).await?;
             let mut body = String::new();
             for item in items {
                 body.push_str(item.data.get());
@@ -396,6 +683,66 @@ async fn items(
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
     })
+}
+
+/// Up to `rows` items after `after` as one CSV file. Two passes over the store keep memory flat however many
+/// items there are: the first learns the columns, the second streams the rows.
+async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> Result<Response> {
+    let mut columns = Columns::default();
+    let mut seen = 0;
+    let mut cursor = after;
+    while seen < rows {
+        let page = api.items(id, cursor, MAX_LIMIT).await?;
+        for item in page.iter().take((rows - seen) as usize) {
+            columns.learn(&item.data);
+            seen += 1;
+        }
+        match page.last() {
+            Some(last) if page.len() == MAX_LIMIT as usize => cursor = last.seq,
+            _ => break,
+        }
+    }
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(columns.header()))).await.is_err() {
+            return;
+        }
+        // Only the rows the first pass saw: items arriving in between would lack columns.
+        let (mut left, mut cursor) = (seen, after);
+        while left > 0 {
+            let page = match api.items(id, cursor, MAX_LIMIT).await {
+                Ok(page) => page,
+                Err(err) => {
+                    // The status line is gone already; cutting the body short tells the client it is incomplete.
+                    let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+                    return;
+                }
+            };
+            let mut chunk = String::new();
+            for item in page.iter().take(left as usize) {
+                chunk.push_str(&columns.row(&item.data));
+                left -= 1;
+            }
+            if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return;
+            }
+            match page.last() {
+                Some(last) if page.len() == MAX_LIMIT as usize => cursor = last.seq,
+                _ => break,
+            }
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}.csv\""),
+            ),
+        ],
+        axum::body::Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
 }
 
 async fn list_nodes(State(api): State<Api>) -> Result<impl IntoResponse> {
@@ -432,10 +779,10 @@ async fn wait(
 }
 
 /// Waits until `id` may have changed. A lagged receiver counts as a change: the caller re-reads anyway.
-async fn next_change(changes: &mut broadcast::Receiver<TaskId>, id: TaskId) {
+async fn next_change(changes: &mut broadcast::Receiver<TaskChanged>, id: TaskId) {
     loop {
         match changes.recv().await {
-            Ok(changed) if changed == id => return,
+            Ok(changed) if changed.task_id == id => return,
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => return,
             Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
@@ -522,4 +869,101 @@ async fn follow(api: Api, id: TaskId, mut after: u64, tx: mpsc::Sender<Result<Ev
             () = tx.closed() => return,
         }
     }
+}
+
+async fn events(
+    State(api): State<Api>,
+    q: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Response> {
+    let q = query(q)?;
+    // Subscribed before answering, so no change after the response starts is missed.
+    let changes = api.subscribe();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(stream_events(api, q, changes, tx));
+    Ok(Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Feeds one events subscriber: a task is re-read on each notice that its record changed and sent when its
+/// status or record moved on since it was last sent. Log and item notices are skipped: the logs stream is
+/// where those go, and a busy spider would otherwise cost a read per batch per subscriber.
+async fn stream_events(
+    api: Api,
+    q: EventQuery,
+    mut changes: broadcast::Receiver<TaskChanged>,
+    tx: mpsc::Sender<Result<Event, Infallible>>,
+) {
+    /// Tasks remembered at once; past this the memory starts over, which at worst sends a task again.
+    const REMEMBERED: usize = 10_000;
+    let mut sent: HashMap<TaskId, (TaskStatus, chrono::DateTime<chrono::Utc>)> = HashMap::new();
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => change,
+            () = tx.closed() => return,
+        };
+        let id = match change {
+            Ok(TaskChanged {
+                kind: ChangeKind::Output,
+                ..
+            }) => continue,
+            Ok(TaskChanged { task_id, .. }) => task_id,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Changes were dropped: say so, so a UI reloads its list rather than trusting a stale one.
+                sent.clear();
+                let data = serde_json::json!({ "missed": missed }).to_string();
+                if tx
+                    .send(Ok(Event::default().event(EVENT_LAGGED).data(data)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let event = match api.get_task(id).await {
+            Ok(task) => {
+                let wanted = q
+                    .task
+                    .is_none_or(|t| t == task.id || task.parent_id == Some(t))
+                    && q.spider.as_ref().is_none_or(|s| *s == task.spider_name);
+                let mark = (task.status, task.updated_at);
+                if !wanted || sent.get(&id) == Some(&mark) {
+                    continue;
+                }
+                if task.status.is_terminal() {
+                    sent.remove(&id);
+                } else {
+                    if sent.len() >= REMEMBERED {
+                        sent.clear();
+                    }
+                    sent.insert(id, mark);
+                }
+                let data = serde_json::to_string(&task).expect("tasks serialise");
+                Event::default().event(EVENT_TASK).data(data)
+            }
+            Err(Error::NotFound(_)) => {
+                if q.task.is_some_and(|t| t != id) {
+                    continue;
+                }
+                sent.remove(&id);
+                let data = serde_json::json!({ "id": id }).to_string();
+                Event::default().event(EVENT_DELETED).data(data)
+            }
+            Err(err) => Event::default().event("error").data(err.to_string()),
+        };
+        if tx.send(Ok(event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse> {
+    let metrics = api.metrics().await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&metrics),
+    ))
 }

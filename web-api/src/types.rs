@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/spiders`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSpider {
     pub name: String,
@@ -31,7 +31,7 @@ pub struct CreateSpider {
 }
 
 /// `POST /api/v1/tasks`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunTask {
     /// Spider name.
@@ -57,7 +57,7 @@ pub struct RunTask {
 }
 
 /// `GET /api/v1/tasks/{id}/tree`: a task and its child tasks, oldest child first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskTree {
     #[serde(flatten)]
     pub task: Task,
@@ -66,7 +66,7 @@ pub struct TaskTree {
 }
 
 /// `POST /api/v1/schedules` and `PUT /api/v1/schedules/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     pub name: String,
@@ -97,7 +97,7 @@ pub struct ScheduleSpec {
 }
 
 /// A schedule with its next fire times.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScheduleView {
     #[serde(flatten)]
     pub schedule: Schedule,
@@ -106,7 +106,7 @@ pub struct ScheduleView {
 }
 
 /// `GET /api/v1/tasks` filters and paging.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskQuery {
     /// Spider name.
@@ -123,6 +123,12 @@ pub struct TaskQuery {
     /// Only tasks this schedule created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleId>,
+    /// Only tasks created at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Only tasks created before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,14 +141,14 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 10_000;
 
 /// One page of a listing, newest first, with the total that matches the filters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub total: u64,
 }
 
 /// `GET /api/v1/tasks/{id}/logs`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     /// Only lines with a larger sequence number.
@@ -156,16 +162,21 @@ pub struct LogQuery {
 }
 
 /// Export formats of items.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ItemFormat {
     #[default]
     Json,
     Jsonl,
+    /// Every item of the task as one CSV file (unless `limit` is given): a column per top-level field, in the
+    /// order fields first appear; nested values as JSON text.
+    Csv,
 }
 
 /// `GET /api/v1/tasks/{id}/items`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemQuery {
     /// Only items with a larger sequence number.
@@ -178,7 +189,7 @@ pub struct ItemQuery {
 }
 
 /// `GET /api/v1/tasks/{id}/wait`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Seconds to wait at most (default 30, at most 300).
@@ -187,7 +198,7 @@ pub struct WaitQuery {
 }
 
 /// `PATCH /api/v1/nodes/{name}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNode {
     /// Runner slots: how many tasks the node runs at once.
@@ -202,6 +213,27 @@ pub struct UpdateNode {
 pub const EVENT_LOG: &str = "log";
 /// The SSE event sent last, when the task has ended; its data is the task as JSON.
 pub const EVENT_END: &str = "end";
+
+/// The SSE event of `GET /api/v1/events` sent when a task's status or record changes (a STATUS report moves
+/// its `progress`); its data is the task as JSON.
+pub const EVENT_TASK: &str = "task";
+/// The SSE event of `GET /api/v1/events` sent when a task was deleted; its data is `{"id": "<task id>"}`.
+pub const EVENT_DELETED: &str = "deleted";
+/// The SSE event of `GET /api/v1/events` sent when the subscriber fell behind and changes were skipped; its
+/// data is `{"missed": N}`. Re-read what you show.
+pub const EVENT_LAGGED: &str = "lagged";
+
+/// `GET /api/v1/events` filters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only tasks of this spider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spider: Option<String>,
+    /// Only this task and its children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
+}
 
 /// `PUT /api/v1/spiders/{name}/files`: a `.tar.gz` or `.zip` archive as the body, or single files as
 /// `multipart/form-data` (each part's file name is its path in the spider folder).
@@ -222,16 +254,66 @@ pub struct UploadedFile {
 }
 
 /// `GET /api/v1/spiders/{name}/files`: the files of one version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionFiles {
     pub version: String,
     pub files: Vec<arachne_shared::files::FileEntry>,
 }
 
 /// `?version=` of the file routes: the spider's current version when absent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VersionQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+}
+
+/// `GET /metrics`, before it is written out in the Prometheus text format.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Metrics {
+    /// Tasks in the store by status (every status, zero included).
+    pub tasks: Vec<(TaskStatus, u64)>,
+    /// Workers connected now.
+    pub nodes_online: u64,
+    /// Runner slots of the connected workers, and how many of them hold a task.
+    pub runner_slots: u64,
+    pub runner_slots_in_use: u64,
+    /// Items and log lines this master stored since it started.
+    pub items_ingested: u64,
+    pub log_lines_ingested: u64,
+    /// Seconds from a task being ready to run to its hand-over to a worker.
+    pub dispatch_latency: Histogram,
+}
+
+/// A histogram with fixed buckets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Histogram {
+    /// Upper bounds of the buckets, ascending; one more, unbounded bucket follows them.
+    pub bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative): `bounds.len() + 1` of them.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: Vec<f64>) -> Self {
+        let counts = vec![0; bounds.len() + 1];
+        Self {
+            bounds,
+            counts,
+            sum: 0.0,
+        }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        let bucket = self.bounds.partition_point(|&bound| bound < value);
+        if let Some(count) = self.counts.get_mut(bucket) {
+            *count += 1;
+        }
+        self.sum += value;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }

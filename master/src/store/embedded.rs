@@ -500,6 +500,7 @@ impl Store for EmbeddedStore {
         self.call(move |conn| {
             let mut clauses = Vec::new();
             let mut args: Vec<String> = Vec::new();
+            let (since, until) = filter.id_range();
             for (column, value) in [
                 ("spider_name", filter.spider_name),
                 ("status", filter.status.map(|s| s.as_str().to_owned())),
@@ -510,6 +511,12 @@ impl Store for EmbeddedStore {
                 if let Some(value) = value {
                     args.push(value);
                     clauses.push(format!("{column} = ?{}", args.len()));
+                }
+            }
+            for (op, bound) in [(">=", since), ("<", until)] {
+                if let Some(bound) = bound {
+                    args.push(bound.to_string());
+                    clauses.push(format!("id {op} ?{}", args.len()));
                 }
             }
             let filter_sql = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
@@ -526,6 +533,30 @@ impl Store for EmbeddedStore {
             Ok((tasks, total as u64))
         })
         .await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(TaskStatus, u64)>> {
+        let counted: Vec<(String, i64)> = self
+            .call(|conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT status, COUNT(*) FROM tasks GROUP BY status")
+                    .map_err(db)?;
+                let rows = stmt
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .map_err(db)?;
+                rows.collect::<Result<_, _>>().map_err(db)
+            })
+            .await?;
+        Ok(TaskStatus::ALL
+            .iter()
+            .map(|status| {
+                let count = counted
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (*status, count as u64)
+            })
+            .collect())
     }
 
     async fn update_task(
@@ -586,6 +617,31 @@ impl Store for EmbeddedStore {
                 return Ok(deleted);
             }
         }
+    }
+
+    async fn delete_task(&self, task: &Task) -> Result<bool> {
+        let id = task.id.to_string();
+        self.call(move |conn| {
+            let tx = Tx::begin(conn)?;
+            let removed = tx
+                .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND ended_ms IS NOT NULL")
+                .and_then(|mut stmt| stmt.execute([&id]))
+                .map_err(db)?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            for sql in [
+                "DELETE FROM logs WHERE task_id = ?1",
+                "DELETE FROM items WHERE task_id = ?1",
+            ] {
+                tx.prepare_cached(sql)
+                    .and_then(|mut stmt| stmt.execute([&id]))
+                    .map_err(db)?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {

@@ -34,6 +34,10 @@ pub struct TaskFilter {
     pub node: Option<String>,
     pub parent_id: Option<TaskId>,
     pub schedule_id: Option<ScheduleId>,
+    /// Only tasks created at or after this time (to the millisecond).
+    pub created_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only tasks created before this time (to the millisecond).
+    pub created_until: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: u32,
     pub offset: u32,
 }
@@ -47,6 +51,17 @@ pub enum ActiveScope {
     Exclusive(String),
     /// Tasks a schedule created.
     Schedule(ScheduleId),
+}
+
+impl TaskFilter {
+    /// The creation-time bounds as bounds on task ids (which are time-ordered): `since` inclusive, `until`
+    /// exclusive, both to the millisecond, the precision of an id's time.
+    pub fn id_range(&self) -> (Option<TaskId>, Option<TaskId>) {
+        (
+            self.created_since.map(TaskId::first_at),
+            self.created_until.map(TaskId::first_at),
+        )
+    }
 }
 
 /// A change to apply to a task if its status is one of `expected`. It returns `false` to leave the task as it
@@ -71,6 +86,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>>;
     /// Tasks matching `filter`, newest first, and how many match in all.
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)>;
+    /// How many tasks there are of each status, every status listed (zero included), in life-cycle order.
+    async fn count_by_status(&self) -> Result<Vec<(TaskStatus, u64)>>;
     /// Every task matching `filter` (its `limit` and `offset` are ignored), newest first, read in pages.
     async fn all_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
         const PAGE: u32 = 1000;
@@ -100,6 +117,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the tasks that ended before `cutoff`, with their log lines (items stay: they are the crawl's
     /// results). Tasks that have not ended are never removed, however old. Returns how many tasks went.
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64>;
+    /// Removes one ended task with its log lines and its items; false if there was no such task. Tasks that
+    /// have not ended are left alone (false), so a running task's records never vanish under it.
+    async fn delete_task(&self, task: &Task) -> Result<bool>;
     /// Pending tasks not yet handed to a node (parents excluded), by priority (1 first) then age.
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>>;
     /// How many tasks in `scope` are handed to a node and not ended (Running, or Pending on a node).

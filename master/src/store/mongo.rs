@@ -430,6 +430,17 @@ fn task_filter(filter: &TaskFilter) -> Document {
     if let Some(schedule) = filter.schedule_id {
         query.insert("schedule_id", schedule.to_string());
     }
+    let (since, until) = filter.id_range();
+    let mut range = Document::new();
+    if let Some(since) = since {
+        range.insert("$gte", since.to_string());
+    }
+    if let Some(until) = until {
+        range.insert("$lt", until.to_string());
+    }
+    if !range.is_empty() {
+        query.insert("_id", range);
+    }
     query
 }
 
@@ -548,6 +559,20 @@ impl Store for MongoStore {
         Ok((tasks, total))
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(TaskStatus, u64)>> {
+        // One count per status rather than a $group: each is answered from the status index alone.
+        let mut counts = Vec::with_capacity(TaskStatus::ALL.len());
+        for status in TaskStatus::ALL {
+            let count = self
+                .tasks()
+                .count_documents(doc! {"status": status.as_str()})
+                .await
+                .map_err(db)?;
+            counts.push((status, count));
+        }
+        Ok(counts)
+    }
+
     async fn update_task(
         &self,
         id: TaskId,
@@ -613,6 +638,29 @@ impl Store for MongoStore {
         let deleted = self.tasks().delete_many(before.clone()).await.map_err(db)?;
         self.logs_coll().delete_many(before).await.map_err(db)?;
         Ok(deleted.deleted_count)
+    }
+
+    async fn delete_task(&self, task: &Task) -> Result<bool> {
+        let id = task.id.to_string();
+        // Records first: if a step fails, the task is still there to delete again, and nothing is orphaned.
+        let ended = doc! {"_id": &id, "ended_at": {"$exists": true}};
+        if self
+            .tasks()
+            .count_documents(ended.clone())
+            .await
+            .map_err(db)?
+            == 0
+        {
+            return Ok(false);
+        }
+        self.logs_coll()
+            .delete_many(doc! {"task_id": &id})
+            .await
+            .map_err(db)?;
+        let items = self.item_collection(&task.item_target().collection).await?;
+        items.delete_many(doc! {"_tid": &id}).await.map_err(db)?;
+        let deleted = self.tasks().delete_one(ended).await.map_err(db)?;
+        Ok(deleted.deleted_count == 1)
     }
 
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {

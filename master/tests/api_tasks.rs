@@ -1,0 +1,293 @@
+//! Task routes beyond running one: listing by node and creation time, deleting an ended task with its
+//! records, and exporting its items as CSV — through a real master, worker and spider processes.
+
+mod common;
+
+use arachne_shared::TaskStatus;
+use arachne_web_api::types::{RunTask, TaskQuery};
+use common::{API_TOKEN, TestMaster, create_spider, wait_done};
+
+const ITEMS: &str = r#"
+import json
+print("crawling", flush=True)
+items = [
+    {"url": "https://example.com/1", "title": "Say \"hi\", world", "price": 1.5},
+    {"url": "https://example.com/2", "tags": ["a", "b"], "title": "two\nlines"},
+    {"url": "https://example.com/3", "price": None, "stock": {"n": 3}},
+]
+print(json.dumps({"type": "INSERT_DATA", "payload": items}), flush=True)
+"#;
+
+fn run(spider: &str) -> RunTask {
+    RunTask {
+        spider: spider.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(client, "items", "python3 main.py", &[("main.py", ITEMS)]).await;
+    create_spider(client, "sleeper", "sleep 600", &[("a", "b")]).await;
+
+    let first = wait_done(client, client.run_task(&run("items")).await.unwrap().id).await;
+    let second = wait_done(client, client.run_task(&run("items")).await.unwrap().id).await;
+    assert_eq!(
+        (first.status, second.status),
+        (TaskStatus::Finished, TaskStatus::Finished)
+    );
+    assert_eq!(first.items, 3);
+
+    // Items as CSV: a column per field in the order fields first appear, RFC 4180 quoting.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/api/v1", master.http);
+    let response = http
+        .get(format!("{base}/tasks/{}/items?format=csv", first.id))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains(".csv")
+    );
+    let expected = "url,title,price,tags,stock\r\n\
+        https://example.com/1,\"Say \"\"hi\"\", world\",1.5,,\r\n\
+        https://example.com/2,\"two\nlines\",,\"[\"\"a\"\",\"\"b\"\"]\",\r\n\
+        https://example.com/3,,,,\"{\"\"n\"\":3}\"\r\n";
+    assert_eq!(response.text().await.unwrap(), expected);
+    let mut exported = Vec::new();
+    client
+        .export_items_csv(first.id, |chunk| {
+            exported.extend_from_slice(chunk);
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(exported).unwrap(), expected);
+    let limited = http
+        .get(format!(
+            "{base}/tasks/{}/items?format=csv&limit=1",
+            first.id
+        ))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        limited,
+        "url,title,price\r\nhttps://example.com/1,\"Say \"\"hi\"\", world\",1.5\r\n"
+    );
+
+    // Listing by node and by creation time.
+    let node = first.node.clone().expect("the task ran on a node");
+    let ids = |query: TaskQuery| async move {
+        let page = client.list_tasks(&query).await.unwrap();
+        assert_eq!(page.items.len() as u64, page.total);
+        page.items.into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
+    let on = |node: &str| TaskQuery {
+        node: Some(node.into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(on(&node)).await, [second.id, first.id]);
+    assert!(ids(on("no-such-node")).await.is_empty());
+    let since_second = TaskQuery {
+        since: Some(second.created_at),
+        ..Default::default()
+    };
+    assert_eq!(ids(since_second).await, [second.id]);
+    let before_second = TaskQuery {
+        until: Some(second.created_at),
+        ..Default::default()
+    };
+    assert_eq!(ids(before_second).await, [first.id]);
+    let bad_time = http
+        .get(format!("{base}/tasks?since=yesterday"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_time.status(), 400);
+    assert!(bad_time.text().await.unwrap().contains("since"));
+
+    // A task that has not ended cannot be deleted; once cancelled it can, with its logs and items.
+    let sleeping = client.run_task(&run("sleeper")).await.unwrap();
+    let refused = client.delete_task(sleeping.id).await.unwrap_err();
+    assert!(
+        matches!(&refused, arachne_web_api::client::Error::Api { status: 409, message, .. } if message.contains("has not ended")),
+        "{refused}"
+    );
+    client.cancel_task(sleeping.id).await.unwrap();
+    assert_eq!(
+        wait_done(client, sleeping.id).await.status,
+        TaskStatus::Cancelled
+    );
+    client.delete_task(sleeping.id).await.unwrap();
+    client.delete_task(first.id).await.unwrap();
+    for gone in [first.id, sleeping.id] {
+        for path in [String::new(), "/logs".into(), "/items".into()] {
+            let response = http
+                .get(format!("{base}/tasks/{gone}{path}"))
+                .bearer_auth(API_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404, "{gone}{path}");
+        }
+    }
+    let missing = client.delete_task(first.id).await.unwrap_err();
+    assert!(matches!(
+        missing,
+        arachne_web_api::client::Error::Api { status: 404, .. }
+    ));
+    // The other run and its records are untouched.
+    assert_eq!(ids(TaskQuery::default()).await, [second.id]);
+    assert_eq!(client.get_task(second.id).await.unwrap().items, 3);
+    master.stop().await;
+}
+
+const PROGRESS: &str = r#"
+import json, time
+print("starting", flush=True)
+print(json.dumps({"type": "STATUS", "payload": {"progress": 0.5, "message": "half way"}}), flush=True)
+time.sleep(1)
+print(json.dumps({"type": "INSERT_DATA", "payload": {"done": True}}), flush=True)
+print(json.dumps({"type": "STATUS", "payload": {"progress": 1.0, "message": "done"}}), flush=True)
+"#;
+
+/// Reads Server-Sent Events from `response` until `done` holds for the events so far; (name, data) pairs.
+async fn sse_until(
+    response: reqwest::Response,
+    mut done: impl FnMut(&[(String, serde_json::Value)]) -> bool,
+) -> Vec<(String, serde_json::Value)> {
+    use futures_util::StreamExt;
+    let mut body = response.bytes_stream();
+    let (mut text, mut events) = (String::new(), Vec::new());
+    tokio::time::timeout(common::TIMEOUT, async {
+        while !done(&events) {
+            let chunk = body.next().await.expect("the stream stays open").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                };
+                if let (Some(event), Some(data)) = (field("event:"), field("data:")) {
+                    events.push((event, serde_json::from_str(&data).unwrap()));
+                }
+            }
+        }
+    })
+    .await
+    .expect("the expected events arrived in time");
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_carries_state_changes_and_progress_and_metrics_count_the_work() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "progress",
+        "python3 main.py",
+        &[("main.py", PROGRESS)],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", master.http);
+
+    // The response's headers arrive only once the server has subscribed, so nothing after this is missed.
+    let subscribed = http
+        .get(format!("{base}/api/v1/events?spider=progress"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subscribed.status(), 200);
+    let task = client.run_task(&run("progress")).await.unwrap();
+    let events = sse_until(subscribed, |events| {
+        events.iter().any(|(_, t)| t["status"] == "finished")
+    })
+    .await;
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|(name, t)| name == "task" && t["id"] == task.id.to_string())
+        .map(|(_, t)| t)
+        .collect();
+    let statuses: Vec<_> = mine.iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert!(statuses.contains(&"running"), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&"finished"), "{statuses:?}");
+    let half = mine
+        .iter()
+        .find(|t| t["progress"]["progress"] == 0.5)
+        .unwrap_or_else(|| panic!("no event carried the 50% STATUS: {mine:?}"));
+    assert_eq!(half["status"], "running");
+    assert_eq!(half["progress"]["message"], "half way");
+    assert_eq!(mine.last().unwrap()["progress"]["progress"], 1.0);
+
+    // Metrics: Prometheus text, behind the API token like every route but /health.
+    let unauthorized = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let scrape = || async {
+        let response = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        response.text().await.unwrap()
+    };
+    let series = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    };
+    // The slot is given back just after the task is stored as ended.
+    common::eventually("the task's runner slot to be free", || async {
+        series(&scrape().await, "arachne_runner_slots_in_use") == 0.0
+    })
+    .await;
+    let text = scrape().await;
+    let value = |name: &str| series(&text, name);
+    assert_eq!(value("arachne_tasks{status=\"finished\"}"), 1.0);
+    assert_eq!(value("arachne_tasks{status=\"running\"}"), 0.0);
+    assert_eq!(value("arachne_nodes_online"), 1.0);
+    assert_eq!(value("arachne_runner_slots"), 4.0);
+    assert_eq!(value("arachne_items_ingested_total"), 1.0);
+    assert!(value("arachne_log_lines_ingested_total") >= 1.0);
+    assert_eq!(value("arachne_dispatch_latency_seconds_count"), 1.0);
+    assert_eq!(
+        value("arachne_dispatch_latency_seconds_bucket{le=\"+Inf\"}"),
+        1.0
+    );
+    assert_eq!(
+        client.metrics().await.unwrap().lines().count(),
+        text.lines().count()
+    );
+    master.stop().await;
+}
