@@ -15,7 +15,7 @@ use arachne_master::{Config, Listeners, LocalWorker};
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, LogStream, RunMode, SpiderId, Task, TaskId, TaskStatus,
 };
-use arachne_web_api::client::Client;
+use arachne_web_api::client::{Client, FollowEvent};
 use arachne_web_api::types::{CreateSpider, RunTask, TaskQuery};
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -156,15 +156,30 @@ for _ in range(n // 1000):
 "#;
 
 /// The figures `scripts/bench` can measure; a second argument (comma-separated names) picks some of them.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 9] = [
     "latency",
     "throughput",
     "sync",
     "items",
     "logs",
+    "streams",
+    "listing",
     "idle",
     "mongodb",
 ];
+
+/// Prints `n` lines at 1,000 a second, each starting with the Unix time it was printed at.
+const TICKER_SPIDER: &str = r#"
+import sys, time
+n, rate = int(sys.argv[1]), 1000.0
+start = time.time()
+for i in range(n):
+    delay = start + i / rate - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    sys.stdout.write("%.6f tick %d\n" % (time.time(), i))
+    sys.stdout.flush()
+"#;
 
 /// The master under measurement, with its one local worker, and a client on its HTTP API.
 /// The tokens of the benchmark's masters and workers.
@@ -181,7 +196,16 @@ struct RunningMaster {
 
 impl RunningMaster {
     /// Starts a master and waits until its local worker is online and idle.
-    async fn start(mut config: Config) -> anyhow::Result<Self> {
+    async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_waiting_for(config, &["local"]).await
+    }
+
+    /// Starts a master with no worker at all.
+    async fn start_without_workers(config: Config) -> anyhow::Result<Self> {
+        Self::start_waiting_for(config, &[]).await
+    }
+
+    async fn start_waiting_for(mut config: Config, nodes: &[&str]) -> anyhow::Result<Self> {
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc.local_addr()?;
@@ -195,7 +219,7 @@ impl RunningMaster {
             Listeners { http, grpc },
             shutdown.clone(),
         ));
-        wait_nodes_idle(&client, &["local"]).await?;
+        wait_nodes_idle(&client, nodes).await?;
         Ok(Self {
             client,
             grpc_addr,
@@ -257,6 +281,8 @@ async fn main() -> anyhow::Result<()> {
             "items" => bench.items().await?,
             "logs" => bench.logs().await?,
             "mongodb" => bench.mongodb().await?,
+            "streams" => bench.streams().await?,
+            "listing" => bench.listing().await?,
             _ => bench.idle_workers().await?,
         }
     }
@@ -626,6 +652,189 @@ impl Bench {
         Ok(())
     }
 
+    /// Live log following: the delay from a spider's print to an SSE follower at 1,000 lines/s, against the
+    /// same spider read straight from its pipe; then 200 followers of one task, each of which must get every
+    /// line once.
+    async fn streams(&mut self) -> anyhow::Result<()> {
+        let lines = 6_000;
+        spider(
+            &self.client,
+            "ticker",
+            "python3 main.py",
+            &[("main.py", TICKER_SPIDER)],
+        )
+        .await?;
+        let run = RunTask {
+            spider: "ticker".into(),
+            param: Some(lines.to_string()),
+            ..Default::default()
+        };
+        let task = self.client.run_task(&run).await?;
+        let mut delays = Vec::new();
+        self.client
+            .follow_logs(task.id, 0, |event| {
+                if let FollowEvent::Line(line) = event
+                    && let Some(delay) = print_delay_ms(&line.text)
+                {
+                    delays.push(delay);
+                }
+            })
+            .await?;
+        let followed = settle_delays(delays, lines)?;
+        let direct = settle_delays(direct_ticker_delays(lines).await?, lines)?;
+        self.rows.push(row(
+            "print -> SSE follower, p50 at 1,000 lines/s",
+            "ms",
+            percentile(&followed, 0.5),
+            (
+                percentile(&direct, 0.5),
+                "the spider's own pipe read directly",
+            ),
+            "<= 100 ms",
+            percentile(&followed, 0.5) <= 100.0,
+        ));
+        self.rows.push(row(
+            "print -> SSE follower, p99 at 1,000 lines/s",
+            "ms",
+            percentile(&followed, 0.99),
+            (
+                percentile(&direct, 0.99),
+                "the spider's own pipe read directly",
+            ),
+            "reported",
+            true,
+        ));
+
+        let (followers, n) = (200, 20_000_u64);
+        spider(
+            &self.client,
+            "logs",
+            "python3 main.py",
+            &[("main.py", LOGS_SPIDER)],
+        )
+        .await?;
+        let task = self
+            .client
+            .run_task(&RunTask {
+                spider: "logs".into(),
+                param: Some(n.to_string()),
+                ..Default::default()
+            })
+            .await?;
+        let start = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..followers {
+            let client = self.client.clone();
+            set.spawn(async move {
+                let mut expected = 1;
+                let mut in_order = true;
+                let mut ended = false;
+                client
+                    .follow_logs(task.id, 0, |event| match event {
+                        FollowEvent::Line(line) => {
+                            in_order &= line.seq == expected;
+                            expected += 1;
+                        }
+                        FollowEvent::End(_) => ended = true,
+                    })
+                    .await?;
+                anyhow::Ok(in_order && ended && expected == n + 1)
+            });
+        }
+        let (mut complete, mut failed) = (0, 0);
+        while let Some(done) = set.join_next().await {
+            match done? {
+                Ok(true) => complete += 1,
+                Ok(false) => failed += 1,
+                Err(err) => {
+                    eprintln!("a follower failed: {err:#}");
+                    failed += 1;
+                }
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        self.rows.push(row(
+            "200 SSE followers of one 20,000-line task: followers with every line",
+            "followers",
+            f64::from(complete),
+            (f64::from(followers), "followers started"),
+            "all, no errors",
+            complete == followers && failed == 0,
+        ));
+        self.rows.push(row(
+            "200 SSE followers of one 20,000-line task: lines delivered/s in all",
+            "lines/s",
+            f64::from(complete) * n as f64 / elapsed,
+            (n as f64 / elapsed, "the task's own lines/s while followed"),
+            "reported",
+            true,
+        ));
+        Ok(())
+    }
+
+    /// `GET /api/v1/tasks` pages under concurrent clients, over 10,000 stored tasks, against the same queries
+    /// straight on the store with the same concurrency.
+    async fn listing(&mut self) -> anyhow::Result<()> {
+        let data = tempfile::tempdir()?;
+        let config = Config::new(data.path().to_owned());
+        let store = arachne_master::open_store(&config).await?;
+        fill_history(store.as_ref(), 10_000).await?;
+        let (clients, window) = (16, Duration::from_secs(5));
+        let direct = {
+            let store = std::sync::Arc::clone(&store);
+            hammer(clients, window, move |i| {
+                let store = std::sync::Arc::clone(&store);
+                async move {
+                    store.list_tasks(&listing_filter(i)).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .await?
+        };
+        drop(store);
+        let master = RunningMaster::start_without_workers(config).await?;
+        let client = master.client.clone();
+        let measured = hammer(clients, window, move |i| {
+            let client = client.clone();
+            async move {
+                let filter = listing_filter(i);
+                let query = TaskQuery {
+                    status: filter.status,
+                    offset: Some(filter.offset),
+                    limit: Some(filter.limit),
+                    ..Default::default()
+                };
+                client.list_tasks(&query).await?;
+                anyhow::Ok(())
+            }
+        })
+        .await?;
+        master.stop().await?;
+        self.rows.push(row(
+            "task listing, 16 concurrent clients, pages of 50 over 10,000 tasks",
+            "req/s",
+            measured.per_sec,
+            (
+                direct.per_sec,
+                "the same queries straight on the embedded store",
+            ),
+            "reported, no errors",
+            measured.errors == 0,
+        ));
+        self.rows.push(row(
+            "task listing, 16 concurrent clients: p99 latency",
+            "ms",
+            measured.p99_ms,
+            (
+                direct.p99_ms,
+                "the same queries straight on the embedded store",
+            ),
+            "reported",
+            true,
+        ));
+        Ok(())
+    }
+
     /// Log lines through the whole path, against direct appends into the same kind of store.
     async fn logs(&mut self) -> anyhow::Result<()> {
         let n_lines = 300_000;
@@ -829,4 +1038,138 @@ async fn direct_logs(n: u64) -> anyhow::Result<f64> {
         store.append_logs(task, &lines).await?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Milliseconds from the Unix time a ticker line starts with to now.
+fn print_delay_ms(text: &str) -> Option<f64> {
+    let printed: f64 = text.split(' ').next()?.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some((now - printed) * 1000.0)
+}
+
+/// The delays of a ticker run past its first second (start-up and catching up are not live following),
+/// sorted; all `lines` must have arrived.
+fn settle_delays(delays: Vec<f64>, lines: usize) -> anyhow::Result<Vec<f64>> {
+    anyhow::ensure!(
+        delays.len() == lines,
+        "{} of {lines} lines arrived",
+        delays.len()
+    );
+    let mut settled = delays[1_000..].to_vec();
+    settled.sort_by(f64::total_cmp);
+    Ok(settled)
+}
+
+/// The ticker's delays read straight from its stdout.
+async fn direct_ticker_delays(lines: usize) -> anyhow::Result<Vec<f64>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", TICKER_SPIDER, &lines.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut reader = tokio::io::BufReader::new(stdout).lines();
+    let mut delays = Vec::with_capacity(lines);
+    while let Some(line) = reader.next_line().await? {
+        delays.extend(print_delay_ms(&line));
+    }
+    child.wait().await?;
+    Ok(delays)
+}
+
+/// Stores `n` ended tasks of a few spiders, as a master's history would hold them.
+async fn fill_history(store: &dyn Store, n: usize) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let spiders: Vec<arachne_shared::Spider> = ["quotes", "books", "news", "shop"]
+        .iter()
+        .map(|name| arachne_shared::Spider {
+            id: SpiderId::new(),
+            name: (*name).into(),
+            cmd: "python3 main.py".into(),
+            version: String::new(),
+            file_count: 0,
+            total_bytes: 0,
+            created_at: now,
+            updated_at: now,
+            settings: Default::default(),
+            max_instances: None,
+            results_collection: None,
+            dedup: None,
+        })
+        .collect();
+    let tasks: Vec<Task> = (0..n)
+        .map(|i| {
+            let mut task = Task::pending(&spiders[i % spiders.len()], now);
+            task.node = Some("local".into());
+            task.set_status(TaskStatus::Running, now);
+            let status = if i.is_multiple_of(10) {
+                TaskStatus::Error
+            } else {
+                TaskStatus::Finished
+            };
+            task.set_status(status, now);
+            task
+        })
+        .collect();
+    for chunk in tasks.chunks(1_000) {
+        store.insert_tasks(chunk).await?;
+    }
+    Ok(())
+}
+
+/// The `i`-th listing query: pages of 50 across the history, every fourth one by status.
+fn listing_filter(i: u64) -> arachne_master::store::TaskFilter {
+    arachne_master::store::TaskFilter {
+        status: i.is_multiple_of(4).then_some(TaskStatus::Finished),
+        limit: 50,
+        offset: ((i * 50) % 2_000) as u32,
+        ..Default::default()
+    }
+}
+
+struct Load {
+    per_sec: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Runs `request` from `clients` concurrent loops for `window`; requests/s, p99 latency and errors.
+async fn hammer<F, Fut>(clients: u64, window: Duration, request: F) -> anyhow::Result<Load>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let request = request.clone();
+        set.spawn(async move {
+            let (mut samples, mut errors, mut i) = (Vec::new(), 0_u64, client);
+            while start.elapsed() < window {
+                let sent = Instant::now();
+                match request(i).await {
+                    Ok(()) => samples.push(sent.elapsed().as_secs_f64() * 1000.0),
+                    Err(_) => errors += 1,
+                }
+                i += clients;
+            }
+            (samples, errors)
+        });
+    }
+    let (mut samples, mut errors) = (Vec::new(), 0);
+    while let Some(done) = set.join_next().await {
+        let (s, e) = done?;
+        samples.extend(s);
+        errors += e;
+    }
+    anyhow::ensure!(!samples.is_empty(), "no request succeeded");
+    samples.sort_by(f64::total_cmp);
+    Ok(Load {
+        per_sec: samples.len() as f64 / start.elapsed().as_secs_f64(),
+        p99_ms: percentile(&samples, 0.99),
+        errors,
+    })
 }
