@@ -291,3 +291,120 @@ async fn the_events_stream_carries_state_changes_and_progress_and_metrics_count_
     );
     master.stop().await;
 }
+
+const SLOW_LINES: &str = r#"
+import sys, time
+for i in range(1, 301):
+    print("line %d" % i, flush=True)
+    time.sleep(0.003)
+"#;
+
+/// Forwards connections to `target`, counting them; the first is cut after `cut_after` bytes of its response,
+/// as a dropped connection or a restarted proxy would cut it.
+async fn flaky_proxy(
+    target: std::net::SocketAddr,
+    cut_after: u64,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
+                if !first {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    return;
+                }
+                let (mut client_read, mut client_write) = client.split();
+                let (mut server_read, mut server_write) = server.split();
+                let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+                let downstream = async {
+                    let mut limited = tokio::io::AsyncReadExt::take(&mut server_read, cut_after);
+                    let _ = tokio::io::copy(&mut limited, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                };
+                tokio::select! {
+                    _ = upstream => {}
+                    () = downstream => {}
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_log_follow_reconnects_and_resumes_with_no_gap_and_no_duplicate() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "slow",
+        "python3 main.py",
+        &[("main.py", SLOW_LINES)],
+    )
+    .await;
+    let (proxy, connections) = flaky_proxy(master.http, 4_000).await;
+    let through_proxy =
+        arachne_web_api::client::Client::with_token(&format!("http://{proxy}"), API_TOKEN).unwrap();
+
+    let task = client.run_task(&run("slow")).await.unwrap();
+    let mut seqs = Vec::new();
+    let mut texts = Vec::new();
+    let mut ended = None;
+    tokio::time::timeout(
+        common::TIMEOUT,
+        through_proxy.follow_logs(task.id, 0, |event| match event {
+            arachne_web_api::client::FollowEvent::Line(line) => {
+                seqs.push(line.seq);
+                texts.push(line.text);
+            }
+            arachne_web_api::client::FollowEvent::End(task) => ended = Some(task.status),
+        }),
+    )
+    .await
+    .expect("the follow ends with the task")
+    .unwrap();
+    assert!(
+        connections.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the first stream was cut, so the follower must have reconnected"
+    );
+    assert_eq!(ended, Some(TaskStatus::Finished));
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "every line once, in order");
+    for i in 1..=300 {
+        assert!(texts.contains(&format!("line {i}")), "line {i} missing");
+    }
+
+    // An EventSource reconnecting with Last-Event-ID gets what follows that line, then the end.
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/tasks/{}/logs?follow=true",
+            master.http, task.id
+        ))
+        .bearer_auth(API_TOKEN)
+        .header("Last-Event-ID", "250")
+        .send()
+        .await
+        .unwrap();
+    let body = response.text().await.unwrap();
+    let ids: Vec<u64> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id:")?.trim().parse().ok())
+        .collect();
+    assert_eq!(ids, (251..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(
+        body.contains("event: end") || body.contains("event:end"),
+        "{body}"
+    );
+    master.stop().await;
+}
