@@ -265,17 +265,17 @@ impl MongoStore {
     }
 
     /// The collection holding `task`'s items.
-    async fn results_of(&self, task: TaskId) -> Result<Collection<Document>> {
+    /// The collection a task's items are in; `None` for a task the store does not hold (never made, or
+    /// deleted), which has no items.
+    async fn results_of(&self, task: TaskId) -> Result<Option<Collection<Document>>> {
         let known = lock(&self.results).get(&task).cloned();
         let name = match known {
             Some(name) => name,
             None => {
-                let name = self
-                    .get_task(task)
-                    .await?
-                    .ok_or_else(|| Error::Database(format!("items of unknown task {task}")))?
-                    .item_target()
-                    .collection;
+                let Some(stored) = self.get_task(task).await? else {
+                    return Ok(None);
+                };
+                let name = stored.item_target().collection;
                 let mut results = lock(&self.results);
                 if results.len() >= RESULTS_REMEMBERED {
                     results.clear();
@@ -284,7 +284,7 @@ impl MongoStore {
                 name
             }
         };
-        self.item_collection(&name).await
+        self.item_collection(&name).await.map(Some)
     }
 
     /// An item collection, with its indexes made sure of once per store.
@@ -660,6 +660,7 @@ impl Store for MongoStore {
         let items = self.item_collection(&task.item_target().collection).await?;
         items.delete_many(doc! {"_tid": &id}).await.map_err(db)?;
         let deleted = self.tasks().delete_one(ended).await.map_err(db)?;
+        lock(&self.results).remove(&task.id);
         Ok(deleted.deleted_count == 1)
     }
 
@@ -828,7 +829,9 @@ impl Store for MongoStore {
     }
 
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {
-        let collection = self.results_of(task).await?;
+        let Some(collection) = self.results_of(task).await? else {
+            return Ok(Vec::new());
+        };
         let mut cursor = collection
             .find(doc! {"_tid": task.to_string(), "_seq": {"$gt": after as i64}})
             .sort(doc! {"_seq": 1})
