@@ -623,6 +623,12 @@ impl Backend for MasterApi {
 
     async fn delete_task(&self, id: TaskId) -> Result<()> {
         let task = self.task(id).await?;
+        if let Some(parent) = task.parent_id {
+            // A parent's status is derived from all its children; it must not lose one.
+            return Err(Error::Conflict(format!(
+                "task {id} is a child of task {parent}: delete the parent, which takes its children with it"
+            )));
+        }
         let children = if task.is_parent() {
             self.children(id).await?
         } else {

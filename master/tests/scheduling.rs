@@ -132,8 +132,23 @@ async fn run_modes_build_task_trees_and_a_parent_follows_its_children() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    for child in client.task_tree(parent.id).await.unwrap().children_tasks {
+    let children = client.task_tree(parent.id).await.unwrap().children_tasks;
+    for child in &children {
         assert!(text.contains(&child.id.to_string()), "{text}");
+    }
+
+    // A child cannot be deleted on its own (its parent's status depends on it); the parent goes with them all.
+    let refused = client.delete_task(children[0].id).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("delete the parent"),
+        "{refused}"
+    );
+    client.delete_task(parent.id).await.unwrap();
+    for gone in std::iter::once(parent.id).chain(children.iter().map(|c| c.id)) {
+        assert!(
+            client.get_task(gone).await.is_err(),
+            "{gone} outlived its parent's deletion"
+        );
     }
 
     // Cancelling a parent cancels every child.

@@ -55,7 +55,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Cancels a task that has not ended; its process group is killed. Cancelling a parent cancels its children.
     async fn cancel_task(&self, id: TaskId) -> Result<Task>;
     /// Deletes an ended task with its log lines and items; a parent goes with its children. A task that has
-    /// not ended is a `Conflict`.
+    /// not ended, or a child (its parent's status depends on it), is a `Conflict`.
     async fn delete_task(&self, id: TaskId) -> Result<()>;
     /// Log lines with `seq > after`, oldest first.
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
