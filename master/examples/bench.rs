@@ -1085,20 +1085,7 @@ async fn fill_history(store: &dyn Store, n: usize) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
     let spiders: Vec<arachne_shared::Spider> = ["quotes", "books", "news", "shop"]
         .iter()
-        .map(|name| arachne_shared::Spider {
-            id: SpiderId::new(),
-            name: (*name).into(),
-            cmd: "python3 main.py".into(),
-            version: String::new(),
-            file_count: 0,
-            total_bytes: 0,
-            created_at: now,
-            updated_at: now,
-            settings: Default::default(),
-            max_instances: None,
-            results_collection: None,
-            dedup: None,
-        })
+        .map(|name| arachne_shared::Spider::new(*name, "python3 main.py", now))
         .collect();
     let tasks: Vec<Task> = (0..n)
         .map(|i| {

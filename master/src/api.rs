@@ -6,8 +6,7 @@ use arachne_shared::files::VersionInfo;
 use arachne_shared::schedule::{CronExpr, Schedule, ScheduleId};
 use arachne_shared::spider::RunSettings;
 use arachne_shared::{
-    ItemRecord, LogLine, Node, NodeStatus, RunMode, Spider, SpiderId, Task, TaskId, TaskOutcome,
-    TaskStatus,
+    ItemRecord, LogLine, Node, NodeStatus, RunMode, Spider, Task, TaskId, TaskOutcome, TaskStatus,
 };
 use arachne_web_api::types::{
     CreateSpider, Metrics, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode,
@@ -438,18 +437,11 @@ impl Backend for MasterApi {
                 ..existing
             },
             None => Spider {
-                id: SpiderId::new(),
-                name: request.name,
-                cmd: cmd.to_owned(),
-                version: String::new(),
-                file_count: 0,
-                total_bytes: 0,
-                created_at: now,
-                updated_at: now,
                 settings: request.settings.unwrap_or_default(),
                 max_instances: request.max_instances.filter(|max| *max > 0),
                 results_collection,
                 dedup,
+                ..Spider::new(request.name, cmd, now)
             },
         };
         self.store.put_spider(&spider).await.map_err(internal)?;

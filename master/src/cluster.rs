@@ -65,12 +65,6 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// A batch's store write, yielding the batch's sequence number.
 type Write<'a> = Pin<Box<dyn Future<Output = (u64, crate::store::Result<()>)> + Send + 'a>>;
 
-/// A worker message sorted by how it is stored.
-enum Routed<'a> {
-    Write(Write<'a>),
-    Other(WorkerToMaster),
-}
-
 /// Cumulative acknowledgements to a worker.
 #[derive(Default)]
 struct Acks {
@@ -87,11 +81,31 @@ impl Acks {
         }
     }
 
+    /// Acknowledges a batch once its write succeeded; a failed write is not acknowledged, and its error comes
+    /// back.
+    fn stored(
+        &mut self,
+        outbound: &Outbound,
+        seq: u64,
+        written: crate::store::Result<()>,
+    ) -> crate::store::Result<()> {
+        written?;
+        self.offer(outbound, seq);
+        Ok(())
+    }
+
     fn retry(&mut self, outbound: &Outbound) {
         if let Some(seq) = self.unsent.take() {
             self.offer(outbound, seq);
         }
     }
+}
+
+/// Ends a session whose report could not be stored. It was not acknowledged, so the worker sends it again
+/// after reconnecting.
+fn unstored(node: &Node, seq: u64, err: &crate::store::Error) -> SessionEnd {
+    error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
+    SessionEnd::Broken
 }
 
 /// Why a worker's session ended, which decides what happens to its tasks.
@@ -365,12 +379,9 @@ impl Cluster {
             };
             let envelope = tokio::select! {
                 Some((seq, written)) = writes.next() => {
-                    if let Err(err) = written {
-                        // Not acknowledged: ending the session makes the worker resend it after reconnecting.
-                        error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
-                        return SessionEnd::Broken;
+                    if let Err(err) = acks.stored(outbound, seq, written) {
+                        return unstored(node, seq, &err);
                     }
-                    acks.offer(outbound, seq);
                     continue;
                 }
                 message = inbound.next(), if writes.len() < WRITES_IN_FLIGHT => message,
@@ -390,69 +401,74 @@ impl Cluster {
                 None => return SessionEnd::Left,
             };
             let seq = envelope.seq;
-            let handled = match self.route(node, seq, envelope.message, &mut targets).await {
-                Ok(Routed::Write(write)) => {
-                    writes.push_back(write);
-                    Ok(())
-                }
-                Err(err) => Err(err),
-                // Kept in memory only, so it need not wait for the writes.
-                Ok(Routed::Other(beat @ WorkerToMaster::Heartbeat(_))) => {
-                    self.handle(node, beat, outbound, &mut targets).await
-                }
-                Ok(Routed::Other(message)) => {
-                    let mut settled = Ok(());
+            // A heartbeat is kept in memory, so only other messages that are not batches wait for the writes
+            // before them.
+            let in_order = !matches!(
+                envelope.message,
+                WorkerToMaster::Logs { .. }
+                    | WorkerToMaster::Items { .. }
+                    | WorkerToMaster::Heartbeat(_)
+            );
+            let handled = async {
+                if in_order {
                     while let Some((seq, written)) = writes.next().await {
-                        if written.is_err() {
-                            settled = written;
-                            break;
-                        }
-                        acks.offer(outbound, seq);
-                    }
-                    match settled {
-                        Ok(()) => {
-                            let handled = self.handle(node, message, outbound, &mut targets).await;
-                            if handled.is_ok() {
-                                acks.offer(outbound, seq);
-                            }
-                            handled
-                        }
-                        Err(err) => Err(err),
+                        acks.stored(outbound, seq, written)?;
                     }
                 }
-            };
+                match self
+                    .handle(node, seq, envelope.message, outbound, &mut targets)
+                    .await?
+                {
+                    Some(write) => writes.push_back(write),
+                    None => acks.offer(outbound, seq),
+                }
+                Ok(())
+            }
+            .await;
             if let Err(err) = handled {
-                error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
-                return SessionEnd::Broken;
+                return unstored(node, seq, &err);
             }
         }
     }
 
-    /// Turns a log or item batch into its store write; any other message comes back to be handled in turn.
-    async fn route<'a>(
+    /// Handles one message. A log or item batch comes back as its store write, for `serve` to run beside
+    /// others; anything else is done when this returns.
+    async fn handle<'a>(
         &'a self,
         node: &'a Node,
         seq: u64,
         message: WorkerToMaster,
+        outbound: &Outbound,
         targets: &mut ItemTargets,
-    ) -> crate::store::Result<Routed<'a>> {
+    ) -> crate::store::Result<Option<Write<'a>>> {
+        let heartbeat = match &message {
+            WorkerToMaster::Heartbeat(metrics) => Some(metrics.clone()),
+            _ => None,
+        };
+        self.scheduler.seen(&node.name, heartbeat);
         let (store, scheduler) = (&self.store, &self.scheduler);
-        Ok(match message {
+        match message {
+            WorkerToMaster::Register(_) => {
+                warn!(node = %node.name, "ignoring a second Register in one session");
+            }
+            // Kept in memory: an idle cluster causes no database writes.
+            WorkerToMaster::Heartbeat(_) => {}
+            WorkerToMaster::TaskStarted { task_id, pid, at } => {
+                self.started(node, task_id, pid, at, outbound).await?;
+            }
             WorkerToMaster::Logs { task_id, lines } => {
-                scheduler.seen(&node.name, None);
-                Routed::Write(Box::pin(async move {
+                return Ok(Some(Box::pin(async move {
                     let written = store.append_logs(task_id, &lines).await;
                     if written.is_ok() {
                         scheduler.telemetry.ingested(0, lines.len());
                     }
                     scheduler.output(task_id);
                     (seq, written)
-                }))
+                })));
             }
             WorkerToMaster::Items { task_id, items } => {
-                scheduler.seen(&node.name, None);
                 let target = targets.get(store.as_ref(), task_id).await?.cloned();
-                Routed::Write(Box::pin(async move {
+                return Ok(Some(Box::pin(async move {
                     let Some(target) = target else {
                         warn!(node = %node.name, task_id = %task_id, items = items.len(),
                             "dropping items of a task the store does not know");
@@ -464,40 +480,7 @@ impl Cluster {
                     }
                     scheduler.output(task_id);
                     (seq, written)
-                }))
-            }
-            other => Routed::Other(other),
-        })
-    }
-
-    async fn handle(
-        &self,
-        node: &Node,
-        message: WorkerToMaster,
-        outbound: &Outbound,
-        targets: &mut ItemTargets,
-    ) -> crate::store::Result<()> {
-        let heartbeat = match &message {
-            WorkerToMaster::Heartbeat(metrics) => Some(metrics.clone()),
-            _ => None,
-        };
-        self.scheduler.seen(&node.name, heartbeat);
-        match message {
-            WorkerToMaster::Register(_) => {
-                warn!(node = %node.name, "ignoring a second Register in one session");
-                Ok(())
-            }
-            // Kept in memory: an idle cluster causes no database writes.
-            WorkerToMaster::Heartbeat(_) => Ok(()),
-            WorkerToMaster::TaskStarted { task_id, pid, at } => {
-                self.started(node, task_id, pid, at, outbound).await
-            }
-            // Sent here only when not pipelined by `serve`.
-            message @ (WorkerToMaster::Logs { .. } | WorkerToMaster::Items { .. }) => {
-                match self.route(node, 0, message, targets).await? {
-                    Routed::Write(write) => write.await.1,
-                    Routed::Other(_) => Ok(()),
-                }
+                })));
             }
             WorkerToMaster::Report {
                 task_id,
@@ -511,11 +494,8 @@ impl Cluster {
                     t.record_report(status.clone(), errors.clone(), errors_before, at);
                     true
                 });
-                self.store
-                    .update_task(task_id, &TaskStatus::ALL, update)
-                    .await?;
-                self.scheduler.changed(task_id);
-                Ok(())
+                store.update_task(task_id, &TaskStatus::ALL, update).await?;
+                scheduler.changed(task_id);
             }
             WorkerToMaster::TaskEnded {
                 task_id,
@@ -533,9 +513,10 @@ impl Cluster {
                         peak_rss_bytes,
                     },
                 )
-                .await
+                .await?;
             }
         }
+        Ok(None)
     }
 
     async fn started(

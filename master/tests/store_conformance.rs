@@ -62,21 +62,7 @@ fn backends() -> Vec<Backend> {
 }
 
 fn spider(name: &str) -> Spider {
-    let now = Utc::now();
-    Spider {
-        id: SpiderId::new(),
-        name: name.into(),
-        cmd: "true".into(),
-        version: String::new(),
-        file_count: 0,
-        total_bytes: 0,
-        created_at: now,
-        updated_at: now,
-        settings: Default::default(),
-        max_instances: None,
-        results_collection: None,
-        dedup: None,
-    }
+    Spider::new(name, "true", Utc::now())
 }
 
 fn task(spider_name: &str, priority: u8) -> Task {

@@ -81,6 +81,25 @@ pub struct Spider {
 }
 
 impl Spider {
+    /// A new spider with no files yet, default settings, no instance limit, the default results collection
+    /// and no de-duplication.
+    pub fn new(name: impl Into<String>, cmd: impl Into<String>, at: DateTime<Utc>) -> Self {
+        Self {
+            id: SpiderId::new(),
+            name: name.into(),
+            cmd: cmd.into(),
+            version: String::new(),
+            file_count: 0,
+            total_bytes: 0,
+            created_at: at,
+            updated_at: at,
+            settings: RunSettings::default(),
+            max_instances: None,
+            results_collection: None,
+            dedup: None,
+        }
+    }
+
     /// The collection its items are stored in.
     pub fn results_collection(&self) -> String {
         (self.results_collection.clone()).unwrap_or_else(|| format!("results_{}", self.name))

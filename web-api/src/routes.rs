@@ -689,18 +689,14 @@ async fn items(
 /// items there are: the first learns the columns, the second streams the rows.
 async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> Result<Response> {
     let mut columns = Columns::default();
-    let mut seen = 0;
-    let mut cursor = after;
-    while seen < rows {
-        let page = api.items(id, cursor, MAX_LIMIT).await?;
-        for item in page.iter().take((rows - seen) as usize) {
+    let (mut seen, mut cursor) = (0, Some(after));
+    while let Some(from) = cursor {
+        let (page, next) = items_page(&api, id, from, rows - seen).await?;
+        for item in &page {
             columns.learn(&item.data);
-            seen += 1;
         }
-        match page.last() {
-            Some(last) if page.len() == MAX_LIMIT as usize => cursor = last.seq,
-            _ => break,
-        }
+        seen += page.len() as u64;
+        cursor = next;
     }
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
@@ -708,9 +704,9 @@ async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> Result<Respo
             return;
         }
         // Only the rows the first pass saw: items arriving in between would lack columns.
-        let (mut left, mut cursor) = (seen, after);
-        while left > 0 {
-            let page = match api.items(id, cursor, MAX_LIMIT).await {
+        let (mut sent, mut cursor) = (0, (seen > 0).then_some(after));
+        while let Some(from) = cursor {
+            let (page, next) = match items_page(&api, id, from, seen - sent).await {
                 Ok(page) => page,
                 Err(err) => {
                     // The status line is gone already; cutting the body short tells the client it is incomplete.
@@ -718,18 +714,12 @@ async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> Result<Respo
                     return;
                 }
             };
-            let mut chunk = String::new();
-            for item in page.iter().take(left as usize) {
-                chunk.push_str(&columns.row(&item.data));
-                left -= 1;
-            }
+            let chunk: String = page.iter().map(|item| columns.row(&item.data)).collect();
+            sent += page.len() as u64;
             if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
                 return;
             }
-            match page.last() {
-                Some(last) if page.len() == MAX_LIMIT as usize => cursor = last.seq,
-                _ => break,
-            }
+            cursor = next;
         }
     });
     Ok((
@@ -743,6 +733,23 @@ async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> Result<Respo
         axum::body::Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())
+}
+
+/// Up to `left` items after `from`, and where the next page starts while there may be more to read.
+async fn items_page(
+    api: &Api,
+    id: TaskId,
+    from: u64,
+    left: u64,
+) -> Result<(Vec<arachne_shared::ItemRecord>, Option<u64>)> {
+    let mut page = api.items(id, from, MAX_LIMIT).await?;
+    let more = page.len() == MAX_LIMIT as usize;
+    page.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+    let next = page
+        .last()
+        .map(|last| last.seq)
+        .filter(|_| more && (page.len() as u64) < left);
+    Ok((page, next))
 }
 
 async fn list_nodes(State(api): State<Api>) -> Result<impl IntoResponse> {
@@ -933,14 +940,10 @@ async fn stream_events(
                 if !wanted || sent.get(&id) == Some(&mark) {
                     continue;
                 }
-                if task.status.is_terminal() {
-                    sent.remove(&id);
-                } else {
-                    if sent.len() >= REMEMBERED {
-                        sent.clear();
-                    }
-                    sent.insert(id, mark);
+                if sent.len() >= REMEMBERED {
+                    sent.clear();
                 }
+                sent.insert(id, mark);
                 let data = serde_json::to_string(&task).expect("tasks serialise");
                 Event::default().event(EVENT_TASK).data(data)
             }
