@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ErrorBody;
 use crate::types::{
-    CreateSpider, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, EventQuery,
-    ItemQuery, LogQuery, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree,
-    UpdateNode, VersionFiles, VersionQuery,
+    CreateSpider, CronPreview, CronQuery, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG,
+    EVENT_TASK, EventQuery, ItemQuery, LogQuery, LogSearch, LogSearchQuery, Page, RunTask,
+    ScheduleSpec, ScheduleView, TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -309,6 +309,22 @@ impl Client {
                 .query(query),
         )
         .await
+    }
+
+    /// One bounded step of a search through a task's log; continue from `scanned_to` until `done`.
+    pub async fn search_logs(&self, id: TaskId, query: &LogSearchQuery) -> Result<LogSearch> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/tasks/{id}/logs/search")))
+                .query(query),
+        )
+        .await
+    }
+
+    /// The next fire times of a cron expression, or the server's message naming its bad field.
+    pub async fn check_cron(&self, query: &CronQuery) -> Result<CronPreview> {
+        self.json(self.http.get(self.url("/cron")).query(query))
+            .await
     }
 
     pub async fn items(&self, id: TaskId, query: &ItemQuery) -> Result<Vec<ItemRecord>> {

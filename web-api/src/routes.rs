@@ -23,10 +23,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::csv::Columns;
 use crate::openapi::{self, Doc, Reply};
 use crate::types::{
-    CreateSpider, DEFAULT_LIMIT, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK,
-    EventQuery, ItemFormat, ItemQuery, LogQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec,
-    ScheduleView, TaskQuery, TaskTree, UpdateNode, Upload, UploadedFile, VersionFiles,
-    VersionQuery, WaitQuery,
+    CreateSpider, CronPreview, CronQuery, DEFAULT_LIMIT, EVENT_DELETED, EVENT_END, EVENT_LAGGED,
+    EVENT_LOG, EVENT_TASK, EventQuery, ItemFormat, ItemQuery, LOG_SEARCH_SCAN, LogQuery, LogSearch,
+    LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree,
+    UpdateNode, Upload, UploadedFile, VersionFiles, VersionQuery, WaitQuery,
 };
 use crate::{Backend, Error, Result};
 
@@ -266,6 +266,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         ),
         route(
             Method::GET,
+            "/api/v1/tasks/{id}/logs/search",
+            "Log lines holding a text (case-insensitive), scanning a bounded stretch per request; continue after `scanned_to` until `done`",
+            query(inline::<LogSearchQuery>),
+            Out::Json(200, schema::<LogSearch>),
+            get(search_logs),
+        ),
+        route(
+            Method::GET,
             "/api/v1/tasks/{id}/items",
             "Items after a sequence number: JSON, JSON lines (format=jsonl) or a CSV export of all of them (format=csv)",
             query(inline::<ItemQuery>),
@@ -305,6 +313,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             body(schema::<ScheduleSpec>),
             Out::Json(201, schema::<ScheduleView>),
             post(create_schedule),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/cron",
+            "Check a cron expression in a time zone: its next 5 fire times, or a 400 naming the bad field",
+            query(inline::<CronQuery>),
+            Out::Json(200, schema::<CronPreview>),
+            get(cron_preview),
         ),
         route(
             Method::GET,
@@ -820,6 +836,57 @@ async fn logs(
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+async fn search_logs(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    q: Result<Query<LogSearchQuery>, QueryRejection>,
+) -> Result<Json<LogSearch>> {
+    const PAGE: u32 = 5_000;
+    let q = query(q)?;
+    let id = task_id(&id)?;
+    let needle = q.q.to_lowercase();
+    if needle.is_empty() {
+        return Err(Error::BadRequest("q must not be empty".into()));
+    }
+    let wanted = limit(Some(q.limit.unwrap_or(100)))? as usize;
+    api.get_task(id).await?;
+    let mut found = LogSearch {
+        lines: Vec::new(),
+        scanned_to: q.after.unwrap_or(0),
+        done: false,
+    };
+    let mut scanned = 0;
+    while found.lines.len() < wanted && scanned < LOG_SEARCH_SCAN {
+        let page = api.logs(id, found.scanned_to, PAGE).await?;
+        found.done = page.len() < PAGE as usize;
+        scanned += page.len() as u32;
+        for line in page {
+            found.scanned_to = line.seq;
+            if line.text.to_lowercase().contains(&needle) {
+                found.lines.push(line);
+                if found.lines.len() == wanted {
+                    // The rest of this page is unscanned: the next request starts right after this match.
+                    found.done = false;
+                    break;
+                }
+            }
+        }
+        if found.done {
+            break;
+        }
+    }
+    Ok(Json(found))
+}
+
+async fn cron_preview(q: Result<Query<CronQuery>, QueryRejection>) -> Result<Json<CronPreview>> {
+    let q = query(q)?;
+    let tz = q.tz.as_deref().filter(|tz| !tz.is_empty()).unwrap_or("UTC");
+    let expr = arachne_shared::schedule::CronExpr::parse(&q.cron, tz).map_err(Error::BadRequest)?;
+    Ok(Json(CronPreview {
+        next: expr.next(chrono::Utc::now(), 5),
+    }))
 }
 
 /// Feeds one SSE follower: the store is read after every change notice, so a follower never misses a line

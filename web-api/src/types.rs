@@ -161,6 +161,54 @@ pub struct LogQuery {
     pub follow: Option<bool>,
 }
 
+/// `GET /api/v1/tasks/{id}/logs/search`: lines holding `q`, scanned from `after` on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogSearchQuery {
+    /// The text to find, case-insensitively.
+    pub q: String,
+    /// Scan only lines with a larger sequence number.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Stop after this many matching lines (default 100).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// One bounded step of a log search. A request scans at most [`LOG_SEARCH_SCAN`] lines, so searching a
+/// million-line log is a series of quick requests (`after = scanned_to`) a client can show progress for and
+/// stop, never one that holds the server.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LogSearch {
+    /// Matching lines, oldest first.
+    pub lines: Vec<arachne_shared::LogLine>,
+    /// The sequence number of the last line scanned; continue after it.
+    pub scanned_to: u64,
+    /// Every stored line was scanned.
+    pub done: bool,
+}
+
+/// Lines one log search request scans at most.
+pub const LOG_SEARCH_SCAN: u32 = 50_000;
+
+/// `GET /api/v1/cron`: a cron expression to check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CronQuery {
+    /// 5 fields (minute first), 6 fields (seconds first) or @hourly/@daily/@weekly/@monthly.
+    pub cron: String,
+    /// IANA time zone; UTC by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<String>,
+}
+
+/// A valid cron expression's next fire times.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CronPreview {
+    /// The next 5 fire times from now.
+    pub next: Vec<DateTime<Utc>>,
+}
+
 /// Export formats of items.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
