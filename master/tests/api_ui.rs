@@ -1,4 +1,5 @@
-//! What the web UI needs from the API beyond the task routes: searching a task's log in bounded steps, and checking a cron expression as it is typed — through a real master, worker and
+//! What the web UI needs from the API beyond the task routes: the embedded UI itself, searching a task's log
+//! in bounded steps, and checking a cron expression as it is typed — through a real master, worker and
 //! spider process.
 
 mod common;
@@ -133,5 +134,71 @@ async fn cron_expressions_are_checked_with_their_next_fire_times() {
         message.contains("unknown time zone \"Mars/Olympus\""),
         "{message}"
     );
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn the_master_serves_its_web_ui_without_a_token() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", master.http);
+
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"src="/ui/js/app.js""#));
+
+    // Every module the app imports is served, as JavaScript.
+    for module in [
+        "app",
+        "api",
+        "dom",
+        "logview",
+        "nodes",
+        "schedules",
+        "spiders",
+        "tasks",
+    ] {
+        let js = http
+            .get(format!("{base}/ui/js/{module}.js"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(js.status(), 200, "{module}.js");
+        assert!(
+            js.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+    }
+    let missing = http
+        .get(format!("{base}/ui/js/nope.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "no UI asset \"js/nope.js\"");
+
+    // The data behind it still needs the token.
+    let tasks = http
+        .get(format!("{base}/api/v1/tasks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tasks.status(), 401);
     master.stop().await;
 }

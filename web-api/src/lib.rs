@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod routes;
 pub mod types;
+mod ui;
 
 use arachne_shared::files::VersionInfo;
 use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskChanged, TaskId};

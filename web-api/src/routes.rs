@@ -89,6 +89,7 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         router = router.route(path, handler);
     }
     router
+        .merge(crate::ui::routes())
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .with_state(backend)
 }

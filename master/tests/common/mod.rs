@@ -41,6 +41,24 @@ pub fn quick_runner() -> arachne_worker::RunnerOptions {
     }
 }
 
+/// With a test server named in `ARACHNE_TEST_MONGODB_URI`, every master keeps its records there: a database
+/// per data folder, so a restarted master finds its predecessor's (and a test that fills the store before the
+/// master starts fills the one the master will use).
+pub fn use_test_store(config: &mut Config) {
+    if let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        config.data_dir.hash(&mut hasher);
+        config.mongodb.get_or_insert(arachne_master::MongoConfig {
+            uri,
+            database: Some(format!("arachne_test_{:016x}", hasher.finish())),
+        });
+    }
+}
+
 impl TestMaster {
     pub async fn start(data_dir: &Path, local_worker: bool) -> Self {
         let mut config = Config::new(data_dir.to_owned());
@@ -74,20 +92,7 @@ impl TestMaster {
 
     /// Starts a master without adding the test tokens (the client sends the configured API token, if any).
     pub async fn launch(mut config: Config, grpc: SocketAddr) -> Self {
-        // With a test server named, every master keeps its records there: a database per data folder, so a
-        // restarted master finds its predecessor's.
-        if let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
-            .ok()
-            .filter(|u| !u.is_empty())
-        {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            config.data_dir.hash(&mut hasher);
-            config.mongodb.get_or_insert(arachne_master::MongoConfig {
-                uri,
-                database: Some(format!("arachne_test_{:016x}", hasher.finish())),
-            });
-        }
+        use_test_store(&mut config);
         let token = config.auth.api_token.clone();
         let mongodb = config.mongodb.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,216 @@
+//! The web UI end to end in headless Chromium (Debian's `chromium`), driven by `browser/e2e.mjs` through
+//! playwright-core: a real master serving the embedded UI, a real worker, real spider processes. The store
+//! is filled first with 100,000 tasks and a task with a 1,000,000-line log, so the pages are exercised at the
+//! size Crawlab's task page froze at. Screenshots of every page go to `target/ui-screenshots/`.
+//!
+//! Needs `chromium` (or `ARACHNE_CHROMIUM`) and `npm`; the first run installs playwright-core (pinned by
+//! `browser/package-lock.json`) into `target/browser-deps/`. `ARACHNE_SKIP_BROWSER_TESTS=1` skips it, loudly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use arachne_master::Config;
+use arachne_master::store::Store;
+use arachne_shared::{LogLine, LogStream, Spider, Task, TaskStatus};
+use common::{API_TOKEN, TIMEOUT, TestMaster, TestWorker, spider_dir};
+
+const SEEDED_TASKS: usize = 100_000;
+const BIG_LOG_LINES: u64 = 1_000_000;
+/// The line of the big log the test searches for.
+const NEEDLE_LINE: u64 = 777_777;
+
+/// The spider the UI uploads as a folder and runs: items first, then a line every 100 ms with a STATUS
+/// report every tenth line, until cancelled.
+const TICKER: &str = r#"import json, time
+print(json.dumps({"type": "INSERT_DATA", "payload": [{"title": "first", "n": 1}, {"title": "second", "n": 2}]}), flush=True)
+for i in range(1, 6001):
+    print(f"tick {i}", flush=True)
+    if i % 10 == 0:
+        print(json.dumps({"type": "STATUS", "payload": {"progress": i / 6000, "message": f"{i} ticks"}}), flush=True)
+    time.sleep(0.1)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_big_store() {
+    if std::env::var("ARACHNE_SKIP_BROWSER_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: ARACHNE_SKIP_BROWSER_TESTS=1; the web UI was not tested");
+        return;
+    }
+    let chromium = chromium();
+    let deps = install_driver();
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = None;
+    common::use_test_store(&mut config);
+    let big = fill_store(&config).await;
+    let master = TestMaster::start_with(config).await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+
+    let spider = spider_dir(&[
+        ("main.py", TICKER),
+        ("README.md", "ticks until cancelled\n"),
+    ]);
+    let shots = workspace_target().join("ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/e2e.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("ARACHNE_URL", format!("http://{}", master.http))
+        .env("ARACHNE_TOKEN", API_TOKEN)
+        .env("ARACHNE_CHROMIUM", &chromium)
+        .env("ARACHNE_BROWSER_DEPS", &deps)
+        .env("ARACHNE_SCREENSHOTS", &shots)
+        .env("SPIDER_DIR", spider.path())
+        .env("BIG_TASK", big.id.to_string())
+        .env("BIG_LINES", BIG_LOG_LINES.to_string())
+        .env("NEEDLE_LINE", NEEDLE_LINE.to_string())
+        .env("SEEDED_TASKS", SEEDED_TASKS.to_string())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .status();
+    // The script bounds each of its steps; this bounds the whole in case the browser itself hangs.
+    let status = tokio::time::timeout(TIMEOUT * 5, run)
+        .await
+        .expect("the browser test finishes")
+        .expect("node runs");
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); see its output above and the screenshots in {}",
+        shots.display()
+    );
+
+    // What the UI did happened for real: the uploaded spider's task was cancelled and its process killed.
+    let page = master
+        .client
+        .list_tasks(&arachne_web_api::types::TaskQuery {
+            spider: Some("ui-demo".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        page.items.iter().any(|t| t.status == TaskStatus::Cancelled),
+        "the task cancelled in the UI is Cancelled: {:?}",
+        page.items.iter().map(|t| t.status).collect::<Vec<_>>()
+    );
+    let schedule = master.client.get_schedule("ui-every-10s").await.unwrap();
+    assert_eq!(schedule.schedule.cron, "*/10 * * * * *");
+    assert!(!schedule.schedule.enabled, "disabled in the UI");
+    worker.stop().await;
+    master.stop().await;
+}
+
+/// Fills the store the master will open: 100,000 ended tasks over four spiders, and one task whose log has
+/// 1,000,000 lines (one of them holding a needle to search for). Returns that task.
+async fn fill_store(config: &Config) -> Task {
+    let store = arachne_master::open_store(config).await.unwrap();
+    let now = chrono::Utc::now();
+    let spiders: Vec<Spider> = ["quotes", "books", "news", "shop"]
+        .iter()
+        .map(|name| Spider::new(*name, "python3 main.py", now))
+        .collect();
+    for spider in &spiders {
+        store.put_spider(spider).await.unwrap();
+    }
+    for chunk in (0..SEEDED_TASKS).collect::<Vec<_>>().chunks(5_000) {
+        let tasks: Vec<Task> = chunk
+            .iter()
+            .map(|i| ended(&spiders[i % spiders.len()], i % 10 == 0, now))
+            .collect();
+        store.insert_tasks(&tasks).await.unwrap();
+    }
+    let big = ended(&spiders[0], false, now);
+    store.insert_task(&big).await.unwrap();
+    append_big_log(store.as_ref(), &big).await;
+    store.get_task(big.id).await.unwrap().unwrap()
+}
+
+fn ended(spider: &Spider, failed: bool, now: chrono::DateTime<chrono::Utc>) -> Task {
+    let mut task = Task::pending(spider, now);
+    task.node = Some("w0".into());
+    task.set_status(TaskStatus::Running, now);
+    task.set_status(
+        if failed {
+            TaskStatus::Error
+        } else {
+            TaskStatus::Finished
+        },
+        now,
+    );
+    task
+}
+
+async fn append_big_log(store: &dyn Store, task: &Task) {
+    let at = chrono::Utc::now();
+    let mut seq = 0;
+    while seq < BIG_LOG_LINES {
+        let batch: Vec<LogLine> = (seq + 1..=(seq + 10_000).min(BIG_LOG_LINES))
+            .map(|n| LogLine {
+                seq: n,
+                stream: if n % 100 == 0 {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                },
+                text: if n == NEEDLE_LINE {
+                    format!("line {n} holds the needle-in-a-haystack")
+                } else {
+                    format!("line {n} of a long crawl")
+                },
+                at,
+            })
+            .collect();
+        seq += batch.len() as u64;
+        store.append_logs(task.id, &batch).await.unwrap();
+    }
+}
+
+fn workspace_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("ARACHNE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "no Chromium at {}: install Debian's `chromium` package (`.ci/run` does), name another build with \
+         ARACHNE_CHROMIUM, or skip the web UI test with ARACHNE_SKIP_BROWSER_TESTS=1",
+        path.display()
+    );
+    path
+}
+
+/// Installs playwright-core as locked in `browser/package-lock.json` into `target/browser-deps/` once (again
+/// when the lock file changes), and returns that folder.
+fn install_driver() -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let deps = workspace_target().join("browser-deps");
+    let lock = std::fs::read(source.join("package-lock.json")).unwrap();
+    let installed = deps
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+        && std::fs::read(deps.join("package-lock.json")).is_ok_and(|l| l == lock);
+    if !installed {
+        std::fs::create_dir_all(&deps).unwrap();
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(source.join(file), deps.join(file)).unwrap();
+        }
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(&deps)
+            .status()
+            .expect("npm runs (install Node.js and npm)");
+        assert!(status.success(), "npm ci of playwright-core failed");
+    }
+    deps
+}

@@ -1,0 +1,267 @@
+// The web UI in headless Chromium, as a user would drive it. Started by master/tests/browser.rs, which runs
+// the master and the worker and passes where everything is in the environment. Every step is bounded by a
+// timeout and waits on what the page shows, never on the clock; a failing step leaves a screenshot.
+
+import { createRequire } from "node:module";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set: run this through \`cargo test --test browser\``);
+  return value;
+};
+const URL = env("ARACHNE_URL");
+const TOKEN = env("ARACHNE_TOKEN");
+const SHOTS = env("ARACHNE_SCREENSHOTS");
+const BIG_TASK = env("BIG_TASK");
+const BIG_LINES = Number(env("BIG_LINES"));
+const NEEDLE_LINE = Number(env("NEEDLE_LINE"));
+const SEEDED_TASKS = Number(env("SEEDED_TASKS"));
+const TIMEOUT = 30_000;
+
+const require = createRequire(path.join(env("ARACHNE_BROWSER_DEPS"), "package.json"));
+const { chromium } = require("playwright-core");
+
+const browser = await chromium.launch({
+  executablePath: env("ARACHNE_CHROMIUM"),
+  headless: true,
+  // The machine has no route out: without these Chromium keeps dialling Google's services.
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
+});
+const context = await browser.newContext({ viewport: { width: 1366, height: 820 }, acceptDownloads: true });
+context.setDefaultTimeout(TIMEOUT);
+const page = await context.newPage();
+const pageErrors = [];
+page.on("pageerror", (error) => pageErrors.push(error.message));
+page.on("console", (message) => {
+  // Failed requests are the API answering (a bad cron expression is a 400 by design); the steps check what
+  // the page makes of them. Anything else logged as an error is a defect.
+  if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) pageErrors.push(message.text());
+});
+
+const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+let failed = false;
+async function step(name, action) {
+  const started = Date.now();
+  try {
+    await action();
+    console.log(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (error) {
+    failed = true;
+    console.error(`FAIL ${name}: ${error.stack || error}`);
+    await shot(`FAILED-${name.replace(/\W+/g, "-")}`).catch(() => {});
+    throw error;
+  }
+}
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+/** The API from the test's side, to act behind the page's back (a run the page must notice by itself). */
+async function call(method, route, body) {
+  const response = await fetch(`${URL}/api/v1${route}`, {
+    method,
+    headers: { Authorization: `Bearer ${TOKEN}`, "Content-Type": "application/json" },
+    body: body && JSON.stringify(body),
+  });
+  if (!response.ok) throw new Error(`${method} ${route}: ${response.status} ${await response.text()}`);
+  return response.status === 204 ? null : response.json();
+}
+const heading = (name) => page.getByRole("heading", { level: 1, name });
+const logLine = (seq) => page.locator(`.log-viewport .line[data-seq="${seq}"] .t`);
+
+try {
+  await step("sign-in refuses a wrong token and accepts the right one", async () => {
+    await page.goto(URL);
+    await page.getByLabel("API token").fill("arachne_api_wrong");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "Sign-in failed" }).waitFor();
+    await shot("login");
+    await page.getByLabel("API token").fill(TOKEN);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await heading("Tasks").waitFor();
+    check((await page.evaluate(() => sessionStorage.getItem("arachne.token"))) === TOKEN, "token kept in session storage");
+  });
+
+  await step("the task list pages through 100,000 tasks", async () => {
+    await page.locator(".summary", { hasText: "page 1 of" }).waitFor();
+    const summary = await page.locator(".summary").textContent();
+    const total = Number(summary.split(" tasks")[0].replace(/\D/g, ""));
+    check(total >= SEEDED_TASKS, `summary counts every task: ${summary}`);
+    check((await page.locator('table[aria-label="Tasks"] tbody tr').count()) === 50, "a page of 50 rows");
+    await shot("tasks");
+    await page.getByRole("button", { name: "Last »" }).click();
+    const pages = Math.ceil(total / 50);
+    await page.locator(".summary", { hasText: `page ${pages.toLocaleString("en-US")} of` }).waitFor();
+    await page.locator('table[aria-label="Tasks"] tbody tr').first().waitFor();
+    await page.getByLabel("Status").selectOption("error");
+    await page.locator(".summary", { hasText: "page 1 of" }).waitFor();
+    const rows = page.locator('table[aria-label="Tasks"] tbody tr [data-status]');
+    await rows.first().waitFor();
+    const statuses = await rows.evaluateAll((els) => els.map((e) => e.dataset.status));
+    check(statuses.every((s) => s === "error"), `filtered by status: ${statuses}`);
+  });
+
+  await step("a spider is created from a folder upload and its files can be read", async () => {
+    await page.goto(`${URL}/#/spiders`);
+    await heading("Spiders").waitFor();
+    await page.getByRole("button", { name: "New spider" }).click();
+    const dialog = page.getByRole("dialog", { name: "New spider" });
+    await dialog.getByLabel("Name").fill("ui-demo");
+    await dialog.getByLabel("Command").fill("python3 main.py");
+    await dialog.getByLabel("Folder").setInputFiles(env("SPIDER_DIR"));
+    await dialog.getByRole("button", { name: "Create" }).click();
+    await heading("ui-demo").waitFor();
+    await page.getByRole("button", { name: "main.py" }).click();
+    await page.locator("pre.file", { hasText: "tick" }).waitFor();
+    await shot("spider");
+  });
+
+  let taskUrl;
+  await step("a run from the dialog shows its log lines live, with progress and items", async () => {
+    await page.locator(".bar").getByRole("button", { name: "Run", exact: true }).click();
+    const dialog = page.getByRole("dialog", { name: "Run ui-demo" });
+    await dialog.getByLabel("Priority").fill("3");
+    await dialog.getByRole("button", { name: "Run", exact: true }).click();
+    await page.locator(".badge", { hasText: "running" }).first().waitFor();
+    taskUrl = page.url();
+    await logLine(3).filter({ hasText: "tick 3" }).waitFor();
+    // Later lines arrive on the open page, with no reload.
+    await page.locator(".log-viewport .line .t", { hasText: /^tick 45$/ }).waitFor();
+    check(await page.getByLabel("Follow new lines").isChecked(), "the view follows new lines");
+    await page.locator(".progress-area progress").waitFor();
+    await page.getByRole("table", { name: "Items" }).getByText("second").waitFor();
+    await shot("task-running");
+  });
+
+  await step("scrolling up pauses following; the end resumes it", async () => {
+    await page.locator(".log-viewport").hover();
+    await page.mouse.wheel(0, -400);
+    await page.waitForFunction(() => !document.getElementById("log-follow").checked);
+    const shownBefore = await page.locator(".log-viewport .line").first().getAttribute("data-seq");
+    await page.locator(".log-state", { hasText: "new below" }).waitFor();
+    const shownAfter = await page.locator(".log-viewport .line").first().getAttribute("data-seq");
+    check(shownBefore === shownAfter, `the view stays put while paused (${shownBefore} then ${shownAfter})`);
+    await page.getByRole("button", { name: "End" }).click();
+    await page.getByLabel("Follow new lines").check();
+    await page.waitForFunction(() => document.getElementById("log-follow").checked);
+  });
+
+  await step("Export CSV downloads the task's items", async () => {
+    const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export CSV" }).click()]);
+    const csv = await readFile(await download.path(), "utf8");
+    check(csv.split("\r\n")[0] === "title,n" || csv.split("\n")[0] === "title,n", `CSV header: ${csv.slice(0, 80)}`);
+    check(csv.includes("second"), "CSV rows");
+  });
+
+  await step("Cancel ends the running task as cancelled", async () => {
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
+    await page.locator(".log-state", { hasText: "task ended" }).waitFor();
+    await page.getByRole("button", { name: "Restart" }).waitFor();
+    await shot("task-cancelled");
+  });
+
+  await step("the task list updates live from the events stream", async () => {
+    await page.goto(`${URL}/#/tasks?spider=ui-demo`);
+    await page.locator(".live", { hasText: "live" }).waitFor();
+    const before = await page.locator('table[aria-label="Tasks"] tbody tr[data-task]').count();
+    const task = await call("POST", "/tasks", { spider: "ui-demo" });
+    const row = page.locator(`tr[data-task="${task.id}"]`);
+    await row.locator('[data-status="running"]').waitFor();
+    check((await page.locator('table[aria-label="Tasks"] tbody tr[data-task]').count()) === before + 1, "the new run was added");
+    await call("POST", `/tasks/${task.id}/cancel`);
+    await row.locator('[data-status="cancelled"]').waitFor();
+    await shot("tasks-live");
+  });
+
+  await step("a 1,000,000-line log is virtualised, jumps to its end and finds a line", async () => {
+    await page.goto(`${URL}/#/tasks/${BIG_TASK}`);
+    await page.locator(".log-state", { hasText: `${BIG_LINES.toLocaleString("en-US")} lines` }).waitFor();
+    await logLine(1).filter({ hasText: "line 1 of a long crawl" }).waitFor();
+    const rendered = await page.locator(".log-viewport .line").count();
+    check(rendered > 0 && rendered < 200, `only the rows in view are in the page: ${rendered}`);
+    await page.getByRole("button", { name: "End" }).click();
+    await logLine(BIG_LINES).filter({ hasText: `line ${BIG_LINES} of a long crawl` }).waitFor();
+    await page.getByLabel("Search log").fill("NEEDLE-in-a");
+    await page.getByRole("button", { name: "Find" }).click();
+    const hit = page.getByRole("button", { name: `line ${NEEDLE_LINE.toLocaleString("en-US")}` });
+    await hit.waitFor();
+    await page.locator(".search-results", { hasText: "1 match" }).waitFor();
+    await hit.click();
+    await page.locator(`.log-viewport .line.selected[data-seq="${NEEDLE_LINE}"] mark`, { hasText: "needle-in-a" }).waitFor();
+    await page.locator(".line-detail", { hasText: "holds the needle" }).waitFor();
+    check((await page.locator(".log-viewport .line").count()) < 200, "still only the rows in view");
+    await shot("big-log");
+  });
+
+  await step("a schedule is checked as it is typed, created and disabled", async () => {
+    await page.goto(`${URL}/#/schedules/new`);
+    await heading("New schedule").waitFor();
+    await page.getByLabel("Name").fill("ui-every-10s");
+    await page.getByLabel("Spider").selectOption("ui-demo");
+    const cron = page.getByLabel("Cron expression");
+    await cron.fill("61 * * * *");
+    await page.locator(".cron-check .error", { hasText: "minute" }).waitFor();
+    check((await cron.getAttribute("aria-invalid")) === "true", "the bad expression is marked invalid");
+    await cron.fill("*/10 * * * * *");
+    await page.locator(".cron-check .fire-times li").nth(4).waitFor();
+    check((await page.locator(".cron-check .fire-times li").count()) === 5, "five fire times");
+    await shot("schedule-form");
+    await page.getByRole("button", { name: "Create" }).click();
+    await heading("Schedules").waitFor();
+    const row = page.locator('tr[data-schedule="ui-every-10s"]');
+    await row.getByText("enabled").waitFor();
+    await row.getByRole("button", { name: "Disable" }).click();
+    await page.locator('tr[data-schedule="ui-every-10s"]').getByText("disabled").waitFor();
+    await shot("schedules");
+  });
+
+  await step("nodes show their state and take a new runner count", async () => {
+    await page.goto(`${URL}/#/nodes`);
+    const row = page.locator('tr[data-node="w1"]');
+    await row.locator('[data-status="online"]').waitFor();
+    await row.getByLabel("Max runners of w1").fill("3");
+    await row.getByRole("button", { name: "Set" }).click();
+    await page.locator('tr[data-node="w1"]').getByText("/ 3").first().waitFor();
+    await shot("nodes");
+  });
+
+  await step("the pages are keyboard reachable", async () => {
+    await page.goto(`${URL}/#/tasks`);
+    await heading("Tasks").waitFor();
+    // A page change moves focus to its heading; Tab goes on to the page's controls, Shift+Tab back to the menu.
+    const stop = () => page.evaluate(() => {
+      const el = document.activeElement;
+      return `${el.tagName.toLowerCase()}:${el.getAttribute("name") || el.textContent.trim()}`;
+    });
+    await page.waitForFunction(() => document.activeElement?.tagName === "H1");
+    check((await stop()) === "h1:Tasks", `focus on the heading: ${await stop()}`);
+    const forward = [];
+    for (let i = 0; i < 4; i++) {
+      await page.keyboard.press("Tab");
+      forward.push(await stop());
+    }
+    check(forward.join("|") === "select:spider|select:status|input:node|button:Filter", `tab stops: ${forward}`);
+    for (let i = 0; i < 4; i++) await page.keyboard.press("Shift+Tab");
+    check((await stop()) === "button:Sign out", `back to the menu: ${await stop()}`);
+    await page.keyboard.press("Shift+Tab");
+    await page.keyboard.press("Enter");
+    await heading("Nodes").waitFor();
+    const unlabeled = await page.evaluate(() =>
+      [...document.querySelectorAll("input, select")]
+        .filter((el) => !el.labels?.length && !el.getAttribute("aria-label"))
+        .map((el) => el.outerHTML),
+    );
+    check(unlabeled.length === 0, `every control has a label: ${unlabeled}`);
+  });
+
+  check(pageErrors.length === 0, `the pages raised errors: ${pageErrors.join(" | ")}`);
+} catch (error) {
+  failed = true;
+  if (!String(error.message).includes("FAIL")) console.error(error.message);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,84 @@
+// The nodes page: every worker with its state, load and machine metrics, refreshed every few seconds (nodes
+// report by heartbeat, so there is nothing to stream), with enable/disable and runner slots editable in place.
+
+import { get, patch } from "./api.js";
+import { badge, busy, bytes, clear, h, table, time } from "./dom.js";
+
+const REFRESH_MS = 5000;
+
+export async function nodesPage(main) {
+  const holder = h("div");
+  const stamp = h("span", { class: "live", role: "status" });
+  main.append(h("div", { class: "bar" }, h("h1", {}, "Nodes"), stamp), holder);
+  // Rows being edited are not replaced under the user's cursor.
+  let editing = false;
+  async function load() {
+    if (editing) return;
+    const nodes = await get("/nodes");
+    clear(
+      holder,
+      nodes.length
+        ? table(["Name", "State", "Runners", "CPU", "Memory", "Disk", "Labels", "Version", "Last seen", "Enabled", "Max runners"], nodes.map(row), { "aria-label": "Nodes" })
+        : h("p", {}, "No worker has registered yet. Start one with `arachne-worker --master URL`."),
+    );
+    stamp.textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+
+  function row(node) {
+    const path = `/nodes/${encodeURIComponent(node.name)}`;
+    const m = node.metrics;
+    const slots = h("input", { type: "number", min: 0, max: 1024, value: node.max_runners, name: "max_runners", "aria-label": `Max runners of ${node.name}`, class: "narrow" });
+    slots.addEventListener("focus", () => (editing = true));
+    slots.addEventListener("blur", () => (editing = false));
+    return h(
+      "tr",
+      { dataset: { node: node.name } },
+      h("th", { scope: "row" }, node.name),
+      h("td", {}, badge(node.status)),
+      h("td", {}, `${node.running} / ${node.max_runners}`),
+      h("td", {}, m ? `${m.cpu_percent.toFixed(0)}%` : ""),
+      h("td", {}, m ? `${bytes(m.memory_used_bytes)} / ${bytes(m.memory_total_bytes)}` : ""),
+      h("td", {}, m ? `${bytes(m.disk_used_bytes)} / ${bytes(m.disk_total_bytes)}` : ""),
+      h("td", {}, Object.entries(node.labels || {}).map(([k, v]) => h("code", { class: "label" }, `${k}=${v}`))),
+      h("td", {}, node.version),
+      h("td", {}, time(node.last_seen)),
+      h(
+        "td",
+        {},
+        h("button", {
+          type: "button",
+          class: "secondary",
+          "aria-pressed": String(node.enabled),
+          onclick: (e) => busy(e.target, async () => {
+            await patch(path, { enabled: !node.enabled });
+            await load();
+          }),
+        }, node.enabled ? "Enabled · disable" : "Disabled · enable"),
+      ),
+      h(
+        "td",
+        {},
+        h(
+          "form",
+          {
+            class: "inline",
+            onsubmit: (e) => {
+              e.preventDefault();
+              editing = false;
+              busy(e.submitter, async () => {
+                await patch(path, { max_runners: Number(slots.value) });
+                await load();
+              });
+            },
+          },
+          slots,
+          h("button", { type: "submit", class: "secondary" }, "Set"),
+        ),
+      ),
+    );
+  }
+
+  await load();
+  const timer = setInterval(() => load().catch(() => {}), REFRESH_MS);
+  return () => clearInterval(timer);
+}

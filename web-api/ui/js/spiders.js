@@ -1,0 +1,309 @@
+// Spider pages: the list (with each spider's last run), creating one and uploading its files (a folder or an
+// archive), a spider's versions and files, and the run dialog.
+
+import { api, get, post } from "./api.js";
+import { badge, busy, bytes, clear, count, field, h, notify, select, shortHash, table, time } from "./dom.js";
+
+export async function spidersPage(main) {
+  const body = h("tbody");
+  main.append(
+    h("div", { class: "bar" }, h("h1", {}, "Spiders"), h("button", { type: "button", onclick: () => createDialog() }, "New spider")),
+    h(
+      "table",
+      { "aria-label": "Spiders" },
+      h("thead", {}, h("tr", {}, ["Name", "Command", "Version", "Files", "Last run", "Status", ""].map((t) => h("th", { scope: "col" }, t)))),
+      body,
+    ),
+  );
+  const spiders = await get("/spiders");
+  if (!spiders.length) {
+    body.append(h("tr", {}, h("td", { colspan: 7 }, "No spiders yet: create one and upload its files.")));
+    return;
+  }
+  for (const spider of spiders) {
+    const last = h("td", {}, "…");
+    const status = h("td");
+    body.append(
+      h(
+        "tr",
+        {},
+        h("td", {}, h("a", { href: `#/spiders/${encodeURIComponent(spider.name)}` }, spider.name)),
+        h("td", {}, h("code", {}, spider.cmd)),
+        h("td", {}, h("code", { title: spider.version }, shortHash(spider.version) || "no files")),
+        h("td", {}, count(spider.file_count)),
+        last,
+        status,
+        h("td", {}, h("button", { type: "button", onclick: () => runDialog(spider) }, "Run")),
+      ),
+    );
+    // One small request per spider: the newest task is the first of its page.
+    get("/tasks", { spider: spider.name, limit: 1 }).then(
+      (page) => {
+        const task = page.items[0];
+        if (!task) return clear(last, "never");
+        clear(last, h("a", { href: `#/tasks/${task.id}` }, time(task.created_at)));
+        clear(status, badge(task.status));
+      },
+      (error) => clear(last, error.message),
+    );
+  }
+}
+
+/** The "new spider" dialog: name, command, then a folder or an archive to upload. */
+function createDialog() {
+  const name = h("input", { name: "name", required: true, pattern: "[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,63}", maxlength: 64, autocomplete: "off" });
+  const cmd = h("input", { name: "cmd", required: true, placeholder: "python3 main.py", autocomplete: "off" });
+  const files = uploadControls();
+  const dialog = modal(
+    "New spider",
+    [field("Name", name, "Up to 64 letters, digits, '.', '_' and '-', not starting with '.'."), field("Command", cmd, "Run in the spider's folder."), files.controls],
+    "Create",
+    async () => {
+      await post("/spiders", { name: name.value.trim(), cmd: cmd.value.trim() });
+      if (files.chosen()) await files.upload(name.value.trim());
+      location.hash = `#/spiders/${encodeURIComponent(name.value.trim())}`;
+    },
+  );
+  dialog.showModal();
+}
+
+/** A folder picker and an archive picker; `upload(name)` sends whichever was chosen as a new version. */
+function uploadControls() {
+  const folder = h("input", { type: "file", name: "folder", webkitdirectory: true, multiple: true });
+  const archive = h("input", { type: "file", name: "archive", accept: ".zip,.tar.gz,.tgz,application/zip,application/gzip" });
+  const progress = h("progress", { max: 100, value: 0, hidden: true, "aria-label": "Upload progress" });
+  return {
+    controls: h(
+      "fieldset",
+      {},
+      h("legend", {}, "Files"),
+      field("Folder", folder, "Every file under it; .git, node_modules, __pycache__ and .arachneignore entries are left out."),
+      field("or archive", archive, ".zip or .tar.gz"),
+      progress,
+    ),
+    chosen: () => folder.files.length > 0 || archive.files.length > 0,
+    async upload(spider) {
+      let body;
+      if (archive.files.length) {
+        body = archive.files[0];
+      } else {
+        body = new FormData();
+        for (const file of folder.files) {
+          // The picked folder itself is not part of the spider: strip its name from every path.
+          const path = (file.webkitRelativePath || file.name).split("/").slice(1).join("/") || file.name;
+          if (/(^|\/)(\.git|node_modules|__pycache__)(\/|$)/.test(path)) continue;
+          body.append("file", file, path);
+        }
+      }
+      progress.hidden = false;
+      await sendWithProgress(`/api/v1/spiders/${encodeURIComponent(spider)}/files`, body, progress);
+    },
+  };
+}
+
+/** PUT with upload progress (fetch reports none); the server's error message on failure. */
+function sendWithProgress(url, body, progress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", url);
+    xhr.setRequestHeader("Authorization", `Bearer ${sessionStorage.getItem("arachne.token")}`);
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) progress.value = (100 * e.loaded) / e.total;
+    };
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) return resolve(JSON.parse(xhr.responseText));
+      let message = `${xhr.status} ${xhr.statusText}`;
+      try {
+        message = JSON.parse(xhr.responseText).error.message;
+      } catch {
+        // Not a JSON error body.
+      }
+      reject(new Error(`upload failed: ${message}`));
+    };
+    xhr.onerror = () => reject(new Error("upload failed: the connection was lost"));
+    xhr.send(body);
+  });
+}
+
+/** A modal form; `submit` runs on confirm and the dialog stays open, with the error, when it fails. */
+export function modal(title, content, confirm, submit) {
+  const error = h("p", { class: "error", role: "alert" });
+  const ok = h("button", { type: "submit" }, confirm);
+  const dialog = h(
+    "dialog",
+    { "aria-labelledby": "dialog-title", onclose: () => dialog.remove() },
+    h(
+      "form",
+      {
+        method: "dialog",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          ok.disabled = true;
+          error.textContent = "";
+          try {
+            await submit();
+            dialog.close();
+          } catch (e) {
+            error.textContent = e.message;
+          } finally {
+            ok.disabled = false;
+          }
+        },
+      },
+      h("h2", { id: "dialog-title" }, title),
+      content,
+      error,
+      h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: () => dialog.close() }, "Cancel"), ok),
+    ),
+  );
+  document.body.append(dialog);
+  return dialog;
+}
+
+/** Mode, nodes, param, priority (and version) for one run of `spider`. */
+export async function runDialog(spider, version) {
+  const nodes = await get("/nodes");
+  const mode = select("mode", [["random", "Random node (least loaded)"], ["nodes", "Selected nodes"], ["all", "All nodes"]], "random");
+  const picks = nodes.map((node) =>
+    h("label", { class: "check" }, h("input", { type: "checkbox", name: "node", value: node.name }), ` ${node.name} (${node.status})`),
+  );
+  const nodeSet = h("fieldset", { hidden: true }, h("legend", {}, "Nodes"), picks.length ? picks : h("p", {}, "No nodes registered."));
+  mode.addEventListener("change", () => (nodeSet.hidden = mode.value !== "nodes"));
+  const param = h("input", { name: "param", autocomplete: "off", placeholder: "-a category=books" });
+  const priority = h("input", { type: "number", name: "priority", min: 1, max: 10, value: 5, required: true });
+  const dialog = modal(
+    `Run ${spider.name}`,
+    [
+      version && h("p", {}, "Version ", h("code", {}, shortHash(version))),
+      field("Mode", mode),
+      nodeSet,
+      field("Parameters", param, "Appended to the spider's command."),
+      field("Priority", priority, "1 is the highest, 10 the lowest."),
+    ],
+    "Run",
+    async () => {
+      const run = { spider: spider.name, mode: mode.value, priority: Number(priority.value) };
+      if (param.value.trim()) run.param = param.value.trim();
+      if (version) run.version = version;
+      if (mode.value === "nodes") {
+        run.nodes = picks.map((l) => l.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
+        if (!run.nodes.length) throw new Error("Pick at least one node.");
+      }
+      const task = await post("/tasks", run);
+      location.hash = `#/tasks/${task.id}`;
+    },
+  );
+  dialog.showModal();
+}
+
+export async function spiderPage(main, name, q) {
+  const path = `/spiders/${encodeURIComponent(name)}`;
+  const [spider, versions] = await Promise.all([get(path), get(`${path}/versions`)]);
+  const version = q.get("version") || spider.version;
+  const files = h("section", { "aria-labelledby": "files-title" });
+  const upload = uploadControls();
+  main.append(
+    h(
+      "div",
+      { class: "bar" },
+      h("h1", {}, spider.name),
+      h("button", { type: "button", onclick: () => runDialog(spider) }, "Run"),
+      h("a", { class: "button secondary", href: `#/tasks?spider=${encodeURIComponent(spider.name)}` }, "Tasks"),
+    ),
+    h(
+      "dl",
+      { class: "facts" },
+      h("dt", {}, "Command"), h("dd", {}, h("code", {}, spider.cmd)),
+      h("dt", {}, "Current version"), h("dd", {}, h("code", {}, spider.version || "none")),
+      h("dt", {}, "Files"), h("dd", {}, `${count(spider.file_count)} (${bytes(spider.total_bytes)})`),
+      h("dt", {}, "Max instances"), h("dd", {}, spider.max_instances ?? "no limit"),
+      h("dt", {}, "Timeout"), h("dd", {}, spider.settings.timeout_secs ? `${spider.settings.timeout_secs} s` : "none"),
+    ),
+    h(
+      "form",
+      {
+        class: "card",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          if (!upload.chosen()) return notify("Choose a folder or an archive first.", "error");
+          await busy(event.submitter, async () => {
+            await upload.upload(spider.name);
+            notify("Uploaded: a new version is current.");
+            location.hash = `#/spiders/${encodeURIComponent(spider.name)}?v=${Date.now()}`;
+          });
+        },
+      },
+      h("h2", {}, "Upload a new version"),
+      upload.controls,
+      h("button", { type: "submit" }, "Upload"),
+    ),
+    h("h2", {}, "Versions"),
+    table(
+      ["Version", "Files", "Size", "Uploaded", ""],
+      versions.map((v) =>
+        h(
+          "tr",
+          { class: v.hash === version ? "selected" : "" },
+          h("td", {}, h("a", { href: `#${path}?version=${v.hash}`, title: v.hash }, h("code", {}, shortHash(v.hash))), v.current ? " (current)" : ""),
+          h("td", {}, count(v.file_count)),
+          h("td", {}, bytes(v.total_bytes)),
+          h("td", {}, time(v.created_at)),
+          h(
+            "td",
+            {},
+            !v.current &&
+              h("button", {
+                type: "button",
+                class: "secondary",
+                onclick: (e) =>
+                  busy(e.target, async () => {
+                    await post(`${path}/versions/${v.hash}/current`);
+                    location.hash = `#${path}?v=${Date.now()}`;
+                  }),
+              }, "Make current"),
+            " ",
+            h("button", { type: "button", class: "secondary", onclick: () => runDialog(spider, v.hash) }, "Run this version"),
+          ),
+        ),
+      ),
+      { "aria-label": "Versions" },
+    ),
+    files,
+  );
+  if (version) await showFiles(files, path, version);
+}
+
+async function showFiles(section, path, version) {
+  const listing = await get(`${path}/files`, { version });
+  const viewer = h("pre", { class: "file", tabindex: 0, "aria-label": "File content" });
+  section.append(
+    h("h2", { id: "files-title" }, "Files of ", h("code", {}, shortHash(version))),
+    table(
+      ["Path", "Size", "Mode"],
+      listing.files.map((f) =>
+        h(
+          "tr",
+          {},
+          h(
+            "td",
+            {},
+            h("button", {
+              type: "button",
+              class: "link",
+              onclick: async () => {
+                const response = await api("GET", `${path}/files/${f.path.split("/").map(encodeURIComponent).join("/")}?version=${version}`, undefined, { raw: true });
+                const text = await response.text();
+                clear(viewer, f.size > 1 << 20 ? text.slice(0, 1 << 20) + "\n… (shown up to 1 MiB)" : text);
+                viewer.focus();
+              },
+            }, f.path),
+          ),
+          h("td", {}, bytes(f.size)),
+          h("td", {}, h("code", {}, (f.mode & 0o777).toString(8))),
+        ),
+      ),
+      { "aria-label": "Files" },
+    ),
+    viewer,
+  );
+}
