@@ -41,7 +41,13 @@ page.on("console", (message) => {
   if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) pageErrors.push(message.text());
 });
 
-const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+/** Saves a screenshot of the page, and fails on text a page should never show (a value that was missing). */
+async function shot(name) {
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+  const text = await page.evaluate(() => document.body.innerText);
+  const junk = text.match(/\b(null|undefined|NaN)\b|\[object Object\]|Invalid Date/);
+  check(!junk, `page ${name} shows "${junk?.[0]}"`);
+}
 let failed = false;
 async function step(name, action) {
   const started = Date.now();
@@ -176,6 +182,18 @@ try {
     await shot("tasks-live");
   });
 
+  await step("a parent task shows its children, and cancelling it cancels them", async () => {
+    const parent = await call("POST", "/tasks", { spider: "ui-demo", mode: "all" });
+    await page.goto(`${URL}/#/tasks/${parent.id}`);
+    const children = page.getByRole("table", { name: "Child tasks" });
+    await children.locator('[data-status="running"]').waitFor();
+    check((await children.locator("tbody tr").count()) === 1, "one child per online node");
+    await shot("task-parent");
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
+    await children.locator('[data-status="cancelled"]').waitFor();
+  });
+
   await step("a 1,000,000-line log is virtualised, jumps to its end and finds a line", async () => {
     await page.goto(`${URL}/#/tasks/${BIG_TASK}`);
     await page.locator(".log-state", { hasText: `${BIG_LINES.toLocaleString("en-US")} lines` }).waitFor();
@@ -225,6 +243,12 @@ try {
     await row.getByLabel("Max runners of w1").fill("3");
     await row.getByRole("button", { name: "Set" }).click();
     await page.locator('tr[data-node="w1"]').getByText("/ 3").first().waitFor();
+    await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Enabled · disable" }).click();
+    await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Disabled · enable" }).waitFor();
+    const [node] = await call("GET", "/nodes");
+    check(node.enabled === false && node.max_runners === 3, `the node changed for real: ${JSON.stringify(node)}`);
+    await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Disabled · enable" }).click();
+    await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Enabled · disable" }).waitFor();
     await shot("nodes");
   });
 

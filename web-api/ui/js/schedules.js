@@ -154,7 +154,9 @@ export async function scheduleForm(main, name) {
     error,
     h("div", { class: "actions" }, h("a", { class: "button secondary", href: "#/schedules" }, "Back"), h("button", { type: "submit" }, existing ? "Save" : "Create")),
   );
-  main.append(h("h1", {}, existing ? `Edit schedule ${existing.name}` : "New schedule"), existing && badgeLine(existing), form);
+  main.append(h("h1", {}, existing ? `Edit schedule ${existing.name}` : "New schedule"));
+  if (existing) main.append(badgeLine(existing));
+  main.append(form);
 }
 
 function badgeLine(s) {
