@@ -54,6 +54,17 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
         ("main.py", TICKER),
         ("README.md", "ticks until cancelled\n"),
     ]);
+    // A second version, uploaded in the UI as an archive.
+    let v2 = spider_dir(&[("main.py", TICKER), ("VERSION", "2\n")]);
+    let archive = tempfile::Builder::new()
+        .suffix(".tar.gz")
+        .tempfile()
+        .unwrap();
+    std::fs::write(
+        archive.path(),
+        arachne_web_api::archive::pack_dir(v2.path()).unwrap(),
+    )
+    .unwrap();
     let shots = workspace_target().join("ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -66,6 +77,7 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
         .env("ARACHNE_BROWSER_DEPS", &deps)
         .env("ARACHNE_SCREENSHOTS", &shots)
         .env("SPIDER_DIR", spider.path())
+        .env("SPIDER_ARCHIVE", archive.path())
         .env("BIG_TASK", big.id.to_string())
         .env("BIG_LINES", BIG_LOG_LINES.to_string())
         .env("NEEDLE_LINE", NEEDLE_LINE.to_string())

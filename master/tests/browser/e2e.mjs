@@ -252,6 +252,23 @@ try {
     await shot("nodes");
   });
 
+  await step("an archive upload makes a new version, and an older one can be made current again", async () => {
+    await page.goto(`${URL}/#/spiders/ui-demo`);
+    await heading("ui-demo").waitFor();
+    await page.getByLabel("or archive").setInputFiles(env("SPIDER_ARCHIVE"));
+    await page.getByRole("button", { name: "Upload", exact: true }).click();
+    const versions = page.getByRole("table", { name: "Versions" });
+    await versions.locator("tbody tr").nth(1).waitFor();
+    await page.getByRole("table", { name: "Files" }).getByRole("button", { name: "VERSION" }).waitFor();
+    const spider = await call("GET", "/spiders/ui-demo");
+    check(spider.file_count === 2, `the archive's files are the current version: ${spider.file_count}`);
+    await shot("spider-versions");
+    await versions.getByRole("button", { name: "Make current" }).click();
+    await page.getByRole("table", { name: "Files" }).getByRole("button", { name: "README.md" }).waitFor();
+    const back = await call("GET", "/spiders/ui-demo");
+    check(back.version !== spider.version, "the first version is current again");
+  });
+
   await step("the pages are keyboard reachable", async () => {
     await page.goto(`${URL}/#/tasks`);
     await heading("Tasks").waitFor();
