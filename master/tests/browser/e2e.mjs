@@ -162,7 +162,12 @@ try {
   });
 
   await step("Cancel ends the running task as cancelled", async () => {
-    await page.getByRole("button", { name: "Cancel" }).click();
+    // Focus stays on the button while STATUS reports redraw the page around it; Enter presses it.
+    await page.getByRole("button", { name: "Cancel" }).focus();
+    const progress = await page.locator(".progress-area span").textContent();
+    await page.waitForFunction((before) => document.querySelector(".progress-area span")?.textContent !== before, progress);
+    check((await page.evaluate(() => document.activeElement?.textContent)) === "Cancel", "focus kept on Cancel");
+    await page.keyboard.press("Enter");
     await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
     await page.locator(".log-state", { hasText: "task ended" }).waitFor();
     await page.getByRole("button", { name: "Restart" }).waitFor();

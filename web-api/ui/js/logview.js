@@ -4,7 +4,7 @@
 // view sticks to the end until the user scrolls up.
 
 import { follow, get } from "./api.js";
-import { clear, count, h, notify } from "./dom.js";
+import { clear, count, ENDED, h, notify } from "./dom.js";
 
 const ROW = 18; // px; must match .line in style.css
 const PAGE = 500; // lines per fetch
@@ -95,9 +95,8 @@ export class LogView {
   /** Starts following the log of `task` from the lines stored now; older lines load as they come into view. */
   start(task) {
     this.setTotal(task.log_lines);
-    const ended = ["finished", "error", "cancelled", "abnormal"].includes(task.status);
-    this.ended = ended;
-    if (ended) this.setStick(false);
+    this.ended = ENDED.includes(task.status);
+    if (this.ended) this.setStick(false);
     requestAnimationFrame(() => (this.stick ? this.toEnd() : this.paint()));
     follow(`/tasks/${this.id}/logs?follow=true&after=${task.log_lines}`, {
       signal: this.stopper.signal,

@@ -1,7 +1,7 @@
 // Spider pages: the list (with each spider's last run), creating one and uploading its files (a folder or an
 // archive), a spider's versions and files, and the run dialog.
 
-import { api, get, post } from "./api.js";
+import { api, get, post, session } from "./api.js";
 import { badge, busy, bytes, clear, count, field, h, notify, select, shortHash, table, time } from "./dom.js";
 
 export async function spidersPage(main) {
@@ -106,7 +106,7 @@ function sendWithProgress(url, body, progress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("PUT", url);
-    xhr.setRequestHeader("Authorization", `Bearer ${sessionStorage.getItem("arachne.token")}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${session.token()}`);
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable) progress.value = (100 * e.loaded) / e.total;
     };

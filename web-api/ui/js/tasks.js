@@ -151,8 +151,16 @@ export async function taskPage(main, id) {
   const items = h("section", { class: "items", "aria-labelledby": "items-title" });
   main.append(header, progress, facts, errors, children, h("h2", {}, "Log"), logs.element, items);
 
+  let shownStatus = null;
   function show(t) {
     task = t;
+    if (t.status !== shownStatus) showHeader(t);
+    shownStatus = t.status;
+    showRecord(t);
+  }
+
+  // Rebuilt only when the status changes: a STATUS report every second must not take the focus off a button.
+  function showHeader(t) {
     const ended = ENDED.includes(t.status);
     clear(
       header,
@@ -181,6 +189,9 @@ export async function taskPage(main, id) {
             }),
         }, "Delete"),
     );
+  }
+
+  function showRecord(t) {
     const p = t.progress;
     clear(
       progress,
