@@ -21,14 +21,16 @@ const BIG_LOG_LINES: u64 = 1_000_000;
 /// The line of the big log the test searches for.
 const NEEDLE_LINE: u64 = 777_777;
 
-/// The spider the UI uploads as a folder and runs: items first, then a line every 100 ms with a STATUS
-/// report every tenth line, until cancelled.
+/// The spider the UI uploads as a folder and runs: items and an ERROR report first, then a line every 100 ms
+/// with a STATUS report (progress and stats) every tenth line, until cancelled.
 const TICKER: &str = r#"import json, time
 print(json.dumps({"type": "INSERT_DATA", "payload": [{"title": "first", "n": 1}, {"title": "second", "n": 2}]}), flush=True)
+print(json.dumps({"type": "ERROR", "payload": {"message": "page 7 answered 503", "fatal": False}}), flush=True)
 for i in range(1, 6001):
     print(f"tick {i}", flush=True)
     if i % 10 == 0:
-        print(json.dumps({"type": "STATUS", "payload": {"progress": i / 6000, "message": f"{i} ticks"}}), flush=True)
+        stats = {"pages": i, "retries": 1}
+        print(json.dumps({"type": "STATUS", "payload": {"progress": i / 6000, "message": f"{i} ticks", "stats": stats}}), flush=True)
     time.sleep(0.1)
 "#;
 
@@ -112,7 +114,7 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
         page.items.iter().map(|t| t.status).collect::<Vec<_>>()
     );
     let schedule = master.client.get_schedule("ui-every-10s").await.unwrap();
-    assert_eq!(schedule.schedule.cron, "*/10 * * * * *");
+    assert_eq!(schedule.schedule.cron, "*/20 * * * * *");
     assert!(!schedule.schedule.enabled, "disabled in the UI");
     worker.stop().await;
     master.stop().await;

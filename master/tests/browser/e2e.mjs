@@ -125,18 +125,20 @@ try {
   });
 
   let taskUrl;
-  await step("a run from the dialog shows its log lines live, with progress and items", async () => {
+  await step("a run from the dialog shows its log lines live, with progress, stats, errors and items", async () => {
     await page.locator(".bar").getByRole("button", { name: "Run", exact: true }).click();
     const dialog = page.getByRole("dialog", { name: "Run ui-demo" });
     await dialog.getByLabel("Priority").fill("3");
     await dialog.getByRole("button", { name: "Run", exact: true }).click();
     await page.locator(".badge", { hasText: "running" }).first().waitFor();
     taskUrl = page.url();
-    await logLine(3).filter({ hasText: "tick 3" }).waitFor();
+    await page.locator(".log-viewport .line .t", { hasText: /^tick 3$/ }).waitFor();
     // Later lines arrive on the open page, with no reload.
     await page.locator(".log-viewport .line .t", { hasText: /^tick 45$/ }).waitFor();
     check(await page.getByLabel("Follow new lines").isChecked(), "the view follows new lines");
     await page.locator(".progress-area progress").waitFor();
+    await page.locator(".progress-area dl.stats", { hasText: "retries" }).waitFor();
+    await page.getByRole("region", { name: "Errors" }).getByText("page 7 answered 503").waitFor();
     await page.getByRole("table", { name: "Items" }).getByText("second").waitFor();
     await shot("task-running");
   });
@@ -154,14 +156,17 @@ try {
     await page.waitForFunction(() => document.getElementById("log-follow").checked);
   });
 
-  await step("Export CSV downloads the task's items", async () => {
+  await step("Export CSV and Export JSON download the task's items", async () => {
     const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export CSV" }).click()]);
     const csv = await readFile(await download.path(), "utf8");
     check(csv.split("\r\n")[0] === "title,n" || csv.split("\n")[0] === "title,n", `CSV header: ${csv.slice(0, 80)}`);
     check(csv.includes("second"), "CSV rows");
+    const [json] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export JSON" }).click()]);
+    const items = JSON.parse(await readFile(await json.path(), "utf8"));
+    check(JSON.stringify(items) === JSON.stringify([{ title: "first", n: 1 }, { title: "second", n: 2 }]), `JSON export: ${JSON.stringify(items)}`);
   });
 
-  await step("Cancel ends the running task as cancelled", async () => {
+  await step("Cancel ends the running task as cancelled, and Restart runs it again as attempt 2", async () => {
     // Focus stays on the button while STATUS reports redraw the page around it; Enter presses it.
     await page.getByRole("button", { name: "Cancel" }).focus();
     const progress = await page.locator(".progress-area span").textContent();
@@ -170,8 +175,14 @@ try {
     await page.keyboard.press("Enter");
     await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
     await page.locator(".log-state", { hasText: "task ended" }).waitFor();
-    await page.getByRole("button", { name: "Restart" }).waitFor();
     await shot("task-cancelled");
+    const cancelled = page.url();
+    await page.getByRole("button", { name: "Restart" }).click();
+    await page.waitForURL((url) => url.href !== cancelled);
+    await page.locator(".bar .badge", { hasText: "running" }).waitFor();
+    await page.locator("dl.facts", { hasText: "Attempt" }).getByText("2 (first:").waitFor();
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
   });
 
   await step("the task list updates live from the events stream", async () => {
@@ -219,7 +230,7 @@ try {
     await shot("big-log");
   });
 
-  await step("a schedule is checked as it is typed, created and disabled", async () => {
+  await step("a schedule is checked as it is typed, created, disabled, edited and run now", async () => {
     await page.goto(`${URL}/#/schedules/new`);
     await heading("New schedule").waitFor();
     await page.getByLabel("Name").fill("ui-every-10s");
@@ -239,6 +250,22 @@ try {
     await row.getByRole("button", { name: "Disable" }).click();
     await page.locator('tr[data-schedule="ui-every-10s"]').getByText("disabled").waitFor();
     await shot("schedules");
+    // Edit: the form comes back filled in; the saved expression is what the list shows.
+    await page.locator('tr[data-schedule="ui-every-10s"]').getByRole("link", { name: "ui-every-10s" }).click();
+    await heading("Edit schedule ui-every-10s").waitFor();
+    check((await page.getByLabel("Cron expression").inputValue()) === "*/10 * * * * *", "the form holds the schedule");
+    await page.getByLabel("Cron expression").fill("*/20 * * * * *");
+    await page.locator(".cron-check .fire-times li").nth(4).waitFor();
+    await page.getByRole("button", { name: "Save" }).click();
+    await heading("Schedules").waitFor();
+    await page.locator('tr[data-schedule="ui-every-10s"]').getByText("*/20 * * * * *").waitFor();
+    // Run now starts its spider at once and shows the task.
+    await page.locator('tr[data-schedule="ui-every-10s"]').getByRole("button", { name: "Run now" }).click();
+    await page.locator(".bar .badge", { hasText: /pending|running/ }).waitFor();
+    const run = await call("GET", `/tasks/${page.url().split("/tasks/")[1]}`);
+    check(run.schedule_id, `the run records its schedule: ${JSON.stringify(run.schedule_id)}`);
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
   });
 
   await step("nodes show their state and take a new runner count", async () => {

@@ -69,7 +69,8 @@ export async function scheduleForm(main, name) {
     get("/spiders"),
     get("/nodes"),
   ]);
-  const s = existing || { cron: "*/5 * * * *", timezone: "UTC", mode: "random", priority: 5, enabled: true, overlap: "allow", misfire: "once", nodes: [] };
+  // The API leaves empty lists out of its JSON.
+  const s = { nodes: [], ...(existing || { cron: "*/5 * * * *", timezone: "UTC", mode: "random", priority: 5, enabled: true, overlap: "allow", misfire: "once", nodes: [] }) };
   const input = (attrs) => h("input", { autocomplete: "off", ...attrs });
   const nameInput = input({ name: "name", required: true, value: s.name || "" });
   const spider = select("spider", spiders.map((sp) => [sp.name, sp.name]), s.spider);
