@@ -3,7 +3,7 @@
 // timeout and waits on what the page shows, never on the clock; a failing step leaves a screenshot.
 
 import { createRequire } from "node:module";
-import { readFile } from "node:fs/promises";
+import { readFile, unlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 
 const env = (name) => {
@@ -284,9 +284,19 @@ try {
     await shot("nodes");
   });
 
-  await step("an archive upload makes a new version, and an older one can be made current again", async () => {
+  await step("a corrupt archive is refused; an archive upload makes a new version, and an older one can be made current again", async () => {
     await page.goto(`${URL}/#/spiders/ui-demo`);
     await heading("ui-demo").waitFor();
+    // A file that is no archive is refused with the server's reason, and changes nothing.
+    const before = await call("GET", "/spiders/ui-demo/versions");
+    const junk = path.join(SHOTS, "not-an-archive.tar.gz");
+    await writeFile(junk, "this is not an archive");
+    await page.getByLabel("or archive").setInputFiles(junk);
+    await page.getByRole("button", { name: "Upload", exact: true }).click();
+    await page.getByRole("alert").filter({ hasText: /upload failed: .*not a \.tar\.gz or \.zip archive/ }).waitFor();
+    await unlink(junk);
+    const after = await call("GET", "/spiders/ui-demo/versions");
+    check(after.length === before.length, "a refused upload makes no version");
     await page.getByLabel("or archive").setInputFiles(env("SPIDER_ARCHIVE"));
     await page.getByRole("button", { name: "Upload", exact: true }).click();
     const versions = page.getByRole("table", { name: "Versions" });

@@ -95,8 +95,13 @@ function uploadControls() {
           body.append("file", file, path);
         }
       }
+      progress.value = 0;
       progress.hidden = false;
-      await sendWithProgress(`/api/v1/spiders/${encodeURIComponent(spider)}/files`, body, progress);
+      try {
+        await sendWithProgress(`/api/v1/spiders/${encodeURIComponent(spider)}/files`, body, progress);
+      } finally {
+        progress.hidden = true;
+      }
     },
   };
 }
