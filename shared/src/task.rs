@@ -5,59 +5,22 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::ipc::{ErrorPayload, StatusPayload};
 use crate::schedule::ScheduleId;
 use crate::spider::{Dedup, RunSettings, Spider, SpiderId};
 
-/// A task's id. UUID v7, so ids sort by creation time.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(transparent)]
-pub struct TaskId(pub Uuid);
+uuid_id!(
+    /// A task's id. UUID v7, so ids sort by creation time.
+    TaskId
+);
 
 impl TaskId {
-    /// A fresh, time-ordered id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
     /// The smallest id a task created in the millisecond of `at` can have; ids of tasks created before
     /// that millisecond are smaller. Lets a store filter by creation time on its primary key.
     pub fn first_at(at: DateTime<Utc>) -> Self {
         let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
         Self(uuid::Builder::from_unix_timestamp_millis(millis, &[0; 10]).into_uuid())
-    }
-}
-
-impl Default for TaskId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for TaskId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
     }
 }
 
