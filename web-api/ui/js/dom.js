@@ -123,3 +123,30 @@ export function debounce(fn, ms) {
     timer = setTimeout(() => fn(...args), ms);
   };
 }
+
+/**
+ * How a run picks its nodes, as the run dialog and the schedule form both ask it: a mode select and, for
+ * mode `nodes`, a checkbox per known node. `value()` is `{mode, nodes}` as the API takes them.
+ */
+export function nodeChoice(nodes, mode = "random", chosen = []) {
+  const select_ = select("mode", [["random", "Random node (least loaded)"], ["nodes", "Selected nodes"], ["all", "All nodes"]], mode);
+  const boxes = nodes.map((node) =>
+    h("input", { type: "checkbox", name: "node", value: node.name, checked: chosen.includes(node.name) }),
+  );
+  const set = h(
+    "fieldset",
+    { hidden: mode !== "nodes" },
+    h("legend", {}, "Nodes"),
+    boxes.length
+      ? boxes.map((box, i) => h("label", { class: "check" }, box, ` ${nodes[i].name} (${nodes[i].status})`))
+      : h("p", {}, "No nodes registered."),
+  );
+  select_.addEventListener("change", () => (set.hidden = select_.value !== "nodes"));
+  return {
+    controls: [field("Mode", select_), set],
+    value: () => ({
+      mode: select_.value,
+      nodes: select_.value === "nodes" ? boxes.filter((b) => b.checked).map((b) => b.value) : [],
+    }),
+  };
+}

@@ -2,7 +2,7 @@
 // checks the cron expression on the server as it is typed and shows the next fire times.
 
 import { del, get, post, put } from "./api.js";
-import { badge, busy, clear, debounce, field, h, notify, select, table, time } from "./dom.js";
+import { badge, busy, clear, debounce, field, h, nodeChoice, notify, select, table, time } from "./dom.js";
 
 export async function schedulesPage(main) {
   const schedules = await get("/schedules");
@@ -78,10 +78,7 @@ export async function scheduleForm(main, name) {
   const tz = input({ name: "timezone", value: s.timezone, list: "zones" });
   const zones = h("datalist", { id: "zones" }, (Intl.supportedValuesOf?.("timeZone") || ["UTC"]).map((z) => h("option", { value: z })));
   const check = h("div", { id: "cron-check", class: "cron-check", "aria-live": "polite" });
-  const mode = select("mode", [["random", "Random node"], ["nodes", "Selected nodes"], ["all", "All nodes"]], s.mode);
-  const picks = nodes.map((n) => h("label", { class: "check" }, h("input", { type: "checkbox", name: "node", value: n.name, checked: s.nodes.includes(n.name) }), ` ${n.name}`));
-  const nodeSet = h("fieldset", { hidden: s.mode !== "nodes" }, h("legend", {}, "Nodes"), picks.length ? picks : h("p", {}, "No nodes registered."));
-  mode.addEventListener("change", () => (nodeSet.hidden = mode.value !== "nodes"));
+  const where = nodeChoice(nodes, s.mode, s.nodes);
   const param = input({ name: "param", value: s.param || "" });
   const priority = input({ type: "number", name: "priority", min: 1, max: 10, value: s.priority, required: true });
   const overlap = select("overlap", [["allow", "allow: start anyway"], ["skip", "skip: not while the previous run is active"], ["queue", "queue: wait for the previous run"]], s.overlap);
@@ -119,8 +116,7 @@ export async function scheduleForm(main, name) {
           spider: spider.value,
           cron: cron.value.trim(),
           timezone: tz.value.trim() || "UTC",
-          mode: mode.value,
-          nodes: mode.value === "nodes" ? picks.map((l) => l.querySelector("input")).filter((i) => i.checked).map((i) => i.value) : [],
+          ...where.value(),
           priority: Number(priority.value),
           enabled: enabled.checked,
           overlap: overlap.value,
@@ -145,8 +141,7 @@ export async function scheduleForm(main, name) {
     check,
     field("Time zone", tz, "An IANA name such as Europe/Berlin."),
     zones,
-    field("Mode", mode),
-    nodeSet,
+    where.controls,
     field("Parameters", param),
     field("Priority", priority, "1 is the highest, 10 the lowest."),
     field("Overlap", overlap),

@@ -2,7 +2,7 @@
 // archive), a spider's versions and files, and the run dialog.
 
 import { api, get, post, session } from "./api.js";
-import { badge, busy, bytes, clear, count, field, h, notify, select, shortHash, table, time } from "./dom.js";
+import { badge, busy, bytes, clear, count, field, h, nodeChoice, notify, shortHash, table, time } from "./dom.js";
 
 export async function spidersPage(main) {
   const body = h("tbody");
@@ -168,32 +168,23 @@ export function modal(title, content, confirm, submit) {
 /** Mode, nodes, param, priority (and version) for one run of `spider`. */
 export async function runDialog(spider, version) {
   const nodes = await get("/nodes");
-  const mode = select("mode", [["random", "Random node (least loaded)"], ["nodes", "Selected nodes"], ["all", "All nodes"]], "random");
-  const picks = nodes.map((node) =>
-    h("label", { class: "check" }, h("input", { type: "checkbox", name: "node", value: node.name }), ` ${node.name} (${node.status})`),
-  );
-  const nodeSet = h("fieldset", { hidden: true }, h("legend", {}, "Nodes"), picks.length ? picks : h("p", {}, "No nodes registered."));
-  mode.addEventListener("change", () => (nodeSet.hidden = mode.value !== "nodes"));
+  const where = nodeChoice(nodes);
   const param = h("input", { name: "param", autocomplete: "off", placeholder: "-a category=books" });
   const priority = h("input", { type: "number", name: "priority", min: 1, max: 10, value: 5, required: true });
   const dialog = modal(
     `Run ${spider.name}`,
     [
       version && h("p", {}, "Version ", h("code", {}, shortHash(version))),
-      field("Mode", mode),
-      nodeSet,
+      where.controls,
       field("Parameters", param, "Appended to the spider's command."),
       field("Priority", priority, "1 is the highest, 10 the lowest."),
     ],
     "Run",
     async () => {
-      const run = { spider: spider.name, mode: mode.value, priority: Number(priority.value) };
+      const run = { spider: spider.name, ...where.value(), priority: Number(priority.value) };
       if (param.value.trim()) run.param = param.value.trim();
       if (version) run.version = version;
-      if (mode.value === "nodes") {
-        run.nodes = picks.map((l) => l.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
-        if (!run.nodes.length) throw new Error("Pick at least one node.");
-      }
+      if (run.mode === "nodes" && !run.nodes.length) throw new Error("Pick at least one node.");
       const task = await post("/tasks", run);
       location.hash = `#/tasks/${task.id}`;
     },

@@ -140,7 +140,7 @@ function matches(task, filters) {
 }
 
 export async function taskPage(main, id) {
-  let task = await get(`/tasks/${id}`);
+  const task = await get(`/tasks/${id}`);
   const stop = new AbortController();
   const header = h("div", { class: "bar" });
   const facts = h("dl", { class: "facts" });
@@ -153,7 +153,6 @@ export async function taskPage(main, id) {
 
   let shownStatus = null;
   function show(t) {
-    task = t;
     if (t.status !== shownStatus) showHeader(t);
     shownStatus = t.status;
     showRecord(t);
