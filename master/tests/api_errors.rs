@@ -218,6 +218,12 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             "not_found",
             "no such route",
         ),
+        (
+            http.patch(format!("{base}/tasks")),
+            405,
+            "method_not_allowed",
+            "PATCH is not allowed here; use GET, POST",
+        ),
     ];
     for (request, status, code, needle) in cases {
         let (got_status, got_code, message) = error_of(request.send().await.unwrap()).await;
@@ -227,6 +233,9 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
             "{message:?} does not mention {needle:?}"
         );
     }
+    let refused = http.delete(format!("{base}/tasks")).send().await.unwrap();
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET,HEAD,POST");
     assert!(!data.path().join("../etc/cron.d/x").exists());
     assert_eq!(
         master

@@ -91,7 +91,45 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
     router
         .merge(crate::ui::routes())
         .fallback(|| async { Error::NotFound("no such route".into()) })
+        .layer(axum::middleware::map_response_with_state(
+            Arc::new(allowed_methods(&docs)),
+            method_not_allowed,
+        ))
         .with_state(backend)
+}
+
+/// Each documented path with the methods it answers, for the message of a 405.
+type Allowed = Arc<HashMap<&'static str, String>>;
+
+fn allowed_methods(docs: &[Doc]) -> HashMap<&'static str, String> {
+    let mut allowed: HashMap<&'static str, Vec<String>> = HashMap::new();
+    for doc in docs {
+        allowed
+            .entry(doc.path)
+            .or_default()
+            .push(doc.method.to_string());
+    }
+    allowed
+        .into_iter()
+        .map(|(path, methods)| (path, methods.join(", ")))
+        .collect()
+}
+
+/// Gives axum's bare 405 the JSON error body every other error has; axum adds the `Allow` header after.
+async fn method_not_allowed(
+    State(allowed): State<Allowed>,
+    method: Method,
+    matched: Option<axum::extract::MatchedPath>,
+    response: Response,
+) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let message = match matched.and_then(|m| allowed.get(m.as_str())) {
+        Some(methods) => format!("{method} is not allowed here; use {methods}"),
+        None => format!("{method} is not allowed here"),
+    };
+    Error::MethodNotAllowed(message).into_response()
 }
 
 /// A route with its documentation.
