@@ -34,7 +34,8 @@ pub(crate) struct Cluster {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// Where the items of a session's running tasks go, read from each task once rather than for every batch.
+/// Where the items of a session's running tasks go, read from each task once rather than for every batch; a
+/// task the store does not know gets neither items nor log lines.
 #[derive(Default)]
 struct ItemTargets(HashMap<TaskId, ItemTarget>);
 
@@ -457,7 +458,15 @@ impl Cluster {
                 self.started(node, task_id, pid, at, outbound).await?;
             }
             WorkerToMaster::Logs { task_id, lines } => {
+                // A batch resent after a reconnect may be for a task deleted meanwhile; stored, it would be
+                // an orphan no sweep removes.
+                let known = targets.get(store.as_ref(), task_id).await?.is_some();
                 return Ok(Some(Box::pin(async move {
+                    if !known {
+                        warn!(node = %node.name, task_id = %task_id, lines = lines.len(),
+                            "dropping log lines of a task the store does not know");
+                        return (seq, Ok(()));
+                    }
                     let written = store.append_logs(task_id, &lines).await;
                     if written.is_ok() {
                         scheduler.telemetry.ingested(0, lines.len());

@@ -682,3 +682,66 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
     assert_eq!((node.max_runners, node.max_runners_override), (3, Some(3)));
     master.stop().await;
 }
+
+/// A worker that reconnects resends what the master never acknowledged, possibly for a task that was deleted
+/// meanwhile: the master acknowledges those batches (so the worker forgets them) and stores none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_for_a_task_the_store_does_not_know_are_acknowledged_and_not_stored() {
+    use arachne_shared::cluster::{MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster};
+    use arachne_shared::{ItemRecord, LogLine, TaskId};
+
+    let data = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    common::use_test_store(&mut config);
+    let master = TestMaster::start_with(config.clone()).await;
+    let mut grpc =
+        arachne_proto::client::Client::connect(&master.grpc_url(), Some(common::WORKER_TOKEN))
+            .await
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut session = grpc.session(rx).await.unwrap();
+    let ghost = TaskId::new();
+    let register = WorkerToMaster::Register(Registration {
+        name: "resender".into(),
+        max_runners: 1,
+        version: "test".into(),
+        labels: Default::default(),
+        running: Vec::new(),
+    });
+    let logs = WorkerToMaster::Logs {
+        task_id: ghost,
+        lines: vec![LogLine {
+            seq: 1,
+            stream: LogStream::Stdout,
+            text: "a line of a deleted task".into(),
+            at: chrono::Utc::now(),
+        }],
+    };
+    let item = serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
+    let items = WorkerToMaster::Items {
+        task_id: ghost,
+        items: vec![ItemRecord::new(1, item).unwrap()],
+    };
+    for (seq, message) in [(0, register), (1, logs), (2, items)] {
+        tx.send(WorkerEnvelope { seq, message }).await.unwrap();
+    }
+    let acked = tokio::time::timeout(common::TIMEOUT, async {
+        while let Some(message) = session.next().await {
+            if let MasterToWorker::Ack { seq: 2 } = message.unwrap() {
+                return;
+            }
+        }
+        panic!("the session ended before both batches were acknowledged");
+    })
+    .await;
+    assert!(acked.is_ok(), "no acknowledgement of both batches");
+    assert!(
+        master.client.get_task(ghost).await.is_err(),
+        "the task does not exist"
+    );
+    drop(tx);
+    master.stop().await;
+
+    let store = arachne_master::open_store(&config).await.unwrap();
+    assert_eq!(store.logs(ghost, 0, 10).await.unwrap(), Vec::new());
+}
