@@ -83,12 +83,15 @@ async fn the_cli_drives_the_whole_path() {
     );
     let logs = arachne(&master, &["logs", &id]).await;
     assert_eq!(stdout(&logs), "hello from the cli\n");
-    let show = arachne(&master, &["task", "show", &id]).await;
+    let show = stdout(&arachne(&master, &["task", "show", &id]).await);
     assert!(
-        stdout(&show).contains("\"status\": \"finished\""),
-        "{}",
-        stdout(&show)
+        show.starts_with(&format!("task {id}\n"))
+            && show.contains("  status:")
+            && show.contains("finished\n"),
+        "{show}"
     );
+    let show = stdout(&arachne(&master, &["--json", "task", "show", &id]).await);
+    assert!(show.contains("\"status\": \"finished\""), "{show}");
     let tasks = stdout(&arachne(&master, &["task", "list"]).await);
     assert!(tasks.contains(&id) && tasks.contains("finished"), "{tasks}");
     let nodes = stdout(&arachne(&master, &["node", "list"]).await);
@@ -330,12 +333,17 @@ async fn the_cli_sets_item_deduplication_and_runs_keep_one_item_per_key() {
     .await;
     assert!(created.status.success(), "{created:?}");
     let shown: serde_json::Value = serde_json::from_str(&stdout(
-        &arachne(&master, &["spider", "show", "pages"]).await,
+        &arachne(&master, &["--json", "spider", "show", "pages"]).await,
     ))
     .unwrap();
     assert_eq!(
         shown["dedup"],
         serde_json::json!({"keys": ["url"], "mode": "ignore"})
+    );
+    let described = stdout(&arachne(&master, &["spider", "show", "pages"]).await);
+    assert!(
+        described.starts_with("spider pages\n") && described.contains("ignore on url\n"),
+        "{described}"
     );
     let first = run("one a b").await;
     let second = run("two b c").await;
@@ -360,8 +368,10 @@ async fn the_cli_sets_item_deduplication_and_runs_keep_one_item_per_key() {
     );
     assert_eq!(crawled(&master, &first).await, urls("one", &["b"]));
     assert_eq!(crawled(&master, &second).await, []);
-    let task: serde_json::Value =
-        serde_json::from_str(&stdout(&arachne(&master, &["task", "show", &second]).await)).unwrap();
+    let task: serde_json::Value = serde_json::from_str(&stdout(
+        &arachne(&master, &["--json", "task", "show", &second]).await,
+    ))
+    .unwrap();
     assert_eq!(task["items"], 2, "a task counts the items it produced");
 
     // Off again: every item is stored.
@@ -370,7 +380,7 @@ async fn the_cli_sets_item_deduplication_and_runs_keep_one_item_per_key() {
     let fourth = run("four a a").await;
     assert_eq!(crawled(&master, &fourth).await, urls("four", &["a", "a"]));
     let shown: serde_json::Value = serde_json::from_str(&stdout(
-        &arachne(&master, &["spider", "show", "pages"]).await,
+        &arachne(&master, &["--json", "spider", "show", "pages"]).await,
     ))
     .unwrap();
     assert_eq!(shown.get("dedup"), None);

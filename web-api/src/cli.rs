@@ -563,7 +563,11 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Spider(SpiderCommand::Show { name }) => {
             let spider = client.get_spider(&name).await?;
-            print_json(&spider)?;
+            if cli.json {
+                print_json(&spider)?;
+            } else {
+                print!("{}", crate::describe::spider(&spider));
+            }
         }
         Command::Spider(SpiderCommand::Upload { name, path }) => {
             let spider = upload(&client, &name, &path).await?;
@@ -721,8 +725,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 print_tasks(vec![tree.task]);
                 println!("children:");
                 print_tasks(tree.children_tasks);
-            } else {
+            } else if cli.json {
                 print_json(&client.get_task(id).await?)?;
+            } else {
+                print!("{}", crate::describe::task(&client.get_task(id).await?));
             }
         }
         Command::Task(TaskCommand::Delete { id }) => {

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 mod csv;
+mod describe;
 mod error;
 mod metrics;
 mod openapi;
