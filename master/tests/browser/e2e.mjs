@@ -175,6 +175,8 @@ try {
     await page.keyboard.press("Enter");
     await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
     await page.locator(".log-state", { hasText: "task ended" }).waitFor();
+    const follow = page.getByLabel("Follow new lines");
+    check(!(await follow.isChecked()) && (await follow.isDisabled()), "an ended task's log no longer offers to follow");
     await shot("task-cancelled");
     const cancelled = page.url();
     await page.getByRole("button", { name: "Restart" }).click();

@@ -96,7 +96,7 @@ export class LogView {
   start(task) {
     this.setTotal(task.log_lines);
     this.ended = ENDED.includes(task.status);
-    if (this.ended) this.setStick(false);
+    if (this.ended) this.finish();
     requestAnimationFrame(() => (this.stick ? this.toEnd() : this.paint()));
     follow(`/tasks/${this.id}/logs?follow=true&after=${task.log_lines}`, {
       signal: this.stopper.signal,
@@ -112,8 +112,10 @@ export class LogView {
           if (!this.stick) this.unseen++;
           this.schedule();
         } else if (event === "end") {
+          // The last lines came before this: show them, then stop offering to follow what will not come.
+          if (this.stick) this.toEnd();
           this.ended = true;
-          this.status();
+          this.finish();
         } else if (event === "error") {
           notify(`Log stream: ${data}`, "error");
         }
@@ -132,6 +134,12 @@ export class LogView {
       this.total = n;
       this.schedule();
     }
+  }
+
+  /** The task has ended: nothing more will arrive, so following is off and cannot be turned on. */
+  finish() {
+    this.setStick(false);
+    this.followBox.disabled = true;
   }
 
   setStick(on) {
