@@ -292,6 +292,72 @@ async fn the_events_stream_carries_state_changes_and_progress_and_metrics_count_
     master.stop().await;
 }
 
+/// Prints three lines and two items once `go` exists, then waits for `stop`: output with no state change.
+const QUIET_OUTPUT: &str = r#"
+import json, os, sys, time
+folder = sys.argv[1]
+while not os.path.exists(os.path.join(folder, "go")):
+    time.sleep(0.01)
+for i in range(1, 4):
+    print("line %d" % i, flush=True)
+print(json.dumps({"type": "INSERT_DATA", "payload": [{"n": 1}, {"n": 2}]}), flush=True)
+while not os.path.exists(os.path.join(folder, "stop")):
+    time.sleep(0.01)
+"#;
+
+/// A page watching one task sees its log and item counts grow while it runs, though no STATUS or state
+/// change comes with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_watcher_sees_its_output_counts_grow_without_state_changes() {
+    let data = tempfile::tempdir().unwrap();
+    let signals = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "quiet",
+        "python3 main.py",
+        &[("main.py", QUIET_OUTPUT)],
+    )
+    .await;
+    let task = client
+        .run_task(&RunTask {
+            param: Some(signals.path().display().to_string()),
+            ..run("quiet")
+        })
+        .await
+        .unwrap();
+    let subscribed = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/v1/events?task={}",
+            master.http, task.id
+        ))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(subscribed.status(), 200);
+    common::eventually("the task to run", || async {
+        client.get_task(task.id).await.unwrap().status == TaskStatus::Running
+    })
+    .await;
+    std::fs::write(signals.path().join("go"), "").unwrap();
+    let events = sse_until(subscribed, |events| {
+        events
+            .iter()
+            .any(|(_, t)| t["items"] == 2 && t["log_lines"] == 3)
+    })
+    .await;
+    let (_, counted) = events.last().unwrap();
+    assert_eq!(counted["status"], "running", "{counted}");
+    std::fs::write(signals.path().join("stop"), "").unwrap();
+    assert_eq!(
+        wait_done(client, task.id).await.status,
+        TaskStatus::Finished
+    );
+    master.stop().await;
+}
+
 const SLOW_LINES: &str = r#"
 import sys, time
 for i in range(1, 301):

@@ -999,8 +999,10 @@ async fn events(
 }
 
 /// Feeds one events subscriber: a task is re-read on each notice that its record changed and sent when its
-/// status or record moved on since it was last sent. Log and item notices are skipped: the logs stream is
-/// where those go, and a busy spider would otherwise cost a read per batch per subscriber.
+/// status, record or counts moved on since it was last sent. Log and item notices count only for the one task
+/// a `task=` subscriber watches, and re-read it at most once per [`OUTPUT_EVERY`], so its page shows its log
+/// and item counts growing; for everyone else the logs stream is where output goes, and a busy spider would
+/// otherwise cost a read per batch per subscriber.
 async fn stream_events(
     api: Api,
     q: EventQuery,
@@ -1009,17 +1011,38 @@ async fn stream_events(
 ) {
     /// Tasks remembered at once; past this the memory starts over, which at worst sends a task again.
     const REMEMBERED: usize = 10_000;
-    let mut sent: HashMap<TaskId, (TaskStatus, chrono::DateTime<chrono::Utc>)> = HashMap::new();
+    type Mark = (TaskStatus, chrono::DateTime<chrono::Utc>, u64, u64);
+    let mut sent: HashMap<TaskId, Mark> = HashMap::new();
+    // When the watched task's output is next read, and when it last was.
+    let mut output_due: Option<tokio::time::Instant> = None;
+    let now = tokio::time::Instant::now();
+    let mut output_read = now.checked_sub(OUTPUT_EVERY).unwrap_or(now);
     loop {
+        let due = async {
+            match output_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let change = tokio::select! {
             change = changes.recv() => change,
+            () = due => {
+                output_due = None;
+                output_read = tokio::time::Instant::now();
+                Ok(TaskChanged { task_id: q.task.expect("only a task= subscriber reads output"), kind: ChangeKind::State })
+            }
             () = tx.closed() => return,
         };
         let id = match change {
             Ok(TaskChanged {
+                task_id,
                 kind: ChangeKind::Output,
-                ..
-            }) => continue,
+            }) => {
+                if q.task == Some(task_id) && output_due.is_none() {
+                    output_due = Some(output_read + OUTPUT_EVERY);
+                }
+                continue;
+            }
             Ok(TaskChanged { task_id, .. }) => task_id,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 // Changes were dropped: say so, so a UI reloads its list rather than trusting a stale one.
@@ -1042,7 +1065,7 @@ async fn stream_events(
                     .task
                     .is_none_or(|t| t == task.id || task.parent_id == Some(t))
                     && q.spider.as_ref().is_none_or(|s| *s == task.spider_name);
-                let mark = (task.status, task.updated_at);
+                let mark = (task.status, task.updated_at, task.log_lines, task.items);
                 if !wanted || sent.get(&id) == Some(&mark) {
                     continue;
                 }
@@ -1068,6 +1091,9 @@ async fn stream_events(
         }
     }
 }
+
+/// How often a `task=` events subscriber gets the watched task again while only its output grows.
+const OUTPUT_EVERY: Duration = Duration::from_secs(1);
 
 async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse> {
     let metrics = api.metrics().await?;
