@@ -62,6 +62,7 @@ fn settings(fields: &mut Fields, s: &RunSettings) {
             None => r.to_string(),
         }),
     );
+    // Names only: values are often credentials, and a terminal is shared and scrolled back through.
     let env: Vec<&str> = s.env.keys().map(String::as_str).collect();
     fields.add("env", env.join(", "));
 }
