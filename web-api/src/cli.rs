@@ -1004,10 +1004,7 @@ fn print_tasks(tasks: Vec<Task>) {
     let rows = tasks
         .into_iter()
         .map(|t| {
-            let status = match (&t.pending_reason, t.status) {
-                (Some(reason), TaskStatus::Pending) => format!("pending ({reason})"),
-                _ => t.status.to_string(),
-            };
+            let status = crate::describe::status(&t);
             vec![
                 t.id.to_string(),
                 t.spider_name,

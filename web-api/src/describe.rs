@@ -67,14 +67,18 @@ fn settings(fields: &mut Fields, s: &RunSettings) {
     fields.add("env", env.join(", "));
 }
 
+/// A task's status, with the reason a Pending task waits when there is one.
+pub(crate) fn status(t: &Task) -> String {
+    match (&t.pending_reason, t.status) {
+        (Some(reason), TaskStatus::Pending) => format!("pending ({reason})"),
+        _ => t.status.to_string(),
+    }
+}
+
 /// `arachne task show ID`.
 pub(crate) fn task(t: &Task) -> String {
     let mut f = Fields::default();
-    let status = match (&t.pending_reason, t.status) {
-        (Some(reason), TaskStatus::Pending) => format!("pending ({reason})"),
-        _ => t.status.to_string(),
-    };
-    f.add("status", status);
+    f.add("status", status(t));
     f.add("spider", format!("{} ({})", t.spider_name, t.spider_id));
     f.add("command", t.command_line());
     f.add("version", t.version.clone());
