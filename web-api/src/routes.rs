@@ -1013,23 +1013,26 @@ async fn stream_events(
     const REMEMBERED: usize = 10_000;
     type Mark = (TaskStatus, chrono::DateTime<chrono::Utc>, u64, u64);
     let mut sent: HashMap<TaskId, Mark> = HashMap::new();
-    // When the watched task's output is next read, and when it last was.
-    let mut output_due: Option<tokio::time::Instant> = None;
+    // When the watched task's output is next read (and which task that is), and when it last was.
+    let mut output_due: Option<(tokio::time::Instant, TaskId)> = None;
     let now = tokio::time::Instant::now();
     let mut output_read = now.checked_sub(OUTPUT_EVERY).unwrap_or(now);
     loop {
         let due = async {
             match output_due {
-                Some(at) => tokio::time::sleep_until(at).await,
+                Some((at, task_id)) => {
+                    tokio::time::sleep_until(at).await;
+                    task_id
+                }
                 None => std::future::pending().await,
             }
         };
         let change = tokio::select! {
             change = changes.recv() => change,
-            () = due => {
+            task_id = due => {
                 output_due = None;
                 output_read = tokio::time::Instant::now();
-                Ok(TaskChanged { task_id: q.task.expect("only a task= subscriber reads output"), kind: ChangeKind::State })
+                Ok(TaskChanged { task_id, kind: ChangeKind::State })
             }
             () = tx.closed() => return,
         };
@@ -1039,7 +1042,7 @@ async fn stream_events(
                 kind: ChangeKind::Output,
             }) => {
                 if q.task == Some(task_id) && output_due.is_none() {
-                    output_due = Some(output_read + OUTPUT_EVERY);
+                    output_due = Some((output_read + OUTPUT_EVERY, task_id));
                 }
                 continue;
             }
