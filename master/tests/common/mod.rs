@@ -203,7 +203,7 @@ pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&st
 
 /// Waits for a task to end, through the API's long-poll.
 pub async fn wait_done(client: &Client, id: TaskId) -> Task {
-    tokio::time::timeout(TIMEOUT, async {
+    let ended = tokio::time::timeout(TIMEOUT, async {
         loop {
             let task = client.wait_task(id, 5).await.unwrap();
             if task.status.is_terminal() {
@@ -211,8 +211,16 @@ pub async fn wait_done(client: &Client, id: TaskId) -> Task {
             }
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("task {id} did not end in time"))
+    .await;
+    match ended {
+        Ok(task) => task,
+        Err(_) => {
+            // Say where it stuck, so a failure on a CI machine can be told apart from a slow one.
+            let now = client.get_task(id).await;
+            let nodes = client.list_nodes().await;
+            panic!("task {id} did not end in time; now {now:#?}; nodes {nodes:#?}")
+        }
+    }
 }
 
 /// Every log line of a task, paging through the API.
