@@ -203,10 +203,10 @@ impl Worker {
                     break Ok(());
                 }
                 message = inbound.next() => match message {
-                    Some(Ok(MasterToWorker::Assign(task))) if !stopping => self.runners.start(task).await,
+                    Some(Ok(MasterToWorker::Assign(task))) if !stopping => self.runners.start(task),
                     Some(Ok(MasterToWorker::Assign(task))) => {
                         let outcome = TaskOutcome::Abnormal { reason: format!("worker {} is shutting down", config.name) };
-                        report_end(&self.runners.ctx.events, task.task_id, outcome.into()).await;
+                        self.runners.refuse(task.task_id, outcome);
                     }
                     Some(Ok(MasterToWorker::Cancel { task_id, reason })) => self.runners.stop(task_id, Stop::User(reason)),
                     Some(Ok(MasterToWorker::SetMaxRunners { max_runners })) => self.runners.resize(max_runners),
@@ -329,7 +329,7 @@ impl Runners {
         }
     }
 
-    async fn start(&mut self, task: Assignment) {
+    fn start(&mut self, task: Assignment) {
         let task_id = task.task_id;
         if self.active.contains_key(&task_id) {
             warn!(task_id = %task_id, "assigned a task this worker already runs; ignored");
@@ -341,7 +341,7 @@ impl Runners {
             let outcome = TaskOutcome::Abnormal {
                 reason: format!("node {} had no free runner slot", self.ctx.node),
             };
-            report_end(&self.ctx.events, task_id, outcome.into()).await;
+            self.refuse(task_id, outcome);
             return;
         };
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -354,6 +354,13 @@ impl Runners {
             drop(permit);
             task_id
         });
+    }
+
+    /// Reports a task that will not run here. Sent from its own task: the session loop that calls this is
+    /// also the one that drains `events`, so waiting there for room in a full channel would wait forever.
+    fn refuse(&self, task_id: TaskId, outcome: TaskOutcome) {
+        let events = self.ctx.events.clone();
+        tokio::spawn(async move { report_end(&events, task_id, outcome.into()).await });
     }
 
     fn stop(&self, task_id: TaskId, reason: Stop) {
@@ -479,5 +486,64 @@ mod tests {
         // Numbering goes on across sessions, so the master can tell a resent message from a new one.
         tx.send(ended(a)).await.unwrap();
         assert_eq!(outbox.next().await.unwrap().seq, 3);
+    }
+
+    /// The session loop both assigns tasks and drains `events`: refusing a task while `events` is full must not
+    /// wait for room, or the loop would never drain it.
+    #[tokio::test]
+    async fn a_task_refused_while_the_outbox_is_full_does_not_block_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let (events, mut events_rx) = mpsc::channel(1);
+        let (_client, client) = watch::channel(None);
+        let ctx = RunContext {
+            node: "w1".into(),
+            options: crate::RunnerOptions::default(),
+            cache: FileCache::new(dir.path().join("cache")),
+            deps: Deps::new(dir.path().join("envs")),
+            client,
+            tasks_dir: dir.path().join("tasks"),
+            events: events.clone(),
+            spider_env: Vec::new().into(),
+        };
+        let mut runners = Runners::new(1, ctx);
+        let _busy = Arc::clone(&runners.slots).try_acquire_owned().unwrap();
+        let earlier = TaskId::new();
+        events.send(ended(earlier)).await.unwrap();
+
+        let refused = TaskId::new();
+        runners.start(Assignment {
+            task_id: refused,
+            spider_id: arachne_shared::SpiderId::new(),
+            spider_name: "s".into(),
+            version: String::new(),
+            command_line: "true".into(),
+            settings: Default::default(),
+        });
+        runners.refuse(
+            TaskId::new(),
+            TaskOutcome::Abnormal {
+                reason: "shutting down".into(),
+            },
+        );
+
+        let first = events_rx.recv().await.unwrap();
+        assert!(matches!(first, WorkerToMaster::TaskEnded { task_id, .. } if task_id == earlier));
+        let mut reasons = HashMap::new();
+        for _ in 0..2 {
+            match events_rx.recv().await.unwrap() {
+                WorkerToMaster::TaskEnded {
+                    task_id,
+                    outcome: TaskOutcome::Abnormal { reason },
+                    ..
+                } => reasons.insert(task_id, reason),
+                other => panic!("expected a refused task's end, got {other:?}"),
+            };
+        }
+        assert!(
+            reasons[&refused].contains("no free runner slot"),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons.len(), 2);
+        assert!(runners.active.is_empty());
     }
 }
