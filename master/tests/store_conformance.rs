@@ -958,3 +958,143 @@ async fn tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_record
         );
     }
 }
+
+/// Every step of a task's life changes a different set of queried fields (the embedded store writes only the
+/// columns that changed); each query must see every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_step_of_a_task_shows_in_every_query() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        let t = task("steps", 5);
+        store.insert_task(&t).await.unwrap();
+        let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let with = |status: TaskStatus, node: Option<&str>| TaskFilter {
+            spider_name: Some("steps".into()),
+            status: Some(status),
+            node: node.map(str::to_owned),
+            limit: 10,
+            ..Default::default()
+        };
+        let spider_scope = arachne_master::store::ActiveScope::Spider("steps".into());
+
+        let step = |change: Box<dyn FnMut(&mut Task) -> bool + Send>| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .update_task(t.id, &TaskStatus::ALL, change)
+                    .await
+                    .unwrap()
+                    .expect("the change applies")
+            }
+        };
+        step(Box::new(|t| {
+            t.priority = 2;
+            true
+        }))
+        .await;
+        assert_eq!(
+            store.dispatchable(10, 0).await.unwrap()[0].priority,
+            2,
+            "{name}"
+        );
+
+        step(Box::new(|t| {
+            t.node = Some("n1".into());
+            true
+        }))
+        .await;
+        assert!(
+            store.dispatchable(10, 0).await.unwrap().is_empty(),
+            "{name}"
+        );
+        let (pending, _) = store
+            .list_tasks(&with(TaskStatus::Pending, Some("n1")))
+            .await
+            .unwrap();
+        assert_eq!(ids(pending), [t.id], "{name}: assigned, listed by node");
+        assert_eq!(
+            store.count_active(&spider_scope).await.unwrap(),
+            1,
+            "{name}"
+        );
+
+        step(Box::new(|t| {
+            t.set_status(TaskStatus::Running, Utc::now());
+            true
+        }))
+        .await;
+        let (running, _) = store
+            .list_tasks(&with(TaskStatus::Running, Some("n1")))
+            .await
+            .unwrap();
+        assert_eq!(ids(running), [t.id], "{name}: running");
+        let (pending, _) = store
+            .list_tasks(&with(TaskStatus::Pending, None))
+            .await
+            .unwrap();
+        assert!(pending.is_empty(), "{name}: no longer pending");
+
+        let ended = Utc::now() - chrono::Duration::hours(2);
+        step(Box::new(move |t| {
+            t.finish(&arachne_shared::TaskOutcome::Finished, ended);
+            true
+        }))
+        .await;
+        let (finished, _) = store
+            .list_tasks(&with(TaskStatus::Finished, Some("n1")))
+            .await
+            .unwrap();
+        assert_eq!(ids(finished), [t.id], "{name}: finished");
+        assert_eq!(
+            store.count_active(&spider_scope).await.unwrap(),
+            0,
+            "{name}"
+        );
+        let counts = store.count_by_status().await.unwrap();
+        assert!(
+            counts.contains(&(TaskStatus::Finished, 1)),
+            "{name}: {counts:?}"
+        );
+        // The end time is what the retention sweep goes by.
+        let cutoff = Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(
+            store.delete_ended_before(cutoff).await.unwrap(),
+            1,
+            "{name}"
+        );
+        assert!(store.get_task(t.id).await.unwrap().is_none(), "{name}");
+    }
+}
+
+/// A spider is always read as last written: after a change, a rename, and a write refused as a duplicate
+/// (the embedded store keeps spiders it has read in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spider_reads_as_last_written() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        let mut s = spider("first");
+        s.version = "v1".into();
+        store.put_spider(&s).await.unwrap();
+        let read = |n: &'static str| {
+            let store = Arc::clone(&store);
+            async move { store.spider_by_name(n).await.unwrap().map(|s| s.version) }
+        };
+        assert_eq!(read("first").await.as_deref(), Some("v1"), "{name}");
+
+        s.version = "v2".into();
+        store.put_spider(&s).await.unwrap();
+        assert_eq!(read("first").await.as_deref(), Some("v2"), "{name}");
+
+        s.name = "renamed".into();
+        store.put_spider(&s).await.unwrap();
+        assert_eq!(read("first").await, None, "{name}: the old name is gone");
+        assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
+
+        let mut clash = spider("renamed");
+        clash.version = "v9".into();
+        assert!(store.put_spider(&clash).await.is_err(), "{name}");
+        assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
+    }
+}

@@ -3,6 +3,7 @@
 //! Rows keep the queried fields as columns and the full record as JSON; log lines and items are keyed by
 //! `(task_id, seq)` and inserted with `OR IGNORE`, which makes a retried batch harmless.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -77,8 +78,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS items_dedup ON items (coll, dkey) WHERE dkey I
 /// (see [`EmbeddedStore::quick`]).
 pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
+    /// Spiders read so far. Every task creation and every dispatch pass looks its spider up, and this store
+    /// is the only writer of its file, so [`Store::put_spider`] can keep the copies current.
+    spiders: Mutex<SpiderCache>,
     /// Dropped with the store, which ends the checkpointer thread.
     _checkpointer: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// Spiders by name, and a count of spider writes: a lookup that read the table before a write finished must
+/// not cache what it read after the write dropped the old copy.
+#[derive(Default)]
+struct SpiderCache {
+    writes: u64,
+    by_name: HashMap<String, Spider>,
 }
 
 /// How often the checkpointer folds the write-ahead log back into the database.
@@ -157,6 +169,7 @@ impl EmbeddedStore {
         conn.execute_batch(INDEXES).map_err(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            spiders: Mutex::default(),
             _checkpointer: None,
         })
     }
@@ -173,6 +186,12 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|e| Error::Database(format!("store call failed: {e}")))?
+    }
+
+    fn cached_spiders(&self) -> std::sync::MutexGuard<'_, SpiderCache> {
+        self.spiders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a single-row statement on the calling thread. Handing it to the blocking pool cost two thread
@@ -248,26 +267,67 @@ macro_rules! insert_task_sql {
     };
 }
 
-/// Stores a changed task. A plain update, not an upsert: an upsert first tries the insert against every unique
-/// index.
-fn update_row(conn: &Connection, task: &Task) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE tasks SET status = ?2, node = ?3, priority = ?4, data = ?5, children = ?6, ended_ms = ?7
-         WHERE id = ?1",
-    )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            task.id.to_string(),
-            task.status.as_str(),
-            task.node,
-            task.priority,
-            to_json(task),
-            task.children,
-            ended_ms(task),
-        ])
-    })
-    .map(drop)
-    .map_err(db)
+/// The indexed columns of a task row that an update can change.
+struct Indexed {
+    status: &'static str,
+    node: Option<String>,
+    priority: u8,
+    children: u32,
+    ended_ms: Option<i64>,
+}
+
+impl Indexed {
+    fn of(task: &Task) -> Self {
+        Self {
+            status: task.status.as_str(),
+            node: task.node.clone(),
+            priority: task.priority,
+            children: task.children,
+            ended_ms: ended_ms(task),
+        }
+    }
+}
+
+/// Stores a changed task whose stored row had the indexed columns `before`. A plain update, not an upsert: an
+/// upsert first tries the insert against every unique index. Only columns whose values changed are set: SQLite
+/// rewrites the entry of every index over a column named in SET, changed or not, and each index page written is
+/// a page in the write-ahead log (naming them all wrote about twice the pages of naming what changed).
+fn update_row(conn: &Connection, before: &Indexed, task: &Task) -> Result<()> {
+    let after = Indexed::of(task);
+    let id = task.id.to_string();
+    let data = to_json(task);
+    let mut sql = String::from("UPDATE tasks SET data = ?2");
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&id, &data];
+    let columns: [(&str, bool, &dyn rusqlite::ToSql); 5] = [
+        ("status", before.status != after.status, &after.status),
+        ("node", before.node != after.node, &after.node),
+        (
+            "priority",
+            before.priority != after.priority,
+            &after.priority,
+        ),
+        (
+            "children",
+            before.children != after.children,
+            &after.children,
+        ),
+        (
+            "ended_ms",
+            before.ended_ms != after.ended_ms,
+            &after.ended_ms,
+        ),
+    ];
+    for (column, changed, value) in columns {
+        if changed {
+            params.push(value);
+            sql.push_str(&format!(", {column} = ?{}", params.len()));
+        }
+    }
+    sql.push_str(" WHERE id = ?1");
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.execute(params.as_slice()))
+        .map(drop)
+        .map_err(db)
 }
 
 /// When a task ended, for the retention sweep; `None` while it has not.
@@ -450,29 +510,50 @@ fn insert_item_batch(
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn put_spider(&self, spider: &Spider) -> Result<()> {
-        let spider = spider.clone();
-        self.call(move |conn| {
-            let result = conn.execute(
-                "INSERT INTO spiders (id, name, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET name = ?2, data = ?3",
-                params![spider.id.to_string(), spider.name, to_json(&spider)],
-            );
-            unique(result, || format!("spider {:?}", spider.name))
-        })
-        .await
+        let stored = spider.clone();
+        let result = self
+            .call(move |conn| {
+                let result = conn.execute(
+                    "INSERT INTO spiders (id, name, data) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET name = ?2, data = ?3",
+                    params![stored.id.to_string(), stored.name, to_json(&stored)],
+                );
+                unique(result, || format!("spider {:?}", stored.name))
+            })
+            .await;
+        // Whatever the outcome, the copy of this spider (under its old name too, after a rename) is dropped
+        // once the write is done; the next lookup reads the stored record.
+        let mut cache = self.cached_spiders();
+        cache.writes += 1;
+        cache.by_name.retain(|_, s| s.id != spider.id);
+        result
     }
 
     async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>> {
-        let name = name.to_owned();
-        self.quick(move |conn| {
+        let writes = {
+            let cache = self.cached_spiders();
+            if let Some(spider) = cache.by_name.get(name) {
+                return Ok(Some(spider.clone()));
+            }
+            cache.writes
+        };
+        let key = name.to_owned();
+        let spider: Option<Spider> = self.quick(move |conn| {
             let data: Option<String> = conn
                 .prepare_cached("SELECT data FROM spiders WHERE name = ?1")
                 .map_err(db)?
-                .query_row([name], |row| row.get(0))
+                .query_row([key], |row| row.get(0))
                 .optional()
                 .map_err(db)?;
             data.map(|d| from_json(&d)).transpose()
-        })
+        })?;
+        let mut cache = self.cached_spiders();
+        if let Some(spider) = &spider
+            && cache.writes == writes
+        {
+            cache.by_name.insert(name.to_owned(), spider.clone());
+        }
+        Ok(spider)
     }
 
     async fn list_spiders(&self) -> Result<Vec<Spider>> {
@@ -574,10 +655,11 @@ impl Store for EmbeddedStore {
             if !expected.contains(&task.status) {
                 return Ok(None);
             }
+            let before = Indexed::of(&task);
             if !change(&mut task) {
                 return Ok(None);
             }
-            update_row(&tx, &task)?;
+            update_row(&tx, &before, &task)?;
             tx.commit()?;
             Ok(Some(task))
         })
