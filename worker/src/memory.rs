@@ -60,7 +60,7 @@ pub(crate) struct Watch {
     pub(crate) over: oneshot::Sender<OverLimit>,
 }
 
-/// Samples the tree until aborted, raising `peak`, and sends on `over` once if `limit` is crossed. Returns only
+/// Samples the tree until dropped, raising `peak`, and sends on `over` once if `limit` is crossed. Returns only
 /// if sampling is impossible on this machine, with the reason.
 pub(crate) async fn watch(
     Watch {

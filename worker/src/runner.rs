@@ -373,14 +373,14 @@ async fn supervise(
     let peak = Arc::new(AtomicU64::new(0));
     let (over_tx, mut over_rx) = oneshot::channel();
     let limit = task.settings.memory_limit_mib.map(|mib| mib << 20);
-    let sampler = tokio::spawn(memory::watch(memory::Watch {
+    // Polled by the loop below rather than spawned: a task of its own cost every run a spawn and an abort,
+    // while most short runs end before the first sample. It stops being sampled once the run is stopping.
+    let mut sampler = std::pin::pin!(memory::watch(memory::Watch {
         pid,
         limit,
         peak: Arc::clone(&peak),
         over: over_tx,
     }));
-    let sampler_abort = sampler.abort_handle();
-    let mut sampler = std::pin::pin!(sampler);
     let collected = tokio::spawn(collector.run(raw_rx));
     let mut process = Process {
         stdin: child.stdin.take(),
@@ -403,7 +403,7 @@ async fn supervise(
             reason = stopped(&mut stop) => reason,
             () = sleep_for(task.settings.timeout_secs) => Stop::Timeout(task.settings.timeout_secs.unwrap_or(0)),
             Ok(over) = &mut over_rx => Stop::Memory(over),
-            Ok(why) = &mut sampler, if sampler_failed.is_none() => {
+            why = &mut sampler, if sampler_failed.is_none() => {
                 warn!(task_id = %task.task_id, "{why}");
                 sampler_failed = Some(why);
                 continue;
@@ -412,7 +412,6 @@ async fn supervise(
         let status = process.terminate(&reason, escalation).await;
         break (status, Some(reason));
     };
-    sampler_abort.abort();
     drop(process.stdin.take());
     // The shell may be gone while something it started still runs and holds the pipes open.
     signal_group(pid, Signal::SIGKILL);

@@ -57,6 +57,30 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// The largest version whose working directory is built without a trip to the blocking pool.
+#[derive(Debug, Clone, Copy)]
+struct InlineLimit {
+    manifest_bytes: u64,
+    files: usize,
+    bytes: u64,
+}
+
+const INLINE: InlineLimit = InlineLimit {
+    manifest_bytes: 4 << 10,
+    files: 8,
+    bytes: 256 << 10,
+};
+
+/// What building a working directory from the cache came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Checkout {
+    Built,
+    /// The version or some of its contents must be synced first.
+    NotCached,
+    /// Over the inline limit: to be built on the blocking pool.
+    TooBig,
+}
+
 /// What a sync found and did.
 #[derive(Debug)]
 pub(crate) struct Synced {
@@ -99,9 +123,12 @@ impl FileCache {
         }
     }
 
-    /// Builds `workdir` straight from the cache when `version` and all its contents are cached, in one
-    /// blocking pass (the common case: every run after a version's first on this worker). `false` when
-    /// something must be synced first.
+    /// Builds `workdir` straight from the cache when `version` and all its contents are cached (the common
+    /// case: every run after a version's first on this worker). `false` when something must be synced first.
+    ///
+    /// A small version is built on the calling task: handing a few syscalls to the blocking pool and back
+    /// cost two thread switches, about a sixth of a no-op run's time from assignment to spawn on a busy
+    /// machine. Anything larger, or a leftover folder to clear first, goes to the blocking pool in one pass.
     pub(crate) async fn checkout_cached(
         &self,
         version: &str,
@@ -110,20 +137,55 @@ impl FileCache {
         if !is_sha256(version) {
             return Err(Error::BadVersion(version.to_owned()));
         }
-        let cache = self.clone();
         let manifest_path = self.manifest_path(version);
-        tokio::task::spawn_blocking(move || {
-            let cached = std::fs::read(&manifest_path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
-                .filter(|m| m.files.iter().all(|f| cache.blob_path(&f.sha256).exists()));
-            match cached {
-                Some(manifest) => build_workdir(&workdir, Some((&cache, &manifest))).map(|()| true),
-                None => Ok(false),
+        match self.checkout(&manifest_path, &workdir, Some(INLINE))? {
+            Checkout::Built => return Ok(true),
+            Checkout::NotCached => return Ok(false),
+            Checkout::TooBig => {}
+        }
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || cache.checkout(&manifest_path, &workdir, None))
+            .await
+            .expect("checking the cache does not panic")
+            .map(|checkout| checkout == Checkout::Built)
+    }
+
+    /// Builds `workdir` from the cached version at `manifest_path`, unless it is over `limit`.
+    fn checkout(
+        &self,
+        manifest_path: &Path,
+        workdir: &Path,
+        limit: Option<InlineLimit>,
+    ) -> Result<Checkout, Error> {
+        if let Some(limit) = limit {
+            match std::fs::metadata(manifest_path) {
+                Ok(meta) if meta.len() > limit.manifest_bytes => return Ok(Checkout::TooBig),
+                Ok(_) if workdir.exists() => return Ok(Checkout::TooBig),
+                Ok(_) => {}
+                Err(_) => return Ok(Checkout::NotCached),
             }
-        })
-        .await
-        .expect("checking the cache does not panic")
+        }
+        let Some(manifest) = std::fs::read(manifest_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+        else {
+            return Ok(Checkout::NotCached);
+        };
+        if let Some(limit) = limit {
+            let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+            if manifest.files.len() > limit.files || bytes > limit.bytes {
+                return Ok(Checkout::TooBig);
+            }
+        }
+        if !manifest
+            .files
+            .iter()
+            .all(|f| self.blob_path(&f.sha256).exists())
+        {
+            return Ok(Checkout::NotCached);
+        }
+        build_workdir(workdir, Some((self, &manifest)))?;
+        Ok(Checkout::Built)
     }
 
     /// The contents of `manifest` not in the cache, each with its size and a path holding it; one blocking
@@ -402,8 +464,12 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     tokio::fs::rename(&temp, path).await.map_err(io(path))
 }
 
-/// Creates a fresh, empty working directory, for a run of a spider without files.
+/// Creates a fresh, empty working directory, for a run of a spider without files: in place (one mkdir), unless
+/// a leftover folder must be cleared first.
 pub(crate) async fn empty_workdir(workdir: PathBuf) -> Result<(), Error> {
+    if !workdir.exists() {
+        return build_workdir(&workdir, None);
+    }
     tokio::task::spawn_blocking(move || build_workdir(&workdir, None))
         .await
         .expect("creating a folder does not panic")
@@ -434,4 +500,97 @@ fn copy_into(cache: &FileCache, workdir: &Path, file: &FileEntry) -> Result<(), 
     std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
         .map_err(io(&target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Puts `files` (path, content, mode) in the cache as one version, as a finished sync leaves them; returns
+    /// the version.
+    fn cache_version(cache: &FileCache, files: &[(&str, Vec<u8>, u32)]) -> String {
+        let entries = files
+            .iter()
+            .map(|(path, content, mode)| {
+                let sha256 = hex(&Sha256::digest(content));
+                let blob = cache.blob_path(&sha256);
+                std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+                std::fs::write(&blob, content).unwrap();
+                FileEntry {
+                    path: (*path).to_owned(),
+                    size: content.len() as u64,
+                    mode: *mode,
+                    sha256,
+                }
+            })
+            .collect();
+        let manifest = Manifest::new(entries);
+        let version = manifest.hash();
+        let path = cache.manifest_path(&version);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        version
+    }
+
+    fn read(dir: &Path, path: &str) -> (Vec<u8>, u32) {
+        let path = dir.join(path);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        (std::fs::read(path).unwrap(), mode)
+    }
+
+    #[tokio::test]
+    async fn small_and_large_versions_check_out_whole_and_fresh() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = FileCache::new(root.path().join("cache"));
+        let small = cache_version(
+            &cache,
+            &[
+                ("main.sh", b"echo hi\n".to_vec(), 0o755),
+                ("conf/a.txt", b"a".to_vec(), 0o644),
+            ],
+        );
+        // Over the in-place limit both by count and by size: built on the blocking pool.
+        let many: Vec<(String, Vec<u8>, u32)> = (0..INLINE.files + 1)
+            .map(|i| (format!("part{i}.txt"), vec![b'x'; 64 << 10], 0o600))
+            .collect();
+        let refs: Vec<(&str, Vec<u8>, u32)> = many
+            .iter()
+            .map(|(p, c, m)| (p.as_str(), c.clone(), *m))
+            .collect();
+        let large = cache_version(&cache, &refs);
+
+        let work = root.path().join("w1");
+        assert!(cache.checkout_cached(&small, work.clone()).await.unwrap());
+        assert_eq!(read(&work, "main.sh"), (b"echo hi\n".to_vec(), 0o755));
+        assert_eq!(read(&work, "conf/a.txt"), (b"a".to_vec(), 0o644));
+
+        // A folder left by an earlier run is replaced, not merged into.
+        std::fs::write(work.join("stale.txt"), "old run").unwrap();
+        assert!(cache.checkout_cached(&small, work.clone()).await.unwrap());
+        assert!(!work.join("stale.txt").exists());
+        assert_eq!(read(&work, "main.sh").0, b"echo hi\n");
+
+        let work = root.path().join("w2");
+        assert!(cache.checkout_cached(&large, work.clone()).await.unwrap());
+        for (path, content, mode) in &many {
+            assert_eq!(&read(&work, path), &(content.clone(), *mode), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_with_anything_missing_must_be_synced() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = FileCache::new(root.path().join("cache"));
+        let version = cache_version(&cache, &[("main.py", b"print(1)\n".to_vec(), 0o644)]);
+        let unknown = hex(&Sha256::digest(b"no such version"));
+        let work = root.path().join("w");
+        assert!(!cache.checkout_cached(&unknown, work.clone()).await.unwrap());
+
+        let blob = cache.blob_path(&hex(&Sha256::digest(b"print(1)\n")));
+        std::fs::remove_file(blob).unwrap();
+        assert!(!cache.checkout_cached(&version, work.clone()).await.unwrap());
+
+        let err = cache.checkout_cached("../../etc", work).await.unwrap_err();
+        assert!(matches!(err, Error::BadVersion(_)), "{err}");
+    }
 }
