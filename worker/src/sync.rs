@@ -77,8 +77,8 @@ enum Checkout {
     Built,
     /// The version or some of its contents must be synced first.
     NotCached,
-    /// Over the inline limit: to be built on the blocking pool.
-    TooBig,
+    /// To be built on the blocking pool: over the in-place limit, or a leftover folder to clear first.
+    ForPool,
 }
 
 /// What a sync found and did.
@@ -141,7 +141,7 @@ impl FileCache {
         match self.checkout(&manifest_path, &workdir, Some(INLINE))? {
             Checkout::Built => return Ok(true),
             Checkout::NotCached => return Ok(false),
-            Checkout::TooBig => {}
+            Checkout::ForPool => {}
         }
         let cache = self.clone();
         tokio::task::spawn_blocking(move || cache.checkout(&manifest_path, &workdir, None))
@@ -150,7 +150,7 @@ impl FileCache {
             .map(|checkout| checkout == Checkout::Built)
     }
 
-    /// Builds `workdir` from the cached version at `manifest_path`, unless it is over `limit`.
+    /// Builds `workdir` from the cached version at `manifest_path`, unless `limit` says it is work for the pool.
     fn checkout(
         &self,
         manifest_path: &Path,
@@ -159,8 +159,8 @@ impl FileCache {
     ) -> Result<Checkout, Error> {
         if let Some(limit) = limit {
             match std::fs::metadata(manifest_path) {
-                Ok(meta) if meta.len() > limit.manifest_bytes => return Ok(Checkout::TooBig),
-                Ok(_) if workdir.exists() => return Ok(Checkout::TooBig),
+                Ok(meta) if meta.len() > limit.manifest_bytes => return Ok(Checkout::ForPool),
+                Ok(_) if workdir.exists() => return Ok(Checkout::ForPool),
                 Ok(_) => {}
                 Err(_) => return Ok(Checkout::NotCached),
             }
@@ -174,7 +174,7 @@ impl FileCache {
         if let Some(limit) = limit {
             let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
             if manifest.files.len() > limit.files || bytes > limit.bytes {
-                return Ok(Checkout::TooBig);
+                return Ok(Checkout::ForPool);
             }
         }
         if !manifest
