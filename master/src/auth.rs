@@ -137,8 +137,6 @@ async fn register(
 pub struct Auth {
     store: Arc<dyn Store>,
     required: bool,
-    /// The local worker's secret: made at start, never stored, never shown.
-    local_worker: String,
     recent: Mutex<HashMap<String, (TokenKind, Instant)>>,
 }
 
@@ -184,7 +182,6 @@ impl Auth {
         Ok(Self {
             store,
             required: config.required,
-            local_worker: new_secret(TokenKind::Worker),
             recent: Mutex::new(HashMap::new()),
         })
     }
@@ -193,17 +190,9 @@ impl Auth {
         self.required
     }
 
-    /// The secret the master's own worker presents.
-    pub fn local_worker_secret(&self) -> &str {
-        &self.local_worker
-    }
-
     /// Whether `secret` is a valid token of `kind` (always, when authentication is off).
     pub async fn check(&self, secret: &str, kind: TokenKind) -> Result<bool, store::Error> {
         if !self.required {
-            return Ok(true);
-        }
-        if kind == TokenKind::Worker && secret == self.local_worker {
             return Ok(true);
         }
         let hash = Token::hash_of(secret);

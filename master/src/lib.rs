@@ -272,6 +272,8 @@ pub async fn run(
         auth: Arc::clone(&auth),
         shutdown: servers.clone(),
     });
+    // The local worker talks to the cluster service in-process: no encoding, socket or HTTP/2 for its messages.
+    let link = arachne_proto::client::LocalLink::new(Arc::clone(&cluster) as _);
     // A server that stops on its own takes the master down with it, through its drop guard.
     let (grpc_guard, grpc_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let grpc = tracker.spawn(async move {
@@ -295,14 +297,13 @@ pub async fn run(
     let worker_shutdown = CancellationToken::new();
     let worker = config.local_worker.clone().map(|local| {
         let mut worker_config = arachne_worker::Config::new(
-            format!("http://{}", loopback(grpc_addr)),
+            arachne_worker::Target::Local(link.clone()),
             local.name,
             config.data_dir.join("local-worker"),
         );
         worker_config.max_runners = local.max_runners;
         worker_config.runner = local.runner;
         worker_config.heartbeat = local.heartbeat;
-        worker_config.token = Some(auth.local_worker_secret().to_owned());
         tokio::spawn(arachne_worker::run(worker_config, worker_shutdown.clone()))
     });
 
@@ -321,6 +322,7 @@ pub async fn run(
     servers.cancel();
     tracker.close();
     tracker.wait().await;
+    link.sessions_ended().await;
     match grpc.await {
         Ok(result) => result?,
         Err(err) => warn!(error = %err, "grpc server task failed"),
@@ -331,17 +333,6 @@ pub async fn run(
     }
     info!("master stopped");
     Ok(())
-}
-
-/// A wildcard listen address is not something to connect to; the local worker dials loopback instead.
-fn loopback(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        }
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
-        _ => addr,
-    }
 }
 
 /// Takes over what a previous run of the master left. Pending tasks stay queued. Nodes that had tasks in

@@ -1,21 +1,56 @@
-//! The worker's side of the protocol: connect to the master, open a session, fetch files.
+//! The worker's side of the protocol: connect to the master (over gRPC, or over a [`LocalLink`] when both
+//! run in one process), open a session, fetch files.
 
+use std::fmt;
+use std::pin::Pin;
 use std::time::Duration;
 
 use arachne_shared::SpiderId;
 use arachne_shared::cluster::{BlobChunk, MasterToWorker, WorkerEnvelope};
 use arachne_shared::files::Manifest;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+pub use crate::local::LocalLink;
 use crate::pb::cluster_client::ClusterClient;
 use crate::{Error, MAX_MESSAGE_BYTES, Result, pb};
+
+/// Where a worker finds its master.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A gRPC endpoint, for example `http://127.0.0.1:9666`.
+    Endpoint(String),
+    /// The master of this process.
+    Local(LocalLink),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Endpoint(endpoint) => f.write_str(endpoint),
+            Self::Local(_) => f.write_str("this process"),
+        }
+    }
+}
+
+impl From<String> for Target {
+    fn from(endpoint: String) -> Self {
+        Self::Endpoint(endpoint)
+    }
+}
+
+impl From<&str> for Target {
+    fn from(endpoint: &str) -> Self {
+        Self::Endpoint(endpoint.to_owned())
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
 
 /// Adds the worker's token to every call.
 #[derive(Clone)]
@@ -38,10 +73,27 @@ impl Interceptor for Bearer {
 /// A connection to the master.
 #[derive(Clone)]
 pub struct Client {
-    inner: ClusterClient<InterceptedService<Channel, Bearer>>,
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Grpc(ClusterClient<InterceptedService<Channel, Bearer>>),
+    Local(LocalLink),
 }
 
 impl Client {
+    /// Connects to the master at `target`; `token` is presented on every gRPC call (a local link has no
+    /// peer to present it to).
+    pub async fn open(target: &Target, token: Option<&str>) -> Result<Self> {
+        match target {
+            Target::Endpoint(endpoint) => Self::connect(endpoint, token).await,
+            Target::Local(link) => Ok(Self {
+                inner: Inner::Local(link.clone()),
+            }),
+        }
+    }
+
     /// Connects to the master at `endpoint` (for example `http://127.0.0.1:9666`), presenting `token` on
     /// every call.
     pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self> {
@@ -74,27 +126,38 @@ impl Client {
         let inner = ClusterClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Self { inner })
+        Ok(Self {
+            inner: Inner::Grpc(inner),
+        })
     }
 
     /// Opens a session: every message put on `outbound` goes to the master, in order.
     pub async fn session(&mut self, outbound: mpsc::Receiver<WorkerEnvelope>) -> Result<Session> {
-        let stream = ReceiverStream::new(outbound).map(pb::WorkerMessage::from);
-        let inbound = self.inner.session(stream).await?.into_inner();
+        let inbound: BoxStream<MasterToWorker> = match &mut self.inner {
+            Inner::Grpc(client) => {
+                let stream = ReceiverStream::new(outbound).map(pb::WorkerMessage::from);
+                let inbound = client.session(stream).await?.into_inner();
+                Box::pin(inbound.map(|message| match message {
+                    Ok(message) => MasterToWorker::try_from(message),
+                    Err(status) => Err(status.into()),
+                }))
+            }
+            Inner::Local(link) => Box::pin(link.session(outbound)),
+        };
         Ok(Session { inbound })
     }
 
     /// The manifest of one spider version.
     pub async fn manifest(&mut self, spider_id: SpiderId, version: &str) -> Result<Manifest> {
+        let client = match &mut self.inner {
+            Inner::Grpc(client) => client,
+            Inner::Local(link) => return link.manifest(spider_id, version.to_owned()).await,
+        };
         let request = pb::ManifestRequest {
             spider_id: spider_id.to_string(),
             version: version.to_owned(),
         };
-        self.inner
-            .get_manifest(request)
-            .await?
-            .into_inner()
-            .try_into()
+        client.get_manifest(request).await?.into_inner().try_into()
     }
 
     /// Streams the named contents of one spider version.
@@ -104,42 +167,52 @@ impl Client {
         version: &str,
         sha256: Vec<String>,
     ) -> Result<Blobs> {
+        let client = match &mut self.inner {
+            Inner::Grpc(client) => client,
+            Inner::Local(link) => {
+                let inner = link
+                    .fetch_blobs(spider_id, version.to_owned(), sha256)
+                    .await?;
+                return Ok(Blobs {
+                    inner: Box::pin(inner),
+                });
+            }
+        };
         let request = pb::FetchBlobsRequest {
             spider_id: spider_id.to_string(),
             version: version.to_owned(),
             sha256,
         };
-        let inner = self.inner.fetch_blobs(request).await?.into_inner();
-        Ok(Blobs { inner })
+        let inner = client.fetch_blobs(request).await?.into_inner();
+        Ok(Blobs {
+            inner: Box::pin(inner.map(|chunk| match chunk {
+                Ok(chunk) => Ok(chunk.into()),
+                Err(status) => Err(status.into()),
+            })),
+        })
     }
 }
 
 /// The master's messages in one session.
 pub struct Session {
-    inbound: Streaming<pb::MasterMessage>,
+    inbound: BoxStream<MasterToWorker>,
 }
 
 impl Session {
     /// The next message; `None` when the master closed the session, `Err` when it broke or was refused.
     pub async fn next(&mut self) -> Option<Result<MasterToWorker>> {
-        match self.inbound.next().await? {
-            Ok(message) => Some(MasterToWorker::try_from(message)),
-            Err(status) => Some(Err(status.into())),
-        }
+        self.inbound.next().await
     }
 }
 
 /// The chunks of one blob transfer.
 pub struct Blobs {
-    inner: Streaming<pb::BlobChunk>,
+    inner: BoxStream<BlobChunk>,
 }
 
 impl Blobs {
     /// The next chunk; `None` at the end of the transfer.
     pub async fn next(&mut self) -> Option<Result<BlobChunk>> {
-        match self.inner.next().await? {
-            Ok(chunk) => Some(Ok(chunk.into())),
-            Err(status) => Some(Err(status.into())),
-        }
+        self.inner.next().await
     }
 }

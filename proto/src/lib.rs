@@ -2,10 +2,12 @@
 //! between wire types and `arachne_shared` types, and the tonic server and client glue.
 //!
 //! Architecture invariant: no prost or tonic type appears in this crate's public API. The master implements
-//! [`server::Handler`] and the worker uses [`client::Client`], both in terms of `arachne_shared::cluster`.
+//! [`server::Handler`] and the worker uses [`client::Client`], both in terms of `arachne_shared::cluster`. A
+//! worker in the master's own process reaches the handler through a [`client::LocalLink`] instead of the wire.
 
 pub mod client;
 mod convert;
+mod local;
 pub mod server;
 
 /// Generated code. Kept private: everything outside this crate speaks `arachne_shared` types.

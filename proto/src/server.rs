@@ -45,26 +45,40 @@ impl From<Rejection> for Status {
     }
 }
 
-/// The worker's messages in one session.
+/// The worker's messages in one session, from the wire or from a worker in this process.
 pub struct Inbound {
-    stream: Streaming<pb::WorkerMessage>,
+    stream: Pin<Box<dyn Stream<Item = Result<WorkerEnvelope>> + Send>>,
 }
 
 impl Inbound {
+    fn grpc(stream: Streaming<pb::WorkerMessage>) -> Self {
+        let stream = stream.map(|message| match message {
+            Ok(message) => WorkerEnvelope::try_from(message),
+            Err(status) => Err(status.into()),
+        });
+        Self {
+            stream: Box::pin(stream),
+        }
+    }
+
+    pub(crate) fn local(rx: mpsc::Receiver<WorkerEnvelope>) -> Self {
+        Self {
+            stream: Box::pin(ReceiverStream::new(rx).map(Ok)),
+        }
+    }
+
     /// The next message; `None` when the worker closed the session. A transport error or an invalid message
     /// is an `Err`, after which the session should end.
     pub async fn next(&mut self) -> Option<Result<WorkerEnvelope>> {
-        match self.stream.next().await? {
-            Ok(message) => Some(WorkerEnvelope::try_from(message)),
-            Err(status) => Some(Err(status.into())),
-        }
+        self.stream.next().await
     }
 }
 
-/// Sends messages to the worker of one session.
+/// Sends messages to the worker of one session. Messages are converted to the wire form (when there is
+/// one) by the stream that sends them, so a local session never encodes anything.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<Result<pb::MasterMessage, Status>>,
+    tx: mpsc::Sender<Result<MasterToWorker, Rejection>>,
 }
 
 /// The worker's session is gone.
@@ -75,18 +89,24 @@ pub struct Closed;
 impl Outbound {
     /// Sends one message, waiting while the worker is slow to read.
     pub async fn send(&self, message: MasterToWorker) -> Result<(), Closed> {
-        self.tx.send(Ok(message.into())).await.map_err(|_| Closed)
+        self.tx.send(Ok(message)).await.map_err(|_| Closed)
     }
 
     /// Sends a message only if there is room now. For messages a later one supersedes (acknowledgements):
     /// the master must never wait on a worker that is itself waiting for the master to read.
     pub fn offer(&self, message: MasterToWorker) -> bool {
-        self.tx.try_send(Ok(message.into())).is_ok()
+        self.tx.try_send(Ok(message)).is_ok()
     }
 
     /// Ends the session with an error the worker will see.
     pub async fn reject(&self, rejection: Rejection) {
-        let _ = self.tx.send(Err(rejection.into())).await;
+        let _ = self.tx.send(Err(rejection)).await;
+    }
+
+    /// A session's sending half, and the receiving half its transport reads from.
+    pub(crate) fn channel() -> (Self, mpsc::Receiver<Result<MasterToWorker, Rejection>>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        (Self { tx }, rx)
     }
 }
 
@@ -151,13 +171,13 @@ impl Cluster for Adapter {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         self.authorize(&request).await?;
-        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+        let (outbound, rx) = Outbound::channel();
         let handler = Arc::clone(&self.handler);
-        let inbound = Inbound {
-            stream: request.into_inner(),
-        };
-        tokio::spawn(async move { handler.session(inbound, Outbound { tx }).await });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let inbound = Inbound::grpc(request.into_inner());
+        tokio::spawn(async move { handler.session(inbound, outbound).await });
+        let stream = ReceiverStream::new(rx)
+            .map(|message| message.map(pb::MasterMessage::from).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_manifest(

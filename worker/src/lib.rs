@@ -2,7 +2,8 @@
 //! slots and streams their logs and items back.
 //!
 //! `arachne-worker` is a thin binary over [`run`]; the master calls the same [`run`] for its local worker, so a
-//! local and a remote worker are the same code talking the same protocol.
+//! local and a remote worker are the same code talking the same protocol (the local one over an in-process
+//! link rather than the wire).
 
 pub mod args;
 mod deps;
@@ -22,13 +23,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use arachne_proto::client::{LocalLink, Target};
 pub use runner::RunnerOptions;
 
 /// A worker's configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The master's gRPC endpoint, for example `http://127.0.0.1:9666`.
-    pub master: String,
+    /// The master: its gRPC endpoint (for example `http://127.0.0.1:9666`), or a link to the master of this
+    /// process.
+    pub master: Target,
     /// This node's unique name.
     pub name: String,
     /// How many spiders may run at once.
@@ -59,7 +62,7 @@ pub fn inherited_env() -> Vec<(OsString, OsString)> {
 
 impl Config {
     /// A configuration with default runner options.
-    pub fn new(master: impl Into<String>, name: impl Into<String>, work_dir: PathBuf) -> Self {
+    pub fn new(master: impl Into<Target>, name: impl Into<String>, work_dir: PathBuf) -> Self {
         Self {
             master: master.into(),
             name: name.into(),
