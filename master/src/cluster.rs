@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::TokenKind;
-use arachne_shared::cluster::{MasterToWorker, Registration, WorkerToMaster};
+use arachne_shared::cluster::{MasterToWorker, ProcessStart, Registration, WorkerToMaster};
 use arachne_shared::files::Manifest;
 use arachne_shared::{ItemTarget, Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
 use chrono::Utc;
@@ -241,6 +241,7 @@ struct Ended {
     outcome: TaskOutcome,
     at: chrono::DateTime<Utc>,
     peak_rss_bytes: Option<u64>,
+    started: Option<ProcessStart>,
 }
 
 impl Cluster {
@@ -511,6 +512,7 @@ impl Cluster {
                 outcome,
                 at,
                 peak_rss_bytes,
+                started,
             } => {
                 targets.forget(task_id);
                 self.ended(
@@ -520,6 +522,7 @@ impl Cluster {
                         outcome,
                         at,
                         peak_rss_bytes,
+                        started,
                     },
                 )
                 .await?;
@@ -586,6 +589,7 @@ impl Cluster {
             outcome,
             at,
             peak_rss_bytes,
+            started,
         } = ended;
         let name = node.name.clone();
         let status = outcome.status();
@@ -597,6 +601,11 @@ impl Cluster {
                 Box::new(move |t| {
                     if t.node.as_deref() != Some(name.as_str()) {
                         return false;
+                    }
+                    // A short run's start comes with its end: the task goes through Running in one write.
+                    if let Some(start) = started.filter(|_| t.status == TaskStatus::Pending) {
+                        t.pid = Some(start.pid);
+                        t.set_status(TaskStatus::Running, start.at);
                     }
                     t.finish(&outcome, at);
                     t.peak_rss_bytes = peak_rss_bytes.or(t.peak_rss_bytes);

@@ -151,6 +151,49 @@ async fn a_spider_runs_and_its_logs_and_items_arrive_in_order() {
     master.stop().await;
 }
 
+/// A worker holds a task's start back for a moment and sends a short, silent run's start with its end. The
+/// task's record must not show it: pid, start, durations and every state, on the local worker (in-process
+/// link) and on a worker over gRPC alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_silent_task_records_its_start_like_any_other() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let remote = common::TestWorker::start(&master.grpc_url(), "remote", 1);
+    master.wait_nodes_online(2).await;
+    create_spider(client, "silent", "true", &[("README", "x")]).await;
+    for node in ["local", "remote"] {
+        let spec = RunTask {
+            mode: Some(arachne_shared::RunMode::Nodes),
+            nodes: vec![node.into()],
+            ..run("silent")
+        };
+        let queued = client.run_task(&spec).await.unwrap();
+        let task = wait_done(client, queued.id).await;
+        assert_eq!(
+            (task.status, task.node.as_deref()),
+            (TaskStatus::Finished, Some(node))
+        );
+        assert!(task.pid.is_some_and(|pid| pid > 0), "{task:?}");
+        let states: Vec<_> = task.transitions.iter().map(|t| t.status).collect();
+        assert_eq!(
+            states,
+            [
+                TaskStatus::Created,
+                TaskStatus::Pending,
+                TaskStatus::Running,
+                TaskStatus::Finished
+            ],
+            "on {node}"
+        );
+        let started = task.started_at().expect("a start time");
+        assert!(started >= task.created_at && started <= task.ended_at().unwrap());
+        assert!(task.wait_ms.is_some() && task.run_ms.is_some(), "{task:?}");
+    }
+    remote.stop().await;
+    master.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_spider_ends_in_error_with_its_exit_code() {
     let data = tempfile::tempdir().unwrap();

@@ -2,7 +2,8 @@
 //! so a malformed peer message becomes an [`Error::Invalid`] naming the field instead of a panic further in.
 
 use arachne_shared::cluster::{
-    Assignment, BlobChunk, MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster,
+    Assignment, BlobChunk, MasterToWorker, ProcessStart, Registration, WorkerEnvelope,
+    WorkerToMaster,
 };
 use arachne_shared::files::{FileEntry, Manifest, is_sha256};
 use arachne_shared::node::NodeMetrics;
@@ -130,6 +131,10 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     outcome,
                     at: from_millis(e.at_ms),
                     peak_rss_bytes: e.peak_rss_bytes,
+                    started: e.started.map(|s| ProcessStart {
+                        pid: s.pid,
+                        at: from_millis(s.at_ms),
+                    }),
                 }
             }
         })
@@ -213,6 +218,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 outcome,
                 at,
                 peak_rss_bytes,
+                started,
             } => {
                 let (outcome, exit_code, signal, message) = match outcome {
                     TaskOutcome::Finished => (pb::Outcome::Finished, Some(0), None, String::new()),
@@ -234,6 +240,10 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     message,
                     at_ms: to_millis(at),
                     peak_rss_bytes,
+                    started: started.map(|s| pb::ProcessStart {
+                        pid: s.pid,
+                        at_ms: to_millis(s.at),
+                    }),
                 })
             }
         };
@@ -493,12 +503,15 @@ mod tests {
                 reason: "lost".into(),
             },
         ] {
-            round_trip_worker(WorkerToMaster::TaskEnded {
-                task_id,
-                outcome,
-                at,
-                peak_rss_bytes: Some(4096),
-            });
+            for started in [None, Some(ProcessStart { pid: 42, at })] {
+                round_trip_worker(WorkerToMaster::TaskEnded {
+                    task_id,
+                    outcome: outcome.clone(),
+                    at,
+                    peak_rss_bytes: Some(4096),
+                    started,
+                });
+            }
         }
     }
 

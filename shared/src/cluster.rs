@@ -73,7 +73,17 @@ pub enum WorkerToMaster {
         at: DateTime<Utc>,
         /// Peak RSS of the process tree, when it was sampled.
         peak_rss_bytes: Option<u64>,
+        /// The process's start, when it was not sent as `TaskStarted`: a worker holds a start back for a
+        /// moment, and a run that ends silently within it reports both at once.
+        started: Option<ProcessStart>,
     },
+}
+
+/// When a task's spider process started, and its pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessStart {
+    pub pid: u32,
+    pub at: DateTime<Utc>,
 }
 
 /// A task handed to a worker: everything it needs to fetch the files and start the process.

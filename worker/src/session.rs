@@ -13,7 +13,7 @@ use arachne_proto::client::Client;
 use arachne_shared::TaskId;
 use arachne_shared::TaskOutcome;
 use arachne_shared::cluster::{
-    Assignment, MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster,
+    Assignment, MasterToWorker, ProcessStart, Registration, WorkerEnvelope, WorkerToMaster,
 };
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -35,6 +35,11 @@ const EVENTS_CAPACITY: usize = 256;
 const WINDOW: usize = 512;
 /// How long a stopping worker waits for the master to take its last reports.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a task's start is held back before it is sent. A run that ends within it, having said nothing,
+/// has its start sent with its end: one message and one stored change fewer for the master, for the many
+/// short tasks a busy cluster runs. Any output or report of the task sends the start at once; a longer run
+/// shows as Running this much later; a worker that dies within it has the task requeued, not written off.
+const START_HOLD: Duration = Duration::from_millis(20);
 
 /// Keeps a session with the master open until `shutdown`, reconnecting when it breaks.
 /// Runs sessions until `shutdown`; an `Err` is a refusal no reconnect can cure (a wrong token).
@@ -250,11 +255,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Numbers the runners' messages and keeps each until the master acknowledges it.
+/// Numbers the runners' messages and keeps each until the master acknowledges it. Holds each task's start
+/// back for [`START_HOLD`], keeping every task's messages in their order.
 struct Outbox {
     rx: mpsc::Receiver<WorkerToMaster>,
     next_seq: u64,
     unacked: VecDeque<WorkerEnvelope>,
+    /// Starts held back, oldest first, each with when it must go.
+    held: VecDeque<(tokio::time::Instant, TaskId, ProcessStart)>,
+    /// Messages taken from `rx`, to be numbered in this order.
+    ready: VecDeque<WorkerToMaster>,
 }
 
 impl Outbox {
@@ -263,6 +273,8 @@ impl Outbox {
             rx,
             next_seq: 1,
             unacked: VecDeque::new(),
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -270,16 +282,75 @@ impl Outbox {
         self.unacked.len() < WINDOW
     }
 
-    /// The next runner message, numbered and kept for resending.
+    /// The next runner message, numbered and kept for resending. Cancel-safe: a message taken from `rx` is
+    /// kept in `self` before anything else is awaited.
     async fn next(&mut self) -> Option<WorkerEnvelope> {
-        let message = self.rx.recv().await?;
-        let envelope = WorkerEnvelope {
-            seq: self.next_seq,
-            message,
-        };
-        self.next_seq += 1;
-        self.unacked.push_back(envelope.clone());
-        Some(envelope)
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                let envelope = WorkerEnvelope {
+                    seq: self.next_seq,
+                    message,
+                };
+                self.next_seq += 1;
+                self.unacked.push_back(envelope.clone());
+                return Some(envelope);
+            }
+            let due = self.held.front().map(|(due, ..)| *due);
+            tokio::select! {
+                message = self.rx.recv() => match message {
+                    Some(message) => self.take(message),
+                    // No runner is left to end a held task: send what is held.
+                    None if self.held.is_empty() => return None,
+                    None => self.release_oldest(),
+                },
+                () = sleep_until(due) => self.release_oldest(),
+            }
+        }
+    }
+
+    fn take(&mut self, message: WorkerToMaster) {
+        match message {
+            WorkerToMaster::TaskStarted { task_id, pid, at } => {
+                let due = tokio::time::Instant::now() + START_HOLD;
+                self.held
+                    .push_back((due, task_id, ProcessStart { pid, at }));
+            }
+            WorkerToMaster::TaskEnded {
+                task_id,
+                outcome,
+                at,
+                peak_rss_bytes,
+                started,
+            } => {
+                let held = self.unhold(task_id);
+                self.ready.push_back(WorkerToMaster::TaskEnded {
+                    task_id,
+                    outcome,
+                    at,
+                    peak_rss_bytes,
+                    started: started.or(held),
+                });
+            }
+            other => {
+                if let Some(task_id) = task_of(&other)
+                    && let Some(start) = self.unhold(task_id)
+                {
+                    self.ready.push_back(started(task_id, start));
+                }
+                self.ready.push_back(other);
+            }
+        }
+    }
+
+    fn unhold(&mut self, task_id: TaskId) -> Option<ProcessStart> {
+        let at = self.held.iter().position(|(_, id, _)| *id == task_id)?;
+        self.held.remove(at).map(|(_, _, start)| start)
+    }
+
+    fn release_oldest(&mut self) {
+        if let Some((_, task_id, start)) = self.held.pop_front() {
+            self.ready.push_back(started(task_id, start));
+        }
     }
 
     fn ack(&mut self, seq: u64) {
@@ -302,7 +373,30 @@ impl Outbox {
 
     /// Nothing waits to be sent or confirmed.
     fn is_settled(&self) -> bool {
-        self.unacked.is_empty() && self.rx.is_empty()
+        self.unacked.is_empty()
+            && self.rx.is_empty()
+            && self.held.is_empty()
+            && self.ready.is_empty()
+    }
+}
+
+fn started(task_id: TaskId, start: ProcessStart) -> WorkerToMaster {
+    WorkerToMaster::TaskStarted {
+        task_id,
+        pid: start.pid,
+        at: start.at,
+    }
+}
+
+/// The task a runner's message is about.
+fn task_of(message: &WorkerToMaster) -> Option<TaskId> {
+    match message {
+        WorkerToMaster::TaskStarted { task_id, .. }
+        | WorkerToMaster::Logs { task_id, .. }
+        | WorkerToMaster::Items { task_id, .. }
+        | WorkerToMaster::Report { task_id, .. }
+        | WorkerToMaster::TaskEnded { task_id, .. } => Some(*task_id),
+        WorkerToMaster::Register(_) | WorkerToMaster::Heartbeat(_) => None,
     }
 }
 
@@ -424,6 +518,7 @@ async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, resu
             outcome,
             at: Utc::now(),
             peak_rss_bytes,
+            started: None,
         })
         .await;
 }
@@ -463,6 +558,7 @@ mod tests {
             outcome: TaskOutcome::Finished,
             at: Utc::now(),
             peak_rss_bytes: None,
+            started: None,
         }
     }
 
@@ -486,6 +582,83 @@ mod tests {
         // Numbering goes on across sessions, so the master can tell a resent message from a new one.
         tx.send(ended(a)).await.unwrap();
         assert_eq!(outbox.next().await.unwrap().seq, 3);
+    }
+
+    fn start(task_id: TaskId) -> WorkerToMaster {
+        WorkerToMaster::TaskStarted {
+            task_id,
+            pid: 7,
+            at: Utc::now(),
+        }
+    }
+
+    fn kinds(envelopes: &[WorkerEnvelope]) -> Vec<(u64, &'static str)> {
+        envelopes
+            .iter()
+            .map(|e| {
+                let kind = match &e.message {
+                    WorkerToMaster::TaskStarted { .. } => "started",
+                    WorkerToMaster::Logs { .. } => "logs",
+                    WorkerToMaster::TaskEnded { started: None, .. } => "ended",
+                    WorkerToMaster::TaskEnded {
+                        started: Some(_), ..
+                    } => "started+ended",
+                    _ => "other",
+                };
+                (e.seq, kind)
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_is_held_back_and_goes_with_a_quick_silent_end() {
+        let (tx, rx) = mpsc::channel(8);
+        let mut outbox = Outbox::new(rx);
+        let (quick, chatty, silent) = (TaskId::new(), TaskId::new(), TaskId::new());
+
+        // Ends within the hold, having said nothing: one message.
+        tx.send(start(quick)).await.unwrap();
+        tx.send(ended(quick)).await.unwrap();
+        let first = outbox.next().await.unwrap();
+        match &first.message {
+            WorkerToMaster::TaskEnded {
+                task_id,
+                started: Some(start),
+                ..
+            } => assert_eq!((*task_id, start.pid), (quick, 7)),
+            other => panic!("expected the end carrying the start, got {other:?}"),
+        }
+
+        // Output sends the start first, in order.
+        tx.send(start(chatty)).await.unwrap();
+        let logs = WorkerToMaster::Logs {
+            task_id: chatty,
+            lines: Vec::new(),
+        };
+        tx.send(logs).await.unwrap();
+        let (second, third) = (outbox.next().await.unwrap(), outbox.next().await.unwrap());
+
+        // A silent run: held until the hold passes, then sent on its own.
+        tx.send(start(silent)).await.unwrap();
+        let early = tokio::time::timeout(START_HOLD / 2, outbox.next()).await;
+        assert!(early.is_err(), "sent before the hold passed: {early:?}");
+        assert!(!outbox.is_settled(), "a held start is not settled");
+        let fourth = outbox.next().await.unwrap();
+        tx.send(ended(silent)).await.unwrap();
+        let fifth = outbox.next().await.unwrap();
+
+        assert_eq!(
+            kinds(&[first, second, third, fourth, fifth]),
+            [
+                (1, "started+ended"),
+                (2, "started"),
+                (3, "logs"),
+                (4, "started"),
+                (5, "ended")
+            ]
+        );
+        outbox.ack(5);
+        assert!(outbox.is_settled());
     }
 
     /// The session loop both assigns tasks and drains `events`: refusing a task while `events` is full must not
