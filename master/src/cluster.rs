@@ -312,7 +312,8 @@ impl Cluster {
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node");
         }
-        let mut accepted = outbound.send(MasterToWorker::Registered).await.is_ok();
+        let welcome = MasterToWorker::Registered { start_in_end: true };
+        let mut accepted = outbound.send(welcome).await.is_ok();
         if accepted && effective.max_runners != registered {
             let resize = MasterToWorker::SetMaxRunners {
                 max_runners: effective.max_runners,

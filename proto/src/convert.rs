@@ -8,7 +8,9 @@ use arachne_shared::cluster::{
 use arachne_shared::files::{FileEntry, Manifest, is_sha256};
 use arachne_shared::node::NodeMetrics;
 use arachne_shared::spider::{RunSettings, validate_relative_path};
-use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId, TaskOutcome, from_millis, to_millis};
+use arachne_shared::{
+    ItemRecord, LogLine, LogStream, TaskId, TaskOutcome, from_micros, from_millis, to_millis,
+};
 
 use crate::pb::{self, master_message, worker_message};
 use crate::{Error, Result};
@@ -55,7 +57,11 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
             worker_message::Msg::TaskStarted(s) => WorkerToMaster::TaskStarted {
                 task_id: task_id("task_started.task_id", &s.task_id)?,
                 pid: s.pid,
-                at: from_millis(s.at_ms),
+                at: if s.at_us != 0 {
+                    from_micros(s.at_us)
+                } else {
+                    from_millis(s.at_ms)
+                },
             },
             worker_message::Msg::Logs(batch) => WorkerToMaster::Logs {
                 task_id: task_id("logs.task_id", &batch.task_id)?,
@@ -133,7 +139,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     peak_rss_bytes: e.peak_rss_bytes,
                     started: e.started.map(|s| ProcessStart {
                         pid: s.pid,
-                        at: from_millis(s.at_ms),
+                        at: from_micros(s.at_us),
                     }),
                 }
             }
@@ -164,6 +170,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     task_id: task_id.to_string(),
                     pid,
                     at_ms: to_millis(at),
+                    at_us: at.timestamp_micros(),
                 })
             }
             WorkerToMaster::Logs { task_id, lines } => worker_message::Msg::Logs(pb::LogBatch {
@@ -242,7 +249,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     peak_rss_bytes,
                     started: started.map(|s| pb::ProcessStart {
                         pid: s.pid,
-                        at_ms: to_millis(s.at),
+                        at_us: s.at.timestamp_micros(),
                     }),
                 })
             }
@@ -280,7 +287,9 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
 
     fn try_from(message: pb::MasterMessage) -> Result<Self> {
         Ok(match message.msg.ok_or_else(|| missing("msg"))? {
-            master_message::Msg::Registered(_) => MasterToWorker::Registered,
+            master_message::Msg::Registered(r) => MasterToWorker::Registered {
+                start_in_end: r.start_in_end,
+            },
             master_message::Msg::Assign(a) => MasterToWorker::Assign(Assignment {
                 task_id: task_id("assign.task_id", &a.task_id)?,
                 spider_id: a.spider_id.parse().map_err(|err| {
@@ -312,7 +321,9 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
 impl From<MasterToWorker> for pb::MasterMessage {
     fn from(message: MasterToWorker) -> Self {
         let msg = match message {
-            MasterToWorker::Registered => master_message::Msg::Registered(pb::Registered {}),
+            MasterToWorker::Registered { start_in_end } => {
+                master_message::Msg::Registered(pb::Registered { start_in_end })
+            }
             MasterToWorker::Assign(a) => master_message::Msg::Assign(pb::AssignTask {
                 task_id: a.task_id.to_string(),
                 spider_id: a.spider_id.to_string(),
@@ -453,11 +464,31 @@ mod tests {
         };
         let wire = pb::WorkerMessage::from(envelope.clone());
         assert_eq!(WorkerEnvelope::try_from(wire).unwrap(), envelope);
+        // A start keeps microseconds: it is compared with a creation often less than a millisecond earlier.
+        let started_at = from_micros(Utc::now().timestamp_micros());
         round_trip_worker(WorkerToMaster::TaskStarted {
             task_id,
             pid: 42,
-            at,
+            at: started_at,
         });
+        // A worker that predates `at_us` sends milliseconds only.
+        let older = pb::WorkerMessage {
+            seq: 0,
+            msg: Some(worker_message::Msg::TaskStarted(pb::TaskStarted {
+                task_id: task_id.to_string(),
+                pid: 42,
+                at_ms: to_millis(started_at),
+                at_us: 0,
+            })),
+        };
+        assert_eq!(
+            WorkerToMaster::try_from(older).unwrap(),
+            WorkerToMaster::TaskStarted {
+                task_id,
+                pid: 42,
+                at: from_millis(to_millis(started_at)),
+            }
+        );
         round_trip_worker(WorkerToMaster::Logs {
             task_id,
             lines: vec![LogLine {
@@ -503,7 +534,13 @@ mod tests {
                 reason: "lost".into(),
             },
         ] {
-            for started in [None, Some(ProcessStart { pid: 42, at })] {
+            for started in [
+                None,
+                Some(ProcessStart {
+                    pid: 42,
+                    at: started_at,
+                }),
+            ] {
                 round_trip_worker(WorkerToMaster::TaskEnded {
                     task_id,
                     outcome: outcome.clone(),
@@ -531,11 +568,18 @@ mod tests {
                 ..RunSettings::default()
             },
         });
-        assert_eq!(
-            MasterToWorker::try_from(pb::MasterMessage::from(MasterToWorker::Ack { seq: 9 }))
-                .unwrap(),
-            MasterToWorker::Ack { seq: 9 }
-        );
+        for message in [
+            MasterToWorker::Ack { seq: 9 },
+            MasterToWorker::Registered { start_in_end: true },
+            MasterToWorker::Registered {
+                start_in_end: false,
+            },
+        ] {
+            assert_eq!(
+                MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),
+                message
+            );
+        }
         assert_eq!(
             MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),
             message
@@ -568,7 +612,7 @@ mod tests {
             msg: Some(worker_message::Msg::TaskStarted(pb::TaskStarted {
                 task_id: "nope".into(),
                 pid: 1,
-                at_ms: 0,
+                ..Default::default()
             })),
         })
         .unwrap_err();

@@ -102,7 +102,10 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MasterToWorker {
     /// The session is accepted.
-    Registered,
+    Registered {
+        /// The master records a start sent inside `TaskEnded`; only then may the worker hold starts back.
+        start_in_end: bool,
+    },
     /// Run this task in a free runner slot.
     Assign(Assignment),
     /// Stop this task; the worker answers with `TaskEnded`.

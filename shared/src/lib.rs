@@ -82,3 +82,8 @@ pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
 pub fn from_millis(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
+
+/// Like [`from_millis`], from microseconds since the epoch.
+pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}

@@ -166,7 +166,9 @@ impl Worker {
             .map_err(|_| "session closed".to_owned())?;
         let mut inbound = client.clone().session(session_rx).await?;
         match inbound.next().await {
-            Some(Ok(MasterToWorker::Registered)) => {}
+            Some(Ok(MasterToWorker::Registered { start_in_end })) => {
+                self.outbox.hold_starts(start_in_end)
+            }
             Some(Ok(other)) => {
                 return Err(format!("expected Registered, the master sent {other:?}").into());
             }
@@ -216,7 +218,7 @@ impl Worker {
                     Some(Ok(MasterToWorker::Cancel { task_id, reason })) => self.runners.stop(task_id, Stop::User(reason)),
                     Some(Ok(MasterToWorker::SetMaxRunners { max_runners })) => self.runners.resize(max_runners),
                     Some(Ok(MasterToWorker::Ack { seq })) => self.outbox.ack(seq),
-                    Some(Ok(MasterToWorker::Registered)) => {}
+                    Some(Ok(MasterToWorker::Registered { .. })) => {}
                     Some(Err(err)) => break Err(err.to_string()),
                     None => break Err("the master closed the session".to_owned()),
                 },
@@ -256,11 +258,14 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Numbers the runners' messages and keeps each until the master acknowledges it. Holds each task's start
-/// back for [`START_HOLD`], keeping every task's messages in their order.
+/// back for [`START_HOLD`] when the master takes starts inside ends, keeping every task's messages in their
+/// order.
 struct Outbox {
     rx: mpsc::Receiver<WorkerToMaster>,
     next_seq: u64,
     unacked: VecDeque<WorkerEnvelope>,
+    /// Whether the master of the current session records a start sent inside `TaskEnded`.
+    hold: bool,
     /// Starts held back, oldest first, each with when it must go.
     held: VecDeque<(tokio::time::Instant, TaskId, ProcessStart)>,
     /// Messages taken from `rx`, to be numbered in this order.
@@ -273,6 +278,7 @@ impl Outbox {
             rx,
             next_seq: 1,
             unacked: VecDeque::new(),
+            hold: false,
             held: VecDeque::new(),
             ready: VecDeque::new(),
         }
@@ -308,8 +314,18 @@ impl Outbox {
         }
     }
 
+    /// Holds starts back from now on, or (for a master that would drop a start sent with an end) sends the
+    /// held ones and holds no more.
+    fn hold_starts(&mut self, hold: bool) {
+        self.hold = hold;
+        while !hold && !self.held.is_empty() {
+            self.release_oldest();
+        }
+    }
+
     fn take(&mut self, message: WorkerToMaster) {
         match message {
+            WorkerToMaster::TaskStarted { .. } if !self.hold => self.ready.push_back(message),
             WorkerToMaster::TaskStarted { task_id, pid, at } => {
                 let due = tokio::time::Instant::now() + START_HOLD;
                 self.held
@@ -614,6 +630,7 @@ mod tests {
     async fn a_start_is_held_back_and_goes_with_a_quick_silent_end() {
         let (tx, rx) = mpsc::channel(8);
         let mut outbox = Outbox::new(rx);
+        outbox.hold_starts(true);
         let (quick, chatty, silent) = (TaskId::new(), TaskId::new(), TaskId::new());
 
         // Ends within the hold, having said nothing: one message.
@@ -659,6 +676,33 @@ mod tests {
         );
         outbox.ack(5);
         assert!(outbox.is_settled());
+    }
+
+    /// A master that predates starts inside ends would drop them: for it (and until a master has said it takes
+    /// them) every start goes as it comes, and starts held for an earlier master go at once.
+    #[tokio::test(start_paused = true)]
+    async fn no_start_is_held_for_a_master_that_would_drop_it() {
+        let (tx, rx) = mpsc::channel(8);
+        let mut outbox = Outbox::new(rx);
+        let (a, b) = (TaskId::new(), TaskId::new());
+        tx.send(start(a)).await.unwrap();
+        tx.send(ended(a)).await.unwrap();
+        let (first, second) = (outbox.next().await.unwrap(), outbox.next().await.unwrap());
+
+        outbox.hold_starts(true);
+        tx.send(start(b)).await.unwrap();
+        let held = tokio::time::timeout(START_HOLD / 2, outbox.next()).await;
+        assert!(held.is_err(), "sent while held: {held:?}");
+        // Reconnected to an older master.
+        outbox.hold_starts(false);
+        let third = tokio::time::timeout(Duration::from_millis(1), outbox.next())
+            .await
+            .expect("sent at once")
+            .unwrap();
+        assert_eq!(
+            kinds(&[first, second, third]),
+            [(1, "started"), (2, "ended"), (3, "started")]
+        );
     }
 
     /// The session loop both assigns tasks and drains `events`: refusing a task while `events` is full must not
