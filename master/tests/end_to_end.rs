@@ -18,6 +18,18 @@ for i in range(1, n + 1):
 print("to stderr", file=sys.stderr)
 "#;
 
+/// Every state a task that ran and finished went through, in order.
+const FULL_LIFE: [TaskStatus; 4] = [
+    TaskStatus::Created,
+    TaskStatus::Pending,
+    TaskStatus::Running,
+    TaskStatus::Finished,
+];
+
+fn states(task: &arachne_shared::Task) -> Vec<TaskStatus> {
+    task.transitions.iter().map(|t| t.status).collect()
+}
+
 fn run(spider: &str) -> RunTask {
     RunTask {
         spider: spider.into(),
@@ -74,16 +86,7 @@ async fn a_spider_runs_and_its_logs_and_items_arrive_in_order() {
         task.wait_ms.is_some() && task.run_ms.is_some(),
         "wait and run durations are task stats"
     );
-    let states: Vec<_> = task.transitions.iter().map(|t| t.status).collect();
-    assert_eq!(
-        states,
-        [
-            TaskStatus::Created,
-            TaskStatus::Pending,
-            TaskStatus::Running,
-            TaskStatus::Finished
-        ]
-    );
+    assert_eq!(states(&task), FULL_LIFE);
     assert!(
         task.transitions.windows(2).all(|w| w[0].at <= w[1].at),
         "{:?}",
@@ -175,17 +178,7 @@ async fn a_short_silent_task_records_its_start_like_any_other() {
             (TaskStatus::Finished, Some(node))
         );
         assert!(task.pid.is_some_and(|pid| pid > 0), "{task:?}");
-        let states: Vec<_> = task.transitions.iter().map(|t| t.status).collect();
-        assert_eq!(
-            states,
-            [
-                TaskStatus::Created,
-                TaskStatus::Pending,
-                TaskStatus::Running,
-                TaskStatus::Finished
-            ],
-            "on {node}"
-        );
+        assert_eq!(states(&task), FULL_LIFE, "on {node}");
         let started = task.started_at().expect("a start time");
         assert!(started >= task.created_at && started <= task.ended_at().unwrap());
         assert!(task.wait_ms.is_some() && task.run_ms.is_some(), "{task:?}");

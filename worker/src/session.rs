@@ -323,39 +323,29 @@ impl Outbox {
         }
     }
 
-    fn take(&mut self, message: WorkerToMaster) {
-        match message {
-            WorkerToMaster::TaskStarted { .. } if !self.hold => self.ready.push_back(message),
-            WorkerToMaster::TaskStarted { task_id, pid, at } => {
-                let due = tokio::time::Instant::now() + START_HOLD;
-                self.held
-                    .push_back((due, task_id, ProcessStart { pid, at }));
-            }
-            WorkerToMaster::TaskEnded {
-                task_id,
-                outcome,
-                at,
-                peak_rss_bytes,
-                started,
-            } => {
-                let held = self.unhold(task_id);
-                self.ready.push_back(WorkerToMaster::TaskEnded {
-                    task_id,
-                    outcome,
-                    at,
-                    peak_rss_bytes,
-                    started: started.or(held),
-                });
-            }
-            other => {
-                if let Some(task_id) = task_of(&other)
-                    && let Some(start) = self.unhold(task_id)
-                {
-                    self.ready.push_back(started(task_id, start));
-                }
-                self.ready.push_back(other);
-            }
+    fn take(&mut self, mut message: WorkerToMaster) {
+        if self.hold
+            && let WorkerToMaster::TaskStarted { task_id, pid, at } = message
+        {
+            let due = tokio::time::Instant::now() + START_HOLD;
+            self.held
+                .push_back((due, task_id, ProcessStart { pid, at }));
+            return;
         }
+        if let WorkerToMaster::TaskEnded {
+            task_id, started, ..
+        } = &mut message
+        {
+            // The end carries its held start.
+            let held = self.unhold(*task_id);
+            *started = started.or(held);
+        } else if let Some(task_id) = task_of(&message)
+            && let Some(start) = self.unhold(task_id)
+        {
+            // Any other message of the task goes after its start.
+            self.ready.push_back(started(task_id, start));
+        }
+        self.ready.push_back(message);
     }
 
     fn unhold(&mut self, task_id: TaskId) -> Option<ProcessStart> {
