@@ -273,7 +273,7 @@ pub async fn run(
         shutdown: servers.clone(),
     });
     // The local worker talks to the cluster service in-process: no encoding, socket or HTTP/2 for its messages.
-    let link = arachne_proto::client::LocalLink::new(Arc::clone(&cluster) as _);
+    let link = arachne_worker::LocalLink::new(Arc::clone(&cluster) as _);
     // A server that stops on its own takes the master down with it, through its drop guard.
     let (grpc_guard, grpc_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let grpc = tracker.spawn(async move {

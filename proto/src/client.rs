@@ -137,10 +137,7 @@ impl Client {
             Inner::Grpc(client) => {
                 let stream = ReceiverStream::new(outbound).map(pb::WorkerMessage::from);
                 let inbound = client.session(stream).await?.into_inner();
-                Box::pin(inbound.map(|message| match message {
-                    Ok(message) => MasterToWorker::try_from(message),
-                    Err(status) => Err(status.into()),
-                }))
+                Box::pin(inbound.map(crate::from_wire))
             }
             Inner::Local(link) => Box::pin(link.session(outbound)),
         };
@@ -185,10 +182,7 @@ impl Client {
         };
         let inner = client.fetch_blobs(request).await?.into_inner();
         Ok(Blobs {
-            inner: Box::pin(inner.map(|chunk| match chunk {
-                Ok(chunk) => Ok(chunk.into()),
-                Err(status) => Err(status.into()),
-            })),
+            inner: Box::pin(inner.map(|chunk| chunk.map(BlobChunk::from).map_err(Error::from))),
         })
     }
 }

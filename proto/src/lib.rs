@@ -52,6 +52,12 @@ impl From<tonic::Status> for Error {
 /// Result of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// One item of a gRPC stream as a shared type: a broken stream and a message that does not convert are both
+/// errors, after which the stream is done with.
+fn from_wire<W, T: TryFrom<W, Error = Error>>(item: Result<W, tonic::Status>) -> Result<T> {
+    T::try_from(item?)
+}
+
 /// Maximum size of one gRPC message either way. A log batch carries lines of up to the runner's line limit.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 

@@ -52,12 +52,8 @@ pub struct Inbound {
 
 impl Inbound {
     fn grpc(stream: Streaming<pb::WorkerMessage>) -> Self {
-        let stream = stream.map(|message| match message {
-            Ok(message) => WorkerEnvelope::try_from(message),
-            Err(status) => Err(status.into()),
-        });
         Self {
-            stream: Box::pin(stream),
+            stream: Box::pin(stream.map(crate::from_wire)),
         }
     }
 
