@@ -261,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::new(data.path().to_owned());
     config.local_worker = Some(LocalWorker {
         max_runners: 4,
+        watchdog_exe: Some(worker_bin()?),
         ..LocalWorker::default()
     });
     let master = RunningMaster::start(config).await?;
@@ -422,10 +423,7 @@ impl Bench {
         name: &str,
     ) -> anyhow::Result<(tokio::process::Child, tempfile::TempDir)> {
         let worker_dir = tempfile::tempdir()?;
-        let worker_bin = std::env::var_os("ARACHNE_WORKER_BIN")
-            .map(PathBuf::from)
-            .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")?;
-        let worker = tokio::process::Command::new(worker_bin)
+        let worker = tokio::process::Command::new(worker_bin()?)
             .args(["--master", &format!("http://{}", self.grpc_addr)])
             .args(["--name", name, "--max-runners", "4"])
             .arg("--work-dir")
@@ -883,6 +881,7 @@ impl Bench {
                 dir.path().to_owned(),
             );
             config.token = Some(WORKER_TOKEN.into());
+            config.watchdog_exe = Some(worker_bin()?);
             names.push(config.name.clone());
             tokio::spawn(arachne_worker::run(config, worker_shutdown.clone()));
             worker_dirs.push(dir);
@@ -1175,4 +1174,12 @@ where
         p99_ms: percentile(&samples, 0.99),
         errors,
     })
+}
+
+/// The `arachne-worker` binary: run as a worker of its own, and as the process watchdog of the workers the
+/// bench runs in its own process.
+fn worker_bin() -> anyhow::Result<PathBuf> {
+    std::env::var_os("ARACHNE_WORKER_BIN")
+        .map(PathBuf::from)
+        .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")
 }

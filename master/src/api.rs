@@ -141,6 +141,8 @@ impl MasterApi {
                     if only == CancelHere::IfUnassigned && t.node.is_some() {
                         return false;
                     }
+                    // Written off here: whatever a worker still sends under the old lease is refused.
+                    t.lease += 1;
                     t.finish(
                         &TaskOutcome::Cancelled {
                             reason: reason.into(),

@@ -9,9 +9,14 @@ use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::TokenKind;
-use arachne_shared::cluster::{MasterToWorker, ProcessStart, Registration, WorkerToMaster};
+use arachne_shared::cluster::{
+    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WorkerToMaster,
+};
 use arachne_shared::files::Manifest;
-use arachne_shared::{ItemTarget, Node, NodeStatus, SpiderId, TaskId, TaskOutcome, TaskStatus};
+use arachne_shared::{
+    ItemTarget, LogLine, LogStream, Node, NodeStatus, SpiderId, Task, TaskId, TaskOutcome,
+    TaskStatus,
+};
 use chrono::Utc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
@@ -34,25 +39,40 @@ pub(crate) struct Cluster {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// Where the items of a session's running tasks go, read from each task once rather than for every batch; a
-/// task the store does not know gets neither items nor log lines.
+/// Whether `task` is held by `node` under `lease`: handed to it by the assignment that lease names, and not
+/// written off since. Only then may the node write to the task.
+fn holds(task: &Task, node: &str, lease: u64) -> bool {
+    task.node.as_deref() == Some(node) && task.lease == lease
+}
+
+/// Where the items of a session's tasks go and the lease each is held under, read from each task once rather
+/// than for every batch. Only tasks this node holds are kept: a batch for a task the store does not know, or
+/// that this node no longer holds under the batch's lease, is refused.
 #[derive(Default)]
-struct ItemTargets(HashMap<TaskId, ItemTarget>);
+struct ItemTargets(HashMap<TaskId, (u64, ItemTarget)>);
 
 impl ItemTargets {
     async fn get(
         &mut self,
         store: &dyn Store,
-        task_id: TaskId,
+        node: &str,
+        held: HeldTask,
     ) -> crate::store::Result<Option<&ItemTarget>> {
-        use std::collections::hash_map::Entry;
-        match self.0.entry(task_id) {
-            Entry::Occupied(known) => Ok(Some(known.into_mut())),
-            Entry::Vacant(slot) => Ok(store
-                .get_task(task_id)
-                .await?
-                .map(|task| &*slot.insert(task.item_target()))),
+        // A lease other than the one remembered may be a newer assignment to this node: read again.
+        if self
+            .0
+            .get(&held.task_id)
+            .is_none_or(|(lease, _)| *lease != held.lease)
+        {
+            self.0.remove(&held.task_id);
+            if let Some(task) = store.get_task(held.task_id).await?
+                && holds(&task, node, held.lease)
+            {
+                self.0
+                    .insert(held.task_id, (held.lease, task.item_target()));
+            }
         }
+        Ok(self.0.get(&held.task_id).map(|(_, target)| target))
     }
 
     fn forget(&mut self, task_id: TaskId) {
@@ -112,7 +132,8 @@ fn unstored(node: &Node, seq: u64, err: &crate::store::Error) -> SessionEnd {
 /// Why a worker's session ended, which decides what happens to its tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionEnd {
-    /// The worker closed its side after reporting its last task: it left on purpose.
+    /// The worker closed its side. A worker leaving on purpose does so after reporting its last task, but a
+    /// worker that gave up on a session closes it the same way, so its tasks get the time to come back too.
     Left,
     /// The worker said nothing for the heartbeat timeout.
     Silent,
@@ -174,11 +195,10 @@ impl Handler for Cluster {
         self.scheduler.close(&name, session);
         let timeout = self.scheduler.heartbeat_timeout().as_secs_f32();
         let settle_now = match end {
-            SessionEnd::Left => Some(format!("worker {name} shut down while the task ran")),
             SessionEnd::Silent => Some(format!(
                 "node {name} went offline: no heartbeat for {timeout} s"
             )),
-            SessionEnd::Broken => {
+            SessionEnd::Left | SessionEnd::Broken => {
                 self.scheduler.mark_lost(&name);
                 None
             }
@@ -238,6 +258,7 @@ fn files_rejection(spider_id: SpiderId, version: &str, err: files::Error) -> Rej
 /// A worker's report that a task ended.
 struct Ended {
     task_id: TaskId,
+    lease: u64,
     outcome: TaskOutcome,
     at: chrono::DateTime<Utc>,
     peak_rss_bytes: Option<u64>,
@@ -267,16 +288,25 @@ impl Cluster {
             ..registration.clone()
         };
         let in_flight = match self.in_flight(&name).await {
-            Ok(ids) => ids,
+            Ok(held) => held,
             Err(err) => {
                 let message = format!("the master cannot read its tasks: {err}");
                 outbound.reject(Rejection::Internal(message)).await;
                 return None;
             }
         };
-        let reported: HashSet<TaskId> = registration.running.iter().copied().collect();
-        let keep: HashSet<TaskId> = in_flight.intersection(&reported).copied().collect();
-        let unknown: Vec<TaskId> = reported.difference(&in_flight).copied().collect();
+        // The worker names every task it still owes an outcome for, under the lease it was given: those the
+        // store still has on this node under that lease carry on (a running one runs, an ended one's end is
+        // on its way); the rest of the node's tasks the worker does not have, so they are settled.
+        let reported: HashSet<HeldTask> = registration.running.iter().copied().collect();
+        let keep: HashSet<TaskId> = in_flight
+            .intersection(&reported)
+            .map(|held| held.task_id)
+            .collect();
+        let unknown: Vec<TaskId> = reported
+            .difference(&in_flight)
+            .map(|held| held.task_id)
+            .collect();
         // Before registering, so no task handed to the new session can be mistaken for a leftover.
         let reason = format!("worker {name} restarted and no longer runs the task");
         if let Err(err) = self.scheduler.settle_node(&name, &reason, &keep).await {
@@ -284,17 +314,28 @@ impl Cluster {
             outbound.reject(Rejection::Internal(message)).await;
             return None;
         }
-        let (session, kill) =
-            match self
-                .scheduler
-                .register(&effective, enabled, keep.clone(), outbound.clone())
-            {
-                Ok(registered) => registered,
-                Err(message) => {
-                    outbound.reject(Rejection::Refused(message)).await;
-                    return None;
-                }
-            };
+        self.record_leftovers(&name, &registration.leftovers).await;
+        let mut greeting = vec![MasterToWorker::Registered {
+            lease_ms: self.scheduler.lease().as_millis() as u64,
+        }];
+        if effective.max_runners != registered {
+            greeting.push(MasterToWorker::SetMaxRunners {
+                max_runners: effective.max_runners,
+            });
+        }
+        let (session, kill) = match self.scheduler.register(
+            &effective,
+            enabled,
+            keep.clone(),
+            outbound.clone(),
+            greeting,
+        ) {
+            Ok(registered) => registered,
+            Err(err) => {
+                outbound.reject(Rejection::Refused(err.to_string())).await;
+                return None;
+            }
+        };
         let now = Utc::now();
         let node = Node {
             name: name.clone(),
@@ -312,16 +353,10 @@ impl Cluster {
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node");
         }
-        let welcome = MasterToWorker::Registered { start_in_end: true };
-        let mut accepted = outbound.send(welcome).await.is_ok();
-        if accepted && effective.max_runners != registered {
-            let resize = MasterToWorker::SetMaxRunners {
-                max_runners: effective.max_runners,
-            };
-            accepted = outbound.send(resize).await.is_ok();
-        }
+        let mut accepted = true;
         for task_id in unknown {
-            warn!(task_id = %task_id, node = %name, "the worker runs a task the master no longer expects; cancelling it");
+            // Most often a task whose end the master stored just before it stopped; the cancel is a no-op then.
+            info!(task_id = %task_id, node = %name, "the worker holds a task the master does not expect of it; cancelling it there");
             let cancel = MasterToWorker::Cancel {
                 task_id,
                 reason: "the task ended or moved while its worker was away".into(),
@@ -336,24 +371,58 @@ impl Cluster {
         accepted.then_some((node, session, kill))
     }
 
-    /// Tasks the store has handed to `node` that have not ended.
-    async fn in_flight(&self, node: &str) -> crate::store::Result<HashSet<TaskId>> {
-        let mut ids = HashSet::new();
+    /// Tells the tasks whose leftover processes a restarted worker killed, in their logs.
+    async fn record_leftovers(&self, node: &str, leftovers: &[Leftover]) {
+        for leftover in leftovers {
+            let task = match self.store.get_task(leftover.task_id).await {
+                Ok(Some(task)) if task.node.as_deref() == Some(node) => task,
+                Ok(_) => continue,
+                Err(err) => {
+                    warn!(task_id = %leftover.task_id, error = %err, "cannot read a task to note its leftover processes");
+                    continue;
+                }
+            };
+            let pids: Vec<String> = leftover.pids.iter().map(ToString::to_string).collect();
+            let line = LogLine {
+                seq: task.log_lines + 1,
+                stream: LogStream::System,
+                text: format!(
+                    "[arachne] worker {node} restarted and killed {} process(es) this run had left running: {}",
+                    pids.len(),
+                    pids.join(", ")
+                ),
+                at: Utc::now(),
+            };
+            match self.store.append_logs(task.id, &[line]).await {
+                Ok(()) => self.scheduler.output(task.id),
+                Err(err) => {
+                    warn!(task_id = %task.id, error = %err, "cannot note a task's leftover processes")
+                }
+            }
+        }
+    }
+
+    /// Tasks the store has handed to `node` that have not ended, with their leases.
+    async fn in_flight(&self, node: &str) -> crate::store::Result<HashSet<HeldTask>> {
+        let mut held = HashSet::new();
         for status in [TaskStatus::Pending, TaskStatus::Running] {
             let filter = TaskFilter {
                 node: Some(node.to_owned()),
                 status: Some(status),
                 ..Default::default()
             };
-            ids.extend(
+            held.extend(
                 self.store
                     .all_tasks(&filter)
                     .await?
                     .into_iter()
-                    .map(|t| t.id),
+                    .map(|t| HeldTask {
+                        task_id: t.id,
+                        lease: t.lease,
+                    }),
             );
         }
-        Ok(ids)
+        Ok(held)
     }
 
     /// Handles the worker's messages until the session ends, acknowledging each sequenced one once stored.
@@ -410,7 +479,7 @@ impl Cluster {
                 envelope.message,
                 WorkerToMaster::Logs { .. }
                     | WorkerToMaster::Items { .. }
-                    | WorkerToMaster::Heartbeat(_)
+                    | WorkerToMaster::Heartbeat { .. }
             );
             let handled = async {
                 if in_order {
@@ -445,7 +514,11 @@ impl Cluster {
         targets: &mut ItemTargets,
     ) -> crate::store::Result<Option<Write<'a>>> {
         let heartbeat = match &message {
-            WorkerToMaster::Heartbeat(metrics) => Some(metrics.clone()),
+            WorkerToMaster::Heartbeat { beat, metrics } => {
+                // Renews the worker's lease on its runs.
+                outbound.offer(MasterToWorker::Heard { beat: *beat });
+                Some(metrics.clone())
+            }
             _ => None,
         };
         self.scheduler.seen(&node.name, heartbeat);
@@ -455,18 +528,33 @@ impl Cluster {
                 warn!(node = %node.name, "ignoring a second Register in one session");
             }
             // Kept in memory: an idle cluster causes no database writes.
-            WorkerToMaster::Heartbeat(_) => {}
-            WorkerToMaster::TaskStarted { task_id, pid, at } => {
-                self.started(node, task_id, pid, at, outbound).await?;
+            WorkerToMaster::Heartbeat { .. } => {}
+            WorkerToMaster::TaskStarted {
+                task_id,
+                lease,
+                pid,
+                at,
+            } => {
+                let start = ProcessStart { pid, at };
+                self.started(node, HeldTask { task_id, lease }, start, outbound)
+                    .await?;
             }
-            WorkerToMaster::Logs { task_id, lines } => {
-                // A batch resent after a reconnect may be for a task deleted meanwhile; stored, it would be
-                // an orphan no sweep removes.
-                let known = targets.get(store.as_ref(), task_id).await?.is_some();
+            WorkerToMaster::Logs {
+                task_id,
+                lease,
+                lines,
+            } => {
+                // A batch resent after a reconnect may be for a task deleted meanwhile (stored, it would be an
+                // orphan no sweep removes), or written off since (its run was superseded).
+                let held = HeldTask { task_id, lease };
+                let known = targets
+                    .get(store.as_ref(), &node.name, held)
+                    .await?
+                    .is_some();
                 return Ok(Some(Box::pin(async move {
                     if !known {
-                        warn!(node = %node.name, task_id = %task_id, lines = lines.len(),
-                            "dropping log lines of a task the store does not know");
+                        warn!(node = %node.name, task_id = %task_id, lease, lines = lines.len(),
+                            "refusing log lines of a task this node does not hold under that lease");
                         return (seq, Ok(()));
                     }
                     let written = store.append_logs(task_id, &lines).await;
@@ -477,12 +565,20 @@ impl Cluster {
                     (seq, written)
                 })));
             }
-            WorkerToMaster::Items { task_id, items } => {
-                let target = targets.get(store.as_ref(), task_id).await?.cloned();
+            WorkerToMaster::Items {
+                task_id,
+                lease,
+                items,
+            } => {
+                let held = HeldTask { task_id, lease };
+                let target = targets
+                    .get(store.as_ref(), &node.name, held)
+                    .await?
+                    .cloned();
                 return Ok(Some(Box::pin(async move {
                     let Some(target) = target else {
-                        warn!(node = %node.name, task_id = %task_id, items = items.len(),
-                            "dropping items of a task the store does not know");
+                        warn!(node = %node.name, task_id = %task_id, lease, items = items.len(),
+                            "refusing items of a task this node does not hold under that lease");
                         return (seq, Ok(()));
                     };
                     let written = store.insert_items(&target, &items).await;
@@ -495,21 +591,44 @@ impl Cluster {
             }
             WorkerToMaster::Report {
                 task_id,
+                lease,
                 status,
                 errors,
                 errors_before,
                 at,
             } => {
                 // Reports may arrive for a task that just ended (the end was sent right after): keep them too.
-                let update = Box::new(move |t: &mut arachne_shared::Task| {
+                let name = node.name.clone();
+                let update = Box::new(move |t: &mut Task| {
+                    if !holds(t, &name, lease) {
+                        return false;
+                    }
                     t.record_report(status.clone(), errors.clone(), errors_before, at);
                     true
                 });
-                store.update_task(task_id, &TaskStatus::ALL, update).await?;
-                scheduler.changed(task_id);
+                if store
+                    .update_task(task_id, &TaskStatus::ALL, update)
+                    .await?
+                    .is_some()
+                {
+                    scheduler.changed(task_id);
+                } else {
+                    warn!(node = %node.name, task_id = %task_id, lease,
+                        "refusing a report of a task this node does not hold under that lease");
+                }
+            }
+            WorkerToMaster::TaskRefused {
+                task_id,
+                lease,
+                reason,
+            } => {
+                targets.forget(task_id);
+                self.refused(node, HeldTask { task_id, lease }, reason)
+                    .await?;
             }
             WorkerToMaster::TaskEnded {
                 task_id,
+                lease,
                 outcome,
                 at,
                 peak_rss_bytes,
@@ -520,6 +639,7 @@ impl Cluster {
                     node,
                     Ended {
                         task_id,
+                        lease,
                         outcome,
                         at,
                         peak_rss_bytes,
@@ -535,11 +655,11 @@ impl Cluster {
     async fn started(
         &self,
         node: &Node,
-        task_id: TaskId,
-        pid: u32,
-        at: chrono::DateTime<Utc>,
+        held: HeldTask,
+        start: ProcessStart,
         outbound: &Outbound,
     ) -> crate::store::Result<()> {
+        let HeldTask { task_id, lease } = held;
         let name = node.name.clone();
         let updated = self
             .store
@@ -547,11 +667,11 @@ impl Cluster {
                 task_id,
                 &[TaskStatus::Pending],
                 Box::new(move |t| {
-                    if t.node.as_deref() != Some(name.as_str()) {
+                    if !holds(t, &name, lease) {
                         return false;
                     }
-                    t.pid = Some(pid);
-                    t.set_status(TaskStatus::Running, at);
+                    t.pid = Some(start.pid);
+                    t.set_status(TaskStatus::Running, start.at);
                     true
                 }),
             )
@@ -565,12 +685,12 @@ impl Cluster {
         }
         let current = self.store.get_task(task_id).await?;
         let resent = current.is_some_and(|t| {
-            t.node.as_deref() == Some(node.name.as_str())
+            holds(&t, &node.name, lease)
                 && (t.status == TaskStatus::Running || t.status.is_terminal())
         });
         if !resent {
-            // Cancelled (or handed elsewhere) while the worker was preparing it: stop it there too. Sent from
-            // its own task, so this session never waits on a worker that may be waiting on it.
+            // Cancelled, handed elsewhere or written off while the worker was preparing it: stop it there too.
+            // Sent from its own task, so this session never waits on a worker that may be waiting on it.
             warn!(task_id = %task_id, node = %node.name, "a task started that is no longer this node's; cancelling it");
             let outbound = outbound.clone();
             tokio::spawn(async move {
@@ -587,6 +707,7 @@ impl Cluster {
     async fn ended(&self, node: &Node, ended: Ended) -> crate::store::Result<()> {
         let Ended {
             task_id,
+            lease,
             outcome,
             at,
             peak_rss_bytes,
@@ -600,7 +721,7 @@ impl Cluster {
                 task_id,
                 &[TaskStatus::Pending, TaskStatus::Running],
                 Box::new(move |t| {
-                    if t.node.as_deref() != Some(name.as_str()) {
+                    if !holds(t, &name, lease) {
                         return false;
                     }
                     // A short run's start comes with its end: the task goes through Running in one write.
@@ -614,16 +735,59 @@ impl Cluster {
                 }),
             )
             .await?;
-        self.scheduler.release(&node.name, task_id);
         match updated {
             Some(task) => {
+                self.scheduler.release(&node.name, task_id);
                 info!(task_id = %task_id, node = %node.name, %status, "task ended");
                 self.scheduler.ended(&task).await;
             }
             None => {
-                self.scheduler.changed(task_id);
-                warn!(task_id = %task_id, node = %node.name, %status, "end of a task that had already ended")
+                // A resent end, or one of a superseded run. The slot is freed unless the task was handed to
+                // this node again under a newer lease: that run holds it now.
+                let current = self.store.get_task(task_id).await?;
+                let rerun_here = current.is_some_and(|t| {
+                    t.node.as_deref() == Some(node.name.as_str())
+                        && t.lease != lease
+                        && !t.status.is_terminal()
+                });
+                if !rerun_here {
+                    self.scheduler.release(&node.name, task_id);
+                }
+                warn!(task_id = %task_id, node = %node.name, lease, %status,
+                    "refusing the end of a task that already ended or that this node no longer holds under that lease")
             }
+        }
+        Ok(())
+    }
+
+    /// A worker will not run a task it was handed: it never started, so it goes back to the queue.
+    async fn refused(
+        &self,
+        node: &Node,
+        held: HeldTask,
+        reason: String,
+    ) -> crate::store::Result<()> {
+        let name = node.name.clone();
+        let requeued = self
+            .store
+            .update_task(
+                held.task_id,
+                &[TaskStatus::Pending],
+                Box::new(move |t| {
+                    if !holds(t, &name, held.lease) {
+                        return false;
+                    }
+                    t.node = None;
+                    t.lease += 1;
+                    t.updated_at = Utc::now();
+                    true
+                }),
+            )
+            .await?;
+        if requeued.is_some() {
+            warn!(task_id = %held.task_id, node = %node.name, %reason, "a worker refused a task; back to the queue");
+            self.scheduler.release(&node.name, held.task_id);
+            self.scheduler.changed(held.task_id);
         }
         Ok(())
     }

@@ -69,6 +69,8 @@ pub struct LocalWorker {
     pub runner: arachne_worker::RunnerOptions,
     /// How often it tells the master it is alive; must be well under the master's heartbeat timeout.
     pub heartbeat: std::time::Duration,
+    /// The process watchdog's executable (see `arachne_worker::watchdog`); this process's own by default.
+    pub watchdog_exe: Option<PathBuf>,
 }
 
 impl Default for LocalWorker {
@@ -78,6 +80,7 @@ impl Default for LocalWorker {
             max_runners: 4,
             runner: Default::default(),
             heartbeat: std::time::Duration::from_secs(5),
+            watchdog_exe: None,
         }
     }
 }
@@ -304,6 +307,7 @@ pub async fn run(
         worker_config.max_runners = local.max_runners;
         worker_config.runner = local.runner;
         worker_config.heartbeat = local.heartbeat;
+        worker_config.watchdog_exe = local.watchdog_exe;
         tokio::spawn(arachne_worker::run(worker_config, worker_shutdown.clone()))
     });
 

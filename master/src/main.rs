@@ -117,8 +117,15 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Started as a worker's process watchdog: that is all this process does.
+    arachne_worker::watchdog::run_if_invoked();
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     arachne_worker::args::init_tracing();
     arachne_worker::args::seal_process();
     let args = Args::parse();

@@ -100,6 +100,15 @@ enum Placement {
     NoSlot,
 }
 
+/// Why a worker could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegisterError {
+    #[error("a worker named {0:?} is already connected")]
+    NameTaken(String),
+    #[error("the worker's session closed while it registered")]
+    Gone,
+}
+
 /// The registry of connected workers, the dispatch loop and the liveness watch.
 pub(crate) struct Scheduler {
     store: Arc<dyn Store>,
@@ -144,6 +153,13 @@ impl Scheduler {
         self.options.heartbeat_timeout
     }
 
+    /// How long a worker's runs go on after the last heartbeat the master answered: two thirds of the
+    /// heartbeat timeout. The master settles a silent worker's tasks only after the whole timeout, so the
+    /// worker (or its watchdog) has stopped them a third of the timeout before a retry can start elsewhere.
+    pub(crate) fn lease(&self) -> Duration {
+        self.options.heartbeat_timeout * 2 / 3
+    }
+
     /// Asks for a dispatch pass.
     pub(crate) fn kick(&self) {
         self.kick.notify_one();
@@ -167,21 +183,26 @@ impl Scheduler {
         self.changes.subscribe()
     }
 
-    /// Adds a worker with the tasks it still runs; refused if a worker of that name is connected. Returns the
-    /// session number and the token that ends the session.
+    /// Adds a worker with the tasks it still runs; refused if a worker of that name is connected. `greeting`
+    /// goes to the worker before anything dispatch may send it: a worker takes no task before it is told it
+    /// is registered. Returns the session number and the token that ends the session.
     pub(crate) fn register(
         &self,
         registration: &Registration,
         enabled: bool,
         kept: HashSet<TaskId>,
         outbound: Outbound,
-    ) -> Result<(u64, CancellationToken), String> {
+        greeting: Vec<MasterToWorker>,
+    ) -> Result<(u64, CancellationToken), RegisterError> {
         let mut workers = lock(&self.workers);
         if workers.contains_key(&registration.name) {
-            return Err(format!(
-                "a worker named {:?} is already connected",
-                registration.name
-            ));
+            return Err(RegisterError::NameTaken(registration.name.clone()));
+        }
+        for message in greeting {
+            // A new session's queue is empty, so this fails only if the worker is already gone.
+            if !outbound.offer(message) {
+                return Err(RegisterError::Gone);
+            }
         }
         let session = self
             .next_session
@@ -575,6 +596,7 @@ impl Scheduler {
                         return false;
                     }
                     t.node = Some(assigned_node.clone());
+                    t.lease += 1;
                     t.pending_reason = None;
                     t.updated_at = Utc::now();
                     true
@@ -586,6 +608,7 @@ impl Scheduler {
         };
         let assignment = Assignment {
             task_id: task.id,
+            lease: task.lease,
             spider_id: task.spider_id,
             spider_name: task.spider_name.clone(),
             version: task.version.clone(),
@@ -620,6 +643,7 @@ impl Scheduler {
                 &[TaskStatus::Pending],
                 Box::new(|t| {
                     t.node = None;
+                    t.lease += 1;
                     t.updated_at = Utc::now();
                     true
                 }),
@@ -668,11 +692,14 @@ impl Scheduler {
                         Box::new(move |t| {
                             let reason = reason.clone();
                             t.finish(&TaskOutcome::Abnormal { reason }, now);
+                            // Written off: what the old run still sends is refused.
+                            t.lease += 1;
                             true
                         })
                     } else {
                         Box::new(move |t| {
                             t.node = None;
+                            t.lease += 1;
                             t.updated_at = now;
                             true
                         })

@@ -123,6 +123,7 @@ async fn workers_need_a_worker_token_and_a_refused_worker_stops_with_the_reason(
         let mut config =
             arachne_worker::Config::new(master.grpc_url(), "intruder", dir.path().into());
         config.token = token.map(str::to_owned);
+        config.watchdog_exe = Some(common::watchdog_exe());
         let run = arachne_worker::run(config, tokio_util::sync::CancellationToken::new());
         let err = tokio::time::timeout(TIMEOUT, run)
             .await

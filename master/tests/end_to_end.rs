@@ -747,9 +747,11 @@ async fn batches_for_a_task_the_store_does_not_know_are_acknowledged_and_not_sto
         version: "test".into(),
         labels: Default::default(),
         running: Vec::new(),
+        leftovers: Vec::new(),
     });
     let logs = WorkerToMaster::Logs {
         task_id: ghost,
+        lease: 1,
         lines: vec![LogLine {
             seq: 1,
             stream: LogStream::Stdout,
@@ -760,6 +762,7 @@ async fn batches_for_a_task_the_store_does_not_know_are_acknowledged_and_not_sto
     let item = serde_json::value::RawValue::from_string(r#"{"a":1}"#.into()).unwrap();
     let items = WorkerToMaster::Items {
         task_id: ghost,
+        lease: 1,
         items: vec![ItemRecord::new(1, item).unwrap()],
     };
     for (seq, message) in [(0, register), (1, logs), (2, items)] {

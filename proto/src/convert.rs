@@ -2,8 +2,8 @@
 //! so a malformed peer message becomes an [`Error::Invalid`] naming the field instead of a panic further in.
 
 use arachne_shared::cluster::{
-    Assignment, BlobChunk, MasterToWorker, ProcessStart, Registration, WorkerEnvelope,
-    WorkerToMaster,
+    Assignment, BlobChunk, HeldTask, Leftover, MasterToWorker, ProcessStart, Registration,
+    WorkerEnvelope, WorkerToMaster,
 };
 use arachne_shared::files::{FileEntry, Manifest, is_sha256};
 use arachne_shared::node::NodeMetrics;
@@ -42,20 +42,39 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     running: r
                         .running
                         .iter()
-                        .map(|id| task_id("register.running", id))
+                        .map(|held| {
+                            Ok(HeldTask {
+                                task_id: task_id("register.running.task_id", &held.task_id)?,
+                                lease: held.lease,
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                    leftovers: r
+                        .leftovers
+                        .into_iter()
+                        .map(|left| {
+                            Ok(Leftover {
+                                task_id: task_id("register.leftovers.task_id", &left.task_id)?,
+                                pids: left.pids,
+                            })
+                        })
                         .collect::<Result<_>>()?,
                 })
             }
-            worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat(NodeMetrics {
-                cpu_percent: h.cpu_percent,
-                memory_used_bytes: h.memory_used_bytes,
-                memory_total_bytes: h.memory_total_bytes,
-                disk_used_bytes: h.disk_used_bytes,
-                disk_total_bytes: h.disk_total_bytes,
-                running: h.running,
-            }),
+            worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat {
+                beat: h.beat,
+                metrics: NodeMetrics {
+                    cpu_percent: h.cpu_percent,
+                    memory_used_bytes: h.memory_used_bytes,
+                    memory_total_bytes: h.memory_total_bytes,
+                    disk_used_bytes: h.disk_used_bytes,
+                    disk_total_bytes: h.disk_total_bytes,
+                    running: h.running,
+                },
+            },
             worker_message::Msg::TaskStarted(s) => WorkerToMaster::TaskStarted {
                 task_id: task_id("task_started.task_id", &s.task_id)?,
+                lease: s.lease,
                 pid: s.pid,
                 at: if s.at_us != 0 {
                     from_micros(s.at_us)
@@ -65,6 +84,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
             },
             worker_message::Msg::Logs(batch) => WorkerToMaster::Logs {
                 task_id: task_id("logs.task_id", &batch.task_id)?,
+                lease: batch.lease,
                 lines: batch
                     .lines
                     .into_iter()
@@ -82,6 +102,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
             },
             worker_message::Msg::Items(batch) => WorkerToMaster::Items {
                 task_id: task_id("items.task_id", &batch.task_id)?,
+                lease: batch.lease,
                 items: batch
                     .items
                     .into_iter()
@@ -101,6 +122,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
             },
             worker_message::Msg::Report(r) => WorkerToMaster::Report {
                 task_id: task_id("report.task_id", &r.task_id)?,
+                lease: r.lease,
                 status: r
                     .status_json
                     .map(|json| serde_json::from_str(&json))
@@ -134,6 +156,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                 };
                 WorkerToMaster::TaskEnded {
                     task_id: task_id("task_ended.task_id", &e.task_id)?,
+                    lease: e.lease,
                     outcome,
                     at: from_millis(e.at_ms),
                     peak_rss_bytes: e.peak_rss_bytes,
@@ -143,6 +166,11 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     }),
                 }
             }
+            worker_message::Msg::TaskRefused(r) => WorkerToMaster::TaskRefused {
+                task_id: task_id("task_refused.task_id", &r.task_id)?,
+                lease: r.lease,
+                reason: r.reason,
+            },
         })
     }
 }
@@ -155,26 +183,53 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 max_runners: r.max_runners,
                 version: r.version,
                 labels: r.labels.into_iter().collect(),
-                running: r.running.iter().map(ToString::to_string).collect(),
+                running: r
+                    .running
+                    .iter()
+                    .map(|held| pb::HeldTask {
+                        task_id: held.task_id.to_string(),
+                        lease: held.lease,
+                    })
+                    .collect(),
+                leftovers: r
+                    .leftovers
+                    .into_iter()
+                    .map(|left| pb::Leftover {
+                        task_id: left.task_id.to_string(),
+                        pids: left.pids,
+                    })
+                    .collect(),
             }),
-            WorkerToMaster::Heartbeat(m) => worker_message::Msg::Heartbeat(pb::Heartbeat {
-                running: m.running,
-                cpu_percent: m.cpu_percent,
-                memory_used_bytes: m.memory_used_bytes,
-                memory_total_bytes: m.memory_total_bytes,
-                disk_used_bytes: m.disk_used_bytes,
-                disk_total_bytes: m.disk_total_bytes,
-            }),
-            WorkerToMaster::TaskStarted { task_id, pid, at } => {
-                worker_message::Msg::TaskStarted(pb::TaskStarted {
-                    task_id: task_id.to_string(),
-                    pid,
-                    at_ms: to_millis(at),
-                    at_us: at.timestamp_micros(),
+            WorkerToMaster::Heartbeat { beat, metrics: m } => {
+                worker_message::Msg::Heartbeat(pb::Heartbeat {
+                    beat,
+                    running: m.running,
+                    cpu_percent: m.cpu_percent,
+                    memory_used_bytes: m.memory_used_bytes,
+                    memory_total_bytes: m.memory_total_bytes,
+                    disk_used_bytes: m.disk_used_bytes,
+                    disk_total_bytes: m.disk_total_bytes,
                 })
             }
-            WorkerToMaster::Logs { task_id, lines } => worker_message::Msg::Logs(pb::LogBatch {
+            WorkerToMaster::TaskStarted {
+                task_id,
+                lease,
+                pid,
+                at,
+            } => worker_message::Msg::TaskStarted(pb::TaskStarted {
                 task_id: task_id.to_string(),
+                lease,
+                pid,
+                at_ms: to_millis(at),
+                at_us: at.timestamp_micros(),
+            }),
+            WorkerToMaster::Logs {
+                task_id,
+                lease,
+                lines,
+            } => worker_message::Msg::Logs(pb::LogBatch {
+                task_id: task_id.to_string(),
+                lease,
                 lines: lines
                     .into_iter()
                     .map(|line| pb::LogLine {
@@ -189,8 +244,13 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     })
                     .collect(),
             }),
-            WorkerToMaster::Items { task_id, items } => worker_message::Msg::Items(pb::ItemBatch {
+            WorkerToMaster::Items {
+                task_id,
+                lease,
+                items,
+            } => worker_message::Msg::Items(pb::ItemBatch {
                 task_id: task_id.to_string(),
+                lease,
                 items: items
                     .into_iter()
                     .map(|item| pb::Item {
@@ -201,6 +261,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
             }),
             WorkerToMaster::Report {
                 task_id,
+                lease,
                 status,
                 errors,
                 errors_before,
@@ -209,6 +270,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 // Payloads are plain data, so serialising them cannot fail.
                 worker_message::Msg::Report(pb::TaskReport {
                     task_id: task_id.to_string(),
+                    lease,
                     status_json: status
                         .as_ref()
                         .map(|s| serde_json::to_string(s).expect("status serialises")),
@@ -222,6 +284,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
             }
             WorkerToMaster::TaskEnded {
                 task_id,
+                lease,
                 outcome,
                 at,
                 peak_rss_bytes,
@@ -241,6 +304,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 };
                 worker_message::Msg::TaskEnded(pb::TaskEnded {
                     task_id: task_id.to_string(),
+                    lease,
                     outcome: outcome as i32,
                     exit_code,
                     signal,
@@ -253,6 +317,15 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     }),
                 })
             }
+            WorkerToMaster::TaskRefused {
+                task_id,
+                lease,
+                reason,
+            } => worker_message::Msg::TaskRefused(pb::TaskRefused {
+                task_id: task_id.to_string(),
+                lease,
+                reason,
+            }),
         };
         pb::WorkerMessage {
             seq: 0,
@@ -288,10 +361,12 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
     fn try_from(message: pb::MasterMessage) -> Result<Self> {
         Ok(match message.msg.ok_or_else(|| missing("msg"))? {
             master_message::Msg::Registered(r) => MasterToWorker::Registered {
-                start_in_end: r.start_in_end,
+                lease_ms: r.lease_ms,
             },
+            master_message::Msg::Heard(h) => MasterToWorker::Heard { beat: h.beat },
             master_message::Msg::Assign(a) => MasterToWorker::Assign(Assignment {
                 task_id: task_id("assign.task_id", &a.task_id)?,
+                lease: a.lease,
                 spider_id: a.spider_id.parse().map_err(|err| {
                     Error::Invalid(format!("`assign.spider_id` is not a spider id: {err}"))
                 })?,
@@ -321,11 +396,13 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
 impl From<MasterToWorker> for pb::MasterMessage {
     fn from(message: MasterToWorker) -> Self {
         let msg = match message {
-            MasterToWorker::Registered { start_in_end } => {
-                master_message::Msg::Registered(pb::Registered { start_in_end })
+            MasterToWorker::Registered { lease_ms } => {
+                master_message::Msg::Registered(pb::Registered { lease_ms })
             }
+            MasterToWorker::Heard { beat } => master_message::Msg::Heard(pb::Heard { beat }),
             MasterToWorker::Assign(a) => master_message::Msg::Assign(pb::AssignTask {
                 task_id: a.task_id.to_string(),
+                lease: a.lease,
                 spider_id: a.spider_id.to_string(),
                 spider_name: a.spider_name,
                 version: a.version,
@@ -444,20 +521,33 @@ mod tests {
             max_runners: 4,
             version: "0.1.0".into(),
             labels: [("region".to_owned(), "eu".to_owned())].into(),
-            running: vec![task_id],
+            running: vec![HeldTask { task_id, lease: 3 }],
+            leftovers: vec![Leftover {
+                task_id,
+                pids: vec![12, 13],
+            }],
         }));
-        round_trip_worker(WorkerToMaster::Heartbeat(NodeMetrics {
-            cpu_percent: 12.5,
-            memory_used_bytes: 1,
-            memory_total_bytes: 2,
-            disk_used_bytes: 3,
-            disk_total_bytes: 4,
-            running: 5,
-        }));
+        round_trip_worker(WorkerToMaster::Heartbeat {
+            beat: 9,
+            metrics: NodeMetrics {
+                cpu_percent: 12.5,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                disk_used_bytes: 3,
+                disk_total_bytes: 4,
+                running: 5,
+            },
+        });
+        round_trip_worker(WorkerToMaster::TaskRefused {
+            task_id,
+            lease: 2,
+            reason: "no free runner slot".into(),
+        });
         let envelope = WorkerEnvelope {
             seq: 77,
             message: WorkerToMaster::TaskStarted {
                 task_id,
+                lease: 4,
                 pid: 1,
                 at,
             },
@@ -468,6 +558,7 @@ mod tests {
         let started_at = from_micros(Utc::now().timestamp_micros());
         round_trip_worker(WorkerToMaster::TaskStarted {
             task_id,
+            lease: 4,
             pid: 42,
             at: started_at,
         });
@@ -476,6 +567,7 @@ mod tests {
             seq: 0,
             msg: Some(worker_message::Msg::TaskStarted(pb::TaskStarted {
                 task_id: task_id.to_string(),
+                lease: 4,
                 pid: 42,
                 at_ms: to_millis(started_at),
                 at_us: 0,
@@ -485,12 +577,14 @@ mod tests {
             WorkerToMaster::try_from(older).unwrap(),
             WorkerToMaster::TaskStarted {
                 task_id,
+                lease: 4,
                 pid: 42,
                 at: from_millis(to_millis(started_at)),
             }
         );
         round_trip_worker(WorkerToMaster::Logs {
             task_id,
+            lease: 4,
             lines: vec![LogLine {
                 seq: 1,
                 stream: LogStream::Stderr,
@@ -500,6 +594,7 @@ mod tests {
         });
         round_trip_worker(WorkerToMaster::Items {
             task_id,
+            lease: 4,
             items: vec![ItemRecord::from_object(
                 7,
                 serde_json::json!({"a": [1]}).as_object().unwrap(),
@@ -507,6 +602,7 @@ mod tests {
         });
         round_trip_worker(WorkerToMaster::Report {
             task_id,
+            lease: 4,
             status: Some(arachne_shared::ipc::StatusPayload {
                 progress: Some(0.5),
                 message: None,
@@ -543,6 +639,7 @@ mod tests {
             ] {
                 round_trip_worker(WorkerToMaster::TaskEnded {
                     task_id,
+                    lease: 4,
                     outcome: outcome.clone(),
                     at,
                     peak_rss_bytes: Some(4096),
@@ -556,6 +653,7 @@ mod tests {
     fn master_messages_survive_the_wire() {
         let message = MasterToWorker::Assign(Assignment {
             task_id: TaskId::new(),
+            lease: 5,
             spider_id: SpiderId::new(),
             spider_name: "s".into(),
             version: "v".into(),
@@ -570,10 +668,8 @@ mod tests {
         });
         for message in [
             MasterToWorker::Ack { seq: 9 },
-            MasterToWorker::Registered { start_in_end: true },
-            MasterToWorker::Registered {
-                start_in_end: false,
-            },
+            MasterToWorker::Registered { lease_ms: 10_000 },
+            MasterToWorker::Heard { beat: 12 },
         ] {
             assert_eq!(
                 MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),
@@ -594,6 +690,7 @@ mod tests {
             seq: 0,
             msg: Some(worker_message::Msg::Items(pb::ItemBatch {
                 task_id: TaskId::new().to_string(),
+                lease: 1,
                 items: vec![pb::Item {
                     seq: 1,
                     json: "[1]".into(),

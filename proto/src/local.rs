@@ -178,7 +178,10 @@ mod tests {
     fn heartbeat(seq: u64) -> WorkerEnvelope {
         WorkerEnvelope {
             seq,
-            message: WorkerToMaster::Heartbeat(NodeMetrics::default()),
+            message: WorkerToMaster::Heartbeat {
+                beat: seq,
+                metrics: NodeMetrics::default(),
+            },
         }
     }
 

@@ -19,9 +19,28 @@ pub struct Registration {
     pub max_runners: u32,
     pub version: String,
     pub labels: BTreeMap<String, String>,
-    /// Tasks the worker is still running from an earlier session (after the master restarted or the
-    /// connection broke); they carry on if the master still expects them.
-    pub running: Vec<TaskId>,
+    /// Every task the worker still holds an outcome for: running, or ended with the end not yet acknowledged
+    /// by a master (after the master restarted or the connection broke). The master settles none of these
+    /// itself: a running one carries on if the master still expects it, an ended one's end is on its way.
+    pub running: Vec<HeldTask>,
+    /// Processes of runs from this worker's previous life that were still alive when it started again, and
+    /// that it killed before registering.
+    pub leftovers: Vec<Leftover>,
+}
+
+/// A task a worker holds, under the lease of the assignment that gave it to the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeldTask {
+    pub task_id: TaskId,
+    pub lease: u64,
+}
+
+/// What a restarted worker found still running of one of its earlier runs, and killed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leftover {
+    pub task_id: TaskId,
+    /// The processes it killed.
+    pub pids: Vec<u32>,
 }
 
 /// One message of a worker's session. The messages a worker must not lose (task starts, logs, items,
@@ -39,27 +58,32 @@ pub struct WorkerEnvelope {
 pub enum WorkerToMaster {
     /// First message of every session.
     Register(Registration),
-    /// Sent every few seconds so the master knows the worker is alive.
-    Heartbeat(NodeMetrics),
+    /// Sent every few seconds so the master knows the worker is alive. The master answers each with
+    /// [`MasterToWorker::Heard`] carrying the same `beat`, which renews the worker's lease on its runs.
+    Heartbeat { beat: u64, metrics: NodeMetrics },
     /// The spider process of a task is running.
     TaskStarted {
         task_id: TaskId,
+        lease: u64,
         pid: u32,
         at: DateTime<Utc>,
     },
     /// Log lines of a task, in order.
     Logs {
         task_id: TaskId,
+        lease: u64,
         lines: Vec<LogLine>,
     },
     /// Items of a task, in order.
     Items {
         task_id: TaskId,
+        lease: u64,
         items: Vec<ItemRecord>,
     },
     /// What the spider reported since the last report: its latest STATUS and its ERRORs.
     Report {
         task_id: TaskId,
+        lease: u64,
         status: Option<StatusPayload>,
         errors: Vec<ErrorPayload>,
         /// How many errors of this task were reported before these, so a resent report counts each once.
@@ -69,6 +93,7 @@ pub enum WorkerToMaster {
     /// A task ended. Sent after every log line and item of the task.
     TaskEnded {
         task_id: TaskId,
+        lease: u64,
         outcome: TaskOutcome,
         at: DateTime<Utc>,
         /// Peak RSS of the process tree, when it was sampled.
@@ -77,6 +102,30 @@ pub enum WorkerToMaster {
         /// moment, and a run that ends silently within it reports both at once.
         started: Option<ProcessStart>,
     },
+    /// The worker will not run a task it was assigned (it had no free slot, or it is shutting down); the task
+    /// never started, so it goes back to the queue.
+    TaskRefused {
+        task_id: TaskId,
+        lease: u64,
+        reason: String,
+    },
+}
+
+impl WorkerToMaster {
+    /// The task a message is about, under the lease it claims.
+    pub fn task(&self) -> Option<HeldTask> {
+        match *self {
+            WorkerToMaster::TaskStarted { task_id, lease, .. }
+            | WorkerToMaster::Logs { task_id, lease, .. }
+            | WorkerToMaster::Items { task_id, lease, .. }
+            | WorkerToMaster::Report { task_id, lease, .. }
+            | WorkerToMaster::TaskEnded { task_id, lease, .. }
+            | WorkerToMaster::TaskRefused { task_id, lease, .. } => {
+                Some(HeldTask { task_id, lease })
+            }
+            WorkerToMaster::Register(_) | WorkerToMaster::Heartbeat { .. } => None,
+        }
+    }
 }
 
 /// When a task's spider process started, and its pid.
@@ -90,6 +139,9 @@ pub struct ProcessStart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub task_id: TaskId,
+    /// The fencing token of this assignment: every message the worker sends about the task carries it, and
+    /// the master refuses one whose lease is not the task's current one (a superseded run writes nothing).
+    pub lease: u64,
     pub spider_id: SpiderId,
     pub spider_name: String,
     pub version: String,
@@ -103,9 +155,13 @@ pub struct Assignment {
 pub enum MasterToWorker {
     /// The session is accepted.
     Registered {
-        /// The master records a start sent inside `TaskEnded`; only then may the worker hold starts back.
-        start_in_end: bool,
+        /// How long the worker's runs may go on without the master hearing from it: the worker stops them
+        /// itself once this passes since the last heartbeat the master answered, and the master settles a
+        /// silent worker's tasks only after its (longer) heartbeat timeout, so a retry never overlaps a run.
+        lease_ms: u64,
     },
+    /// The master heard the worker's heartbeat `beat`.
+    Heard { beat: u64 },
     /// Run this task in a free runner slot.
     Assign(Assignment),
     /// Stop this task; the worker answers with `TaskEnded`.

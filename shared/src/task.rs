@@ -182,6 +182,11 @@ pub struct Task {
     pub status: TaskStatus,
     /// The node the task was handed to, once it was.
     pub node: Option<String>,
+    /// The fencing token of the task's hand-over to `node`: raised when the task is assigned and when the
+    /// master writes an assignment off, so messages of a superseded run (which carry the old value) are
+    /// refused.
+    #[serde(default)]
+    pub lease: u64,
     pub pid: Option<u32>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -364,6 +369,7 @@ impl Task {
             peak_rss_bytes: None,
             status: TaskStatus::Created,
             node: None,
+            lease: 0,
             pid: None,
             exit_code: None,
             signal: None,
@@ -414,6 +420,7 @@ impl Task {
         next.not_before = not_before;
         (next.node, next.pid, next.exit_code, next.signal, next.error) =
             (None, None, None, None, None);
+        next.lease = 0;
         (next.wait_ms, next.run_ms, next.peak_rss_bytes) = (None, None, None);
         (next.log_lines, next.items, next.error_count) = (0, 0, 0);
         next.progress = None;

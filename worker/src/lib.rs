@@ -15,6 +15,7 @@ mod runner;
 mod session;
 pub mod signals;
 mod sync;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -47,6 +48,9 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// The worker token presented to the master (`arachne-master token create NAME --kind worker`).
     pub token: Option<String>,
+    /// The executable started as the process watchdog (see [`watchdog`]): an Arachne binary that calls
+    /// [`watchdog::run_if_invoked`] first thing. This process's own executable by default.
+    pub watchdog_exe: Option<PathBuf>,
 }
 
 /// This process's environment without the worker's own `ARACHNE_*` and `CRAWLAB_*` variables (its
@@ -73,6 +77,7 @@ impl Config {
             spider_env: inherited_env(),
             labels: BTreeMap::new(),
             token: None,
+            watchdog_exe: None,
         }
     }
 }
@@ -91,6 +96,10 @@ pub enum Error {
     /// The master refused the worker's token: retrying cannot help, so the worker stops.
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Watchdog(#[from] watchdog::Error),
+    #[error("cannot find this program's own executable to start the process watchdog: {0}")]
+    OwnExecutable(#[source] std::io::Error),
 }
 
 /// Runs the worker until `shutdown` is cancelled. Running spiders are stopped and their outcomes reported
@@ -100,12 +109,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         return Err(Error::Config("max runners must be at least 1".into()));
     }
     arachne_shared::spider::validate_name("node", &config.name).map_err(Error::Config)?;
+    let records = watchdog::Records::new(config.work_dir.join("runs"));
+    // Processes an earlier life of this worker left running (its watchdog was killed with it) are killed
+    // before anything else, and named to the master.
+    let leftovers = {
+        let records = records.clone();
+        tokio::task::spawn_blocking(move || records.kill_leftovers())
+            .await
+            .unwrap_or_default()
+    };
     // Leftovers of runs cut short by a crash would otherwise pile up.
     let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
     sync::FileCache::new(config.work_dir.join("cache"))
         .sweep()
         .await;
-    for dir in [config.work_dir.join("cache"), config.work_dir.join("tasks")] {
+    for dir in [
+        config.work_dir.join("cache"),
+        config.work_dir.join("tasks"),
+        config.work_dir.join("runs"),
+    ] {
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|source| Error::WorkDir {
@@ -113,5 +135,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 source,
             })?;
     }
-    session::run(config, shutdown).await.map_err(Error::Refused)
+    let exe = match &config.watchdog_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().map_err(Error::OwnExecutable)?,
+    };
+    let start = session::Start {
+        watchdog: watchdog::Watchdog::start(exe).await?,
+        records,
+        leftovers,
+    };
+    session::run(config, start, shutdown)
+        .await
+        .map_err(Error::Refused)
 }

@@ -45,8 +45,15 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Started as a worker's process watchdog: that is all this process does.
+    arachne_worker::watchdog::run_if_invoked();
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     arachne_worker::args::init_tracing();
     arachne_worker::args::seal_process();
     let args = Args::parse();

@@ -107,6 +107,7 @@ pub(crate) fn raw_channel() -> (mpsc::Sender<Raw>, mpsc::Receiver<Raw>) {
 /// Numbers and batches records until every reader has closed its sender.
 pub(crate) struct Collector {
     task_id: TaskId,
+    lease: u64,
     events: mpsc::Sender<WorkerToMaster>,
     log_seq: u64,
     item_seq: u64,
@@ -124,9 +125,10 @@ pub(crate) struct Collector {
 }
 
 impl Collector {
-    pub(crate) fn new(task_id: TaskId, events: mpsc::Sender<WorkerToMaster>) -> Self {
+    pub(crate) fn new(task_id: TaskId, lease: u64, events: mpsc::Sender<WorkerToMaster>) -> Self {
         Self {
             task_id,
+            lease,
             events,
             log_seq: 0,
             item_seq: 0,
@@ -175,6 +177,7 @@ impl Collector {
             let lines = std::mem::take(&mut self.logs);
             self.send(WorkerToMaster::Logs {
                 task_id: self.task_id,
+                lease: self.lease,
                 lines,
             })
             .await;
@@ -183,6 +186,7 @@ impl Collector {
             let items = std::mem::take(&mut self.items);
             self.send(WorkerToMaster::Items {
                 task_id: self.task_id,
+                lease: self.lease,
                 items,
             })
             .await;
@@ -193,6 +197,7 @@ impl Collector {
             self.errors_sent += errors.len() as u64;
             self.send(WorkerToMaster::Report {
                 task_id: self.task_id,
+                lease: self.lease,
                 status,
                 errors,
                 errors_before,
@@ -299,7 +304,7 @@ mod tests {
     async fn collect(input: Vec<Raw>) -> (Vec<LogLine>, Vec<ItemRecord>, Summary, Reports) {
         let (events_tx, mut events_rx) = mpsc::channel(1024);
         let (raw_tx, raw_rx) = raw_channel();
-        let collector = tokio::spawn(Collector::new(TaskId::new(), events_tx).run(raw_rx));
+        let collector = tokio::spawn(Collector::new(TaskId::new(), 1, events_tx).run(raw_rx));
         for r in input {
             raw_tx.send(r).await.unwrap();
         }
@@ -446,7 +451,7 @@ mod tests {
             1024,
             raw_tx,
         );
-        let collector = tokio::spawn(Collector::new(TaskId::new(), events_tx).run(raw_rx));
+        let collector = tokio::spawn(Collector::new(TaskId::new(), 1, events_tx).run(raw_rx));
 
         // 2 MB of output against a few hundred KB of buffers: the spider has to end up blocked on its pipe.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

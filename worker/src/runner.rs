@@ -28,6 +28,7 @@ use crate::deps::{self, Deps, InstallCtx, RunEnv};
 use crate::memory::{self, OverLimit};
 use crate::output::{self, Collector};
 use crate::sync::{self, FileCache};
+use crate::watchdog::{Records, Watchdog};
 
 /// How runs are supervised when the spider and the run do not say otherwise.
 #[derive(Debug, Clone)]
@@ -61,6 +62,9 @@ pub(crate) enum Stop {
     Timeout(u64),
     /// The process tree went over its memory limit.
     Memory(OverLimit),
+    /// The worker's lease ran out (see [`crate::session`]): the master may hand the task to another worker,
+    /// so the run is killed at once.
+    LeaseLost,
 }
 
 impl Stop {
@@ -70,6 +74,7 @@ impl Stop {
             Stop::Shutdown => CancelReason::Shutdown,
             Stop::Timeout(_) => CancelReason::Timeout,
             Stop::Memory(_) => CancelReason::Memory,
+            Stop::LeaseLost => CancelReason::Shutdown,
         }
     }
 
@@ -85,6 +90,11 @@ impl Stop {
             },
             Stop::Shutdown => TaskOutcome::Abnormal {
                 reason: format!("worker {node} shut down while the task ran"),
+            },
+            Stop::LeaseLost => TaskOutcome::Abnormal {
+                reason: format!(
+                    "worker {node} lost contact with the master and stopped the run, so that a retry elsewhere cannot overlap it"
+                ),
             },
             Stop::Timeout(secs) => error(format!("timed out after {secs} s")),
             Stop::Memory(OverLimit { used, limit }) => error(format!(
@@ -125,6 +135,31 @@ pub(crate) struct RunContext {
     pub(crate) events: mpsc::Sender<WorkerToMaster>,
     /// The environment every spider starts from; see [`crate::Config::spider_env`].
     pub(crate) spider_env: Arc<[(OsString, OsString)]>,
+    /// Kills the runs' process groups if the worker dies or its lease runs out.
+    pub(crate) watchdog: Watchdog,
+    /// Each run's process group on disk, for a later life of the worker.
+    pub(crate) records: Records,
+    /// Until when the runs may go on; see [`crate::session`]. `None` before the first registration.
+    pub(crate) lease: watch::Receiver<Option<tokio::time::Instant>>,
+}
+
+/// Waits until the lease has run out.
+async fn lease_lost(lease: &mut watch::Receiver<Option<tokio::time::Instant>>) {
+    loop {
+        let until = *lease.borrow_and_update();
+        let expired = async {
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = expired => return,
+            changed = lease.changed() => if changed.is_err() {
+                return std::future::pending().await;
+            },
+        }
+    }
 }
 
 /// Waits until a stop is requested. Never returns if the requester goes away without asking.
@@ -145,7 +180,7 @@ pub(crate) async fn execute(
     task: Assignment,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> RunResult {
-    let mut collector = Collector::new(task.task_id, ctx.events.clone());
+    let mut collector = Collector::new(task.task_id, task.lease, ctx.events.clone());
     let workdir = ctx.tasks_dir.join(task.task_id.to_string());
     let prepared = tokio::select! {
         prepared = prepare(ctx, &task, workdir.clone(), &mut collector) => prepared,
@@ -289,6 +324,10 @@ impl Process {
         reason: &Stop,
         escalation: Escalation,
     ) -> std::io::Result<ExitStatus> {
+        if *reason == Stop::LeaseLost {
+            signal_group(self.pid, Signal::SIGKILL);
+            return self.child.wait().await;
+        }
         if let Some(mut stdin) = self.stdin.take() {
             let grace_seconds = escalation.cancel_grace.as_secs();
             let line = RunnerMessage::Cancel {
@@ -343,11 +382,14 @@ async fn supervise(
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
+    ctx.watchdog.add(pid).await;
+    ctx.records.write(task.task_id, pid).await;
     info!(task_id = %task.task_id, spider = %task.spider_name, pid, "spider started");
     let _ = ctx
         .events
         .send(WorkerToMaster::TaskStarted {
             task_id: task.task_id,
+            lease: task.lease,
             pid,
             at: Utc::now(),
         })
@@ -397,10 +439,12 @@ async fn supervise(
     };
 
     let mut sampler_failed = None;
+    let mut lease = ctx.lease.clone();
     let (status, stopped_by) = loop {
         let reason = tokio::select! {
             status = process.child.wait() => break (status, None),
             reason = stopped(&mut stop) => reason,
+            () = lease_lost(&mut lease) => Stop::LeaseLost,
             () = sleep_for(task.settings.timeout_secs) => Stop::Timeout(task.settings.timeout_secs.unwrap_or(0)),
             Ok(over) = &mut over_rx => Stop::Memory(over),
             why = &mut sampler, if sampler_failed.is_none() => {
@@ -415,6 +459,8 @@ async fn supervise(
     drop(process.stdin.take());
     // The shell may be gone while something it started still runs and holds the pipes open.
     signal_group(pid, Signal::SIGKILL);
+    ctx.watchdog.del(pid).await;
+    ctx.records.remove(task.task_id).await;
 
     // Output still in the pipes is read to the end; a reader that cannot finish (a process that escaped the
     // group holds the pipe) is cut off so the run still ends.

@@ -2,8 +2,15 @@
 //! heartbeat, and reconnect with backoff when the master goes away.
 //!
 //! Runs outlive sessions. When the connection breaks (or the master restarts) spiders keep running; their
-//! messages wait in the [`Outbox`] until a new session takes them, and the worker names its running tasks when
-//! it registers again, so the master can take them back instead of writing them off.
+//! messages wait in the [`Outbox`] until a new session takes them, and the worker names every task it still
+//! holds an outcome for (running, or ended with the end not yet acknowledged) when it registers again, so the
+//! master takes them back instead of writing them off or running them again.
+//!
+//! But not for ever: runs go on under a **lease**. The master answers each heartbeat, and the lease runs
+//! `lease_ms` (the master's figure, shorter than its heartbeat timeout) from the sending of the latest
+//! heartbeat it answered. When the lease runs out (the master is gone for longer than a restart, the network
+//! is cut, or this worker was frozen) the runs are killed, by the runner or, if this process cannot act, by
+//! the watchdog process, before the master may settle the tasks and start their retries elsewhere.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,9 +18,9 @@ use std::time::Duration;
 
 use arachne_proto::client::Client;
 use arachne_shared::TaskId;
-use arachne_shared::TaskOutcome;
 use arachne_shared::cluster::{
-    Assignment, MasterToWorker, ProcessStart, Registration, WorkerEnvelope, WorkerToMaster,
+    Assignment, HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WorkerEnvelope,
+    WorkerToMaster,
 };
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -26,6 +33,7 @@ use crate::deps::Deps;
 use crate::metrics::Metrics;
 use crate::runner::{self, RunContext, RunResult, Stop};
 use crate::sync::FileCache;
+use crate::watchdog::{Records, Watchdog};
 
 /// Messages from runners waiting for the outbox. Runners wait when it is full, which slows their readers and,
 /// through the pipe, the spider.
@@ -38,14 +46,27 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a task's start is held back before it is sent. A run that ends within it, having said nothing,
 /// has its start sent with its end: one message and one stored change fewer for the master, for the many
 /// short tasks a busy cluster runs. Any output or report of the task sends the start at once; a longer run
-/// shows as Running this much later; a worker that dies within it has the task requeued, not written off.
+/// shows as Running this much later.
 const START_HOLD: Duration = Duration::from_millis(20);
+
+/// What a worker starts with besides its configuration.
+pub(crate) struct Start {
+    pub(crate) watchdog: Watchdog,
+    pub(crate) records: Records,
+    /// What the previous life of this worker left running, killed; told to the master at registration.
+    pub(crate) leftovers: Vec<Leftover>,
+}
 
 /// Keeps a session with the master open until `shutdown`, reconnecting when it breaks.
 /// Runs sessions until `shutdown`; an `Err` is a refusal no reconnect can cure (a wrong token).
-pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), String> {
+pub(crate) async fn run(
+    config: Config,
+    start: Start,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let (client_tx, client_rx) = watch::channel(None);
+    let (lease_tx, lease_rx) = watch::channel(None);
     let ctx = RunContext {
         node: config.name.clone(),
         options: config.runner.clone(),
@@ -55,16 +76,37 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
         tasks_dir: config.work_dir.join("tasks"),
         events,
         spider_env: config.spider_env.clone().into(),
+        watchdog: start.watchdog.clone(),
+        records: start.records,
+        lease: lease_rx,
     };
     let mut worker = Worker {
         runners: Runners::new(config.max_runners, ctx),
         outbox: Outbox::new(events_rx),
         metrics: Metrics::new(config.work_dir.clone()),
         client: client_tx,
+        lease: Lease {
+            until: lease_tx,
+            length: None,
+            epoch: tokio::time::Instant::now(),
+            watchdog: start.watchdog.clone(),
+        },
+        leftovers: start.leftovers,
     };
+    let ended = sessions(&mut worker, &config, &shutdown).await;
+    // Every run has ended: nothing is left for the watchdog to kill.
+    start.watchdog.exit().await;
+    ended
+}
+
+async fn sessions(
+    worker: &mut Worker,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
     let mut backoff = Backoff::default();
     loop {
-        match worker.session(&config, &shutdown, &mut backoff).await {
+        match worker.session(config, shutdown, &mut backoff).await {
             Ok(()) => return Ok(()),
             Err(Ended::Refused(reason)) => {
                 error!(node = %config.name, master = %config.master, %reason, "the master refused this worker's token; stopping");
@@ -132,6 +174,46 @@ struct Worker {
     outbox: Outbox,
     metrics: Metrics,
     client: watch::Sender<Option<Client>>,
+    lease: Lease,
+    /// Told to the first master that accepts this worker.
+    leftovers: Vec<Leftover>,
+}
+
+/// The lease the runs go on under; see the module's documentation.
+struct Lease {
+    /// Until when; the runners watch it.
+    until: watch::Sender<Option<tokio::time::Instant>>,
+    /// As the master of the current session set it.
+    length: Option<Duration>,
+    /// What heartbeat numbers count from: a heartbeat's number is its sending time, in milliseconds since.
+    epoch: tokio::time::Instant,
+    watchdog: Watchdog,
+}
+
+impl Lease {
+    /// A heartbeat number for now.
+    fn beat(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The master heard what this worker sent at `sent`: the runs may go on until `sent` plus the lease.
+    async fn renew(&mut self, sent: tokio::time::Instant) {
+        let Some(length) = self.length else { return };
+        let until = sent + length;
+        if self.until.borrow().is_some_and(|current| current >= until) {
+            return;
+        }
+        self.until.send_replace(Some(until));
+        self.watchdog.lease(until).await;
+    }
+
+    async fn heard(&mut self, beat: u64) {
+        let sent = self.epoch + Duration::from_millis(beat);
+        // A number from the future is not this worker's: ignore it rather than extend the lease with it.
+        if sent <= tokio::time::Instant::now() {
+            self.renew(sent).await;
+        }
+    }
 }
 
 impl Worker {
@@ -147,15 +229,15 @@ impl Worker {
             () = shutdown.cancelled() => return Ok(()),
         };
         let (session_tx, session_rx) = mpsc::channel(EVENTS_CAPACITY);
-        let mut running: Vec<TaskId> = self.runners.active.keys().copied().collect();
-        running.extend(self.outbox.unacknowledged_ends());
         let registration = Registration {
             name: config.name.clone(),
             max_runners: config.max_runners,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             labels: config.labels.clone(),
-            running,
+            running: self.outbox.owed(),
+            leftovers: self.leftovers.clone(),
         };
+        let register_sent = tokio::time::Instant::now();
         let register = WorkerEnvelope {
             seq: 0,
             message: WorkerToMaster::Register(registration),
@@ -166,8 +248,10 @@ impl Worker {
             .map_err(|_| "session closed".to_owned())?;
         let mut inbound = client.clone().session(session_rx).await?;
         match inbound.next().await {
-            Some(Ok(MasterToWorker::Registered { start_in_end })) => {
-                self.outbox.hold_starts(start_in_end)
+            Some(Ok(MasterToWorker::Registered { lease_ms })) => {
+                self.lease.length = Some(Duration::from_millis(lease_ms));
+                self.lease.renew(register_sent).await;
+                self.leftovers.clear();
             }
             Some(Ok(other)) => {
                 return Err(format!("expected Registered, the master sent {other:?}").into());
@@ -192,7 +276,12 @@ impl Worker {
                 .map_err(|_| "session closed".to_owned())?;
         }
 
-        let mut heartbeat = tokio::time::interval(config.heartbeat);
+        // Several heartbeats fit in a lease, so one lost or late answer does not end the runs.
+        let every = self
+            .lease
+            .length
+            .map_or(config.heartbeat, |lease| config.heartbeat.min(lease / 4));
+        let mut heartbeat = tokio::time::interval(every);
         let mut stopping = false;
         let mut drain_deadline = None;
         let ended = loop {
@@ -210,14 +299,18 @@ impl Worker {
                     break Ok(());
                 }
                 message = inbound.next() => match message {
-                    Some(Ok(MasterToWorker::Assign(task))) if !stopping => self.runners.start(task),
                     Some(Ok(MasterToWorker::Assign(task))) => {
-                        let outcome = TaskOutcome::Abnormal { reason: format!("worker {} is shutting down", config.name) };
-                        self.runners.refuse(task.task_id, outcome);
+                        self.outbox.owe(&task);
+                        if stopping {
+                            self.runners.refuse(&task, format!("worker {} is shutting down", config.name));
+                        } else {
+                            self.runners.start(task);
+                        }
                     }
                     Some(Ok(MasterToWorker::Cancel { task_id, reason })) => self.runners.stop(task_id, Stop::User(reason)),
                     Some(Ok(MasterToWorker::SetMaxRunners { max_runners })) => self.runners.resize(max_runners),
                     Some(Ok(MasterToWorker::Ack { seq })) => self.outbox.ack(seq),
+                    Some(Ok(MasterToWorker::Heard { beat })) => self.lease.heard(beat).await,
                     Some(Ok(MasterToWorker::Registered { .. })) => {}
                     Some(Err(err)) => break Err(err.to_string()),
                     None => break Err("the master closed the session".to_owned()),
@@ -230,7 +323,8 @@ impl Worker {
                 }
                 _ = heartbeat.tick() => {
                     let metrics = self.metrics.sample(self.runners.active.len() as u32);
-                    let beat = WorkerEnvelope { seq: 0, message: WorkerToMaster::Heartbeat(metrics) };
+                    let message = WorkerToMaster::Heartbeat { beat: self.lease.beat(), metrics };
+                    let beat = WorkerEnvelope { seq: 0, message };
                     if session_tx.send(beat).await.is_err() {
                         break Err("session closed".to_owned());
                     }
@@ -258,16 +352,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Numbers the runners' messages and keeps each until the master acknowledges it. Holds each task's start
-/// back for [`START_HOLD`] when the master takes starts inside ends, keeping every task's messages in their
-/// order.
+/// back for [`START_HOLD`], keeping every task's messages in their order. Knows which tasks the worker still
+/// owes the master an outcome for.
 struct Outbox {
     rx: mpsc::Receiver<WorkerToMaster>,
     next_seq: u64,
     unacked: VecDeque<WorkerEnvelope>,
-    /// Whether the master of the current session records a start sent inside `TaskEnded`.
-    hold: bool,
-    /// Starts held back, oldest first, each with when it must go.
-    held: VecDeque<(tokio::time::Instant, TaskId, ProcessStart)>,
+    /// Tasks assigned to this worker whose end (or refusal) the master has not acknowledged, with the lease
+    /// of their assignment: wherever their messages are (in a runner, queued, sent), the outcome is on its
+    /// way, so the master must not settle them itself.
+    owed: HashMap<TaskId, u64>,
+    /// Starts held back, oldest first, each with when it must go and its task's lease.
+    held: VecDeque<(tokio::time::Instant, TaskId, u64, ProcessStart)>,
     /// Messages taken from `rx`, to be numbered in this order.
     ready: VecDeque<WorkerToMaster>,
 }
@@ -278,7 +374,7 @@ impl Outbox {
             rx,
             next_seq: 1,
             unacked: VecDeque::new(),
-            hold: false,
+            owed: HashMap::new(),
             held: VecDeque::new(),
             ready: VecDeque::new(),
         }
@@ -314,22 +410,30 @@ impl Outbox {
         }
     }
 
-    /// Holds starts back from now on, or (for a master that would drop a start sent with an end) sends the
-    /// held ones and holds no more.
-    fn hold_starts(&mut self, hold: bool) {
-        self.hold = hold;
-        while !hold && !self.held.is_empty() {
-            self.release_oldest();
-        }
+    /// Notes a task assigned to this worker: it owes the master its outcome from now on.
+    fn owe(&mut self, task: &Assignment) {
+        self.owed.insert(task.task_id, task.lease);
+    }
+
+    /// Every task this worker owes an outcome for, as it names them when it registers.
+    fn owed(&self) -> Vec<HeldTask> {
+        self.owed
+            .iter()
+            .map(|(&task_id, &lease)| HeldTask { task_id, lease })
+            .collect()
     }
 
     fn take(&mut self, mut message: WorkerToMaster) {
-        if self.hold
-            && let WorkerToMaster::TaskStarted { task_id, pid, at } = message
+        if let WorkerToMaster::TaskStarted {
+            task_id,
+            lease,
+            pid,
+            at,
+        } = message
         {
             let due = tokio::time::Instant::now() + START_HOLD;
             self.held
-                .push_back((due, task_id, ProcessStart { pid, at }));
+                .push_back((due, task_id, lease, ProcessStart { pid, at }));
             return;
         }
         if let WorkerToMaster::TaskEnded {
@@ -339,42 +443,42 @@ impl Outbox {
             // The end carries its held start.
             let held = self.unhold(*task_id);
             *started = started.or(held);
-        } else if let Some(task_id) = task_of(&message)
-            && let Some(start) = self.unhold(task_id)
+        } else if let Some(task) = message.task()
+            && let Some(start) = self.unhold(task.task_id)
         {
+            let (task_id, lease) = (task.task_id, task.lease);
             // Any other message of the task goes after its start.
-            self.ready.push_back(started(task_id, start));
+            self.ready.push_back(started(task_id, lease, start));
         }
         self.ready.push_back(message);
     }
 
     fn unhold(&mut self, task_id: TaskId) -> Option<ProcessStart> {
-        let at = self.held.iter().position(|(_, id, _)| *id == task_id)?;
-        self.held.remove(at).map(|(_, _, start)| start)
+        let at = self.held.iter().position(|(_, id, ..)| *id == task_id)?;
+        self.held.remove(at).map(|(.., start)| start)
     }
 
     fn release_oldest(&mut self) {
-        if let Some((_, task_id, start)) = self.held.pop_front() {
-            self.ready.push_back(started(task_id, start));
+        if let Some((_, task_id, lease, start)) = self.held.pop_front() {
+            self.ready.push_back(started(task_id, lease, start));
         }
     }
 
     fn ack(&mut self, seq: u64) {
         while self.unacked.front().is_some_and(|e| e.seq <= seq) {
-            self.unacked.pop_front();
+            let Some(envelope) = self.unacked.pop_front() else {
+                break;
+            };
+            if let WorkerToMaster::TaskEnded { task_id, .. }
+            | WorkerToMaster::TaskRefused { task_id, .. } = envelope.message
+            {
+                self.owed.remove(&task_id);
+            }
         }
     }
 
     fn unacknowledged(&self) -> Vec<WorkerEnvelope> {
         self.unacked.iter().cloned().collect()
-    }
-
-    /// Tasks whose end the master has not confirmed: they are still this worker's to report.
-    fn unacknowledged_ends(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.unacked.iter().filter_map(|e| match e.message {
-            WorkerToMaster::TaskEnded { task_id, .. } => Some(task_id),
-            _ => None,
-        })
     }
 
     /// Nothing waits to be sent or confirmed.
@@ -386,23 +490,12 @@ impl Outbox {
     }
 }
 
-fn started(task_id: TaskId, start: ProcessStart) -> WorkerToMaster {
+fn started(task_id: TaskId, lease: u64, start: ProcessStart) -> WorkerToMaster {
     WorkerToMaster::TaskStarted {
         task_id,
+        lease,
         pid: start.pid,
         at: start.at,
-    }
-}
-
-/// The task a runner's message is about.
-fn task_of(message: &WorkerToMaster) -> Option<TaskId> {
-    match message {
-        WorkerToMaster::TaskStarted { task_id, .. }
-        | WorkerToMaster::Logs { task_id, .. }
-        | WorkerToMaster::Items { task_id, .. }
-        | WorkerToMaster::Report { task_id, .. }
-        | WorkerToMaster::TaskEnded { task_id, .. } => Some(*task_id),
-        WorkerToMaster::Register(_) | WorkerToMaster::Heartbeat(_) => None,
     }
 }
 
@@ -430,18 +523,19 @@ impl Runners {
     }
 
     fn start(&mut self, task: Assignment) {
-        let task_id = task.task_id;
+        let (task_id, lease) = (task.task_id, task.lease);
         if self.active.contains_key(&task_id) {
             warn!(task_id = %task_id, "assigned a task this worker already runs; ignored");
             return;
         }
         let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
-            // The master counts slots too, so this only happens if the two disagree; say so rather than queue.
+            // The master counts slots too, so this only happens if the two disagree: the task never started
+            // here, so it goes back to the queue.
             error!(task_id = %task_id, node = %self.ctx.node, "assigned a task with no free runner slot");
-            let outcome = TaskOutcome::Abnormal {
-                reason: format!("node {} had no free runner slot", self.ctx.node),
-            };
-            self.refuse(task_id, outcome);
+            self.refuse(
+                &task,
+                format!("node {} had no free runner slot", self.ctx.node),
+            );
             return;
         };
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -450,17 +544,25 @@ impl Runners {
         self.tasks.spawn(async move {
             let result = runner::execute(&ctx, task, stop_rx).await;
             info!(task_id = %task_id, node = %ctx.node, status = %result.outcome.status(), "task ended");
-            report_end(&ctx.events, task_id, result).await;
+            report_end(&ctx.events, task_id, lease, result).await;
             drop(permit);
             task_id
         });
     }
 
-    /// Reports a task that will not run here. Sent from its own task: the session loop that calls this is
-    /// also the one that drains `events`, so waiting there for room in a full channel would wait forever.
-    fn refuse(&self, task_id: TaskId, outcome: TaskOutcome) {
+    /// Reports a task that will not run here; it never started, so the master queues it again. Sent from its
+    /// own task: the session loop that calls this is also the one that drains `events`, so waiting there for
+    /// room in a full channel would wait forever.
+    fn refuse(&self, task: &Assignment, reason: String) {
         let events = self.ctx.events.clone();
-        tokio::spawn(async move { report_end(&events, task_id, outcome.into()).await });
+        let refused = WorkerToMaster::TaskRefused {
+            task_id: task.task_id,
+            lease: task.lease,
+            reason,
+        };
+        tokio::spawn(async move {
+            let _ = events.send(refused).await;
+        });
     }
 
     fn stop(&self, task_id: TaskId, reason: Stop) {
@@ -513,7 +615,12 @@ impl Runners {
 }
 
 /// Queues a task's end for the master.
-async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, result: RunResult) {
+async fn report_end(
+    events: &mpsc::Sender<WorkerToMaster>,
+    task_id: TaskId,
+    lease: u64,
+    result: RunResult,
+) {
     let RunResult {
         outcome,
         peak_rss_bytes,
@@ -521,6 +628,7 @@ async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, resu
     let _ = events
         .send(WorkerToMaster::TaskEnded {
             task_id,
+            lease,
             outcome,
             at: Utc::now(),
             peak_rss_bytes,
@@ -529,7 +637,8 @@ async fn report_end(events: &mpsc::Sender<WorkerToMaster>, task_id: TaskId, resu
         .await;
 }
 
-/// Exponential backoff between reconnects: 200 ms doubling up to 5 s.
+/// Exponential backoff between reconnects: 200 ms doubling up to 2 s, so a restarted master is found again well
+/// within the runs' lease.
 struct Backoff {
     next: Duration,
 }
@@ -545,7 +654,7 @@ impl Default for Backoff {
 impl Backoff {
     fn next(&mut self) -> Duration {
         let now = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+        self.next = (self.next * 2).min(Duration::from_secs(2));
         now
     }
 
@@ -556,11 +665,16 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use arachne_shared::TaskOutcome;
+
     use super::*;
 
     fn ended(task_id: TaskId) -> WorkerToMaster {
         WorkerToMaster::TaskEnded {
             task_id,
+            lease: 1,
             outcome: TaskOutcome::Finished,
             at: Utc::now(),
             peak_rss_bytes: None,
@@ -568,18 +682,37 @@ mod tests {
         }
     }
 
+    fn assignment(task_id: TaskId) -> Assignment {
+        Assignment {
+            task_id,
+            lease: 1,
+            spider_id: arachne_shared::SpiderId::new(),
+            spider_name: "s".into(),
+            version: String::new(),
+            command_line: "true".into(),
+            settings: Default::default(),
+        }
+    }
+
+    fn owed(outbox: &Outbox) -> HashSet<TaskId> {
+        outbox.owed().into_iter().map(|held| held.task_id).collect()
+    }
+
     #[tokio::test]
     async fn the_outbox_keeps_messages_until_acknowledged_and_resends_them_in_order() {
         let (tx, rx) = mpsc::channel(8);
         let mut outbox = Outbox::new(rx);
         let (a, b) = (TaskId::new(), TaskId::new());
+        outbox.owe(&assignment(a));
+        outbox.owe(&assignment(b));
         tx.send(ended(a)).await.unwrap();
         tx.send(ended(b)).await.unwrap();
         let first = outbox.next().await.unwrap();
         let second = outbox.next().await.unwrap();
         assert_eq!((first.seq, second.seq), (1, 2));
-        assert_eq!(outbox.unacknowledged_ends().collect::<Vec<_>>(), [a, b]);
+        assert_eq!(owed(&outbox), HashSet::from([a, b]));
         outbox.ack(1);
+        assert_eq!(owed(&outbox), HashSet::from([b]), "a's end is stored");
         let resent = outbox.unacknowledged();
         assert_eq!(resent.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
         assert!(!outbox.is_settled());
@@ -593,6 +726,7 @@ mod tests {
     fn start(task_id: TaskId) -> WorkerToMaster {
         WorkerToMaster::TaskStarted {
             task_id,
+            lease: 1,
             pid: 7,
             at: Utc::now(),
         }
@@ -620,7 +754,6 @@ mod tests {
     async fn a_start_is_held_back_and_goes_with_a_quick_silent_end() {
         let (tx, rx) = mpsc::channel(8);
         let mut outbox = Outbox::new(rx);
-        outbox.hold_starts(true);
         let (quick, chatty, silent) = (TaskId::new(), TaskId::new(), TaskId::new());
 
         // Ends within the hold, having said nothing: one message.
@@ -640,6 +773,7 @@ mod tests {
         tx.send(start(chatty)).await.unwrap();
         let logs = WorkerToMaster::Logs {
             task_id: chatty,
+            lease: 1,
             lines: Vec::new(),
         };
         tx.send(logs).await.unwrap();
@@ -668,33 +802,6 @@ mod tests {
         assert!(outbox.is_settled());
     }
 
-    /// A master that predates starts inside ends would drop them: for it (and until a master has said it takes
-    /// them) every start goes as it comes, and starts held for an earlier master go at once.
-    #[tokio::test(start_paused = true)]
-    async fn no_start_is_held_for_a_master_that_would_drop_it() {
-        let (tx, rx) = mpsc::channel(8);
-        let mut outbox = Outbox::new(rx);
-        let (a, b) = (TaskId::new(), TaskId::new());
-        tx.send(start(a)).await.unwrap();
-        tx.send(ended(a)).await.unwrap();
-        let (first, second) = (outbox.next().await.unwrap(), outbox.next().await.unwrap());
-
-        outbox.hold_starts(true);
-        tx.send(start(b)).await.unwrap();
-        let held = tokio::time::timeout(START_HOLD / 2, outbox.next()).await;
-        assert!(held.is_err(), "sent while held: {held:?}");
-        // Reconnected to an older master.
-        outbox.hold_starts(false);
-        let third = tokio::time::timeout(Duration::from_millis(1), outbox.next())
-            .await
-            .expect("sent at once")
-            .unwrap();
-        assert_eq!(
-            kinds(&[first, second, third]),
-            [(1, "started"), (2, "ended"), (3, "started")]
-        );
-    }
-
     /// The session loop both assigns tasks and drains `events`: refusing a task while `events` is full must not
     /// wait for room, or the loop would never drain it.
     #[tokio::test]
@@ -711,6 +818,9 @@ mod tests {
             tasks_dir: dir.path().join("tasks"),
             events: events.clone(),
             spider_env: Vec::new().into(),
+            watchdog: crate::watchdog::Watchdog::for_test().0,
+            records: Records::new(dir.path().join("runs")),
+            lease: watch::channel(None).1,
         };
         let mut runners = Runners::new(1, ctx);
         let _busy = Arc::clone(&runners.slots).try_acquire_owned().unwrap();
@@ -718,32 +828,18 @@ mod tests {
         events.send(ended(earlier)).await.unwrap();
 
         let refused = TaskId::new();
-        runners.start(Assignment {
-            task_id: refused,
-            spider_id: arachne_shared::SpiderId::new(),
-            spider_name: "s".into(),
-            version: String::new(),
-            command_line: "true".into(),
-            settings: Default::default(),
-        });
-        runners.refuse(
-            TaskId::new(),
-            TaskOutcome::Abnormal {
-                reason: "shutting down".into(),
-            },
-        );
+        runners.start(assignment(refused));
+        runners.refuse(&assignment(TaskId::new()), "shutting down".into());
 
         let first = events_rx.recv().await.unwrap();
         assert!(matches!(first, WorkerToMaster::TaskEnded { task_id, .. } if task_id == earlier));
         let mut reasons = HashMap::new();
         for _ in 0..2 {
             match events_rx.recv().await.unwrap() {
-                WorkerToMaster::TaskEnded {
-                    task_id,
-                    outcome: TaskOutcome::Abnormal { reason },
-                    ..
+                WorkerToMaster::TaskRefused {
+                    task_id, reason, ..
                 } => reasons.insert(task_id, reason),
-                other => panic!("expected a refused task's end, got {other:?}"),
+                other => panic!("expected a refusal, got {other:?}"),
             };
         }
         assert!(

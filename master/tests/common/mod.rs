@@ -93,6 +93,9 @@ impl TestMaster {
     /// Starts a master without adding the test tokens (the client sends the configured API token, if any).
     pub async fn launch(mut config: Config, grpc: SocketAddr) -> Self {
         use_test_store(&mut config);
+        if let Some(local) = &mut config.local_worker {
+            local.watchdog_exe.get_or_insert_with(watchdog_exe);
+        }
         let token = config.auth.api_token.clone();
         let mongodb = config.mongodb.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -253,6 +256,11 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The process watchdog of workers running in a test process (whose own executable is the test harness).
+pub fn watchdog_exe() -> PathBuf {
+    workspace_bin("arachne-worker")
+}
+
 /// A worker running in the test process (the same library `arachne-worker` runs).
 pub struct TestWorker {
     pub name: String,
@@ -269,6 +277,7 @@ impl TestWorker {
         config.runner = quick_runner();
         config.heartbeat = Duration::from_millis(200);
         config.token = Some(WORKER_TOKEN.into());
+        config.watchdog_exe = Some(watchdog_exe());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_worker::run(config, shutdown.clone()));
         Self {

@@ -1,0 +1,697 @@
+//! Faults never falsify a task: a task that ends while the master is away keeps its true outcome, a task
+//! ever started is never started again, a queued task is never failed for a slot count the master got wrong.
+//! Each test is the bounded form of a `scripts/chaos` scenario, against real masters, workers and spiders.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arachne_master::Config;
+use arachne_shared::{RunMode, Task, TaskStatus};
+use arachne_web_api::client::Client;
+use arachne_web_api::types::{RunTask, TaskQuery};
+use common::{TestMaster, TestWorker, create_spider, eventually, wait_done};
+
+/// A master without a local worker, so the test decides which workers exist.
+fn bare_config(dir: &Path) -> Config {
+    let mut config = Config::new(dir.to_owned());
+    config.local_worker = None;
+    config
+}
+
+fn run_with_retries(spider: &str, retries: u32) -> RunTask {
+    RunTask {
+        spider: spider.into(),
+        mode: Some(RunMode::Random),
+        settings: Some(arachne_shared::spider::RunSettings {
+            retries: Some(retries),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn all_tasks(client: &Client) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    loop {
+        let query = TaskQuery {
+            limit: Some(1000),
+            offset: Some(tasks.len() as u32),
+            ..Default::default()
+        };
+        let page = client.list_tasks(&query).await.unwrap().items;
+        if page.is_empty() {
+            return tasks;
+        }
+        tasks.extend(page);
+    }
+}
+
+/// The texts of a task's log lines.
+async fn log_texts(client: &Client, id: arachne_shared::TaskId) -> Vec<String> {
+    common::all_logs(client, id)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect()
+}
+
+/// A spider that prints `start`, waits for the file `$GO`, then prints `item` and `end` and touches `$DONE`
+/// as its last act.
+const GATED: &str = "echo start\nwhile [ ! -e \"$GO\" ]; do sleep 0.02; done\necho item\necho end\ntouch \"$DONE\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_ends_while_the_master_is_away_keeps_its_true_end_and_is_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = tempfile::tempdir().unwrap();
+    let (go, done) = (gate.path().join("go"), gate.path().join("done"));
+    let master = TestMaster::start_with(bare_config(dir.path())).await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    create_spider(&master.client, "gated", "sh main.sh", &[("main.sh", GATED)]).await;
+    let mut spec = run_with_retries("gated", 1);
+    let settings = spec.settings.as_mut().unwrap();
+    settings.env.insert("GO".into(), go.display().to_string());
+    settings
+        .env
+        .insert("DONE".into(), done.display().to_string());
+    let task = master.client.run_task(&spec).await.unwrap();
+    eventually("the task runs and printed its first line", || async {
+        let task = master.client.get_task(task.id).await.unwrap();
+        task.status == TaskStatus::Running && task.log_lines >= 1
+    })
+    .await;
+
+    let grpc = master.grpc;
+    master.stop().await;
+    // The spider ends while no master is there, and the worker has finished with the run.
+    std::fs::write(&go, "").unwrap();
+    let run_dir = worker.work_dir().join("tasks").join(task.id.to_string());
+    eventually("the run ended on the worker", || async {
+        done.exists() && !run_dir.exists()
+    })
+    .await;
+
+    let master = TestMaster::start_on(bare_config(dir.path()), grpc).await;
+    let client = &master.client;
+    let ended = wait_done(client, task.id).await;
+    assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");
+    assert_eq!(ended.exit_code, Some(0), "{ended:#?}");
+    assert_eq!(log_texts(client, task.id).await, ["start", "item", "end"]);
+    let tasks = all_tasks(client).await;
+    assert_eq!(tasks.len(), 1, "no retry of a finished task: {tasks:#?}");
+    worker.stop().await;
+}
+
+/// The `arachne-master` binary on a data folder, killed with SIGKILL and started again on the same ports.
+struct MasterProcess {
+    child: std::process::Child,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    data_dir: PathBuf,
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl MasterProcess {
+    fn spawn(data_dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
+        let child = std::process::Command::new(common::workspace_bin("arachne-master"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+            .args(["--no-local-worker", "--examples-dir", "/nonexistent"])
+            .env("ARACHNE_API_TOKEN", common::API_TOKEN)
+            .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open("/tmp/master.log")
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            http,
+            grpc,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    async fn client(&self) -> Client {
+        let client =
+            Client::with_token(&format!("http://{}", self.http), common::API_TOKEN).unwrap();
+        eventually("the master answers", || async {
+            client.health().await.is_ok()
+        })
+        .await;
+        client
+    }
+
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        *self = Self::spawn(&self.data_dir, self.http, self.grpc);
+    }
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_killed_while_a_queue_drains_runs_every_task_exactly_once() {
+    const TASKS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let ledger = ledger.path().join("runs");
+    let mut master = MasterProcess::spawn(dir.path(), free_port(), free_port());
+    let client = master.client().await;
+    let worker = TestWorker::start(&format!("http://{}", master.grpc), "w1", 4);
+    eventually("the worker is online", || async {
+        client
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.status == arachne_shared::NodeStatus::Online)
+    })
+    .await;
+    // Every run leaves its task id in the ledger; a run twice leaves it twice.
+    let script = format!("echo \"$ARACHNE_TASK_ID\" >> {}\n", ledger.display());
+    create_spider(&client, "noop", "sh main.sh", &[("main.sh", &script)]).await;
+    let mut ids = Vec::with_capacity(TASKS);
+    for _ in 0..TASKS {
+        ids.push(
+            client
+                .run_task(&run_with_retries("noop", 1))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    eventually("the queue drains", || async {
+        std::fs::read_to_string(&ledger).is_ok_and(|runs| runs.lines().count() >= TASKS / 10)
+    })
+    .await;
+    master.kill_and_restart();
+    let client = master.client().await;
+    for id in &ids {
+        let task = wait_done(&client, *id).await;
+        assert_eq!(task.status, TaskStatus::Finished, "{task:#?}");
+    }
+    let tasks = all_tasks(&client).await;
+    assert_eq!(tasks.len(), TASKS, "no retries were needed");
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for line in std::fs::read_to_string(&ledger).unwrap().lines() {
+        *runs.entry(line.to_owned()).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "tasks run more than once: {twice:?}");
+    assert_eq!(runs.len(), TASKS);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_ends_while_a_killed_master_is_down_is_finished_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = tempfile::tempdir().unwrap();
+    let (go, done) = (gate.path().join("go"), gate.path().join("done"));
+    let mut master = MasterProcess::spawn(dir.path(), free_port(), free_port());
+    let client = master.client().await;
+    let worker = TestWorker::start(&format!("http://{}", master.grpc), "w1", 2);
+    eventually("the worker is online", || async {
+        client
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.status == arachne_shared::NodeStatus::Online)
+    })
+    .await;
+    create_spider(&client, "gated", "sh main.sh", &[("main.sh", GATED)]).await;
+    let mut spec = run_with_retries("gated", 1);
+    let settings = spec.settings.as_mut().unwrap();
+    settings.env.insert("GO".into(), go.display().to_string());
+    settings
+        .env
+        .insert("DONE".into(), done.display().to_string());
+    let task = client.run_task(&spec).await.unwrap();
+    eventually("the task runs", || async {
+        let task = client.get_task(task.id).await.unwrap();
+        task.status == TaskStatus::Running && task.log_lines >= 1
+    })
+    .await;
+    master.child.kill().unwrap();
+    master.child.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
+    let run_dir = worker.work_dir().join("tasks").join(task.id.to_string());
+    eventually("the run ended on the worker", || async {
+        done.exists() && !run_dir.exists()
+    })
+    .await;
+    master = MasterProcess::spawn(dir.path(), master.http, master.grpc);
+    let client = master.client().await;
+    let ended = wait_done(&client, task.id).await;
+    assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");
+    assert_eq!(log_texts(&client, task.id).await, ["start", "item", "end"]);
+    assert_eq!(all_tasks(&client).await.len(), 1, "no retry");
+    worker.stop().await;
+}
+
+/// The pids of the live processes in process group `pgid` (zombies, which are already dead, left out).
+fn group_members(pgid: u32) -> Vec<u32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str()) {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// The watchdog process a worker (or a master's local worker) started.
+fn watchdog_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: u32 = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let is_watchdog = cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == arachne_worker::watchdog::WATCHDOG_ARG.as_bytes());
+            (ppid == parent && is_watchdog).then_some(pid)
+        })
+}
+
+/// Waits at most `within` for `condition`, polling it.
+async fn within(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn worker_process(grpc: &str, name: &str, work_dir: &Path) -> std::process::Child {
+    std::process::Command::new(common::workspace_bin("arachne-worker"))
+        .args(["--master", grpc, "--name", name])
+        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+        .args([
+            "--max-runners",
+            "2",
+            "--heartbeat-secs",
+            "1",
+            "--cancel-grace",
+            "1",
+        ])
+        .arg("--work-dir")
+        .arg(work_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+/// Ignores SIGTERM, keeps a grandchild that ignores it too, and writes nothing.
+const STUBBORN: &str =
+    "trap '' TERM\nsh -c 'trap \"\" TERM; exec sleep 313' &\nwhile true; do sleep 1; done\n";
+
+fn with_heartbeat_timeout(dir: &Path, timeout: Duration) -> Config {
+    let mut config = bare_config(dir);
+    config.scheduler.heartbeat_timeout = timeout;
+    config
+}
+
+/// Starts the stubborn spider and waits until its whole tree (the shell, its grandchild, a sleep) runs.
+async fn stubborn_task(client: &Client) -> Task {
+    create_spider(client, "stubborn", "sh main.sh", &[("main.sh", STUBBORN)]).await;
+    let task = client
+        .run_task(&run_with_retries("stubborn", 0))
+        .await
+        .unwrap();
+    found("the stubborn tree runs", || async {
+        let task = client.get_task(task.id).await.unwrap();
+        let ready = task.status == TaskStatus::Running
+            && task.pid.is_some_and(|pid| group_members(pid).len() >= 3);
+        ready.then_some(task)
+    })
+    .await
+}
+
+/// Polls `look` until it finds something, failing the test after [`common::TIMEOUT`].
+async fn found<T, F, Fut>(what: &str, mut look: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+    loop {
+        if let Some(found) = look().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_process_of_a_run_outlives_its_killed_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let master =
+        TestMaster::start_with(with_heartbeat_timeout(dir.path(), Duration::from_secs(3))).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut worker = worker_process(&master.grpc_url(), "w1", work.path());
+    master.wait_nodes_online(1).await;
+    let task = stubborn_task(&master.client).await;
+    let pgid = task.pid.unwrap();
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    within(
+        Duration::from_secs(2),
+        "the run's processes are gone",
+        || group_members(pgid).is_empty(),
+    )
+    .await;
+    let ended = wait_done(&master.client, task.id).await;
+    assert_eq!(ended.status, TaskStatus::Abnormal, "{ended:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_process_of_a_run_outlives_a_killed_master_with_its_local_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, grpc) = (free_port(), free_port());
+    let mut master = std::process::Command::new(common::workspace_bin("arachne-master"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+        .args(["--examples-dir", "/nonexistent"])
+        .env("ARACHNE_API_TOKEN", common::API_TOKEN)
+        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::with_token(&format!("http://{http}"), common::API_TOKEN).unwrap();
+    eventually("the master answers", || async {
+        client.health().await.is_ok()
+    })
+    .await;
+    let task = stubborn_task(&client).await;
+    let pgid = task.pid.unwrap();
+    master.kill().unwrap();
+    master.wait().unwrap();
+    within(
+        Duration::from_secs(2),
+        "the run's processes are gone",
+        || group_members(pgid).is_empty(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_worker_kills_what_its_previous_life_left_running_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = TestMaster::start_with(bare_config(dir.path())).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut worker = worker_process(&master.grpc_url(), "w1", work.path());
+    master.wait_nodes_online(1).await;
+    let task = stubborn_task(&master.client).await;
+    let pgid = task.pid.unwrap();
+    // The worker dies with its watchdog: nothing kills the run.
+    let watchdog = watchdog_of(worker.id()).expect("the worker has a watchdog");
+    signal(watchdog, nix::sys::signal::Signal::SIGKILL);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(
+        !group_members(pgid).is_empty(),
+        "the run outlived its worker"
+    );
+
+    let mut worker = worker_process(&master.grpc_url(), "w1", work.path());
+    within(
+        Duration::from_secs(10),
+        "the restarted worker killed the leftovers",
+        || group_members(pgid).is_empty(),
+    )
+    .await;
+    let ended = wait_done(&master.client, task.id).await;
+    assert_eq!(ended.status, TaskStatus::Abnormal, "{ended:#?}");
+    let said = found("the task's log says what was killed", || async {
+        log_texts(&master.client, task.id)
+            .await
+            .into_iter()
+            .find(|line| line.contains("restarted and killed"))
+    })
+    .await;
+    assert!(said.contains(&pgid.to_string()), "{said}");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_worker_s_run_ends_before_its_retry_starts_and_writes_nothing_after_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_dir.path().join("ticks");
+    let master =
+        TestMaster::start_with(with_heartbeat_timeout(dir.path(), Duration::from_secs(3))).await;
+    let client = &master.client;
+    let work = tempfile::tempdir().unwrap();
+    let mut frozen = worker_process(&master.grpc_url(), "frozen", work.path());
+    master.wait_nodes_online(1).await;
+    // Every tick goes to the ledger, a log line and an item: in the ledger, ticks of two attempts that overlap
+    // would interleave.
+    let script = format!(
+        "while true; do echo \"$ARACHNE_TASK_ID\" >> {}; echo tick; echo '{{\"type\": \"INSERT_DATA\", \"payload\": {{\"t\": 1}}}}'; sleep 0.02; done\n",
+        ledger.display()
+    );
+    create_spider(client, "ticker", "sh main.sh", &[("main.sh", &script)]).await;
+    let first = client
+        .run_task(&run_with_retries("ticker", 1))
+        .await
+        .unwrap();
+    eventually("the first attempt ticks", || async {
+        client.get_task(first.id).await.unwrap().items > 5
+    })
+    .await;
+
+    signal(frozen.id(), nix::sys::signal::Signal::SIGSTOP);
+    let spare = TestWorker::start(&master.grpc_url(), "spare", 2);
+    let first = wait_done(client, first.id).await;
+    assert_eq!(first.status, TaskStatus::Abnormal, "{first:#?}");
+    let pgid = first.pid.unwrap();
+    assert!(
+        group_members(pgid).is_empty(),
+        "the frozen worker's run still runs after the master wrote it off"
+    );
+    let retry = found("the retry runs on the spare worker", || async {
+        all_tasks(client)
+            .await
+            .into_iter()
+            .find(|t| t.first_attempt == Some(first.id) && t.items > 5)
+    })
+    .await;
+    assert_eq!(retry.node.as_deref(), Some("spare"));
+
+    // The frozen worker wakes, reconnects, and sends what it buffered; then it stops, after the master has
+    // taken (and acknowledged) its last message.
+    signal(frozen.id(), nix::sys::signal::Signal::SIGCONT);
+    eventually("the frozen worker is back", || async {
+        client.list_nodes().await.unwrap().iter().any(|n| {
+            n.name == "frozen"
+                && n.status == arachne_shared::NodeStatus::Online
+                && n.metrics.is_some()
+        })
+    })
+    .await;
+    signal(frozen.id(), nix::sys::signal::Signal::SIGTERM);
+    let stopped = tokio::task::spawn_blocking(move || frozen.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+
+    let after = client.get_task(first.id).await.unwrap();
+    assert_eq!(
+        (after.status, after.log_lines, after.items),
+        (first.status, first.log_lines, first.items),
+        "nothing of the superseded attempt was stored after its end"
+    );
+    assert_eq!(
+        common::all_logs(client, first.id).await.len() as u64,
+        first.log_lines
+    );
+    let ticks = std::fs::read_to_string(&ledger).unwrap();
+    let first_id = first.id.to_string();
+    let ticks: Vec<&str> = ticks.lines().collect();
+    let last_of_first = ticks.iter().rposition(|l| *l == first_id).unwrap();
+    let first_of_retry = ticks
+        .iter()
+        .position(|l| *l == retry.id.to_string())
+        .unwrap();
+    assert!(
+        last_of_first < first_of_retry,
+        "the attempts overlapped: attempt 1 ticked at line {last_of_first}, after the retry's first tick at line {first_of_retry}"
+    );
+    client.cancel_task(retry.id).await.unwrap();
+    wait_done(client, retry.id).await;
+    spare.stop().await;
+}
+
+/// A session may write only to tasks its node holds, under the lease of their assignment: a rogue worker
+/// with a valid token, writing into a task that runs on another node, has every message acknowledged (so it
+/// would not resend them) and none stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
+    use arachne_shared::cluster::{MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster};
+    use arachne_shared::{ItemRecord, LogLine, LogStream, TaskOutcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let master = TestMaster::start_with(bare_config(dir.path())).await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "idle",
+        "sh main.sh",
+        &[("main.sh", "echo up\nsleep 60\n")],
+    )
+    .await;
+    let task = client.run_task(&run_with_retries("idle", 0)).await.unwrap();
+    let task = found("the task runs", || async {
+        let task = client.get_task(task.id).await.unwrap();
+        (task.status == TaskStatus::Running && task.log_lines == 1).then_some(task)
+    })
+    .await;
+
+    let mut grpc =
+        arachne_proto::client::Client::connect(&master.grpc_url(), Some(common::WORKER_TOKEN))
+            .await
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut session = grpc.session(rx).await.unwrap();
+    let register = WorkerToMaster::Register(Registration {
+        name: "rogue".into(),
+        max_runners: 1,
+        version: "test".into(),
+        labels: Default::default(),
+        running: Vec::new(),
+        leftovers: Vec::new(),
+    });
+    let (task_id, lease) = (task.id, task.lease);
+    let at = chrono::Utc::now();
+    let item = serde_json::value::RawValue::from_string(r#"{"forged":1}"#.into()).unwrap();
+    let messages = [
+        WorkerToMaster::Logs {
+            task_id,
+            lease,
+            lines: vec![LogLine {
+                seq: 2,
+                stream: LogStream::Stdout,
+                text: "forged".into(),
+                at,
+            }],
+        },
+        WorkerToMaster::Items {
+            task_id,
+            lease,
+            items: vec![ItemRecord::new(1, item).unwrap()],
+        },
+        WorkerToMaster::Report {
+            task_id,
+            lease,
+            status: Some(arachne_shared::ipc::StatusPayload {
+                progress: Some(0.9),
+                message: Some("forged".into()),
+                stats: None,
+            }),
+            errors: Vec::new(),
+            errors_before: 0,
+            at,
+        },
+        WorkerToMaster::TaskEnded {
+            task_id,
+            lease,
+            outcome: TaskOutcome::Finished,
+            at,
+            peak_rss_bytes: None,
+            started: None,
+        },
+    ];
+    tx.send(WorkerEnvelope {
+        seq: 0,
+        message: register,
+    })
+    .await
+    .unwrap();
+    for (seq, message) in (1..).zip(messages) {
+        tx.send(WorkerEnvelope { seq, message }).await.unwrap();
+    }
+    let acked = tokio::time::timeout(common::TIMEOUT, async {
+        while let Some(message) = session.next().await {
+            if let MasterToWorker::Ack { seq: 4 } = message.unwrap() {
+                return;
+            }
+        }
+        panic!("the session ended before every message was acknowledged");
+    })
+    .await;
+    assert!(acked.is_ok(), "not every message was acknowledged");
+    let after = client.get_task(task.id).await.unwrap();
+    assert_eq!(after.status, TaskStatus::Running, "{after:#?}");
+    assert_eq!((after.log_lines, after.items), (1, 0), "{after:#?}");
+    assert!(after.progress.is_none(), "{after:#?}");
+    assert_eq!(log_texts(client, task.id).await, ["up"]);
+    drop(tx);
+    client.cancel_task(task.id).await.unwrap();
+    assert_eq!(
+        wait_done(client, task.id).await.status,
+        TaskStatus::Cancelled
+    );
+    worker.stop().await;
+}
