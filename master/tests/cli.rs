@@ -461,3 +461,65 @@ async fn the_cli_filters_exports_deletes_and_reads_metrics() {
     assert!(message.contains("not found"), "{message}");
     master.stop().await;
 }
+
+/// A CLI never panics: not on an item nested deeper than a JSON reader goes (it prints it as stored), and not
+/// when the reader of its output goes away early (`arachne ... | head`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_deep_items_and_stops_quietly_when_its_reader_leaves() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    let deep = format!(
+        "{{\"type\": \"INSERT_DATA\", \"payload\": {{\"deep\": {}1{}}}}}",
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    common::create_spider(
+        &master.client,
+        "deep",
+        "cat item.json",
+        &[("item.json", &format!("{deep}\n"))],
+    )
+    .await;
+    let task = arachne(&master, &["run", "deep", "--wait"]).await;
+    assert!(task.status.success(), "{task:?}");
+    let id = stdout(&task).lines().next().unwrap().to_owned();
+    let printed = arachne(&master, &["items", &id, "--format", "json"]).await;
+    assert!(printed.status.success(), "{printed:?}");
+    let text = stdout(&printed);
+    assert!(
+        text.contains(&format!("{}1{}", "[".repeat(300), "]".repeat(300))),
+        "{text}"
+    );
+
+    // More tasks than a pipe holds in a listing, read one line at a time.
+    for _ in 0..700 {
+        master
+            .client
+            .run_task(&arachne_web_api::types::RunTask {
+                spider: "deep".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut list = std::process::Command::new(workspace_bin("arachne"))
+        .args(["--server", &format!("http://{}", master.http)])
+        .env("ARACHNE_TOKEN", common::API_TOKEN)
+        .args(["task", "list", "--limit", "1000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(list.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    assert!(first.starts_with("ID"), "{first}");
+    drop(reader);
+    let output = tokio::task::spawn_blocking(move || list.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{output:?} {stderr}");
+}

@@ -149,36 +149,51 @@ impl Dedup {
     }
 
     /// The item's key: the JSON text of its key fields' values, in the order of `keys` (a missing field counts
-    /// as null). `None` when the item has none of the key fields, so such items are all kept rather than
-    /// collapsed into one.
-    pub fn key_of(&self, item: &serde_json::value::RawValue) -> Option<String> {
+    /// as null). `Ok(None)` when the item has none of the key fields, so such items are all kept rather than
+    /// collapsed into one. A key field whose value cannot be read back (nested deeper than the JSON reader
+    /// goes) is an error rather than a null, which would merge distinct items: the caller keeps such an item
+    /// without de-duplication.
+    pub fn key_of(
+        &self,
+        item: &serde_json::value::RawValue,
+    ) -> Result<Option<String>, UnreadableKey> {
         let fields: std::collections::HashMap<String, &serde_json::value::RawValue> =
-            serde_json::from_str(item.get()).ok()?;
+            serde_json::from_str(item.get()).map_err(|_| UnreadableKey {
+                field: String::new(),
+            })?;
         if self.keys.iter().all(|k| !fields.contains_key(k)) {
-            return None;
+            return Ok(None);
         }
         // Re-encoded, so spacing and the order inside an object value do not make two equal values differ.
-        let values: Vec<String> = self
-            .keys
-            .iter()
-            .map(|k| {
-                fields
-                    .get(k)
-                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
-                    .unwrap_or(serde_json::Value::Null)
-                    .to_string()
-            })
-            .collect();
+        let mut values = Vec::with_capacity(self.keys.len());
+        for key in &self.keys {
+            let value = match fields.get(key) {
+                Some(raw) => serde_json::from_str::<serde_json::Value>(raw.get())
+                    .map_err(|_| UnreadableKey { field: key.clone() })?,
+                None => serde_json::Value::Null,
+            };
+            values.push(value.to_string());
+        }
         let key = format!("[{}]", values.join(","));
         if key.len() <= MAX_PLAIN_KEY {
-            return Some(key);
+            return Ok(Some(key));
         }
         use sha2::Digest;
-        Some(format!(
+        Ok(Some(format!(
             "sha256:{}",
             crate::files::hex(&sha2::Sha256::digest(key.as_bytes()))
-        ))
+        )))
     }
+}
+
+/// An item whose de-duplication key cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the de-duplication key field {field:?} cannot be read (nested too deeply); the item is kept without de-duplication"
+)]
+pub struct UnreadableKey {
+    /// The key field; empty when the item itself could not be read as an object.
+    pub field: String,
 }
 
 /// Checks a results collection name: one MongoDB accepts everywhere, and not one of its reserved ones.
@@ -361,7 +376,7 @@ mod tests {
             keys: vec!["url".into(), "page".into()],
             mode: DedupMode::Ignore,
         };
-        let key = |text: &str| dedup.key_of(&raw(text));
+        let key = |text: &str| dedup.key_of(&raw(text)).unwrap();
         assert_eq!(
             key(r#"{"url": "a", "page": 1, "x": 2}"#).unwrap(),
             r#"["a",1]"#
@@ -386,6 +401,21 @@ mod tests {
         );
         let long = format!(r#"{{"url": "{}"}}"#, "x".repeat(1000));
         assert!(key(&long).unwrap().starts_with("sha256:"));
+    }
+
+    /// Two distinct values nested deeper than the reader goes must not both read as null and merge.
+    #[test]
+    fn a_key_nested_too_deeply_is_unreadable_not_null() {
+        let dedup = Dedup {
+            keys: vec!["url".into()],
+            mode: DedupMode::Ignore,
+        };
+        let deep =
+            |leaf: u32| format!(r#"{{"url": {}{leaf}{}}}"#, "[".repeat(200), "]".repeat(200));
+        for leaf in [1, 2] {
+            let err = dedup.key_of(&raw(&deep(leaf))).unwrap_err();
+            assert_eq!(err.field, "url");
+        }
     }
 
     #[test]

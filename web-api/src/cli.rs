@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::{Dedup, DedupMode, RunSettings};
-use arachne_shared::{ItemRecord, RunMode, Spider, Task, TaskId, TaskStatus};
+use arachne_shared::{RunMode, Spider, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::client::{Client, FollowEvent, TaskEvent};
@@ -16,6 +16,22 @@ use crate::types::{
 };
 
 /// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
+
+/// `print!` that returns a write failure instead of panicking: `arachne ... | head` closes the pipe early,
+/// and [`run`] takes that as the reader's choice.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
+/// `println!` that returns a write failure instead of panicking; see [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -446,25 +462,27 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
     Ok(())
 }
 
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) -> Result<(), Error> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: Vec<String>| -> Result<(), Error> {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
+        Ok(())
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    line(header.iter().map(|h| h.to_string()).collect())?;
     for row in rows {
-        line(row);
+        line(row)?;
     }
+    Ok(())
 }
 
 fn or_dash<T: ToString>(value: Option<T>) -> String {
@@ -535,7 +553,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 print_json(&spider)?;
             } else {
-                println!(
+                outln!(
                     "spider {} version {} ({} files)",
                     spider.name,
                     short(&spider.version),
@@ -559,14 +577,14 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "COMMAND", "VERSION", "FILES"], rows);
+            print_table(&["NAME", "COMMAND", "VERSION", "FILES"], rows)?;
         }
         Command::Spider(SpiderCommand::Show { name }) => {
             let spider = client.get_spider(&name).await?;
             if cli.json {
                 print_json(&spider)?;
             } else {
-                print!("{}", crate::describe::spider(&spider));
+                out!("{}", crate::describe::spider(&spider));
             }
         }
         Command::Spider(SpiderCommand::Upload { name, path }) => {
@@ -574,7 +592,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 print_json(&spider)?;
             } else {
-                println!(
+                outln!(
                     "spider {} version {} ({} files, {} bytes)",
                     spider.name,
                     short(&spider.version),
@@ -600,7 +618,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     ]
                 })
                 .collect();
-            print_table(&["", "VERSION", "FILES", "BYTES", "UPLOADED"], rows);
+            print_table(&["", "VERSION", "FILES", "BYTES", "UPLOADED"], rows)?;
         }
         Command::Spider(SpiderCommand::Use { name, version }) => {
             let version = resolve_version(&client, &name, &version).await?;
@@ -608,7 +626,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 print_json(&spider)?;
             } else {
-                println!(
+                outln!(
                     "spider {} now runs version {}",
                     spider.name,
                     short(&spider.version)
@@ -639,7 +657,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                         .into_iter()
                         .map(|f| vec![format!("{:o}", f.mode), f.size.to_string(), f.path])
                         .collect();
-                    print_table(&["MODE", "BYTES", "PATH"], rows);
+                    print_table(&["MODE", "BYTES", "PATH"], rows)?;
                 }
             }
         }
@@ -671,7 +689,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json && !follow && !wait {
                 print_json(&task)?;
             } else {
-                println!("{}", task.id);
+                outln!("{}", task.id);
             }
             if follow {
                 return follow_logs(&client, task.id).await;
@@ -712,8 +730,8 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 return print_json(&page).map(|()| ExitCode::SUCCESS);
             }
             let shown = page.items.len();
-            print_tasks(page.items);
-            println!("({shown} of {} tasks)", page.total);
+            print_tasks(page.items)?;
+            outln!("({shown} of {} tasks)", page.total);
         }
         Command::Task(TaskCommand::Show { id, recursive }) => {
             let id = parse_id(&id)?;
@@ -722,13 +740,13 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 if cli.json {
                     return print_json(&tree).map(|()| ExitCode::SUCCESS);
                 }
-                print_tasks(vec![tree.task]);
-                println!("children:");
-                print_tasks(tree.children_tasks);
+                print_tasks(vec![tree.task])?;
+                outln!("children:");
+                print_tasks(tree.children_tasks)?;
             } else if cli.json {
                 print_json(&client.get_task(id).await?)?;
             } else {
-                print!("{}", crate::describe::task(&client.get_task(id).await?));
+                out!("{}", crate::describe::task(&client.get_task(id).await?));
             }
         }
         Command::Task(TaskCommand::Delete { id }) => {
@@ -737,7 +755,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 print_json(&serde_json::json!({"deleted": id}))?;
             } else {
-                println!("deleted task {id}");
+                outln!("deleted task {id}");
             }
         }
         Command::Task(TaskCommand::Restart { id }) => {
@@ -745,7 +763,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 print_json(&task)?;
             } else {
-                println!("{}", task.id);
+                outln!("{}", task.id);
             }
         }
         Command::Logs { id, follow } => {
@@ -814,7 +832,9 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                             writeln!(out, "{}", item.data.get())?;
                         }
                     }
-                    ItemsFormat::Json => all.extend(items.iter().map(ItemRecord::value)),
+                    // As the spider wrote them: nothing is decoded, so no nesting is too deep to print and
+                    // every object keeps its key order.
+                    ItemsFormat::Json => all.extend(items.into_iter().map(|item| item.data)),
                     ItemsFormat::Csv => {}
                 }
                 if !full {
@@ -845,15 +865,15 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                 return Err(err.into());
             }
         }
-        Command::Metrics => print!("{}", client.metrics().await?),
+        Command::Metrics => out!("{}", client.metrics().await?),
         Command::Cancel { id } => {
             let task = client.cancel_task(parse_id(&id)?).await?;
             if cli.json {
                 print_json(&task)?;
             } else if task.status.is_terminal() {
-                println!("task {} {}", task.id, task.status);
+                outln!("task {} {}", task.id, task.status);
             } else {
-                println!(
+                outln!(
                     "task {} cancelling: its process group is being stopped",
                     task.id
                 );
@@ -892,7 +912,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             if cli.json {
                 print_json(&node)?;
             } else {
-                println!(
+                outln!(
                     "node {} max runners {} ({}, {})",
                     node.name,
                     node.max_runners,
@@ -952,7 +972,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
                     "LABELS",
                 ],
                 rows,
-            );
+            )?;
         }
         Command::Schedule(command) => return schedule(&client, cli.json, command).await,
     }
@@ -1000,7 +1020,7 @@ fn print_event_json(event: &TaskEvent) -> std::io::Result<()> {
     out.flush()
 }
 
-fn print_tasks(tasks: Vec<Task>) {
+fn print_tasks(tasks: Vec<Task>) -> Result<(), Error> {
     let rows = tasks
         .into_iter()
         .map(|t| {
@@ -1022,7 +1042,7 @@ fn print_tasks(tasks: Vec<Task>) {
             "ID", "SPIDER", "STATUS", "NODE", "CREATED", "ATTEMPT", "ITEMS", "ERROR",
         ],
         rows,
-    );
+    )
 }
 
 async fn schedule(
@@ -1042,7 +1062,7 @@ async fn schedule(
         ScheduleCommand::Delete { name } => {
             client.delete_schedule(&name).await?;
             if !json {
-                println!("schedule {name} deleted");
+                outln!("schedule {name} deleted");
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -1051,7 +1071,7 @@ async fn schedule(
             if json {
                 print_json(&task)?;
             } else {
-                println!("{}", task.id);
+                outln!("{}", task.id);
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -1081,39 +1101,40 @@ async fn schedule(
                     "NAME", "SPIDER", "CRON", "TZ", "MODE", "ENABLED", "OVERLAP", "NEXT",
                 ],
                 rows,
-            );
+            )?;
             return Ok(ExitCode::SUCCESS);
         }
     };
     if json {
         print_json(&view)?;
     } else {
-        print_schedule(&view);
+        print_schedule(&view)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_schedule(view: &ScheduleView) {
+fn print_schedule(view: &ScheduleView) -> Result<(), Error> {
     let s = &view.schedule;
-    println!("schedule {} ({})", s.name, s.id);
-    println!("  spider:   {}", s.spider);
-    println!("  cron:     {} ({})", s.cron, s.timezone);
+    outln!("schedule {} ({})", s.name, s.id);
+    outln!("  spider:   {}", s.spider);
+    outln!("  cron:     {} ({})", s.cron, s.timezone);
     let nodes = if s.nodes.is_empty() {
         String::new()
     } else {
         format!(" {}", s.nodes.join(","))
     };
-    println!("  mode:     {}{nodes}", s.mode.as_str());
-    println!("  enabled:  {}", s.enabled);
-    println!(
+    outln!("  mode:     {}{nodes}", s.mode.as_str());
+    outln!("  enabled:  {}", s.enabled);
+    outln!(
         "  overlap:  {}, misfire: {}",
         s.overlap.as_str(),
         s.misfire.as_str()
     );
-    println!("  next fire times:");
+    outln!("  next fire times:");
     for at in &view.next {
-        println!("    {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+        outln!("    {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
     }
+    Ok(())
 }
 
 /// Uploads a folder (packed here, leaving out what the ignore rules leave out) or an archive file, with a

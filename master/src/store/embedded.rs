@@ -491,7 +491,10 @@ fn insert_item_batch(
             match dedup {
                 None => stmt.execute(params![task, seq, item.data.get()]),
                 Some(dedup) => {
-                    let key = dedup.key_of(&item.data);
+                    let key = dedup.key_of(&item.data).unwrap_or_else(|err| {
+                        tracing::warn!(task_id = %target.task, seq = item.seq, "{err}");
+                        None
+                    });
                     let coll = key.as_ref().map(|_| target.collection.as_str());
                     stmt.execute(params![task, seq, item.data.get(), coll, key])
                 }

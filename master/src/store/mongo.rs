@@ -794,8 +794,13 @@ impl Store for MongoStore {
             doc.insert("_tid", tid.clone());
             doc.insert("_sid", sid.clone());
             doc.insert("_seq", item.seq as i64);
-            if let Some(key) = target.dedup.as_ref().and_then(|d| d.key_of(&item.data)) {
-                doc.insert(DEDUP_KEY, key);
+            let key = target.dedup.as_ref().map(|d| d.key_of(&item.data));
+            match key {
+                Some(Ok(Some(key))) => {
+                    doc.insert(DEDUP_KEY, key);
+                }
+                Some(Err(err)) => tracing::warn!(task_id = %target.task, seq = item.seq, "{err}"),
+                None | Some(Ok(None)) => {}
             }
             docs.push(doc);
         }
