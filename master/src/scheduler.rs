@@ -742,9 +742,7 @@ impl Scheduler {
     }
 
     async fn retry(&self, task: &Task) -> crate::store::Result<()> {
-        let failed = matches!(task.status, TaskStatus::Error | TaskStatus::Abnormal);
-        let retries = task.settings.retries.unwrap_or(0);
-        if !failed || task.is_parent() || task.attempt > retries {
+        if !task.will_retry() {
             return Ok(());
         }
         let now = Utc::now();
@@ -753,6 +751,19 @@ impl Scheduler {
             (!delay.is_zero()).then(|| now + chrono::Duration::from_std(delay).unwrap_or_default());
         let next = task.next_attempt(now, not_before);
         self.store.insert_task(&next).await?;
+        // The failed attempt points at its retry, so whoever waits for the run follows it.
+        let next_id = next.id;
+        self.store
+            .update_task(
+                task.id,
+                &TaskStatus::ALL,
+                Box::new(move |t| {
+                    t.retried_by = Some(next_id);
+                    true
+                }),
+            )
+            .await?;
+        self.changed(task.id);
         info!(task_id = %next.id, first_attempt = %next.first_attempt.unwrap_or(task.id), attempt = next.attempt,
             delay_secs = delay.as_secs(), spider = %next.spider_name, "retrying a failed task");
         self.changed(next.id);

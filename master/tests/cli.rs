@@ -523,3 +523,38 @@ async fn the_cli_prints_deep_items_and_stops_quietly_when_its_reader_leaves() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.status.success(), "{output:?} {stderr}");
 }
+
+/// `run --wait` (and `/wait` under it) waits for the run's last attempt: a first attempt that fails with a
+/// retry left is not the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_waits_for_the_last_attempt() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("failed-once");
+    let script = format!(
+        "if [ -e {mark} ]; then echo second; else touch {mark}; echo first; exit 3; fi\n",
+        mark = mark.display()
+    );
+    common::create_spider(
+        &master.client,
+        "flaky",
+        "sh main.sh",
+        &[("main.sh", &script)],
+    )
+    .await;
+    let waited = arachne(&master, &["run", "flaky", "--retries", "1", "--wait"]).await;
+    assert!(waited.status.success(), "{waited:?}");
+    let first: arachne_shared::TaskId = stdout(&waited).lines().next().unwrap().parse().unwrap();
+    let last = master.client.wait_task(first, 5).await.unwrap();
+    assert_eq!(
+        last.status,
+        arachne_shared::TaskStatus::Finished,
+        "{last:#?}"
+    );
+    assert_eq!((last.attempt, last.first_attempt), (2, Some(first)));
+    let failed = master.client.get_task(first).await.unwrap();
+    assert_eq!(failed.status, arachne_shared::TaskStatus::Error);
+    assert_eq!(failed.retried_by, Some(last.id));
+}

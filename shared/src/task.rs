@@ -232,6 +232,9 @@ pub struct Task {
     /// The first attempt of this run, on a retry or restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_attempt: Option<TaskId>,
+    /// The attempt that retries this one, once it is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<TaskId>,
     /// Not dispatched before this time (the backoff of a retry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
@@ -393,6 +396,7 @@ impl Task {
             fire_time: None,
             attempt: 1,
             first_attempt: None,
+            retried_by: None,
             not_before: None,
             pending_reason: None,
             exclusive: None,
@@ -417,6 +421,7 @@ impl Task {
         next.set_status(TaskStatus::Pending, at);
         next.attempt = self.attempt + 1;
         next.first_attempt = Some(self.first_attempt.unwrap_or(self.id));
+        next.retried_by = None;
         next.not_before = not_before;
         (next.node, next.pid, next.exit_code, next.signal, next.error) =
             (None, None, None, None, None);
@@ -443,6 +448,12 @@ impl Task {
             },
             dedup: self.dedup.clone(),
         }
+    }
+
+    /// Whether this task ended as a failure that another attempt will retry (it has retries left).
+    pub fn will_retry(&self) -> bool {
+        let failed = matches!(self.status, TaskStatus::Error | TaskStatus::Abnormal);
+        failed && !self.is_parent() && self.attempt <= self.settings.retries.unwrap_or(0)
     }
 
     /// Whether this task stands for child tasks rather than running itself.

@@ -15,8 +15,6 @@ use crate::types::{
     UpdateNode,
 };
 
-/// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
-
 /// `print!` that returns a write failure instead of panicking: `arachne ... | head` closes the pipe early,
 /// and [`run`] takes that as the reader's choice.
 macro_rules! out {
@@ -32,6 +30,7 @@ macro_rules! outln {
     };
 }
 
+/// Errors of CLI commands; printed as `error: ...` with a non-zero exit.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

@@ -322,7 +322,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         route(
             Method::GET,
             "/api/v1/tasks/{id}/wait",
-            "Answer when the task ends or the timeout passes, with the task",
+            "Answer when the run ends or the timeout passes, with its latest attempt: a failed attempt with retries left is followed to its retry",
             query(inline::<WaitQuery>),
             Out::Json(200, schema::<arachne_shared::Task>),
             get(wait),
@@ -825,12 +825,17 @@ async fn wait(
     q: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse> {
     let timeout = Duration::from_secs(query(q)?.timeout.unwrap_or(30).min(300));
-    let id = task_id(&id)?;
+    let mut id = task_id(&id)?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut changes = api.subscribe();
     loop {
         let task = api.get_task(id).await?;
-        if task.status.is_terminal() {
+        // A failed attempt with retries left is not the run's end: follow it to its retry.
+        if let Some(next) = task.retried_by {
+            id = next;
+            continue;
+        }
+        if task.status.is_terminal() && !task.will_retry() {
             return Ok(Json(task));
         }
         tokio::select! {

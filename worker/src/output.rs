@@ -87,6 +87,13 @@ async fn read_pipe<R: AsyncBufRead + Unpin>(
     }
 }
 
+/// Whether a line begins as an INSERT_DATA message.
+fn is_item_message(bytes: &[u8]) -> bool {
+    let head = &bytes[..bytes.len().min(256)];
+    let head = String::from_utf8_lossy(head);
+    head.trim_start().starts_with('{') && head.contains("\"INSERT_DATA\"")
+}
+
 /// A line as text, with a marker when it was cut.
 fn text_of(line: &RawLine) -> String {
     let mut text = String::from_utf8_lossy(&line.bytes).into_owned();
@@ -223,6 +230,14 @@ impl Collector {
         let text = text_of(&line);
         if line.truncated > 0 {
             self.push_log(stream, text);
+            if stream == LogStream::Stdout && is_item_message(&line.bytes) {
+                // Cut, it is no longer JSON: its items are lost, and the task must say so.
+                self.error(format!(
+                    "item message over the line limit was dropped ({} bytes, limit {})",
+                    line.bytes.len() + line.truncated,
+                    line.bytes.len()
+                ));
+            }
             return;
         }
         if stream != LogStream::Stdout {
@@ -236,6 +251,11 @@ impl Collector {
                 self.system(format!("[arachne] warning: {warning}"));
             }
             Line::Message(SpiderMessage::InsertData(items)) => {
+                if std::str::from_utf8(&line.bytes).is_err() {
+                    self.system(
+                        "[arachne] warning: an item message held invalid UTF-8, replaced with U+FFFD in its items",
+                    );
+                }
                 self.bytes += text.len();
                 self.oldest.get_or_insert_with(Instant::now);
                 for data in items {
@@ -263,6 +283,17 @@ impl Collector {
                 self.errors.push(error);
             }
         }
+    }
+
+    /// Records an error of the platform's own on the task, as a spider's ERROR would be.
+    fn error(&mut self, message: String) {
+        self.system(format!("[arachne] error: {message}"));
+        self.errors.push(ErrorPayload {
+            message,
+            fatal: false,
+            extra: Default::default(),
+        });
+        self.oldest.get_or_insert_with(Instant::now);
     }
 
     fn push_log(&mut self, stream: LogStream, text: String) {
@@ -413,10 +444,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn truncated_lines_carry_a_marker() {
+    async fn truncated_lines_carry_a_marker_and_a_cut_item_message_is_an_error() {
         let mut truncated = raw(LogStream::Stdout, br#"{"type":"INSERT_DATA","pay"#);
         truncated.line.truncated = 123;
-        let (logs, items, _, _) = collect(vec![truncated]).await;
+        let mut plain = raw(LogStream::Stdout, b"just a long line");
+        plain.line.truncated = 5;
+        let (logs, items, _, reports) = collect(vec![truncated, plain]).await;
+        let errors: Vec<ErrorPayload> = reports.into_iter().flat_map(|(_, e)| e).collect();
         assert!(items.is_empty());
         assert!(
             logs[0]
@@ -425,6 +459,34 @@ mod tests {
             "{}",
             logs[0].text
         );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("item message over the line limit was dropped"),
+            "{errors:?}"
+        );
+        assert!(
+            logs[1].text.starts_with("[arachne] error: item message"),
+            "{logs:?}"
+        );
+        assert_eq!(logs.len(), 3, "the plain cut line is no error: {logs:?}");
+    }
+
+    #[tokio::test]
+    async fn invalid_utf8_in_an_item_message_is_replaced_with_a_warning() {
+        let line = raw(
+            LogStream::Stdout,
+            b"{\"type\":\"INSERT_DATA\",\"payload\":{\"t\":\"a\xffb\"}}",
+        );
+        let (logs, items, _, _) = collect(vec![line]).await;
+        assert_eq!(items.len(), 1);
+        assert!(
+            items[0].data.get().contains('\u{fffd}'),
+            "{}",
+            items[0].data.get()
+        );
+        assert!(logs[0].text.contains("invalid UTF-8"), "{logs:?}");
     }
 
     /// Where the kernel has `pid` waiting, or "" if it is gone.
