@@ -762,6 +762,18 @@ impl Backend for MasterApi {
             .await
     }
 
+    async fn health(&self) -> arachne_web_api::types::Health {
+        use arachne_web_api::types::{Health, HealthStatus};
+        let store_error = self.scheduler.store_health.failing();
+        Health {
+            status: match store_error {
+                Some(_) => HealthStatus::Failing,
+                None => HealthStatus::Ok,
+            },
+            store_error,
+        }
+    }
+
     async fn metrics(&self) -> Result<Metrics> {
         let tasks = self.store.count_by_status().await.map_err(internal)?;
         let (nodes_online, runner_slots, runner_slots_in_use) = self.scheduler.slots();

@@ -10,7 +10,8 @@ use std::time::Duration;
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::TokenKind;
 use arachne_shared::cluster::{
-    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WorkerToMaster,
+    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WINDOW, WorkerEnvelope,
+    WorkerToMaster,
 };
 use arachne_shared::files::Manifest;
 use arachne_shared::{
@@ -20,12 +21,14 @@ use arachne_shared::{
 use chrono::Utc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::files::{self, SpiderFiles};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, TaskFilter};
+use crate::store_health::retrying;
 
 /// How long a new session may take to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,8 +86,8 @@ impl ItemTargets {
 /// Log and item batches of one session stored at once; see [`Cluster::serve`].
 const WRITES_IN_FLIGHT: usize = 4;
 
-/// A batch's store write, yielding the batch's sequence number.
-type Write<'a> = Pin<Box<dyn Future<Output = (u64, crate::store::Result<()>)> + Send + 'a>>;
+/// A batch's store write, retried until it is stored, yielding the batch's sequence number.
+type Write<'a> = Pin<Box<dyn Future<Output = u64> + Send + 'a>>;
 
 /// Cumulative acknowledgements to a worker.
 #[derive(Default)]
@@ -102,31 +105,11 @@ impl Acks {
         }
     }
 
-    /// Acknowledges a batch once its write succeeded; a failed write is not acknowledged, and its error comes
-    /// back.
-    fn stored(
-        &mut self,
-        outbound: &Outbound,
-        seq: u64,
-        written: crate::store::Result<()>,
-    ) -> crate::store::Result<()> {
-        written?;
-        self.offer(outbound, seq);
-        Ok(())
-    }
-
     fn retry(&mut self, outbound: &Outbound) {
         if let Some(seq) = self.unsent.take() {
             self.offer(outbound, seq);
         }
     }
-}
-
-/// Ends a session whose report could not be stored. It was not acknowledged, so the worker sends it again
-/// after reconnecting.
-fn unstored(node: &Node, seq: u64, err: &crate::store::Error) -> SessionEnd {
-    error!(node = %node.name, seq, error = %err, "cannot store what a worker reported; the worker will resend it");
-    SessionEnd::Broken
 }
 
 /// Why a worker's session ended, which decides what happens to its tasks.
@@ -256,6 +239,7 @@ fn files_rejection(spider_id: SpiderId, version: &str, err: files::Error) -> Rej
 }
 
 /// A worker's report that a task ended.
+#[derive(Clone)]
 struct Ended {
     task_id: TaskId,
     lease: u64,
@@ -425,13 +409,10 @@ impl Cluster {
         Ok(held)
     }
 
-    /// Handles the worker's messages until the session ends, acknowledging each sequenced one once stored.
-    ///
-    /// Log and item batches are written up to [`WRITES_IN_FLIGHT`] at a time: both writes are idempotent and
-    /// independent of their order (logs are named by their first line, counters are `$max`-style, item
-    /// de-duplication compares sequence numbers), so a batch need not wait for the one before it. Any other
-    /// message first waits for every write before it, so a task's end is stored after all its records.
-    /// Acknowledgements still go out in order: a write is acknowledged only once every earlier one is stored.
+    /// Reads the worker's messages until the session ends. Heartbeats are answered here at once; every other
+    /// message goes, in order, to [`Cluster::process`], which stores it and acknowledges it. The two run side
+    /// by side, so a store that fails or stalls (retried with backoff, see [`crate::store_health`]) delays
+    /// acknowledgements, never the heartbeats: neither side mistakes a slow disk for a dead worker.
     async fn serve(
         &self,
         node: &Node,
@@ -439,28 +420,15 @@ impl Cluster {
         outbound: &Outbound,
         kill: &CancellationToken,
     ) -> SessionEnd {
-        let mut acks = Acks::default();
-        let mut targets = ItemTargets::default();
-        let mut writes: FuturesOrdered<Write<'_>> = FuturesOrdered::new();
+        // A worker keeps at most WINDOW messages unacknowledged, and the master acknowledges a message only
+        // after taking it from here, so a worker that keeps the rule never finds this full.
+        let (queue, queued) = mpsc::channel(WINDOW);
+        let process = self.process(node, queued, outbound);
+        tokio::pin!(process);
         loop {
-            let retry_ack = async {
-                match acks.unsent {
-                    Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    None => std::future::pending().await,
-                }
-            };
             let envelope = tokio::select! {
-                Some((seq, written)) = writes.next() => {
-                    if let Err(err) = acks.stored(outbound, seq, written) {
-                        return unstored(node, seq, &err);
-                    }
-                    continue;
-                }
-                message = inbound.next(), if writes.len() < WRITES_IN_FLIGHT => message,
-                () = retry_ack => {
-                    acks.retry(outbound);
-                    continue;
-                }
+                () = &mut process => unreachable!("the processor runs while its queue is open"),
+                message = inbound.next() => message,
                 () = kill.cancelled() => return SessionEnd::Silent,
                 () = self.shutdown.cancelled() => return SessionEnd::MasterShutdown,
             };
@@ -472,39 +440,85 @@ impl Cluster {
                 }
                 None => return SessionEnd::Left,
             };
-            let seq = envelope.seq;
-            // A heartbeat is kept in memory, so only other messages that are not batches wait for the writes
-            // before them.
-            let in_order = !matches!(
-                envelope.message,
-                WorkerToMaster::Logs { .. }
-                    | WorkerToMaster::Items { .. }
-                    | WorkerToMaster::Heartbeat { .. }
-            );
-            let handled = async {
-                if in_order {
-                    while let Some((seq, written)) = writes.next().await {
-                        acks.stored(outbound, seq, written)?;
-                    }
+            let metrics = match envelope.message {
+                WorkerToMaster::Heartbeat { beat, ref metrics } => {
+                    // Renews the worker's lease on its runs. Kept in memory: an idle cluster writes nothing.
+                    outbound.offer(MasterToWorker::Heard { beat });
+                    Some(metrics.clone())
                 }
-                match self
-                    .handle(node, seq, envelope.message, outbound, &mut targets)
-                    .await?
-                {
-                    Some(write) => writes.push_back(write),
-                    None => acks.offer(outbound, seq),
-                }
-                Ok(())
+                _ => None,
+            };
+            self.scheduler.seen(&node.name, metrics.clone());
+            if metrics.is_some() {
+                continue;
             }
-            .await;
-            if let Err(err) = handled {
-                return unstored(node, seq, &err);
+            if queue.try_send(envelope).is_err() {
+                warn!(node = %node.name, "the worker sent more unacknowledged messages than its window allows; ending its session");
+                return SessionEnd::Broken;
             }
         }
     }
 
-    /// Handles one message. A log or item batch comes back as its store write, for `serve` to run beside
-    /// others; anything else is done when this returns.
+    /// Stores the worker's messages in order and acknowledges each once stored; runs until `queued` closes.
+    ///
+    /// Log and item batches are written up to [`WRITES_IN_FLIGHT`] at a time: both writes are idempotent and
+    /// independent of their order (logs are named by their first line, counters are `$max`-style, item
+    /// de-duplication compares sequence numbers), so a batch need not wait for the one before it. Any other
+    /// message first waits for every write before it, so a task's end is stored after all its records.
+    /// Acknowledgements still go out in order: a write is acknowledged only once every earlier one is stored.
+    /// A write that fails is tried again with backoff until it succeeds; nothing is acknowledged meanwhile, so
+    /// the worker holds it, and the rest, until then.
+    async fn process(
+        &self,
+        node: &Node,
+        mut queued: mpsc::Receiver<WorkerEnvelope>,
+        outbound: &Outbound,
+    ) {
+        let mut acks = Acks::default();
+        let mut targets = ItemTargets::default();
+        let mut writes: FuturesOrdered<Write<'_>> = FuturesOrdered::new();
+        loop {
+            let retry_ack = async {
+                match acks.unsent {
+                    Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let envelope = tokio::select! {
+                Some(seq) = writes.next() => {
+                    acks.offer(outbound, seq);
+                    continue;
+                }
+                envelope = queued.recv(), if writes.len() < WRITES_IN_FLIGHT => match envelope {
+                    Some(envelope) => envelope,
+                    None => return,
+                },
+                () = retry_ack => {
+                    acks.retry(outbound);
+                    continue;
+                }
+            };
+            let seq = envelope.seq;
+            if !matches!(
+                envelope.message,
+                WorkerToMaster::Logs { .. } | WorkerToMaster::Items { .. }
+            ) {
+                while let Some(seq) = writes.next().await {
+                    acks.offer(outbound, seq);
+                }
+            }
+            match self
+                .handle(node, seq, envelope.message, outbound, &mut targets)
+                .await
+            {
+                Some(write) => writes.push_back(write),
+                None => acks.offer(outbound, seq),
+            }
+        }
+    }
+
+    /// Handles one message, trying each store call again until it succeeds. A log or item batch comes back
+    /// as its store write, for `process` to run beside others; anything else is done when this returns.
     async fn handle<'a>(
         &'a self,
         node: &'a Node,
@@ -512,22 +526,14 @@ impl Cluster {
         message: WorkerToMaster,
         outbound: &Outbound,
         targets: &mut ItemTargets,
-    ) -> crate::store::Result<Option<Write<'a>>> {
-        let heartbeat = match &message {
-            WorkerToMaster::Heartbeat { beat, metrics } => {
-                // Renews the worker's lease on its runs.
-                outbound.offer(MasterToWorker::Heard { beat: *beat });
-                Some(metrics.clone())
-            }
-            _ => None,
-        };
-        self.scheduler.seen(&node.name, heartbeat);
+    ) -> Option<Write<'a>> {
         let (store, scheduler) = (&self.store, &self.scheduler);
+        let health = &scheduler.store_health;
         match message {
             WorkerToMaster::Register(_) => {
                 warn!(node = %node.name, "ignoring a second Register in one session");
             }
-            // Kept in memory: an idle cluster causes no database writes.
+            // Answered as it arrives, in `serve`.
             WorkerToMaster::Heartbeat { .. } => {}
             WorkerToMaster::TaskStarted {
                 task_id,
@@ -535,9 +541,12 @@ impl Cluster {
                 pid,
                 at,
             } => {
-                let start = ProcessStart { pid, at };
-                self.started(node, HeldTask { task_id, lease }, start, outbound)
-                    .await?;
+                let (held, start) = (HeldTask { task_id, lease }, ProcessStart { pid, at });
+                retrying!(
+                    health,
+                    "recording a task's start",
+                    self.started(node, held, start, outbound)
+                );
             }
             WorkerToMaster::Logs {
                 task_id,
@@ -547,23 +556,27 @@ impl Cluster {
                 // A batch resent after a reconnect may be for a task deleted meanwhile (stored, it would be an
                 // orphan no sweep removes), or written off since (its run was superseded).
                 let held = HeldTask { task_id, lease };
-                let known = targets
-                    .get(store.as_ref(), &node.name, held)
-                    .await?
-                    .is_some();
-                return Ok(Some(Box::pin(async move {
+                let known = retrying!(
+                    health,
+                    "reading a task",
+                    targets.get(store.as_ref(), &node.name, held)
+                )
+                .is_some();
+                return Some(Box::pin(async move {
                     if !known {
                         warn!(node = %node.name, task_id = %task_id, lease, lines = lines.len(),
                             "refusing log lines of a task this node does not hold under that lease");
-                        return (seq, Ok(()));
+                        return seq;
                     }
-                    let written = store.append_logs(task_id, &lines).await;
-                    if written.is_ok() {
-                        scheduler.telemetry.ingested(0, lines.len());
-                    }
+                    retrying!(
+                        health,
+                        "storing log lines",
+                        store.append_logs(task_id, &lines)
+                    );
+                    scheduler.telemetry.ingested(0, lines.len());
                     scheduler.output(task_id);
-                    (seq, written)
-                })));
+                    seq
+                }));
             }
             WorkerToMaster::Items {
                 task_id,
@@ -571,23 +584,23 @@ impl Cluster {
                 items,
             } => {
                 let held = HeldTask { task_id, lease };
-                let target = targets
-                    .get(store.as_ref(), &node.name, held)
-                    .await?
-                    .cloned();
-                return Ok(Some(Box::pin(async move {
+                let target = retrying!(
+                    health,
+                    "reading a task",
+                    targets.get(store.as_ref(), &node.name, held)
+                )
+                .cloned();
+                return Some(Box::pin(async move {
                     let Some(target) = target else {
                         warn!(node = %node.name, task_id = %task_id, lease, items = items.len(),
                             "refusing items of a task this node does not hold under that lease");
-                        return (seq, Ok(()));
+                        return seq;
                     };
-                    let written = store.insert_items(&target, &items).await;
-                    if written.is_ok() {
-                        scheduler.telemetry.ingested(items.len(), 0);
-                    }
+                    retrying!(health, "storing items", store.insert_items(&target, &items));
+                    scheduler.telemetry.ingested(items.len(), 0);
                     scheduler.output(task_id);
-                    (seq, written)
-                })));
+                    seq
+                }));
             }
             WorkerToMaster::Report {
                 task_id,
@@ -598,19 +611,23 @@ impl Cluster {
                 at,
             } => {
                 // Reports may arrive for a task that just ended (the end was sent right after): keep them too.
-                let name = node.name.clone();
-                let update = Box::new(move |t: &mut Task| {
-                    if !holds(t, &name, lease) {
-                        return false;
-                    }
-                    t.record_report(status.clone(), errors.clone(), errors_before, at);
-                    true
-                });
-                if store
-                    .update_task(task_id, &TaskStatus::ALL, update)
-                    .await?
-                    .is_some()
-                {
+                let update = || -> crate::store::TaskChange {
+                    let (name, status, errors) =
+                        (node.name.clone(), status.clone(), errors.clone());
+                    Box::new(move |t: &mut Task| {
+                        if !holds(t, &name, lease) {
+                            return false;
+                        }
+                        t.record_report(status.clone(), errors.clone(), errors_before, at);
+                        true
+                    })
+                };
+                let stored = retrying!(
+                    health,
+                    "storing a task's report",
+                    store.update_task(task_id, &TaskStatus::ALL, update())
+                );
+                if stored.is_some() {
                     scheduler.changed(task_id);
                 } else {
                     warn!(node = %node.name, task_id = %task_id, lease,
@@ -623,8 +640,12 @@ impl Cluster {
                 reason,
             } => {
                 targets.forget(task_id);
-                self.refused(node, HeldTask { task_id, lease }, reason)
-                    .await?;
+                let held = HeldTask { task_id, lease };
+                retrying!(
+                    health,
+                    "requeueing a refused task",
+                    self.refused(node, held, &reason)
+                );
             }
             WorkerToMaster::TaskEnded {
                 task_id,
@@ -635,21 +656,22 @@ impl Cluster {
                 started,
             } => {
                 targets.forget(task_id);
-                self.ended(
-                    node,
-                    Ended {
-                        task_id,
-                        lease,
-                        outcome,
-                        at,
-                        peak_rss_bytes,
-                        started,
-                    },
-                )
-                .await?;
+                let ended = Ended {
+                    task_id,
+                    lease,
+                    outcome,
+                    at,
+                    peak_rss_bytes,
+                    started,
+                };
+                retrying!(
+                    health,
+                    "recording a task's end",
+                    self.ended(node, ended.clone())
+                );
             }
         }
-        Ok(None)
+        None
     }
 
     async fn started(
@@ -761,12 +783,7 @@ impl Cluster {
     }
 
     /// A worker will not run a task it was handed: it never started, so it goes back to the queue.
-    async fn refused(
-        &self,
-        node: &Node,
-        held: HeldTask,
-        reason: String,
-    ) -> crate::store::Result<()> {
+    async fn refused(&self, node: &Node, held: HeldTask, reason: &str) -> crate::store::Result<()> {
         let name = node.name.clone();
         let requeued = self
             .store

@@ -9,6 +9,7 @@ pub mod files;
 mod folders;
 mod scheduler;
 pub mod store;
+mod store_health;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -112,6 +113,15 @@ pub struct Listeners {
 /// Errors that stop the master.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "no space left on device for the store in {path} ({free} bytes free): free some space and start again"
+    )]
+    NoSpace {
+        path: PathBuf,
+        free: u64,
+        #[source]
+        source: store::Error,
+    },
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -188,9 +198,34 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
                 path: config.data_dir.clone(),
                 source,
             })?;
-            Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?)
+            Arc::new(open_embedded(config)?)
         }
     })
+}
+
+/// Opens the embedded store in the data folder.
+fn open_embedded(config: &Config) -> Result<EmbeddedStore, Error> {
+    EmbeddedStore::open(&config.data_dir.join("arachne.db")).map_err(|source| {
+        // SQLite says only that the disk is full or that I/O failed; the filesystem says whether it has room,
+        // and where.
+        match free_bytes(&config.data_dir) {
+            Some(free) if free < LOW_SPACE => Error::NoSpace {
+                path: config.data_dir.clone(),
+                free,
+                source,
+            },
+            _ => source.into(),
+        }
+    })
+}
+
+/// Below this, a store that cannot open is taken to be out of space.
+const LOW_SPACE: u64 = 1 << 20;
+
+/// Bytes an unprivileged process may still write under `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(stat.blocks_available() * stat.fragment_size())
 }
 
 /// Runs the master until `shutdown` is cancelled. The local worker stops first, so its running tasks are
@@ -223,10 +258,12 @@ pub async fn run(
             (Arc::new(store), files)
         }
         None => (
-            Arc::new(EmbeddedStore::open(&config.data_dir.join("arachne.db"))?),
+            Arc::new(open_embedded(&config)?),
             SpiderFiles::new(spiders_dir, config.upload.clone()),
         ),
     };
+    // What uploads cut short by a crash left half checked; no upload is under way yet.
+    files.sweep_staging().await;
     let auth = Arc::new(Auth::start(Arc::clone(&store), &config.auth, &config.data_dir).await?);
     let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
     recover(store.as_ref(), &scheduler).await?;
@@ -325,19 +362,34 @@ pub async fn run(
     }
     servers.cancel();
     tracker.close();
-    tracker.wait().await;
-    link.sessions_ended().await;
-    match grpc.await {
-        Ok(result) => result?,
-        Err(err) => warn!(error = %err, "grpc server task failed"),
-    }
-    match http.await {
-        Ok(result) => result.map_err(Error::Http)?,
-        Err(err) => warn!(error = %err, "http server task failed"),
+    let rest = async {
+        tracker.wait().await;
+        link.sessions_ended().await;
+        match grpc.await {
+            Ok(result) => result?,
+            Err(err) => warn!(error = %err, "grpc server task failed"),
+        }
+        match http.await {
+            Ok(result) => result.map_err(Error::Http)?,
+            Err(err) => warn!(error = %err, "http server task failed"),
+        }
+        Ok::<(), Error>(())
+    };
+    // A store that does not answer (a MongoDB gone away) must not hold the master: what could not be written
+    // now is settled by the next start, as after a kill.
+    match tokio::time::timeout(STOP_GRACE, rest).await {
+        Ok(stopped) => stopped?,
+        Err(_) => warn!(
+            grace_secs = STOP_GRACE.as_secs(),
+            "the master's tasks did not stop in time (is the store answering?); stopping without them"
+        ),
     }
     info!("master stopped");
     Ok(())
 }
+
+/// How long the master waits, once its local worker has stopped, for its servers and tasks to finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Takes over what a previous run of the master left. Pending tasks stay queued. Nodes that had tasks in
 /// flight get the heartbeat timeout to reconnect and claim them (their spiders may well still be running);

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::store::{ActiveScope, Store, TaskFilter};
+use crate::store_health::StoreHealth;
 use crate::telemetry::Telemetry;
 
 /// The most pending tasks one dispatch pass reads at a time.
@@ -125,6 +126,8 @@ pub(crate) struct Scheduler {
     /// Serialises parent-status updates: two children ending at once must not race on their parent.
     parents: tokio::sync::Mutex<()>,
     pub(crate) telemetry: Telemetry,
+    /// Whether the store takes the workers' reports.
+    pub(crate) store_health: StoreHealth,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,6 +149,7 @@ impl Scheduler {
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             parents: tokio::sync::Mutex::new(()),
             telemetry: Telemetry::default(),
+            store_health: StoreHealth::default(),
         }
     }
 

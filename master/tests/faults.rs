@@ -695,3 +695,209 @@ async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
     );
     worker.stop().await;
 }
+
+/// A tmpfs of `size` mounted on a fresh folder, unmounted on drop; `None` where this machine does not allow
+/// mounting (the test then says so and checks nothing).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn health(http: SocketAddr) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("http://{http}/health")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_delays_a_run_s_records_and_falsifies_nothing() {
+    if std::env::var_os("ARACHNE_TEST_MONGODB_URI").is_some_and(|uri| !uri.is_empty()) {
+        eprintln!("skipped: the store is MongoDB, not on the master's data disk");
+        return;
+    }
+    let Some(disk) = SmallDisk::mount("48m") else {
+        eprintln!("skipped: this machine does not allow mounting a small tmpfs");
+        return;
+    };
+    let gate = tempfile::tempdir().unwrap();
+    let go = gate.path().join("go");
+    let master = TestMaster::start_with(bare_config(&disk.path().join("data"))).await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    let client = &master.client;
+    let script = "i=0; while [ $i -lt 2000 ]; do echo \"before $i\"; i=$((i+1)); done\n\
+        while [ ! -e \"$GO\" ]; do sleep 0.02; done\n\
+        i=0; while [ $i -lt 2000 ]; do echo \"after $i\"; i=$((i+1)); done\n";
+    create_spider(client, "chatty", "sh main.sh", &[("main.sh", script)]).await;
+    let mut spec = run_with_retries("chatty", 0);
+    let settings = spec.settings.as_mut().unwrap();
+    settings.env.insert("GO".into(), go.display().to_string());
+    let task = client.run_task(&spec).await.unwrap();
+    eventually("the first half is stored", || async {
+        client.get_task(task.id).await.unwrap().log_lines == 2000
+    })
+    .await;
+
+    let filler = disk.fill();
+    std::fs::write(&go, "").unwrap();
+    let run_dir = worker.work_dir().join("tasks").join(task.id.to_string());
+    eventually("the spider ends while the disk is full", || async {
+        !run_dir.exists()
+    })
+    .await;
+    let failing = found("/health says the store fails", || async {
+        let (status, body) = health(master.http).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(failing["status"], "failing", "{failing}");
+    assert!(
+        failing["store_error"].as_str().unwrap().contains("full"),
+        "{failing}"
+    );
+    let during = client.get_task(task.id).await.unwrap();
+    assert_eq!(
+        during.status,
+        TaskStatus::Running,
+        "not falsified while the disk is full: {during:#?}"
+    );
+    let nodes = client.list_nodes().await.unwrap();
+    assert_eq!(
+        nodes[0].status,
+        arachne_shared::NodeStatus::Online,
+        "{nodes:#?}"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let ended = wait_done(client, task.id).await;
+    assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");
+    let expected: Vec<String> = (0..2000)
+        .map(|i| format!("before {i}"))
+        .chain((0..2000).map(|i| format!("after {i}")))
+        .collect();
+    assert_eq!(log_texts(client, task.id).await, expected);
+    eventually("/health is ok again", || async {
+        health(master.http).await.0 == 200
+    })
+    .await;
+    worker.stop().await;
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_started_on_a_full_disk_says_so_and_where() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        eprintln!("skipped: this machine does not allow mounting a small tmpfs");
+        return;
+    };
+    disk.fill();
+    let data = disk.path().join("data");
+    let output = std::process::Command::new(common::workspace_bin("arachne-master"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--no-local-worker",
+        ])
+        .env("ARACHNE_API_TOKEN", common::API_TOKEN)
+        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("ARACHNE_MONGODB_URI")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no space left on device"), "{stderr}");
+    assert!(stderr.contains(&data.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_a_crash_cut_short_are_cleared_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = dir
+        .path()
+        .join("spiders/.staging/0190a000-0000-7000-8000-000000000000");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("main.py"), vec![b'x'; 4096]).unwrap();
+    let master = TestMaster::start_with(bare_config(dir.path())).await;
+    assert!(
+        !dir.path().join("spiders/.staging").exists(),
+        "the staging folder was not cleared"
+    );
+    master.stop().await;
+}
+
+/// After a flood the embedded store's write-ahead log goes back to at most 16 MiB, even with no write after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_s_log_shrinks_after_a_flood() {
+    use arachne_master::store::Store;
+    use arachne_shared::{LogLine, LogStream};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("arachne.db");
+    let store = arachne_master::store::embedded::EmbeddedStore::open(&path).unwrap();
+    let spider = arachne_shared::Spider::new("flood", "true", chrono::Utc::now());
+    store.put_spider(&spider).await.unwrap();
+    let task = Task::pending(&spider, chrono::Utc::now());
+    store.insert_task(&task).await.unwrap();
+    let text = "x".repeat(1000);
+    for batch in 0..40u64 {
+        let lines: Vec<LogLine> = (0..1000u64)
+            .map(|i| LogLine {
+                seq: batch * 1000 + i + 1,
+                stream: LogStream::Stdout,
+                text: text.clone(),
+                at: chrono::Utc::now(),
+            })
+            .collect();
+        store.append_logs(task.id, &lines).await.unwrap();
+    }
+    let wal = dir.path().join("arachne.db-wal");
+    let grew = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        grew > 16 << 20,
+        "the flood was too small to test with: {grew} bytes"
+    );
+    within(Duration::from_secs(30), "the log is truncated", || {
+        std::fs::metadata(&wal).map_or(0, |m| m.len()) <= 16 << 20
+    })
+    .await;
+}

@@ -12,6 +12,11 @@ use crate::node::NodeMetrics;
 use crate::spider::{RunSettings, SpiderId};
 use crate::task::{TaskId, TaskOutcome};
 
+/// The most sequenced messages a worker keeps sent but unacknowledged. Past this it sends nothing more until the
+/// master catches up, and the master, which takes every message in off the wire at once (to answer heartbeats
+/// while its store is slow), holds at most this many per session.
+pub const WINDOW: usize = 512;
+
 /// What a worker announces when its session opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {

@@ -77,6 +77,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn run_schedule(&self, name: &str) -> Result<Task>;
     /// The figures `/metrics` reports.
     async fn metrics(&self) -> Result<types::Metrics>;
+    /// What `/health` reports: whether the master's store takes writes.
+    async fn health(&self) -> types::Health;
     /// Whether `secret` is a valid API token. Asked on every request under `/api/v1` unless the router was
     /// built without authentication.
     async fn check_api_token(&self, secret: &str) -> Result<bool>;

@@ -162,10 +162,10 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         route(
             Method::GET,
             "/health",
-            "Liveness for load balancers; needs no token",
+            "Health for load balancers; needs no token. 503 with the cause while the store refuses writes",
             none,
-            Out::Json(200, schema::<serde_json::Value>),
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            Out::Json(200, schema::<crate::types::Health>),
+            get(health),
         ),
         route(
             Method::GET,
@@ -482,6 +482,15 @@ fn limit(limit: Option<u32>) -> Result<u32> {
         ))),
         n => Ok(n),
     }
+}
+
+async fn health(State(api): State<Api>) -> impl IntoResponse {
+    let health = api.health().await;
+    let status = match health.status {
+        crate::types::HealthStatus::Ok => StatusCode::OK,
+        crate::types::HealthStatus::Failing => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(health))
 }
 
 async fn list_spiders(State(api): State<Api>) -> Result<impl IntoResponse> {

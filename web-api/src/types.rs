@@ -316,6 +316,22 @@ pub struct VersionQuery {
     pub version: Option<String>,
 }
 
+/// `GET /health`: `ok` (status 200), or `failing` (status 503) while the store refuses writes, with why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// The latest store failure, while writes fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Ok,
+    Failing,
+}
+
 /// `GET /metrics`, before it is written out in the Prometheus text format.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metrics {

@@ -19,8 +19,8 @@ use std::time::Duration;
 use arachne_proto::client::Client;
 use arachne_shared::TaskId;
 use arachne_shared::cluster::{
-    Assignment, HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WorkerEnvelope,
-    WorkerToMaster,
+    Assignment, HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WINDOW,
+    WorkerEnvelope, WorkerToMaster,
 };
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -38,9 +38,6 @@ use crate::watchdog::{Records, Watchdog};
 /// Messages from runners waiting for the outbox. Runners wait when it is full, which slows their readers and,
 /// through the pipe, the spider.
 const EVENTS_CAPACITY: usize = 256;
-/// Sequenced messages sent but not yet acknowledged. Past this the worker stops sending until the master
-/// catches up, so a slow or absent master bounds the worker's memory instead of growing it.
-const WINDOW: usize = 512;
 /// How long a stopping worker waits for the master to take its last reports.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a task's start is held back before it is sent. A run that ends within it, having said nothing,

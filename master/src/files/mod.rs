@@ -136,6 +136,21 @@ impl SpiderFiles {
         })
     }
 
+    /// Removes what uploads cut short by an earlier process left in the staging folder. Called at start,
+    /// before any upload.
+    pub async fn sweep_staging(&self) {
+        let staging = self.local.join(".staging");
+        match tokio::fs::remove_dir_all(&staging).await {
+            Ok(()) => {
+                tracing::info!(dir = %staging.display(), "removed uploads an earlier run left unfinished")
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(dir = %staging.display(), error = %err, "cannot clear the upload staging folder")
+            }
+        }
+    }
+
     /// Checks an upload and stores it as a version of `spider` (the same content gives the same version).
     pub async fn store_upload(
         &self,

@@ -20,6 +20,7 @@ const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 PRAGMA wal_autocheckpoint = 0;
+PRAGMA journal_size_limit = 16777216;
 CREATE TABLE IF NOT EXISTS spiders (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -92,6 +93,10 @@ struct SpiderCache {
     writes: u64,
     by_name: HashMap<String, Spider>,
 }
+
+/// A write-ahead log of more pages than this (16 MiB of 4 KiB pages, as `journal_size_limit` in the schema)
+/// is truncated once it is all checkpointed: a flood of writes must not leave a log of gigabytes behind.
+const WAL_TRUNCATE_PAGES: i64 = 4096;
 
 /// How often the checkpointer folds the write-ahead log back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -221,8 +226,23 @@ fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>> {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(CHECKPOINT_EVERY)
             {
-                if let Err(err) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %err, "checkpoint of the embedded store failed; retrying");
+                let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                });
+                match passive {
+                    // Everything is in the database, but a flood left the log file large: truncate it now
+                    // rather than at the next write, which may be long in coming.
+                    Ok((logged, done)) if logged == done && logged > WAL_TRUNCATE_PAGES => {
+                        if let Err(err) =
+                            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                        {
+                            tracing::warn!(error = %err, "truncating the embedded store's log failed; retrying");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "checkpoint of the embedded store failed; retrying")
+                    }
                 }
             }
         })
@@ -361,6 +381,10 @@ impl std::ops::Deref for Tx<'_> {
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
+        // After some errors (a full disk among them) SQLite has already rolled the transaction back itself.
+        if self.0.is_autocommit() {
+            return;
+        }
         if let Err(err) = run_cached(self.0, "ROLLBACK") {
             tracing::error!(error = %err, "cannot roll back a transaction of the embedded store");
         }

@@ -204,11 +204,15 @@ pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&st
     client.upload_files(name, archive).await.unwrap();
 }
 
-/// Waits for a task to end, through the API's long-poll.
+/// Waits for a task (this attempt, not a retry of it) to end, through the API's long-poll.
 pub async fn wait_done(client: &Client, id: TaskId) -> Task {
     let ended = tokio::time::timeout(TIMEOUT, async {
         loop {
             let task = client.wait_task(id, 5).await.unwrap();
+            // The long-poll follows a failed attempt to its retry: this attempt has ended then.
+            if task.id != id {
+                return client.get_task(id).await.unwrap();
+            }
             if task.status.is_terminal() {
                 return task;
             }
