@@ -383,7 +383,7 @@ async fn supervise(
     };
     let pid = child.id().expect("a just-spawned child has a pid");
     ctx.watchdog.add(pid).await;
-    ctx.records.write(task.task_id, pid).await;
+    ctx.records.write(task.task_id, pid);
     info!(task_id = %task.task_id, spider = %task.spider_name, pid, "spider started");
     let _ = ctx
         .events
@@ -460,7 +460,7 @@ async fn supervise(
     // The shell may be gone while something it started still runs and holds the pipes open.
     signal_group(pid, Signal::SIGKILL);
     ctx.watchdog.del(pid).await;
-    ctx.records.remove(task.task_id).await;
+    ctx.records.remove(task.task_id);
 
     // Output still in the pipes is read to the end; a reader that cannot finish (a process that escaped the
     // group holds the pipe) is cut off so the run still ends.
