@@ -1098,3 +1098,41 @@ async fn a_spider_reads_as_last_written() {
         assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
     }
 }
+
+/// An item nested deeper than a MongoDB document may be (or than a JSON reader goes) is stored and read back
+/// whole, and two such items under de-duplication are both kept rather than merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_items_are_kept_whole() {
+    for backend in backends() {
+        let name = backend.name;
+        let store = backend.open().await;
+        let mut spider = spider("deep");
+        spider.dedup = Some(Dedup {
+            keys: vec!["url".into()],
+            mode: DedupMode::Ignore,
+        });
+        let task = Task::pending(&spider, Utc::now());
+        store.insert_task(&task).await.unwrap();
+        let deep = |depth: usize, leaf: u32| {
+            let text = format!(
+                r#"{{"url":{}{leaf}{},"n":{leaf}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            serde_json::value::RawValue::from_string(text).unwrap()
+        };
+        let items = [
+            ItemRecord::new(1, deep(150, 1)).unwrap(),
+            ItemRecord::new(2, deep(300, 2)).unwrap(),
+            ItemRecord::new(3, deep(300, 3)).unwrap(),
+        ];
+        store
+            .insert_items(&task.item_target(), &items)
+            .await
+            .unwrap();
+        let read = store.items(task.id, 0, 10).await.unwrap();
+        let texts: Vec<&str> = read.iter().map(|i| i.data.get()).collect();
+        let expected: Vec<&str> = items.iter().map(|i| i.data.get()).collect();
+        assert_eq!(texts, expected, "{name}");
+    }
+}

@@ -117,6 +117,32 @@ pub enum WorkerToMaster {
 }
 
 impl WorkerToMaster {
+    /// About how many bytes the message holds: its lines' and items' text, and a little for the rest. What
+    /// the byte budgets of worker and master count.
+    pub fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        match self {
+            WorkerToMaster::Logs { lines, .. } => {
+                lines.iter().map(|l| l.text.len() + OVERHEAD).sum::<usize>()
+            }
+            WorkerToMaster::Items { items, .. } => items
+                .iter()
+                .map(|i| i.data.get().len() + OVERHEAD)
+                .sum::<usize>(),
+            WorkerToMaster::Report { errors, .. } => {
+                OVERHEAD * 4
+                    + errors
+                        .iter()
+                        .map(|e| e.message.len() + OVERHEAD)
+                        .sum::<usize>()
+            }
+            WorkerToMaster::TaskEnded { outcome, .. } => OVERHEAD * 2 + outcome.message_len(),
+            WorkerToMaster::TaskRefused { reason, .. } => OVERHEAD + reason.len(),
+            WorkerToMaster::Register(r) => OVERHEAD * (4 + r.running.len() + r.leftovers.len()),
+            WorkerToMaster::Heartbeat { .. } | WorkerToMaster::TaskStarted { .. } => OVERHEAD,
+        }
+    }
+
     /// The task a message is about, under the lease it claims.
     pub fn task(&self) -> Option<HeldTask> {
         match *self {

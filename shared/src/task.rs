@@ -151,6 +151,15 @@ impl TaskOutcome {
             Self::Abnormal { .. } => TaskStatus::Abnormal,
         }
     }
+
+    /// The length of the words that say why, if any.
+    pub fn message_len(&self) -> usize {
+        match self {
+            Self::Finished => 0,
+            Self::Error { message, .. } => message.len(),
+            Self::Cancelled { reason } | Self::Abnormal { reason } => reason.len(),
+        }
+    }
 }
 
 /// A task as stored and as shown by the API.

@@ -2,6 +2,10 @@
 //!
 //! Both pipes feed one bounded channel, so when the master is slow the readers stop reading and the spider
 //! blocks on its own pipe: backpressure instead of unbounded buffering, and nothing is dropped.
+//!
+//! The bounds are in bytes, since a line may be anything up to the line limit: lines read but not yet batched
+//! hold a share of the run's [`RUN_BUDGET`], and batches from their sending until the master acknowledges
+//! them hold a share of the worker's [`IN_FLIGHT_BUDGET`] (an [`Event`] carries it to the outbox).
 
 use std::time::Duration;
 
@@ -9,14 +13,55 @@ use arachne_shared::cluster::WorkerToMaster;
 use arachne_shared::ipc::{self, ErrorPayload, Line, SpiderMessage, StatusPayload};
 use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId};
 use chrono::Utc;
+use std::sync::Arc;
 use tokio::io::{AsyncBufRead, BufReader};
-use tokio::sync::mpsc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::lines::{LineReader, RawLine};
 
 /// Lines from both pipes waiting to be classified.
 const RAW_CAPACITY: usize = 1024;
+/// Bytes of one run's lines read from its pipes and not yet batched. At least the longest line a spider may
+/// write, which takes all of it.
+pub(crate) const RUN_BUDGET: usize = 32 << 20;
+/// Bytes of one worker's batches sent to the outbox and not yet acknowledged by the master, over all runs.
+pub(crate) const IN_FLIGHT_BUDGET: usize = 64 << 20;
+
+/// A message for the outbox, holding its share of the in-flight budget until the master acknowledges it.
+#[derive(Debug)]
+pub(crate) struct Event {
+    pub(crate) message: WorkerToMaster,
+    pub(crate) budget: Option<OwnedSemaphorePermit>,
+}
+
+impl From<WorkerToMaster> for Event {
+    fn from(message: WorkerToMaster) -> Self {
+        Self {
+            message,
+            budget: None,
+        }
+    }
+}
+
+/// Takes `bytes` of `budget` (all of it, for more than it holds), waiting while others hold it.
+pub(crate) async fn reserve(
+    budget: &Arc<Semaphore>,
+    total: usize,
+    bytes: usize,
+) -> OwnedSemaphorePermit {
+    let share = bytes.clamp(1, total) as u32;
+    Arc::clone(budget)
+        .acquire_many_owned(share)
+        .await
+        .expect("budgets are never closed")
+}
+
+/// A new budget of `bytes`.
+pub(crate) fn budget(bytes: usize) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(bytes))
+}
 /// A batch is sent once it holds this many records…
 const BATCH_RECORDS: usize = 2_000;
 /// …or this many bytes…
@@ -34,6 +79,15 @@ pub(crate) struct Summary {
 pub(crate) struct Raw {
     stream: LogStream,
     line: RawLine,
+    /// This line's share of the run's budget, given back once it is batched.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a run's readers send their lines.
+#[derive(Clone)]
+pub(crate) struct RawSender {
+    tx: mpsc::Sender<Raw>,
+    budget: Arc<Semaphore>,
 }
 
 /// Starts a reader task for one pipe.
@@ -41,7 +95,7 @@ pub(crate) fn spawn_reader<R>(
     pipe: R,
     stream: LogStream,
     max_line_bytes: usize,
-    tx: mpsc::Sender<Raw>,
+    tx: RawSender,
 ) -> tokio::task::JoinHandle<()>
 where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -54,17 +108,19 @@ where
     ))
 }
 
-async fn read_pipe<R: AsyncBufRead + Unpin>(
-    pipe: R,
-    stream: LogStream,
-    max: usize,
-    tx: mpsc::Sender<Raw>,
-) {
+async fn read_pipe<R: AsyncBufRead + Unpin>(pipe: R, stream: LogStream, max: usize, tx: RawSender) {
     let mut reader = LineReader::new(pipe, max);
     loop {
         match reader.next_line().await {
             Ok(Some(line)) => {
-                if tx.send(Raw { stream, line }).await.is_err() {
+                // Waiting here leaves the rest in the pipe, and the spider blocks on it.
+                let budget = reserve(&tx.budget, RUN_BUDGET, line.bytes.len()).await;
+                let raw = Raw {
+                    stream,
+                    line,
+                    _budget: Some(budget),
+                };
+                if tx.tx.send(raw).await.is_err() {
                     return;
                 }
             }
@@ -76,9 +132,11 @@ async fn read_pipe<R: AsyncBufRead + Unpin>(
                     truncated: 0,
                 };
                 let _ = tx
+                    .tx
                     .send(Raw {
                         stream: LogStream::System,
                         line,
+                        _budget: None,
                     })
                     .await;
                 return;
@@ -106,16 +164,20 @@ fn text_of(line: &RawLine) -> String {
     text
 }
 
-/// The channel both readers send to.
-pub(crate) fn raw_channel() -> (mpsc::Sender<Raw>, mpsc::Receiver<Raw>) {
-    mpsc::channel(RAW_CAPACITY)
+/// The channel both readers of one run send to, with the run's budget.
+pub(crate) fn raw_channel() -> (RawSender, mpsc::Receiver<Raw>) {
+    let (tx, rx) = mpsc::channel(RAW_CAPACITY);
+    let budget = budget(RUN_BUDGET);
+    (RawSender { tx, budget }, rx)
 }
 
 /// Numbers and batches records until every reader has closed its sender.
 pub(crate) struct Collector {
     task_id: TaskId,
     lease: u64,
-    events: mpsc::Sender<WorkerToMaster>,
+    events: mpsc::Sender<Event>,
+    /// The worker's in-flight budget; see [`IN_FLIGHT_BUDGET`].
+    in_flight: Arc<Semaphore>,
     log_seq: u64,
     item_seq: u64,
     logs: Vec<LogLine>,
@@ -132,11 +194,17 @@ pub(crate) struct Collector {
 }
 
 impl Collector {
-    pub(crate) fn new(task_id: TaskId, lease: u64, events: mpsc::Sender<WorkerToMaster>) -> Self {
+    pub(crate) fn new(
+        task_id: TaskId,
+        lease: u64,
+        events: mpsc::Sender<Event>,
+        in_flight: Arc<Semaphore>,
+    ) -> Self {
         Self {
             task_id,
             lease,
             events,
+            in_flight,
             log_seq: 0,
             item_seq: 0,
             logs: Vec::new(),
@@ -215,18 +283,23 @@ impl Collector {
     }
 
     async fn send(&mut self, message: WorkerToMaster) {
+        let budget = reserve(&self.in_flight, IN_FLIGHT_BUDGET, message.approx_bytes()).await;
+        let event = Event {
+            message,
+            budget: Some(budget),
+        };
         // The channel outlives every session (the outbox resends after a reconnect); it closes only when the
         // worker itself is gone, and then nobody is left to tell.
-        let _ = self.events.send(message).await;
+        let _ = self.events.send(event).await;
     }
 
     /// Adds a line to the log as it is, never reading it as a message (an installer's output, say).
-    pub(crate) fn plain(&mut self, Raw { stream, line }: Raw) {
+    pub(crate) fn plain(&mut self, Raw { stream, line, .. }: Raw) {
         let text = text_of(&line);
         self.push_log(stream, text);
     }
 
-    fn accept(&mut self, Raw { stream, line }: Raw) {
+    fn accept(&mut self, Raw { stream, line, .. }: Raw) {
         let text = text_of(&line);
         if line.truncated > 0 {
             self.push_log(stream, text);
@@ -327,6 +400,7 @@ mod tests {
                 bytes: text.to_vec(),
                 truncated: 0,
             },
+            _budget: None,
         }
     }
 
@@ -335,15 +409,17 @@ mod tests {
     async fn collect(input: Vec<Raw>) -> (Vec<LogLine>, Vec<ItemRecord>, Summary, Reports) {
         let (events_tx, mut events_rx) = mpsc::channel(1024);
         let (raw_tx, raw_rx) = raw_channel();
-        let collector = tokio::spawn(Collector::new(TaskId::new(), 1, events_tx).run(raw_rx));
+        let collector = tokio::spawn(
+            Collector::new(TaskId::new(), 1, events_tx, budget(IN_FLIGHT_BUDGET)).run(raw_rx),
+        );
         for r in input {
-            raw_tx.send(r).await.unwrap();
+            raw_tx.tx.send(r).await.unwrap();
         }
         drop(raw_tx);
         let summary = collector.await.unwrap();
         let (mut logs, mut items, mut reports) = (Vec::new(), Vec::new(), Vec::new());
         while let Ok(event) = events_rx.try_recv() {
-            match event {
+            match event.message {
                 WorkerToMaster::Logs { lines, .. } => logs.extend(lines),
                 WorkerToMaster::Items { items: batch, .. } => items.extend(batch),
                 WorkerToMaster::Report { status, errors, .. } => {
@@ -513,7 +589,9 @@ mod tests {
             1024,
             raw_tx,
         );
-        let collector = tokio::spawn(Collector::new(TaskId::new(), 1, events_tx).run(raw_rx));
+        let collector = tokio::spawn(
+            Collector::new(TaskId::new(), 1, events_tx, budget(IN_FLIGHT_BUDGET)).run(raw_rx),
+        );
 
         // 2 MB of output against a few hundred KB of buffers: the spider has to end up blocked on its pipe.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -532,7 +610,7 @@ mod tests {
 
         let mut next = 1u64;
         while let Some(event) = events_rx.recv().await {
-            if let WorkerToMaster::Logs { lines, .. } = event {
+            if let WorkerToMaster::Logs { lines, .. } = event.message {
                 for line in lines {
                     assert_eq!(line.text, next.to_string());
                     next += 1;
@@ -542,5 +620,73 @@ mod tests {
         assert_eq!(next, LINES + 1, "every line arrived, in order");
         collector.await.unwrap();
         assert!(child.wait().await.unwrap().success());
+    }
+
+    /// Long lines fill the byte budget long before any count bound: what the worker holds unacknowledged of a
+    /// flood of 1 MiB lines is at most the in-flight budget, and output goes on once the master acknowledges
+    /// (here: the held events are dropped).
+    #[tokio::test]
+    async fn a_flood_of_long_lines_is_held_to_the_byte_budgets() {
+        const LINE: usize = 1 << 20;
+        let (events_tx, mut events_rx) = mpsc::channel(100_000);
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                &format!(
+                    "f=$(mktemp); head -c {} /dev/zero | tr '\\0' x > $f; echo >> $f; while true; do cat $f; done",
+                    LINE - 1
+                ),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (raw_tx, raw_rx) = raw_channel();
+        spawn_reader(
+            child.stdout.take().unwrap(),
+            LogStream::Stdout,
+            16 << 20,
+            raw_tx,
+        );
+        let in_flight = budget(IN_FLIGHT_BUDGET);
+        let collector = tokio::spawn(
+            Collector::new(TaskId::new(), 1, events_tx, Arc::clone(&in_flight)).run(raw_rx),
+        );
+
+        // Events are taken off the channel (as the outbox does) and held, as unacknowledged messages are.
+        let mut held = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while in_flight.available_permits() > LINE {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the budget never filled"
+            );
+            while let Ok(event) = events_rx.try_recv() {
+                held.push(event);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let held_bytes: usize = held.iter().map(|e| e.message.approx_bytes()).sum();
+        assert!(
+            held_bytes <= IN_FLIGHT_BUDGET + LINE,
+            "{held_bytes} bytes in flight against a budget of {IN_FLIGHT_BUDGET}"
+        );
+        let lines = |held: &[Event]| -> usize {
+            held.iter()
+                .map(|e| match &e.message {
+                    WorkerToMaster::Logs { lines, .. } => lines.len(),
+                    _ => 0,
+                })
+                .sum()
+        };
+        let before = lines(&held);
+        held.clear();
+        let more = tokio::time::timeout(Duration::from_secs(30), events_rx.recv())
+            .await
+            .expect("output flows again once the budget is given back");
+        assert!(more.is_some() && before > 0);
+        child.kill().await.unwrap();
+        drop(events_rx);
+        let _ = collector.await;
     }
 }

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::deps::{self, Deps, InstallCtx, RunEnv};
 use crate::memory::{self, OverLimit};
-use crate::output::{self, Collector};
+use crate::output::{self, Collector, Event};
 use crate::sync::{self, FileCache};
 use crate::watchdog::{Records, Watchdog};
 
@@ -132,7 +132,9 @@ pub(crate) struct RunContext {
     /// The connection of the current session; `None` while the worker is reconnecting.
     pub(crate) client: watch::Receiver<Option<Client>>,
     pub(crate) tasks_dir: PathBuf,
-    pub(crate) events: mpsc::Sender<WorkerToMaster>,
+    pub(crate) events: mpsc::Sender<Event>,
+    /// Bytes of output on their way to the master; see [`crate::output::IN_FLIGHT_BUDGET`].
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     /// The environment every spider starts from; see [`crate::Config::spider_env`].
     pub(crate) spider_env: Arc<[(OsString, OsString)]>,
     /// Kills the runs' process groups if the worker dies or its lease runs out.
@@ -180,7 +182,12 @@ pub(crate) async fn execute(
     task: Assignment,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> RunResult {
-    let mut collector = Collector::new(task.task_id, task.lease, ctx.events.clone());
+    let mut collector = Collector::new(
+        task.task_id,
+        task.lease,
+        ctx.events.clone(),
+        Arc::clone(&ctx.in_flight),
+    );
     let workdir = ctx.tasks_dir.join(task.task_id.to_string());
     let prepared = tokio::select! {
         prepared = prepare(ctx, &task, workdir.clone(), &mut collector) => prepared,
@@ -387,12 +394,15 @@ async fn supervise(
     info!(task_id = %task.task_id, spider = %task.spider_name, pid, "spider started");
     let _ = ctx
         .events
-        .send(WorkerToMaster::TaskStarted {
-            task_id: task.task_id,
-            lease: task.lease,
-            pid,
-            at: Utc::now(),
-        })
+        .send(
+            WorkerToMaster::TaskStarted {
+                task_id: task.task_id,
+                lease: task.lease,
+                pid,
+                at: Utc::now(),
+            }
+            .into(),
+        )
         .await;
 
     let (raw_tx, raw_rx) = output::raw_channel();

@@ -31,6 +31,7 @@ use tracing::{error, info, warn};
 use crate::Config;
 use crate::deps::Deps;
 use crate::metrics::Metrics;
+use crate::output::Event;
 use crate::runner::{self, RunContext, RunResult, Stop};
 use crate::sync::FileCache;
 use crate::watchdog::{Records, Watchdog};
@@ -72,6 +73,7 @@ pub(crate) async fn run(
         client: client_rx,
         tasks_dir: config.work_dir.join("tasks"),
         events,
+        in_flight: crate::output::budget(crate::output::IN_FLIGHT_BUDGET),
         spider_env: config.spider_env.clone().into(),
         watchdog: start.watchdog.clone(),
         records: start.records,
@@ -352,9 +354,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// back for [`START_HOLD`], keeping every task's messages in their order. Knows which tasks the worker still
 /// owes the master an outcome for.
 struct Outbox {
-    rx: mpsc::Receiver<WorkerToMaster>,
+    rx: mpsc::Receiver<Event>,
     next_seq: u64,
-    unacked: VecDeque<WorkerEnvelope>,
+    /// Each with its share of the in-flight budget, given back when the master acknowledges it.
+    unacked: VecDeque<(WorkerEnvelope, Option<tokio::sync::OwnedSemaphorePermit>)>,
     /// Tasks assigned to this worker whose end (or refusal) the master has not acknowledged, with the lease
     /// of their assignment: wherever their messages are (in a runner, queued, sent), the outcome is on its
     /// way, so the master must not settle them itself.
@@ -362,11 +365,11 @@ struct Outbox {
     /// Starts held back, oldest first, each with when it must go and its task's lease.
     held: VecDeque<(tokio::time::Instant, TaskId, u64, ProcessStart)>,
     /// Messages taken from `rx`, to be numbered in this order.
-    ready: VecDeque<WorkerToMaster>,
+    ready: VecDeque<Event>,
 }
 
 impl Outbox {
-    fn new(rx: mpsc::Receiver<WorkerToMaster>) -> Self {
+    fn new(rx: mpsc::Receiver<Event>) -> Self {
         Self {
             rx,
             next_seq: 1,
@@ -385,13 +388,13 @@ impl Outbox {
     /// kept in `self` before anything else is awaited.
     async fn next(&mut self) -> Option<WorkerEnvelope> {
         loop {
-            if let Some(message) = self.ready.pop_front() {
+            if let Some(Event { message, budget }) = self.ready.pop_front() {
                 let envelope = WorkerEnvelope {
                     seq: self.next_seq,
                     message,
                 };
                 self.next_seq += 1;
-                self.unacked.push_back(envelope.clone());
+                self.unacked.push_back((envelope.clone(), budget));
                 return Some(envelope);
             }
             let due = self.held.front().map(|(due, ..)| *due);
@@ -420,13 +423,13 @@ impl Outbox {
             .collect()
     }
 
-    fn take(&mut self, mut message: WorkerToMaster) {
+    fn take(&mut self, mut event: Event) {
         if let WorkerToMaster::TaskStarted {
             task_id,
             lease,
             pid,
             at,
-        } = message
+        } = event.message
         {
             let due = tokio::time::Instant::now() + START_HOLD;
             self.held
@@ -435,19 +438,19 @@ impl Outbox {
         }
         if let WorkerToMaster::TaskEnded {
             task_id, started, ..
-        } = &mut message
+        } = &mut event.message
         {
             // The end carries its held start.
             let held = self.unhold(*task_id);
             *started = started.or(held);
-        } else if let Some(task) = message.task()
+        } else if let Some(task) = event.message.task()
             && let Some(start) = self.unhold(task.task_id)
         {
             let (task_id, lease) = (task.task_id, task.lease);
             // Any other message of the task goes after its start.
-            self.ready.push_back(started(task_id, lease, start));
+            self.ready.push_back(started(task_id, lease, start).into());
         }
-        self.ready.push_back(message);
+        self.ready.push_back(event);
     }
 
     fn unhold(&mut self, task_id: TaskId) -> Option<ProcessStart> {
@@ -457,13 +460,13 @@ impl Outbox {
 
     fn release_oldest(&mut self) {
         if let Some((_, task_id, lease, start)) = self.held.pop_front() {
-            self.ready.push_back(started(task_id, lease, start));
+            self.ready.push_back(started(task_id, lease, start).into());
         }
     }
 
     fn ack(&mut self, seq: u64) {
-        while self.unacked.front().is_some_and(|e| e.seq <= seq) {
-            let Some(envelope) = self.unacked.pop_front() else {
+        while self.unacked.front().is_some_and(|(e, _)| e.seq <= seq) {
+            let Some((envelope, _budget)) = self.unacked.pop_front() else {
                 break;
             };
             if let WorkerToMaster::TaskEnded { task_id, .. }
@@ -475,7 +478,7 @@ impl Outbox {
     }
 
     fn unacknowledged(&self) -> Vec<WorkerEnvelope> {
-        self.unacked.iter().cloned().collect()
+        self.unacked.iter().map(|(e, _)| e.clone()).collect()
     }
 
     /// Nothing waits to be sent or confirmed.
@@ -558,7 +561,7 @@ impl Runners {
             reason,
         };
         tokio::spawn(async move {
-            let _ = events.send(refused).await;
+            let _ = events.send(refused.into()).await;
         });
     }
 
@@ -612,26 +615,20 @@ impl Runners {
 }
 
 /// Queues a task's end for the master.
-async fn report_end(
-    events: &mpsc::Sender<WorkerToMaster>,
-    task_id: TaskId,
-    lease: u64,
-    result: RunResult,
-) {
+async fn report_end(events: &mpsc::Sender<Event>, task_id: TaskId, lease: u64, result: RunResult) {
     let RunResult {
         outcome,
         peak_rss_bytes,
     } = result;
-    let _ = events
-        .send(WorkerToMaster::TaskEnded {
-            task_id,
-            lease,
-            outcome,
-            at: Utc::now(),
-            peak_rss_bytes,
-            started: None,
-        })
-        .await;
+    let ended = WorkerToMaster::TaskEnded {
+        task_id,
+        lease,
+        outcome,
+        at: Utc::now(),
+        peak_rss_bytes,
+        started: None,
+    };
+    let _ = events.send(ended.into()).await;
 }
 
 /// Exponential backoff between reconnects: 200 ms doubling up to 2 s, so a restarted master is found again well
@@ -702,8 +699,8 @@ mod tests {
         let (a, b) = (TaskId::new(), TaskId::new());
         outbox.owe(&assignment(a));
         outbox.owe(&assignment(b));
-        tx.send(ended(a)).await.unwrap();
-        tx.send(ended(b)).await.unwrap();
+        tx.send(ended(a).into()).await.unwrap();
+        tx.send(ended(b).into()).await.unwrap();
         let first = outbox.next().await.unwrap();
         let second = outbox.next().await.unwrap();
         assert_eq!((first.seq, second.seq), (1, 2));
@@ -716,7 +713,7 @@ mod tests {
         outbox.ack(2);
         assert!(outbox.is_settled());
         // Numbering goes on across sessions, so the master can tell a resent message from a new one.
-        tx.send(ended(a)).await.unwrap();
+        tx.send(ended(a).into()).await.unwrap();
         assert_eq!(outbox.next().await.unwrap().seq, 3);
     }
 
@@ -754,8 +751,8 @@ mod tests {
         let (quick, chatty, silent) = (TaskId::new(), TaskId::new(), TaskId::new());
 
         // Ends within the hold, having said nothing: one message.
-        tx.send(start(quick)).await.unwrap();
-        tx.send(ended(quick)).await.unwrap();
+        tx.send(start(quick).into()).await.unwrap();
+        tx.send(ended(quick).into()).await.unwrap();
         let first = outbox.next().await.unwrap();
         match &first.message {
             WorkerToMaster::TaskEnded {
@@ -767,22 +764,22 @@ mod tests {
         }
 
         // Output sends the start first, in order.
-        tx.send(start(chatty)).await.unwrap();
+        tx.send(start(chatty).into()).await.unwrap();
         let logs = WorkerToMaster::Logs {
             task_id: chatty,
             lease: 1,
             lines: Vec::new(),
         };
-        tx.send(logs).await.unwrap();
+        tx.send(logs.into()).await.unwrap();
         let (second, third) = (outbox.next().await.unwrap(), outbox.next().await.unwrap());
 
         // A silent run: held until the hold passes, then sent on its own.
-        tx.send(start(silent)).await.unwrap();
+        tx.send(start(silent).into()).await.unwrap();
         let early = tokio::time::timeout(START_HOLD / 2, outbox.next()).await;
         assert!(early.is_err(), "sent before the hold passed: {early:?}");
         assert!(!outbox.is_settled(), "a held start is not settled");
         let fourth = outbox.next().await.unwrap();
-        tx.send(ended(silent)).await.unwrap();
+        tx.send(ended(silent).into()).await.unwrap();
         let fifth = outbox.next().await.unwrap();
 
         assert_eq!(
@@ -814,6 +811,7 @@ mod tests {
             client,
             tasks_dir: dir.path().join("tasks"),
             events: events.clone(),
+            in_flight: crate::output::budget(crate::output::IN_FLIGHT_BUDGET),
             spider_env: Vec::new().into(),
             watchdog: crate::watchdog::Watchdog::for_test().0,
             records: Records::new(dir.path().join("runs")),
@@ -822,17 +820,19 @@ mod tests {
         let mut runners = Runners::new(1, ctx);
         let _busy = Arc::clone(&runners.slots).try_acquire_owned().unwrap();
         let earlier = TaskId::new();
-        events.send(ended(earlier)).await.unwrap();
+        events.send(ended(earlier).into()).await.unwrap();
 
         let refused = TaskId::new();
         runners.start(assignment(refused));
         runners.refuse(&assignment(TaskId::new()), "shutting down".into());
 
         let first = events_rx.recv().await.unwrap();
-        assert!(matches!(first, WorkerToMaster::TaskEnded { task_id, .. } if task_id == earlier));
+        assert!(
+            matches!(first.message, WorkerToMaster::TaskEnded { task_id, .. } if task_id == earlier)
+        );
         let mut reasons = HashMap::new();
         for _ in 0..2 {
-            match events_rx.recv().await.unwrap() {
+            match events_rx.recv().await.unwrap().message {
                 WorkerToMaster::TaskRefused {
                     task_id, reason, ..
                 } => reasons.insert(task_id, reason),

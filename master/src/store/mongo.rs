@@ -136,6 +136,23 @@ pub struct MongoStore {
 
 /// The field holding an item's de-duplication key, in spiders that de-duplicate.
 const DEDUP_KEY: &str = "_dk";
+/// An item kept as its JSON text, because it is nested deeper than a MongoDB document may be.
+const RAW_ITEM: &str = "_raw";
+/// The deepest item stored as a document; MongoDB refuses documents nested more than 100 levels, and an item
+/// sits one level down with the platform's own fields.
+const MAX_ITEM_DEPTH: usize = 90;
+
+/// How deeply `doc` nests documents and arrays (1 for a flat one).
+fn depth(doc: &Document) -> usize {
+    fn of(value: &Bson) -> usize {
+        match value {
+            Bson::Document(doc) => depth(doc),
+            Bson::Array(items) => 1 + items.iter().map(of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    1 + doc.values().map(of).max().unwrap_or(0)
+}
 
 /// Tasks whose item destination is remembered; past this the memory starts over.
 const RESULTS_REMEMBERED: usize = 1024;
@@ -788,9 +805,16 @@ impl Store for MongoStore {
         let (tid, sid) = (target.task.to_string(), target.spider_id.to_string());
         let mut docs = Vec::with_capacity(items.len());
         for item in items {
-            // Straight from the text into an ordered document: the item's fields keep the spider's order.
-            let mut doc: Document = serde_json::from_str(item.data.get())
-                .map_err(|e| Error::Corrupt(format!("item {}: {e}", item.seq)))?;
+            // Straight from the text into an ordered document: the item's fields keep the spider's order. An
+            // item nested deeper than a MongoDB document may be is kept as its text instead, so it is not lost
+            // (and a batch holding it is not refused for ever).
+            let mut doc = match serde_json::from_str::<Document>(item.data.get()) {
+                Ok(doc) if depth(&doc) <= MAX_ITEM_DEPTH => doc,
+                _ => {
+                    tracing::warn!(task_id = %target.task, seq = item.seq, "an item nested deeper than MongoDB takes is kept as its JSON text");
+                    doc! {RAW_ITEM: item.data.get()}
+                }
+            };
             doc.insert("_tid", tid.clone());
             doc.insert("_sid", sid.clone());
             doc.insert("_seq", item.seq as i64);
@@ -854,7 +878,10 @@ impl Store for MongoStore {
             for field in ["_id", "_tid", "_sid", DEDUP_KEY] {
                 doc.remove(field);
             }
-            let text = serde_json::to_string(&doc).map_err(|e| Error::Corrupt(e.to_string()))?;
+            let text = match doc.remove(RAW_ITEM) {
+                Some(Bson::String(text)) => text,
+                _ => serde_json::to_string(&doc).map_err(|e| Error::Corrupt(e.to_string()))?,
+            };
             let data = serde_json::value::RawValue::from_string(text)
                 .map_err(|e| Error::Corrupt(e.to_string()))?;
             items.push(ItemRecord { seq, data });
