@@ -158,7 +158,7 @@ for _ in range(n // 1000):
 "#;
 
 /// The figures `scripts/bench` can measure; a second argument (comma-separated names) picks some of them.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "latency",
     "throughput",
     "sync",
@@ -167,6 +167,7 @@ const SECTIONS: [&str; 9] = [
     "streams",
     "listing",
     "idle",
+    "flood",
     "mongodb",
 ];
 
@@ -286,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
             "mongodb" => bench.mongodb().await?,
             "streams" => bench.streams().await?,
             "listing" => bench.listing().await?,
+            "flood" => bench.flood().await?,
             _ => bench.idle_workers().await?,
         }
     }
@@ -849,6 +851,91 @@ impl Bench {
         Ok(())
     }
 
+    /// An `arachne-worker` process under output floods: its peak RSS under 150 lines of 15 MiB (just under the
+    /// line limit) and its RSS once idle after, against its RSS idle before; and 10 M lines of 105 bytes, none
+    /// of which may be lost.
+    async fn flood(&mut self) -> anyhow::Result<()> {
+        let (mut worker, _worker_dir) = self.remote_worker("flooded").await?;
+        let pid = worker.id().context("the worker runs")?;
+        run_to_end(&self.client, &noop_run(Some("flooded"))).await?;
+        let idle_before = rss_mib(pid).1;
+        let long = format!(
+            "f=$(mktemp); head -c {} /dev/zero | tr '\\0' x > $f; echo >> $f\ni=0; while [ $i -lt 150 ]; do cat $f; i=$((i+1)); done; rm $f\n",
+            (15 << 20) - 1
+        );
+        spider(
+            &self.client,
+            "flood",
+            "sh main.sh",
+            &[("main.sh", long.as_str())],
+        )
+        .await?;
+        let run = RunTask {
+            spider: "flood".into(),
+            mode: Some(RunMode::Nodes),
+            nodes: vec!["flooded".into()],
+            ..Default::default()
+        };
+        let task = run_to_end(&self.client, &run).await?;
+        let peak = rss_mib(pid).0;
+        anyhow::ensure!(
+            task.log_lines == 150,
+            "long lines lost: {} of 150",
+            task.log_lines
+        );
+        // Memory the allocator has not given back yet is not the worker's to hold for ever: wait a while.
+        let mut idle_after = rss_mib(pid).1;
+        let settle = Instant::now() + Duration::from_secs(10);
+        while idle_after > 64 && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            idle_after = rss_mib(pid).1;
+        }
+        self.rows.push(row(
+            "worker peak RSS, 150 lines of 15 MiB",
+            "MiB",
+            peak as f64,
+            (idle_before as f64, "the same worker idle before"),
+            "<= 256 MiB",
+            peak <= 256,
+        ));
+        self.rows.push(row(
+            "worker RSS idle after the flood",
+            "MiB",
+            idle_after as f64,
+            (idle_before as f64, "the same worker idle before"),
+            "<= 64 MiB",
+            idle_after <= 64,
+        ));
+        let n: u64 = 10_000_000;
+        let short = "import sys\nline = 'x' * 104 + '\\n'\nout = sys.stdout\nfor _ in range(int(sys.argv[1])):\n    out.write(line)\n";
+        spider(
+            &self.client,
+            "short",
+            "python3 main.py",
+            &[("main.py", short)],
+        )
+        .await?;
+        let run = RunTask {
+            spider: "short".into(),
+            param: Some(n.to_string()),
+            mode: Some(RunMode::Nodes),
+            nodes: vec!["flooded".into()],
+            ..Default::default()
+        };
+        let task = run_to_end(&self.client, &run).await?;
+        let lost = n.saturating_sub(task.log_lines);
+        self.rows.push(row(
+            "10 M lines of 105 B through a worker process: lines lost",
+            "lines",
+            lost as f64,
+            (0.0, "none"),
+            "0",
+            lost == 0,
+        ));
+        worker.kill().await?;
+        Ok(())
+    }
+
     /// Log lines through the whole path, against direct appends into the same kind of store.
     async fn logs(&mut self) -> anyhow::Result<()> {
         let n_lines = 300_000;
@@ -1182,4 +1269,19 @@ fn worker_bin() -> anyhow::Result<PathBuf> {
     std::env::var_os("ARACHNE_WORKER_BIN")
         .map(PathBuf::from)
         .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")
+}
+
+/// Peak and current resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }

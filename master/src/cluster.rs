@@ -427,7 +427,8 @@ impl Cluster {
         tokio::pin!(process);
         loop {
             let envelope = tokio::select! {
-                () = &mut process => unreachable!("the processor runs while its queue is open"),
+                // The processor ends only once its queue closes, which this loop holds open.
+                () = &mut process => return SessionEnd::Broken,
                 message = inbound.next() => message,
                 () = kill.cancelled() => return SessionEnd::Silent,
                 () = self.shutdown.cancelled() => return SessionEnd::MasterShutdown,

@@ -901,3 +901,141 @@ async fn the_embedded_store_s_log_shrinks_after_a_flood() {
     })
     .await;
 }
+
+/// A SecantusDB server of the test's own (the binary `scripts/mongodb` names), on a fixed port and storage
+/// folder so it can be stopped and started again in place.
+struct OwnMongo {
+    bin: PathBuf,
+    port: u16,
+    storage: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMongo {
+    fn start() -> Option<Self> {
+        let bin = PathBuf::from(std::env::var_os("ARACHNE_TEST_MONGODB_BIN")?);
+        let mut server = Self {
+            bin,
+            port: free_port().port(),
+            storage: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.resume();
+        Some(server)
+    }
+
+    fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    fn resume(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--storage-path")
+            .arg(self.storage.path().join("db"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnMongo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn on_own_mongo(dir: &Path, server: &OwnMongo) -> Config {
+    let mut config = bare_config(dir);
+    config.mongodb = Some(arachne_master::MongoConfig {
+        uri: server.uri(),
+        database: Some("arachne_outage".into()),
+    });
+    config
+}
+
+/// A MongoDB that goes away for a while mid-run delays the run's records and falsifies none of them; and a
+/// master whose MongoDB is gone still stops within its bound, leaving the rest for its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mongodb_outage_mid_run_loses_nothing_and_does_not_hold_a_stopping_master() {
+    let Some(mut server) = OwnMongo::start() else {
+        eprintln!("skipped: no MongoDB test server binary (run under scripts/mongodb)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gate = tempfile::tempdir().unwrap();
+    let go = gate.path().join("go");
+    let master = TestMaster::start_on(
+        on_own_mongo(dir.path(), &server),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    let client = &master.client;
+    let script = "i=0; while [ $i -lt 100 ]; do echo \"line $i\"; i=$((i+1)); done\n\
+        echo '{\"type\": \"INSERT_DATA\", \"payload\": [{\"n\": 1}, {\"n\": 2}, {\"n\": 3}, {\"n\": 4}, {\"n\": 5}, {\"n\": 6}, {\"n\": 7}, {\"n\": 8}, {\"n\": 9}, {\"n\": 10}]}'\n\
+        while [ ! -e \"$GO\" ]; do sleep 0.02; done\n\
+        i=100; while [ $i -lt 200 ]; do echo \"line $i\"; i=$((i+1)); done\n\
+        echo '{\"type\": \"INSERT_DATA\", \"payload\": [{\"n\": 11}, {\"n\": 12}, {\"n\": 13}, {\"n\": 14}, {\"n\": 15}, {\"n\": 16}, {\"n\": 17}, {\"n\": 18}, {\"n\": 19}, {\"n\": 20}]}'\n";
+    create_spider(client, "steady", "sh main.sh", &[("main.sh", script)]).await;
+    let mut spec = run_with_retries("steady", 0);
+    let settings = spec.settings.as_mut().unwrap();
+    settings.env.insert("GO".into(), go.display().to_string());
+    let task = client.run_task(&spec).await.unwrap();
+    eventually("the first half is stored", || async {
+        client
+            .get_task(task.id)
+            .await
+            .is_ok_and(|t| t.log_lines == 100 && t.items == 10)
+    })
+    .await;
+
+    // The database goes away; the spider writes its second half and ends meanwhile.
+    server.stop();
+    std::fs::write(&go, "").unwrap();
+    let run_dir = worker.work_dir().join("tasks").join(task.id.to_string());
+    eventually("the spider ends while the database is away", || async {
+        !run_dir.exists()
+    })
+    .await;
+    server.resume();
+    let ended = wait_done(client, task.id).await;
+    assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");
+    assert_eq!((ended.log_lines, ended.items), (200, 20), "{ended:#?}");
+    let expected: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+    assert_eq!(log_texts(client, task.id).await, expected);
+
+    // Gone again, with a task running: the master still stops within its bound.
+    create_spider(
+        client,
+        "idle",
+        "sh main.sh",
+        &[("main.sh", "echo up\nsleep 60\n")],
+    )
+    .await;
+    let idle = client.run_task(&run_with_retries("idle", 0)).await.unwrap();
+    eventually("the idle task runs", || async {
+        client
+            .get_task(idle.id)
+            .await
+            .is_ok_and(|t| t.status == TaskStatus::Running && t.log_lines == 1)
+    })
+    .await;
+    server.stop();
+    worker.stop().await;
+    let stopped = tokio::time::timeout(Duration::from_secs(30), master.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the master did not stop while its MongoDB was away"
+    );
+}

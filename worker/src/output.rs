@@ -23,11 +23,12 @@ use crate::lines::{LineReader, RawLine};
 
 /// Lines from both pipes waiting to be classified.
 const RAW_CAPACITY: usize = 1024;
-/// Bytes of one run's lines read from its pipes and not yet batched. At least the longest line a spider may
-/// write, which takes all of it.
-pub(crate) const RUN_BUDGET: usize = 32 << 20;
-/// Bytes of one worker's batches sent to the outbox and not yet acknowledged by the master, over all runs.
-pub(crate) const IN_FLIGHT_BUDGET: usize = 64 << 20;
+/// Bytes of one run's lines read from its pipes and not yet batched; a line longer than this takes all of it.
+pub(crate) const RUN_BUDGET: usize = 8 << 20;
+/// Bytes of one worker's batches sent to the outbox and not yet acknowledged by the master, over all runs. The
+/// outbox keeps each until acknowledged while a copy goes out on the wire, so the worker may hold about twice
+/// this; a batch longer than this takes all of it.
+pub(crate) const IN_FLIGHT_BUDGET: usize = 32 << 20;
 
 /// A message for the outbox, holding its share of the in-flight budget until the master acknowledges it.
 #[derive(Debug)]
