@@ -795,9 +795,7 @@ impl Cluster {
                     if !holds(t, &name, held.lease) {
                         return false;
                     }
-                    t.node = None;
-                    t.lease += 1;
-                    t.updated_at = Utc::now();
+                    t.requeue(Utc::now());
                     true
                 }),
             )

@@ -646,9 +646,7 @@ impl Scheduler {
                 id,
                 &[TaskStatus::Pending],
                 Box::new(|t| {
-                    t.node = None;
-                    t.lease += 1;
-                    t.updated_at = Utc::now();
+                    t.requeue(Utc::now());
                     true
                 }),
             )
@@ -702,9 +700,7 @@ impl Scheduler {
                         })
                     } else {
                         Box::new(move |t| {
-                            t.node = None;
-                            t.lease += 1;
-                            t.updated_at = now;
+                            t.requeue(now);
                             true
                         })
                     };

@@ -459,6 +459,14 @@ impl Task {
         }
     }
 
+    /// Puts a task handed to a node but never started back in the queue, and revokes the hand-over: what the
+    /// node still sends under the old lease is refused.
+    pub fn requeue(&mut self, at: DateTime<Utc>) {
+        self.node = None;
+        self.lease += 1;
+        self.updated_at = at;
+    }
+
     /// Whether this task ended as a failure that another attempt will retry (it has retries left).
     pub fn will_retry(&self) -> bool {
         let failed = matches!(self.status, TaskStatus::Error | TaskStatus::Abnormal);
