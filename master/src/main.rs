@@ -118,16 +118,10 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Started as a worker's process watchdog: that is all this process does.
-    arachne_worker::watchdog::run_if_invoked();
-    tokio::runtime::Runtime::new()
-        .context("starting the async runtime")?
-        .block_on(run())
+    arachne_worker::args::main(run)
 }
 
 async fn run() -> anyhow::Result<()> {
-    arachne_worker::args::init_tracing();
-    arachne_worker::args::seal_process();
     let args = Args::parse();
     let mut config = Config::new(args.data_dir);
     config.examples_dir = Some(args.examples_dir);

@@ -26,6 +26,20 @@ impl From<RunnerArgs> for RunnerOptions {
     }
 }
 
+/// The `main` of a binary that runs a worker: the process watchdog if it was started as one (and nothing
+/// else), otherwise `run` on a multi-threaded runtime, with the log subscriber installed and the process sealed
+/// first.
+pub fn main<F: std::future::Future<Output = anyhow::Result<()>>>(
+    run: impl FnOnce() -> F,
+) -> anyhow::Result<()> {
+    crate::watchdog::run_if_invoked();
+    init_tracing();
+    seal_process();
+    tokio::runtime::Runtime::new()
+        .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?
+        .block_on(run())
+}
+
 /// Installs the log subscriber: `RUST_LOG` if set, `info` otherwise.
 pub fn init_tracing() {
     tracing_subscriber::fmt()

@@ -46,16 +46,10 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Started as a worker's process watchdog: that is all this process does.
-    arachne_worker::watchdog::run_if_invoked();
-    tokio::runtime::Runtime::new()
-        .context("starting the async runtime")?
-        .block_on(run())
+    arachne_worker::args::main(run)
 }
 
 async fn run() -> anyhow::Result<()> {
-    arachne_worker::args::init_tracing();
-    arachne_worker::args::seal_process();
     let args = Args::parse();
     let name = match args.name {
         Some(name) => name,
