@@ -5,13 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::TokenKind;
 use arachne_shared::cluster::{
-    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WINDOW, WorkerEnvelope,
-    WorkerToMaster,
+    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WINDOW, WINDOW_BYTES,
+    WorkerEnvelope, WorkerToMaster,
 };
 use arachne_shared::files::Manifest;
 use arachne_shared::{
@@ -423,7 +424,9 @@ impl Cluster {
         // A worker keeps at most WINDOW messages unacknowledged, and the master acknowledges a message only
         // after taking it from here, so a worker that keeps the rule never finds this full.
         let (queue, queued) = mpsc::channel(WINDOW);
-        let process = self.process(node, queued, outbound);
+        // Bytes queued for the processor: bounded too, as a message may be anything up to the wire's limit.
+        let queued_bytes = AtomicUsize::new(0);
+        let process = self.process(node, queued, &queued_bytes, outbound);
         tokio::pin!(process);
         loop {
             let envelope = tokio::select! {
@@ -453,8 +456,11 @@ impl Cluster {
             if metrics.is_some() {
                 continue;
             }
-            if queue.try_send(envelope).is_err() {
-                warn!(node = %node.name, "the worker sent more unacknowledged messages than its window allows; ending its session");
+            let bytes = envelope.message.approx_bytes();
+            let held = queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            if held > WINDOW_BYTES || queue.try_send(envelope).is_err() {
+                warn!(node = %node.name, held_bytes = held,
+                    "the worker sent more unacknowledged messages than its window allows; ending its session");
                 return SessionEnd::Broken;
             }
         }
@@ -473,6 +479,7 @@ impl Cluster {
         &self,
         node: &Node,
         mut queued: mpsc::Receiver<WorkerEnvelope>,
+        queued_bytes: &AtomicUsize,
         outbound: &Outbound,
     ) {
         let mut acks = Acks::default();
@@ -491,7 +498,10 @@ impl Cluster {
                     continue;
                 }
                 envelope = queued.recv(), if writes.len() < WRITES_IN_FLIGHT => match envelope {
-                    Some(envelope) => envelope,
+                    Some(envelope) => {
+                        queued_bytes.fetch_sub(envelope.message.approx_bytes(), Ordering::Relaxed);
+                        envelope
+                    }
                     None => return,
                 },
                 () = retry_ack => {

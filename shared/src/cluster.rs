@@ -17,6 +17,11 @@ use crate::task::{TaskId, TaskOutcome};
 /// while its store is slow), holds at most this many per session.
 pub const WINDOW: usize = 512;
 
+/// The most bytes (as [`WorkerToMaster::approx_bytes`] counts them) a master holds of one session's messages
+/// not yet stored. A worker keeps its unacknowledged output to half of this, so only a worker that breaks the
+/// rule reaches it, and its session is ended.
+pub const WINDOW_BYTES: usize = 64 << 20;
+
 /// What a worker announces when its session opens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {

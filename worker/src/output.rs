@@ -28,7 +28,7 @@ pub(crate) const RUN_BUDGET: usize = 8 << 20;
 /// Bytes of one worker's batches sent to the outbox and not yet acknowledged by the master, over all runs. The
 /// outbox keeps each until acknowledged while a copy goes out on the wire, so the worker may hold about twice
 /// this; a batch longer than this takes all of it.
-pub(crate) const IN_FLIGHT_BUDGET: usize = 32 << 20;
+pub(crate) const IN_FLIGHT_BUDGET: usize = arachne_shared::cluster::WINDOW_BYTES / 2;
 
 /// A message for the outbox, holding its share of the in-flight budget until the master acknowledges it.
 #[derive(Debug)]
