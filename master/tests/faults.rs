@@ -462,6 +462,11 @@ async fn a_restarted_worker_kills_what_its_previous_life_left_running_and_says_s
     master.wait_nodes_online(1).await;
     let task = stubborn_task(&master.client).await;
     let pgid = task.pid.unwrap();
+    let record = work.path().join("runs").join(task.id.to_string());
+    eventually("the run's process group is recorded", || async {
+        record.exists()
+    })
+    .await;
     // The worker dies with its watchdog: nothing kills the run.
     let watchdog = watchdog_of(worker.id()).expect("the worker has a watchdog");
     signal(watchdog, nix::sys::signal::Signal::SIGKILL);

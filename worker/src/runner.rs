@@ -360,6 +360,9 @@ impl Process {
     }
 }
 
+/// How long a run goes before its process group is recorded on disk; see [`crate::watchdog::Records`].
+const RECORD_AFTER: Duration = Duration::from_secs(1);
+
 async fn sleep_for(limit: Option<u64>) {
     match limit {
         Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
@@ -390,7 +393,6 @@ async fn supervise(
     };
     let pid = child.id().expect("a just-spawned child has a pid");
     ctx.watchdog.add(pid).await;
-    ctx.records.write(task.task_id, pid);
     info!(task_id = %task.task_id, spider = %task.spider_name, pid, "spider started");
     let _ = ctx
         .events
@@ -450,9 +452,18 @@ async fn supervise(
 
     let mut sampler_failed = None;
     let mut lease = ctx.lease.clone();
+    // The record is for a worker whose watchdog died with it; a run that lasts a moment gets one, so a short
+    // run does not pay three file operations for it.
+    let record_at = tokio::time::Instant::now() + RECORD_AFTER;
+    let mut recorded = false;
     let (status, stopped_by) = loop {
         let reason = tokio::select! {
             status = process.child.wait() => break (status, None),
+            () = tokio::time::sleep_until(record_at), if !recorded => {
+                ctx.records.write(task.task_id, pid);
+                recorded = true;
+                continue;
+            }
             reason = stopped(&mut stop) => reason,
             () = lease_lost(&mut lease) => Stop::LeaseLost,
             () = sleep_for(task.settings.timeout_secs) => Stop::Timeout(task.settings.timeout_secs.unwrap_or(0)),
@@ -470,7 +481,9 @@ async fn supervise(
     // The shell may be gone while something it started still runs and holds the pipes open.
     signal_group(pid, Signal::SIGKILL);
     ctx.watchdog.del(pid).await;
-    ctx.records.remove(task.task_id);
+    if recorded {
+        ctx.records.remove(task.task_id);
+    }
 
     // Output still in the pipes is read to the end; a reader that cannot finish (a process that escaped the
     // group holds the pipe) is cut off so the run still ends.
