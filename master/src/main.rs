@@ -117,6 +117,11 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives memory back to the system soon after it is freed, so a worker (or a master) is small again once a
+/// flood of output has passed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     arachne_worker::args::main(run)
 }

@@ -45,6 +45,11 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Gives memory back to the system soon after it is freed, so a worker (or a master) is small again once a
+/// flood of output has passed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     arachne_worker::args::main(run)
 }
