@@ -63,6 +63,24 @@ async fn log_texts(client: &Client, id: arachne_shared::TaskId) -> Vec<String> {
 /// as its last act.
 const GATED: &str = "echo start\nwhile [ ! -e \"$GO\" ]; do sleep 0.02; done\necho item\necho end\ntouch \"$DONE\"\n";
 
+/// Runs [`GATED`] with a retry left and waits until it runs and printed its first line.
+async fn start_gated(client: &Client, go: &Path, done: &Path) -> Task {
+    create_spider(client, "gated", "sh main.sh", &[("main.sh", GATED)]).await;
+    let mut spec = run_with_retries("gated", 1);
+    let settings = spec.settings.as_mut().unwrap();
+    settings.env.insert("GO".into(), go.display().to_string());
+    settings
+        .env
+        .insert("DONE".into(), done.display().to_string());
+    let task = client.run_task(&spec).await.unwrap();
+    eventually("the task runs and printed its first line", || async {
+        let task = client.get_task(task.id).await.unwrap();
+        task.status == TaskStatus::Running && task.log_lines >= 1
+    })
+    .await;
+    task
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_that_ends_while_the_master_is_away_keeps_its_true_end_and_is_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,19 +89,7 @@ async fn a_task_that_ends_while_the_master_is_away_keeps_its_true_end_and_is_not
     let master = TestMaster::start_with(bare_config(dir.path())).await;
     let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
     master.wait_nodes_online(1).await;
-    create_spider(&master.client, "gated", "sh main.sh", &[("main.sh", GATED)]).await;
-    let mut spec = run_with_retries("gated", 1);
-    let settings = spec.settings.as_mut().unwrap();
-    settings.env.insert("GO".into(), go.display().to_string());
-    settings
-        .env
-        .insert("DONE".into(), done.display().to_string());
-    let task = master.client.run_task(&spec).await.unwrap();
-    eventually("the task runs and printed its first line", || async {
-        let task = master.client.get_task(task.id).await.unwrap();
-        task.status == TaskStatus::Running && task.log_lines >= 1
-    })
-    .await;
+    let task = start_gated(&master.client, &go, &done).await;
 
     let grpc = master.grpc;
     master.stop().await;
@@ -242,19 +248,7 @@ async fn a_task_that_ends_while_a_killed_master_is_down_is_finished_after_its_re
             .any(|n| n.status == arachne_shared::NodeStatus::Online)
     })
     .await;
-    create_spider(&client, "gated", "sh main.sh", &[("main.sh", GATED)]).await;
-    let mut spec = run_with_retries("gated", 1);
-    let settings = spec.settings.as_mut().unwrap();
-    settings.env.insert("GO".into(), go.display().to_string());
-    settings
-        .env
-        .insert("DONE".into(), done.display().to_string());
-    let task = client.run_task(&spec).await.unwrap();
-    eventually("the task runs", || async {
-        let task = client.get_task(task.id).await.unwrap();
-        task.status == TaskStatus::Running && task.log_lines >= 1
-    })
-    .await;
+    let task = start_gated(&client, &go, &done).await;
     master.child.kill().unwrap();
     master.child.wait().unwrap();
     std::fs::write(&go, "").unwrap();
