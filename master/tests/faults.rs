@@ -129,23 +129,25 @@ fn free_port() -> SocketAddr {
 
 impl MasterProcess {
     fn spawn(data_dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
-        let child = std::process::Command::new(common::workspace_bin("arachne-master"))
+        Self::spawn_with(data_dir, http, grpc, false)
+    }
+
+    /// With or without its local worker.
+    fn spawn_with(data_dir: &Path, http: SocketAddr, grpc: SocketAddr, local_worker: bool) -> Self {
+        let mut command = std::process::Command::new(common::workspace_bin("arachne-master"));
+        command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
-            .args(["--no-local-worker", "--examples-dir", "/nonexistent"])
+            .args(["--examples-dir", "/nonexistent"])
             .env("ARACHNE_API_TOKEN", common::API_TOKEN)
             .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open("/tmp/master.log")
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        if !local_worker {
+            command.arg("--no-local-worker");
+        }
+        let child = command.spawn().unwrap();
         Self {
             child,
             http,
@@ -171,6 +173,19 @@ impl MasterProcess {
     }
 }
 
+/// Waits until a worker of the master `client` talks to is online.
+async fn wait_online(client: &Client) {
+    eventually("the worker is online", || async {
+        client
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.status == arachne_shared::NodeStatus::Online)
+    })
+    .await;
+}
+
 impl Drop for MasterProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -187,15 +202,7 @@ async fn a_master_killed_while_a_queue_drains_runs_every_task_exactly_once() {
     let mut master = MasterProcess::spawn(dir.path(), free_port(), free_port());
     let client = master.client().await;
     let worker = TestWorker::start(&format!("http://{}", master.grpc), "w1", 4);
-    eventually("the worker is online", || async {
-        client
-            .list_nodes()
-            .await
-            .unwrap()
-            .iter()
-            .any(|n| n.status == arachne_shared::NodeStatus::Online)
-    })
-    .await;
+    wait_online(&client).await;
     // Every run leaves its task id in the ledger; a run twice leaves it twice.
     let script = format!("echo \"$ARACHNE_TASK_ID\" >> {}\n", ledger.display());
     create_spider(&client, "noop", "sh main.sh", &[("main.sh", &script)]).await;
@@ -239,15 +246,7 @@ async fn a_task_that_ends_while_a_killed_master_is_down_is_finished_after_its_re
     let mut master = MasterProcess::spawn(dir.path(), free_port(), free_port());
     let client = master.client().await;
     let worker = TestWorker::start(&format!("http://{}", master.grpc), "w1", 2);
-    eventually("the worker is online", || async {
-        client
-            .list_nodes()
-            .await
-            .unwrap()
-            .iter()
-            .any(|n| n.status == arachne_shared::NodeStatus::Online)
-    })
-    .await;
+    wait_online(&client).await;
     let task = start_gated(&client, &go, &done).await;
     master.child.kill().unwrap();
     master.child.wait().unwrap();
@@ -418,27 +417,12 @@ async fn no_process_of_a_run_outlives_its_killed_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_process_of_a_run_outlives_a_killed_master_with_its_local_worker() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, grpc) = (free_port(), free_port());
-    let mut master = std::process::Command::new(common::workspace_bin("arachne-master"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
-        .args(["--examples-dir", "/nonexistent"])
-        .env("ARACHNE_API_TOKEN", common::API_TOKEN)
-        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = Client::with_token(&format!("http://{http}"), common::API_TOKEN).unwrap();
-    eventually("the master answers", || async {
-        client.health().await.is_ok()
-    })
-    .await;
+    let mut master = MasterProcess::spawn_with(dir.path(), free_port(), free_port(), true);
+    let client = master.client().await;
     let task = stubborn_task(&client).await;
     let pgid = task.pid.unwrap();
-    master.kill().unwrap();
-    master.wait().unwrap();
+    master.child.kill().unwrap();
+    master.child.wait().unwrap();
     within(
         Duration::from_secs(2),
         "the run's processes are gone",
