@@ -186,8 +186,8 @@ for i in range(n):
 
 /// The master under measurement, with its one local worker, and a client on its HTTP API.
 /// The tokens of the benchmark's masters and workers.
-const API_TOKEN: &str = "arachne_api_bench";
-const WORKER_TOKEN: &str = "arachne_worker_bench";
+const API_TOKEN: &str = "arachne_api_bench-0123456789abcdef0123456789";
+const WORKER_TOKEN: &str = "arachne_worker_bench-0123456789abcdef01234567";
 
 /// A master running in this process on free ports.
 struct RunningMaster {
@@ -262,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::new(data.path().to_owned());
     config.local_worker = Some(LocalWorker {
         max_runners: 4,
-        watchdog_exe: Some(worker_bin()?),
+        helper_exe: Some(worker_bin()?),
         ..LocalWorker::default()
     });
     let master = RunningMaster::start(config).await?;
@@ -968,7 +968,7 @@ impl Bench {
                 dir.path().to_owned(),
             );
             config.token = Some(WORKER_TOKEN.into());
-            config.watchdog_exe = Some(worker_bin()?);
+            config.helper_exe = Some(worker_bin()?);
             names.push(config.name.clone());
             tokio::spawn(arachne_worker::run(config, worker_shutdown.clone()));
             worker_dirs.push(dir);

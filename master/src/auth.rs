@@ -37,6 +37,10 @@ pub enum Error {
     NotFound(String),
     #[error(transparent)]
     Store(store::Error),
+    #[error(
+        "the configured {which} is {len} characters long; a configured token needs at least {MIN_CONFIGURED_LEN} (`openssl rand -hex 32` makes one)"
+    )]
+    Weak { which: &'static str, len: usize },
     #[error("cannot write the token file {path}: {source}")]
     File {
         path: std::path::PathBuf,
@@ -53,6 +57,9 @@ impl From<store::Error> for Error {
         }
     }
 }
+
+/// The fewest characters a configured token may have: one guessable by brute force would open the master.
+pub const MIN_CONFIGURED_LEN: usize = 32;
 
 /// Authentication settings of a master.
 #[derive(Debug, Clone)]
@@ -148,6 +155,19 @@ impl Auth {
         config: &AuthConfig,
         data_dir: &Path,
     ) -> Result<Self, Error> {
+        for (which, secret) in [
+            ("API token", &config.api_token),
+            ("worker token", &config.worker_token),
+        ] {
+            if let Some(secret) = secret
+                && secret.chars().count() < MIN_CONFIGURED_LEN
+            {
+                return Err(Error::Weak {
+                    which,
+                    len: secret.chars().count(),
+                });
+            }
+        }
         if let Some(secret) = &config.api_token {
             register(store.as_ref(), CONFIGURED_API_TOKEN, TokenKind::Api, secret).await?;
         }

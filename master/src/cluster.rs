@@ -135,7 +135,7 @@ impl Handler for Cluster {
         }
         let Some(token) = token else {
             return Err(Rejection::Unauthenticated(
-                "no worker token: start the worker with --token or ARACHNE_WORKER_TOKEN (arachne-master token create NAME --kind worker makes one)".into(),
+                "no worker token: start the worker with $ARACHNE_WORKER_TOKEN or --token-file (arachne-master token create NAME --kind worker makes one)".into(),
             ));
         };
         match self.auth.check(token, TokenKind::Worker).await {

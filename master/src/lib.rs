@@ -71,7 +71,7 @@ pub struct LocalWorker {
     /// How often it tells the master it is alive; must be well under the master's heartbeat timeout.
     pub heartbeat: std::time::Duration,
     /// The process watchdog's executable (see `arachne_worker::watchdog`); this process's own by default.
-    pub watchdog_exe: Option<PathBuf>,
+    pub helper_exe: Option<PathBuf>,
 }
 
 impl Default for LocalWorker {
@@ -81,7 +81,7 @@ impl Default for LocalWorker {
             max_runners: 4,
             runner: Default::default(),
             heartbeat: std::time::Duration::from_secs(5),
-            watchdog_exe: None,
+            helper_exe: None,
         }
     }
 }
@@ -122,7 +122,7 @@ pub enum Error {
         #[source]
         source: store::Error,
     },
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot prepare the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
         #[source]
@@ -194,18 +194,40 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
     Ok(match &config.mongodb {
         Some(mongo) => Arc::new(connect_mongodb(mongo, config).await?),
         None => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
+            prepare_data_dir(config)?;
             Arc::new(open_embedded(config)?)
         }
     })
 }
 
-/// Opens the embedded store in the data folder.
+/// Creates the data folder and closes it to other users: everything in it (the store, spider files, the first
+/// API token) is the master's alone. A local worker's spiders, which may run as another user, are let through
+/// (search, no listing) to their own runs in `local-worker/`.
+fn prepare_data_dir(config: &Config) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if config.local_worker.is_some() {
+        0o711
+    } else {
+        0o700
+    };
+    let spiders = config.data_dir.join("spiders");
+    for (dir, mode) in [(&config.data_dir, mode), (&spiders, 0o700)] {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+            .map_err(|source| Error::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Opens the embedded store in the data folder, readable by the master's user only (SQLite gives its journal
+/// files the database file's mode).
 fn open_embedded(config: &Config) -> Result<EmbeddedStore, Error> {
-    EmbeddedStore::open(&config.data_dir.join("arachne.db")).map_err(|source| {
+    use std::os::unix::fs::PermissionsExt;
+    let path = config.data_dir.join("arachne.db");
+    let store = EmbeddedStore::open(&path).map_err(|source| {
         // SQLite says only that the disk is full or that I/O failed; the filesystem says whether it has room,
         // and where.
         match free_bytes(&config.data_dir) {
@@ -216,7 +238,20 @@ fn open_embedded(config: &Config) -> Result<EmbeddedStore, Error> {
             },
             _ => source.into(),
         }
-    })
+    })?;
+    for file in ["arachne.db", "arachne.db-wal", "arachne.db-shm"] {
+        let file = config.data_dir.join(file);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::DataDir {
+                    path: file,
+                    source: err,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(store)
 }
 
 /// Below this, a store that cannot open is taken to be out of space.
@@ -235,10 +270,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    prepare_data_dir(&config)?;
     let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
     let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
     if !config.auth.required
@@ -344,7 +376,7 @@ pub async fn run(
         worker_config.max_runners = local.max_runners;
         worker_config.runner = local.runner;
         worker_config.heartbeat = local.heartbeat;
-        worker_config.watchdog_exe = local.watchdog_exe;
+        worker_config.helper_exe = local.helper_exe;
         tokio::spawn(arachne_worker::run(worker_config, worker_shutdown.clone()))
     });
 

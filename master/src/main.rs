@@ -57,12 +57,15 @@ struct Args {
     /// are on loopback.
     #[arg(long)]
     no_auth: bool,
-    /// An API token to accept, registered at start as "configured-api" (for deployments that hand secrets in).
-    #[arg(long, env = "ARACHNE_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    /// A worker token to accept, registered at start as "configured-worker"; workers present the same value.
-    #[arg(long, env = "ARACHNE_WORKER_TOKEN", hide_env_values = true)]
-    worker_token: Option<String>,
+    /// A file holding an API token to accept, registered at start as "configured-api" (for deployments that
+    /// hand secrets in); `$ARACHNE_API_TOKEN` takes precedence. At least 32 characters. Tokens are never taken
+    /// from a flag: every user of the machine can read a command line.
+    #[arg(long, env = "ARACHNE_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// A file holding a worker token to accept, registered at start as "configured-worker"; workers present
+    /// the same value. `$ARACHNE_WORKER_TOKEN` takes precedence. At least 32 characters.
+    #[arg(long, env = "ARACHNE_WORKER_TOKEN_FILE")]
+    worker_token_file: Option<PathBuf>,
     /// Runner settings of the local worker.
     #[command(flatten)]
     runner: arachne_worker::args::RunnerArgs,
@@ -154,8 +157,14 @@ async fn run() -> anyhow::Result<()> {
     });
     config.auth = arachne_master::AuthConfig {
         required: !args.no_auth,
-        api_token: args.api_token,
-        worker_token: args.worker_token,
+        api_token: arachne_worker::args::secret(
+            "ARACHNE_API_TOKEN",
+            args.api_token_file.as_deref(),
+        )?,
+        worker_token: arachne_worker::args::secret(
+            "ARACHNE_WORKER_TOKEN",
+            args.worker_token_file.as_deref(),
+        )?,
     };
     if let Some(Command::Token(command)) = args.command {
         return token(&config, command).await;

@@ -123,7 +123,7 @@ async fn workers_need_a_worker_token_and_a_refused_worker_stops_with_the_reason(
         let mut config =
             arachne_worker::Config::new(master.grpc_url(), "intruder", dir.path().into());
         config.token = token.map(str::to_owned);
-        config.watchdog_exe = Some(common::watchdog_exe());
+        config.helper_exe = Some(common::helper_exe());
         let run = arachne_worker::run(config, tokio_util::sync::CancellationToken::new());
         let err = tokio::time::timeout(TIMEOUT, run)
             .await
@@ -213,4 +213,49 @@ async fn running_without_tokens_is_allowed_only_on_loopback() {
         .unwrap();
     assert!(!data.path().join("api-token").exists());
     master.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_token_shorter_than_32_characters_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = None;
+    config.auth.worker_token = Some("W1".into());
+    let listeners = arachne_master::Listeners {
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let err = arachne_master::run(config, listeners, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tokens: the configured worker token is 2 characters long; a configured token needs at least 32 (`openssl rand -hex 32` makes one)"
+    );
+}
+
+/// Tokens come from the environment or a file, never a flag: a command line is readable by every local user.
+#[test]
+fn the_master_takes_no_token_on_its_command_line() {
+    for flag in ["--api-token", "--worker-token"] {
+        let out = std::process::Command::new(workspace_bin("arachne-master"))
+            .args([flag, "arachne_api_0123456789abcdef0123456789abcdef"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unexpected argument"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let help = std::process::Command::new(workspace_bin("arachne-master"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--api-token-file") && help.contains("ARACHNE_API_TOKEN"),
+        "{help}"
+    );
 }

@@ -531,7 +531,7 @@ async fn run_wait_waits_for_the_last_attempt() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;
     master.wait_nodes_online(1).await;
-    let marks = tempfile::tempdir().unwrap();
+    let marks = common::shared_dir();
     let mark = marks.path().join("failed-once");
     let script = format!(
         "if [ -e {mark} ]; then echo second; else touch {mark}; echo first; exit 3; fi\n",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -36,7 +36,15 @@ fn crawlab_python() -> &'static PathBuf {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
-        run(Command::new("python3").args(["-m", "venv"]).arg(&staging));
+        // The system's interpreter where there is one: spiders run as the spider user, who cannot reach an
+        // interpreter installed in root's home (pyenv).
+        let system = Path::new("/usr/bin/python3");
+        let python3 = if system.exists() {
+            system
+        } else {
+            Path::new("python3")
+        };
+        run(Command::new(python3).args(["-m", "venv"]).arg(&staging));
         run(Command::new(staging.join("bin/python"))
             .args(["-m", "pip", "install", "-q"])
             .args(PACKAGES));

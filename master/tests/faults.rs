@@ -13,7 +13,10 @@ use arachne_master::Config;
 use arachne_shared::{RunMode, Task, TaskStatus};
 use arachne_web_api::client::Client;
 use arachne_web_api::types::{RunTask, TaskQuery};
-use common::{TestMaster, TestWorker, create_spider, eventually, wait_done};
+use common::{
+    MasterProcess, TestMaster, TestWorker, create_spider, eventually, free_port, wait_done,
+    wait_online,
+};
 
 /// A master without a local worker, so the test decides which workers exist.
 fn bare_config(dir: &Path) -> Config {
@@ -84,7 +87,7 @@ async fn start_gated(client: &Client, go: &Path, done: &Path) -> Task {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_that_ends_while_the_master_is_away_keeps_its_true_end_and_is_not_run_again() {
     let dir = tempfile::tempdir().unwrap();
-    let gate = tempfile::tempdir().unwrap();
+    let gate = common::shared_dir();
     let (go, done) = (gate.path().join("go"), gate.path().join("done"));
     let master = TestMaster::start_with(bare_config(dir.path())).await;
     let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
@@ -112,92 +115,11 @@ async fn a_task_that_ends_while_the_master_is_away_keeps_its_true_end_and_is_not
     worker.stop().await;
 }
 
-/// The `arachne-master` binary on a data folder, killed with SIGKILL and started again on the same ports.
-struct MasterProcess {
-    child: std::process::Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-    data_dir: PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-impl MasterProcess {
-    fn spawn(data_dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
-        Self::spawn_with(data_dir, http, grpc, false)
-    }
-
-    /// With or without its local worker.
-    fn spawn_with(data_dir: &Path, http: SocketAddr, grpc: SocketAddr, local_worker: bool) -> Self {
-        let mut command = std::process::Command::new(common::workspace_bin("arachne-master"));
-        command
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
-            .args(["--examples-dir", "/nonexistent"])
-            .env("ARACHNE_API_TOKEN", common::API_TOKEN)
-            .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null());
-        if !local_worker {
-            command.arg("--no-local-worker");
-        }
-        let child = command.spawn().unwrap();
-        Self {
-            child,
-            http,
-            grpc,
-            data_dir: data_dir.to_owned(),
-        }
-    }
-
-    async fn client(&self) -> Client {
-        let client =
-            Client::with_token(&format!("http://{}", self.http), common::API_TOKEN).unwrap();
-        eventually("the master answers", || async {
-            client.health().await.is_ok()
-        })
-        .await;
-        client
-    }
-
-    fn kill_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        *self = Self::spawn(&self.data_dir, self.http, self.grpc);
-    }
-}
-
-/// Waits until a worker of the master `client` talks to is online.
-async fn wait_online(client: &Client) {
-    eventually("the worker is online", || async {
-        client
-            .list_nodes()
-            .await
-            .unwrap()
-            .iter()
-            .any(|n| n.status == arachne_shared::NodeStatus::Online)
-    })
-    .await;
-}
-
-impl Drop for MasterProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_while_a_queue_drains_runs_every_task_exactly_once() {
     const TASKS: usize = 300;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = tempfile::tempdir().unwrap();
+    let ledger = common::shared_dir();
     let ledger = ledger.path().join("runs");
     let mut master = MasterProcess::spawn(dir.path(), free_port(), free_port());
     let client = master.client().await;
@@ -241,7 +163,7 @@ async fn a_master_killed_while_a_queue_drains_runs_every_task_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_that_ends_while_a_killed_master_is_down_is_finished_after_its_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let gate = tempfile::tempdir().unwrap();
+    let gate = common::shared_dir();
     let (go, done) = (gate.path().join("go"), gate.path().join("done"));
     let mut master = MasterProcess::spawn(dir.path(), free_port(), free_port());
     let client = master.client().await;
@@ -337,6 +259,8 @@ fn worker_process(grpc: &str, name: &str, work_dir: &Path) -> std::process::Chil
         ])
         .arg("--work-dir")
         .arg(work_dir)
+        .arg("--spider-writable")
+        .arg(common::shared_root())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -479,7 +403,7 @@ async fn a_restarted_worker_kills_what_its_previous_life_left_running_and_says_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_worker_s_run_ends_before_its_retry_starts_and_writes_nothing_after_its_end() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger_dir = common::shared_dir();
     let ledger = ledger_dir.path().join("ticks");
     let master =
         TestMaster::start_with(with_heartbeat_timeout(dir.path(), Duration::from_secs(3))).await;
@@ -737,7 +661,7 @@ async fn a_full_disk_delays_a_run_s_records_and_falsifies_nothing() {
         eprintln!("skipped: this machine does not allow mounting a small tmpfs");
         return;
     };
-    let gate = tempfile::tempdir().unwrap();
+    let gate = common::shared_dir();
     let go = gate.path().join("go");
     let master = TestMaster::start_with(bare_config(&disk.path().join("data"))).await;
     let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
@@ -955,7 +879,7 @@ async fn a_mongodb_outage_mid_run_loses_nothing_and_does_not_hold_a_stopping_mas
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let gate = tempfile::tempdir().unwrap();
+    let gate = common::shared_dir();
     let go = gate.path().join("go");
     let master = TestMaster::start_on(
         on_own_mongo(dir.path(), &server),

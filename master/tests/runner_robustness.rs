@@ -205,7 +205,8 @@ async fn a_run_over_its_time_limit_ends_in_error_with_its_processes_gone() {
     let data = tempfile::tempdir().unwrap();
     let master = master(data.path()).await;
     let client = &master.client;
-    let pid_file = data.path().join("child.pid");
+    let shared = common::shared_dir();
+    let pid_file = shared.path().join("child.pid");
     let script = format!("sleep 1000 &\necho $! > {}\nwait\n", pid_file.display());
     create_spider(client, "slow", "sh run.sh", &[("run.sh", &script)]).await;
     let run = RunTask {

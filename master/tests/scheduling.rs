@@ -544,6 +544,8 @@ fn spawn_worker(
         .args(["--max-runners", "2", "--heartbeat-secs", "1"])
         .arg("--work-dir")
         .arg(work_dir)
+        .arg("--spider-writable")
+        .arg(common::shared_root())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -17,6 +17,7 @@ use arachne_shared::LogStream;
 use tokio::process::Command;
 
 use crate::output::{self, Collector};
+use crate::sandbox::{RunDirs, Sandbox};
 
 /// Errors of installing dependencies.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,8 @@ pub(crate) enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("installing dependencies failed: {0}")]
+    Sandbox(#[from] crate::sandbox::Error),
     #[error("installing dependencies failed: {path}: {source}")]
     Io {
         path: PathBuf,
@@ -70,10 +73,14 @@ pub(crate) struct Deps {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
-/// Where an installer's lines go, and the environment it runs in.
+/// Where an installer's lines go, and the environment and sandbox it runs in: an installer runs code from
+/// PyPI or npm, so it is confined like the spider, with the version's environment folder writable too.
 pub(crate) struct InstallCtx<'a> {
     pub(crate) collector: &'a mut Collector,
     pub(crate) spider_env: &'a [(OsString, OsString)],
+    pub(crate) sandbox: &'a Sandbox,
+    /// The run's folders; the installer runs in its working directory (a fresh copy of the version).
+    pub(crate) dirs: &'a RunDirs,
     pub(crate) max_line_bytes: usize,
 }
 
@@ -85,14 +92,14 @@ impl Deps {
         }
     }
 
-    /// Makes sure the environments `workdir` (a fresh copy of `version`) asks for exist, installing them if
-    /// needed, and links them into `workdir`. `version` is a checked sha256, safe as a folder name.
+    /// Makes sure the environments the run's working directory (a fresh copy of `version`) asks for exist,
+    /// installing them if needed, and links them into it. `version` is a checked sha256, safe as a folder name.
     pub(crate) async fn prepare(
         &self,
         version: &str,
-        workdir: &Path,
         ctx: InstallCtx<'_>,
     ) -> Result<RunEnv, Error> {
+        let workdir = ctx.dirs.work.as_path();
         let python = workdir.join("requirements.txt").is_file();
         let node = workdir.join("package.json").is_file();
         let mut env = RunEnv::default();
@@ -111,11 +118,16 @@ impl Deps {
         let InstallCtx {
             collector,
             spider_env,
+            sandbox,
+            dirs,
             max_line_bytes,
         } = ctx;
         let mut installer = Installer {
             collector,
             spider_env,
+            sandbox,
+            dirs,
+            env_dir: &dir,
             max_line_bytes,
             workdir,
         };
@@ -142,6 +154,10 @@ impl Deps {
 struct Installer<'a> {
     collector: &'a mut Collector,
     spider_env: &'a [(OsString, OsString)],
+    sandbox: &'a Sandbox,
+    dirs: &'a RunDirs,
+    /// The version's environment folder, the one place outside the run an installer may write.
+    env_dir: &'a Path,
     max_line_bytes: usize,
     workdir: &'a Path,
 }
@@ -155,25 +171,28 @@ impl Installer<'_> {
             return Ok(());
         }
         remove_if_present(venv).await?;
-        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        self.open_env_dir().await?;
         self.collector.system(format!(
             "[arachne] installing requirements.txt into a Python environment for this version ({})",
             venv.display()
         ));
-        let mut create = Command::new("python3");
-        create.arg("-m").arg("venv").arg(venv);
+        let venv_arg = venv.to_string_lossy();
+        let create = self.command(Path::new("python3"), &["-m", "venv", &venv_arg]);
         self.run("python3 -m venv", create).await?;
-        let mut pip = Command::new(venv.join("bin").join("python"));
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "-r",
-            "requirements.txt",
-        ]);
+        let pip = self.command(
+            &venv.join("bin").join("python"),
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+                "requirements.txt",
+            ],
+        );
         self.run("pip install -r requirements.txt", pip).await?;
+        self.close_env_dir(venv).await?;
         mark_ready(&ready).await
     }
 
@@ -185,7 +204,7 @@ impl Installer<'_> {
             return Ok(());
         }
         remove_if_present(modules).await?;
-        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        self.open_env_dir().await?;
         // With a lockfile the install is exactly what it pins; without one, npm resolves the ranges.
         let subcommand = if self.workdir.join("package-lock.json").is_file() {
             "ci"
@@ -195,9 +214,8 @@ impl Installer<'_> {
         self.collector.system(format!(
             "[arachne] installing package.json dependencies for this version (npm {subcommand})"
         ));
-        let mut npm = Command::new("npm");
-        npm.args([subcommand, "--no-audit", "--no-fund"])
-            .env("npm_config_update_notifier", "false");
+        let mut npm = self.command(Path::new("npm"), &[subcommand, "--no-audit", "--no-fund"]);
+        npm.env("npm_config_update_notifier", "false");
         self.run(&format!("npm {subcommand}"), npm).await?;
         // Built inside this run's copy of the version, so relative paths in package.json resolve; then moved
         // where every later run of the version links to.
@@ -210,15 +228,43 @@ impl Installer<'_> {
         tokio::fs::rename(&built, modules)
             .await
             .map_err(io(modules))?;
+        self.close_env_dir(modules).await?;
         mark_ready(&ready).await
+    }
+
+    /// Creates the version's environment folder, writable by the installer's user.
+    async fn open_env_dir(&self) -> Result<(), Error> {
+        tokio::fs::create_dir_all(self.env_dir)
+            .await
+            .map_err(io(self.env_dir))?;
+        if let Some(ids) = self.sandbox.owner() {
+            std::os::unix::fs::chown(self.env_dir, Some(ids.uid), Some(ids.gid))
+                .map_err(io(self.env_dir))?;
+        }
+        Ok(())
+    }
+
+    /// Hands a finished environment (and its folder) back to the worker, so no spider can alter what later
+    /// runs of the version use.
+    async fn close_env_dir(&self, built: &Path) -> Result<(), Error> {
+        self.sandbox.reclaim(built, true).await?;
+        Ok(self.sandbox.reclaim(self.env_dir, false).await?)
+    }
+
+    /// An installer step, confined like a spider.
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        self.sandbox.command(
+            program,
+            args,
+            self.dirs,
+            Some(self.env_dir),
+            self.spider_env,
+        )
     }
 
     /// Runs one installer step in the run's folder, its output going line by line to the task's log.
     async fn run(&mut self, label: &str, mut command: Command) -> Result<(), Error> {
         command
-            .current_dir(self.workdir)
-            .env_clear()
-            .envs(self.spider_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

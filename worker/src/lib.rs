@@ -12,13 +12,13 @@ mod memory;
 mod metrics;
 mod output;
 mod runner;
+pub mod sandbox;
 mod session;
 pub mod signals;
 mod sync;
 pub mod watchdog;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,26 +42,14 @@ pub struct Config {
     pub runner: RunnerOptions,
     /// How often the worker tells the master it is alive.
     pub heartbeat: Duration,
-    /// The environment every spider starts from (each run adds its own variables on top).
-    pub spider_env: Vec<(OsString, OsString)>,
     /// Shown with the node (`region=eu`, …).
     pub labels: BTreeMap<String, String>,
     /// The worker token presented to the master (`arachne-master token create NAME --kind worker`).
     pub token: Option<String>,
-    /// The executable started as the process watchdog (see [`watchdog`]): an Arachne binary that calls
-    /// [`watchdog::run_if_invoked`] first thing. This process's own executable by default.
-    pub watchdog_exe: Option<PathBuf>,
-}
-
-/// This process's environment without the worker's own `ARACHNE_*` and `CRAWLAB_*` variables (its
-/// configuration and secrets), which must never reach a spider.
-pub fn inherited_env() -> Vec<(OsString, OsString)> {
-    std::env::vars_os()
-        .filter(|(key, _)| {
-            let key = key.to_string_lossy();
-            !key.starts_with("ARACHNE_") && !key.starts_with("CRAWLAB_")
-        })
-        .collect()
+    /// The executable started as the process watchdog (see [`watchdog`]) and as the sandbox helper every spider
+    /// starts through (see [`sandbox`]): an Arachne binary whose `main` is [`args::main`]. This process's own
+    /// executable by default.
+    pub helper_exe: Option<PathBuf>,
 }
 
 impl Config {
@@ -74,10 +62,9 @@ impl Config {
             work_dir,
             runner: RunnerOptions::default(),
             heartbeat: Duration::from_secs(5),
-            spider_env: inherited_env(),
             labels: BTreeMap::new(),
             token: None,
-            watchdog_exe: None,
+            helper_exe: None,
         }
     }
 }
@@ -100,14 +87,25 @@ pub enum Error {
     Watchdog(#[from] watchdog::Error),
     #[error("cannot find this program's own executable to start the process watchdog: {0}")]
     OwnExecutable(#[source] std::io::Error),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::Error),
 }
 
 /// Runs the worker until `shutdown` is cancelled. Running spiders are stopped and their outcomes reported
 /// before it returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     if config.max_runners == 0 {
         return Err(Error::Config("max runners must be at least 1".into()));
     }
+    // Absolute, as the sandbox names the runs' folders to a process started elsewhere.
+    let work_dir = config.work_dir.clone();
+    config.work_dir = tokio::fs::create_dir_all(&work_dir)
+        .await
+        .and(tokio::fs::canonicalize(&work_dir).await)
+        .map_err(|source| Error::WorkDir {
+            path: work_dir,
+            source,
+        })?;
     arachne_shared::spider::validate_name("node", &config.name).map_err(Error::Config)?;
     let records = watchdog::Records::new(config.work_dir.join("runs"));
     // Processes an earlier life of this worker left running (its watchdog was killed with it) are killed
@@ -120,31 +118,52 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     // Leftovers of runs cut short by a crash would otherwise pile up.
     let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
-    sync::FileCache::new(config.work_dir.join("cache"))
+    sync::FileCache::new(config.work_dir.join("cache"), None)
         .sweep()
         .await;
-    for dir in [
-        config.work_dir.join("cache"),
-        config.work_dir.join("tasks"),
-        config.work_dir.join("runs"),
-    ] {
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|source| Error::WorkDir {
-                path: dir.clone(),
-                source,
-            })?;
-    }
-    let exe = match &config.watchdog_exe {
+    let exe = match &config.helper_exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().map_err(Error::OwnExecutable)?,
     };
+    let sandbox = sandbox::Sandbox::start(
+        exe.clone(),
+        &config.runner.spider_user,
+        config.runner.writable.clone(),
+    )?;
+    // The cache (which every run is copied from) and the run records are closed to spiders. The work
+    // directory, the runs' folder and the environments let a spider user through (search, no listing) to its
+    // own run and its version's environment, which the runner hands it by name.
+    let through = if sandbox.owner().is_some() {
+        0o711
+    } else {
+        0o700
+    };
+    for (dir, mode) in [
+        (config.work_dir.clone(), through),
+        (config.work_dir.join("cache"), 0o700),
+        (config.work_dir.join("runs"), 0o700),
+        (config.work_dir.join("tasks"), through),
+        (config.work_dir.join("envs"), through),
+    ] {
+        create_private_dir(&dir, mode)
+            .await
+            .map_err(|source| Error::WorkDir { path: dir, source })?;
+    }
+    sandbox.check_reachable(&config.work_dir.join("tasks"))?;
     let start = session::Start {
         watchdog: watchdog::Watchdog::start(exe).await?,
+        sandbox,
         records,
         leftovers,
     };
     session::run(config, start, shutdown)
         .await
         .map_err(Error::Refused)
+}
+
+/// Creates `dir` if missing and sets its mode, whatever it was.
+async fn create_private_dir(dir: &std::path::Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).await
 }

@@ -27,10 +27,11 @@ struct Args {
     /// A label shown with the node, as KEY=VALUE; repeatable.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The worker token the master gave out (`arachne-master token create NAME --kind worker`). Prefer the
-    /// environment variable: a command line is visible to every user of the machine.
-    #[arg(long, env = "ARACHNE_WORKER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// A file holding the worker token the master gave out (`arachne-master token create NAME --kind worker`);
+    /// `$ARACHNE_WORKER_TOKEN` takes precedence. Never a flag: every user of the machine can read a command
+    /// line.
+    #[arg(long, env = "ARACHNE_WORKER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Seconds between heartbeats to the master.
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
@@ -67,7 +68,8 @@ async fn run() -> anyhow::Result<()> {
     config.max_runners = args.max_runners;
     config.runner = args.runner.into();
     config.labels = args.labels.into_iter().collect();
-    config.token = args.token;
+    config.token =
+        arachne_worker::args::secret("ARACHNE_WORKER_TOKEN", args.token_file.as_deref())?;
     config.heartbeat = std::time::Duration::from_secs(args.heartbeat_secs.max(1));
     let shutdown = CancellationToken::new();
     arachne_worker::signals::spawn_handler(shutdown.clone());

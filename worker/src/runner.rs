@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::deps::{self, Deps, InstallCtx, RunEnv};
 use crate::memory::{self, OverLimit};
 use crate::output::{self, Collector, Event};
+use crate::sandbox::{RunDirs, Sandbox, SpiderUser};
 use crate::sync::{self, FileCache};
 use crate::watchdog::{Records, Watchdog};
 
@@ -39,6 +40,13 @@ pub struct RunnerOptions {
     pub term_grace: Duration,
     /// Longest output line kept whole (and longest IPC message parsed); longer lines are cut with a marker.
     pub max_line_bytes: usize,
+    /// The user spiders and dependency installers run as.
+    pub spider_user: SpiderUser,
+    /// Names of the worker's environment variables passed to spiders beyond the allowed few (see
+    /// [`crate::sandbox::allowed_env`]).
+    pub pass_env: Vec<String>,
+    /// Folders spiders may write in besides their own (an export folder shared by runs, say).
+    pub writable: Vec<PathBuf>,
 }
 
 impl Default for RunnerOptions {
@@ -47,6 +55,9 @@ impl Default for RunnerOptions {
             cancel_grace: Duration::from_secs(5),
             term_grace: Duration::from_secs(3),
             max_line_bytes: 16 << 20,
+            spider_user: SpiderUser::Auto,
+            pass_env: Vec::new(),
+            writable: Vec::new(),
         }
     }
 }
@@ -135,8 +146,10 @@ pub(crate) struct RunContext {
     pub(crate) events: mpsc::Sender<Event>,
     /// Bytes of output on their way to the master; see [`crate::output::IN_FLIGHT_BUDGET`].
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
-    /// The environment every spider starts from; see [`crate::Config::spider_env`].
+    /// The worker's variables every spider starts from; see [`crate::sandbox::allowed_env`].
     pub(crate) spider_env: Arc<[(OsString, OsString)]>,
+    /// Who spiders run as and what they may write.
+    pub(crate) sandbox: Sandbox,
     /// Kills the runs' process groups if the worker dies or its lease runs out.
     pub(crate) watchdog: Watchdog,
     /// Each run's process group on disk, for a later life of the worker.
@@ -188,9 +201,9 @@ pub(crate) async fn execute(
         ctx.events.clone(),
         Arc::clone(&ctx.in_flight),
     );
-    let workdir = ctx.tasks_dir.join(task.task_id.to_string());
+    let dirs = RunDirs::new(&ctx.tasks_dir, &task.task_id.to_string());
     let prepared = tokio::select! {
-        prepared = prepare(ctx, &task, workdir.clone(), &mut collector) => prepared,
+        prepared = prepare(ctx, &task, &dirs, &mut collector) => prepared,
         reason = stopped(&mut stop) => {
             collector.flush().await;
             return reason.outcome(&ctx.node).into();
@@ -201,7 +214,7 @@ pub(crate) async fn execute(
         Err(err) => {
             collector.system(format!("[arachne] {err}"));
             collector.flush().await;
-            let _ = tokio::fs::remove_dir_all(&workdir).await;
+            let _ = dirs.remove().await;
             return TaskOutcome::Error {
                 exit_code: None,
                 signal: None,
@@ -210,13 +223,13 @@ pub(crate) async fn execute(
             .into();
         }
     };
-    let result = supervise(ctx, &task, (&workdir, &run_env), collector, stop).await;
+    let result = supervise(ctx, &task, (&dirs, &run_env), collector, stop).await;
     // Off the run's path: the slot is free and the end reported while the directory goes. What a shutdown
     // leaves behind is removed when the worker starts.
     let task_id = task.task_id;
     tokio::spawn(async move {
-        if let Err(err) = tokio::fs::remove_dir_all(&workdir).await {
-            warn!(task_id = %task_id, error = %err, "could not remove the working directory");
+        if let Err(err) = dirs.remove().await {
+            warn!(task_id = %task_id, error = %err, "could not remove the run's folders");
         }
     });
     result
@@ -229,17 +242,22 @@ pub(crate) enum PrepareError {
     Sync(#[from] sync::Error),
     #[error(transparent)]
     Deps(#[from] deps::Error),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::Error),
 }
 
-/// Syncs the task's version, builds its working directory and installs the version's dependencies.
+/// Syncs the task's version, builds its working directory (and its private `HOME` and `/tmp`) and installs
+/// the version's dependencies.
 async fn prepare(
     ctx: &RunContext,
     task: &Assignment,
-    workdir: PathBuf,
+    dirs: &RunDirs,
     collector: &mut Collector,
 ) -> Result<RunEnv, PrepareError> {
+    ctx.sandbox.create_private_dirs(dirs)?;
+    let workdir = dirs.work.clone();
     if task.version.is_empty() {
-        sync::empty_workdir(workdir).await?;
+        ctx.cache.empty_workdir(workdir).await?;
         return Ok(RunEnv::default());
     }
     if !ctx
@@ -261,9 +279,11 @@ async fn prepare(
     let install = InstallCtx {
         collector,
         spider_env: &ctx.spider_env,
+        sandbox: &ctx.sandbox,
+        dirs,
         max_line_bytes: ctx.options.max_line_bytes,
     };
-    Ok(ctx.deps.prepare(&task.version, &workdir, install).await?)
+    Ok(ctx.deps.prepare(&task.version, install).await?)
 }
 
 /// How long a run that needs files waits for the worker to reconnect to the master.
@@ -278,14 +298,14 @@ async fn connected(ctx: &RunContext) -> Result<Client, sync::Error> {
     }
 }
 
-fn command(ctx: &RunContext, task: &Assignment, (workdir, run_env): (&Path, &RunEnv)) -> Command {
-    // An absolute path: with a PATH of our own and a bare "sh", std falls back from posix_spawn to fork, which
-    // copies the whole worker's page tables at every spawn (a third of no-op task throughput).
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(&task.command_line).current_dir(workdir);
-    // The worker's own settings (master address, tokens) are not in `spider_env`, so they stay out.
-    cmd.env_clear()
-        .envs(ctx.spider_env.iter().map(|(k, v)| (k, v)));
+fn command(ctx: &RunContext, task: &Assignment, (dirs, run_env): (&RunDirs, &RunEnv)) -> Command {
+    let mut cmd = ctx.sandbox.command(
+        Path::new("/bin/sh"),
+        &["-c", &task.command_line],
+        dirs,
+        None,
+        &ctx.spider_env,
+    );
     // Without this, Python buffers piped stdout and logs arrive in bursts long after they were printed.
     cmd.env("PYTHONUNBUFFERED", "1");
     let inherited = ctx
@@ -373,7 +393,7 @@ async fn sleep_for(limit: Option<u64>) {
 async fn supervise(
     ctx: &RunContext,
     task: &Assignment,
-    place: (&Path, &RunEnv),
+    place: (&RunDirs, &RunEnv),
     mut collector: Collector,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> RunResult {

@@ -53,6 +53,7 @@ pub(crate) struct Start {
     pub(crate) records: Records,
     /// What the previous life of this worker left running, killed; told to the master at registration.
     pub(crate) leftovers: Vec<Leftover>,
+    pub(crate) sandbox: crate::sandbox::Sandbox,
 }
 
 /// Keeps a session with the master open until `shutdown`, reconnecting when it breaks.
@@ -68,13 +69,14 @@ pub(crate) async fn run(
     let ctx = RunContext {
         node: config.name.clone(),
         options: config.runner.clone(),
-        cache: FileCache::new(config.work_dir.join("cache")),
+        cache: FileCache::new(config.work_dir.join("cache"), start.sandbox.owner()),
         deps: Deps::new(config.work_dir.join("envs")),
         client: client_rx,
         tasks_dir: config.work_dir.join("tasks"),
         events,
         in_flight: crate::output::budget(crate::output::IN_FLIGHT_BUDGET),
-        spider_env: config.spider_env.clone().into(),
+        spider_env: crate::sandbox::allowed_env(&config.runner.pass_env).into(),
+        sandbox: start.sandbox,
         watchdog: start.watchdog.clone(),
         records: start.records,
         lease: lease_rx,
@@ -114,7 +116,7 @@ async fn sessions(
                     worker.runners.reap(done);
                 }
                 return Err(format!(
-                    "the master at {} refused this worker's token ({reason}); give the worker a valid one with --token or ARACHNE_WORKER_TOKEN",
+                    "the master at {} refused this worker's token ({reason}); give the worker a valid one in $ARACHNE_WORKER_TOKEN or --token-file",
                     config.master
                 ));
             }
@@ -806,13 +808,14 @@ mod tests {
         let ctx = RunContext {
             node: "w1".into(),
             options: crate::RunnerOptions::default(),
-            cache: FileCache::new(dir.path().join("cache")),
+            cache: FileCache::new(dir.path().join("cache"), None),
             deps: Deps::new(dir.path().join("envs")),
             client,
             tasks_dir: dir.path().join("tasks"),
             events: events.clone(),
             in_flight: crate::output::budget(crate::output::IN_FLIGHT_BUDGET),
             spider_env: Vec::new().into(),
+            sandbox: crate::sandbox::Sandbox::for_test(),
             watchdog: crate::watchdog::Watchdog::for_test().0,
             records: Records::new(dir.path().join("runs")),
             lease: watch::channel(None).1,

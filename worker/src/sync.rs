@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 
 use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::sandbox::{Ids, chown_tree};
 
 /// Errors of syncing files.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,12 @@ pub(crate) enum Error {
         path: String,
         problem: String,
     },
+    #[error(
+        "the cached content {sha256} of {path} was altered; it is removed and fetched again by the next run"
+    )]
+    Altered { sha256: String, path: String },
+    #[error(transparent)]
+    HandOver(#[from] crate::sandbox::Error),
     #[error("the transfer ended before content {0} arrived")]
     Incomplete(String),
     #[error("writing received files stopped unexpectedly")]
@@ -94,11 +103,13 @@ pub(crate) struct Synced {
 #[derive(Debug, Clone)]
 pub(crate) struct FileCache {
     root: PathBuf,
+    /// Who a run's copy is handed to: the spider user, when spiders run as another user.
+    owner: Option<Ids>,
 }
 
 impl FileCache {
-    pub(crate) fn new(root: PathBuf) -> Self {
-        Self { root }
+    pub(crate) fn new(root: PathBuf, owner: Option<Ids>) -> Self {
+        Self { root, owner }
     }
 
     pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
@@ -184,8 +195,14 @@ impl FileCache {
         {
             return Ok(Checkout::NotCached);
         }
-        build_workdir(workdir, Some((self, &manifest)))?;
-        Ok(Checkout::Built)
+        match self.build_workdir(workdir, Some(&manifest)) {
+            // Fetched again from the master by the sync that follows.
+            Err(Error::Altered { sha256, path }) => {
+                warn!(%sha256, %path, "a cached file was altered since it was fetched; fetching it again");
+                Ok(Checkout::NotCached)
+            }
+            built => built.map(|()| Checkout::Built),
+        }
     }
 
     /// The contents of `manifest` not in the cache, each with its size and a path holding it; one blocking
@@ -236,8 +253,8 @@ impl FileCache {
             let (cache, manifest) = (self.clone(), manifest.clone());
             let missing: HashSet<String> = missing.keys().cloned().collect();
             tokio::task::spawn_blocking(move || {
-                build_workdir(&workdir, None)?;
-                let copy = |f: &FileEntry| copy_into(&cache, &workdir, f);
+                cache.build_workdir(&workdir, None)?;
+                let copy = |f: &FileEntry| cache.copy_into(&workdir, f);
                 (manifest.files.iter())
                     .filter(|f| !missing.contains(&f.sha256))
                     .try_for_each(copy)?;
@@ -246,7 +263,7 @@ impl FileCache {
                         .filter(|f| f.sha256 == sha256)
                         .try_for_each(copy)?;
                 }
-                Ok(())
+                cache.hand_over(&workdir)
             })
         };
         let downloaded = if missing.is_empty() {
@@ -464,42 +481,74 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     tokio::fs::rename(&temp, path).await.map_err(io(path))
 }
 
-/// Creates a fresh, empty working directory, for a run of a spider without files: in place (one mkdir), unless
-/// a leftover folder must be cleared first.
-pub(crate) async fn empty_workdir(workdir: PathBuf) -> Result<(), Error> {
-    if !workdir.exists() {
-        return build_workdir(&workdir, None);
+impl FileCache {
+    /// Creates a fresh, empty working directory, for a run of a spider without files: in place (one mkdir),
+    /// unless a leftover folder must be cleared first.
+    pub(crate) async fn empty_workdir(&self, workdir: PathBuf) -> Result<(), Error> {
+        if !workdir.exists() {
+            return self.build_workdir(&workdir, None);
+        }
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || cache.build_workdir(&workdir, None))
+            .await
+            .expect("creating a folder does not panic")
     }
-    tokio::task::spawn_blocking(move || build_workdir(&workdir, None))
-        .await
-        .expect("creating a folder does not panic")
-}
 
-/// Creates a fresh working directory for one run, holding a copy of the version's files (or nothing), so
-/// files one run writes never leak into the next, nor into the cache.
-fn build_workdir(workdir: &Path, files: Option<(&FileCache, &Manifest)>) -> Result<(), Error> {
-    if workdir.exists() {
-        std::fs::remove_dir_all(workdir).map_err(io(workdir))?;
+    /// Creates a fresh working directory for one run, holding a checked copy of the version's files (or
+    /// nothing), so files one run writes never leak into the next, nor into the cache; then hands it to the
+    /// spider user.
+    fn build_workdir(&self, workdir: &Path, manifest: Option<&Manifest>) -> Result<(), Error> {
+        if workdir.exists() {
+            std::fs::remove_dir_all(workdir).map_err(io(workdir))?;
+        }
+        std::fs::create_dir_all(workdir).map_err(io(workdir))?;
+        let Some(manifest) = manifest else {
+            return self.hand_over(workdir);
+        };
+        for file in &manifest.files {
+            self.copy_into(workdir, file)?;
+        }
+        self.hand_over(workdir)
     }
-    std::fs::create_dir_all(workdir).map_err(io(workdir))?;
-    let Some((cache, manifest)) = files else {
-        return Ok(());
-    };
-    for file in &manifest.files {
-        copy_into(cache, workdir, file)?;
-    }
-    Ok(())
-}
 
-/// Copies one cached file into a working directory, with its mode.
-fn copy_into(cache: &FileCache, workdir: &Path, file: &FileEntry) -> Result<(), Error> {
-    let target = workdir.join(&file.path);
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    fn hand_over(&self, workdir: &Path) -> Result<(), Error> {
+        match self.owner {
+            Some(ids) => Ok(chown_tree(workdir, ids)?),
+            None => Ok(()),
+        }
     }
-    std::fs::copy(cache.blob_path(&file.sha256), &target).map_err(io(&target))?;
-    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
-        .map_err(io(&target))
+
+    /// Copies one cached file into a working directory, with its mode, checking its sha256 on the way: a
+    /// content altered in the cache (by anything that could write there) is removed, never run.
+    fn copy_into(&self, workdir: &Path, file: &FileEntry) -> Result<(), Error> {
+        use std::io::Read;
+        let target = workdir.join(&file.path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let blob = self.blob_path(&file.sha256);
+        let mut source = std::fs::File::open(&blob).map_err(io(&blob))?;
+        let mut copy = std::fs::File::create(&target).map_err(io(&target))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let n = source.read(&mut buf).map_err(io(&blob))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            copy.write_all(&buf[..n]).map_err(io(&target))?;
+        }
+        if hex(&hasher.finalize()) != file.sha256 {
+            let _ = std::fs::remove_file(&blob);
+            return Err(Error::Altered {
+                sha256: file.sha256.clone(),
+                path: file.path.clone(),
+            });
+        }
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(file.mode & 0o777))
+            .map_err(io(&target))
+    }
 }
 
 #[cfg(test)]
@@ -541,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn small_and_large_versions_check_out_whole_and_fresh() {
         let root = tempfile::tempdir().unwrap();
-        let cache = FileCache::new(root.path().join("cache"));
+        let cache = FileCache::new(root.path().join("cache"), None);
         let small = cache_version(
             &cache,
             &[
@@ -580,7 +629,7 @@ mod tests {
     #[tokio::test]
     async fn a_version_with_anything_missing_must_be_synced() {
         let root = tempfile::tempdir().unwrap();
-        let cache = FileCache::new(root.path().join("cache"));
+        let cache = FileCache::new(root.path().join("cache"), None);
         let version = cache_version(&cache, &[("main.py", b"print(1)\n".to_vec(), 0o644)]);
         let unknown = hex(&Sha256::digest(b"no such version"));
         let work = root.path().join("w");
@@ -592,5 +641,19 @@ mod tests {
 
         let err = cache.checkout_cached("../../etc", work).await.unwrap_err();
         assert!(matches!(err, Error::BadVersion(_)), "{err}");
+    }
+
+    /// A cached content someone altered (a spider did, before runs had their own user) is never run: the
+    /// checkout sees its sha256 differ, removes it and asks for a sync.
+    #[tokio::test]
+    async fn an_altered_cached_file_is_removed_and_fetched_again_never_run() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = FileCache::new(root.path().join("cache"), None);
+        let version = cache_version(&cache, &[("hello.sh", b"echo hello\n".to_vec(), 0o755)]);
+        let blob = cache.blob_path(&hex(&Sha256::digest(b"echo hello\n")));
+        std::fs::write(&blob, "echo poisoned\n").unwrap();
+        let work = root.path().join("w");
+        assert!(!cache.checkout_cached(&version, work.clone()).await.unwrap());
+        assert!(!blob.exists());
     }
 }

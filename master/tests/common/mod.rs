@@ -15,9 +15,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The API token every test master accepts and every test client sends.
-pub const API_TOKEN: &str = "arachne_api_test-token";
+pub const API_TOKEN: &str = "arachne_api_test-token-000000000000000";
 /// The worker token every test master accepts and every test worker presents.
-pub const WORKER_TOKEN: &str = "arachne_worker_test-token";
+pub const WORKER_TOKEN: &str = "arachne_worker_test-token-000000000000";
 
 /// Generous bound for anything a test waits on; a healthy run takes a fraction of it.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,8 +37,36 @@ pub fn quick_runner() -> arachne_worker::RunnerOptions {
     arachne_worker::RunnerOptions {
         cancel_grace: Duration::from_secs(1),
         term_grace: Duration::from_secs(1),
+        writable: vec![shared_root().to_owned()],
         ..Default::default()
     }
+}
+
+/// The folder of this test process that test spiders may read and write besides their own (spiders run as
+/// another user, confined to their own folders): gates a test opens and ledgers spiders append to.
+pub fn shared_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        // Not under /tmp: a run whose folders are all outside /tmp gets a private /tmp, and the containment
+        // test checks that.
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("arachne-test-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        open_to_spiders(&root);
+        root
+    })
+}
+
+/// A fresh folder in [`shared_root`], which spiders may read and write.
+pub fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in(shared_root()).unwrap();
+    open_to_spiders(dir.path());
+    dir
+}
+
+fn open_to_spiders(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
 /// With a test server named in `ARACHNE_TEST_MONGODB_URI`, every master keeps its records there: a database
@@ -94,7 +122,7 @@ impl TestMaster {
     pub async fn launch(mut config: Config, grpc: SocketAddr) -> Self {
         use_test_store(&mut config);
         if let Some(local) = &mut config.local_worker {
-            local.watchdog_exe.get_or_insert_with(watchdog_exe);
+            local.helper_exe.get_or_insert_with(helper_exe);
         }
         let token = config.auth.api_token.clone();
         let mongodb = config.mongodb.clone();
@@ -261,7 +289,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 /// The process watchdog of workers running in a test process (whose own executable is the test harness).
-pub fn watchdog_exe() -> PathBuf {
+pub fn helper_exe() -> PathBuf {
     workspace_bin("arachne-worker")
 }
 
@@ -281,7 +309,7 @@ impl TestWorker {
         config.runner = quick_runner();
         config.heartbeat = Duration::from_millis(200);
         config.token = Some(WORKER_TOKEN.into());
-        config.watchdog_exe = Some(watchdog_exe());
+        config.helper_exe = Some(helper_exe());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_worker::run(config, shutdown.clone()));
         Self {
@@ -312,5 +340,109 @@ impl TestWorker {
 impl Drop for TestWorker {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// The `arachne-master` binary on a data folder, killed with SIGKILL and started again on the same ports.
+pub struct MasterProcess {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl MasterProcess {
+    pub fn spawn(data_dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
+        Self::spawn_with(data_dir, http, grpc, false)
+    }
+
+    /// With or without its local worker.
+    pub fn spawn_with(
+        data_dir: &Path,
+        http: SocketAddr,
+        grpc: SocketAddr,
+        local_worker: bool,
+    ) -> Self {
+        Self::spawn_env(data_dir, (http, grpc), local_worker, &[])
+    }
+
+    /// With these variables in its environment too; an empty value removes the variable (the test
+    /// tokens among them).
+    pub fn spawn_env(
+        data_dir: &Path,
+        (http, grpc): (SocketAddr, SocketAddr),
+        local_worker: bool,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut command = std::process::Command::new(workspace_bin("arachne-master"));
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+            .args(["--examples-dir", "/nonexistent"])
+            .arg("--spider-writable")
+            .arg(shared_root())
+            .env("ARACHNE_API_TOKEN", API_TOKEN)
+            .env("ARACHNE_WORKER_TOKEN", WORKER_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (key, value) in env {
+            match value {
+                &"" => command.env_remove(key),
+                value => command.env(key, value),
+            };
+        }
+        if !local_worker {
+            command.arg("--no-local-worker");
+        }
+        let child = command.spawn().unwrap();
+        Self {
+            child,
+            http,
+            grpc,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        let client = Client::with_token(&format!("http://{}", self.http), API_TOKEN).unwrap();
+        eventually("the master answers", || async {
+            client.health().await.is_ok()
+        })
+        .await;
+        client
+    }
+
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        *self = Self::spawn(&self.data_dir, self.http, self.grpc);
+    }
+}
+
+/// Waits until a worker of the master `client` talks to is online.
+pub async fn wait_online(client: &Client) {
+    eventually("the worker is online", || async {
+        client
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.status == arachne_shared::NodeStatus::Online)
+    })
+    .await;
+}
+
+impl Drop for MasterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
