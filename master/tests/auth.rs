@@ -259,3 +259,75 @@ fn the_master_takes_no_token_on_its_command_line() {
         "{help}"
     );
 }
+
+/// Without tokens, a page of another site in a browser on this machine must not drive the master: it can send
+/// a form POST or a body-less POST (no preflight), and a rebound DNS name reaches 127.0.0.1 with its own Host.
+#[tokio::test]
+async fn without_tokens_only_loopback_hosts_and_requests_a_page_cannot_forge_are_served() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = None;
+    config.auth.required = false;
+    let master = TestMaster::launch(config, "127.0.0.1:0".parse().unwrap()).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", master.http);
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    // A body-less POST, as a page's form or fetch with no-cors sends it: refused.
+    let forged = http
+        .post(format!("{base}/api/v1/schedules/nightly/run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(forged), 403);
+    // A text/plain body holding JSON (the classic CSRF form): refused too.
+    let forged = http
+        .post(format!("{base}/api/v1/tasks"))
+        .header("content-type", "text/plain")
+        .body(r#"{"spider":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    let body = forged.text().await.unwrap();
+    assert!(body.contains("x-arachne-client"), "{body}");
+    // DNS rebinding: the right address under another name.
+    let rebound = http
+        .get(format!("{base}/api/v1/spiders"))
+        .header("host", "attacker.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(rebound), 403);
+
+    // What a page cannot send gets through: a JSON body, the client header, a loopback Host.
+    let json = http
+        .post(format!("{base}/api/v1/tasks"))
+        .json(&serde_json::json!({"spider": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status(json),
+        404,
+        "the spider is unknown, but the request was served"
+    );
+    let with_header = http
+        .post(format!("{base}/api/v1/schedules/nightly/run"))
+        .header(arachne_web_api::CLIENT_HEADER, "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(with_header), 404);
+    for host in ["localhost", "127.0.0.1:1", "[::1]:8080"] {
+        let ok = http
+            .get(format!("{base}/api/v1/spiders"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status(ok), 200, "{host}");
+    }
+    // The CLI's client sends the header, so it works unchanged.
+    Client::new(&base).list_spiders().await.unwrap();
+    master.stop().await;
+}

@@ -78,6 +78,10 @@ impl Client {
 
     fn build(base: &str, token: Option<&str>) -> Result<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            crate::routes::CLIENT_HEADER,
+            reqwest::header::HeaderValue::from_static("cli"),
+        );
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| {

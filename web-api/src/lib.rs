@@ -21,7 +21,7 @@ use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskChanged, TaskI
 use tokio::sync::broadcast;
 
 pub use error::{Error, ErrorBody, ErrorDetail};
-pub use routes::{RouterOptions, router};
+pub use routes::{CLIENT_HEADER, RouterOptions, router};
 use types::{
     CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode, Upload,
     VersionFiles,

@@ -88,14 +88,76 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
     for (path, handler) in by_path {
         router = router.route(path, handler);
     }
-    router
+    let router = router
         .merge(crate::ui::routes())
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .layer(axum::middleware::map_response_with_state(
             Arc::new(allowed_methods(&docs)),
             method_not_allowed,
-        ))
-        .with_state(backend)
+        ));
+    // Without tokens, the only defence against a page in the browser of someone on this machine is the
+    // request itself: another site's page can make the browser send it (CSRF), and a name of its own that
+    // resolves to 127.0.0.1 (DNS rebinding) even read the answers.
+    let router = if options.require_token {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn(loopback_only))
+    };
+    router.with_state(backend)
+}
+
+/// The header every Arachne client (the CLI and the web UI) sends. A page of another origin cannot send a
+/// custom header without a CORS preflight, which this server never grants.
+pub const CLIENT_HEADER: &str = "x-arachne-client";
+
+/// For a master without tokens: refuses a Host header that is not loopback, and a state-changing request
+/// that has neither a JSON body nor [`CLIENT_HEADER`] (a form or a bare POST another site's page can send).
+async fn loopback_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response> {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        return Err(Error::Forbidden(format!(
+            "Host {host:?} is not a loopback name: without tokens this master answers only requests addressed to localhost, 127.0.0.1 or [::1]"
+        )));
+    }
+    let changes_state = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if changes_state && !json && !request.headers().contains_key(CLIENT_HEADER) {
+        return Err(Error::Forbidden(format!(
+            "without tokens, a {} needs a JSON body or the {CLIENT_HEADER} header (which the CLI and the web UI send), so that another site's page cannot make a browser send it",
+            request.method()
+        )));
+    }
+    Ok(next.run(request).await)
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Each documented path with the methods it answers, for the message of a 405.

@@ -25,6 +25,8 @@ export function whenUnauthorized(handler) {
 
 function headers(extra) {
   const h = new Headers(extra || {});
+  // Proves to a master without tokens that this is not another site's page (see loopback_only).
+  h.set("X-Arachne-Client", "ui");
   const token = session.token();
   if (token) h.set("Authorization", `Bearer ${token}`);
   return h;
