@@ -7,6 +7,7 @@ mod cluster;
 mod cron;
 pub mod files;
 mod folders;
+mod listen;
 mod scheduler;
 pub mod store;
 mod store_health;
@@ -27,6 +28,7 @@ use crate::auth::Auth;
 pub use crate::auth::AuthConfig;
 use crate::cluster::Cluster;
 use crate::files::{SpiderFiles, UploadLimits};
+pub use crate::listen::{ListenConfig, TlsFiles};
 use crate::scheduler::Scheduler;
 pub use crate::scheduler::SchedulerOptions;
 use crate::store::{Store, embedded::EmbeddedStore};
@@ -50,6 +52,8 @@ pub struct Config {
     /// Tokens for the API and for workers. `http.require_token` follows `auth.required`.
     pub auth: AuthConfig,
     pub http: RouterOptions,
+    /// Connection limits and TLS of both listeners.
+    pub listen: ListenConfig,
     pub scheduler: SchedulerOptions,
 }
 
@@ -99,6 +103,7 @@ impl Config {
             upload: UploadLimits::default(),
             auth: AuthConfig::default(),
             http: RouterOptions::default(),
+            listen: ListenConfig::default(),
             scheduler: SchedulerOptions::default(),
         }
     }
@@ -140,8 +145,8 @@ pub enum Error {
     Insecure(SocketAddr),
     #[error("listener: {0}")]
     Listener(std::io::Error),
-    #[error("http server: {0}")]
-    Http(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] arachne_proto::listen::TlsError),
     #[error("grpc server: {0}")]
     Grpc(#[from] arachne_proto::Error),
     #[error("local worker: {0}")]
@@ -271,6 +276,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     prepare_data_dir(&config)?;
+    let guards = config.listen.guards()?;
     let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
     let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
     if !config.auth.required
@@ -347,10 +353,11 @@ pub async fn run(
     // The local worker talks to the cluster service in-process: no encoding, socket or HTTP/2 for its messages.
     let link = arachne_worker::LocalLink::new(Arc::clone(&cluster) as _);
     // A server that stops on its own takes the master down with it, through its drop guard.
+    let (http_conns, grpc_conns) = listen::accept(listeners, guards, &servers);
     let (grpc_guard, grpc_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let grpc = tracker.spawn(async move {
         let _guard = grpc_guard;
-        arachne_proto::server::serve(listeners.grpc, cluster, grpc_shutdown).await
+        arachne_proto::server::serve(grpc_conns, cluster, grpc_shutdown).await
     });
     let http_options = RouterOptions {
         require_token: config.auth.required,
@@ -358,11 +365,10 @@ pub async fn run(
     };
     let router = arachne_web_api::router(api as Arc<dyn Backend>, &http_options);
     let (http_guard, http_shutdown) = (servers.clone().drop_guard(), servers.clone());
+    let header_timeout = config.listen.header_timeout;
     let http = tracker.spawn(async move {
         let _guard = http_guard;
-        axum::serve(listeners.http, router)
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
+        listen::serve_http(http_conns, router, header_timeout, http_shutdown).await;
     });
     info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "master started");
 
@@ -401,9 +407,8 @@ pub async fn run(
             Ok(result) => result?,
             Err(err) => warn!(error = %err, "grpc server task failed"),
         }
-        match http.await {
-            Ok(result) => result.map_err(Error::Http)?,
-            Err(err) => warn!(error = %err, "http server task failed"),
+        if let Err(err) = http.await {
+            warn!(error = %err, "http server task failed");
         }
         Ok::<(), Error>(())
     };

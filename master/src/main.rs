@@ -53,6 +53,18 @@ struct Args {
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
+    /// Connections each listener keeps open at once (half-open ones included); one more is refused, on HTTP
+    /// with a 503 that says so. A connection must send its first byte (or finish TLS) within 10 s, and an HTTP
+    /// client its request headers within 30 s.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// A PEM certificate chain: the HTTP API and the worker port serve TLS (workers then use an https://
+    /// --master, and `--ca` if the certificate is not from a public authority). Needs --tls-key.
+    #[arg(long, env = "ARACHNE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "ARACHNE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Serve without tokens: anyone who reaches the ports controls the master. Refused unless both listeners
     /// are on loopback.
     #[arg(long)]
@@ -141,6 +153,15 @@ async fn run() -> anyhow::Result<()> {
     });
     config.spiders_dir = args.spiders_dir;
     config.http.max_upload_bytes = args.max_upload_mib << 20;
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
+    );
+    config.listen.max_connections = args.max_connections;
+    config.listen.tls = args
+        .tls_cert
+        .zip(args.tls_key)
+        .map(|(cert, key)| arachne_master::TlsFiles { cert, key });
     anyhow::ensure!(
         args.heartbeat_timeout.is_finite() && args.heartbeat_timeout >= 0.5,
         "--heartbeat-timeout must be at least 0.5 seconds"

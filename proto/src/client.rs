@@ -85,9 +85,10 @@ enum Inner {
 impl Client {
     /// Connects to the master at `target`; `token` is presented on every gRPC call (a local link has no
     /// peer to present it to).
-    pub async fn open(target: &Target, token: Option<&str>) -> Result<Self> {
+    /// `ca_pem` is a certificate (PEM) trusted besides the public authorities, for an `https://` master.
+    pub async fn open(target: &Target, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Self> {
         match target {
-            Target::Endpoint(endpoint) => Self::connect(endpoint, token).await,
+            Target::Endpoint(endpoint) => Self::connect_tls(endpoint, token, ca_pem).await,
             Target::Local(link) => Ok(Self {
                 inner: Inner::Local(link.clone()),
             }),
@@ -97,6 +98,15 @@ impl Client {
     /// Connects to the master at `endpoint` (for example `http://127.0.0.1:9666`), presenting `token` on
     /// every call.
     pub async fn connect(endpoint: &str, token: Option<&str>) -> Result<Self> {
+        Self::connect_tls(endpoint, token, None).await
+    }
+
+    /// [`Client::connect`], trusting `ca_pem` besides the public authorities when `endpoint` is `https://`.
+    pub async fn connect_tls(
+        endpoint: &str,
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self> {
         let bearer = token
             .map(|t| {
                 MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
@@ -110,8 +120,15 @@ impl Client {
             endpoint: endpoint.to_owned(),
             source,
         };
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(connect_error)?
+        let mut channel = Endpoint::from_shared(endpoint.to_owned()).map_err(connect_error)?;
+        if endpoint.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+            if let Some(ca) = ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            }
+            channel = channel.tls_config(tls).map_err(connect_error)?;
+        }
+        let channel = channel
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

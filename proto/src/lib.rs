@@ -7,6 +7,7 @@
 
 pub mod client;
 mod convert;
+pub mod listen;
 mod local;
 pub mod server;
 

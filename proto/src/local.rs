@@ -189,7 +189,7 @@ mod tests {
     /// master noticing the session end.
     async fn observed(target: Target, echo: &Echo) -> Vec<String> {
         let wait = Duration::from_secs(10);
-        let mut client = Client::open(&target, None).await.expect("connects");
+        let mut client = Client::open(&target, None, None).await.expect("connects");
         let (tx, rx) = mpsc::channel(8);
         let mut session = client.session(rx).await.expect("session opens");
         let mut seen = Vec::new();
@@ -236,8 +236,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let endpoint = format!("http://{}", listener.local_addr().expect("bound"));
         let shutdown = CancellationToken::new();
+        let guard = crate::listen::Guard {
+            max_connections: 16,
+            handshake_timeout: Duration::from_secs(10),
+            tls: None,
+            refusal: None,
+            name: "test",
+        };
         let server = tokio::spawn(crate::server::serve(
-            listener,
+            crate::listen::accept(listener, guard, shutdown.clone()),
             Arc::clone(&echo) as Arc<dyn Handler>,
             shutdown.clone(),
         ));

@@ -9,9 +9,8 @@ use arachne_shared::SpiderId;
 use arachne_shared::cluster::{BlobChunk, MasterToWorker, WorkerEnvelope};
 use arachne_shared::files::Manifest;
 use futures_util::{Stream, StreamExt};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -210,19 +209,14 @@ fn spider_id(value: &str) -> Result<SpiderId, Status> {
         .map_err(|err| Status::invalid_argument(format!("`spider_id` is not a spider id: {err}")))
 }
 
-/// Serves the protocol on `listener` until `shutdown` is cancelled and every session has ended.
+/// Serves the protocol on the connections `incoming` yields (see [`crate::listen`]) until `shutdown` is
+/// cancelled and every session has ended.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: mpsc::Receiver<crate::listen::Conn>,
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    // `tcp_nodelay` on the builder only reaches sockets tonic accepts itself; these come from our listener.
-    // Without it, an acknowledgement followed by an assignment waits ~40 ms for a delayed ACK (Nagle).
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(stream)
-    });
+    let incoming = ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>);
     let service = ClusterServer::new(Adapter { handler })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

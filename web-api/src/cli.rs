@@ -43,6 +43,12 @@ pub enum Error {
     Output(#[from] std::io::Error),
     #[error("{0}")]
     Input(String),
+    #[error("cannot read the CA file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Arachne: run web crawlers at scale.
@@ -69,6 +75,10 @@ pub struct Cli {
         default_value = "arachne-data/api-token"
     )]
     pub token_file: std::path::PathBuf,
+    /// A PEM certificate to trust for an https:// --server besides the public authorities (a master's
+    /// self-signed certificate, or the authority that signed it).
+    #[arg(long, global = true, env = "ARACHNE_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -522,10 +532,14 @@ fn token(cli: &Cli) -> Result<Option<String>, Error> {
 }
 
 async fn execute(cli: Cli) -> Result<ExitCode, Error> {
-    let client = match token(&cli)? {
-        Some(token) => Client::with_token(&cli.server, &token)?,
-        None => Client::new(&cli.server),
+    let ca = match &cli.ca {
+        Some(path) => Some(std::fs::read(path).map_err(|source| Error::CaFile {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
     };
+    let client = Client::with_tls(&cli.server, token(&cli)?.as_deref(), ca.as_deref())?;
     match cli.command {
         Command::Spider(SpiderCommand::Create {
             name,

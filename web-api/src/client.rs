@@ -35,6 +35,10 @@ pub enum Error {
     Decode(String),
     #[error("unusable API token: {0}")]
     Token(String),
+    #[error("the CA file is not PEM: {0}")]
+    CaPem(#[source] rustls_pki_types::pem::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Result of client calls.
@@ -76,7 +80,17 @@ impl Client {
         Self::build(base, Some(token))
     }
 
+    /// A client for `base` with `token`, trusting `ca_pem` (PEM certificates) besides the public authorities
+    /// when `base` is `https://`.
+    pub fn with_tls(base: &str, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Self> {
+        Self::build_tls(base, token, ca_pem)
+    }
+
     fn build(base: &str, token: Option<&str>) -> Result<Self> {
+        Self::build_tls(base, token, None)
+    }
+
+    fn build_tls(base: &str, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             crate::routes::CLIENT_HEADER,
@@ -93,6 +107,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .default_headers(headers)
+            .tls_backend_preconfigured(tls_config(ca_pem)?)
             .build()
             .expect("client builds");
         Ok(Self {
@@ -538,4 +553,23 @@ impl Client {
         }
         Ok(false)
     }
+}
+
+/// TLS with the public authorities (Mozilla's list) and `ca_pem`, over the ring provider the whole project
+/// uses.
+fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            roots.add(cert.map_err(Error::CaPem)?)?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -44,6 +44,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Shown with the node (`region=eu`, …).
     pub labels: BTreeMap<String, String>,
+    /// A certificate (PEM) trusted besides the public authorities when the master is `https://`: the
+    /// master's own, or the authority that signed it.
+    pub ca_pem: Option<Vec<u8>>,
     /// The worker token presented to the master (`arachne-master token create NAME --kind worker`).
     pub token: Option<String>,
     /// The executable started as the process watchdog (see [`watchdog`]) and as the sandbox helper every spider
@@ -63,6 +66,7 @@ impl Config {
             runner: RunnerOptions::default(),
             heartbeat: Duration::from_secs(5),
             labels: BTreeMap::new(),
+            ca_pem: None,
             token: None,
             helper_exe: None,
         }

@@ -32,6 +32,10 @@ struct Args {
     /// line.
     #[arg(long, env = "ARACHNE_WORKER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A PEM certificate to trust for an https:// --master, besides the public authorities: the master's
+    /// self-signed certificate, or the authority that signed it.
+    #[arg(long, env = "ARACHNE_CA")]
+    ca: Option<PathBuf>,
     /// Seconds between heartbeats to the master.
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
@@ -71,6 +75,12 @@ async fn run() -> anyhow::Result<()> {
     config.token =
         arachne_worker::args::secret("ARACHNE_WORKER_TOKEN", args.token_file.as_deref())?;
     config.heartbeat = std::time::Duration::from_secs(args.heartbeat_secs.max(1));
+    config.ca_pem = args
+        .ca
+        .map(|path| {
+            std::fs::read(&path).with_context(|| format!("reading the CA file {}", path.display()))
+        })
+        .transpose()?;
     let shutdown = CancellationToken::new();
     arachne_worker::signals::spawn_handler(shutdown.clone());
     arachne_worker::run(config, shutdown).await?;

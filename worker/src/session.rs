@@ -226,7 +226,7 @@ impl Worker {
         backoff: &mut Backoff,
     ) -> Result<(), Ended> {
         let client = tokio::select! {
-            client = Client::open(&config.master, config.token.as_deref()) => client?,
+            client = Client::open(&config.master, config.token.as_deref(), config.ca_pem.as_deref()) => client?,
             () = shutdown.cancelled() => return Ok(()),
         };
         let (session_tx, session_rx) = mpsc::channel(EVENTS_CAPACITY);

@@ -126,6 +126,7 @@ impl TestMaster {
         }
         let token = config.auth.api_token.clone();
         let mongodb = config.mongodb.clone();
+        let tls = config.listen.tls.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind(grpc).await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -135,11 +136,11 @@ impl TestMaster {
             Listeners { http, grpc },
             shutdown.clone(),
         ));
-        let base = format!("http://{http_addr}");
-        let client = match &token {
-            Some(token) => Client::with_token(&base, token).unwrap(),
-            None => Client::new(&base),
-        };
+        // With TLS, the test's own certificate is the authority the client trusts.
+        let ca = tls.map(|files| std::fs::read(files.cert).unwrap());
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{http_addr}");
+        let client = Client::with_tls(&base, token.as_deref(), ca.as_deref()).unwrap();
         eventually("the API answers", || async {
             client.health().await.is_ok()
         })
