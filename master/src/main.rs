@@ -53,6 +53,10 @@ struct Args {
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
+    /// Uploads received at once; more wait before their body is read, so uploads hold at most this many times
+    /// --max-upload-mib in memory.
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_uploads: usize,
     /// Connections each listener keeps open at once (half-open ones included); one more is refused, on HTTP
     /// with a 503 that says so. A connection must send its first byte (or finish TLS) within 10 s, and an HTTP
     /// client its request headers within 30 s.

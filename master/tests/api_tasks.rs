@@ -42,7 +42,7 @@ async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() 
     assert_eq!(first.items, 3);
 
     // Items as CSV: a column per field in the order fields first appear, RFC 4180 quoting.
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}/api/v1", master.http);
     let response = http
         .get(format!("{base}/tasks/{}/items?format=csv", first.id))
@@ -213,7 +213,7 @@ async fn the_events_stream_carries_state_changes_and_progress_and_metrics_count_
         &[("main.py", PROGRESS)],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}", master.http);
 
     // The response's headers arrive only once the server has subscribed, so nothing after this is missed.
@@ -327,7 +327,7 @@ async fn a_task_watcher_sees_its_output_counts_grow_without_state_changes() {
         })
         .await
         .unwrap();
-    let subscribed = reqwest::Client::new()
+    let subscribed = common::http()
         .get(format!(
             "http://{}/api/v1/events?task={}",
             master.http, task.id
@@ -452,7 +452,7 @@ async fn a_cut_log_follow_reconnects_and_resumes_with_no_gap_and_no_duplicate() 
     }
 
     // An EventSource reconnecting with Last-Event-ID gets what follows that line, then the end.
-    let response = reqwest::Client::new()
+    let response = common::http()
         .get(format!(
             "http://{}/api/v1/tasks/{}/logs?follow=true",
             master.http, task.id

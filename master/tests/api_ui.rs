@@ -141,7 +141,7 @@ async fn cron_expressions_are_checked_with_their_next_fire_times() {
 async fn the_master_serves_its_web_ui_without_a_token() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), false).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}", master.http);
 
     let page = http.get(format!("{base}/")).send().await.unwrap();

@@ -56,7 +56,7 @@ async fn the_api_needs_a_valid_token_and_revoked_ones_stop_working() {
             .await,
     );
     assert!(wrong.contains("unknown or revoked"), "{wrong}");
-    let raw = reqwest::Client::new()
+    let raw = common::http()
         .get(format!("{base}/api/v1/tasks"))
         .header("authorization", "Basic abc")
         .send()
@@ -269,7 +269,7 @@ async fn without_tokens_only_loopback_hosts_and_requests_a_page_cannot_forge_are
     config.local_worker = None;
     config.auth.required = false;
     let master = TestMaster::launch(config, "127.0.0.1:0".parse().unwrap()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}", master.http);
     let status = |r: reqwest::Response| r.status().as_u16();
 

@@ -646,7 +646,11 @@ impl Drop for SmallDisk {
 }
 
 async fn health(http: SocketAddr) -> (u16, serde_json::Value) {
-    let response = reqwest::get(format!("http://{http}/health")).await.unwrap();
+    let response = common::http()
+        .get(format!("http://{http}/health"))
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }

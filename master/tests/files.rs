@@ -474,3 +474,72 @@ async fn spider_files_in_mongodb_leave_a_master_no_local_state() {
     assert_eq!(blobs(&second_dir.path().join("spiders")), 0);
     second.stop().await;
 }
+
+/// Uploads over the concurrent limit wait, before their body is read, until one ends: six large uploads at
+/// once cannot hold six bodies in the master's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_concurrent_limit_wait_for_their_turn() {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.local_worker = None;
+    config.http.max_concurrent_uploads = 1;
+    let master = TestMaster::start_with(config).await;
+    common::create_spider(&master.client, "big", "true", &[("x", "")]).await;
+    let zip = {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zip.start_file("main.sh", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(&vec![b'#'; 64 << 10]).unwrap();
+        zip.finish().unwrap().into_inner()
+    };
+
+    // The first upload asks to continue and is told to (so its handler, past the slot, reads its body), then
+    // holds the only slot while it sends nothing.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut first = tokio::net::TcpStream::connect(master.http).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/spiders/big/files HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/zip\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        common::API_TOKEN,
+        zip.len()
+    );
+    first.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = [0u8; 64];
+    let n = tokio::time::timeout(common::TIMEOUT, first.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        reply[..n].starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&reply[..n])
+    );
+
+    let client = master.client.clone();
+    let whole = zip.clone();
+    let mut second = tokio::spawn(async move { client.upload_files("big", whole).await });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut second).await;
+    assert!(
+        early.is_err(),
+        "the second upload was served while the first held the only slot: {early:?}"
+    );
+    first.write_all(&zip).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(common::TIMEOUT, first.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the first upload got no answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    second.await.unwrap().unwrap();
+    master.stop().await;
+}

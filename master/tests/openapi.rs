@@ -26,7 +26,7 @@ fn refs<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
 async fn the_openapi_document_matches_the_served_routes() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), false).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let base = format!("http://{}", master.http);
 
     let anonymous = http

@@ -196,7 +196,22 @@ pub struct UnreadableKey {
     pub field: String,
 }
 
-/// Checks a results collection name: one MongoDB accepts everywhere, and not one of its reserved ones.
+/// The collections the platform itself keeps in MongoDB (the store's and the spider files' GridFS bucket):
+/// a spider's items written into one would overwrite tokens, tasks or spider code.
+pub const PLATFORM_COLLECTIONS: &[&str] = &[
+    "spiders",
+    "tasks",
+    "task_logs",
+    "nodes",
+    "schedules",
+    "tokens",
+    "spider_versions",
+    "spider_files.files",
+    "spider_files.chunks",
+];
+
+/// Checks a results collection name: one MongoDB accepts everywhere, and neither one of its reserved ones
+/// nor one of the platform's own.
 pub fn validate_collection(name: &str) -> Result<(), String> {
     let ok_chars = name
         .chars()
@@ -214,6 +229,11 @@ pub fn validate_collection(name: &str) -> Result<(), String> {
     if name.starts_with("system.") {
         return Err(format!(
             "invalid results collection {name:?}: system.* is reserved by MongoDB"
+        ));
+    }
+    if PLATFORM_COLLECTIONS.contains(&name) || name.starts_with("spider_files.") {
+        return Err(format!(
+            "invalid results collection {name:?}: the platform keeps its own records there"
         ));
     }
     Ok(())
@@ -323,6 +343,10 @@ pub fn validate_relative_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') || path.contains('\\') || path.contains('\0') {
         return bad("absolute paths, backslashes and NUL are not allowed");
     }
+    // A newline or an escape sequence in a name would be printed raw by `arachne spider files` and the UI.
+    if path.chars().any(char::is_control) {
+        return bad("a control character (newline, tab, escape, …) is not allowed in a file name");
+    }
     for component in path.split('/') {
         match component {
             "" => return bad("empty component"),
@@ -336,6 +360,22 @@ pub fn validate_relative_path(path: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_cannot_go_into_the_platform_s_own_collections() {
+        for name in [
+            "tokens",
+            "spider_files.chunks",
+            "spider_files.x",
+            "tasks",
+            "system.users",
+        ] {
+            assert!(validate_collection(name).is_err(), "{name}");
+        }
+        for name in ["results_hello", "tokens_of_sites", "my.items"] {
+            assert!(validate_collection(name).is_ok(), "{name}");
+        }
+    }
 
     #[test]
     fn paths_that_could_escape_are_refused() {

@@ -94,7 +94,9 @@ pub enum Command {
     /// Run a spider: creates a task and prints its id.
     Run {
         spider: String,
-        /// Arguments appended to the spider's command.
+        /// Arguments appended to the spider's command. Shell text, by design: `--param "-a page=2"` reaches the
+        /// shell that runs the command, quotes, `;` and `$(…)` included, so anyone who may run spiders may run
+        /// any command as the spider user (every API token today).
         #[arg(long, allow_hyphen_values = true)]
         param: Option<String>,
         /// 1 (highest) to 10.
@@ -213,6 +215,7 @@ pub struct ScheduleArgs {
     tz: Option<String>,
     #[command(flatten)]
     placement: PlacementArgs,
+    /// Arguments appended to the spider's command; shell text, as for `arachne run --param`.
     #[arg(long, allow_hyphen_values = true)]
     param: Option<String>,
     #[arg(long)]

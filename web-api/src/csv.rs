@@ -59,7 +59,7 @@ impl Columns {
     }
 
     pub(crate) fn header(&self) -> String {
-        let cells: Vec<String> = self.names.iter().map(|n| escape(n)).collect();
+        let cells: Vec<String> = self.names.iter().map(|n| escape(&neutralise(n))).collect();
         cells.join(",") + "\r\n"
     }
 
@@ -81,14 +81,25 @@ impl Columns {
     }
 }
 
-/// A value as a cell: strings unquoted, `null` empty, anything else as compact JSON (however the spider
-/// spaced it).
+/// A value as a cell: strings unquoted (and neutralised), `null` empty, anything else as compact JSON
+/// (however the spider spaced it).
 fn cell(value: &RawValue) -> String {
     match serde_json::from_str::<serde_json::Value>(value.get()) {
-        Ok(serde_json::Value::String(text)) => text,
+        Ok(serde_json::Value::String(text)) => neutralise(&text),
         Ok(serde_json::Value::Null) => String::new(),
         Ok(other) => other.to_string(),
         Err(_) => value.get().to_owned(),
+    }
+}
+
+/// Scraped text is the attacker's: a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is a
+/// formula to a spreadsheet (`=HYPERLINK(…)`, `+1+cmd|…`), so it gets a leading `'`, which spreadsheets show
+/// as text (OWASP's advice). Numbers are JSON numbers, never strings, so `-1.5` stays a number.
+fn neutralise(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
     }
 }
 
@@ -137,5 +148,19 @@ mod tests {
         let mut columns = Columns::default();
         columns.learn(&item);
         assert_eq!(columns.row(&item), "\"two\nlines\"\r\n");
+    }
+
+    #[test]
+    fn text_a_spreadsheet_would_run_as_a_formula_is_neutralised() {
+        let item = raw(
+            r#"{"a":"=HYPERLINK(\"http://x\",\"y\")","b":"+1+cmd|' /C calc'!A0","c":"@SUM(1)","d":"-2+3","e":-1.5,"=f":"ok"}"#,
+        );
+        let mut columns = Columns::default();
+        columns.learn(&item);
+        assert_eq!(columns.header(), "a,b,c,d,e,'=f\r\n");
+        assert_eq!(
+            columns.row(&item),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",'+1+cmd|' /C calc'!A0,'@SUM(1),'-2+3,-1.5,ok\r\n"
+        );
     }
 }

@@ -35,6 +35,9 @@ use crate::{Backend, Error, Result};
 pub struct RouterOptions {
     /// Largest spider archive accepted, in bytes.
     pub max_upload_bytes: usize,
+    /// Uploads received at once; more wait their turn before their body is read, so uploads never hold more
+    /// than this many times `max_upload_bytes` in memory.
+    pub max_concurrent_uploads: usize,
     /// Every route but `/health` needs `Authorization: Bearer <API token>`. Off only by explicit choice.
     pub require_token: bool,
 }
@@ -43,6 +46,7 @@ impl Default for RouterOptions {
     fn default() -> Self {
         Self {
             max_upload_bytes: 256 << 20,
+            max_concurrent_uploads: 2,
             require_token: true,
         }
     }
@@ -267,7 +271,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
             (None, Some(In::Upload)),
             Out::Json(200, schema::<arachne_shared::Spider>),
-            put(upload_files).layer(DefaultBodyLimit::max(options.max_upload_bytes)),
+            put(upload_files)
+                .layer(DefaultBodyLimit::max(options.max_upload_bytes))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::new(tokio::sync::Semaphore::new(
+                        options.max_concurrent_uploads.max(1),
+                    )),
+                    one_upload_at_a_time,
+                )),
         ),
         route(
             Method::GET,
@@ -490,6 +501,19 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
     ]
 }
 
+/// Holds an upload until one of the upload slots is free, before its body is read.
+async fn one_upload_at_a_time(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _slot = slots
+        .acquire()
+        .await
+        .expect("the upload slots are never closed");
+    next.run(request).await
+}
+
 /// Lets a request through only with a valid API token.
 async fn authenticate(
     State(api): State<Api>,
@@ -602,7 +626,7 @@ async fn upload_files(
             };
             // A part named `executable` keeps the executable bit; multipart has no other way to say so.
             let mode = (field_name == "executable").then_some(0o755);
-            let data = field.bytes().await.map_err(bad)?.to_vec();
+            let data = Vec::from(field.bytes().await.map_err(bad)?);
             files.push(UploadedFile { path, data, mode });
         }
         if files.is_empty() {
@@ -623,7 +647,8 @@ async fn upload_files(
                 "empty upload: send the spider's files as a .tar.gz or .zip archive, or as multipart files".into(),
             ));
         }
-        Upload::Archive(body.to_vec())
+        // Without a copy: the body is the only holder of its buffer.
+        Upload::Archive(Vec::from(body))
     };
     Ok(Json(api.upload_files(&name, upload).await?))
 }

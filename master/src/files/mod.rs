@@ -385,6 +385,20 @@ mod tests {
         zip.finish().unwrap().into_inner()
     }
 
+    /// A zip holding two entries named `main.py`, which `ZipWriter` itself refuses to write: written with
+    /// another name of the same length, then renamed in the bytes.
+    fn twin_zip() -> Vec<u8> {
+        let zip = zip_of(&[("main.py", b"print(1)"), ("mbin.py", b"print(2)")]);
+        let text = zip.clone();
+        let mut zip = zip;
+        for at in 0..text.len() - 7 {
+            if &text[at..at + 7] == b"mbin.py" {
+                zip[at..at + 7].copy_from_slice(b"main.py");
+            }
+        }
+        zip
+    }
+
     fn files(dir: &Path) -> SpiderFiles {
         SpiderFiles::new(
             dir.to_owned(),
@@ -612,6 +626,16 @@ mod tests {
             (
                 Upload::Archive(zip_of(&[("big", &[0u8; 1001])])),
                 "more than 1000 bytes",
+            ),
+            (Upload::Archive(twin_zip()), "main.py appears twice"),
+            (
+                Upload::Archive(zip_of(&[("1", b""), ("2", b""), ("3", b""), ("4", b"")])),
+                "4 entries, more than 3 files",
+            ),
+            (Upload::Files(vec![file("a\nb.py")]), "control character"),
+            (
+                Upload::Files(vec![file("\u{1b}[31mred")]),
+                "control character",
             ),
             (Upload::Files(vec![file("/abs")]), "unsafe path"),
             (Upload::Files(vec![file("a/../../b")]), "unsafe path"),

@@ -222,7 +222,28 @@ fn read_tar(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
 fn read_zip(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
     let bad =
         |e: zip::result::ZipError| Error::BadArchive(format!("not a valid .zip archive ({e})"));
+    // Counted before the archive is indexed: an index of a million empty entries alone took 880 MB.
+    if let Some(entries) = declared_entries(bytes)
+        && entries > sink.limits.max_files
+    {
+        return Err(Error::TooLarge(format!(
+            "{entries} entries, more than {} files",
+            sink.limits.max_files
+        )));
+    }
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    // The zip crate keeps one entry per name, so a second `main.py` would vanish without a word: the names
+    // are read from the central directory itself.
+    let mut seen = HashSet::new();
+    for name in central_directory_names(bytes, zip.central_directory_start()) {
+        let name = String::from_utf8_lossy(name);
+        let name = name.trim_start_matches("./");
+        if !name.ends_with('/') && !seen.insert(name.to_owned()) {
+            return Err(Error::BadArchive(format!(
+                "{name} appears twice in the upload"
+            )));
+        }
+    }
     for index in 0..zip.len() {
         let mut entry = zip.by_index(index).map_err(bad)?;
         // The raw name, not `enclosed_name`, so a hostile path is reported rather than quietly rewritten.
@@ -247,4 +268,33 @@ fn read_zip(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
         sink.add(&path, mode, &mut entry)?;
     }
     Ok(())
+}
+
+/// The entry count a zip's end-of-central-directory record declares (0xFFFF when it defers to zip64).
+fn declared_entries(bytes: &[u8]) -> Option<usize> {
+    const EOCD: &[u8] = b"PK\x05\x06";
+    // The record is 22 bytes plus a comment of at most 64 KiB, at the very end.
+    let from = bytes.len().saturating_sub(22 + 0xFFFF);
+    let at = bytes[from..].windows(4).rposition(|w| w == EOCD)? + from;
+    let record = bytes.get(at..at + 22)?;
+    Some(u16::from_le_bytes([record[10], record[11]]) as usize)
+}
+
+/// Every file name of the zip's central directory, in order, duplicates included.
+fn central_directory_names(bytes: &[u8], start: u64) -> Vec<&[u8]> {
+    const HEADER: &[u8] = b"PK\x01\x02";
+    let mut names = Vec::new();
+    let mut at = usize::try_from(start).unwrap_or(usize::MAX);
+    while let Some(fixed) = bytes.get(at..at + 46)
+        && &fixed[..4] == HEADER
+    {
+        let field = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]) as usize;
+        let (name, extra, comment) = (field(28), field(30), field(32));
+        let Some(raw) = bytes.get(at + 46..at + 46 + name) else {
+            break;
+        };
+        names.push(raw);
+        at += 46 + name + extra + comment;
+    }
+    names
 }

@@ -447,3 +447,10 @@ impl Drop for MasterProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A plain HTTP client for requests the API client does not make (raw bodies, bad headers). TLS goes through
+/// the ring provider, as everywhere in the project; reqwest is built without one of its own.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
