@@ -191,8 +191,9 @@ async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Resu
     })
     .await
     .map_err(|e| e.to_string())?;
+    let upload = Upload::archive(&packed).map_err(|e| e.to_string())?;
     let spider = api
-        .upload_files(&name, Upload::Archive(packed))
+        .upload_files(&name, upload)
         .await
         .map_err(|e| e.to_string())?;
     if before.is_none_or(|b| b.version != spider.version) {

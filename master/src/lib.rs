@@ -359,8 +359,15 @@ pub async fn run(
         let _guard = grpc_guard;
         arachne_proto::server::serve(grpc_conns, cluster, grpc_shutdown).await
     });
+    // Uploads are spooled beside the spider files (not in a /tmp that may be memory), in unnamed files.
+    let upload_dir = config.data_dir.join("spiders").join(".uploads");
+    std::fs::create_dir_all(&upload_dir).map_err(|source| Error::DataDir {
+        path: upload_dir.clone(),
+        source,
+    })?;
     let http_options = RouterOptions {
         require_token: config.auth.required,
+        upload_dir: Some(upload_dir),
         ..config.http.clone()
     };
     let router = arachne_web_api::router(api as Arc<dyn Backend>, &http_options);

@@ -53,8 +53,7 @@ struct Args {
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
-    /// Uploads received at once; more wait before their body is read, so uploads hold at most this many times
-    /// --max-upload-mib in memory.
+    /// Uploads received at once (each is spooled to disk as it arrives); more wait before their body is read.
     #[arg(long, default_value_t = 2)]
     max_concurrent_uploads: usize,
     /// Connections each listener keeps open at once (half-open ones included); one more is refused, on HTTP

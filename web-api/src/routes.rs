@@ -25,8 +25,8 @@ use crate::openapi::{self, Doc, Reply};
 use crate::types::{
     CreateSpider, CronPreview, CronQuery, DEFAULT_LIMIT, EVENT_DELETED, EVENT_END, EVENT_LAGGED,
     EVENT_LOG, EVENT_TASK, EventQuery, ItemFormat, ItemQuery, LOG_SEARCH_SCAN, LogQuery, LogSearch,
-    LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree,
-    UpdateNode, Upload, UploadedFile, VersionFiles, VersionQuery, WaitQuery,
+    LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView, Spool, TaskQuery,
+    TaskTree, UpdateNode, Upload, UploadedFile, VersionFiles, VersionQuery, WaitQuery,
 };
 use crate::{Backend, Error, Result};
 
@@ -35,9 +35,10 @@ use crate::{Backend, Error, Result};
 pub struct RouterOptions {
     /// Largest spider archive accepted, in bytes.
     pub max_upload_bytes: usize,
-    /// Uploads received at once; more wait their turn before their body is read, so uploads never hold more
-    /// than this many times `max_upload_bytes` in memory.
+    /// Uploads received at once; more wait their turn before their body is read.
     pub max_concurrent_uploads: usize,
+    /// Where uploads are spooled as they arrive (unnamed files); the system's temporary folder when `None`.
+    pub upload_dir: Option<std::path::PathBuf>,
     /// Every route but `/health` needs `Authorization: Bearer <API token>`. Off only by explicit choice.
     pub require_token: bool,
 }
@@ -47,6 +48,7 @@ impl Default for RouterOptions {
         Self {
             max_upload_bytes: 256 << 20,
             max_concurrent_uploads: 2,
+            upload_dir: None,
             require_token: true,
         }
     }
@@ -271,14 +273,20 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
             (None, Some(In::Upload)),
             Out::Json(200, schema::<arachne_shared::Spider>),
-            put(upload_files)
-                .layer(DefaultBodyLimit::max(options.max_upload_bytes))
-                .layer(axum::middleware::from_fn_with_state(
-                    Arc::new(tokio::sync::Semaphore::new(
-                        options.max_concurrent_uploads.max(1),
-                    )),
-                    one_upload_at_a_time,
+            put({
+                let place = Arc::new(SpoolPlace {
+                    dir: options.upload_dir.clone(),
+                    max_bytes: options.max_upload_bytes as u64,
+                });
+                move |state, path, request| upload_files(state, path, request, Arc::clone(&place))
+            })
+            .layer(DefaultBodyLimit::max(options.max_upload_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(tokio::sync::Semaphore::new(
+                    options.max_concurrent_uploads.max(1),
                 )),
+                one_upload_at_a_time,
+            )),
         ),
         route(
             Method::GET,
@@ -597,17 +605,62 @@ async fn get_spider(State(api): State<Api>, Path(name): Path<String>) -> Result<
     Ok(Json(api.get_spider(&name).await?))
 }
 
+/// Where an upload is spooled, and how large it may be.
+struct SpoolPlace {
+    dir: Option<std::path::PathBuf>,
+    max_bytes: u64,
+}
+
+impl SpoolPlace {
+    fn create(&self) -> Result<tokio::fs::File> {
+        Spool::create(self.dir.as_deref())
+            .map(|spool| tokio::fs::File::from_std(spool.file))
+            .map_err(|e| Error::Internal(format!("cannot spool the upload: {e}")))
+    }
+
+    /// Writes `chunk` to `file`, refusing what would take the upload (`*total` so far) over the limit.
+    async fn write(&self, file: &mut tokio::fs::File, total: &mut u64, chunk: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        *total += chunk.len() as u64;
+        if *total > self.max_bytes {
+            return Err(Error::PayloadTooLarge(
+                "the upload is over the upload size limit".into(),
+            ));
+        }
+        file.write_all(chunk)
+            .await
+            .map_err(|e| Error::Internal(format!("cannot spool the upload: {e}")))
+    }
+
+    /// The spooled content, ready to be read from its start.
+    async fn finish(file: tokio::fs::File, len: u64) -> Result<Spool> {
+        use tokio::io::AsyncSeekExt;
+        let mut file = file;
+        file.rewind()
+            .await
+            .map_err(|e| Error::Internal(format!("cannot spool the upload: {e}")))?;
+        Ok(Spool {
+            file: file.into_std().await,
+            len,
+        })
+    }
+}
+
 async fn upload_files(
     State(api): State<Api>,
     Path(name): Path<String>,
     request: axum::extract::Request,
+    place: Arc<SpoolPlace>,
 ) -> Result<impl IntoResponse> {
+    use futures_util::StreamExt;
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     let too_large = || Error::PayloadTooLarge("the upload is over the upload size limit".into());
+    // Spooled to disk as it arrives: six uploads of 255 MiB once held 2 GB of memory.
+    let mut total = 0u64;
     let upload = if multipart {
         let bad = |e: MultipartError| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => too_large(),
@@ -617,7 +670,7 @@ async fn upload_files(
             Error::BadRequest(format!("invalid multipart upload: {}", e.body_text()))
         })?;
         let mut files = Vec::new();
-        while let Some(field) = form.next_field().await.map_err(bad)? {
+        while let Some(mut field) = form.next_field().await.map_err(bad)? {
             let field_name = field.name().unwrap_or_default().to_owned();
             let Some(path) = field.file_name().map(str::to_owned) else {
                 return Err(Error::BadRequest(format!(
@@ -626,7 +679,12 @@ async fn upload_files(
             };
             // A part named `executable` keeps the executable bit; multipart has no other way to say so.
             let mode = (field_name == "executable").then_some(0o755);
-            let data = Vec::from(field.bytes().await.map_err(bad)?);
+            let mut file = place.create()?;
+            let start = total;
+            while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                place.write(&mut file, &mut total, &chunk).await?;
+            }
+            let data = SpoolPlace::finish(file, total - start).await?;
             files.push(UploadedFile { path, data, mode });
         }
         if files.is_empty() {
@@ -636,19 +694,19 @@ async fn upload_files(
         }
         Upload::Files(files)
     } else {
-        let body = Bytes::from_request(request, &())
-            .await
-            .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-                _ => Error::BadRequest(format!("reading the upload failed: {}", e.body_text())),
-            })?;
-        if body.is_empty() {
+        let mut file = place.create()?;
+        let mut body = request.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| Error::BadRequest(format!("reading the upload failed: {e}")))?;
+            place.write(&mut file, &mut total, &chunk).await?;
+        }
+        if total == 0 {
             return Err(Error::BadRequest(
                 "empty upload: send the spider's files as a .tar.gz or .zip archive, or as multipart files".into(),
             ));
         }
-        // Without a copy: the body is the only holder of its buffer.
-        Upload::Archive(Vec::from(body))
+        Upload::Archive(SpoolPlace::finish(file, total).await?)
     };
     Ok(Json(api.upload_files(&name, upload).await?))
 }

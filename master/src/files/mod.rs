@@ -352,7 +352,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use arachne_shared::files::{FileEntry, hex};
-    use arachne_web_api::types::UploadedFile;
+    use arachne_web_api::types::{Spool, UploadedFile};
     use sha2::{Digest, Sha256};
 
     use super::*;
@@ -373,6 +373,10 @@ mod tests {
             builder.append(&header, *data).unwrap();
         }
         builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn archive_upload(bytes: impl AsRef<[u8]>) -> Upload {
+        Upload::archive(bytes.as_ref()).unwrap()
     }
 
     fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -427,11 +431,11 @@ mod tests {
             ("a/b.sh", b"", tar::EntryType::Regular),
         ]);
         let v1 = store
-            .store_upload(spider, Upload::Archive(upload.clone()))
+            .store_upload(spider, archive_upload(upload.clone()))
             .await
             .unwrap();
         let v2 = store
-            .store_upload(spider, Upload::Archive(upload))
+            .store_upload(spider, archive_upload(upload))
             .await
             .unwrap();
         assert_eq!(v1, v2);
@@ -444,7 +448,7 @@ mod tests {
         let other = SpiderId::new();
         let zipped = zip_of(&[("main.py", b"print(1)"), ("a/b.sh", b"")]);
         let v3 = store
-            .store_upload(other, Upload::Archive(zipped))
+            .store_upload(other, archive_upload(zipped))
             .await
             .unwrap();
         assert_eq!(v3.hash, v1.hash, "modes and contents are the same");
@@ -452,12 +456,12 @@ mod tests {
         let single = vec![
             UploadedFile {
                 path: "main.py".into(),
-                data: b"print(2)".to_vec(),
+                data: Spool::from_bytes(b"print(2)", None).unwrap(),
                 mode: None,
             },
             UploadedFile {
                 path: "a/b.sh".into(),
-                data: Vec::new(),
+                data: Spool::from_bytes(b"", None).unwrap(),
                 mode: Some(0o755),
             },
         ];
@@ -562,7 +566,7 @@ mod tests {
             ("m.pyc", b"x"),
         ]);
         let v = store
-            .store_upload(SpiderId::new(), Upload::Archive(zipped))
+            .store_upload(SpiderId::new(), archive_upload(zipped))
             .await
             .unwrap();
         assert_eq!(v.file_count, 2, "main.py and .arachneignore");
@@ -574,62 +578,59 @@ mod tests {
         let store = files(dir.path());
         let file = |path: &str| UploadedFile {
             path: path.into(),
-            data: b"x".to_vec(),
+            data: Spool::from_bytes(b"x", None).unwrap(),
             mode: None,
         };
         let cases: Vec<(Upload, &str)> = vec![
             (
-                Upload::Archive(archive(&[("../evil", b"x", tar::EntryType::Regular)])),
+                archive_upload(archive(&[("../evil", b"x", tar::EntryType::Regular)])),
                 "unsafe path",
             ),
             (
-                Upload::Archive(archive(&[("/etc/x", b"x", tar::EntryType::Regular)])),
+                archive_upload(archive(&[("/etc/x", b"x", tar::EntryType::Regular)])),
                 "unsafe path",
             ),
             (
-                Upload::Archive(archive(&[("link", b"", tar::EntryType::Symlink)])),
+                archive_upload(archive(&[("link", b"", tar::EntryType::Symlink)])),
                 "links are not allowed",
             ),
             (
-                Upload::Archive(archive(&[
+                archive_upload(archive(&[
                     ("a", b"1", tar::EntryType::Regular),
                     ("a", b"2", tar::EntryType::Regular),
                 ])),
                 "appears twice",
             ),
             (
-                Upload::Archive(archive(&[
+                archive_upload(archive(&[
                     ("a", b"1", tar::EntryType::Regular),
                     ("a/b", b"2", tar::EntryType::Regular),
                 ])),
                 "both a file and a folder",
             ),
             (
-                Upload::Archive(archive(&[("big", &[0u8; 1001], tar::EntryType::Regular)])),
+                archive_upload(archive(&[("big", &[0u8; 1001], tar::EntryType::Regular)])),
                 "more than 1000 bytes",
             ),
-            (Upload::Archive(archive(&[])), "holds no files"),
+            (archive_upload(archive(&[])), "holds no files"),
             (
-                Upload::Archive(b"definitely not an archive".to_vec()),
+                archive_upload(b"definitely not an archive"),
                 "not a .tar.gz or .zip",
             ),
             (
-                Upload::Archive(vec![0x1f, 0x8b, 0, 1, 2]),
+                archive_upload(vec![0x1f, 0x8b, 0, 1, 2]),
                 "not a valid .tar.gz",
             ),
+            (archive_upload(b"PK\x03\x04 truncated"), "not a valid .zip"),
+            (archive_upload(Vec::new()), "empty"),
+            (archive_upload(zip_of(&[("../../x", b"1")])), "unsafe path"),
             (
-                Upload::Archive(b"PK\x03\x04 truncated".to_vec()),
-                "not a valid .zip",
-            ),
-            (Upload::Archive(Vec::new()), "empty"),
-            (Upload::Archive(zip_of(&[("../../x", b"1")])), "unsafe path"),
-            (
-                Upload::Archive(zip_of(&[("big", &[0u8; 1001])])),
+                archive_upload(zip_of(&[("big", &[0u8; 1001])])),
                 "more than 1000 bytes",
             ),
-            (Upload::Archive(twin_zip()), "main.py appears twice"),
+            (archive_upload(twin_zip()), "main.py appears twice"),
             (
-                Upload::Archive(zip_of(&[("1", b""), ("2", b""), ("3", b""), ("4", b"")])),
+                archive_upload(zip_of(&[("1", b""), ("2", b""), ("3", b""), ("4", b"")])),
                 "4 entries, more than 3 files",
             ),
             (Upload::Files(vec![file("a\nb.py")]), "control character"),
@@ -668,7 +669,7 @@ mod tests {
         };
         assert!(bomb.len() < 10_000);
         let err = store
-            .store_upload(SpiderId::new(), Upload::Archive(bomb))
+            .store_upload(SpiderId::new(), archive_upload(bomb))
             .await
             .unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");

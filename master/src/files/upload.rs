@@ -3,14 +3,14 @@
 //! sha256, before any of them is kept.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use arachne_shared::files::{FileEntry, hex};
 use arachne_shared::spider::validate_relative_path;
 use arachne_web_api::archive::IgnoreRules;
-use arachne_web_api::types::Upload;
+use arachne_web_api::types::{Spool, Upload};
 use sha2::{Digest, Sha256};
 
 use super::{Error, UploadLimits, io};
@@ -23,21 +23,30 @@ pub(super) fn unpack(
 ) -> Result<Vec<Staged>, Error> {
     let mut sink = Sink::new(staging, limits);
     match upload {
-        Upload::Archive(bytes) if bytes.starts_with(&[0x1f, 0x8b]) => read_tar(&bytes, &mut sink)?,
-        Upload::Archive(bytes) if bytes.starts_with(b"PK") => read_zip(&bytes, &mut sink)?,
-        Upload::Archive(bytes) if bytes.is_empty() => {
-            return Err(Error::BadArchive("the upload is empty".into()));
-        }
-        Upload::Archive(_) => {
-            return Err(Error::BadArchive(
-                "not a .tar.gz or .zip archive (send a spider folder as one of those, or as files)"
-                    .into(),
-            ));
+        Upload::Archive(spool) => {
+            let Spool { mut file, len } = spool;
+            let unreadable =
+                |e: std::io::Error| Error::BadArchive(format!("the upload cannot be read ({e})"));
+            let mut magic = [0u8; 2];
+            let read = file.read(&mut magic).map_err(unreadable)?;
+            file.rewind().map_err(unreadable)?;
+            match &magic[..read] {
+                [0x1f, 0x8b] => read_tar(file, &mut sink)?,
+                b"PK" => read_zip(file, len, &mut sink)?,
+                [] => return Err(Error::BadArchive("the upload is empty".into())),
+                _ => {
+                    return Err(Error::BadArchive(
+                        "not a .tar.gz or .zip archive (send a spider folder as one of those, or as files)"
+                            .into(),
+                    ));
+                }
+            }
         }
         Upload::Files(files) => {
             for file in files {
                 let mode = file.mode.unwrap_or(0o644);
-                sink.add(&file.path, mode, &mut &file.data[..])?;
+                let mut content = file.data.file;
+                sink.add(&file.path, mode, &mut content)?;
             }
         }
     }
@@ -190,9 +199,10 @@ impl<'a> Sink<'a> {
     }
 }
 
-fn read_tar(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
+fn read_tar(file: std::fs::File, sink: &mut Sink<'_>) -> Result<(), Error> {
     let bad = |e: std::io::Error| Error::BadArchive(format!("not a valid .tar.gz archive ({e})"));
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let reader = std::io::BufReader::new(file);
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(reader));
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let raw_path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
@@ -219,24 +229,35 @@ fn read_tar(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-fn read_zip(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
+fn read_zip(mut file: std::fs::File, len: u64, sink: &mut Sink<'_>) -> Result<(), Error> {
     let bad =
         |e: zip::result::ZipError| Error::BadArchive(format!("not a valid .zip archive ({e})"));
+    let unreadable =
+        |e: std::io::Error| Error::BadArchive(format!("the upload cannot be read ({e})"));
     // Counted before the archive is indexed: an index of a million empty entries alone took 880 MB.
-    if let Some(entries) = declared_entries(bytes)
+    if let Some(entries) = declared_entries(&mut file, len).map_err(unreadable)?
         && entries > sink.limits.max_files
     {
+        // 0xFFFF defers to a zip64 record: at least that many.
+        let or_more = if entries == 0xFFFF { " or more" } else { "" };
         return Err(Error::TooLarge(format!(
-            "{entries} entries, more than {} files",
+            "{entries}{or_more} entries, more than {} files",
             sink.limits.max_files
         )));
     }
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(bad)?;
+    // Read at positions, so this handle and the archive's share no file offset.
+    let directory = file.try_clone().map_err(unreadable)?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(bad)?;
     // The zip crate keeps one entry per name, so a second `main.py` would vanish without a word: the names
     // are read from the central directory itself.
+    let names = central_directory_names(
+        &directory,
+        zip.central_directory_start(),
+        sink.limits.max_files,
+    );
     let mut seen = HashSet::new();
-    for name in central_directory_names(bytes, zip.central_directory_start()) {
-        let name = String::from_utf8_lossy(name);
+    for name in names {
+        let name = String::from_utf8_lossy(&name);
         let name = name.trim_start_matches("./");
         if !name.ends_with('/') && !seen.insert(name.to_owned()) {
             return Err(Error::BadArchive(format!(
@@ -271,28 +292,38 @@ fn read_zip(bytes: &[u8], sink: &mut Sink<'_>) -> Result<(), Error> {
 }
 
 /// The entry count a zip's end-of-central-directory record declares (0xFFFF when it defers to zip64).
-fn declared_entries(bytes: &[u8]) -> Option<usize> {
+fn declared_entries(file: &mut std::fs::File, len: u64) -> std::io::Result<Option<usize>> {
     const EOCD: &[u8] = b"PK\x05\x06";
     // The record is 22 bytes plus a comment of at most 64 KiB, at the very end.
-    let from = bytes.len().saturating_sub(22 + 0xFFFF);
-    let at = bytes[from..].windows(4).rposition(|w| w == EOCD)? + from;
-    let record = bytes.get(at..at + 22)?;
-    Some(u16::from_le_bytes([record[10], record[11]]) as usize)
+    let from = len.saturating_sub(22 + 0xFFFF);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(from))?;
+    Read::by_ref(file).take(len - from).read_to_end(&mut tail)?;
+    file.rewind()?;
+    let Some(at) = tail.windows(4).rposition(|w| w == EOCD) else {
+        return Ok(None);
+    };
+    Ok(tail
+        .get(at..at + 22)
+        .map(|record| u16::from_le_bytes([record[10], record[11]]) as usize))
 }
 
-/// Every file name of the zip's central directory, in order, duplicates included.
-fn central_directory_names(bytes: &[u8], start: u64) -> Vec<&[u8]> {
+/// The file names of the zip's central directory, in order, duplicates included; at most `max` + 1 of them
+/// (one more than allowed is enough to refuse the upload).
+fn central_directory_names(file: &std::fs::File, start: u64, max: usize) -> Vec<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
     const HEADER: &[u8] = b"PK\x01\x02";
     let mut names = Vec::new();
-    let mut at = usize::try_from(start).unwrap_or(usize::MAX);
-    while let Some(fixed) = bytes.get(at..at + 46)
-        && &fixed[..4] == HEADER
+    let mut at = start;
+    let mut fixed = [0u8; 46];
+    while names.len() <= max && file.read_exact_at(&mut fixed, at).is_ok() && &fixed[..4] == HEADER
     {
-        let field = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]) as usize;
+        let field = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]) as u64;
         let (name, extra, comment) = (field(28), field(30), field(32));
-        let Some(raw) = bytes.get(at + 46..at + 46 + name) else {
+        let mut raw = vec![0u8; name as usize];
+        if file.read_exact_at(&mut raw, at + 46).is_err() {
             break;
-        };
+        }
         names.push(raw);
         at += 46 + name + extra + comment;
     }
