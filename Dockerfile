@@ -11,7 +11,7 @@ RUN useradd --system --user-group --home-dir /var/lib/arachne --shell /usr/sbin/
     && mkdir -p /var/lib/arachne /var/lib/arachne-worker \
     && chown arachne:arachne /var/lib/arachne /var/lib/arachne-worker \
     && chmod 0700 /var/lib/arachne /var/lib/arachne-worker
-COPY --from=build /src/target/release/arachne-master /src/target/release/arachne-worker /src/target/release/arachne /usr/local/bin/
+COPY --from=build /src/target/release/arachne-master /src/target/release/arachne-worker /src/target/release/arachne-sandbox /src/target/release/arachne /usr/local/bin/
 COPY examples /opt/arachne/examples
 USER arachne
 WORKDIR /var/lib/arachne

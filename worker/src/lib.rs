@@ -49,9 +49,9 @@ pub struct Config {
     pub ca_pem: Option<Vec<u8>>,
     /// The worker token presented to the master (`arachne-master token create NAME --kind worker`).
     pub token: Option<String>,
-    /// The executable started as the process watchdog (see [`watchdog`]) and as the sandbox helper every spider
-    /// starts through (see [`sandbox`]): an Arachne binary whose `main` is [`args::main`]. This process's own
-    /// executable by default.
+    /// The executable started as the process watchdog (see [`watchdog`]): an Arachne binary whose `main` is
+    /// [`args::main`]. This process's own executable by default. Spiders start through `arachne-sandbox` beside
+    /// it (see [`sandbox`]), or through it when there is none.
     pub helper_exe: Option<PathBuf>,
 }
 
@@ -130,7 +130,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         None => std::env::current_exe().map_err(Error::OwnExecutable)?,
     };
     let sandbox = sandbox::Sandbox::start(
-        exe.clone(),
+        sandbox::helper_beside(&exe),
         &config.runner.spider_user,
         config.runner.writable.clone(),
     )?;
