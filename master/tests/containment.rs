@@ -103,7 +103,7 @@ async fn attacker_spiders_reach_nothing_of_the_master_or_the_workers() {
         return;
     }
     // Outside /tmp, so that each run gets a private /tmp mounted (a run under /tmp keeps the shared one).
-    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = tempfile::tempdir_in(common::outside_tmp()).unwrap();
     std::fs::set_permissions(
         base.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o711),

@@ -19,9 +19,12 @@ const PACKAGES: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];
 fn crawlab_python() -> &'static PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        // The folder of the test binaries is target/<profile>; the venv goes beside it, in target/.
-        let target = common::workspace_bin("").parent().unwrap().to_owned();
-        let venv = target.join("test-venvs").join(PACKAGES.join("+"));
+        // Kept between test runs, where the spider user (spiders run as their own user) can reach it: not in
+        // the checkout, which may be under a home folder closed to other users.
+        let venv = common::outside_tmp()
+            .join("arachne-test-venvs")
+            .join(PACKAGES.join("+"));
+        std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
         let python = venv.join("bin").join("python");
         if python.exists() {
             return python;

@@ -47,14 +47,18 @@ pub fn quick_runner() -> arachne_worker::RunnerOptions {
 pub fn shared_root() -> &'static Path {
     static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        // Not under /tmp: a run whose folders are all outside /tmp gets a private /tmp, and the containment
-        // test checks that.
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("arachne-test-shared-{}", std::process::id()));
+        let root = outside_tmp().join(format!("arachne-test-shared-{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
         open_to_spiders(&root);
         root
     })
+}
+
+/// A folder every user can reach that is not under /tmp: a run whose folders are all outside /tmp gets a
+/// private /tmp (the containment test checks that), and the checkout's own folders may not be reachable by
+/// the spider user (a checkout under /root).
+pub fn outside_tmp() -> &'static Path {
+    Path::new("/var/tmp")
 }
 
 /// A fresh folder in [`shared_root`], which spiders may read and write.
