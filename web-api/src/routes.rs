@@ -285,7 +285,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
                 Arc::new(tokio::sync::Semaphore::new(
                     options.max_concurrent_uploads.max(1),
                 )),
-                one_upload_at_a_time,
+                wait_for_an_upload_slot,
             )),
         ),
         route(
@@ -510,7 +510,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
 }
 
 /// Holds an upload until one of the upload slots is free, before its body is read.
-async fn one_upload_at_a_time(
+async fn wait_for_an_upload_slot(
     State(slots): State<Arc<tokio::sync::Semaphore>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
