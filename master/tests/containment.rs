@@ -317,3 +317,49 @@ async fn a_spider_of_the_workers_own_user_still_writes_only_in_its_own_folders()
     assert_eq!(run_on(client, "hello", "local", None).await, ["hello"]);
     master.stop().await;
 }
+
+/// A worker whose folder sits where the spider user cannot enter (a home folder closed to others) keeps its
+/// runs in a folder of their own under /var/lib/arachne, and its spiders run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_a_closed_folder_runs_its_spiders_from_a_reachable_one() {
+    if !is_root() {
+        eprintln!("skipped: spiders run as another user only when the worker runs as root");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path().to_owned());
+    config.local_worker = None;
+    let master = TestMaster::start_with(config).await;
+    // Closed to other users, as /root is: the spider user cannot pass it.
+    let closed = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        closed.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let work = closed.path().join("worker");
+    let mut worker_config = arachne_worker::Config::new(master.grpc_url(), "closed", work.clone());
+    worker_config.token = Some(common::WORKER_TOKEN.into());
+    worker_config.helper_exe = Some(common::helper_exe());
+    worker_config.runner = quick_runner();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(arachne_worker::run(worker_config, shutdown.clone()));
+    master.wait_nodes_online(1).await;
+    create_spider(
+        &master.client,
+        "hello",
+        "sh hello.sh; pwd",
+        &[("hello.sh", HELLO)],
+    )
+    .await;
+    let logs = run_on(&master.client, "hello", "closed", None).await;
+    let runs = arachne_worker::sandbox::runs_root_for(&std::fs::canonicalize(&work).unwrap());
+    assert_eq!(logs[0], "hello");
+    assert!(
+        logs[1].starts_with(&runs.join("tasks").display().to_string()),
+        "{logs:?}"
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    master.stop().await;
+}

@@ -120,11 +120,6 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
             .await
             .unwrap_or_default()
     };
-    // Leftovers of runs cut short by a crash would otherwise pile up.
-    let _ = tokio::fs::remove_dir_all(config.work_dir.join("tasks")).await;
-    sync::FileCache::new(config.work_dir.join("cache"), None)
-        .sweep()
-        .await;
     let exe = match &config.helper_exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().map_err(Error::OwnExecutable)?,
@@ -134,9 +129,28 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         &config.runner.spider_user,
         config.runner.writable.clone(),
     )?;
-    // The cache (which every run is copied from) and the run records are closed to spiders. The work
-    // directory, the runs' folder and the environments let a spider user through (search, no listing) to its
-    // own run and its version's environment, which the runner hands it by name.
+    // Runs and environments live in the work folder, unless the spider user cannot reach it (a folder under
+    // /root, say): then in a folder of their own under /var/lib/arachne.
+    let parent = config
+        .work_dir
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    let runs_root = match sandbox.check_reachable(parent) {
+        Ok(()) => config.work_dir.clone(),
+        Err(err) => {
+            let fallback = sandbox::runs_root_for(&config.work_dir);
+            tracing::info!(reason = %err, runs = %fallback.display(), "runs live outside the work folder");
+            fallback
+        }
+    };
+    // Leftovers of runs cut short by a crash would otherwise pile up.
+    let _ = tokio::fs::remove_dir_all(runs_root.join("tasks")).await;
+    sync::FileCache::new(config.work_dir.join("cache"), None)
+        .sweep()
+        .await;
+    // The cache (which every run is copied from) and the run records are closed to spiders. The folders on
+    // the way to the runs and the environments let a spider user through (search, no listing) to its own run
+    // and its version's environment, which the runner hands it by name.
     let through = if sandbox.owner().is_some() {
         0o711
     } else {
@@ -146,17 +160,19 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         (config.work_dir.clone(), through),
         (config.work_dir.join("cache"), 0o700),
         (config.work_dir.join("runs"), 0o700),
-        (config.work_dir.join("tasks"), through),
-        (config.work_dir.join("envs"), through),
+        (runs_root.clone(), through),
+        (runs_root.join("tasks"), through),
+        (runs_root.join("envs"), through),
     ] {
         create_private_dir(&dir, mode)
             .await
             .map_err(|source| Error::WorkDir { path: dir, source })?;
     }
-    sandbox.check_reachable(&config.work_dir.join("tasks"))?;
+    sandbox.check_reachable(&runs_root.join("tasks"))?;
     let start = session::Start {
         watchdog: watchdog::Watchdog::start(exe).await?,
         sandbox,
+        runs_root,
         records,
         leftovers,
     };

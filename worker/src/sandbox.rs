@@ -41,6 +41,15 @@ pub fn helper_beside(exe: &Path) -> PathBuf {
     }
 }
 
+/// Where the runs of a worker whose work folder the spider user cannot reach live instead: a folder of its
+/// own under /var/lib/arachne, named by the work folder, so two workers of a machine never share one.
+pub fn runs_root_for(work_dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(work_dir.as_os_str().as_encoded_bytes());
+    let name = arachne_shared::files::hex(&digest[..8]);
+    Path::new("/var/lib/arachne/runs").join(name)
+}
+
 /// The user the worker creates, when it runs as root, to run spiders as.
 pub const DEFAULT_SPIDER_USER: &str = "arachne-spider";
 

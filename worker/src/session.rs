@@ -54,6 +54,9 @@ pub(crate) struct Start {
     /// What the previous life of this worker left running, killed; told to the master at registration.
     pub(crate) leftovers: Vec<Leftover>,
     pub(crate) sandbox: crate::sandbox::Sandbox,
+    /// Where runs' folders (`tasks/`) and environments (`envs/`) live: the work folder, or a folder the spider
+    /// user can reach.
+    pub(crate) runs_root: std::path::PathBuf,
 }
 
 /// Keeps a session with the master open until `shutdown`, reconnecting when it breaks.
@@ -70,9 +73,9 @@ pub(crate) async fn run(
         node: config.name.clone(),
         options: config.runner.clone(),
         cache: FileCache::new(config.work_dir.join("cache"), start.sandbox.owner()),
-        deps: Deps::new(config.work_dir.join("envs")),
+        deps: Deps::new(start.runs_root.join("envs")),
         client: client_rx,
-        tasks_dir: config.work_dir.join("tasks"),
+        tasks_dir: start.runs_root.join("tasks"),
         events,
         in_flight: crate::output::budget(crate::output::IN_FLIGHT_BUDGET),
         spider_env: crate::sandbox::allowed_env(&config.runner.pass_env).into(),
