@@ -171,7 +171,17 @@ impl MongoStore {
         database: Option<&str>,
         retention: Option<std::time::Duration>,
     ) -> Result<Self> {
-        let options = ClientOptions::parse(uri).await.map_err(db)?;
+        let mut options = ClientOptions::parse(uri).await.map_err(db)?;
+        // A batch of logs or items is acknowledged to its worker, which then forgets it, once the store has
+        // acknowledged it: so the store must acknowledge only what is on disk (journaled), or a database that
+        // crashes right after loses lines nobody holds any more. A URI that names its own write concern wins.
+        if options.write_concern.is_none() {
+            options.write_concern = Some(
+                mongodb::options::WriteConcern::builder()
+                    .journal(true)
+                    .build(),
+            );
+        }
         let name = (database.map(str::to_owned))
             .or_else(|| options.default_database.clone())
             .unwrap_or_else(|| "arachne".into());
