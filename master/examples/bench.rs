@@ -633,6 +633,10 @@ impl Bench {
             uri: uri.clone(),
             database: Some(database.clone()),
         });
+        // This binary cannot be the local worker's watchdog or sandbox helper; the worker binary can.
+        if let Some(local) = &mut config.local_worker {
+            local.helper_exe = Some(worker_bin()?);
+        }
         let master = RunningMaster::start(config).await?;
         let client = master.client.clone();
 
