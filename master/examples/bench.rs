@@ -5,6 +5,10 @@
 //! spawn-and-wait loop with the same concurrency; items/s and log lines/s through the whole path against
 //! writing the same records straight into the same store.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{rss_mib, spider};
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -94,32 +98,6 @@ async fn bare_loop_secs(tasks: usize, concurrency: usize) -> anyhow::Result<f64>
         done??;
     }
     Ok(start.elapsed().as_secs_f64())
-}
-
-async fn spider(
-    client: &Client,
-    name: &str,
-    cmd: &str,
-    files: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    for (path, content) in files {
-        let path = dir.path().join(path);
-        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
-        std::fs::write(path, content)?;
-    }
-    client
-        .put_spider(&CreateSpider {
-            name: name.into(),
-            cmd: cmd.into(),
-            settings: None,
-            ..Default::default()
-        })
-        .await?;
-    client
-        .upload_files(name, arachne_web_api::archive::pack_dir(dir.path())?)
-        .await?;
-    Ok(())
 }
 
 async fn run_to_end(client: &Client, run: &RunTask) -> anyhow::Result<Task> {
@@ -1273,19 +1251,4 @@ fn worker_bin() -> anyhow::Result<PathBuf> {
     std::env::var_os("ARACHNE_WORKER_BIN")
         .map(PathBuf::from)
         .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")
-}
-
-/// Peak and current resident memory of process `pid`, in MiB.
-fn rss_mib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }

@@ -6,6 +6,10 @@
 //! The tests keep a short, bounded form of each scenario (`master/tests/faults.rs`); this runs them longer and
 //! at random points.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{rss_mib, spider};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use arachne_shared::{NodeStatus, RunMode, Task, TaskId, TaskStatus};
 use arachne_web_api::client::Client;
-use arachne_web_api::types::{CreateSpider, ItemQuery, LogQuery, RunTask, TaskQuery};
+use arachne_web_api::types::{ItemQuery, LogQuery, RunTask, TaskQuery};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -213,29 +217,6 @@ async fn nodes_online(client: &Client, names: &[&str]) -> anyhow::Result<()> {
     .await
 }
 
-async fn spider(
-    client: &Client,
-    name: &str,
-    cmd: &str,
-    files: &[(&str, String)],
-) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    for (path, content) in files {
-        std::fs::write(dir.path().join(path), content)?;
-    }
-    client
-        .put_spider(&CreateSpider {
-            name: name.into(),
-            cmd: cmd.into(),
-            ..Default::default()
-        })
-        .await?;
-    client
-        .upload_files(name, arachne_web_api::archive::pack_dir(dir.path())?)
-        .await?;
-    Ok(())
-}
-
 fn run(spider: &str, retries: u32, env: &[(&str, String)]) -> RunTask {
     RunTask {
         spider: spider.into(),
@@ -334,21 +315,6 @@ fn group_members(pgid: u32) -> u64 {
             fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
         })
         .count() as u64
-}
-
-/// Peak and current resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// A number in `range` from the clock, for kill points that differ from round to round.
