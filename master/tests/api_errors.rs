@@ -34,8 +34,7 @@ fn authorized_http() -> reqwest::Client {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {}", common::API_TOKEN).parse().unwrap(),
     );
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    common::http_builder()
         .default_headers(headers)
         .build()
         .unwrap()

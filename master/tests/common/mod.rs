@@ -455,6 +455,11 @@ impl Drop for MasterProcess {
 /// A plain HTTP client for requests the API client does not make (raw bodies, bad headers). TLS goes through
 /// the ring provider, as everywhere in the project; reqwest is built without one of its own.
 pub fn http() -> reqwest::Client {
+    http_builder().build().unwrap()
+}
+
+/// The builder of [`http`], for a client with settings of its own.
+pub fn http_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    reqwest::Client::builder()
 }
