@@ -47,7 +47,20 @@ pub fn quick_runner() -> arachne_worker::RunnerOptions {
 pub fn shared_root() -> &'static Path {
     static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        let root = outside_tmp().join(format!("arachne-test-shared-{}", std::process::id()));
+        // A static is never dropped, so each test process clears what earlier, finished ones left.
+        let prefix = "arachne-test-shared-";
+        for entry in std::fs::read_dir(outside_tmp())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let pid = name.to_str().and_then(|n| n.strip_prefix(prefix));
+            if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let root = outside_tmp().join(format!("{prefix}{}", std::process::id()));
         std::fs::create_dir_all(&root).unwrap();
         open_to_spiders(&root);
         root
