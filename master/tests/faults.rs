@@ -761,6 +761,60 @@ async fn a_master_started_on_a_full_disk_says_so_and_where() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A master whose output goes to a file or a pipe (a service manager, `docker logs`) writes plain text: no
+/// colour codes for a log reader to choke on.
+#[test]
+fn the_master_logs_plain_text_when_its_output_is_not_a_terminal() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let mut master = std::process::Command::new(common::workspace_bin("arachne-master"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--no-local-worker",
+        ])
+        .env("ARACHNE_API_TOKEN", common::API_TOKEN)
+        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = master.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let started = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let done = line.contains("master started");
+                seen.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = master.kill();
+    let _ = master.wait();
+    assert!(started, "the master did not start: {seen:#?}");
+    assert!(
+        seen.iter().all(|l| !l.contains('\x1b')),
+        "colour codes in a piped log: {seen:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_a_crash_cut_short_are_cleared_at_start() {
     let dir = tempfile::tempdir().unwrap();

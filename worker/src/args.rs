@@ -74,9 +74,13 @@ pub fn main<F: std::future::Future<Output = anyhow::Result<()>>>(
         .block_on(run())
 }
 
-/// Installs the log subscriber: `RUST_LOG` if set, `info` otherwise.
+/// Installs the log subscriber: `RUST_LOG` if set, `info` otherwise. Colours only on a terminal (and not
+/// with `NO_COLOR` set): a log that goes to a file or a collector is plain text.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
