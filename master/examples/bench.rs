@@ -486,7 +486,7 @@ impl Bench {
             })
             .await?;
         self.client
-            .upload_files("big", arachne_web_api::archive::pack_dir(dir.path())?)
+            .upload_files("big", arachne_shared::archive::pack_dir(dir.path())?)
             .await?;
         let task = run_to_end(&self.client, &run("big")).await?;
         let started = task

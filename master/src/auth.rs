@@ -30,7 +30,7 @@ pub const FIRST_TOKEN_FILE: &str = "api-token";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid token name: {0}")]
-    Name(String),
+    Name(#[from] arachne_shared::Invalid),
     #[error("a token named {0:?} exists already")]
     Exists(String),
     #[error("no token named {0:?}")]
@@ -92,7 +92,7 @@ pub fn new_secret(kind: TokenKind) -> String {
 
 /// Makes a token named `name` and returns its secret, which is stored nowhere.
 pub async fn create_token(store: &dyn Store, name: &str, kind: TokenKind) -> Result<String, Error> {
-    validate_name("token", name).map_err(Error::Name)?;
+    validate_name("token", name)?;
     let secret = new_secret(kind);
     store
         .insert_token(&Token {

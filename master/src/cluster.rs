@@ -169,7 +169,9 @@ impl Handler for Cluster {
             }
         };
         let name = registration.name.clone();
-        if let Err(message) = arachne_shared::spider::validate_name("node", &name) {
+        if let Err(arachne_shared::Invalid(message)) =
+            arachne_shared::spider::validate_name("node", &name)
+        {
             return outbound.reject(Rejection::Refused(message)).await;
         }
         let Some((node, session, kill)) = self.admit(&registration, &outbound).await else {
@@ -222,10 +224,19 @@ impl Handler for Cluster {
         version: String,
         sha256: Vec<String>,
     ) -> Result<BlobStream, Rejection> {
-        self.files
+        let chunks = self
+            .files
             .stream_blobs(spider_id, &version, sha256)
             .await
-            .map_err(|err| files_rejection(spider_id, &version, err))
+            .map_err(|err| files_rejection(spider_id, &version, err))?;
+        let chunks = futures_util::stream::unfold(chunks, |mut chunks| async move {
+            let chunk = chunks.recv().await?;
+            Some((
+                chunk.map_err(|err| Rejection::Internal(err.to_string())),
+                chunks,
+            ))
+        });
+        Ok(Box::pin(chunks))
     }
 }
 

@@ -14,36 +14,23 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{MasterApi, RunSpec};
-use crate::store::{self, TaskFilter};
+use crate::runs;
+use crate::schedules::Schedules;
+use crate::store::{self, Store, TaskFilter};
 
 /// A fire time handled later than this after it passed counts as missed (the master was down or stalled).
 const MISFIRE_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 /// At most this many missed fire times are walked to find the latest; older ones are skipped unseen.
 const MAX_WALK: usize = 100_000;
 
-/// The run a schedule starts at `fire_time` (`None` for a manual run).
-pub(crate) fn run_spec(schedule: &Schedule, fire_time: Option<DateTime<Utc>>) -> RunSpec {
-    RunSpec {
-        spider: schedule.spider.clone(),
-        param: schedule.param.clone(),
-        priority: Some(schedule.priority),
-        settings: schedule.settings.clone(),
-        mode: schedule.mode,
-        nodes: schedule.nodes.clone(),
-        schedule_id: Some(schedule.id),
-        fire_time,
-        exclusive: (schedule.overlap == OverlapPolicy::Queue)
-            .then(|| format!("schedule:{}", schedule.id)),
-        // A schedule runs whatever version is current when it fires.
-        version: None,
-    }
-}
-
 /// Fires schedules until `shutdown`.
-pub(crate) async fn run(api: Arc<MasterApi>, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    schedules: Arc<Schedules>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
     loop {
-        let next = match pass(&api).await {
+        let next = match pass(&schedules, store.as_ref()).await {
             Ok(next) => next,
             Err(err) => {
                 error!(error = %err, "schedule pass failed; retrying in 1 s");
@@ -55,16 +42,16 @@ pub(crate) async fn run(api: Arc<MasterApi>, shutdown: CancellationToken) {
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = api.schedules_changed.notified() => {}
+            () = schedules.changed() => {}
             () = shutdown.cancelled() => return,
         }
     }
 }
 
 /// Handles every due fire time; returns when the next one is.
-async fn pass(api: &MasterApi) -> store::Result<Option<DateTime<Utc>>> {
+async fn pass(schedules: &Schedules, store: &dyn Store) -> store::Result<Option<DateTime<Utc>>> {
     let mut next_wake: Option<DateTime<Utc>> = None;
-    for schedule in api.store.list_schedules().await? {
+    for schedule in store.list_schedules().await? {
         if !schedule.enabled {
             continue;
         }
@@ -91,9 +78,9 @@ async fn pass(api: &MasterApi) -> store::Result<Option<DateTime<Utc>>> {
                 if missed {
                     info!(schedule = %schedule.name, missed = due, %fire_time, "missed fire times run once (misfire policy once)");
                 }
-                fire(api, &schedule, fire_time).await?;
+                fire(schedules, store, &schedule, fire_time).await?;
             }
-            record_fire(api, schedule.id, fire_time).await?;
+            schedules.record_fire(schedule.id, fire_time).await?;
         }
         if let Some(at) = expr.after(latest.unwrap_or(since).max(now)).next() {
             next_wake = Some(next_wake.map_or(at, |n| n.min(at)));
@@ -102,17 +89,22 @@ async fn pass(api: &MasterApi) -> store::Result<Option<DateTime<Utc>>> {
     Ok(next_wake)
 }
 
-async fn fire(api: &MasterApi, schedule: &Schedule, fire_time: DateTime<Utc>) -> store::Result<()> {
-    if schedule.overlap == OverlapPolicy::Skip && active(api, schedule.id).await? {
+async fn fire(
+    schedules: &Schedules,
+    store: &dyn Store,
+    schedule: &Schedule,
+    fire_time: DateTime<Utc>,
+) -> store::Result<()> {
+    if schedule.overlap == OverlapPolicy::Skip && active(store, schedule.id).await? {
         info!(schedule = %schedule.name, %fire_time, "fire skipped: the previous run is still active (overlap policy skip)");
         return Ok(());
     }
-    match api.create_run(run_spec(schedule, Some(fire_time))).await {
+    match schedules.fire(schedule, fire_time).await {
         Ok(task) => {
             info!(schedule = %schedule.name, task_id = %task.id, %fire_time, "schedule fired");
         }
         // Created before a restart: this fire time is done.
-        Err(arachne_web_api::Error::Conflict(message)) if message.contains("already exists") => {
+        Err(runs::Error::FireTimeTaken(_)) => {
             info!(schedule = %schedule.name, %fire_time, "fire time already ran");
         }
         Err(err) => {
@@ -123,7 +115,7 @@ async fn fire(api: &MasterApi, schedule: &Schedule, fire_time: DateTime<Utc>) ->
 }
 
 /// Whether a task the schedule started has not ended yet.
-async fn active(api: &MasterApi, id: ScheduleId) -> store::Result<bool> {
+async fn active(store: &dyn Store, id: ScheduleId) -> store::Result<bool> {
     for status in [TaskStatus::Pending, TaskStatus::Running] {
         let filter = TaskFilter {
             schedule_id: Some(id),
@@ -131,25 +123,9 @@ async fn active(api: &MasterApi, id: ScheduleId) -> store::Result<bool> {
             limit: 1,
             ..Default::default()
         };
-        if api.store.list_tasks(&filter).await?.1 > 0 {
+        if store.list_tasks(&filter).await?.1 > 0 {
             return Ok(true);
         }
     }
     Ok(false)
-}
-
-/// Moves the schedule's `last_fire` forward, keeping any change a user made meanwhile.
-async fn record_fire(
-    api: &MasterApi,
-    id: ScheduleId,
-    fire_time: DateTime<Utc>,
-) -> store::Result<()> {
-    let _writes = api.schedule_writes.lock().await;
-    if let Some(mut schedule) = api.store.get_schedule(id).await?
-        && schedule.last_fire.is_none_or(|last| last < fire_time)
-    {
-        schedule.last_fire = Some(fire_time);
-        api.store.put_schedule(&schedule).await?;
-    }
-    Ok(())
 }

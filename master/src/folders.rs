@@ -9,14 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arachne_web_api::Backend;
-use arachne_web_api::types::{CreateSpider, Upload};
+use arachne_shared::upload::Upload;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::MasterApi;
+use crate::spiders::{self, SpiderRequest, Spiders};
 
 /// The settings file of a spider folder.
 const SETTINGS_FILE: &str = "arachne.toml";
@@ -41,6 +40,31 @@ struct SpiderSettings {
     dedup: Option<arachne_shared::spider::Dedup>,
 }
 
+/// Why a folder could not be synced.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("cannot pack the folder: {0}")]
+    Pack(#[from] arachne_shared::archive::Error),
+    #[error("cannot spool the packed folder: {0}")]
+    Spool(#[source] std::io::Error),
+    #[error("packing the folder stopped: {0}")]
+    Packer(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Spider(#[from] spiders::Error),
+}
+
 /// Whether a folder's spider is written when it exists already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Existing {
@@ -49,20 +73,20 @@ enum Existing {
 }
 
 /// Registers every example spider that does not exist yet.
-pub(crate) async fn register_examples(api: &MasterApi, dir: &Path) {
+pub(crate) async fn register_examples(spiders: &Spiders, dir: &Path) {
     let Ok(folders) = folders(dir) else {
         info!(dir = %dir.display(), "no examples folder; no example spiders registered");
         return;
     };
     for folder in folders {
-        if let Err(err) = sync_folder(api, &folder, Existing::Keep).await {
+        if let Err(err) = sync_folder(spiders, &folder, Existing::Keep).await {
             warn!(folder = %folder.display(), error = %err, "example spider not registered");
         }
     }
 }
 
 /// Syncs every spider folder under `dir`, then keeps them in sync until `shutdown`.
-pub(crate) async fn watch(api: Arc<MasterApi>, dir: PathBuf, shutdown: CancellationToken) {
+pub(crate) async fn watch(spiders: Arc<Spiders>, dir: PathBuf, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Option<PathBuf>>(EVENTS_CAPACITY);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let message = match event {
@@ -77,14 +101,14 @@ pub(crate) async fn watch(api: Arc<MasterApi>, dir: PathBuf, shutdown: Cancellat
         Ok(watcher) => watcher,
         Err(err) => {
             error!(dir = %dir.display(), error = %err, "cannot watch the spiders folder; edits need a restart");
-            sync_all(&api, &dir).await;
+            sync_all(&spiders, &dir).await;
             return;
         }
     };
     if let Err(err) = watcher.watch(&dir, RecursiveMode::Recursive) {
         error!(dir = %dir.display(), error = %err, "cannot watch the spiders folder; edits need a restart");
     }
-    sync_all(&api, &dir).await;
+    sync_all(&spiders, &dir).await;
     loop {
         let first = tokio::select! {
             message = rx.recv() => message,
@@ -112,12 +136,12 @@ pub(crate) async fn watch(api: Arc<MasterApi>, dir: PathBuf, shutdown: Cancellat
             }
         }
         if everything {
-            sync_all(&api, &dir).await;
+            sync_all(&spiders, &dir).await;
             continue;
         }
         for folder in changed {
             if folder.join(SETTINGS_FILE).exists() {
-                sync_one(&api, &folder).await;
+                sync_one(&spiders, &folder).await;
             }
         }
     }
@@ -140,62 +164,59 @@ fn folders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(folders)
 }
 
-async fn sync_all(api: &MasterApi, dir: &Path) {
+async fn sync_all(spiders: &Spiders, dir: &Path) {
     match folders(dir) {
         Ok(folders) => {
             for folder in folders {
-                sync_one(api, &folder).await;
+                sync_one(spiders, &folder).await;
             }
         }
         Err(err) => error!(dir = %dir.display(), error = %err, "cannot read the spiders folder"),
     }
 }
 
-async fn sync_one(api: &MasterApi, folder: &Path) {
-    if let Err(err) = sync_folder(api, folder, Existing::Update).await {
+async fn sync_one(spiders: &Spiders, folder: &Path) {
+    if let Err(err) = sync_folder(spiders, folder, Existing::Update).await {
         warn!(folder = %folder.display(), error = %err, "spider folder not synced; fix it and save again");
     }
 }
 
 /// Creates or updates the folder's spider and uploads its files as its current version.
-async fn sync_folder(api: &MasterApi, folder: &Path, existing: Existing) -> Result<(), String> {
-    let settings_path = folder.join(SETTINGS_FILE);
-    let text = tokio::fs::read_to_string(&settings_path)
+async fn sync_folder(spiders: &Spiders, folder: &Path, existing: Existing) -> Result<(), Error> {
+    let path = folder.join(SETTINGS_FILE);
+    let text = tokio::fs::read_to_string(&path)
         .await
-        .map_err(|e| format!("{}: {e}", settings_path.display()))?;
+        .map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
     let settings: SpiderSettings =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", settings_path.display()))?;
-    let before = api.get_spider(&settings.name).await.ok();
+        toml::from_str(&text).map_err(|source| Error::Settings { path, source })?;
+    let before = spiders.get(&settings.name).await.ok();
     if existing == Existing::Keep && before.is_some() {
         return Ok(());
     }
     let packed = {
         let folder = folder.to_owned();
-        tokio::task::spawn_blocking(move || arachne_web_api::archive::pack_dir(&folder))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+        tokio::task::spawn_blocking(move || arachne_shared::archive::pack_dir(&folder)).await??
     };
     let name = settings.name.clone();
     // The file is the whole truth about its spider: a setting taken out of it goes back to its default.
-    api.put_spider(CreateSpider {
-        name: name.clone(),
-        cmd: settings.cmd,
-        settings: Some(settings.settings.unwrap_or_default()),
-        max_instances: Some(settings.max_instances.unwrap_or(0)),
-        results_collection: Some(settings.results_collection.unwrap_or_default()),
-        dedup: Some(settings.dedup.unwrap_or(arachne_shared::spider::Dedup {
-            keys: Vec::new(),
-            mode: Default::default(),
-        })),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let upload = Upload::archive(&packed).map_err(|e| e.to_string())?;
-    let spider = api
-        .upload_files(&name, upload)
-        .await
-        .map_err(|e| e.to_string())?;
+    spiders
+        .put(SpiderRequest {
+            name: name.clone(),
+            cmd: settings.cmd,
+            settings: Some(settings.settings.unwrap_or_default()),
+            max_instances: Some(settings.max_instances.unwrap_or(0)),
+            results_collection: Some(settings.results_collection.unwrap_or_default()),
+            dedup: Some(settings.dedup.unwrap_or(arachne_shared::spider::Dedup {
+                keys: Vec::new(),
+                mode: Default::default(),
+            })),
+        })
+        .await?;
+    let upload = Upload::archive(&packed).map_err(Error::Spool)?;
+    let spider = spiders.upload(&name, upload).await?;
     if before.is_none_or(|b| b.version != spider.version) {
         info!(spider = %name, version = %spider.version, files = spider.file_count, folder = %folder.display(),
             "spider folder synced as a new version");

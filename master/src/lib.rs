@@ -1,14 +1,18 @@
 //! The Arachne master: stores spiders and tasks, dispatches tasks to workers over gRPC, and serves the HTTP
 //! API. `arachne-master` is a thin binary over [`run`], so tests start exactly what users run.
 
-mod api;
 pub mod auth;
 mod cluster;
 mod cron;
 pub mod files;
 mod folders;
+mod http;
 mod listen;
+pub mod nodes;
+pub mod runs;
 mod scheduler;
+pub mod schedules;
+pub mod spiders;
 pub mod store;
 mod store_health;
 mod telemetry;
@@ -21,13 +25,13 @@ use arachne_web_api::{Backend, RouterOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::api::MasterApi;
 use crate::auth::Auth;
 pub use crate::auth::AuthConfig;
 use crate::cluster::Cluster;
 use crate::files::{SpiderFiles, UploadLimits};
+use crate::http::MasterApi;
 pub use crate::listen::{ListenConfig, TlsFiles};
 use crate::scheduler::Scheduler;
 pub use crate::scheduler::SchedulerOptions;
@@ -305,44 +309,48 @@ pub async fn run(
     let auth = Arc::new(Auth::start(Arc::clone(&store), &config.auth, &config.data_dir).await?);
     let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
     recover(store.as_ref(), &scheduler).await?;
-
-    match files.migrate_folders().await {
-        Ok(0) => {}
-        Ok(moved) => info!(
-            versions = moved,
-            "spider versions moved to content-addressed storage"
-        ),
-        Err(err) => {
-            error!(error = %err, "cannot move spider versions of the first layout; they cannot run")
-        }
-    }
-    let api = Arc::new(MasterApi {
-        store: Arc::clone(&store),
-        scheduler: Arc::clone(&scheduler),
-        files: files.clone(),
-        auth: Arc::clone(&auth),
-        schedules_changed: Default::default(),
-        schedule_writes: Default::default(),
-    });
+    let spiders = Arc::new(spiders::Spiders::new(Arc::clone(&store), files.clone()));
+    let runs = Arc::new(runs::Runs::new(
+        Arc::clone(&store),
+        Arc::clone(&scheduler),
+        Arc::clone(&spiders),
+    ));
+    let schedules = Arc::new(schedules::Schedules::new(
+        Arc::clone(&store),
+        Arc::clone(&runs),
+    ));
     if let Some(dir) = &config.examples_dir {
-        folders::register_examples(api.as_ref(), dir).await;
+        folders::register_examples(&spiders, dir).await;
     }
 
     // Not a child of `shutdown`: the servers must outlive the local worker so its last reports get stored.
     let servers = CancellationToken::new();
     let tracker = TaskTracker::new();
     tracker.spawn(Arc::clone(&scheduler).run(servers.clone()));
-    tracker.spawn(cron::run(Arc::clone(&api), servers.clone()));
+    tracker.spawn(cron::run(
+        Arc::clone(&schedules),
+        Arc::clone(&store),
+        servers.clone(),
+    ));
     if let Some(retention) = config.retention {
         tracker.spawn(sweep_ended(Arc::clone(&store), retention, servers.clone()));
     }
     if let Some(dir) = &config.spiders_dir {
         tracker.spawn(folders::watch(
-            Arc::clone(&api),
+            Arc::clone(&spiders),
             dir.clone(),
             servers.clone(),
         ));
     }
+    let api = Arc::new(MasterApi {
+        spiders,
+        runs,
+        schedules,
+        nodes: nodes::Nodes::new(Arc::clone(&store), Arc::clone(&scheduler)),
+        store: Arc::clone(&store),
+        scheduler: Arc::clone(&scheduler),
+        auth: Arc::clone(&auth),
+    });
     let cluster = Arc::new(Cluster {
         store,
         scheduler,

@@ -101,6 +101,16 @@ enum Placement {
     NoSlot,
 }
 
+/// What [`Scheduler::reserve`] found for a task.
+enum Reservation {
+    /// A slot on this node, with the way to its session.
+    Reserved(String, Outbound),
+    /// Every node that may take it is full: it waits for a slot.
+    Busy,
+    /// No node may take it now; the reason is shown on the task.
+    Blocked(String),
+}
+
 /// Why a worker could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RegisterError {
@@ -539,12 +549,11 @@ impl Scheduler {
                 )));
             }
         }
-        let reserved = match self.reserve(task) {
-            Ok(Some(reserved)) => reserved,
-            Ok(None) => return Ok(Placement::NoSlot),
-            Err(reason) => return Ok(Placement::Blocked(reason)),
+        let (node, outbound) = match self.reserve(task) {
+            Reservation::Reserved(node, outbound) => (node, outbound),
+            Reservation::Busy => return Ok(Placement::NoSlot),
+            Reservation::Blocked(reason) => return Ok(Placement::Blocked(reason)),
         };
-        let (node, outbound) = reserved;
         if !self.assign(task, &node, &outbound).await? {
             self.unreserve(&node, task.id);
         }
@@ -552,20 +561,23 @@ impl Scheduler {
     }
 
     /// Picks a worker for `task` and reserves a slot: its pinned node, or the least loaded eligible one.
-    /// `Ok(None)` when eligible nodes are all busy; `Err` with the reason when no node could ever take it now.
-    fn reserve(&self, task: &Task) -> Result<Option<(String, Outbound)>, String> {
+    fn reserve(&self, task: &Task) -> Reservation {
         let mut workers = lock(&self.workers);
         let chosen = match &task.pinned_node {
             Some(pin) => match workers.get(pin) {
-                None => return Err(format!("no online node among [{pin}]")),
-                Some(w) if w.closing => return Err(format!("no online node among [{pin}]")),
-                Some(w) if !w.enabled => return Err(format!("node {pin} is disabled")),
-                Some(w) if !w.free() => return Ok(None),
+                None => return Reservation::Blocked(format!("no online node among [{pin}]")),
+                Some(w) if w.closing => {
+                    return Reservation::Blocked(format!("no online node among [{pin}]"));
+                }
+                Some(w) if !w.enabled => {
+                    return Reservation::Blocked(format!("node {pin} is disabled"));
+                }
+                Some(w) if !w.free() => return Reservation::Busy,
                 Some(_) => pin.clone(),
             },
             None => {
                 if !workers.values().any(|w| !w.closing && w.enabled) {
-                    return Err("no online, enabled node".into());
+                    return Reservation::Blocked("no online, enabled node".into());
                 }
                 let best = workers
                     .iter()
@@ -573,13 +585,14 @@ impl Scheduler {
                     .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()));
                 match best {
                     Some((name, _)) => name.clone(),
-                    None => return Ok(None),
+                    None => return Reservation::Busy,
                 }
             }
         };
         let worker = workers.get_mut(&chosen).expect("chosen from the map");
         worker.assigned.insert(task.id);
-        Ok(Some((chosen, worker.outbound.clone())))
+        let outbound = worker.outbound.clone();
+        Reservation::Reserved(chosen, outbound)
     }
 
     /// Records the assignment and sends it. False if the task was no longer dispatchable or the worker left.

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arachne_web_api::types::Histogram;
+use arachne_shared::histogram::Histogram;
 
 /// Upper bounds of the dispatch-latency buckets, in seconds: from a hot queue (milliseconds) to a task that
 /// waited minutes for a free slot.

@@ -64,7 +64,7 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
         .unwrap();
     std::fs::write(
         archive.path(),
-        arachne_web_api::archive::pack_dir(v2.path()).unwrap(),
+        arachne_shared::archive::pack_dir(v2.path()).unwrap(),
     )
     .unwrap();
     let shots = workspace_target().join("ui-screenshots");

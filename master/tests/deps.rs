@@ -35,7 +35,7 @@ async fn upload(
         })
         .await
         .unwrap();
-    let archive = arachne_web_api::archive::pack_dir(dir.path()).unwrap();
+    let archive = arachne_shared::archive::pack_dir(dir.path()).unwrap();
     client.upload_files(name, archive).await.unwrap();
 }
 

@@ -90,7 +90,7 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
     let v1 = client
         .upload_files(
             "many",
-            arachne_web_api::archive::pack_dir(dir.path()).unwrap(),
+            arachne_shared::archive::pack_dir(dir.path()).unwrap(),
         )
         .await
         .unwrap();
@@ -116,7 +116,7 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
     let v2 = client
         .upload_files(
             "many",
-            arachne_web_api::archive::pack_dir(dir.path()).unwrap(),
+            arachne_shared::archive::pack_dir(dir.path()).unwrap(),
         )
         .await
         .unwrap();
@@ -405,7 +405,7 @@ async fn a_version_whose_contents_are_all_cached_still_runs() {
         .await
         .unwrap();
     let dir = spider_dir(&[("b.txt", "same bytes\n")]);
-    let archive = arachne_web_api::archive::pack_dir(dir.path()).unwrap();
+    let archive = arachne_shared::archive::pack_dir(dir.path()).unwrap();
     client.upload_files("moved", archive).await.unwrap();
     assert_eq!(run_on(client, "moved", None, None).await, ["same bytes"]);
     master.stop().await;

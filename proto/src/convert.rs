@@ -76,11 +76,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                 task_id: task_id("task_started.task_id", &s.task_id)?,
                 lease: s.lease,
                 pid: s.pid,
-                at: if s.at_us != 0 {
-                    from_micros(s.at_us)
-                } else {
-                    from_millis(s.at_ms)
-                },
+                at: from_micros(s.at_us),
             },
             worker_message::Msg::Logs(batch) => WorkerToMaster::Logs {
                 task_id: task_id("logs.task_id", &batch.task_id)?,
@@ -220,7 +216,6 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                 task_id: task_id.to_string(),
                 lease,
                 pid,
-                at_ms: to_millis(at),
                 at_us: at.timestamp_micros(),
             }),
             WorkerToMaster::Logs {
@@ -562,26 +557,6 @@ mod tests {
             pid: 42,
             at: started_at,
         });
-        // A worker that predates `at_us` sends milliseconds only.
-        let older = pb::WorkerMessage {
-            seq: 0,
-            msg: Some(worker_message::Msg::TaskStarted(pb::TaskStarted {
-                task_id: task_id.to_string(),
-                lease: 4,
-                pid: 42,
-                at_ms: to_millis(started_at),
-                at_us: 0,
-            })),
-        };
-        assert_eq!(
-            WorkerToMaster::try_from(older).unwrap(),
-            WorkerToMaster::TaskStarted {
-                task_id,
-                lease: 4,
-                pid: 42,
-                at: from_millis(to_millis(started_at)),
-            }
-        );
         round_trip_worker(WorkerToMaster::Logs {
             task_id,
             lease: 4,

@@ -106,7 +106,7 @@ impl Outbound {
 }
 
 /// A stream of blob chunks, ending with `None`; an `Err` item aborts the transfer.
-pub type BlobStream = mpsc::Receiver<Result<BlobChunk, Rejection>>;
+pub type BlobStream = Pin<Box<dyn Stream<Item = Result<BlobChunk, Rejection>> + Send>>;
 
 /// What the master does with sessions and file requests.
 #[async_trait::async_trait]
@@ -197,8 +197,7 @@ impl Cluster for Adapter {
             .handler
             .fetch_blobs(spider_id, request.version, request.sha256)
             .await?;
-        let stream = ReceiverStream::new(blobs)
-            .map(|chunk| chunk.map(pb::BlobChunk::from).map_err(Status::from));
+        let stream = blobs.map(|chunk| chunk.map(pb::BlobChunk::from).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -53,8 +53,11 @@ macro_rules! uuid_id {
     };
 }
 
+#[cfg(feature = "archive")]
+pub mod archive;
 pub mod cluster;
 pub mod files;
+pub mod histogram;
 pub mod ipc;
 pub mod log;
 pub mod node;
@@ -62,15 +65,37 @@ pub mod schedule;
 pub mod spider;
 pub mod task;
 pub mod token;
+pub mod upload;
 
 pub use log::{ItemRecord, LogLine, LogStream};
 pub use node::{Node, NodeMetrics, NodeStatus};
 pub use schedule::{Schedule, ScheduleId};
 pub use spider::{Spider, SpiderId};
 pub use task::{
-    ChangeKind, ItemTarget, RunMode, Task, TaskChanged, TaskId, TaskOutcome, TaskStatus, Transition,
+    ChangeKind, ItemTarget, RunMode, RunOptions, Task, TaskChanged, TaskId, TaskOutcome,
+    TaskStatus, Transition,
 };
 pub use token::{Token, TokenKind};
+
+/// A value that failed its check. The message names the field and what is wrong with it, in words a user can
+/// act on; callers map it to their own error (a bad request, a refused file) by its type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+/// Reads a `KEY=VALUE` argument (an environment variable, a label); the value may be empty or hold `=`.
+pub fn parse_key_value(argument: &str) -> Result<(String, String), Invalid> {
+    match argument.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(Invalid(format!("expected KEY=VALUE, got {argument:?}"))),
+    }
+}
 
 /// Milliseconds since the Unix epoch, the one timestamp encoding used on the wire and in the embedded store.
 pub fn to_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {

@@ -1,5 +1,6 @@
 //! What a task produces: log lines and items, each numbered so a write can be retried without duplicates.
 
+use crate::Invalid;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -56,9 +57,9 @@ pub struct ItemRecord {
 
 impl ItemRecord {
     /// A record of `data`, which must be the JSON text of one object.
-    pub fn new(seq: u64, data: Box<serde_json::value::RawValue>) -> Result<Self, String> {
+    pub fn new(seq: u64, data: Box<serde_json::value::RawValue>) -> Result<Self, Invalid> {
         if !data.get().trim_start().starts_with('{') {
-            return Err(format!("item {seq} is not a JSON object"));
+            return Err(Invalid(format!("item {seq} is not a JSON object")));
         }
         Ok(Self { seq, data })
     }

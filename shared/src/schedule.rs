@@ -5,6 +5,7 @@
 //! cron in every form: 0 or 7 is Sunday, 1 Monday, … 6 Saturday; names (`Mon-Fri`) work too. Times are
 //! evaluated in the schedule's IANA time zone (UTC by default), so daylight saving changes are honoured.
 
+use crate::Invalid;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
@@ -121,7 +122,7 @@ const FIELD_NAMES: [&str; 6] = [
 
 impl CronExpr {
     /// Parses `expr` in time zone `tz`. The error names the bad field (or the time zone).
-    pub fn parse(expr: &str, tz: &str) -> Result<Self, String> {
+    pub fn parse(expr: &str, tz: &str) -> Result<Self, Invalid> {
         let tz: chrono_tz::Tz = tz.parse().map_err(|_| {
             format!("unknown time zone {tz:?}: use an IANA name such as UTC or Europe/Berlin")
         })?;
@@ -130,9 +131,9 @@ impl CronExpr {
             match expr {
                 "@hourly" | "@daily" | "@weekly" | "@monthly" => expr.to_owned(),
                 other => {
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "unknown cron shortcut {other:?} (expected @hourly, @daily, @weekly or @monthly)"
-                    ));
+                    )));
                 }
             }
         } else {
@@ -141,10 +142,10 @@ impl CronExpr {
                 5 => fields.insert(0, "0".into()),
                 6 => {}
                 n => {
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "cron expression {expr:?} has {n} fields; expected 5 (minute hour day-of-month month \
                          day-of-week) or 6 (with seconds first)"
-                    ));
+                    )));
                 }
             }
             let given_dow = fields[5].clone();
@@ -163,10 +164,10 @@ impl CronExpr {
                     } else {
                         &fields[index]
                     };
-                    return Err(format!(
+                    return Err(Invalid(format!(
                         "invalid {name} field {shown:?}: {}",
                         last_line(&err.to_string())
-                    ));
+                    )));
                 }
             }
             fields.join(" ")
@@ -203,15 +204,15 @@ fn last_line(message: &str) -> &str {
 }
 
 /// Rewrites a Unix day-of-week field (0 or 7 = Sunday) into the `cron` crate's numbering (1 = Sunday).
-fn unix_day_of_week(field: &str) -> Result<String, String> {
-    let shift = |n: &str| -> Result<u32, String> {
+fn unix_day_of_week(field: &str) -> Result<String, Invalid> {
+    let shift = |n: &str| -> Result<u32, Invalid> {
         let day: u32 = n
             .parse()
             .map_err(|_| format!("{n:?} is not a day number"))?;
         match day {
             0..=6 => Ok(day + 1),
             7 => Ok(1),
-            _ => Err(format!("day {day} is out of range 0-7")),
+            _ => Err(Invalid(format!("day {day} is out of range 0-7"))),
         }
     };
     let mut parts = Vec::new();
@@ -230,9 +231,9 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
                 if to_day == 7 {
                     // "5-7" is Friday to Sunday: Sunday is 1 here, so it becomes its own entry.
                     if step.is_some() {
-                        return Err(
-                            "a step over a range ending in 7 is not supported; use 0-6".into()
-                        );
+                        return Err(Invalid(
+                            "a step over a range ending in 7 is not supported; use 0-6".into(),
+                        ));
                     }
                     parts.push("1".to_owned());
                     if from <= 7 {
@@ -254,22 +255,22 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
 }
 
 /// Checks a schedule's fields other than the spider; the message names the bad field.
-pub fn validate(schedule: &Schedule) -> Result<CronExpr, String> {
+pub fn validate(schedule: &Schedule) -> Result<CronExpr, Invalid> {
     crate::spider::validate_name("schedule", &schedule.name)?;
     if !(1..=10).contains(&schedule.priority) {
-        return Err(format!(
+        return Err(Invalid(format!(
             "priority must be 1 (highest) to 10, got {}",
             schedule.priority
-        ));
+        )));
     }
     if schedule.mode == RunMode::Nodes && schedule.nodes.is_empty() {
-        return Err("mode nodes needs at least one node".into());
+        return Err(Invalid("mode nodes needs at least one node".into()));
     }
     if schedule.mode != RunMode::Nodes && !schedule.nodes.is_empty() {
-        return Err(format!(
+        return Err(Invalid(format!(
             "nodes are only used by mode nodes, not {}",
             schedule.mode.as_str()
-        ));
+        )));
     }
     schedule
         .settings
@@ -376,15 +377,15 @@ mod tests {
         ] {
             let err = CronExpr::parse(expr, "UTC").unwrap_err();
             assert!(
-                err.contains(&format!("invalid {field} field")),
+                err.0.contains(&format!("invalid {field} field")),
                 "{expr}: {err}"
             );
         }
         let err = CronExpr::parse("* * * *", "UTC").unwrap_err();
-        assert!(err.contains("4 fields"), "{err}");
+        assert!(err.0.contains("4 fields"), "{err}");
         let err = CronExpr::parse("@often", "UTC").unwrap_err();
-        assert!(err.contains("@often"), "{err}");
+        assert!(err.0.contains("@often"), "{err}");
         let err = CronExpr::parse("* * * * *", "Mars/Olympus").unwrap_err();
-        assert!(err.contains("time zone"), "{err}");
+        assert!(err.0.contains("time zone"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! Spiders: a named command plus the files it runs in, identified by version.
 
+use crate::Invalid;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -121,12 +122,15 @@ impl Dedup {
     pub const MAX_KEYS: usize = 8;
 
     /// Checks the key fields; the message names the bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.keys.is_empty() {
-            return Err("dedup.keys: name at least one item field".into());
+            return Err(Invalid("dedup.keys: name at least one item field".into()));
         }
         if self.keys.len() > Self::MAX_KEYS {
-            return Err(format!("dedup.keys: at most {} fields", Self::MAX_KEYS));
+            return Err(Invalid(format!(
+                "dedup.keys: at most {} fields",
+                Self::MAX_KEYS
+            )));
         }
         let mut seen = std::collections::HashSet::new();
         for key in &self.keys {
@@ -137,12 +141,12 @@ impl Dedup {
                 || key.starts_with(['$', '_'])
                 || key.contains(['.', '\0'])
             {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "dedup.keys: invalid field {key:?} (a top-level field name, not starting with '$' or '_', without '.')"
-                ));
+                )));
             }
             if !seen.insert(key) {
-                return Err(format!("dedup.keys: {key:?} appears twice"));
+                return Err(Invalid(format!("dedup.keys: {key:?} appears twice")));
             }
         }
         Ok(())
@@ -212,7 +216,7 @@ pub const PLATFORM_COLLECTIONS: &[&str] = &[
 
 /// Checks a results collection name: one MongoDB accepts everywhere, and neither one of its reserved ones
 /// nor one of the platform's own.
-pub fn validate_collection(name: &str) -> Result<(), String> {
+pub fn validate_collection(name: &str) -> Result<(), Invalid> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -222,19 +226,19 @@ pub fn validate_collection(name: &str) -> Result<(), String> {
         || name.starts_with('.')
         || name.ends_with('.')
     {
-        return Err(format!(
+        return Err(Invalid(format!(
             "invalid results collection {name:?}: use 1-120 ASCII letters, digits, '-', '_' or '.', not starting or ending with '.'"
-        ));
+        )));
     }
     if name.starts_with("system.") {
-        return Err(format!(
+        return Err(Invalid(format!(
             "invalid results collection {name:?}: system.* is reserved by MongoDB"
-        ));
+        )));
     }
     if PLATFORM_COLLECTIONS.contains(&name) || name.starts_with("spider_files.") {
-        return Err(format!(
+        return Err(Invalid(format!(
             "invalid results collection {name:?}: the platform keeps its own records there"
-        ));
+        )));
     }
     Ok(())
 }
@@ -288,29 +292,29 @@ impl RunSettings {
     }
 
     /// Checks the settings; the message names the bad field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for key in self.env.keys() {
             if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(format!("env: invalid variable name {key:?}"));
+                return Err(Invalid(format!("env: invalid variable name {key:?}")));
             }
             if key.starts_with("ARACHNE_") {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "env: {key} is reserved (ARACHNE_* variables are set by the platform)"
-                ));
+                )));
             }
         }
         if self.env.values().any(|v| v.contains('\0')) {
-            return Err("env: values must not contain NUL".into());
+            return Err(Invalid("env: values must not contain NUL".into()));
         }
         if self.retries.is_some_and(|r| r > 100) {
-            return Err("retries must be at most 100".into());
+            return Err(Invalid("retries must be at most 100".into()));
         }
         for (field, value) in [
             ("timeout_secs", self.timeout_secs),
             ("memory_limit_mib", self.memory_limit_mib),
         ] {
             if value == Some(0) {
-                return Err(format!("{field} must be at least 1"));
+                return Err(Invalid(format!("{field} must be at least 1")));
             }
         }
         Ok(())
@@ -320,14 +324,14 @@ impl RunSettings {
 /// Checks a spider or node name (`what` says which, for the message): 1-64 characters of ASCII letters, digits,
 /// `-`, `_` and `.`, not starting with `.`. Names appear in paths and URLs, so anything else is refused rather
 /// than escaped.
-pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
+pub fn validate_name(what: &str, name: &str) -> Result<(), Invalid> {
     let ok_chars = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with('.') {
-        return Err(format!(
+        return Err(Invalid(format!(
             "invalid {what} name {name:?}: use 1-64 ASCII letters, digits, '-', '_' or '.', not starting with '.'"
-        ));
+        )));
     }
     Ok(())
 }
@@ -335,8 +339,8 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), String> {
 /// Checks a file path inside a spider: relative, `/`-separated, with no empty, `.` or `..` component and no NUL.
 /// Both the upload path on the master and the sync path on a worker go through this one check, so a path
 /// that could escape a spider's folder is refused wherever it comes from.
-pub fn validate_relative_path(path: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("unsafe path {path:?}: {why}"));
+pub fn validate_relative_path(path: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| Err(Invalid(format!("unsafe path {path:?}: {why}")));
     if path.is_empty() {
         return bad("empty");
     }
@@ -470,7 +474,7 @@ mod tests {
         check(&["url"]).unwrap();
         for bad in [&[][..], &["a.b"], &["$x"], &["_tid"], &["a", "a"], &[""]] {
             let err = check(bad).unwrap_err();
-            assert!(err.starts_with("dedup.keys"), "{err}");
+            assert!(err.0.starts_with("dedup.keys"), "{err}");
         }
         assert_eq!("ignore".parse::<DedupMode>(), Ok(DedupMode::Ignore));
         assert!("skip".parse::<DedupMode>().unwrap_err().contains("skip"));

@@ -265,6 +265,21 @@ fn first_attempt() -> u32 {
     1
 }
 
+/// What a run is started with, whoever starts it (a user, a schedule): its arguments, priority, setting
+/// overrides and placement. Unset values take the spider's (settings) or the platform's (priority 5) defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOptions {
+    /// Arguments appended to the spider's command.
+    pub param: Option<String>,
+    /// 1 (highest) to 10.
+    pub priority: Option<u8>,
+    /// Overrides of the spider's settings; `env` is merged.
+    pub settings: RunSettings,
+    pub mode: RunMode,
+    /// The nodes of mode `nodes`.
+    pub nodes: Vec<String>,
+}
+
 /// How a run picks the nodes it runs on.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
@@ -304,19 +319,28 @@ impl FromStr for RunMode {
     }
 }
 
+/// The latest attempt of each child, in id order: retries and restarts are attempts of the same child, and
+/// only the latest one says how that child did.
+pub fn latest_attempts(children: &[Task]) -> Vec<&Task> {
+    let mut latest: std::collections::BTreeMap<TaskId, &Task> = std::collections::BTreeMap::new();
+    for child in children {
+        let entry = latest
+            .entry(child.first_attempt.unwrap_or(child.id))
+            .or_insert(child);
+        if child.attempt > entry.attempt {
+            *entry = child;
+        }
+    }
+    let mut latest: Vec<&Task> = latest.into_values().collect();
+    latest.sort_by_key(|t| t.id);
+    latest
+}
+
 /// The status a parent task shows for its children: Running while any runs; once all have ended, Error if any
 /// failed, else Cancelled if any was cancelled, else Finished; Pending before any started. Only the latest
 /// attempt of each child counts, so a retried child that then finished does not leave its parent failed.
 pub fn parent_status(children: &[Task]) -> TaskStatus {
-    let latest: Vec<&Task> = children
-        .iter()
-        .filter(|child| {
-            let chain = child.first_attempt.unwrap_or(child.id);
-            !children.iter().any(|other| {
-                other.first_attempt.unwrap_or(other.id) == chain && other.attempt > child.attempt
-            })
-        })
-        .collect();
+    let latest = latest_attempts(children);
     let any = |status: TaskStatus| latest.iter().any(|c| c.status == status);
     if any(TaskStatus::Running) {
         TaskStatus::Running

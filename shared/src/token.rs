@@ -37,7 +37,7 @@ impl TokenKind {
 impl std::str::FromStr for TokenKind {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "api" => Ok(Self::Api),
             "worker" => Ok(Self::Worker),

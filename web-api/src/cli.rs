@@ -36,7 +36,7 @@ pub enum Error {
     #[error(transparent)]
     Client(#[from] crate::client::Error),
     #[error("packing the spider folder failed: {0}")]
-    Archive(#[from] crate::archive::Error),
+    Archive(#[from] arachne_shared::archive::Error),
     #[error("invalid task id {0:?}")]
     TaskId(String),
     #[error("writing output failed: {0}")]
@@ -172,8 +172,8 @@ impl PlacementArgs {
     }
 }
 
-fn parse_mode(value: &str) -> Result<RunMode, String> {
-    value.parse()
+fn parse_mode(value: &str) -> Result<RunMode, arachne_shared::Invalid> {
+    value.parse().map_err(arachne_shared::Invalid)
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,7 +403,7 @@ pub struct SettingsArgs {
     #[arg(long, value_name = "SECS")]
     pub cancel_grace: Option<u64>,
     /// An environment variable of the spider process, as KEY=VALUE; repeatable.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = arachne_shared::parse_key_value)]
     pub env: Vec<(String, String)>,
     /// Run again this many times when a run ends as Error or Abnormal.
     #[arg(long)]
@@ -430,13 +430,6 @@ impl SettingsArgs {
             retries: self.retries,
             retry_backoff_secs: self.retry_backoff,
         })
-    }
-}
-
-fn parse_env(value: &str) -> Result<(String, String), String> {
-    match value.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {value:?}")),
     }
 }
 
@@ -1157,7 +1150,7 @@ fn print_schedule(view: &ScheduleView) -> Result<(), Error> {
 /// progress bar on a terminal.
 async fn upload(client: &Client, name: &str, path: &Path) -> Result<Spider, Error> {
     let archive = if path.is_dir() {
-        crate::archive::pack_dir(path)?
+        arachne_shared::archive::pack_dir(path)?
     } else {
         std::fs::read(path).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?
     };

@@ -4,7 +4,6 @@
 //! Architecture invariant: the master is reached only through the [`Backend`] trait. Nothing here knows how
 //! the master stores, schedules or runs anything, and the master knows nothing of HTTP.
 
-pub mod archive;
 pub mod cli;
 pub mod client;
 mod csv;

@@ -1081,7 +1081,8 @@ async fn search_logs(
 async fn cron_preview(q: Result<Query<CronQuery>, QueryRejection>) -> Result<Json<CronPreview>> {
     let q = query(q)?;
     let tz = q.tz.as_deref().filter(|tz| !tz.is_empty()).unwrap_or("UTC");
-    let expr = arachne_shared::schedule::CronExpr::parse(&q.cron, tz).map_err(Error::BadRequest)?;
+    let expr = arachne_shared::schedule::CronExpr::parse(&q.cron, tz)
+        .map_err(|e| Error::BadRequest(e.0))?;
     Ok(Json(CronPreview {
         next: expr.next(chrono::Utc::now(), 5),
     }))

@@ -283,59 +283,7 @@ pub struct EventQuery {
     pub task: Option<TaskId>,
 }
 
-/// `PUT /api/v1/spiders/{name}/files`: a `.tar.gz` or `.zip` archive as the body, or single files as
-/// `multipart/form-data` (each part's file name is its path in the spider folder). Contents are spooled to
-/// unnamed files on disk as they arrive, never held whole in memory.
-#[derive(Debug)]
-pub enum Upload {
-    Archive(Spool),
-    Files(Vec<UploadedFile>),
-}
-
-impl Upload {
-    /// An archive upload from bytes already in memory (a packed folder).
-    pub fn archive(bytes: &[u8]) -> std::io::Result<Self> {
-        Spool::from_bytes(bytes, None).map(Upload::Archive)
-    }
-}
-
-/// One file of a multipart upload.
-#[derive(Debug)]
-pub struct UploadedFile {
-    /// Relative to the spider's folder, with `/` separators.
-    pub path: String,
-    pub data: Spool,
-    /// Unix permission bits; 0644 when not given.
-    pub mode: Option<u32>,
-}
-
-/// Content received into an unnamed file (gone from the disk when dropped), read from its start.
-#[derive(Debug)]
-pub struct Spool {
-    pub file: std::fs::File,
-    pub len: u64,
-}
-
-impl Spool {
-    /// An empty spool in `dir` (the system's temporary folder when `None`).
-    pub fn create(dir: Option<&std::path::Path>) -> std::io::Result<Self> {
-        let file = match dir {
-            Some(dir) => tempfile::tempfile_in(dir)?,
-            None => tempfile::tempfile()?,
-        };
-        Ok(Self { file, len: 0 })
-    }
-
-    /// A spool holding `bytes`.
-    pub fn from_bytes(bytes: &[u8], dir: Option<&std::path::Path>) -> std::io::Result<Self> {
-        use std::io::{Seek, Write};
-        let mut spool = Self::create(dir)?;
-        spool.file.write_all(bytes)?;
-        spool.file.rewind()?;
-        spool.len = bytes.len() as u64;
-        Ok(spool)
-    }
-}
+pub use arachne_shared::upload::{Spool, Upload, UploadedFile};
 
 /// `GET /api/v1/spiders/{name}/files`: the files of one version.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -385,35 +333,4 @@ pub struct Metrics {
     pub dispatch_latency: Histogram,
 }
 
-/// A histogram with fixed buckets.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Histogram {
-    /// Upper bounds of the buckets, ascending; one more, unbounded bucket follows them.
-    pub bounds: Vec<f64>,
-    /// Observations per bucket (not cumulative): `bounds.len() + 1` of them.
-    pub counts: Vec<u64>,
-    pub sum: f64,
-}
-
-impl Histogram {
-    pub fn new(bounds: Vec<f64>) -> Self {
-        let counts = vec![0; bounds.len() + 1];
-        Self {
-            bounds,
-            counts,
-            sum: 0.0,
-        }
-    }
-
-    pub fn observe(&mut self, value: f64) {
-        let bucket = self.bounds.partition_point(|&bound| bound < value);
-        if let Some(count) = self.counts.get_mut(bucket) {
-            *count += 1;
-        }
-        self.sum += value;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
+pub use arachne_shared::histogram::Histogram;

@@ -85,8 +85,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The master refused the worker's token: retrying cannot help, so the worker stops.
-    #[error("{0}")]
-    Refused(String),
+    #[error(
+        "the master at {master} refused this worker's token ({reason}); give the worker a valid one in $ARACHNE_WORKER_TOKEN or --token-file"
+    )]
+    Refused { master: String, reason: String },
     #[error(transparent)]
     Watchdog(#[from] watchdog::Error),
     #[error("cannot find this program's own executable to start the process watchdog: {0}")]
@@ -110,7 +112,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
             path: work_dir,
             source,
         })?;
-    arachne_shared::spider::validate_name("node", &config.name).map_err(Error::Config)?;
+    arachne_shared::spider::validate_name("node", &config.name).map_err(|e| Error::Config(e.0))?;
     let records = watchdog::Records::new(config.work_dir.join("runs"));
     // Processes an earlier life of this worker left running (its watchdog was killed with it) are killed
     // before anything else, and named to the master.
@@ -176,9 +178,7 @@ pub async fn run(mut config: Config, shutdown: CancellationToken) -> Result<(), 
         records,
         leftovers,
     };
-    session::run(config, start, shutdown)
-        .await
-        .map_err(Error::Refused)
+    session::run(config, start, shutdown).await
 }
 
 /// Creates `dir` if missing and sets its mode, whatever it was.

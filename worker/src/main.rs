@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, default_value = "./arachne-worker-data")]
     work_dir: PathBuf,
     /// A label shown with the node, as KEY=VALUE; repeatable.
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = arachne_shared::parse_key_value)]
     labels: Vec<(String, String)>,
     /// A file holding the worker token the master gave out (`arachne-master token create NAME --kind worker`);
     /// `$ARACHNE_WORKER_TOKEN` takes precedence. Never a flag: every user of the machine can read a command
@@ -41,13 +41,6 @@ struct Args {
     heartbeat_secs: u64,
     #[command(flatten)]
     runner: RunnerArgs,
-}
-
-fn parse_label(value: &str) -> Result<(String, String), String> {
-    match value.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {value:?}")),
-    }
 }
 
 /// Gives memory back to the system soon after it is freed, so a worker (or a master) is small again once a

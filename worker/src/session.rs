@@ -65,7 +65,7 @@ pub(crate) async fn run(
     config: Config,
     start: Start,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), crate::Error> {
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let (client_tx, client_rx) = watch::channel(None);
     let (lease_tx, lease_rx) = watch::channel(None);
@@ -107,7 +107,7 @@ async fn sessions(
     worker: &mut Worker,
     config: &Config,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), crate::Error> {
     let mut backoff = Backoff::default();
     loop {
         match worker.session(config, shutdown, &mut backoff).await {
@@ -118,10 +118,10 @@ async fn sessions(
                 while let Some(done) = worker.runners.tasks.join_next().await {
                     worker.runners.reap(done);
                 }
-                return Err(format!(
-                    "the master at {} refused this worker's token ({reason}); give the worker a valid one in $ARACHNE_WORKER_TOKEN or --token-file",
-                    config.master
-                ));
+                return Err(crate::Error::Refused {
+                    master: config.master.to_string(),
+                    reason,
+                });
             }
             Err(Ended::Retry(err)) => {
                 warn!(node = %config.name, error = %err, running = worker.runners.active.len(), "session with the master ended; reconnecting")

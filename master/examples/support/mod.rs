@@ -26,7 +26,7 @@ pub(crate) async fn spider(
         })
         .await?;
     client
-        .upload_files(name, arachne_web_api::archive::pack_dir(dir.path())?)
+        .upload_files(name, arachne_shared::archive::pack_dir(dir.path())?)
         .await?;
     Ok(())
 }

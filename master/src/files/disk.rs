@@ -6,7 +6,6 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use arachne_proto::server::Rejection;
 use arachne_shared::SpiderId;
 use arachne_shared::cluster::BlobChunk;
 use arachne_shared::files::FileEntry;
@@ -123,7 +122,7 @@ impl Disk {
     pub(super) fn send_blobs(
         &self,
         wanted: Vec<String>,
-        tx: mpsc::Sender<Result<BlobChunk, Rejection>>,
+        tx: mpsc::Sender<Result<BlobChunk, Error>>,
     ) {
         let paths: Vec<(String, PathBuf)> = wanted
             .into_iter()
@@ -135,7 +134,7 @@ impl Disk {
         tokio::task::spawn_blocking(move || {
             for (sha, path) in paths {
                 if let Err(err) = send_blob(&sha, &path, &tx) {
-                    let _ = tx.blocking_send(Err(Rejection::Internal(err.to_string())));
+                    let _ = tx.blocking_send(Err(err));
                     return;
                 }
             }
@@ -146,7 +145,7 @@ impl Disk {
 fn send_blob(
     sha: &str,
     path: &Path,
-    tx: &mpsc::Sender<Result<BlobChunk, Rejection>>,
+    tx: &mpsc::Sender<Result<BlobChunk, Error>>,
 ) -> Result<(), Error> {
     let file = std::fs::File::open(path).map_err(io(path))?;
     let mut reader = file.take(0);

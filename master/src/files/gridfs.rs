@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use arachne_proto::server::Rejection;
 use arachne_shared::cluster::BlobChunk;
 use arachne_shared::files::{FileEntry, Manifest};
 use arachne_shared::{SpiderId, from_millis, to_millis};
@@ -29,8 +28,8 @@ const VERSIONS: &str = "spider_versions";
 /// Contents asked about in one query when checking which of an upload's contents are kept already.
 const LOOKUP_BATCH: usize = 1000;
 
-fn backend(err: impl std::fmt::Display) -> Error {
-    Error::Backend(err.to_string())
+fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Backend(Box::new(err))
 }
 
 /// The bucket of contents and the collection of versions.
@@ -183,13 +182,13 @@ impl GridFs {
     pub(super) fn send_blobs(
         &self,
         wanted: Vec<String>,
-        tx: mpsc::Sender<Result<BlobChunk, Rejection>>,
+        tx: mpsc::Sender<Result<BlobChunk, Error>>,
     ) {
         let bucket = self.bucket.clone();
         tokio::spawn(async move {
             for sha in wanted {
                 if let Err(err) = send_blob(&bucket, &sha, &tx).await {
-                    let _ = tx.send(Err(Rejection::Internal(err.to_string()))).await;
+                    let _ = tx.send(Err(err)).await;
                     return;
                 }
             }
@@ -201,7 +200,7 @@ impl GridFs {
 async fn send_blob(
     bucket: &GridFsBucket,
     sha256: &str,
-    tx: &mpsc::Sender<Result<BlobChunk, Rejection>>,
+    tx: &mpsc::Sender<Result<BlobChunk, Error>>,
 ) -> Result<(), Error> {
     use futures_util::io::AsyncReadExt;
 

@@ -17,15 +17,17 @@ mod upload;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use arachne_proto::server::{BlobStream, Rejection};
 use arachne_shared::SpiderId;
 use arachne_shared::files::{Manifest, VersionInfo, is_sha256};
-use arachne_web_api::types::Upload;
+use arachne_shared::upload::Upload;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use self::upload::Staged;
+
+/// The contents a worker asked for, in chunks; an `Err` ends the transfer.
+pub type Blobs = mpsc::Receiver<Result<arachne_shared::cluster::BlobChunk, Error>>;
 
 /// Size of one chunk sent to a worker: large enough that per-message costs vanish beside the bytes.
 const CHUNK_BYTES: usize = 1024 * 1024;
@@ -48,7 +50,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("spider file storage in MongoDB failed: {0}")]
-    Backend(String),
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored version {0} is unreadable: {1}")]
     Corrupt(String, String),
 }
@@ -106,7 +108,7 @@ enum Backend {
 /// The spider file store: blobs by content and version manifests.
 #[derive(Debug, Clone)]
 pub struct SpiderFiles {
-    /// Uploads are unpacked and checked here, and the first layout's folders are looked for here.
+    /// Uploads are unpacked and checked here.
     local: PathBuf,
     limits: UploadLimits,
     backend: Backend,
@@ -228,39 +230,6 @@ impl SpiderFiles {
             .ok_or_else(|| Error::NotFound(version.to_owned()))
     }
 
-    /// Moves versions kept in the first layout (a folder of files per version, `{spider}/{hash}/` in the local
-    /// folder) into the backend, so spiders uploaded before keep running. Returns how many versions were moved.
-    pub async fn migrate_folders(&self) -> Result<usize, Error> {
-        let root = self.local.clone();
-        let folders = tokio::task::spawn_blocking(move || first_layout(&root))
-            .await
-            .expect("listing does not panic")?;
-        let mut moved = 0;
-        for (spider, version) in folders {
-            let folder = version.clone();
-            let committed = self
-                .staged(
-                    move |staging| upload::stage_folder(&folder, staging),
-                    spider,
-                )
-                .await?;
-            if version.file_name().and_then(|n| n.to_str()) != Some(committed.hash.as_str()) {
-                // Same hash formula, so this means the folder was changed by hand.
-                tracing::warn!(folder = %version.display(), version = %committed.hash,
-                    "a moved spider version hashed differently; its spider needs its version set again");
-            }
-            tokio::fs::remove_dir_all(&version)
-                .await
-                .map_err(io(&version))?;
-            if let Some(spider_dir) = version.parent() {
-                // Fails while other versions of the spider are left, which is what we want.
-                let _ = tokio::fs::remove_dir(spider_dir).await;
-            }
-            moved += 1;
-        }
-        Ok(moved)
-    }
-
     /// One stored version.
     pub async fn version(&self, spider: SpiderId, version: &str) -> Result<VersionInfo, Error> {
         Ok(self.read_version(spider, version).await?.info(version))
@@ -309,7 +278,7 @@ impl SpiderFiles {
         spider: SpiderId,
         version: &str,
         wanted: Vec<String>,
-    ) -> Result<BlobStream, Error> {
+    ) -> Result<Blobs, Error> {
         let manifest = self.manifest(spider, version).await?;
         let known: HashSet<&str> = manifest.files.iter().map(|f| f.sha256.as_str()).collect();
         if let Some(stranger) = wanted.iter().find(|w| !known.contains(w.as_str())) {
@@ -318,7 +287,7 @@ impl SpiderFiles {
                 path: format!("content {stranger}"),
             });
         }
-        let (tx, rx) = mpsc::channel::<Result<_, Rejection>>(8);
+        let (tx, rx) = mpsc::channel(8);
         match &self.backend {
             Backend::Disk(disk) => disk.send_blobs(wanted, tx),
             Backend::GridFs(grid) => grid.send_blobs(wanted, tx),
@@ -327,33 +296,11 @@ impl SpiderFiles {
     }
 }
 
-/// The version folders of the first layout under `root`: `{spider}/{hash}/`.
-fn first_layout(root: &Path) -> Result<Vec<(SpiderId, PathBuf)>, Error> {
-    let Ok(spiders) = std::fs::read_dir(root) else {
-        return Ok(Vec::new());
-    };
-    let mut folders = Vec::new();
-    for spider_dir in spiders.filter_map(Result::ok) {
-        let name = spider_dir.file_name();
-        let Some(spider) = name.to_str().and_then(|n| n.parse::<SpiderId>().ok()) else {
-            continue;
-        };
-        let dir = spider_dir.path();
-        for version in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            folders.push((spider, version.map_err(io(&dir))?.path()));
-        }
-    }
-    Ok(folders)
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
 
-    use arachne_shared::files::{FileEntry, hex};
-    use arachne_web_api::types::{Spool, UploadedFile};
-    use sha2::{Digest, Sha256};
+    use arachne_shared::upload::{Spool, UploadedFile};
 
     use super::*;
 
@@ -510,47 +457,6 @@ mod tests {
                 .stream_blobs(spider, &v1.hash, vec![foreign])
                 .await
                 .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn versions_of_the_first_layout_are_moved_and_keep_their_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SpiderFiles::new(dir.path().to_owned(), UploadLimits::default());
-        let spider = SpiderId::new();
-        // What the first layout kept: one folder of files per version, named by the same manifest hash.
-        let manifest = Manifest::new(vec![FileEntry {
-            path: "bin/run.sh".into(),
-            size: 5,
-            mode: 0o755,
-            sha256: hex(&Sha256::digest(b"exit\n")),
-        }]);
-        let old = dir.path().join(spider.to_string()).join(manifest.hash());
-        std::fs::create_dir_all(old.join("bin")).unwrap();
-        std::fs::write(old.join("bin/run.sh"), "exit\n").unwrap();
-        std::fs::set_permissions(
-            old.join("bin/run.sh"),
-            std::fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-
-        assert_eq!(store.migrate_folders().await.unwrap(), 1);
-        assert_eq!(
-            store.manifest(spider, &manifest.hash()).await.unwrap(),
-            manifest
-        );
-        assert_eq!(
-            store
-                .read_file(spider, &manifest.hash(), "bin/run.sh")
-                .await
-                .unwrap(),
-            b"exit\n"
-        );
-        assert!(!dir.path().join(spider.to_string()).exists());
-        assert_eq!(
-            store.migrate_folders().await.unwrap(),
-            0,
-            "nothing left to move"
         );
     }
 

@@ -4,13 +4,12 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use arachne_shared::archive::IgnoreRules;
 use arachne_shared::files::{FileEntry, hex};
 use arachne_shared::spider::validate_relative_path;
-use arachne_web_api::archive::IgnoreRules;
-use arachne_web_api::types::{Spool, Upload};
+use arachne_shared::upload::{Spool, Upload};
 use sha2::{Digest, Sha256};
 
 use super::{Error, UploadLimits, io};
@@ -53,34 +52,6 @@ pub(super) fn unpack(
     sink.finish()
 }
 
-/// A version folder of the first layout, staged as an upload would be (no limits: it was accepted once).
-pub(super) fn stage_folder(folder: &Path, staging: &Path) -> Result<Vec<Staged>, Error> {
-    let limits = UploadLimits {
-        max_unpacked_bytes: u64::MAX,
-        max_files: usize::MAX,
-    };
-    let mut sink = Sink::new(staging, &limits);
-    let mut stack = vec![folder.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let path = entry.map_err(io(&dir))?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let relative = path.strip_prefix(folder).expect("below the folder");
-            let mode = std::fs::metadata(&path)
-                .map_err(io(&path))?
-                .permissions()
-                .mode();
-            let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-            sink.add(&relative.to_string_lossy(), mode, &mut file)?;
-        }
-    }
-    sink.files.sort_by(|a, b| a.entry.path.cmp(&b.entry.path));
-    Ok(sink.files)
-}
-
 /// One checked file of an upload, written to a temporary file.
 pub(super) struct Staged {
     pub(super) entry: FileEntry,
@@ -111,7 +82,7 @@ impl<'a> Sink<'a> {
     /// Checks and stages one file, unless the built-in rules leave it out.
     fn add(&mut self, raw_path: &str, mode: u32, content: &mut dyn Read) -> Result<(), Error> {
         let path = raw_path.trim_start_matches("./").to_owned();
-        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        validate_relative_path(&path).map_err(|e| Error::BadArchive(e.0))?;
         if IgnoreRules::builtin().is_ignored(&path) {
             return Ok(());
         }
@@ -171,7 +142,7 @@ impl<'a> Sink<'a> {
         {
             Some(file) => {
                 let text = std::fs::read_to_string(&file.temp).map_err(io(&file.temp))?;
-                IgnoreRules::parse(&text).map_err(Error::BadArchive)?
+                IgnoreRules::parse(&text).map_err(|e| Error::BadArchive(e.0))?
             }
             None => IgnoreRules::builtin(),
         };
@@ -214,7 +185,7 @@ fn read_tar(file: std::fs::File, sink: &mut Sink<'_>) -> Result<(), Error> {
         if kind.is_dir() || path.is_empty() {
             continue;
         }
-        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        validate_relative_path(&path).map_err(|e| Error::BadArchive(e.0))?;
         if kind.is_symlink() || kind.is_hard_link() {
             return Err(Error::BadArchive(format!(
                 "{path} is a link; links are not allowed in spiders"
@@ -276,7 +247,7 @@ fn read_zip(mut file: std::fs::File, len: u64, sink: &mut Sink<'_>) -> Result<()
         if entry.is_dir() || path.is_empty() {
             continue;
         }
-        validate_relative_path(&path).map_err(Error::BadArchive)?;
+        validate_relative_path(&path).map_err(|e| Error::BadArchive(e.0))?;
         if entry.is_symlink() {
             return Err(Error::BadArchive(format!(
                 "{path} is a link; links are not allowed in spiders"

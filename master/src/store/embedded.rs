@@ -30,7 +30,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     priority INTEGER NOT NULL,
     log_lines INTEGER NOT NULL DEFAULT 0,
     items INTEGER NOT NULL DEFAULT 0,
-    data TEXT NOT NULL
+    data TEXT NOT NULL,
+    parent_id TEXT,
+    schedule_id TEXT,
+    fire_ms INTEGER,
+    children INTEGER NOT NULL DEFAULT 0,
+    exclusive TEXT,
+    ended_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
@@ -41,22 +47,11 @@ CREATE TABLE IF NOT EXISTS logs (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS items (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
+    -- The results collection and de-duplication key of an item, for spiders that de-duplicate.
+    coll TEXT, dkey TEXT,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 ";
-
-/// Columns added after the first release (table, column, definition); added to older databases on open.
-const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
-    ("tasks", "parent_id", "TEXT"),
-    ("tasks", "schedule_id", "TEXT"),
-    ("tasks", "fire_ms", "INTEGER"),
-    ("tasks", "children", "INTEGER NOT NULL DEFAULT 0"),
-    ("tasks", "exclusive", "TEXT"),
-    ("tasks", "ended_ms", "INTEGER"),
-    // The results collection and de-duplication key of an item, for spiders that de-duplicate.
-    ("items", "coll", "TEXT"),
-    ("items", "dkey", "TEXT"),
-];
 
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS tasks_dispatch ON tasks (status, priority, id) WHERE node IS NULL AND children = 0;
@@ -102,7 +97,7 @@ const WAL_TRUNCATE_PAGES: i64 = 4096;
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn db(err: rusqlite::Error) -> Error {
-    Error::Database(err.to_string())
+    Error::Database(Box::new(err))
 }
 
 /// A write's result, with a uniqueness violation reported as a `Duplicate` of `what`.
@@ -147,30 +142,6 @@ impl EmbeddedStore {
         // Every hot statement is cached: parsing SQL was a tenth of the master's CPU per task.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(db)?;
-        for (table, column, definition) in ADDED_COLUMNS {
-            let exists: bool = conn
-                .query_row(
-                    "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
-                    params![table, column],
-                    |row| row.get(0),
-                )
-                .map_err(db)?;
-            if !exists {
-                conn.execute_batch(&format!(
-                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
-                ))
-                .map_err(db)?;
-                if column == "ended_ms" {
-                    // Tasks that ended before the column existed: their last update was their end.
-                    conn.execute_batch(
-                        "UPDATE tasks SET ended_ms = CAST(
-                            (julianday(json_extract(data, '$.updated_at')) - 2440587.5) * 86400000 AS INTEGER)
-                         WHERE status IN ('finished', 'error', 'cancelled', 'abnormal')",
-                    )
-                    .map_err(db)?;
-                }
-            }
-        }
         conn.execute_batch(INDEXES).map_err(db)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -190,7 +161,7 @@ impl EmbeddedStore {
             f(&mut conn)
         })
         .await
-        .map_err(|e| Error::Database(format!("store call failed: {e}")))?
+        .map_err(|e| Error::Database(Box::new(e)))?
     }
 
     fn cached_spiders(&self) -> std::sync::MutexGuard<'_, SpiderCache> {
@@ -246,7 +217,7 @@ fn spawn_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>> {
                 }
             }
         })
-        .map_err(|e| Error::Database(format!("cannot start the checkpointer: {e}")))?;
+        .map_err(|e| Error::Database(Box::new(e)))?;
     Ok(stop)
 }
 
@@ -420,7 +391,9 @@ fn store_task(conn: &Connection, sql: &str, task: &Task) -> Result<()> {
             ended_ms(task),
         ])
     });
-    let id_taken = matches!(&result, Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("tasks.id"));
+    // The primary key is the id; the only other unique index is a schedule's fire time.
+    let id_taken = matches!(&result, Err(rusqlite::Error::SqliteFailure(e, _))
+        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY);
     unique(result, || {
         if id_taken {
             format!("task {}", task.id)

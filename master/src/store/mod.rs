@@ -16,7 +16,9 @@ use arachne_shared::{
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("task {0} kept changing under an update")]
+    Contended(TaskId),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     #[error("{0} already exists")]

@@ -31,7 +31,7 @@ const DUPLICATE_KEY: i32 = 11000;
 const MAX_CONFLICTS: usize = 64;
 
 fn db(err: mongodb::error::Error) -> Error {
-    Error::Database(err.to_string())
+    Error::Database(Box::new(err))
 }
 
 /// Whether `err` is a unique-index violation.
@@ -655,9 +655,7 @@ impl Store for MongoStore {
             }
             // Someone else changed the task in between: read it again and decide again.
         }
-        Err(Error::Database(format!(
-            "task {id} kept changing under an update"
-        )))
+        Err(Error::Contended(id))
     }
 
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {

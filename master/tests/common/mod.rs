@@ -246,7 +246,7 @@ pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&st
         })
         .await
         .unwrap();
-    let archive = arachne_web_api::archive::pack_dir(dir.path()).unwrap();
+    let archive = arachne_shared::archive::pack_dir(dir.path()).unwrap();
     client.upload_files(name, archive).await.unwrap();
 }
 

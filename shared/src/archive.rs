@@ -25,8 +25,8 @@ pub enum Error {
     EscapingLink(PathBuf),
     #[error("{0} is not a folder")]
     NotADir(PathBuf),
-    #[error("{0}")]
-    BadIgnore(String),
+    #[error(transparent)]
+    BadIgnore(#[from] crate::Invalid),
 }
 
 /// The paths an upload leaves out: the built-in ones, and those a `.arachneignore` at the spider's root lists.
@@ -51,7 +51,7 @@ impl IgnoreRules {
     }
 
     /// The built-in rules plus the patterns of a `.arachneignore`. A bad pattern is an error naming its line.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, crate::Invalid> {
         let mut builder = GitignoreBuilder::new("");
         for (number, line) in text.lines().enumerate() {
             builder
@@ -104,7 +104,7 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, Error> {
         return Err(Error::NotADir(dir.to_owned()));
     }
     let rules = match std::fs::read_to_string(root.join(IgnoreRules::FILE)) {
-        Ok(text) => IgnoreRules::parse(&text).map_err(Error::BadIgnore)?,
+        Ok(text) => IgnoreRules::parse(&text)?,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => IgnoreRules::builtin(),
         Err(err) => return Err(io(&root.join(IgnoreRules::FILE))(err)),
     };

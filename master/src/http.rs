@@ -1,0 +1,325 @@
+//! The HTTP adapter: the master's implementation of the web-api [`Backend`]. It only maps: requests into the
+//! services' own types, their answers and errors into the API's. No rule lives here.
+
+use std::sync::Arc;
+
+use arachne_shared::files::VersionInfo;
+use arachne_shared::upload::Upload;
+use arachne_shared::{ItemRecord, LogLine, Node, RunOptions, Schedule, Spider, Task, TaskId};
+use arachne_web_api::types::{
+    CreateSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec, ScheduleView,
+    TaskQuery, UpdateNode, VersionFiles,
+};
+use arachne_web_api::{Backend, Error, Result};
+use tokio::sync::broadcast;
+
+use crate::auth::Auth;
+use crate::files;
+use crate::nodes::{self, NodeUpdate, Nodes};
+use crate::runs::{self, RunRequest, Runs};
+use crate::scheduler::Scheduler;
+use crate::schedules::{self, ScheduleRequest, Schedules};
+use crate::spiders::{self, SpiderRequest, Spiders};
+use crate::store::{self, Store, TaskFilter};
+
+/// The master as the HTTP API sees it: its services, and the store for what is only read.
+pub(crate) struct MasterApi {
+    pub(crate) spiders: Arc<Spiders>,
+    pub(crate) runs: Arc<Runs>,
+    pub(crate) schedules: Arc<Schedules>,
+    pub(crate) nodes: Nodes,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) auth: Arc<Auth>,
+}
+
+#[async_trait::async_trait]
+impl Backend for MasterApi {
+    async fn put_spider(&self, request: CreateSpider) -> Result<Spider> {
+        let request = SpiderRequest {
+            name: request.name,
+            cmd: request.cmd,
+            settings: request.settings,
+            max_instances: request.max_instances,
+            results_collection: request.results_collection,
+            dedup: request.dedup,
+        };
+        Ok(self.spiders.put(request).await?)
+    }
+
+    async fn upload_files(&self, name: &str, upload: Upload) -> Result<Spider> {
+        Ok(self.spiders.upload(name, upload).await?)
+    }
+
+    async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        Ok(self.spiders.versions(name).await?)
+    }
+
+    async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
+        Ok(self.spiders.set_current(name, version).await?)
+    }
+
+    async fn list_files(&self, name: &str, version: Option<String>) -> Result<VersionFiles> {
+        let (version, manifest) = self.spiders.manifest(name, version).await?;
+        Ok(VersionFiles {
+            version,
+            files: manifest.files,
+        })
+    }
+
+    async fn read_file(&self, name: &str, path: &str, version: Option<String>) -> Result<Vec<u8>> {
+        Ok(self.spiders.read_file(name, path, version).await?)
+    }
+
+    async fn list_spiders(&self) -> Result<Vec<Spider>> {
+        Ok(self.spiders.list().await?)
+    }
+
+    async fn get_spider(&self, name: &str) -> Result<Spider> {
+        Ok(self.spiders.get(name).await?)
+    }
+
+    async fn run_task(&self, run: RunTask) -> Result<Task> {
+        let request = RunRequest {
+            spider: run.spider,
+            options: RunOptions {
+                param: run.param,
+                priority: run.priority,
+                settings: run.settings.unwrap_or_default(),
+                mode: run.mode.unwrap_or_default(),
+                nodes: run.nodes,
+            },
+            version: run.version,
+            ..RunRequest::default()
+        };
+        Ok(self.runs.create(request).await?)
+    }
+
+    async fn restart_task(&self, id: TaskId) -> Result<Task> {
+        Ok(self.runs.restart(id).await?)
+    }
+
+    async fn list_tasks(&self, query: TaskQuery) -> Result<Page<Task>> {
+        let filter = TaskFilter {
+            spider_name: query.spider,
+            status: query.status,
+            node: query.node,
+            parent_id: query.parent,
+            schedule_id: query.schedule,
+            created_since: query.since,
+            created_until: query.until,
+            limit: query.limit.unwrap_or(arachne_web_api::types::DEFAULT_LIMIT),
+            offset: query.offset.unwrap_or(0),
+        };
+        let (items, total) = self.store.list_tasks(&filter).await.map_err(store_error)?;
+        Ok(Page { items, total })
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Task> {
+        Ok(self.runs.task(id).await?)
+    }
+
+    async fn cancel_task(&self, id: TaskId) -> Result<Task> {
+        Ok(self.runs.cancel(id).await?)
+    }
+
+    async fn delete_task(&self, id: TaskId) -> Result<()> {
+        Ok(self.runs.delete(id).await?)
+    }
+
+    async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>> {
+        self.store.logs(id, after, limit).await.map_err(store_error)
+    }
+
+    async fn items(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>> {
+        self.store
+            .items(id, after, limit)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        Ok(self.nodes.list().await?)
+    }
+
+    async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node> {
+        let update = NodeUpdate {
+            max_runners: update.max_runners,
+            enabled: update.enabled,
+        };
+        Ok(self.nodes.update(name, update).await?)
+    }
+
+    async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
+        Ok(view(self.schedules.create(schedule_request(spec)).await?))
+    }
+
+    async fn update_schedule(&self, name: &str, spec: ScheduleSpec) -> Result<ScheduleView> {
+        let request = schedule_request(spec);
+        Ok(view(self.schedules.update(name, request).await?))
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<ScheduleView>> {
+        Ok(self.schedules.list().await?.into_iter().map(view).collect())
+    }
+
+    async fn get_schedule(&self, name: &str) -> Result<ScheduleView> {
+        Ok(view(self.schedules.get(name).await?))
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        Ok(self.schedules.delete(name).await?)
+    }
+
+    async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView> {
+        Ok(view(self.schedules.set_enabled(name, enabled).await?))
+    }
+
+    async fn run_schedule(&self, name: &str) -> Result<Task> {
+        Ok(self.schedules.run_now(name).await?)
+    }
+
+    async fn health(&self) -> Health {
+        let store_error = self.scheduler.store_health.failing();
+        Health {
+            status: match store_error {
+                Some(_) => HealthStatus::Failing,
+                None => HealthStatus::Ok,
+            },
+            store_error,
+        }
+    }
+
+    async fn metrics(&self) -> Result<Metrics> {
+        let tasks = self.store.count_by_status().await.map_err(store_error)?;
+        let (nodes_online, runner_slots, runner_slots_in_use) = self.scheduler.slots();
+        let (items_ingested, log_lines_ingested, dispatch_latency) =
+            self.scheduler.telemetry.snapshot();
+        Ok(Metrics {
+            tasks,
+            nodes_online,
+            runner_slots,
+            runner_slots_in_use,
+            items_ingested,
+            log_lines_ingested,
+            dispatch_latency,
+        })
+    }
+
+    async fn check_api_token(&self, secret: &str) -> Result<bool> {
+        self.auth
+            .check(secret, arachne_shared::TokenKind::Api)
+            .await
+            .map_err(store_error)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<arachne_shared::TaskChanged> {
+        self.scheduler.subscribe()
+    }
+}
+
+fn schedule_request(spec: ScheduleSpec) -> ScheduleRequest {
+    ScheduleRequest {
+        name: spec.name,
+        spider: spec.spider,
+        cron: spec.cron,
+        timezone: spec.timezone,
+        options: RunOptions {
+            param: spec.param,
+            priority: spec.priority,
+            settings: spec.settings.unwrap_or_default(),
+            mode: spec.mode.unwrap_or_default(),
+            nodes: spec.nodes,
+        },
+        enabled: spec.enabled,
+        overlap: spec.overlap,
+        misfire: spec.misfire,
+    }
+}
+
+/// A schedule with its next 5 fire times.
+fn view(schedule: Schedule) -> ScheduleView {
+    ScheduleView {
+        next: schedules::next_fires(&schedule, 5),
+        schedule,
+    }
+}
+
+fn store_error(err: store::Error) -> Error {
+    match err {
+        store::Error::Duplicate(_) => Error::Conflict(err.to_string()),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+fn files_error(err: files::Error) -> Error {
+    let message = err.to_string();
+    match err {
+        files::Error::BadArchive(_) => Error::BadRequest(message),
+        files::Error::TooLarge(_) => Error::PayloadTooLarge(message),
+        files::Error::NotFound(_) | files::Error::NoSuchFile { .. } => Error::NotFound(message),
+        _ => Error::Internal(message),
+    }
+}
+
+impl From<spiders::Error> for Error {
+    fn from(err: spiders::Error) -> Self {
+        use spiders::Error as E;
+        let message = err.to_string();
+        match err {
+            E::NoSpider(_) | E::NoFiles(_) | E::NoVersion { .. } => Error::NotFound(message),
+            E::EmptyCmd | E::Settings(_) | E::Invalid(_) => Error::BadRequest(message),
+            E::Files(err) => files_error(err),
+            E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<runs::Error> for Error {
+    fn from(err: runs::Error) -> Self {
+        use runs::Error as E;
+        let message = err.to_string();
+        match err {
+            E::Spider(err) => err.into(),
+            E::NoTask(_) => Error::NotFound(message),
+            E::Priority(_)
+            | E::Settings(_)
+            | E::NodesOutsideNodesMode(_)
+            | E::NoNodesNamed
+            | E::UnknownNode(_) => Error::BadRequest(message),
+            E::NoNodeOnline
+            | E::NotEnded { .. }
+            | E::AlreadyEnded { .. }
+            | E::NothingToRestart(_)
+            | E::ChildOfParent { .. }
+            | E::DeleteUnended { .. }
+            | E::FireTimeTaken(_) => Error::Conflict(message),
+            E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<schedules::Error> for Error {
+    fn from(err: schedules::Error) -> Self {
+        use schedules::Error as E;
+        let message = err.to_string();
+        match err {
+            E::NoSchedule(_) => Error::NotFound(message),
+            E::Invalid(_) => Error::BadRequest(message),
+            E::Run(err) => err.into(),
+            E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<nodes::Error> for Error {
+    fn from(err: nodes::Error) -> Self {
+        use nodes::Error as E;
+        let message = err.to_string();
+        match err {
+            E::NothingToChange | E::MaxRunners(_) => Error::BadRequest(message),
+            E::NoNode(_) => Error::NotFound(message),
+            E::Store(err) => store_error(err),
+        }
+    }
+}

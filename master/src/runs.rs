@@ -1,0 +1,378 @@
+//! The run service: creating, cancelling, restarting and deleting tasks. The HTTP adapter, the cron loop and
+//! anything else that starts or stops runs call it, so the rules (placement, priorities, versions, what a
+//! cancel of a task on a lost node means, which attempt of a child counts) live in one place.
+
+use std::sync::Arc;
+
+use arachne_shared::{RunMode, ScheduleId, Spider, Task, TaskId, TaskOutcome, TaskStatus};
+use chrono::{DateTime, Utc};
+use tracing::info;
+
+use crate::scheduler::Scheduler;
+use crate::spiders::{self, Spiders};
+use crate::store::{self, Store, TaskFilter};
+
+/// Why a run could not be created, cancelled, restarted or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spider or the version it names is not there.
+    #[error(transparent)]
+    Spider(#[from] spiders::Error),
+    #[error("task {0} not found")]
+    NoTask(TaskId),
+    #[error("priority must be 1 (highest) to 10, got {0}")]
+    Priority(u8),
+    #[error("settings.{0}")]
+    Settings(#[source] arachne_shared::Invalid),
+    #[error("nodes are only used by mode nodes, not {}", .0.as_str())]
+    NodesOutsideNodesMode(RunMode),
+    #[error("mode nodes needs at least one node")]
+    NoNodesNamed,
+    #[error("unknown node {0:?}: no worker of that name ever registered")]
+    UnknownNode(String),
+    #[error("mode all: no online, enabled node to run on")]
+    NoNodeOnline,
+    #[error("task {id} has not ended ({status}); cancel it first")]
+    NotEnded { id: TaskId, status: TaskStatus },
+    #[error("task {id} already ended ({status})")]
+    AlreadyEnded { id: TaskId, status: TaskStatus },
+    #[error("every child of task {0} finished; nothing to restart")]
+    NothingToRestart(TaskId),
+    #[error(
+        "task {id} is a child of task {parent}: delete the parent, which takes its children with it"
+    )]
+    ChildOfParent { id: TaskId, parent: TaskId },
+    #[error("task {id} has not ended ({status}): cancel it first, then delete it")]
+    DeleteUnended { id: TaskId, status: TaskStatus },
+    /// A schedule's fire time that already has its task (created before a restart).
+    #[error("the fire time {0} already has its task")]
+    FireTimeTaken(DateTime<Utc>),
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One run to create, from the API or from a schedule.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub spider: String,
+    pub options: arachne_shared::RunOptions,
+    pub schedule_id: Option<ScheduleId>,
+    pub fire_time: Option<DateTime<Utc>>,
+    /// Tasks with this key never run at once.
+    pub exclusive: Option<String>,
+    /// A stored version to run instead of the spider's current one.
+    pub version: Option<String>,
+}
+
+/// When the master may end a task itself instead of asking its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CancelHere {
+    /// Only while no node has it: nothing runs anywhere yet.
+    IfUnassigned,
+    /// Its node is gone, so no process of it is left to stop.
+    Always,
+}
+
+const NOT_ENDED: [TaskStatus; 3] = [
+    TaskStatus::Created,
+    TaskStatus::Pending,
+    TaskStatus::Running,
+];
+
+/// Creates, cancels, restarts and deletes runs.
+pub struct Runs {
+    store: Arc<dyn Store>,
+    scheduler: Arc<Scheduler>,
+    spiders: Arc<Spiders>,
+}
+
+impl Runs {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        scheduler: Arc<Scheduler>,
+        spiders: Arc<Spiders>,
+    ) -> Self {
+        Self {
+            store,
+            scheduler,
+            spiders,
+        }
+    }
+
+    pub(crate) async fn spider(&self, name: &str) -> Result<Spider> {
+        Ok(self.spiders.get(name).await?)
+    }
+
+    pub async fn task(&self, id: TaskId) -> Result<Task> {
+        self.store.get_task(id).await?.ok_or(Error::NoTask(id))
+    }
+
+    /// Creates the tasks of one run: a single task, or a parent with one pinned child per node.
+    pub async fn create(&self, run: RunRequest) -> Result<Task> {
+        let options = run.options;
+        let priority = options
+            .priority
+            .unwrap_or(arachne_shared::task::DEFAULT_PRIORITY);
+        if !(1..=10).contains(&priority) {
+            return Err(Error::Priority(priority));
+        }
+        options.settings.validate().map_err(Error::Settings)?;
+        let mut spider = self.spider(&run.spider).await?;
+        if let Some(version) = run.version {
+            self.spiders
+                .manifest(&spider.name, Some(version.clone()))
+                .await?;
+            spider.version = version;
+        }
+        let nodes = self.placement(options.mode, &options.nodes).await?;
+        let now = Utc::now();
+        let mut task = Task::pending(&spider, now);
+        task.param = options.param.filter(|p| !p.trim().is_empty());
+        task.priority = priority;
+        task.settings = spider.settings.overridden_by(&options.settings);
+        task.mode = options.mode;
+        task.schedule_id = run.schedule_id;
+        task.fire_time = run.fire_time;
+        task.exclusive = run.exclusive;
+        let mut tasks = Vec::new();
+        match nodes.as_slice() {
+            [] => tasks.push(task),
+            [only] if options.mode == RunMode::Nodes => {
+                task.pinned_node = Some(only.clone());
+                tasks.push(task);
+            }
+            many => {
+                for node in many {
+                    let mut child = Task::pending(&spider, now);
+                    child.param = task.param.clone();
+                    child.priority = priority;
+                    child.settings = task.settings.clone();
+                    child.mode = options.mode;
+                    child.schedule_id = task.schedule_id;
+                    child.exclusive = task.exclusive.clone();
+                    child.parent_id = Some(task.id);
+                    child.pinned_node = Some(node.clone());
+                    tasks.push(child);
+                }
+                task.children = many.len() as u32;
+                tasks.insert(0, task);
+            }
+        }
+        self.store
+            .insert_tasks(&tasks)
+            .await
+            .map_err(|err| match (err, run.fire_time) {
+                (store::Error::Duplicate(_), Some(fire_time)) => Error::FireTimeTaken(fire_time),
+                (err, _) => err.into(),
+            })?;
+        let head = tasks.swap_remove(0);
+        info!(task_id = %head.id, spider = %head.spider_name, mode = head.mode.as_str(),
+            children = head.children, "task created");
+        self.scheduler.changed(head.id);
+        self.scheduler.kick();
+        Ok(head)
+    }
+
+    /// The nodes a run names (mode `nodes`) or covers (mode `all`); empty for mode `random`.
+    pub(crate) async fn placement(&self, mode: RunMode, nodes: &[String]) -> Result<Vec<String>> {
+        match mode {
+            RunMode::Random if nodes.is_empty() => Ok(Vec::new()),
+            RunMode::Random | RunMode::All if !nodes.is_empty() => {
+                Err(Error::NodesOutsideNodesMode(mode))
+            }
+            RunMode::All => {
+                let online = self.scheduler.online_enabled();
+                if online.is_empty() {
+                    return Err(Error::NoNodeOnline);
+                }
+                Ok(online)
+            }
+            _ => {
+                if nodes.is_empty() {
+                    return Err(Error::NoNodesNamed);
+                }
+                let known = self.store.list_nodes().await?;
+                let mut named = Vec::new();
+                for node in nodes {
+                    if !known.iter().any(|k| &k.name == node) {
+                        return Err(Error::UnknownNode(node.clone()));
+                    }
+                    if !named.contains(node) {
+                        named.push(node.clone());
+                    }
+                }
+                Ok(named)
+            }
+        }
+    }
+
+    /// Runs a task again as its next attempt; a parent re-runs its children that did not finish.
+    pub async fn restart(&self, id: TaskId) -> Result<Task> {
+        let task = self.task(id).await?;
+        if !task.status.is_terminal() {
+            return Err(Error::NotEnded {
+                id,
+                status: task.status,
+            });
+        }
+        let now = Utc::now();
+        if !task.is_parent() {
+            let next = task.next_attempt(now, None);
+            self.store.insert_task(&next).await?;
+            info!(task_id = %next.id, restart_of = %id, attempt = next.attempt, "task restarted");
+            self.scheduler.changed(next.id);
+            self.scheduler.kick();
+            if let Some(parent) = next.parent_id {
+                self.scheduler.refresh_parent(parent).await?;
+            }
+            return Ok(next);
+        }
+        let children = self.children(id).await?;
+        let unfinished: Vec<Task> = arachne_shared::task::latest_attempts(&children)
+            .into_iter()
+            .filter(|c| c.status != TaskStatus::Finished)
+            .map(|c| c.next_attempt(now, None))
+            .collect();
+        if unfinished.is_empty() {
+            return Err(Error::NothingToRestart(id));
+        }
+        self.store.insert_tasks(&unfinished).await?;
+        info!(task_id = %id, children = unfinished.len(), "parent task restarted: re-running its unfinished children");
+        for child in &unfinished {
+            self.scheduler.changed(child.id);
+        }
+        self.scheduler.refresh_parent(id).await?;
+        self.scheduler.kick();
+        self.task(id).await
+    }
+
+    /// Cancels a task that has not ended; a parent cancels its children.
+    pub async fn cancel(&self, id: TaskId) -> Result<Task> {
+        let task = self.task(id).await?;
+        if task.status.is_terminal() {
+            return Err(Error::AlreadyEnded {
+                id,
+                status: task.status,
+            });
+        }
+        if task.is_parent() {
+            for child in self.children(id).await? {
+                if !child.status.is_terminal() {
+                    self.cancel_one(child.id).await?;
+                }
+            }
+            self.scheduler.refresh_parent(id).await?;
+            return self.task(id).await;
+        }
+        self.cancel_one(id).await
+    }
+
+    /// Deletes an ended task with its logs and items; a parent takes its children with it.
+    pub async fn delete(&self, id: TaskId) -> Result<()> {
+        let task = self.task(id).await?;
+        if let Some(parent) = task.parent_id {
+            // A parent's status is derived from all its children; it must not lose one.
+            return Err(Error::ChildOfParent { id, parent });
+        }
+        let children = if task.is_parent() {
+            self.children(id).await?
+        } else {
+            Vec::new()
+        };
+        if let Some(running) = std::iter::once(&task)
+            .chain(&children)
+            .find(|t| !t.status.is_terminal())
+        {
+            return Err(Error::DeleteUnended {
+                id: running.id,
+                status: running.status,
+            });
+        }
+        // Children first, so a parent never outlives a child half-deleted by a failure.
+        for child in children.iter().chain(std::iter::once(&task)) {
+            self.store.delete_task(child).await?;
+            self.scheduler.changed(child.id);
+        }
+        info!(task_id = %id, children = children.len(), "task deleted");
+        Ok(())
+    }
+
+    /// Ends a task here when `only` allows it; `None` when it did not apply.
+    async fn finish_here(
+        &self,
+        id: TaskId,
+        reason: &'static str,
+        only: CancelHere,
+    ) -> Result<Option<Task>> {
+        let done = self
+            .store
+            .update_task(
+                id,
+                &NOT_ENDED,
+                Box::new(move |t| {
+                    if only == CancelHere::IfUnassigned && t.node.is_some() {
+                        return false;
+                    }
+                    // Written off here: whatever a worker still sends under the old lease is refused.
+                    t.lease += 1;
+                    t.finish(
+                        &TaskOutcome::Cancelled {
+                            reason: reason.into(),
+                        },
+                        Utc::now(),
+                    );
+                    true
+                }),
+            )
+            .await?;
+        if let Some(task) = &done {
+            self.scheduler.ended(task).await;
+        }
+        Ok(done)
+    }
+
+    /// Cancels one task that runs by itself (not a parent).
+    async fn cancel_one(&self, id: TaskId) -> Result<Task> {
+        // Not yet handed to a node: nothing runs anywhere, so it ends here.
+        if let Some(task) = self
+            .finish_here(id, "cancelled by user", CancelHere::IfUnassigned)
+            .await?
+        {
+            return Ok(task);
+        }
+        let task = self.task(id).await?;
+        let Some(node) = task.node.clone().filter(|_| !task.status.is_terminal()) else {
+            return Ok(task);
+        };
+        if self
+            .scheduler
+            .send_cancel(&node, id, "cancelled by user")
+            .await
+        {
+            // The worker kills the process group and reports Cancelled.
+            return Ok(task);
+        }
+        // Its node is gone, so no process of it is left to stop.
+        Ok(self
+            .finish_here(
+                id,
+                "cancelled by user (its node was offline)",
+                CancelHere::Always,
+            )
+            .await?
+            .unwrap_or(task))
+    }
+
+    /// A parent's children, oldest first.
+    async fn children(&self, parent: TaskId) -> Result<Vec<Task>> {
+        let filter = TaskFilter {
+            parent_id: Some(parent),
+            ..Default::default()
+        };
+        let mut children = self.store.all_tasks(&filter).await?;
+        children.reverse();
+        Ok(children)
+    }
+}

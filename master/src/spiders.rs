@@ -1,0 +1,229 @@
+//! The spider service: creating and changing spiders, storing their uploaded files as versions, choosing the
+//! current version, and reading a version's files. The HTTP adapter and the folder watcher both call it.
+
+use std::sync::Arc;
+
+use arachne_shared::files::{Manifest, VersionInfo};
+use arachne_shared::spider::{Dedup, RunSettings};
+use arachne_shared::upload::Upload;
+use arachne_shared::{Invalid, Spider};
+use chrono::Utc;
+use tracing::info;
+
+use crate::files::{self, SpiderFiles};
+use crate::store::{self, Store};
+
+/// Why a spider or its files could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("spider {0:?} not found")]
+    NoSpider(String),
+    #[error("spider {0:?} has no files yet")]
+    NoFiles(String),
+    #[error("spider {spider:?} has no version {version:?}")]
+    NoVersion { spider: String, version: String },
+    #[error("cmd must not be empty")]
+    EmptyCmd,
+    #[error("settings.{0}")]
+    Settings(#[source] Invalid),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("spider files: {0}")]
+    Files(#[source] files::Error),
+    #[error("store: {0}")]
+    Store(#[from] store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A spider as a user writes it. On an existing spider, what is left out keeps its value.
+#[derive(Debug, Clone, Default)]
+pub struct SpiderRequest {
+    pub name: String,
+    pub cmd: String,
+    pub settings: Option<RunSettings>,
+    /// 0 removes the limit.
+    pub max_instances: Option<u32>,
+    /// "" restores the default collection.
+    pub results_collection: Option<String>,
+    /// No keys removes deduplication.
+    pub dedup: Option<Dedup>,
+}
+
+/// Writes spiders and their versions.
+pub struct Spiders {
+    store: Arc<dyn Store>,
+    files: SpiderFiles,
+}
+
+impl Spiders {
+    pub(crate) fn new(store: Arc<dyn Store>, files: SpiderFiles) -> Self {
+        Self { store, files }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Spider> {
+        self.store
+            .spider_by_name(name)
+            .await?
+            .ok_or_else(|| Error::NoSpider(name.to_owned()))
+    }
+
+    pub async fn list(&self) -> Result<Vec<Spider>> {
+        Ok(self.store.list_spiders().await?)
+    }
+
+    /// Creates the spider, or changes the one of that name.
+    pub async fn put(&self, request: SpiderRequest) -> Result<Spider> {
+        arachne_shared::spider::validate_name("spider", &request.name)?;
+        let cmd = request.cmd.trim();
+        if cmd.is_empty() {
+            return Err(Error::EmptyCmd);
+        }
+        if let Some(settings) = &request.settings {
+            settings.validate().map_err(Error::Settings)?;
+        }
+        let keep_collection = request.results_collection.is_none();
+        let results_collection = request.results_collection.filter(|c| !c.is_empty());
+        if let Some(collection) = &results_collection {
+            arachne_shared::spider::validate_collection(collection)?;
+        }
+        let keep_dedup = request.dedup.is_none();
+        let dedup = request.dedup.filter(|d| !d.keys.is_empty());
+        if let Some(dedup) = &dedup {
+            dedup.validate()?;
+        }
+        let now = Utc::now();
+        let spider = match self.store.spider_by_name(&request.name).await? {
+            Some(existing) => Spider {
+                cmd: cmd.to_owned(),
+                updated_at: now,
+                settings: request.settings.unwrap_or(existing.settings.clone()),
+                max_instances: match request.max_instances {
+                    Some(0) => None,
+                    Some(max) => Some(max),
+                    None => existing.max_instances,
+                },
+                results_collection: if keep_collection {
+                    existing.results_collection.clone()
+                } else {
+                    results_collection
+                },
+                dedup: if keep_dedup {
+                    existing.dedup.clone()
+                } else {
+                    dedup
+                },
+                ..existing
+            },
+            None => Spider {
+                settings: request.settings.unwrap_or_default(),
+                max_instances: request.max_instances.filter(|max| *max > 0),
+                results_collection,
+                dedup,
+                ..Spider::new(request.name, cmd, now)
+            },
+        };
+        self.store.put_spider(&spider).await?;
+        Ok(spider)
+    }
+
+    /// Stores an upload as a new version and makes it current.
+    pub async fn upload(&self, name: &str, upload: Upload) -> Result<Spider> {
+        let spider = self.get(name).await?;
+        let version = self
+            .files
+            .store_upload(spider.id, upload)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        info!(spider = %name, version = %version.hash, files = version.file_count, bytes = version.total_bytes,
+            "spider files uploaded");
+        self.make_current(spider, version).await
+    }
+
+    /// Every stored version, the current one marked.
+    pub async fn versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
+        let spider = self.get(name).await?;
+        let mut versions = self
+            .files
+            .versions(spider.id)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        for v in &mut versions {
+            v.current = v.hash == spider.version;
+        }
+        Ok(versions)
+    }
+
+    /// Makes a stored version current (a rollback, or a roll forward).
+    pub async fn set_current(&self, name: &str, version: &str) -> Result<Spider> {
+        let spider = self.get(name).await?;
+        let info = self
+            .files
+            .version(spider.id, version)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        self.make_current(spider, info).await
+    }
+
+    /// The files of a version (the current one when `None`), and which version that is.
+    pub async fn manifest(
+        &self,
+        name: &str,
+        version: Option<String>,
+    ) -> Result<(String, Manifest)> {
+        let (spider, version) = self.version_of(name, version).await?;
+        let manifest = self
+            .files
+            .manifest(spider.id, &version)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        Ok((version, manifest))
+    }
+
+    /// One file of a version (the current one when `None`).
+    pub async fn read_file(
+        &self,
+        name: &str,
+        path: &str,
+        version: Option<String>,
+    ) -> Result<Vec<u8>> {
+        let (spider, version) = self.version_of(name, version).await?;
+        self.files
+            .read_file(spider.id, &version, path)
+            .await
+            .map_err(|err| files_error(name, err))
+    }
+
+    /// The spider and the version a file request means: the named one, or the current one.
+    async fn version_of(&self, name: &str, version: Option<String>) -> Result<(Spider, String)> {
+        let spider = self.get(name).await?;
+        let version = match version {
+            Some(v) => v,
+            None if spider.version.is_empty() => return Err(Error::NoFiles(name.to_owned())),
+            None => spider.version.clone(),
+        };
+        Ok((spider, version))
+    }
+
+    async fn make_current(&self, spider: Spider, version: VersionInfo) -> Result<Spider> {
+        let spider = Spider {
+            version: version.hash,
+            file_count: version.file_count,
+            total_bytes: version.total_bytes,
+            updated_at: Utc::now(),
+            ..spider
+        };
+        self.store.put_spider(&spider).await?;
+        Ok(spider)
+    }
+}
+
+fn files_error(spider: &str, err: files::Error) -> Error {
+    match err {
+        files::Error::NotFound(version) => Error::NoVersion {
+            spider: spider.to_owned(),
+            version,
+        },
+        other => Error::Files(other),
+    }
+}

@@ -1,0 +1,177 @@
+//! Checks over the source tree for the boundaries ARCHITECTURE.md states, so they hold without a reviewer:
+//! the master's core speaks its own types (HTTP and gRPC only at its edges), no prost type leaves `proto`,
+//! `shared` pulls in no runtime or database, errors are typed, and every file says what it owns.
+
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Every `.rs` file under `dir`, sorted.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The file's text before its unit tests, which may use whatever they check.
+fn source(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    match text.find("#[cfg(test)]") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// `(file, line number, line)` of each line of the files that contains one of `needles`.
+fn offending(files: &[PathBuf], needles: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for file in files {
+        for (number, line) in source(file).lines().enumerate() {
+            if needles.iter().any(|n| line.contains(n)) {
+                found.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// The files of the master that are its edges: the HTTP and gRPC adapters, the listeners, and the wiring.
+const MASTER_EDGES: [&str; 5] = ["lib.rs", "main.rs", "http.rs", "cluster.rs", "listen.rs"];
+
+#[test]
+fn the_master_s_core_uses_no_http_or_grpc_type() {
+    let src = workspace().join("master/src");
+    let core: Vec<PathBuf> = rust_files(&src)
+        .into_iter()
+        .filter(|f| {
+            let relative = f.strip_prefix(&src).unwrap().to_str().unwrap();
+            !MASTER_EDGES.contains(&relative)
+        })
+        .collect();
+    assert!(core.len() > 10, "the core was not found: {core:?}");
+    let found = offending(
+        &core,
+        &[
+            "arachne_web_api",
+            "axum",
+            "hyper",
+            "reqwest",
+            "tonic",
+            "prost",
+            "Rejection",
+            "StatusCode",
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "HTTP or gRPC types in the master's core (convert them in http.rs or cluster.rs):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn no_generated_protobuf_type_leaves_proto() {
+    let mut files = Vec::new();
+    for krate in ["master", "worker", "web-api", "shared"] {
+        files.extend(rust_files(&workspace().join(krate).join("src")));
+    }
+    let found = offending(&files, &["prost", "pb::", "arachne_proto::pb"]);
+    assert!(
+        found.is_empty(),
+        "protobuf types outside proto:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn shared_depends_on_no_runtime_transport_or_database() {
+    let manifest = std::fs::read_to_string(workspace().join("shared/Cargo.toml")).unwrap();
+    for crate_name in [
+        "tokio", "tonic", "prost", "mongodb", "bson", "rusqlite", "axum",
+    ] {
+        assert!(
+            !manifest
+                .lines()
+                .any(|l| l.trim_start().starts_with(crate_name)),
+            "shared/Cargo.toml names {crate_name}"
+        );
+    }
+}
+
+#[test]
+fn no_function_returns_a_bare_string_error() {
+    let mut files = Vec::new();
+    for krate in ["master", "worker", "web-api", "shared", "proto"] {
+        files.extend(rust_files(&workspace().join(krate).join("src")));
+    }
+    let mut found = Vec::new();
+    for file in &files {
+        for (number, line) in source(file).lines().enumerate() {
+            let Some(at) = line.find("Result<") else {
+                continue;
+            };
+            if line[at..].contains(", String>") {
+                found.push(format!(
+                    "{}:{}: {}",
+                    file.display(),
+                    number + 1,
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Result<_, String> (give the failure a typed error):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_source_file_says_what_it_owns() {
+    let mut files = Vec::new();
+    for krate in ["master", "worker", "web-api", "shared", "proto"] {
+        for dir in ["src", "tests", "examples"] {
+            let dir = workspace().join(krate).join(dir);
+            if dir.is_dir() {
+                files.extend(rust_files(&dir));
+            }
+        }
+    }
+    let missing: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            !std::fs::read_to_string(f)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a //! header:\n{}",
+        missing.join("\n")
+    );
+}
