@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arachne_api_types::{CreateSpider, RunTask, TaskQuery};
+use arachne_client::{Client, FollowEvent};
 use arachne_master::store::Store;
 use arachne_master::store::embedded::EmbeddedStore;
 use arachne_master::{Config, Listeners, LocalWorker};
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, LogStream, RunMode, SpiderId, Task, TaskId, TaskStatus,
 };
-use arachne_web_api::client::{Client, FollowEvent};
-use arachne_web_api::types::{CreateSpider, RunTask, TaskQuery};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -3,8 +3,8 @@
 
 mod common;
 
+use arachne_api_types::{RunTask, TaskQuery};
 use arachne_shared::TaskStatus;
-use arachne_web_api::types::{RunTask, TaskQuery};
 use common::{API_TOKEN, TestMaster, create_spider, wait_done};
 
 const ITEMS: &str = r#"
@@ -130,7 +130,7 @@ async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() 
     let sleeping = client.run_task(&run("sleeper")).await.unwrap();
     let refused = client.delete_task(sleeping.id).await.unwrap_err();
     assert!(
-        matches!(&refused, arachne_web_api::client::Error::Api { status: 409, message, .. } if message.contains("has not ended")),
+        matches!(&refused, arachne_client::Error::Api { status: 409, message, .. } if message.contains("has not ended")),
         "{refused}"
     );
     client.cancel_task(sleeping.id).await.unwrap();
@@ -154,7 +154,7 @@ async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() 
     let missing = client.delete_task(first.id).await.unwrap_err();
     assert!(matches!(
         missing,
-        arachne_web_api::client::Error::Api { status: 404, .. }
+        arachne_client::Error::Api { status: 404, .. }
     ));
     // The other run and its records are untouched.
     assert_eq!(ids(TaskQuery::default()).await, [second.id]);
@@ -421,7 +421,7 @@ async fn a_cut_log_follow_reconnects_and_resumes_with_no_gap_and_no_duplicate() 
     .await;
     let (proxy, connections) = flaky_proxy(master.http, 4_000).await;
     let through_proxy =
-        arachne_web_api::client::Client::with_token(&format!("http://{proxy}"), API_TOKEN).unwrap();
+        arachne_client::Client::with_token(&format!("http://{proxy}"), API_TOKEN).unwrap();
 
     let task = client.run_task(&run("slow")).await.unwrap();
     let mut seqs = Vec::new();
@@ -430,11 +430,11 @@ async fn a_cut_log_follow_reconnects_and_resumes_with_no_gap_and_no_duplicate() 
     tokio::time::timeout(
         common::TIMEOUT,
         through_proxy.follow_logs(task.id, 0, |event| match event {
-            arachne_web_api::client::FollowEvent::Line(line) => {
+            arachne_client::FollowEvent::Line(line) => {
                 seqs.push(line.seq);
                 texts.push(line.text);
             }
-            arachne_web_api::client::FollowEvent::End(task) => ended = Some(task.status),
+            arachne_client::FollowEvent::End(task) => ended = Some(task.status),
         }),
     )
     .await

@@ -4,9 +4,9 @@
 
 mod common;
 
+use arachne_api_types::{CronQuery, LogSearchQuery, RunTask};
+use arachne_client::Error;
 use arachne_shared::TaskStatus;
-use arachne_web_api::client::Error;
-use arachne_web_api::types::{CronQuery, LogSearchQuery, RunTask};
 use common::{TestMaster, create_spider, wait_done};
 
 /// 120,000 lines (more than one search request scans), every 25,000th holding the needle, in varying case.

@@ -6,8 +6,8 @@ mod common;
 
 use std::process::Output;
 
+use arachne_client::{Client, Error as ClientError};
 use arachne_master::Config;
-use arachne_web_api::client::{Client, Error as ClientError};
 use common::{TIMEOUT, TestMaster, TestWorker, eventually, workspace_bin};
 
 /// Runs `arachne-master token ...` against the store `master` uses.
@@ -313,7 +313,7 @@ async fn without_tokens_only_loopback_hosts_and_requests_a_page_cannot_forge_are
     );
     let with_header = http
         .post(format!("{base}/api/v1/schedules/nightly/run"))
-        .header(arachne_web_api::CLIENT_HEADER, "test")
+        .header(arachne_api_types::CLIENT_HEADER, "test")
         .send()
         .await
         .unwrap();

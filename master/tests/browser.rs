@@ -102,7 +102,7 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
     // What the UI did happened for real: the uploaded spider's task was cancelled and its process killed.
     let page = master
         .client
-        .list_tasks(&arachne_web_api::types::TaskQuery {
+        .list_tasks(&arachne_api_types::TaskQuery {
             spider: Some("ui-demo".into()),
             ..Default::default()
         })

@@ -496,7 +496,7 @@ async fn the_cli_prints_deep_items_and_stops_quietly_when_its_reader_leaves() {
     for _ in 0..700 {
         master
             .client
-            .run_task(&arachne_web_api::types::RunTask {
+            .run_task(&arachne_api_types::RunTask {
                 spider: "deep".into(),
                 ..Default::default()
             })

@@ -132,14 +132,12 @@ async fn with_a_certificate_the_api_and_the_worker_port_speak_only_tls() {
     // Without the certificate the client does not trust the master; in cleartext the master does not talk.
     let https = format!("https://{}", master.http);
     let untrusting =
-        arachne_web_api::client::Client::with_tls(&https, Some(common::API_TOKEN), None).unwrap();
+        arachne_client::Client::with_tls(&https, Some(common::API_TOKEN), None).unwrap();
     let err = untrusting.list_spiders().await.unwrap_err().to_string();
     assert!(err.contains("cannot reach"), "{err}");
-    let plain = arachne_web_api::client::Client::with_token(
-        &format!("http://{}", master.http),
-        common::API_TOKEN,
-    )
-    .unwrap();
+    let plain =
+        arachne_client::Client::with_token(&format!("http://{}", master.http), common::API_TOKEN)
+            .unwrap();
     assert!(plain.list_spiders().await.is_err());
 
     // A worker joins over TLS with the certificate as its authority, and runs a task.
@@ -159,7 +157,7 @@ async fn with_a_certificate_the_api_and_the_worker_port_speak_only_tls() {
     common::create_spider(&master.client, "hi", "echo hi", &[("x", "")]).await;
     let task = master
         .client
-        .run_task(&arachne_web_api::types::RunTask {
+        .run_task(&arachne_api_types::RunTask {
             spider: "hi".into(),
             ..Default::default()
         })

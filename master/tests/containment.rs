@@ -5,10 +5,10 @@ mod common;
 
 use std::path::Path;
 
+use arachne_api_types::RunTask;
+use arachne_client::Client;
 use arachne_master::{Config, LocalWorker};
 use arachne_shared::{RunMode, TaskStatus};
-use arachne_web_api::client::Client;
-use arachne_web_api::types::RunTask;
 use arachne_worker::sandbox::SpiderUser;
 use common::{
     MasterProcess, TestMaster, all_logs, create_spider, eventually, free_port, quick_runner,

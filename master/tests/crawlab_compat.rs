@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use arachne_api_types::{ItemQuery, LogQuery, RunTask};
 use arachne_shared::{LogStream, TaskStatus};
-use arachne_web_api::types::{ItemQuery, LogQuery, RunTask};
 use common::{TestMaster, create_spider, wait_done};
 
 const PACKAGES: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];

@@ -8,9 +8,9 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 
+use arachne_api_types::{CreateSpider, RunTask};
+use arachne_client::Client;
 use arachne_shared::{Task, TaskStatus};
-use arachne_web_api::client::Client;
-use arachne_web_api::types::{CreateSpider, RunTask};
 use common::{TestMaster, all_logs, spider_dir, wait_done};
 
 /// Uploads a spider from text files plus binary ones.

@@ -3,9 +3,9 @@
 
 mod common;
 
+use arachne_api_types::{ItemQuery, LogQuery, RunTask, TaskQuery};
+use arachne_client::FollowEvent;
 use arachne_shared::{LogStream, NodeStatus, TaskStatus};
-use arachne_web_api::client::FollowEvent;
-use arachne_web_api::types::{ItemQuery, LogQuery, RunTask, TaskQuery};
 use common::{TestMaster, create_spider, eventually, wait_done, workspace_bin};
 
 const LINES_SPIDER: &str = r#"
@@ -620,7 +620,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
     let master = TestMaster::start(data.path(), true).await;
     let client = &master.client;
     master.wait_nodes_online(1).await;
-    let one = arachne_web_api::types::UpdateNode {
+    let one = arachne_api_types::UpdateNode {
         max_runners: Some(1),
         ..Default::default()
     };
@@ -666,7 +666,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
         "a task beyond the limit is not handed out"
     );
 
-    let three = arachne_web_api::types::UpdateNode {
+    let three = arachne_api_types::UpdateNode {
         max_runners: Some(3),
         ..Default::default()
     };
@@ -680,7 +680,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
         assert_eq!(wait_done(client, *id).await.status, TaskStatus::Finished);
     }
 
-    let zero = arachne_web_api::types::UpdateNode {
+    let zero = arachne_api_types::UpdateNode {
         max_runners: Some(0),
         ..Default::default()
     };

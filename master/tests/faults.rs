@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arachne_api_types::{RunTask, TaskQuery};
+use arachne_client::Client;
 use arachne_master::Config;
 use arachne_shared::{RunMode, Task, TaskStatus};
-use arachne_web_api::client::Client;
-use arachne_web_api::types::{RunTask, TaskQuery};
 use common::{
     MasterProcess, TestMaster, TestWorker, create_spider, eventually, free_port, wait_done,
     wait_online,

@@ -6,11 +6,11 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use arachne_api_types::{CreateSpider, RunTask};
+use arachne_client::Client;
 use arachne_shared::RunMode;
 use arachne_shared::TaskStatus;
 use arachne_shared::spider::DedupMode;
-use arachne_web_api::client::Client;
-use arachne_web_api::types::{CreateSpider, RunTask};
 use common::{TestMaster, TestWorker, all_logs, spider_dir, wait_done};
 
 /// Contents in a worker's (or master's) blob store.

@@ -2,9 +2,9 @@
 
 mod common;
 
+use arachne_api_types::{ItemQuery, LogQuery, RunTask};
 use arachne_master::{Config, LocalWorker};
 use arachne_shared::{LogLine, LogStream, TaskStatus};
-use arachne_web_api::types::{ItemQuery, LogQuery, RunTask};
 use common::{TestMaster, create_spider, wait_done};
 
 /// A master whose local worker cuts lines at 1 MiB, so a test can cross the limit without 16 MiB of output.
@@ -274,7 +274,7 @@ async fn run_settings_merge_over_the_spider_and_bad_ones_are_refused() {
         &[("run.sh", "echo \"$GREETING $TARGET\"\nsleep 1\n")],
     )
     .await;
-    let spider = arachne_web_api::types::CreateSpider {
+    let spider = arachne_api_types::CreateSpider {
         name: "envs".into(),
         cmd: "sh run.sh".into(),
         settings: Some(settings(

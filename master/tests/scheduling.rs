@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use arachne_api_types::{CreateSpider, RunTask, ScheduleSpec, TaskQuery, UpdateNode};
+use arachne_client::Client;
 use arachne_master::Config;
 use arachne_shared::{RunMode, Task, TaskStatus};
-use arachne_web_api::client::Client;
-use arachne_web_api::types::{CreateSpider, RunTask, ScheduleSpec, TaskQuery, UpdateNode};
 use chrono::{DateTime, Timelike, Utc};
 use common::{TestMaster, TestWorker, create_spider, eventually, wait_done};
 
@@ -670,7 +670,7 @@ for i in range(400):
     let items = client
         .items(
             task.id,
-            &arachne_web_api::types::ItemQuery {
+            &arachne_api_types::ItemQuery {
                 limit: Some(10_000),
                 ..Default::default()
             },

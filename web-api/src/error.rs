@@ -1,10 +1,10 @@
 //! API errors and their HTTP mapping: every error is `{"error":{"code":"...","message":"..."}}` with the
 //! status code its kind calls for.
 
+use arachne_api_types::{ErrorBody, ErrorDetail};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
 /// An API error. The message names the thing that was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -55,19 +55,6 @@ impl Error {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-}
-
-/// The JSON body of an error response.
-#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-/// The inside of [`ErrorBody`].
-#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
 }
 
 impl IntoResponse for Error {

@@ -4,23 +4,21 @@
 //! Architecture invariant: the master is reached only through the [`Backend`] trait. Nothing here knows how
 //! the master stores, schedules or runs anything, and the master knows nothing of HTTP.
 
-pub mod cli;
-pub mod client;
 mod csv;
-mod describe;
 mod error;
 mod metrics;
 mod openapi;
 mod routes;
-pub mod types;
 mod ui;
 
 use arachne_shared::files::VersionInfo;
 use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
-pub use error::{Error, ErrorBody, ErrorDetail};
-pub use routes::{CLIENT_HEADER, RouterOptions, router};
+pub use arachne_api_types as types;
+pub use arachne_api_types::CLIENT_HEADER;
+pub use error::Error;
+pub use routes::{RouterOptions, router};
 use types::{
     CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode, Upload,
     VersionFiles,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::types::{Histogram, Metrics};
+use arachne_api_types::{Histogram, Metrics};
 
 /// The content type Prometheus expects for this format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -9,7 +9,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
-use crate::ErrorBody;
+use arachne_api_types::ErrorBody;
 
 /// Makes the schema of one type, registering what it refers to.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;

@@ -22,13 +22,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::csv::Columns;
 use crate::openapi::{self, Doc, Reply};
-use crate::types::{
-    CreateSpider, CronPreview, CronQuery, DEFAULT_LIMIT, EVENT_DELETED, EVENT_END, EVENT_LAGGED,
-    EVENT_LOG, EVENT_TASK, EventQuery, ItemFormat, ItemQuery, LOG_SEARCH_SCAN, LogQuery, LogSearch,
-    LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView, Spool, TaskQuery,
-    TaskTree, UpdateNode, Upload, UploadedFile, VersionFiles, VersionQuery, WaitQuery,
-};
 use crate::{Backend, Error, Result};
+use arachne_api_types::{
+    CLIENT_HEADER, CreateSpider, CronPreview, CronQuery, DEFAULT_LIMIT, EVENT_DELETED, EVENT_END,
+    EVENT_LAGGED, EVENT_LOG, EVENT_TASK, EventQuery, ItemFormat, ItemQuery, LOG_SEARCH_SCAN,
+    LogQuery, LogSearch, LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView,
+    Spool, TaskQuery, TaskTree, UpdateNode, Upload, UploadedFile, VersionFiles, VersionQuery,
+    WaitQuery,
+};
 
 /// Limits of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -111,10 +112,6 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
     };
     router.with_state(backend)
 }
-
-/// The header every Arachne client (the CLI and the web UI) sends. A page of another origin cannot send a
-/// custom header without a CORS preflight, which this server never grants.
-pub const CLIENT_HEADER: &str = "x-arachne-client";
 
 /// For a master without tokens: refuses a Host header that is not loopback, and a state-changing request
 /// that has neither a JSON body nor [`CLIENT_HEADER`] (a form or a bare POST another site's page can send).
@@ -232,7 +229,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/health",
             "Health for load balancers; needs no token. 503 with the cause while the store refuses writes",
             none,
-            Out::Json(200, schema::<crate::types::Health>),
+            Out::Json(200, schema::<arachne_api_types::Health>),
             get(health),
         ),
         route(
@@ -581,8 +578,8 @@ fn limit(limit: Option<u32>) -> Result<u32> {
 async fn health(State(api): State<Api>) -> impl IntoResponse {
     let health = api.health().await;
     let status = match health.status {
-        crate::types::HealthStatus::Ok => StatusCode::OK,
-        crate::types::HealthStatus::Failing => StatusCode::SERVICE_UNAVAILABLE,
+        arachne_api_types::HealthStatus::Ok => StatusCode::OK,
+        arachne_api_types::HealthStatus::Failing => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, Json(health))
 }

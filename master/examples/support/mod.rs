@@ -2,8 +2,8 @@
 //! process's memory.
 
 use anyhow::Context;
-use arachne_web_api::client::Client;
-use arachne_web_api::types::CreateSpider;
+use arachne_api_types::CreateSpider;
+use arachne_client::Client;
 
 /// Creates (or updates) the spider `name` running `cmd`, with `files` (path, content) as its folder.
 pub(crate) async fn spider(

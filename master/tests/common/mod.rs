@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arachne_api_types::CreateSpider;
+use arachne_client::Client;
 use arachne_master::{Config, Listeners, LocalWorker};
 use arachne_shared::{Task, TaskId};
-use arachne_web_api::client::Client;
-use arachne_web_api::types::CreateSpider;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -281,7 +281,7 @@ pub async fn all_logs(client: &Client, id: TaskId) -> Vec<arachne_shared::LogLin
     let mut logs: Vec<arachne_shared::LogLine> = Vec::new();
     loop {
         let after = logs.last().map(|l| l.seq);
-        let query = arachne_web_api::types::LogQuery {
+        let query = arachne_api_types::LogQuery {
             after,
             limit: Some(10_000),
             follow: None,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use arachne_web_api::cli::{Cli, run};
+use arachne_cli::{Cli, run};
 use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]

@@ -1,4 +1,6 @@
-//! Request and response types of the HTTP API. Responses reuse the plain domain types from `arachne_shared`.
+//! Arachne's HTTP contract: the request and response types of the API, its error body, and the header its own
+//! clients send. Responses reuse the plain domain types from `arachne_shared`. The server, the client and the
+//! CLI all build on this crate, so each compiles only what it uses.
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::{Dedup, RunSettings};
@@ -334,3 +336,20 @@ pub struct Metrics {
 }
 
 pub use arachne_shared::histogram::Histogram;
+
+/// The JSON body of an error response: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// The header Arachne's own clients (the CLI, the web UI) send. Without tokens, a state-changing request needs
+/// it or a JSON body, which a page of another site cannot make a browser send.
+pub const CLIENT_HEADER: &str = "x-arachne-client";

@@ -8,11 +8,11 @@ use futures_util::StreamExt;
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
-use crate::error::ErrorBody;
-use crate::types::{
+use arachne_api_types::{
     CreateSpider, CronPreview, CronQuery, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG,
-    EVENT_TASK, EventQuery, ItemQuery, LogQuery, LogSearch, LogSearchQuery, Page, RunTask,
-    ScheduleSpec, ScheduleView, TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery,
+    EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery, LogSearch, LogSearchQuery, Page,
+    RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree, UpdateNode, VersionFiles,
+    VersionQuery,
 };
 
 /// Errors of client calls.
@@ -93,7 +93,7 @@ impl Client {
     fn build_tls(base: &str, token: Option<&str>, ca_pem: Option<&[u8]>) -> Result<Self> {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
-            crate::routes::CLIENT_HEADER,
+            arachne_api_types::CLIENT_HEADER,
             reqwest::header::HeaderValue::from_static("cli"),
         );
         if let Some(token) = token {
@@ -189,8 +189,8 @@ impl Client {
     ) -> Result<Spider> {
         const PIECE: usize = 256 * 1024;
         let total = archive.len() as u64;
-        let archive = axum::body::Bytes::from(archive);
-        let pieces: Vec<axum::body::Bytes> = (0..archive.len())
+        let archive = bytes::Bytes::from(archive);
+        let pieces: Vec<bytes::Bytes> = (0..archive.len())
             .step_by(PIECE)
             .map(|at| archive.slice(at..(at + PIECE).min(archive.len())))
             .collect();

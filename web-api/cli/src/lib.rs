@@ -4,16 +4,18 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod describe;
+
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::{Dedup, DedupMode, RunSettings};
 use arachne_shared::{RunMode, Spider, Task, TaskId, TaskStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::client::{Client, FollowEvent, TaskEvent};
-use crate::types::{
+use arachne_api_types::{
     CreateSpider, EventQuery, ItemQuery, MAX_LIMIT, RunTask, ScheduleSpec, ScheduleView, TaskQuery,
     UpdateNode,
 };
+use arachne_client::{Client, FollowEvent, TaskEvent};
 
 /// `print!` that returns a write failure instead of panicking: `arachne ... | head` closes the pipe early,
 /// and [`run`] takes that as the reader's choice.
@@ -34,7 +36,7 @@ macro_rules! outln {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Client(#[from] crate::client::Error),
+    Client(#[from] arachne_client::Error),
     #[error("packing the spider folder failed: {0}")]
     Archive(#[from] arachne_shared::archive::Error),
     #[error("invalid task id {0:?}")]
@@ -782,7 +784,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, Error> {
             }
             let mut after = 0;
             loop {
-                let query = crate::types::LogQuery {
+                let query = arachne_api_types::LogQuery {
                     after: Some(after),
                     limit: Some(MAX_LIMIT),
                     follow: None,
