@@ -1,0 +1,119 @@
+//! `arachne node ...`: list worker nodes and change their runner slots or whether they take new tasks.
+
+use std::process::ExitCode;
+
+use arachne_api_types::UpdateNode;
+use arachne_client::Client;
+use arachne_shared::Node;
+use clap::Subcommand;
+
+use crate::Error;
+use crate::output::{Output, print_table};
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    List,
+    /// Change a node at run time; the setting survives its reconnects.
+    Set {
+        name: String,
+        /// How many tasks the node runs at once. Running tasks are never stopped by a lower limit.
+        #[arg(long)]
+        max_runners: u32,
+    },
+    /// Let the node take new tasks again.
+    Enable {
+        name: String,
+    },
+    /// Give the node no new tasks; the ones it runs carry on.
+    Disable {
+        name: String,
+    },
+}
+
+impl NodeCommand {
+    pub(crate) async fn apply(self, client: &Client, output: Output) -> Result<ExitCode, Error> {
+        let (name, update) = match self {
+            Self::List => return output.show(&client.list_nodes().await?, |n| print_nodes(n)),
+            Self::Set { name, max_runners } => (
+                name,
+                UpdateNode {
+                    max_runners: Some(max_runners),
+                    enabled: None,
+                },
+            ),
+            Self::Enable { name } => (
+                name,
+                UpdateNode {
+                    max_runners: None,
+                    enabled: Some(true),
+                },
+            ),
+            Self::Disable { name } => (
+                name,
+                UpdateNode {
+                    max_runners: None,
+                    enabled: Some(false),
+                },
+            ),
+        };
+        output.show(&client.update_node(&name, &update).await?, |node| {
+            outln!(
+                "node {} max runners {} ({}, {})",
+                node.name,
+                node.max_runners,
+                node.status.as_str(),
+                if node.enabled { "enabled" } else { "disabled" }
+            );
+            Ok(())
+        })
+    }
+}
+
+fn print_nodes(nodes: &[Node]) -> Result<(), Error> {
+    let gib = |bytes: u64| format!("{:.1}", bytes as f64 / f64::from(1u32 << 30));
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            let (cpu, memory, disk) = match &n.metrics {
+                Some(m) => (
+                    format!("{:.0}%", m.cpu_percent),
+                    format!(
+                        "{}/{} GiB",
+                        gib(m.memory_used_bytes),
+                        gib(m.memory_total_bytes)
+                    ),
+                    format!("{}/{} GiB", gib(m.disk_used_bytes), gib(m.disk_total_bytes)),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                n.name.clone(),
+                n.status.as_str().into(),
+                if n.enabled { "yes" } else { "no" }.into(),
+                format!("{}/{}", n.running, n.max_runners),
+                cpu,
+                memory,
+                disk,
+                n.version.clone(),
+                n.last_seen.format("%Y-%m-%d %H:%M:%S").to_string(),
+                labels.join(","),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NAME",
+            "STATUS",
+            "ENABLED",
+            "RUNNING",
+            "CPU",
+            "MEMORY",
+            "DISK",
+            "VERSION",
+            "LAST SEEN",
+            "LABELS",
+        ],
+        rows,
+    )
+}

@@ -1,0 +1,346 @@
+//! The task commands: `task list/show/restart/delete`, and `logs`, `items`, `cancel` and `events`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use arachne_api_types::{EventQuery, ItemQuery, LogQuery, MAX_LIMIT, TaskQuery};
+use arachne_client::{Client, TaskEvent};
+use arachne_shared::{Task, TaskStatus};
+use clap::{Subcommand, ValueEnum};
+
+use crate::output::{Output, or_dash, print_table};
+use crate::{Error, parse_id};
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    List {
+        #[arg(long)]
+        spider: Option<String>,
+        #[arg(long)]
+        status: Option<TaskStatus>,
+        /// Only tasks handed to this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only tasks this schedule (name or id) created.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only tasks created at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only tasks created before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Skip this many of the newest matching tasks.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+    },
+    Show {
+        id: String,
+        /// Also list the task's children.
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// Run an ended task again; for a parent, only its children that did not finish.
+    Restart { id: String },
+    /// Delete an ended task with its logs and items; a parent goes with its children.
+    Delete { id: String },
+}
+
+impl TaskCommand {
+    pub(crate) async fn apply(self, client: &Client, output: Output) -> Result<ExitCode, Error> {
+        match self {
+            Self::List {
+                spider,
+                status,
+                node,
+                schedule,
+                since,
+                until,
+                limit,
+                offset,
+            } => {
+                let schedule = match schedule {
+                    Some(name) => Some(client.get_schedule(&name).await?.schedule.id),
+                    None => None,
+                };
+                let query = TaskQuery {
+                    spider,
+                    status,
+                    node,
+                    schedule,
+                    since,
+                    until,
+                    limit: Some(limit),
+                    offset: Some(offset),
+                    ..TaskQuery::default()
+                };
+                output.show(&client.list_tasks(&query).await?, |page| {
+                    print_tasks(&page.items)?;
+                    outln!("({} of {} tasks)", page.items.len(), page.total);
+                    Ok(())
+                })
+            }
+            Self::Show { id, recursive } => {
+                let id = parse_id(&id)?;
+                if recursive {
+                    return output.show(&client.task_tree(id).await?, |tree| {
+                        print_tasks(std::slice::from_ref(&tree.task))?;
+                        outln!("children:");
+                        print_tasks(&tree.children_tasks)
+                    });
+                }
+                output.show(&client.get_task(id).await?, |task| {
+                    out!("{}", crate::describe::task(task));
+                    Ok(())
+                })
+            }
+            Self::Delete { id } => {
+                let id = parse_id(&id)?;
+                client.delete_task(id).await?;
+                output.show(&serde_json::json!({"deleted": id}), |_| {
+                    outln!("deleted task {id}");
+                    Ok(())
+                })
+            }
+            Self::Restart { id } => {
+                output.show(&client.restart_task(parse_id(&id)?).await?, |task| {
+                    outln!("{}", task.id);
+                    Ok(())
+                })
+            }
+        }
+    }
+}
+
+/// `arachne logs ID`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    id: String,
+    /// Keep streaming until the task ends.
+    #[arg(long, short)]
+    follow: bool,
+}
+
+impl LogsArgs {
+    pub(crate) async fn apply(self, client: &Client) -> Result<ExitCode, Error> {
+        let id = parse_id(&self.id)?;
+        if self.follow {
+            return crate::run::follow_logs(client, id).await;
+        }
+        let mut after = 0;
+        loop {
+            let query = LogQuery {
+                after: Some(after),
+                limit: Some(MAX_LIMIT),
+                follow: None,
+            };
+            let lines = client.logs(id, &query).await?;
+            let mut out = std::io::stdout().lock();
+            for line in &lines {
+                writeln!(out, "{}", line.text)?;
+            }
+            match lines.last() {
+                Some(last) if lines.len() == MAX_LIMIT as usize => after = last.seq,
+                _ => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ItemsFormat {
+    Jsonl,
+    Json,
+    /// One column per field, as the server exports it.
+    Csv,
+}
+
+/// `arachne items ID`.
+#[derive(Debug, clap::Args)]
+pub struct ItemsArgs {
+    id: String,
+    #[arg(long, value_enum, default_value_t = ItemsFormat::Jsonl)]
+    format: ItemsFormat,
+}
+
+impl ItemsArgs {
+    pub(crate) async fn apply(self, client: &Client) -> Result<ExitCode, Error> {
+        let id = parse_id(&self.id)?;
+        let format = self.format;
+        if format == ItemsFormat::Csv {
+            let mut out = std::io::stdout().lock();
+            let mut failed = None;
+            client
+                .export_items_csv(id, |chunk| match out.write_all(chunk) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
+                    }
+                })
+                .await?;
+            return match failed {
+                Some(err) => Err(err.into()),
+                None => Ok(ExitCode::SUCCESS),
+            };
+        }
+        let mut after = 0;
+        let mut all = Vec::new();
+        loop {
+            let query = ItemQuery {
+                after: Some(after),
+                limit: Some(MAX_LIMIT),
+                format: None,
+            };
+            let items = client.items(id, &query).await?;
+            let full = items.len() == MAX_LIMIT as usize;
+            if let Some(last) = items.last() {
+                after = last.seq;
+            }
+            match format {
+                ItemsFormat::Jsonl => {
+                    let mut out = std::io::stdout().lock();
+                    for item in items {
+                        writeln!(out, "{}", item.data.get())?;
+                    }
+                }
+                // As the spider wrote them: nothing is decoded, so no nesting is too deep to print and
+                // every object keeps its key order.
+                ItemsFormat::Json => all.extend(items.into_iter().map(|item| item.data)),
+                ItemsFormat::Csv => {}
+            }
+            if !full {
+                break;
+            }
+        }
+        if format == ItemsFormat::Json {
+            crate::output::print_json(&all)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `arachne cancel ID`.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    id: String,
+}
+
+impl CancelArgs {
+    pub(crate) async fn apply(self, client: &Client, output: Output) -> Result<ExitCode, Error> {
+        let task = client.cancel_task(parse_id(&self.id)?).await?;
+        output.show(&task, |task| {
+            if task.status.is_terminal() {
+                outln!("task {} {}", task.id, task.status);
+            } else {
+                outln!(
+                    "task {} cancelling: its process group is being stopped",
+                    task.id
+                );
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `arachne events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only tasks of this spider.
+    #[arg(long)]
+    spider: Option<String>,
+    /// Only this task and its children.
+    #[arg(long)]
+    task: Option<String>,
+}
+
+impl EventsArgs {
+    pub(crate) async fn apply(self, client: &Client, output: Output) -> Result<ExitCode, Error> {
+        let query = EventQuery {
+            spider: self.spider,
+            task: self.task.as_deref().map(parse_id).transpose()?,
+        };
+        let mut failed = None;
+        client
+            .events(&query, |event| {
+                let written = if output.json {
+                    print_event_json(&event)
+                } else {
+                    print_event(&event)
+                };
+                written.map_err(|err| failed = Some(err)).is_ok()
+            })
+            .await?;
+        match failed {
+            Some(err) => Err(err.into()),
+            None => Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn print_event(event: &TaskEvent) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match event {
+        TaskEvent::Changed(task) => {
+            let mut line = format!(
+                "{} {} {} {}",
+                task.updated_at.format("%H:%M:%S"),
+                task.id,
+                task.spider_name,
+                task.status
+            );
+            if let Some(node) = &task.node {
+                line.push_str(&format!(" on {node}"));
+            }
+            if let Some(progress) = &task.progress {
+                if let Some(fraction) = progress.status.progress {
+                    line.push_str(&format!(" {:.0}%", fraction * 100.0));
+                }
+                if let Some(message) = &progress.status.message {
+                    line.push_str(&format!(" {message}"));
+                }
+            }
+            writeln!(out, "{line}")?;
+        }
+        TaskEvent::Deleted(id) => writeln!(out, "{id} deleted")?,
+        TaskEvent::Lagged => writeln!(out, "(fell behind; some changes were skipped)")?,
+    }
+    out.flush()
+}
+
+fn print_event_json(event: &TaskEvent) -> std::io::Result<()> {
+    let value = match event {
+        TaskEvent::Changed(task) => serde_json::json!({"event": "task", "task": task}),
+        TaskEvent::Deleted(id) => serde_json::json!({"event": "deleted", "id": id}),
+        TaskEvent::Lagged => serde_json::json!({"event": "lagged"}),
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}")?;
+    out.flush()
+}
+
+fn print_tasks(tasks: &[Task]) -> Result<(), Error> {
+    let rows = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.spider_name.clone(),
+                crate::describe::status(t),
+                or_dash(t.node.as_ref().or(t.pinned_node.as_ref())),
+                t.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                t.attempt.to_string(),
+                t.items.to_string(),
+                or_dash(t.error.as_ref()),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "SPIDER", "STATUS", "NODE", "CREATED", "ATTEMPT", "ITEMS", "ERROR",
+        ],
+        rows,
+    )
+}
