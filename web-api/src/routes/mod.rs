@@ -1,0 +1,597 @@
+//! The HTTP routes, `/health` and everything under `/api/v1`, over any [`Backend`].
+
+use std::sync::Arc;
+
+use std::collections::HashMap;
+
+use arachne_shared::TaskId;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::Method;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use axum::{Json, Router};
+
+use crate::openapi::{self, Doc, Reply};
+use crate::{Backend, Error, Result};
+use arachne_api_types::{
+    CLIENT_HEADER, CreateSpider, CronPreview, CronQuery, DEFAULT_LIMIT, EventQuery, ItemQuery,
+    LogQuery, LogSearch, LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView,
+    TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery, WaitQuery,
+};
+
+mod events;
+mod nodes;
+mod output;
+mod schedules;
+mod spiders;
+mod tasks;
+
+use self::events::*;
+use self::nodes::*;
+use self::output::*;
+use self::schedules::*;
+use self::spiders::*;
+use self::tasks::*;
+
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// Largest spider archive accepted, in bytes.
+    pub max_upload_bytes: usize,
+    /// Uploads received at once; more wait their turn before their body is read.
+    pub max_concurrent_uploads: usize,
+    /// Where uploads are spooled as they arrive (unnamed files); the system's temporary folder when `None`.
+    pub upload_dir: Option<std::path::PathBuf>,
+    /// Every route but `/health` needs `Authorization: Bearer <API token>`. Off only by explicit choice.
+    pub require_token: bool,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 256 << 20,
+            max_concurrent_uploads: 2,
+            upload_dir: None,
+            require_token: true,
+        }
+    }
+}
+
+type Api = Arc<dyn Backend>;
+
+/// Builds the router for `backend` from the table of [`endpoints`], which also makes its OpenAPI document.
+pub fn router(backend: Api, options: &RouterOptions) -> Router {
+    let mut table = endpoints(options);
+    let openapi_doc = Doc {
+        method: Method::GET,
+        path: "/api/v1/openapi.json",
+        summary: "This document: every route, its parameters and its types",
+        query: None,
+        body: None,
+        reply: Reply::Json(200, openapi::schema::<serde_json::Value>),
+        secured: true,
+    };
+    let mut docs: Vec<Doc> = table.iter().map(|(doc, _)| doc.clone()).collect();
+    docs.push(openapi_doc.clone());
+    let document = serde_json::to_string(&openapi::document(&docs)).expect("documents serialise");
+    let serve_document =
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) });
+    table.push((openapi_doc, serve_document));
+
+    let auth = axum::middleware::from_fn_with_state(Arc::clone(&backend), authenticate);
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Api>> = Default::default();
+    for (doc, handler) in table {
+        // Scrapers of /metrics authenticate like any client: Prometheus sends a bearer token too.
+        let handler = if doc.secured && options.require_token {
+            handler.layer(auth.clone())
+        } else {
+            handler
+        };
+        let merged = match by_path.remove(doc.path) {
+            Some(other) => other.merge(handler),
+            None => handler,
+        };
+        by_path.insert(doc.path, merged);
+    }
+    let mut router = Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    let router = router
+        .merge(crate::ui::routes())
+        .fallback(|| async { Error::NotFound("no such route".into()) })
+        .layer(axum::middleware::map_response_with_state(
+            Arc::new(allowed_methods(&docs)),
+            method_not_allowed,
+        ));
+    // Without tokens, the only defence against a page in the browser of someone on this machine is the
+    // request itself: another site's page can make the browser send it (CSRF), and a name of its own that
+    // resolves to 127.0.0.1 (DNS rebinding) even read the answers.
+    let router = if options.require_token {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn(loopback_only))
+    };
+    router.with_state(backend)
+}
+
+/// For a master without tokens: refuses a Host header that is not loopback, and a state-changing request
+/// that has neither a JSON body nor [`CLIENT_HEADER`] (a form or a bare POST another site's page can send).
+async fn loopback_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response> {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !is_loopback_host(host) {
+        return Err(Error::Forbidden(format!(
+            "Host {host:?} is not a loopback name: without tokens this master answers only requests addressed to localhost, 127.0.0.1 or [::1]"
+        )));
+    }
+    let changes_state = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if changes_state && !json && !request.headers().contains_key(CLIENT_HEADER) {
+        return Err(Error::Forbidden(format!(
+            "without tokens, a {} needs a JSON body or the {CLIENT_HEADER} header (which the CLI and the web UI send), so that another site's page cannot make a browser send it",
+            request.method()
+        )));
+    }
+    Ok(next.run(request).await)
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Each documented path with the methods it answers, for the message of a 405.
+type Allowed = Arc<HashMap<&'static str, String>>;
+
+fn allowed_methods(docs: &[Doc]) -> HashMap<&'static str, String> {
+    let mut allowed: HashMap<&'static str, Vec<String>> = HashMap::new();
+    for doc in docs {
+        allowed
+            .entry(doc.path)
+            .or_default()
+            .push(doc.method.to_string());
+    }
+    allowed
+        .into_iter()
+        .map(|(path, methods)| (path, methods.join(", ")))
+        .collect()
+}
+
+/// Gives axum's bare 405 the JSON error body every other error has; axum adds the `Allow` header after.
+async fn method_not_allowed(
+    State(allowed): State<Allowed>,
+    method: Method,
+    matched: Option<axum::extract::MatchedPath>,
+    response: Response,
+) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let message = match matched.and_then(|m| allowed.get(m.as_str())) {
+        Some(methods) => format!("{method} is not allowed here; use {methods}"),
+        None => format!("{method} is not allowed here"),
+    };
+    Error::MethodNotAllowed(message).into_response()
+}
+
+/// A route with its documentation.
+type Endpoint = (Doc, MethodRouter<Api>);
+
+/// Every route but the OpenAPI document's own.
+fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
+    use openapi::{Body as In, Reply as Out, inline, schema};
+    let route = |method: Method,
+                 path: &'static str,
+                 summary: &'static str,
+                 (query, body): (Option<openapi::SchemaFn>, Option<In>),
+                 reply: Out,
+                 handler: MethodRouter<Api>| {
+        let doc = Doc {
+            method,
+            path,
+            summary,
+            query,
+            body,
+            reply,
+            secured: path != "/health",
+        };
+        (doc, handler)
+    };
+    let none = (None, None);
+    let body = |schema: openapi::SchemaFn| (None, Some(In::Json(schema)));
+    let query = |schema: openapi::SchemaFn| (Some(schema), None);
+    vec![
+        route(
+            Method::GET,
+            "/health",
+            "Health for load balancers; needs no token. 503 with the cause while the store refuses writes",
+            none,
+            Out::Json(200, schema::<arachne_api_types::Health>),
+            get(health),
+        ),
+        route(
+            Method::GET,
+            "/metrics",
+            "Prometheus metrics: tasks by status, dispatch latency, ingest counters, nodes, slots",
+            none,
+            Out::Media(crate::metrics::CONTENT_TYPE),
+            get(metrics),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders",
+            "List spiders",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::Spider>>),
+            get(list_spiders),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/spiders",
+            "Create a spider, or update the one of that name",
+            body(schema::<CreateSpider>),
+            Out::Json(201, schema::<arachne_shared::Spider>),
+            post(put_spider),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}",
+            "Show a spider",
+            none,
+            Out::Json(200, schema::<arachne_shared::Spider>),
+            get(get_spider),
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/spiders/{name}/files",
+            "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
+            (None, Some(In::Upload)),
+            Out::Json(200, schema::<arachne_shared::Spider>),
+            put({
+                let place = Arc::new(SpoolPlace {
+                    dir: options.upload_dir.clone(),
+                    max_bytes: options.max_upload_bytes as u64,
+                });
+                move |state, path, request| upload_files(state, path, request, Arc::clone(&place))
+            })
+            .layer(DefaultBodyLimit::max(options.max_upload_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(tokio::sync::Semaphore::new(
+                    options.max_concurrent_uploads.max(1),
+                )),
+                wait_for_an_upload_slot,
+            )),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}/files",
+            "List the files of a version (the current one by default)",
+            query(inline::<VersionQuery>),
+            Out::Json(200, schema::<VersionFiles>),
+            get(list_files),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}/files/{*path}",
+            "Read one file of a version",
+            query(inline::<VersionQuery>),
+            Out::Media("application/octet-stream"),
+            get(read_file),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/spiders/{name}/versions",
+            "List a spider's versions, newest first",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::files::VersionInfo>>),
+            get(list_versions),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/spiders/{name}/versions/{version}/current",
+            "Make a stored version the one runs use",
+            none,
+            Out::Json(200, schema::<arachne_shared::Spider>),
+            post(set_current_version),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks",
+            "List tasks, newest first, filtered by spider, status, node, parent, schedule and creation time",
+            query(inline::<TaskQuery>),
+            Out::Json(200, schema::<Page<arachne_shared::Task>>),
+            get(list_tasks),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tasks",
+            "Run a spider: one task, or a parent with a child per node",
+            body(schema::<RunTask>),
+            Out::Json(201, schema::<arachne_shared::Task>),
+            post(run_task),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}",
+            "Show a task",
+            none,
+            Out::Json(200, schema::<arachne_shared::Task>),
+            get(get_task),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/tasks/{id}",
+            "Delete an ended task with its logs and items (a parent with its children)",
+            none,
+            Out::NoContent,
+            delete(delete_task),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tasks/{id}/cancel",
+            "Cancel a task; its processes are killed",
+            none,
+            Out::Json(200, schema::<arachne_shared::Task>),
+            post(cancel_task),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tasks/{id}/restart",
+            "Run an ended task again (for a parent, its children that did not finish)",
+            none,
+            Out::Json(201, schema::<arachne_shared::Task>),
+            post(restart_task),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/tree",
+            "A task with its children",
+            none,
+            Out::Json(200, schema::<TaskTree>),
+            get(task_tree),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/logs",
+            "Log lines after a sequence number; with follow=true, Server-Sent Events `log` (id = sequence number; Last-Event-ID resumes) then `end`",
+            query(inline::<LogQuery>),
+            Out::Json(200, schema::<Vec<arachne_shared::LogLine>>),
+            get(logs),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/logs/search",
+            "Log lines holding a text (case-insensitive), scanning a bounded stretch per request; continue after `scanned_to` until `done`",
+            query(inline::<LogSearchQuery>),
+            Out::Json(200, schema::<LogSearch>),
+            get(search_logs),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/items",
+            "Items after a sequence number: JSON, JSON lines (format=jsonl) or a CSV export of all of them (format=csv)",
+            query(inline::<ItemQuery>),
+            Out::Json(200, schema::<Vec<arachne_shared::ItemRecord>>),
+            get(items),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tasks/{id}/wait",
+            "Answer when the run ends or the timeout passes, with its latest attempt: a failed attempt with retries left is followed to its retry",
+            query(inline::<WaitQuery>),
+            Out::Json(200, schema::<arachne_shared::Task>),
+            get(wait),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/events",
+            "Task changes as Server-Sent Events",
+            query(inline::<EventQuery>),
+            Out::Events(
+                "`task` events (the task as JSON) on every status change and STATUS report, `deleted` ({\"id\"}) and `lagged` ({\"missed\"}) when changes were skipped",
+            ),
+            get(events),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/schedules",
+            "List schedules with their next fire times",
+            none,
+            Out::Json(200, schema::<Vec<ScheduleView>>),
+            get(list_schedules),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules",
+            "Create a cron schedule",
+            body(schema::<ScheduleSpec>),
+            Out::Json(201, schema::<ScheduleView>),
+            post(create_schedule),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/cron",
+            "Check a cron expression in a time zone: its next 5 fire times, or a 400 naming the bad field",
+            query(inline::<CronQuery>),
+            Out::Json(200, schema::<CronPreview>),
+            get(cron_preview),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/schedules/{name}",
+            "Show a schedule with its next 5 fire times",
+            none,
+            Out::Json(200, schema::<ScheduleView>),
+            get(get_schedule),
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/schedules/{name}",
+            "Replace a schedule's definition",
+            body(schema::<ScheduleSpec>),
+            Out::Json(200, schema::<ScheduleView>),
+            put(update_schedule),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/schedules/{name}",
+            "Delete a schedule; its tasks stay",
+            none,
+            Out::NoContent,
+            delete(delete_schedule),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/enable",
+            "Enable a schedule",
+            none,
+            Out::Json(200, schema::<ScheduleView>),
+            post(enable_schedule),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/disable",
+            "Disable a schedule",
+            none,
+            Out::Json(200, schema::<ScheduleView>),
+            post(disable_schedule),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/schedules/{name}/run",
+            "Run a schedule's spider now",
+            none,
+            Out::Json(201, schema::<arachne_shared::Task>),
+            post(run_schedule),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/nodes",
+            "List nodes with their state and metrics",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::Node>>),
+            get(list_nodes),
+        ),
+        route(
+            Method::PATCH,
+            "/api/v1/nodes/{name}",
+            "Enable or disable a node, or change its runner slots",
+            body(schema::<UpdateNode>),
+            Out::Json(200, schema::<arachne_shared::Node>),
+            patch(update_node),
+        ),
+    ]
+}
+
+/// Holds an upload until one of the upload slots is free, before its body is read.
+async fn wait_for_an_upload_slot(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let _slot = slots
+        .acquire()
+        .await
+        .expect("the upload slots are never closed");
+    next.run(request).await
+}
+
+/// Lets a request through only with a valid API token.
+async fn authenticate(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response> {
+    let header = request.headers().get(header::AUTHORIZATION);
+    let Some(header) = header else {
+        return Err(Error::Unauthorized(
+            "missing Authorization header: send `Authorization: Bearer <API token>` (arachne-master token create NAME makes one)".into(),
+        ));
+    };
+    let secret = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            Error::Unauthorized(
+                "malformed Authorization header: expected `Bearer <API token>`".into(),
+            )
+        })?;
+    if !api.check_api_token(secret).await? {
+        return Err(Error::Unauthorized(
+            "the API token is unknown or revoked".into(),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T> {
+    q.map(|Query(q)| q)
+        .map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))
+}
+
+fn json<T>(body: Result<Json<T>, JsonRejection>) -> Result<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| Error::BadRequest(format!("invalid body: {}", e.body_text())))
+}
+
+fn task_id(id: &str) -> Result<TaskId> {
+    id.parse()
+        .map_err(|_| Error::BadRequest(format!("invalid task id {id:?}")))
+}
+
+fn limit(limit: Option<u32>) -> Result<u32> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(Error::BadRequest("limit must be at least 1".into())),
+        n if n > MAX_LIMIT => Err(Error::BadRequest(format!(
+            "limit must be at most {MAX_LIMIT}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+async fn health(State(api): State<Api>) -> impl IntoResponse {
+    let health = api.health().await;
+    let status = match health.status {
+        arachne_api_types::HealthStatus::Ok => StatusCode::OK,
+        arachne_api_types::HealthStatus::Failing => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, Json(health))
+}
+
+async fn metrics(State(api): State<Api>) -> Result<impl IntoResponse> {
+    let metrics = api.metrics().await?;
+    Ok((
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&metrics),
+    ))
+}
