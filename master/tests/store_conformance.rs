@@ -1,5 +1,6 @@
-//! One conformance suite for the `Store` trait, run against every backend. A backend is added to
-//! [`backends`] and must pass every case unchanged.
+//! One conformance suite for the `Store` trait, run against every backend: each case is a function of a
+//! [`Backend`], and [`conformance!`] makes one test of it per backend. A new backend gets a module there and
+//! must pass every case unchanged.
 
 use std::sync::Arc;
 
@@ -37,29 +38,76 @@ impl Backend {
 /// The retention a MongoDB store is opened with: its TTL indexes must say so.
 const RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Every backend: the embedded store always, and MongoDB when `ARACHNE_TEST_MONGODB_URI` names a server
-/// (`scripts/mongodb` starts one; `.ci/run` always does).
-fn backends() -> Vec<Backend> {
-    let mut all = vec![Backend {
-        name: "embedded",
-        dir: tempfile::tempdir().unwrap(),
-        mongodb: None,
-    }];
-    if let Some(uri) = std::env::var("ARACHNE_TEST_MONGODB_URI")
-        .ok()
-        .filter(|u| !u.is_empty())
-    {
-        all.push(Backend {
+impl Backend {
+    fn embedded() -> Self {
+        Self {
+            name: "embedded",
+            dir: tempfile::tempdir().unwrap(),
+            mongodb: None,
+        }
+    }
+
+    /// A fresh database on the server `ARACHNE_TEST_MONGODB_URI` names (`scripts/mongodb` starts one;
+    /// `.ci/run` always does); `None` without one.
+    fn mongodb() -> Option<Self> {
+        let uri = std::env::var("ARACHNE_TEST_MONGODB_URI")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        Some(Self {
             name: "mongodb",
             dir: tempfile::tempdir().unwrap(),
             mongodb: Some((
                 uri,
                 format!("arachne_test_{}", uuid::Uuid::new_v4().simple()),
             )),
-        });
+        })
     }
-    all
 }
+
+/// One test per case and backend (`embedded::CASE`, `mongodb::CASE`), so a failure names its backend and
+/// never hides the other's result.
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::embedded()).await;
+                }
+            )+
+        }
+        mod mongodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(backend) = super::Backend::mongodb() else {
+                        eprintln!("skipped: ARACHNE_TEST_MONGODB_URI names no MongoDB server");
+                        return;
+                    };
+                    super::$case(backend).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    dispatch_order_is_priority_then_age_and_skips_assigned_tasks,
+    updates_are_conditional_and_only_one_racer_wins,
+    retried_log_and_item_batches_are_stored_once,
+    items_are_deduplicated_by_key_across_tasks_of_a_collection,
+    concurrent_writers_lose_nothing,
+    listing_filters_pages_and_counts,
+    everything_survives_reopening_and_names_stay_unique,
+    task_trees_fire_times_and_active_counts,
+    schedules_are_stored_by_id_with_unique_names,
+    ended_tasks_expire_with_their_logs_and_nothing_else_does,
+    tokens_are_found_by_hash_with_unique_names_and_survive_reopening,
+    tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_records,
+    each_step_of_a_task_shows_in_every_query,
+    a_spider_reads_as_last_written,
+    deeply_nested_items_are_kept_whole,
+);
 
 fn spider(name: &str) -> Spider {
     Spider::new(name, "true", Utc::now())
@@ -82,149 +130,140 @@ fn lines(range: std::ops::RangeInclusive<u64>) -> Vec<LogLine> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let low_old = task("s", 9);
-        let high = task("s", 1);
-        let default_a = task("s", 5);
-        let default_b = task("s", 5);
-        let mut assigned = task("s", 1);
-        assigned.node = Some("n".into());
-        for t in [&low_old, &high, &default_a, &default_b, &assigned] {
-            store.insert_task(t).await.unwrap();
-        }
-        let order: Vec<_> = store
-            .dispatchable(10, 0)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        assert_eq!(
-            order,
-            [high.id, default_a.id, default_b.id, low_old.id],
-            "{name}"
-        );
-        assert_eq!(store.dispatchable(2, 0).await.unwrap().len(), 2, "{name}");
+async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let low_old = task("s", 9);
+    let high = task("s", 1);
+    let default_a = task("s", 5);
+    let default_b = task("s", 5);
+    let mut assigned = task("s", 1);
+    assigned.node = Some("n".into());
+    for t in [&low_old, &high, &default_a, &default_b, &assigned] {
+        store.insert_task(t).await.unwrap();
     }
+    let order: Vec<_> = store
+        .dispatchable(10, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        order,
+        [high.id, default_a.id, default_b.id, low_old.id],
+        "{name}"
+    );
+    assert_eq!(store.dispatchable(2, 0).await.unwrap().len(), 2, "{name}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_are_conditional_and_only_one_racer_wins() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let t = task("s", 5);
-        store.insert_task(&t).await.unwrap();
-        let wrong = store
-            .update_task(t.id, &[TaskStatus::Running], Box::new(|_| true))
-            .await
-            .unwrap();
-        assert!(wrong.is_none(), "{name}: status did not match");
-        let declined = store
-            .update_task(
-                t.id,
-                &[TaskStatus::Pending],
-                Box::new(|t| {
-                    t.pid = Some(1);
-                    false
-                }),
-            )
-            .await
-            .unwrap();
-        assert!(declined.is_none(), "{name}: change declined");
-        assert_eq!(
-            store.get_task(t.id).await.unwrap().unwrap().pid,
-            None,
-            "{name}: a declined change is not written"
-        );
-        let missing = store
-            .update_task(TaskId::new(), &[TaskStatus::Pending], Box::new(|_| true))
-            .await
-            .unwrap();
-        assert!(missing.is_none(), "{name}");
+async fn updates_are_conditional_and_only_one_racer_wins(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let t = task("s", 5);
+    store.insert_task(&t).await.unwrap();
+    let wrong = store
+        .update_task(t.id, &[TaskStatus::Running], Box::new(|_| true))
+        .await
+        .unwrap();
+    assert!(wrong.is_none(), "{name}: status did not match");
+    let declined = store
+        .update_task(
+            t.id,
+            &[TaskStatus::Pending],
+            Box::new(|t| {
+                t.pid = Some(1);
+                false
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(declined.is_none(), "{name}: change declined");
+    assert_eq!(
+        store.get_task(t.id).await.unwrap().unwrap().pid,
+        None,
+        "{name}: a declined change is not written"
+    );
+    let missing = store
+        .update_task(TaskId::new(), &[TaskStatus::Pending], Box::new(|_| true))
+        .await
+        .unwrap();
+    assert!(missing.is_none(), "{name}");
 
-        // Sixteen claims race for one pending task, through two stores on the same data as two masters
-        // would hold; exactly one gets it.
-        let other = backend.open().await;
-        let racers = (0..16).map(|i| {
-            let store = Arc::clone(if i % 2 == 0 { &store } else { &other });
-            tokio::spawn(async move {
-                store
-                    .update_task(
-                        t.id,
-                        &[TaskStatus::Pending],
-                        Box::new(move |t| {
-                            t.node = Some(format!("n{i}"));
-                            t.set_status(TaskStatus::Running, Utc::now());
-                            true
-                        }),
-                    )
-                    .await
-                    .unwrap()
-                    .is_some()
-            })
-        });
-        let mut winners = 0;
-        for racer in racers {
-            winners += usize::from(racer.await.unwrap());
-        }
-        assert_eq!(winners, 1, "{name}");
+    // Sixteen claims race for one pending task, through two stores on the same data as two masters
+    // would hold; exactly one gets it.
+    let other = backend.open().await;
+    let racers = (0..16).map(|i| {
+        let store = Arc::clone(if i % 2 == 0 { &store } else { &other });
+        tokio::spawn(async move {
+            store
+                .update_task(
+                    t.id,
+                    &[TaskStatus::Pending],
+                    Box::new(move |t| {
+                        t.node = Some(format!("n{i}"));
+                        t.set_status(TaskStatus::Running, Utc::now());
+                        true
+                    }),
+                )
+                .await
+                .unwrap()
+                .is_some()
+        })
+    });
+    let mut winners = 0;
+    for racer in racers {
+        winners += usize::from(racer.await.unwrap());
     }
+    assert_eq!(winners, 1, "{name}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_log_and_item_batches_are_stored_once() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let t = task("s", 5);
-        store.insert_task(&t).await.unwrap();
-        store.append_logs(t.id, &lines(1..=3)).await.unwrap();
-        store.append_logs(t.id, &lines(2..=5)).await.unwrap();
-        let stored: Vec<_> = store
-            .logs(t.id, 0, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.seq)
-            .collect();
-        assert_eq!(stored, [1, 2, 3, 4, 5], "{name}");
-        assert_eq!(
-            store.logs(t.id, 3, 1).await.unwrap()[0].text,
-            "line 4",
-            "{name}: paging by sequence"
-        );
+async fn retried_log_and_item_batches_are_stored_once(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let t = task("s", 5);
+    store.insert_task(&t).await.unwrap();
+    store.append_logs(t.id, &lines(1..=3)).await.unwrap();
+    store.append_logs(t.id, &lines(2..=5)).await.unwrap();
+    let stored: Vec<_> = store
+        .logs(t.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.seq)
+        .collect();
+    assert_eq!(stored, [1, 2, 3, 4, 5], "{name}");
+    assert_eq!(
+        store.logs(t.id, 3, 1).await.unwrap()[0].text,
+        "line 4",
+        "{name}: paging by sequence"
+    );
 
-        let item =
-            |seq| ItemRecord::from_object(seq, serde_json::json!({"n": seq}).as_object().unwrap());
-        store
-            .insert_items(&t.item_target(), &[item(1), item(2)])
-            .await
-            .unwrap();
-        store
-            .insert_items(&t.item_target(), &[item(2), item(3)])
-            .await
-            .unwrap();
-        let items = store.items(t.id, 0, 100).await.unwrap();
-        assert_eq!(
-            items
-                .iter()
-                .map(|i| i.value()["n"].as_u64().unwrap())
-                .collect::<Vec<_>>(),
-            [1, 2, 3],
-            "{name}"
-        );
-        let counted = store.get_task(t.id).await.unwrap().unwrap();
-        assert_eq!(
-            (counted.log_lines, counted.items),
-            (5, 3),
-            "{name}: counters count each record once"
-        );
-    }
+    let item =
+        |seq| ItemRecord::from_object(seq, serde_json::json!({"n": seq}).as_object().unwrap());
+    store
+        .insert_items(&t.item_target(), &[item(1), item(2)])
+        .await
+        .unwrap();
+    store
+        .insert_items(&t.item_target(), &[item(2), item(3)])
+        .await
+        .unwrap();
+    let items = store.items(t.id, 0, 100).await.unwrap();
+    assert_eq!(
+        items
+            .iter()
+            .map(|i| i.value()["n"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3],
+        "{name}"
+    );
+    let counted = store.get_task(t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (counted.log_lines, counted.items),
+        (5, 3),
+        "{name}: counters count each record once"
+    );
 }
 
 /// An item of `url` (none when empty) from producer `by`.
@@ -256,883 +295,849 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn items_are_deduplicated_by_key_across_tasks_of_a_collection() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        for mode in [DedupMode::Ignore, DedupMode::Overwrite] {
-            let mut spider = spider(&format!("dedup_{mode}"));
-            spider.dedup = Some(Dedup {
-                keys: vec!["url".into()],
-                mode,
-            });
-            let first = Task::pending(&spider, Utc::now());
-            let second = Task::pending(&spider, Utc::now());
-            // Same collection, no de-duplication: its items are never compared.
-            let mut plain_spider = spider.clone();
-            plain_spider.dedup = None;
-            let plain = Task::pending(&plain_spider, Utc::now());
-            // Another collection: its keys are its own.
-            let mut other_spider = spider.clone();
-            other_spider.results_collection = Some(format!("other_{mode}"));
-            let other = Task::pending(&other_spider, Utc::now());
-            for t in [&first, &second, &plain, &other] {
-                store.insert_task(t).await.unwrap();
-            }
-            let first_batch = [page(1, "a", "1"), page(2, "b", "1"), page(3, "", "1")];
-            store
-                .insert_items(&first.item_target(), &first_batch)
-                .await
-                .unwrap();
-            // A key twice in one batch, a key the first task stored, a new key, and an item without a key.
-            let second_batch = [
-                page(1, "c", "2"),
-                page(2, "c", "2b"),
-                page(3, "a", "2"),
-                page(4, "", "2"),
-            ];
-            store
-                .insert_items(&second.item_target(), &second_batch)
-                .await
-                .unwrap();
-            // Retried batches change nothing.
-            store
-                .insert_items(&second.item_target(), &second_batch)
-                .await
-                .unwrap();
-            store
-                .insert_items(&first.item_target(), &first_batch[..2])
-                .await
-                .unwrap();
-            store
-                .insert_items(&plain.item_target(), &[page(1, "a", "p")])
-                .await
-                .unwrap();
-            store
-                .insert_items(&other.item_target(), &[page(1, "a", "o")])
-                .await
-                .unwrap();
-
-            let (first_kept, second_kept) = match mode {
-                DedupMode::Ignore => (
-                    pairs(&[("a", "1"), ("b", "1"), ("", "1")]),
-                    pairs(&[("c", "2"), ("", "2")]),
-                ),
-                DedupMode::Overwrite => (
-                    pairs(&[("b", "1"), ("", "1")]),
-                    pairs(&[("c", "2b"), ("a", "2"), ("", "2")]),
-                ),
-            };
-            assert_eq!(pages(&*store, &first).await, first_kept, "{name} {mode}");
-            assert_eq!(pages(&*store, &second).await, second_kept, "{name} {mode}");
-            assert_eq!(
-                pages(&*store, &plain).await,
-                pairs(&[("a", "p")]),
-                "{name} {mode}"
-            );
-            assert_eq!(
-                pages(&*store, &other).await,
-                pairs(&[("a", "o")]),
-                "{name} {mode}"
-            );
-            let produced = |t: &Task| {
-                let store = Arc::clone(&store);
-                let id = t.id;
-                async move { store.get_task(id).await.unwrap().unwrap().items }
-            };
-            assert_eq!(
-                (produced(&first).await, produced(&second).await),
-                (3, 4),
-                "{name} {mode}: a task's counter is the items it produced"
-            );
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_lose_nothing() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let tasks: Vec<_> = (0..8).map(|_| task("s", 5)).collect();
-        for t in &tasks {
-            store.insert_task(t).await.unwrap();
-        }
-        let writers = tasks.iter().map(|t| {
-            let (store, id) = (Arc::clone(&store), t.id);
-            tokio::spawn(async move {
-                for batch in 0..20u64 {
-                    store
-                        .append_logs(id, &lines(batch * 50 + 1..=batch * 50 + 50))
-                        .await
-                        .unwrap();
-                }
-            })
+async fn items_are_deduplicated_by_key_across_tasks_of_a_collection(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    for mode in [DedupMode::Ignore, DedupMode::Overwrite] {
+        let mut spider = spider(&format!("dedup_{mode}"));
+        spider.dedup = Some(Dedup {
+            keys: vec!["url".into()],
+            mode,
         });
-        for writer in writers {
-            writer.await.unwrap();
+        let first = Task::pending(&spider, Utc::now());
+        let second = Task::pending(&spider, Utc::now());
+        // Same collection, no de-duplication: its items are never compared.
+        let mut plain_spider = spider.clone();
+        plain_spider.dedup = None;
+        let plain = Task::pending(&plain_spider, Utc::now());
+        // Another collection: its keys are its own.
+        let mut other_spider = spider.clone();
+        other_spider.results_collection = Some(format!("other_{mode}"));
+        let other = Task::pending(&other_spider, Utc::now());
+        for t in [&first, &second, &plain, &other] {
+            store.insert_task(t).await.unwrap();
         }
-        for t in &tasks {
-            let stored = store.logs(t.id, 0, 10_000).await.unwrap();
-            assert_eq!(stored.len(), 1000, "{name}");
-            assert!(
-                stored
-                    .iter()
-                    .enumerate()
-                    .all(|(i, l)| l.seq == i as u64 + 1),
-                "{name}"
-            );
-        }
-    }
-}
+        let first_batch = [page(1, "a", "1"), page(2, "b", "1"), page(3, "", "1")];
+        store
+            .insert_items(&first.item_target(), &first_batch)
+            .await
+            .unwrap();
+        // A key twice in one batch, a key the first task stored, a new key, and an item without a key.
+        let second_batch = [
+            page(1, "c", "2"),
+            page(2, "c", "2b"),
+            page(3, "a", "2"),
+            page(4, "", "2"),
+        ];
+        store
+            .insert_items(&second.item_target(), &second_batch)
+            .await
+            .unwrap();
+        // Retried batches change nothing.
+        store
+            .insert_items(&second.item_target(), &second_batch)
+            .await
+            .unwrap();
+        store
+            .insert_items(&first.item_target(), &first_batch[..2])
+            .await
+            .unwrap();
+        store
+            .insert_items(&plain.item_target(), &[page(1, "a", "p")])
+            .await
+            .unwrap();
+        store
+            .insert_items(&other.item_target(), &[page(1, "a", "o")])
+            .await
+            .unwrap();
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listing_filters_pages_and_counts() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let mut ids = Vec::new();
-        for i in 0..25 {
-            let mut t = task(if i % 2 == 0 { "even" } else { "odd" }, 5);
-            if i % 5 == 0 {
-                t.status = TaskStatus::Finished;
-                t.node = Some("n1".into());
-            }
-            store.insert_task(&t).await.unwrap();
-            ids.push(t.id);
-        }
-        let page = |filter: TaskFilter| {
-            let store = Arc::clone(&store);
-            async move { store.list_tasks(&filter).await.unwrap() }
+        let (first_kept, second_kept) = match mode {
+            DedupMode::Ignore => (
+                pairs(&[("a", "1"), ("b", "1"), ("", "1")]),
+                pairs(&[("c", "2"), ("", "2")]),
+            ),
+            DedupMode::Overwrite => (
+                pairs(&[("b", "1"), ("", "1")]),
+                pairs(&[("c", "2b"), ("a", "2"), ("", "2")]),
+            ),
         };
-        let (first, total) = page(TaskFilter {
-            limit: 10,
-            ..Default::default()
-        })
-        .await;
-        assert_eq!(total, 25, "{name}");
-        let newest_first: Vec<_> = ids.iter().rev().take(10).copied().collect();
+        assert_eq!(pages(&*store, &first).await, first_kept, "{name} {mode}");
+        assert_eq!(pages(&*store, &second).await, second_kept, "{name} {mode}");
         assert_eq!(
-            first.iter().map(|t| t.id).collect::<Vec<_>>(),
-            newest_first,
-            "{name}"
+            pages(&*store, &plain).await,
+            pairs(&[("a", "p")]),
+            "{name} {mode}"
         );
-        let (last, _) = page(TaskFilter {
-            limit: 10,
-            offset: 20,
-            ..Default::default()
-        })
-        .await;
-        assert_eq!(last.len(), 5, "{name}");
-        let (even, total) = page(TaskFilter {
-            spider_name: Some("even".into()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await;
-        assert_eq!((even.len(), total), (13, 13), "{name}");
-        let finished = TaskFilter {
-            status: Some(TaskStatus::Finished),
-            node: Some("n1".into()),
-            limit: 100,
-            ..Default::default()
+        assert_eq!(
+            pages(&*store, &other).await,
+            pairs(&[("a", "o")]),
+            "{name} {mode}"
+        );
+        let produced = |t: &Task| {
+            let store = Arc::clone(&store);
+            let id = t.id;
+            async move { store.get_task(id).await.unwrap().unwrap().items }
         };
-        assert_eq!(page(finished).await.1, 5, "{name}");
+        assert_eq!(
+            (produced(&first).await, produced(&second).await),
+            (3, 4),
+            "{name} {mode}: a task's counter is the items it produced"
+        );
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn everything_survives_reopening_and_names_stay_unique() {
-    for backend in backends() {
-        let name = backend.name;
-        let now = Utc::now();
-        let spider = Spider {
-            id: SpiderId::new(),
-            name: "s".into(),
-            cmd: "true".into(),
-            version: "v1".into(),
-            file_count: 1,
-            total_bytes: 2,
-            created_at: now,
-            updated_at: now,
-            settings: Default::default(),
-            max_instances: Some(2),
-            results_collection: Some("items_s".into()),
-            dedup: Some(Dedup {
-                keys: vec!["url".into()],
-                mode: DedupMode::Ignore,
-            }),
-        };
-        let node = Node {
-            name: "n".into(),
-            status: NodeStatus::Online,
-            max_runners: 3,
-            max_runners_override: None,
-            running: 1,
-            version: "0".into(),
-            registered_at: now,
-            last_seen: now,
-            enabled: false,
-            labels: [("region".to_owned(), "eu".to_owned())].into(),
-            metrics: None,
-        };
-        let t = task("s", 5);
-        {
-            let store = backend.open().await;
-            store.put_spider(&spider).await.unwrap();
-            let clash = Spider {
-                id: SpiderId::new(),
-                ..spider.clone()
-            };
-            assert!(
+async fn concurrent_writers_lose_nothing(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let tasks: Vec<_> = (0..8).map(|_| task("s", 5)).collect();
+    for t in &tasks {
+        store.insert_task(t).await.unwrap();
+    }
+    let writers = tasks.iter().map(|t| {
+        let (store, id) = (Arc::clone(&store), t.id);
+        tokio::spawn(async move {
+            for batch in 0..20u64 {
                 store
-                    .put_spider(&clash)
+                    .append_logs(id, &lines(batch * 50 + 1..=batch * 50 + 50))
                     .await
-                    .unwrap_err()
-                    .to_string()
-                    .contains("already exists"),
-                "{name}"
-            );
-            store.put_node(&node).await.unwrap();
-            store.insert_task(&t).await.unwrap();
-            store.append_logs(t.id, &lines(1..=2)).await.unwrap();
-        }
-        let store = backend.open().await;
-        let reread = store.spider_by_name("s").await.unwrap().unwrap();
-        assert_eq!(
-            (reread.id, reread.version.as_str()),
-            (spider.id, "v1"),
+                    .unwrap();
+            }
+        })
+    });
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for t in &tasks {
+        let stored = store.logs(t.id, 0, 10_000).await.unwrap();
+        assert_eq!(stored.len(), 1000, "{name}");
+        assert!(
+            stored
+                .iter()
+                .enumerate()
+                .all(|(i, l)| l.seq == i as u64 + 1),
             "{name}"
         );
-        assert_eq!(store.list_spiders().await.unwrap().len(), 1, "{name}");
-        assert_eq!(
-            store.list_nodes().await.unwrap()[0].max_runners,
-            3,
-            "{name}"
-        );
-        let again = store.get_task(t.id).await.unwrap().unwrap();
-        assert_eq!((again.id, again.log_lines), (t.id, 2), "{name}");
-        // Reading does not consume: a task's status is there however often it is asked for.
-        assert!(store.get_task(t.id).await.unwrap().is_some(), "{name}");
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn task_trees_fire_times_and_active_counts() {
+async fn listing_filters_pages_and_counts(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let mut t = task(if i % 2 == 0 { "even" } else { "odd" }, 5);
+        if i % 5 == 0 {
+            t.status = TaskStatus::Finished;
+            t.node = Some("n1".into());
+        }
+        store.insert_task(&t).await.unwrap();
+        ids.push(t.id);
+    }
+    let page = |filter: TaskFilter| {
+        let store = Arc::clone(&store);
+        async move { store.list_tasks(&filter).await.unwrap() }
+    };
+    let (first, total) = page(TaskFilter {
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(total, 25, "{name}");
+    let newest_first: Vec<_> = ids.iter().rev().take(10).copied().collect();
+    assert_eq!(
+        first.iter().map(|t| t.id).collect::<Vec<_>>(),
+        newest_first,
+        "{name}"
+    );
+    let (last, _) = page(TaskFilter {
+        limit: 10,
+        offset: 20,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(last.len(), 5, "{name}");
+    let (even, total) = page(TaskFilter {
+        spider_name: Some("even".into()),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!((even.len(), total), (13, 13), "{name}");
+    let finished = TaskFilter {
+        status: Some(TaskStatus::Finished),
+        node: Some("n1".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(page(finished).await.1, 5, "{name}");
+}
+
+async fn everything_survives_reopening_and_names_stay_unique(backend: Backend) {
+    let name = backend.name;
+    let now = Utc::now();
+    let spider = Spider {
+        id: SpiderId::new(),
+        name: "s".into(),
+        cmd: "true".into(),
+        version: "v1".into(),
+        file_count: 1,
+        total_bytes: 2,
+        created_at: now,
+        updated_at: now,
+        settings: Default::default(),
+        max_instances: Some(2),
+        results_collection: Some("items_s".into()),
+        dedup: Some(Dedup {
+            keys: vec!["url".into()],
+            mode: DedupMode::Ignore,
+        }),
+    };
+    let node = Node {
+        name: "n".into(),
+        status: NodeStatus::Online,
+        max_runners: 3,
+        max_runners_override: None,
+        running: 1,
+        version: "0".into(),
+        registered_at: now,
+        last_seen: now,
+        enabled: false,
+        labels: [("region".to_owned(), "eu".to_owned())].into(),
+        metrics: None,
+    };
+    let t = task("s", 5);
+    {
+        let store = backend.open().await;
+        store.put_spider(&spider).await.unwrap();
+        let clash = Spider {
+            id: SpiderId::new(),
+            ..spider.clone()
+        };
+        assert!(
+            store
+                .put_spider(&clash)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("already exists"),
+            "{name}"
+        );
+        store.put_node(&node).await.unwrap();
+        store.insert_task(&t).await.unwrap();
+        store.append_logs(t.id, &lines(1..=2)).await.unwrap();
+    }
+    let store = backend.open().await;
+    let reread = store.spider_by_name("s").await.unwrap().unwrap();
+    assert_eq!(
+        (reread.id, reread.version.as_str()),
+        (spider.id, "v1"),
+        "{name}"
+    );
+    assert_eq!(store.list_spiders().await.unwrap().len(), 1, "{name}");
+    assert_eq!(
+        store.list_nodes().await.unwrap()[0].max_runners,
+        3,
+        "{name}"
+    );
+    let again = store.get_task(t.id).await.unwrap().unwrap();
+    assert_eq!((again.id, again.log_lines), (t.id, 2), "{name}");
+    // Reading does not consume: a task's status is there however often it is asked for.
+    assert!(store.get_task(t.id).await.unwrap().is_some(), "{name}");
+}
+
+async fn task_trees_fire_times_and_active_counts(backend: Backend) {
     use arachne_master::store::ActiveScope;
-    for backend in backends() {
-        let (name, store) = (backend.name, backend.open().await);
-        let schedule = arachne_shared::ScheduleId::new();
-        let fire = Utc::now();
-        let mut parent = task("tree", 5);
-        parent.children = 2;
-        parent.schedule_id = Some(schedule);
-        parent.fire_time = Some(fire);
-        let mut kids = Vec::new();
-        for node in ["a", "b"] {
-            let mut child = task("tree", 5);
-            child.parent_id = Some(parent.id);
-            child.pinned_node = Some(node.into());
-            child.schedule_id = Some(schedule);
-            child.exclusive = Some("k".into());
-            kids.push(child);
-        }
-        let mut all = vec![parent.clone()];
-        all.extend(kids.clone());
-        store.insert_tasks(&all).await.unwrap();
-
-        // One fire time, one run: a second parent for it is refused, and nothing of it is written.
-        let mut again = task("tree", 5);
-        again.schedule_id = Some(schedule);
-        again.fire_time = Some(fire);
-        let other = task("tree", 5);
-        let err = store
-            .insert_tasks(&[other.clone(), again])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, arachne_master::store::Error::Duplicate(_)),
-            "{name}: {err}"
-        );
-        assert!(
-            store.get_task(other.id).await.unwrap().is_none(),
-            "{name}: all or nothing"
-        );
-        // A task id is stored once: inserting it again is refused, and the stored task is unchanged.
-        let stored = &kids[0];
-        let mut twin = stored.clone();
-        twin.priority = 9;
-        let err = store.insert_tasks(&[twin]).await.unwrap_err();
-        assert!(
-            matches!(&err, arachne_master::store::Error::Duplicate(what) if what.contains(&stored.id.to_string())),
-            "{name}: {err}"
-        );
-        assert_eq!(
-            store.get_task(stored.id).await.unwrap().unwrap().priority,
-            stored.priority,
-            "{name}"
-        );
-
-        // Parents are never dispatched themselves; their children are.
-        let ids: Vec<_> = store
-            .dispatchable(10, 0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.id)
-            .collect();
-        assert_eq!(ids, [kids[0].id, kids[1].id], "{name}");
-        assert_eq!(
-            store.dispatchable(10, 1).await.unwrap().len(),
-            1,
-            "{name}: offset"
-        );
-
-        let filter = TaskFilter {
-            parent_id: Some(parent.id),
-            limit: 10,
-            ..Default::default()
-        };
-        assert_eq!(store.list_tasks(&filter).await.unwrap().1, 2, "{name}");
-        let filter = TaskFilter {
-            schedule_id: Some(schedule),
-            limit: 10,
-            ..Default::default()
-        };
-        assert_eq!(store.list_tasks(&filter).await.unwrap().1, 3, "{name}");
-
-        let exclusive = ActiveScope::Exclusive("k".into());
-        assert_eq!(
-            store.count_active(&exclusive).await.unwrap(),
-            0,
-            "{name}: unassigned is not active"
-        );
-        store
-            .update_task(
-                kids[0].id,
-                &[TaskStatus::Pending],
-                Box::new(|t| {
-                    t.node = Some("a".into());
-                    true
-                }),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(store.count_active(&exclusive).await.unwrap(), 1, "{name}");
-        assert_eq!(
-            store
-                .count_active(&ActiveScope::Spider("tree".into()))
-                .await
-                .unwrap(),
-            1,
-            "{name}"
-        );
-        assert_eq!(
-            store
-                .count_active(&ActiveScope::Schedule(schedule))
-                .await
-                .unwrap(),
-            1,
-            "{name}"
-        );
-        store
-            .update_task(
-                kids[0].id,
-                &[TaskStatus::Pending],
-                Box::new(|t| {
-                    t.set_status(TaskStatus::Running, Utc::now());
-                    true
-                }),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            store.count_active(&exclusive).await.unwrap(),
-            1,
-            "{name}: running counts"
-        );
-        store
-            .update_task(
-                kids[0].id,
-                &[TaskStatus::Running],
-                Box::new(|t| {
-                    t.finish(&arachne_shared::TaskOutcome::Finished, Utc::now());
-                    true
-                }),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            store.count_active(&exclusive).await.unwrap(),
-            0,
-            "{name}: ended does not"
-        );
+    let (name, store) = (backend.name, backend.open().await);
+    let schedule = arachne_shared::ScheduleId::new();
+    let fire = Utc::now();
+    let mut parent = task("tree", 5);
+    parent.children = 2;
+    parent.schedule_id = Some(schedule);
+    parent.fire_time = Some(fire);
+    let mut kids = Vec::new();
+    for node in ["a", "b"] {
+        let mut child = task("tree", 5);
+        child.parent_id = Some(parent.id);
+        child.pinned_node = Some(node.into());
+        child.schedule_id = Some(schedule);
+        child.exclusive = Some("k".into());
+        kids.push(child);
     }
+    let mut all = vec![parent.clone()];
+    all.extend(kids.clone());
+    store.insert_tasks(&all).await.unwrap();
+
+    // One fire time, one run: a second parent for it is refused, and nothing of it is written.
+    let mut again = task("tree", 5);
+    again.schedule_id = Some(schedule);
+    again.fire_time = Some(fire);
+    let other = task("tree", 5);
+    let err = store
+        .insert_tasks(&[other.clone(), again])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, arachne_master::store::Error::Duplicate(_)),
+        "{name}: {err}"
+    );
+    assert!(
+        store.get_task(other.id).await.unwrap().is_none(),
+        "{name}: all or nothing"
+    );
+    // A task id is stored once: inserting it again is refused, and the stored task is unchanged.
+    let stored = &kids[0];
+    let mut twin = stored.clone();
+    twin.priority = 9;
+    let err = store.insert_tasks(&[twin]).await.unwrap_err();
+    assert!(
+        matches!(&err, arachne_master::store::Error::Duplicate(what) if what.contains(&stored.id.to_string())),
+        "{name}: {err}"
+    );
+    assert_eq!(
+        store.get_task(stored.id).await.unwrap().unwrap().priority,
+        stored.priority,
+        "{name}"
+    );
+
+    // Parents are never dispatched themselves; their children are.
+    let ids: Vec<_> = store
+        .dispatchable(10, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, [kids[0].id, kids[1].id], "{name}");
+    assert_eq!(
+        store.dispatchable(10, 1).await.unwrap().len(),
+        1,
+        "{name}: offset"
+    );
+
+    let filter = TaskFilter {
+        parent_id: Some(parent.id),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.list_tasks(&filter).await.unwrap().1, 2, "{name}");
+    let filter = TaskFilter {
+        schedule_id: Some(schedule),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.list_tasks(&filter).await.unwrap().1, 3, "{name}");
+
+    let exclusive = ActiveScope::Exclusive("k".into());
+    assert_eq!(
+        store.count_active(&exclusive).await.unwrap(),
+        0,
+        "{name}: unassigned is not active"
+    );
+    store
+        .update_task(
+            kids[0].id,
+            &[TaskStatus::Pending],
+            Box::new(|t| {
+                t.node = Some("a".into());
+                true
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.count_active(&exclusive).await.unwrap(), 1, "{name}");
+    assert_eq!(
+        store
+            .count_active(&ActiveScope::Spider("tree".into()))
+            .await
+            .unwrap(),
+        1,
+        "{name}"
+    );
+    assert_eq!(
+        store
+            .count_active(&ActiveScope::Schedule(schedule))
+            .await
+            .unwrap(),
+        1,
+        "{name}"
+    );
+    store
+        .update_task(
+            kids[0].id,
+            &[TaskStatus::Pending],
+            Box::new(|t| {
+                t.set_status(TaskStatus::Running, Utc::now());
+                true
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.count_active(&exclusive).await.unwrap(),
+        1,
+        "{name}: running counts"
+    );
+    store
+        .update_task(
+            kids[0].id,
+            &[TaskStatus::Running],
+            Box::new(|t| {
+                t.finish(&arachne_shared::TaskOutcome::Finished, Utc::now());
+                true
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.count_active(&exclusive).await.unwrap(),
+        0,
+        "{name}: ended does not"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schedules_are_stored_by_id_with_unique_names() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let now = Utc::now();
-        let schedule = arachne_shared::Schedule {
-            id: arachne_shared::ScheduleId::new(),
-            name: "nightly".into(),
-            spider: "s".into(),
-            cron: "0 3 * * *".into(),
-            timezone: "Europe/Berlin".into(),
-            mode: arachne_shared::RunMode::Nodes,
-            nodes: vec!["a".into()],
-            param: Some("-x".into()),
-            priority: 2,
-            settings: Default::default(),
-            enabled: true,
-            overlap: arachne_shared::schedule::OverlapPolicy::Queue,
-            misfire: arachne_shared::schedule::MisfirePolicy::Skip,
-            last_fire: Some(now),
-            created_at: now,
-            updated_at: now,
-            labels: Default::default(),
-        };
-        store.put_schedule(&schedule).await.unwrap();
-        let mut changed = schedule.clone();
-        changed.cron = "0 4 * * *".into();
-        store.put_schedule(&changed).await.unwrap();
-        assert_eq!(
-            store.get_schedule(schedule.id).await.unwrap(),
-            Some(changed.clone()),
-            "{name}"
-        );
-        let clash = arachne_shared::Schedule {
-            id: arachne_shared::ScheduleId::new(),
-            ..schedule.clone()
-        };
-        let err = store.put_schedule(&clash).await.unwrap_err();
-        assert!(
-            matches!(err, arachne_master::store::Error::Duplicate(_)),
-            "{name}: {err}"
-        );
-        assert_eq!(store.list_schedules().await.unwrap(), [changed], "{name}");
-        assert!(store.delete_schedule(schedule.id).await.unwrap(), "{name}");
-        assert!(!store.delete_schedule(schedule.id).await.unwrap(), "{name}");
-        assert!(store.list_schedules().await.unwrap().is_empty(), "{name}");
-    }
+async fn schedules_are_stored_by_id_with_unique_names(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let now = Utc::now();
+    let schedule = arachne_shared::Schedule {
+        id: arachne_shared::ScheduleId::new(),
+        name: "nightly".into(),
+        spider: "s".into(),
+        cron: "0 3 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        mode: arachne_shared::RunMode::Nodes,
+        nodes: vec!["a".into()],
+        param: Some("-x".into()),
+        priority: 2,
+        settings: Default::default(),
+        enabled: true,
+        overlap: arachne_shared::schedule::OverlapPolicy::Queue,
+        misfire: arachne_shared::schedule::MisfirePolicy::Skip,
+        last_fire: Some(now),
+        created_at: now,
+        updated_at: now,
+        labels: Default::default(),
+    };
+    store.put_schedule(&schedule).await.unwrap();
+    let mut changed = schedule.clone();
+    changed.cron = "0 4 * * *".into();
+    store.put_schedule(&changed).await.unwrap();
+    assert_eq!(
+        store.get_schedule(schedule.id).await.unwrap(),
+        Some(changed.clone()),
+        "{name}"
+    );
+    let clash = arachne_shared::Schedule {
+        id: arachne_shared::ScheduleId::new(),
+        ..schedule.clone()
+    };
+    let err = store.put_schedule(&clash).await.unwrap_err();
+    assert!(
+        matches!(err, arachne_master::store::Error::Duplicate(_)),
+        "{name}: {err}"
+    );
+    assert_eq!(store.list_schedules().await.unwrap(), [changed], "{name}");
+    assert!(store.delete_schedule(schedule.id).await.unwrap(), "{name}");
+    assert!(!store.delete_schedule(schedule.id).await.unwrap(), "{name}");
+    assert!(store.list_schedules().await.unwrap().is_empty(), "{name}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ended_tasks_expire_with_their_logs_and_nothing_else_does() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let long_ago = Utc::now() - chrono::Duration::days(40);
-        let ended = |at: chrono::DateTime<Utc>| {
-            let mut t = task("old", 5);
-            t.created_at = at;
-            t.set_status(TaskStatus::Running, at);
-            t.set_status(TaskStatus::Finished, at);
-            t
-        };
-        let old = ended(long_ago);
-        let recent = ended(Utc::now() - chrono::Duration::hours(1));
-        let mut old_running = task("old", 5);
-        old_running.created_at = long_ago;
-        old_running.set_status(TaskStatus::Running, long_ago);
-        let mut old_pending = task("old", 5);
-        old_pending.created_at = long_ago;
-        for t in [&old, &recent, &old_running, &old_pending] {
-            store.insert_task(t).await.unwrap();
-        }
-        store.append_logs(old.id, &lines(1..=3)).await.unwrap();
-        store.append_logs(recent.id, &lines(1..=3)).await.unwrap();
-        // Reading a task, however often, never removes it.
-        for _ in 0..20 {
-            assert!(store.get_task(old.id).await.unwrap().is_some(), "{name}");
-        }
+async fn ended_tasks_expire_with_their_logs_and_nothing_else_does(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let long_ago = Utc::now() - chrono::Duration::days(40);
+    let ended = |at: chrono::DateTime<Utc>| {
+        let mut t = task("old", 5);
+        t.created_at = at;
+        t.set_status(TaskStatus::Running, at);
+        t.set_status(TaskStatus::Finished, at);
+        t
+    };
+    let old = ended(long_ago);
+    let recent = ended(Utc::now() - chrono::Duration::hours(1));
+    let mut old_running = task("old", 5);
+    old_running.created_at = long_ago;
+    old_running.set_status(TaskStatus::Running, long_ago);
+    let mut old_pending = task("old", 5);
+    old_pending.created_at = long_ago;
+    for t in [&old, &recent, &old_running, &old_pending] {
+        store.insert_task(t).await.unwrap();
+    }
+    store.append_logs(old.id, &lines(1..=3)).await.unwrap();
+    store.append_logs(recent.id, &lines(1..=3)).await.unwrap();
+    // Reading a task, however often, never removes it.
+    for _ in 0..20 {
+        assert!(store.get_task(old.id).await.unwrap().is_some(), "{name}");
+    }
 
-        let cutoff = Utc::now() - chrono::Duration::days(30);
-        assert_eq!(
-            store.delete_ended_before(cutoff).await.unwrap(),
-            1,
-            "{name}"
-        );
-        assert!(store.get_task(old.id).await.unwrap().is_none(), "{name}");
-        assert!(
-            store.logs(old.id, 0, 100).await.unwrap().is_empty(),
-            "{name}"
-        );
-        assert_eq!(
-            store.logs(recent.id, 0, 100).await.unwrap().len(),
-            3,
-            "{name}"
-        );
-        for kept in [&recent, &old_running, &old_pending] {
-            let found = store.get_task(kept.id).await.unwrap();
-            assert_eq!(found.map(|t| t.status), Some(kept.status), "{name}");
-        }
-        assert_eq!(
-            store.delete_ended_before(cutoff).await.unwrap(),
-            0,
-            "{name}"
-        );
+    let cutoff = Utc::now() - chrono::Duration::days(30);
+    assert_eq!(
+        store.delete_ended_before(cutoff).await.unwrap(),
+        1,
+        "{name}"
+    );
+    assert!(store.get_task(old.id).await.unwrap().is_none(), "{name}");
+    assert!(
+        store.logs(old.id, 0, 100).await.unwrap().is_empty(),
+        "{name}"
+    );
+    assert_eq!(
+        store.logs(recent.id, 0, 100).await.unwrap().len(),
+        3,
+        "{name}"
+    );
+    for kept in [&recent, &old_running, &old_pending] {
+        let found = store.get_task(kept.id).await.unwrap();
+        assert_eq!(found.map(|t| t.status), Some(kept.status), "{name}");
+    }
+    assert_eq!(
+        store.delete_ended_before(cutoff).await.unwrap(),
+        0,
+        "{name}"
+    );
 
-        if let Some((uri, database)) = &backend.mongodb {
-            // The server expires them on its own too: a TTL index on both collections, with the retention.
-            let client = mongodb::Client::with_uri_str(uri).await.unwrap();
-            let db = client.database(database);
-            for collection in ["tasks", "task_logs"] {
-                let coll = db.collection::<bson::Document>(collection);
-                let mut indexes = coll.list_indexes().await.unwrap();
-                let mut ttl = None;
-                while indexes.advance().await.unwrap() {
-                    let index = indexes.deserialize_current().unwrap();
-                    if index.keys == bson::doc! {"ended_at": 1} {
-                        ttl = index.options.and_then(|o| o.expire_after);
-                    }
+    if let Some((uri, database)) = &backend.mongodb {
+        // The server expires them on its own too: a TTL index on both collections, with the retention.
+        let client = ::mongodb::Client::with_uri_str(uri).await.unwrap();
+        let db = client.database(database);
+        for collection in ["tasks", "task_logs"] {
+            let coll = db.collection::<bson::Document>(collection);
+            let mut indexes = coll.list_indexes().await.unwrap();
+            let mut ttl = None;
+            while indexes.advance().await.unwrap() {
+                let index = indexes.deserialize_current().unwrap();
+                if index.keys == bson::doc! {"ended_at": 1} {
+                    ttl = index.options.and_then(|o| o.expire_after);
                 }
-                assert_eq!(ttl, Some(RETENTION), "{collection}");
             }
+            assert_eq!(ttl, Some(RETENTION), "{collection}");
         }
     }
 }
 
-#[tokio::test]
-async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let token = |token_name: &str, secret: &str, kind| Token {
-            name: token_name.into(),
-            kind,
-            hash: Token::hash_of(secret),
-            created_at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
-        };
-        let ci = token("ci", "secret-1", TokenKind::Api);
-        store.insert_token(&ci).await.unwrap();
+async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let token = |token_name: &str, secret: &str, kind| Token {
+        name: token_name.into(),
+        kind,
+        hash: Token::hash_of(secret),
+        created_at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
+    };
+    let ci = token("ci", "secret-1", TokenKind::Api);
+    store.insert_token(&ci).await.unwrap();
+    store
+        .insert_token(&token("rack-2", "secret-2", TokenKind::Worker))
+        .await
+        .unwrap();
+    let clash = store
+        .insert_token(&token("ci", "secret-3", TokenKind::Api))
+        .await;
+    assert!(
+        matches!(clash, Err(arachne_master::store::Error::Duplicate(_))),
+        "{name}: {clash:?}"
+    );
+    let store = backend.open().await;
+    assert_eq!(
         store
-            .insert_token(&token("rack-2", "secret-2", TokenKind::Worker))
+            .token_by_hash(&Token::hash_of("secret-1"))
             .await
-            .unwrap();
-        let clash = store
-            .insert_token(&token("ci", "secret-3", TokenKind::Api))
-            .await;
-        assert!(
-            matches!(clash, Err(arachne_master::store::Error::Duplicate(_))),
-            "{name}: {clash:?}"
-        );
-        let store = backend.open().await;
-        assert_eq!(
-            store
-                .token_by_hash(&Token::hash_of("secret-1"))
-                .await
-                .unwrap(),
-            Some(ci),
-            "{name}"
-        );
-        assert_eq!(
-            store.token_by_hash("secret-1").await.unwrap(),
-            None,
-            "{name}"
-        );
-        let names: Vec<String> = store
-            .list_tokens()
+            .unwrap(),
+        Some(ci),
+        "{name}"
+    );
+    assert_eq!(
+        store.token_by_hash("secret-1").await.unwrap(),
+        None,
+        "{name}"
+    );
+    let names: Vec<String> = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["ci", "rack-2"], "{name}");
+    assert!(store.delete_token("ci").await.unwrap(), "{name}");
+    assert!(!store.delete_token("ci").await.unwrap(), "{name}");
+    assert_eq!(
+        store
+            .token_by_hash(&Token::hash_of("secret-1"))
             .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.name)
-            .collect();
-        assert_eq!(names, ["ci", "rack-2"], "{name}");
-        assert!(store.delete_token("ci").await.unwrap(), "{name}");
-        assert!(!store.delete_token("ci").await.unwrap(), "{name}");
-        assert_eq!(
-            store
-                .token_by_hash(&Token::hash_of("secret-1"))
-                .await
-                .unwrap(),
-            None,
-            "{name}: a revoked token opens nothing"
-        );
-    }
+            .unwrap(),
+        None,
+        "{name}: a revoked token opens nothing"
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_records() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        // Creation-time filters work to the millisecond, the precision of an id's time.
-        let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
-        let hours_ago = |h: i64| now - chrono::Duration::hours(h);
-        let mut made = Vec::new();
-        for h in [3, 2, 1] {
-            let mut t = task("timed", 5);
-            // Ids carry their creation time; these are made as if created hours apart.
-            t.id = TaskId::first_at(hours_ago(h));
-            t.created_at = hours_ago(h);
-            store.insert_task(&t).await.unwrap();
-            made.push(t);
-        }
-        let ids = |filter: TaskFilter| {
-            let store = Arc::clone(&store);
-            async move {
-                let (tasks, total) = store.list_tasks(&filter).await.unwrap();
-                assert_eq!(tasks.len() as u64, total);
-                tasks.into_iter().map(|t| t.id).collect::<Vec<_>>()
-            }
-        };
-        let window = |since: Option<i64>, until: Option<chrono::DateTime<Utc>>| TaskFilter {
-            spider_name: Some("timed".into()),
-            created_since: since.map(hours_ago),
-            created_until: until,
-            limit: 100,
-            ..Default::default()
-        };
-        assert_eq!(
-            ids(window(Some(2), None)).await,
-            [made[2].id, made[1].id],
-            "{name}"
-        );
-        assert_eq!(
-            ids(window(None, Some(hours_ago(1)))).await,
-            [made[1].id, made[0].id],
-            "{name}"
-        );
-        assert_eq!(
-            ids(window(Some(2), Some(hours_ago(1)))).await,
-            [made[1].id],
-            "{name}"
-        );
-        let just_after = made[0].created_at + chrono::Duration::milliseconds(1);
-        assert_eq!(
-            ids(window(None, Some(just_after))).await,
-            [made[0].id],
-            "{name}"
-        );
-
-        let mut ended = task("gone", 5);
-        ended.set_status(TaskStatus::Running, now);
-        ended.set_status(TaskStatus::Finished, now);
-        let mut running = task("gone", 5);
-        running.set_status(TaskStatus::Running, now);
-        for t in [&ended, &running] {
-            store.insert_task(t).await.unwrap();
-            store.append_logs(t.id, &lines(1..=3)).await.unwrap();
-            let items = [page(1, "https://a", "x"), page(2, "https://b", "x")];
-            store.insert_items(&t.item_target(), &items).await.unwrap();
-        }
-        assert!(
-            !store.delete_task(&running).await.unwrap(),
-            "{name}: a running task stays"
-        );
-        assert!(
-            store.get_task(running.id).await.unwrap().is_some(),
-            "{name}"
-        );
-        assert_eq!(
-            store.logs(running.id, 0, 10).await.unwrap().len(),
-            3,
-            "{name}"
-        );
-        assert!(store.delete_task(&ended).await.unwrap(), "{name}");
-        assert!(store.get_task(ended.id).await.unwrap().is_none(), "{name}");
-        assert!(
-            store.logs(ended.id, 0, 10).await.unwrap().is_empty(),
-            "{name}"
-        );
-        assert!(
-            store.items(ended.id, 0, 10).await.unwrap().is_empty(),
-            "{name}"
-        );
-        assert_eq!(
-            store.items(running.id, 0, 10).await.unwrap().len(),
-            2,
-            "{name}"
-        );
-        assert!(
-            !store.delete_task(&ended).await.unwrap(),
-            "{name}: deleting twice finds nothing"
-        );
+async fn tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_records(
+    backend: Backend,
+) {
+    let name = backend.name;
+    let store = backend.open().await;
+    // Creation-time filters work to the millisecond, the precision of an id's time.
+    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+    let hours_ago = |h: i64| now - chrono::Duration::hours(h);
+    let mut made = Vec::new();
+    for h in [3, 2, 1] {
+        let mut t = task("timed", 5);
+        // Ids carry their creation time; these are made as if created hours apart.
+        t.id = TaskId::first_at(hours_ago(h));
+        t.created_at = hours_ago(h);
+        store.insert_task(&t).await.unwrap();
+        made.push(t);
     }
+    let ids = |filter: TaskFilter| {
+        let store = Arc::clone(&store);
+        async move {
+            let (tasks, total) = store.list_tasks(&filter).await.unwrap();
+            assert_eq!(tasks.len() as u64, total);
+            tasks.into_iter().map(|t| t.id).collect::<Vec<_>>()
+        }
+    };
+    let window = |since: Option<i64>, until: Option<chrono::DateTime<Utc>>| TaskFilter {
+        spider_name: Some("timed".into()),
+        created_since: since.map(hours_ago),
+        created_until: until,
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(window(Some(2), None)).await,
+        [made[2].id, made[1].id],
+        "{name}"
+    );
+    assert_eq!(
+        ids(window(None, Some(hours_ago(1)))).await,
+        [made[1].id, made[0].id],
+        "{name}"
+    );
+    assert_eq!(
+        ids(window(Some(2), Some(hours_ago(1)))).await,
+        [made[1].id],
+        "{name}"
+    );
+    let just_after = made[0].created_at + chrono::Duration::milliseconds(1);
+    assert_eq!(
+        ids(window(None, Some(just_after))).await,
+        [made[0].id],
+        "{name}"
+    );
+
+    let mut ended = task("gone", 5);
+    ended.set_status(TaskStatus::Running, now);
+    ended.set_status(TaskStatus::Finished, now);
+    let mut running = task("gone", 5);
+    running.set_status(TaskStatus::Running, now);
+    for t in [&ended, &running] {
+        store.insert_task(t).await.unwrap();
+        store.append_logs(t.id, &lines(1..=3)).await.unwrap();
+        let items = [page(1, "https://a", "x"), page(2, "https://b", "x")];
+        store.insert_items(&t.item_target(), &items).await.unwrap();
+    }
+    assert!(
+        !store.delete_task(&running).await.unwrap(),
+        "{name}: a running task stays"
+    );
+    assert!(
+        store.get_task(running.id).await.unwrap().is_some(),
+        "{name}"
+    );
+    assert_eq!(
+        store.logs(running.id, 0, 10).await.unwrap().len(),
+        3,
+        "{name}"
+    );
+    assert!(store.delete_task(&ended).await.unwrap(), "{name}");
+    assert!(store.get_task(ended.id).await.unwrap().is_none(), "{name}");
+    assert!(
+        store.logs(ended.id, 0, 10).await.unwrap().is_empty(),
+        "{name}"
+    );
+    assert!(
+        store.items(ended.id, 0, 10).await.unwrap().is_empty(),
+        "{name}"
+    );
+    assert_eq!(
+        store.items(running.id, 0, 10).await.unwrap().len(),
+        2,
+        "{name}"
+    );
+    assert!(
+        !store.delete_task(&ended).await.unwrap(),
+        "{name}: deleting twice finds nothing"
+    );
 }
 
 /// Every step of a task's life changes a different set of queried fields (the embedded store writes only the
 /// columns that changed); each query must see every step.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_step_of_a_task_shows_in_every_query() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let t = task("steps", 5);
-        store.insert_task(&t).await.unwrap();
-        let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
-        let with = |status: TaskStatus, node: Option<&str>| TaskFilter {
-            spider_name: Some("steps".into()),
-            status: Some(status),
-            node: node.map(str::to_owned),
-            limit: 10,
-            ..Default::default()
-        };
-        let spider_scope = arachne_master::store::ActiveScope::Spider("steps".into());
+async fn each_step_of_a_task_shows_in_every_query(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let t = task("steps", 5);
+    store.insert_task(&t).await.unwrap();
+    let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let with = |status: TaskStatus, node: Option<&str>| TaskFilter {
+        spider_name: Some("steps".into()),
+        status: Some(status),
+        node: node.map(str::to_owned),
+        limit: 10,
+        ..Default::default()
+    };
+    let spider_scope = arachne_master::store::ActiveScope::Spider("steps".into());
 
-        let step = |change: Box<dyn FnMut(&mut Task) -> bool + Send>| {
-            let store = Arc::clone(&store);
-            async move {
-                store
-                    .update_task(t.id, &TaskStatus::ALL, change)
-                    .await
-                    .unwrap()
-                    .expect("the change applies")
-            }
-        };
-        step(Box::new(|t| {
-            t.priority = 2;
-            true
-        }))
-        .await;
-        assert_eq!(
-            store.dispatchable(10, 0).await.unwrap()[0].priority,
-            2,
-            "{name}"
-        );
+    let step = |change: Box<dyn FnMut(&mut Task) -> bool + Send>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .update_task(t.id, &TaskStatus::ALL, change)
+                .await
+                .unwrap()
+                .expect("the change applies")
+        }
+    };
+    step(Box::new(|t| {
+        t.priority = 2;
+        true
+    }))
+    .await;
+    assert_eq!(
+        store.dispatchable(10, 0).await.unwrap()[0].priority,
+        2,
+        "{name}"
+    );
 
-        step(Box::new(|t| {
-            t.node = Some("n1".into());
-            true
-        }))
-        .await;
-        assert!(
-            store.dispatchable(10, 0).await.unwrap().is_empty(),
-            "{name}"
-        );
-        let (pending, _) = store
-            .list_tasks(&with(TaskStatus::Pending, Some("n1")))
-            .await
-            .unwrap();
-        assert_eq!(ids(pending), [t.id], "{name}: assigned, listed by node");
-        assert_eq!(
-            store.count_active(&spider_scope).await.unwrap(),
-            1,
-            "{name}"
-        );
+    step(Box::new(|t| {
+        t.node = Some("n1".into());
+        true
+    }))
+    .await;
+    assert!(
+        store.dispatchable(10, 0).await.unwrap().is_empty(),
+        "{name}"
+    );
+    let (pending, _) = store
+        .list_tasks(&with(TaskStatus::Pending, Some("n1")))
+        .await
+        .unwrap();
+    assert_eq!(ids(pending), [t.id], "{name}: assigned, listed by node");
+    assert_eq!(
+        store.count_active(&spider_scope).await.unwrap(),
+        1,
+        "{name}"
+    );
 
-        step(Box::new(|t| {
-            t.set_status(TaskStatus::Running, Utc::now());
-            true
-        }))
-        .await;
-        let (running, _) = store
-            .list_tasks(&with(TaskStatus::Running, Some("n1")))
-            .await
-            .unwrap();
-        assert_eq!(ids(running), [t.id], "{name}: running");
-        let (pending, _) = store
-            .list_tasks(&with(TaskStatus::Pending, None))
-            .await
-            .unwrap();
-        assert!(pending.is_empty(), "{name}: no longer pending");
+    step(Box::new(|t| {
+        t.set_status(TaskStatus::Running, Utc::now());
+        true
+    }))
+    .await;
+    let (running, _) = store
+        .list_tasks(&with(TaskStatus::Running, Some("n1")))
+        .await
+        .unwrap();
+    assert_eq!(ids(running), [t.id], "{name}: running");
+    let (pending, _) = store
+        .list_tasks(&with(TaskStatus::Pending, None))
+        .await
+        .unwrap();
+    assert!(pending.is_empty(), "{name}: no longer pending");
 
-        let ended = Utc::now() - chrono::Duration::hours(2);
-        step(Box::new(move |t| {
-            t.finish(&arachne_shared::TaskOutcome::Finished, ended);
-            true
-        }))
-        .await;
-        let (finished, _) = store
-            .list_tasks(&with(TaskStatus::Finished, Some("n1")))
-            .await
-            .unwrap();
-        assert_eq!(ids(finished), [t.id], "{name}: finished");
-        assert_eq!(
-            store.count_active(&spider_scope).await.unwrap(),
-            0,
-            "{name}"
-        );
-        let counts = store.count_by_status().await.unwrap();
-        assert!(
-            counts.contains(&(TaskStatus::Finished, 1)),
-            "{name}: {counts:?}"
-        );
-        // The end time is what the retention sweep goes by.
-        let cutoff = Utc::now() - chrono::Duration::hours(1);
-        assert_eq!(
-            store.delete_ended_before(cutoff).await.unwrap(),
-            1,
-            "{name}"
-        );
-        assert!(store.get_task(t.id).await.unwrap().is_none(), "{name}");
-    }
+    let ended = Utc::now() - chrono::Duration::hours(2);
+    step(Box::new(move |t| {
+        t.finish(&arachne_shared::TaskOutcome::Finished, ended);
+        true
+    }))
+    .await;
+    let (finished, _) = store
+        .list_tasks(&with(TaskStatus::Finished, Some("n1")))
+        .await
+        .unwrap();
+    assert_eq!(ids(finished), [t.id], "{name}: finished");
+    assert_eq!(
+        store.count_active(&spider_scope).await.unwrap(),
+        0,
+        "{name}"
+    );
+    let counts = store.count_by_status().await.unwrap();
+    assert!(
+        counts.contains(&(TaskStatus::Finished, 1)),
+        "{name}: {counts:?}"
+    );
+    // The end time is what the retention sweep goes by.
+    let cutoff = Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(
+        store.delete_ended_before(cutoff).await.unwrap(),
+        1,
+        "{name}"
+    );
+    assert!(store.get_task(t.id).await.unwrap().is_none(), "{name}");
 }
 
 /// A spider is always read as last written: after a change, a rename, and a write refused as a duplicate
 /// (the embedded store keeps spiders it has read in memory).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spider_reads_as_last_written() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let mut s = spider("first");
-        s.version = "v1".into();
-        store.put_spider(&s).await.unwrap();
-        let read = |n: &'static str| {
-            let store = Arc::clone(&store);
-            async move { store.spider_by_name(n).await.unwrap().map(|s| s.version) }
-        };
-        assert_eq!(read("first").await.as_deref(), Some("v1"), "{name}");
+async fn a_spider_reads_as_last_written(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let mut s = spider("first");
+    s.version = "v1".into();
+    store.put_spider(&s).await.unwrap();
+    let read = |n: &'static str| {
+        let store = Arc::clone(&store);
+        async move { store.spider_by_name(n).await.unwrap().map(|s| s.version) }
+    };
+    assert_eq!(read("first").await.as_deref(), Some("v1"), "{name}");
 
-        s.version = "v2".into();
-        store.put_spider(&s).await.unwrap();
-        assert_eq!(read("first").await.as_deref(), Some("v2"), "{name}");
+    s.version = "v2".into();
+    store.put_spider(&s).await.unwrap();
+    assert_eq!(read("first").await.as_deref(), Some("v2"), "{name}");
 
-        s.name = "renamed".into();
-        store.put_spider(&s).await.unwrap();
-        assert_eq!(read("first").await, None, "{name}: the old name is gone");
-        assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
+    s.name = "renamed".into();
+    store.put_spider(&s).await.unwrap();
+    assert_eq!(read("first").await, None, "{name}: the old name is gone");
+    assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
 
-        let mut clash = spider("renamed");
-        clash.version = "v9".into();
-        assert!(store.put_spider(&clash).await.is_err(), "{name}");
-        assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
-    }
+    let mut clash = spider("renamed");
+    clash.version = "v9".into();
+    assert!(store.put_spider(&clash).await.is_err(), "{name}");
+    assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
 }
 
 /// An item nested deeper than a MongoDB document may be (or than a JSON reader goes) is stored and read back
 /// whole, and two such items under de-duplication are both kept rather than merged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deeply_nested_items_are_kept_whole() {
-    for backend in backends() {
-        let name = backend.name;
-        let store = backend.open().await;
-        let mut spider = spider("deep");
-        spider.dedup = Some(Dedup {
-            keys: vec!["url".into()],
-            mode: DedupMode::Ignore,
-        });
-        let task = Task::pending(&spider, Utc::now());
-        store.insert_task(&task).await.unwrap();
-        let deep = |depth: usize, leaf: u32| {
-            let text = format!(
-                r#"{{"url":{}{leaf}{},"n":{leaf}}}"#,
-                "[".repeat(depth),
-                "]".repeat(depth)
-            );
-            serde_json::value::RawValue::from_string(text).unwrap()
-        };
-        let items = [
-            ItemRecord::new(1, deep(150, 1)).unwrap(),
-            ItemRecord::new(2, deep(300, 2)).unwrap(),
-            ItemRecord::new(3, deep(300, 3)).unwrap(),
-        ];
-        store
-            .insert_items(&task.item_target(), &items)
-            .await
-            .unwrap();
-        let read = store.items(task.id, 0, 10).await.unwrap();
-        let texts: Vec<&str> = read.iter().map(|i| i.data.get()).collect();
-        let expected: Vec<&str> = items.iter().map(|i| i.data.get()).collect();
-        assert_eq!(texts, expected, "{name}");
-    }
+async fn deeply_nested_items_are_kept_whole(backend: Backend) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let mut spider = spider("deep");
+    spider.dedup = Some(Dedup {
+        keys: vec!["url".into()],
+        mode: DedupMode::Ignore,
+    });
+    let task = Task::pending(&spider, Utc::now());
+    store.insert_task(&task).await.unwrap();
+    let deep = |depth: usize, leaf: u32| {
+        let text = format!(
+            r#"{{"url":{}{leaf}{},"n":{leaf}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        serde_json::value::RawValue::from_string(text).unwrap()
+    };
+    let items = [
+        ItemRecord::new(1, deep(150, 1)).unwrap(),
+        ItemRecord::new(2, deep(300, 2)).unwrap(),
+        ItemRecord::new(3, deep(300, 3)).unwrap(),
+    ];
+    store
+        .insert_items(&task.item_target(), &items)
+        .await
+        .unwrap();
+    let read = store.items(task.id, 0, 10).await.unwrap();
+    let texts: Vec<&str> = read.iter().map(|i| i.data.get()).collect();
+    let expected: Vec<&str> = items.iter().map(|i| i.data.get()).collect();
+    assert_eq!(texts, expected, "{name}");
 }
