@@ -26,10 +26,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::changes::Changes;
 use crate::files::{self, SpiderFiles};
 use crate::scheduler::Scheduler;
 use crate::store::{Store, TaskFilter};
-use crate::store_health::retrying;
+use crate::store_health::{StoreHealth, retrying};
+use crate::telemetry::Telemetry;
 
 /// How long a new session may take to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +40,11 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Cluster {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) changes: Arc<Changes>,
+    /// What the workers' reports add up to, for `/metrics`.
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// Whether the store takes the workers' reports, for `/health`.
+    pub(crate) health: Arc<StoreHealth>,
     pub(crate) files: SpiderFiles,
     pub(crate) auth: Arc<crate::auth::Auth>,
     pub(crate) shutdown: CancellationToken,
@@ -178,14 +185,14 @@ impl Handler for Cluster {
             return;
         };
         let end = self.serve(&node, &mut inbound, &outbound, &kill).await;
-        self.scheduler.close(&name, session);
+        self.scheduler.registry.close(&name, session);
         let timeout = self.scheduler.heartbeat_timeout().as_secs_f32();
         let settle_now = match end {
             SessionEnd::Silent => Some(format!(
                 "node {name} went offline: no heartbeat for {timeout} s"
             )),
             SessionEnd::Left | SessionEnd::Broken => {
-                self.scheduler.mark_lost(&name);
+                self.scheduler.registry.mark_lost(&name);
                 None
             }
             SessionEnd::MasterShutdown => None,
@@ -197,9 +204,9 @@ impl Handler for Cluster {
                 .await
         {
             error!(node = %name, error = %err, "cannot settle the tasks of a disconnected node");
-            self.scheduler.mark_lost(&name);
+            self.scheduler.registry.mark_lost(&name);
         }
-        self.scheduler.unregister(&name, session);
+        self.scheduler.registry.unregister(&name, session);
         // Re-read: a user may have changed the node while the session ran.
         let mut node = self.stored_node(&name).await.unwrap_or(node);
         node.status = NodeStatus::Offline;
@@ -319,7 +326,7 @@ impl Cluster {
                 max_runners: effective.max_runners,
             });
         }
-        let (session, kill) = match self.scheduler.register(
+        let (session, kill) = match self.scheduler.registry.register(
             &effective,
             enabled,
             keep.clone(),
@@ -390,7 +397,7 @@ impl Cluster {
                 at: Utc::now(),
             };
             match self.store.append_logs(task.id, &[line]).await {
-                Ok(()) => self.scheduler.output(task.id),
+                Ok(()) => self.changes.output(task.id),
                 Err(err) => {
                     warn!(task_id = %task.id, error = %err, "cannot note a task's leftover processes")
                 }
@@ -463,7 +470,7 @@ impl Cluster {
                 }
                 _ => None,
             };
-            self.scheduler.seen(&node.name, metrics.clone());
+            self.scheduler.registry.seen(&node.name, metrics.clone());
             if metrics.is_some() {
                 continue;
             }
@@ -549,8 +556,8 @@ impl Cluster {
         outbound: &Outbound,
         targets: &mut ItemTargets,
     ) -> Option<Write<'a>> {
-        let (store, scheduler) = (&self.store, &self.scheduler);
-        let health = &scheduler.store_health;
+        let store = &self.store;
+        let health = &self.health;
         match message {
             WorkerToMaster::Register(_) => {
                 warn!(node = %node.name, "ignoring a second Register in one session");
@@ -595,8 +602,8 @@ impl Cluster {
                         "storing log lines",
                         store.append_logs(task_id, &lines)
                     );
-                    scheduler.telemetry.ingested(0, lines.len());
-                    scheduler.output(task_id);
+                    self.telemetry.ingested(0, lines.len());
+                    self.changes.output(task_id);
                     seq
                 }));
             }
@@ -619,8 +626,8 @@ impl Cluster {
                         return seq;
                     };
                     retrying!(health, "storing items", store.insert_items(&target, &items));
-                    scheduler.telemetry.ingested(items.len(), 0);
-                    scheduler.output(task_id);
+                    self.telemetry.ingested(items.len(), 0);
+                    self.changes.output(task_id);
                     seq
                 }));
             }
@@ -650,7 +657,7 @@ impl Cluster {
                     store.update_task(task_id, &TaskStatus::ALL, update())
                 );
                 if stored.is_some() {
-                    scheduler.changed(task_id);
+                    self.changes.changed(task_id);
                 } else {
                     warn!(node = %node.name, task_id = %task_id, lease,
                         "refusing a report of a task this node does not hold under that lease");
@@ -720,7 +727,7 @@ impl Cluster {
                 }),
             )
             .await?;
-        self.scheduler.changed(task_id);
+        self.changes.changed(task_id);
         if let Some(task) = updated {
             if let Some(parent) = task.parent_id {
                 self.scheduler.refresh_parent(parent).await?;
@@ -824,7 +831,7 @@ impl Cluster {
         if requeued.is_some() {
             warn!(task_id = %held.task_id, node = %node.name, %reason, "a worker refused a task; back to the queue");
             self.scheduler.release(&node.name, held.task_id);
-            self.scheduler.changed(held.task_id);
+            self.changes.changed(held.task_id);
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use arachne_web_api::{Backend, Error, Result};
 use tokio::sync::broadcast;
 
 use crate::auth::Auth;
+use crate::changes::Changes;
 use crate::files;
 use crate::nodes::{self, NodeUpdate, Nodes};
 use crate::runs::{self, RunRequest, Runs};
@@ -21,6 +22,8 @@ use crate::scheduler::Scheduler;
 use crate::schedules::{self, ScheduleRequest, Schedules};
 use crate::spiders::{self, SpiderRequest, Spiders};
 use crate::store::{self, Store, TaskFilter};
+use crate::store_health::StoreHealth;
+use crate::telemetry::Telemetry;
 
 /// The master as the HTTP API sees it: its services, and the store for what is only read.
 pub(crate) struct MasterApi {
@@ -30,6 +33,9 @@ pub(crate) struct MasterApi {
     pub(crate) nodes: Nodes,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) changes: Arc<Changes>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) health: Arc<StoreHealth>,
     pub(crate) auth: Arc<Auth>,
 }
 
@@ -180,7 +186,7 @@ impl Backend for MasterApi {
     }
 
     async fn health(&self) -> Health {
-        let store_error = self.scheduler.store_health.failing();
+        let store_error = self.health.failing();
         Health {
             status: match store_error {
                 Some(_) => HealthStatus::Failing,
@@ -192,9 +198,8 @@ impl Backend for MasterApi {
 
     async fn metrics(&self) -> Result<Metrics> {
         let tasks = self.store.count_by_status().await.map_err(store_error)?;
-        let (nodes_online, runner_slots, runner_slots_in_use) = self.scheduler.slots();
-        let (items_ingested, log_lines_ingested, dispatch_latency) =
-            self.scheduler.telemetry.snapshot();
+        let (nodes_online, runner_slots, runner_slots_in_use) = self.scheduler.registry.slots();
+        let (items_ingested, log_lines_ingested, dispatch_latency) = self.telemetry.snapshot();
         Ok(Metrics {
             tasks,
             nodes_online,
@@ -214,7 +219,7 @@ impl Backend for MasterApi {
     }
 
     fn subscribe(&self) -> broadcast::Receiver<arachne_shared::TaskChanged> {
-        self.scheduler.subscribe()
+        self.changes.subscribe()
     }
 }
 

@@ -2,6 +2,7 @@
 //! API. `arachne-master` is a thin binary over [`run`], so tests start exactly what users run.
 
 pub mod auth;
+mod changes;
 mod cluster;
 mod cron;
 pub mod files;
@@ -307,12 +308,21 @@ pub async fn run(
     // What uploads cut short by a crash left half checked; no upload is under way yet.
     files.sweep_staging().await;
     let auth = Arc::new(Auth::start(Arc::clone(&store), &config.auth, &config.data_dir).await?);
-    let scheduler = Arc::new(Scheduler::new(Arc::clone(&store), config.scheduler.clone()));
+    let changes = Arc::new(changes::Changes::default());
+    let telemetry = Arc::new(telemetry::Telemetry::default());
+    let health = Arc::new(store_health::StoreHealth::default());
+    let scheduler = Arc::new(Scheduler::new(
+        Arc::clone(&store),
+        config.scheduler.clone(),
+        Arc::clone(&changes),
+        Arc::clone(&telemetry),
+    ));
     recover(store.as_ref(), &scheduler).await?;
     let spiders = Arc::new(spiders::Spiders::new(Arc::clone(&store), files.clone()));
     let runs = Arc::new(runs::Runs::new(
         Arc::clone(&store),
         Arc::clone(&scheduler),
+        Arc::clone(&changes),
         Arc::clone(&spiders),
     ));
     let schedules = Arc::new(schedules::Schedules::new(
@@ -349,11 +359,17 @@ pub async fn run(
         nodes: nodes::Nodes::new(Arc::clone(&store), Arc::clone(&scheduler)),
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
+        changes: Arc::clone(&changes),
+        telemetry: Arc::clone(&telemetry),
+        health: Arc::clone(&health),
         auth: Arc::clone(&auth),
     });
     let cluster = Arc::new(Cluster {
         store,
         scheduler,
+        changes,
+        telemetry,
+        health,
         files,
         auth: Arc::clone(&auth),
         shutdown: servers.clone(),
@@ -449,7 +465,7 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 async fn recover(store: &dyn Store, scheduler: &Scheduler) -> Result<(), store::Error> {
     let waiting = scheduler::recover(store).await?;
     for node in &waiting {
-        scheduler.mark_lost(node);
+        scheduler.registry.mark_lost(node);
     }
     let mut nodes = store.list_nodes().await?;
     for node in &mut nodes {

@@ -45,7 +45,7 @@ impl Nodes {
     pub async fn list(&self) -> Result<Vec<Node>> {
         let mut nodes = self.store.list_nodes().await?;
         for node in &mut nodes {
-            match self.scheduler.live(&node.name) {
+            match self.scheduler.registry.live(&node.name) {
                 Some(live) => {
                     node.status = NodeStatus::Online;
                     node.running = live.running;

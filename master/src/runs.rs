@@ -8,6 +8,7 @@ use arachne_shared::{RunMode, ScheduleId, Spider, Task, TaskId, TaskOutcome, Tas
 use chrono::{DateTime, Utc};
 use tracing::info;
 
+use crate::changes::Changes;
 use crate::scheduler::Scheduler;
 use crate::spiders::{self, Spiders};
 use crate::store::{self, Store, TaskFilter};
@@ -85,6 +86,7 @@ const NOT_ENDED: [TaskStatus; 3] = [
 pub struct Runs {
     store: Arc<dyn Store>,
     scheduler: Arc<Scheduler>,
+    changes: Arc<Changes>,
     spiders: Arc<Spiders>,
 }
 
@@ -92,11 +94,13 @@ impl Runs {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         scheduler: Arc<Scheduler>,
+        changes: Arc<Changes>,
         spiders: Arc<Spiders>,
     ) -> Self {
         Self {
             store,
             scheduler,
+            changes,
             spiders,
         }
     }
@@ -170,7 +174,7 @@ impl Runs {
         let head = tasks.swap_remove(0);
         info!(task_id = %head.id, spider = %head.spider_name, mode = head.mode.as_str(),
             children = head.children, "task created");
-        self.scheduler.changed(head.id);
+        self.changes.changed(head.id);
         self.scheduler.kick();
         Ok(head)
     }
@@ -183,7 +187,7 @@ impl Runs {
                 Err(Error::NodesOutsideNodesMode(mode))
             }
             RunMode::All => {
-                let online = self.scheduler.online_enabled();
+                let online = self.scheduler.registry.online_enabled();
                 if online.is_empty() {
                     return Err(Error::NoNodeOnline);
                 }
@@ -222,7 +226,7 @@ impl Runs {
             let next = task.next_attempt(now, None);
             self.store.insert_task(&next).await?;
             info!(task_id = %next.id, restart_of = %id, attempt = next.attempt, "task restarted");
-            self.scheduler.changed(next.id);
+            self.changes.changed(next.id);
             self.scheduler.kick();
             if let Some(parent) = next.parent_id {
                 self.scheduler.refresh_parent(parent).await?;
@@ -241,7 +245,7 @@ impl Runs {
         self.store.insert_tasks(&unfinished).await?;
         info!(task_id = %id, children = unfinished.len(), "parent task restarted: re-running its unfinished children");
         for child in &unfinished {
-            self.scheduler.changed(child.id);
+            self.changes.changed(child.id);
         }
         self.scheduler.refresh_parent(id).await?;
         self.scheduler.kick();
@@ -293,7 +297,7 @@ impl Runs {
         // Children first, so a parent never outlives a child half-deleted by a failure.
         for child in children.iter().chain(std::iter::once(&task)) {
             self.store.delete_task(child).await?;
-            self.scheduler.changed(child.id);
+            self.changes.changed(child.id);
         }
         info!(task_id = %id, children = children.len(), "task deleted");
         Ok(())
