@@ -87,14 +87,8 @@ impl Backend for MasterApi {
 
     async fn run_task(&self, run: RunTask) -> Result<Task> {
         let request = RunRequest {
+            options: run_options(run.param, run.priority, run.settings, run.mode, run.nodes),
             spider: run.spider,
-            options: RunOptions {
-                param: run.param,
-                priority: run.priority,
-                settings: run.settings.unwrap_or_default(),
-                mode: run.mode.unwrap_or_default(),
-                nodes: run.nodes,
-            },
             version: run.version,
             ..RunRequest::default()
         };
@@ -229,16 +223,33 @@ fn schedule_request(spec: ScheduleSpec) -> ScheduleRequest {
         spider: spec.spider,
         cron: spec.cron,
         timezone: spec.timezone,
-        options: RunOptions {
-            param: spec.param,
-            priority: spec.priority,
-            settings: spec.settings.unwrap_or_default(),
-            mode: spec.mode.unwrap_or_default(),
-            nodes: spec.nodes,
-        },
+        options: run_options(
+            spec.param,
+            spec.priority,
+            spec.settings,
+            spec.mode,
+            spec.nodes,
+        ),
         enabled: spec.enabled,
         overlap: spec.overlap,
         misfire: spec.misfire,
+    }
+}
+
+/// The run options of a request that starts runs (`RunTask`, `ScheduleSpec`), unset ones at their defaults.
+fn run_options(
+    param: Option<String>,
+    priority: Option<u8>,
+    settings: Option<arachne_shared::spider::RunSettings>,
+    mode: Option<arachne_shared::RunMode>,
+    nodes: Vec<String>,
+) -> RunOptions {
+    RunOptions {
+        param,
+        priority,
+        settings: settings.unwrap_or_default(),
+        mode: mode.unwrap_or_default(),
+        nodes,
     }
 }
 

@@ -16,27 +16,34 @@ use crate::output::Output;
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     spider: String,
-    /// Arguments appended to the spider's command. Shell text, by design: `--param "-a page=2"` reaches the
-    /// shell that runs the command, quotes, `;` and `$(…)` included, so anyone who may run spiders may run
-    /// any command as the spider user (every API token today).
-    #[arg(long, allow_hyphen_values = true)]
-    param: Option<String>,
-    /// 1 (highest) to 10.
-    #[arg(long)]
-    priority: Option<u8>,
     /// Run this stored version (a hash, or a unique prefix of one) instead of the current one.
     #[arg(long)]
     version: Option<String>,
     #[command(flatten)]
-    placement: PlacementArgs,
+    options: RunOptionArgs,
     /// Stream the task's logs until it ends; exit 0 only if it Finished.
     #[arg(long)]
     follow: bool,
     /// Wait for the task to end; exit 0 only if it Finished.
     #[arg(long)]
     wait: bool,
+}
+
+/// What a run is started with, by `run` and by a schedule.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct RunOptionArgs {
+    /// Arguments appended to the spider's command. Shell text, by design: `--param "-a page=2"` reaches the
+    /// shell that runs the command, quotes, `;` and `$(…)` included, so anyone who may run spiders may run
+    /// any command as the spider user (every API token today).
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) param: Option<String>,
+    /// 1 (highest) to 10.
+    #[arg(long)]
+    pub(crate) priority: Option<u8>,
     #[command(flatten)]
-    settings: SettingsArgs,
+    pub(crate) placement: PlacementArgs,
+    #[command(flatten)]
+    pub(crate) settings: SettingsArgs,
 }
 
 impl RunArgs {
@@ -47,12 +54,12 @@ impl RunArgs {
         };
         let task = client
             .run_task(&RunTask {
-                mode: self.placement.mode(),
-                nodes: self.placement.nodes,
+                mode: self.options.placement.mode(),
+                nodes: self.options.placement.nodes,
                 spider: self.spider,
-                param: self.param,
-                priority: self.priority,
-                settings: self.settings.into_settings(),
+                param: self.options.param,
+                priority: self.options.priority,
+                settings: self.options.settings.into_settings(),
                 version,
             })
             .await?;

@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use crate::Error;
 use crate::output::{Output, or_dash, print_table};
-use crate::run::{PlacementArgs, SettingsArgs};
+use crate::run::RunOptionArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
@@ -49,12 +49,7 @@ pub struct ScheduleArgs {
     #[arg(long)]
     tz: Option<String>,
     #[command(flatten)]
-    placement: PlacementArgs,
-    /// Arguments appended to the spider's command; shell text, as for `arachne run --param`.
-    #[arg(long, allow_hyphen_values = true)]
-    param: Option<String>,
-    #[arg(long)]
-    priority: Option<u8>,
+    options: RunOptionArgs,
     /// allow, skip (no new run while the last one is active) or queue.
     #[arg(long, value_parser = |v: &str| v.parse::<OverlapPolicy>())]
     overlap: Option<OverlapPolicy>,
@@ -64,22 +59,20 @@ pub struct ScheduleArgs {
     /// Create it disabled.
     #[arg(long)]
     disabled: bool,
-    #[command(flatten)]
-    settings: SettingsArgs,
 }
 
 impl ScheduleArgs {
     fn into_spec(self) -> ScheduleSpec {
         ScheduleSpec {
-            mode: self.placement.mode(),
-            nodes: self.placement.nodes,
+            mode: self.options.placement.mode(),
+            nodes: self.options.placement.nodes,
             name: self.name,
             spider: self.spider,
             cron: self.cron,
             timezone: self.tz,
-            param: self.param,
-            priority: self.priority,
-            settings: self.settings.into_settings(),
+            param: self.options.param,
+            priority: self.options.priority,
+            settings: self.options.settings.into_settings(),
             enabled: Some(!self.disabled),
             overlap: self.overlap,
             misfire: self.misfire,

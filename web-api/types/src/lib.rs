@@ -32,30 +32,44 @@ pub struct CreateSpider {
     pub dedup: Option<Dedup>,
 }
 
-/// `POST /api/v1/tasks`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunTask {
-    /// Spider name.
-    pub spider: String,
-    /// Arguments appended to the spider's command.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub param: Option<String>,
-    /// 1 (highest) to 10; 5 by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u8>,
-    /// Overrides of the spider's settings for this run; `env` is merged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<RunSettings>,
-    /// `random` (default), `nodes` (one task per node in `nodes`) or `all` (one child task per online node).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<RunMode>,
-    /// The nodes of mode `nodes`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<String>,
-    /// A stored version of the spider to run instead of its current one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+/// Declares a request type that starts runs (a run, a schedule): its own fields, then the run options every
+/// such request takes, declared once here.
+macro_rules! with_run_options {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$field_meta:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$field_meta])* pub $field: $ty,)*
+            /// Arguments appended to the spider's command.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub param: Option<String>,
+            /// 1 (highest) to 10; 5 by default.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub priority: Option<u8>,
+            /// Overrides of the spider's settings for the run; `env` is merged.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub settings: Option<RunSettings>,
+            /// `random` (default), `nodes` (one task per node in `nodes`) or `all` (one child task per online
+            /// node).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub mode: Option<RunMode>,
+            /// The nodes of mode `nodes`.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub nodes: Vec<String>,
+        }
+    };
+}
+
+with_run_options! {
+    /// `POST /api/v1/tasks`.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct RunTask {
+        /// Spider name.
+        pub spider: String,
+        /// A stored version of the spider to run instead of its current one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub version: Option<String>,
+    }
 }
 
 /// `GET /api/v1/tasks/{id}/tree`: a task and its child tasks, oldest child first.
@@ -67,35 +81,27 @@ pub struct TaskTree {
     pub children_tasks: Vec<Task>,
 }
 
-/// `POST /api/v1/schedules` and `PUT /api/v1/schedules/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleSpec {
-    pub name: String,
-    /// Spider name.
-    pub spider: String,
-    /// 5 fields (minute first), 6 fields (seconds first), or @hourly, @daily, @weekly, @monthly.
-    pub cron: String,
-    /// IANA time zone; UTC by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<RunMode>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub param: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<u8>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<RunSettings>,
-    /// True by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlap: Option<OverlapPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub misfire: Option<MisfirePolicy>,
+with_run_options! {
+    /// `POST /api/v1/schedules` and `PUT /api/v1/schedules/{name}`.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ScheduleSpec {
+        pub name: String,
+        /// Spider name.
+        pub spider: String,
+        /// 5 fields (minute first), 6 fields (seconds first), or @hourly, @daily, @weekly, @monthly.
+        pub cron: String,
+        /// IANA time zone; UTC by default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub timezone: Option<String>,
+        /// True by default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub enabled: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub overlap: Option<OverlapPolicy>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub misfire: Option<MisfirePolicy>,
+    }
 }
 
 /// A schedule with its next fire times.
