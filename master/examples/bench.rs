@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arachne_api_types::{CreateSpider, RunTask, TaskQuery};
 use arachne_client::{Client, FollowEvent};
-use arachne_master::store::Store;
 use arachne_master::store::embedded::EmbeddedStore;
+use arachne_master::store::{OutputStore, Store};
 use arachne_master::{Config, Listeners, LocalWorker};
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, LogStream, RunMode, SpiderId, Task, TaskId, TaskStatus,

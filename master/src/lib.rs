@@ -9,6 +9,7 @@ pub mod files;
 mod folders;
 mod http;
 mod listen;
+mod mongo_docs;
 pub mod nodes;
 pub mod runs;
 mod scheduler;
@@ -37,6 +38,14 @@ pub use crate::listen::{ListenConfig, TlsFiles};
 use crate::scheduler::Scheduler;
 pub use crate::scheduler::SchedulerOptions;
 use crate::store::{Store, embedded::EmbeddedStore};
+
+/// Locks a mutex, through poisoning: every critical section in the master leaves its data consistent (it only
+/// reads, inserts, removes or swaps), so a panic elsewhere must not make the data unreachable.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The master's configuration.
 #[derive(Debug, Clone)]
@@ -189,25 +198,34 @@ async fn sweep_ended(
     }
 }
 
-async fn connect_mongodb(
-    mongo: &MongoConfig,
-    config: &Config,
-) -> Result<store::mongo::MongoStore, Error> {
-    Ok(
-        store::mongo::MongoStore::connect(&mongo.uri, mongo.database.as_deref(), config.retention)
-            .await?,
-    )
+/// The store `config` names, and where spider files live with it: MongoDB with GridFS beside it, or the
+/// embedded store with the files in the data folder. The one place the backend is chosen.
+async fn open_backends(config: &Config) -> Result<(Arc<dyn Store>, SpiderFiles), Error> {
+    prepare_data_dir(config)?;
+    let spiders_dir = config.data_dir.join("spiders");
+    Ok(match &config.mongodb {
+        Some(mongo) => {
+            let store = store::mongo::MongoStore::connect(
+                &mongo.uri,
+                mongo.database.as_deref(),
+                config.retention,
+            )
+            .await?;
+            let files =
+                SpiderFiles::in_mongodb(store.database(), spiders_dir, config.upload.clone())
+                    .await?;
+            (Arc::new(store), files)
+        }
+        None => (
+            Arc::new(open_embedded(config)?),
+            SpiderFiles::new(spiders_dir, config.upload.clone()),
+        ),
+    })
 }
 
 /// The store `config` names, for commands that work on it without running the master (`token`).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, Error> {
-    Ok(match &config.mongodb {
-        Some(mongo) => Arc::new(connect_mongodb(mongo, config).await?),
-        None => {
-            prepare_data_dir(config)?;
-            Arc::new(open_embedded(config)?)
-        }
-    })
+    Ok(open_backends(config).await?.0)
 }
 
 /// Creates the data folder and closes it to other users: everything in it (the store, spider files, the first
@@ -280,7 +298,6 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    prepare_data_dir(&config)?;
     let guards = config.listen.guards()?;
     let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
     let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
@@ -291,20 +308,7 @@ pub async fn run(
     {
         return Err(Error::Insecure(open));
     }
-    let spiders_dir = config.data_dir.join("spiders");
-    let (store, files): (Arc<dyn Store>, SpiderFiles) = match &config.mongodb {
-        Some(mongo) => {
-            let store = connect_mongodb(mongo, &config).await?;
-            let files =
-                SpiderFiles::in_mongodb(store.database(), spiders_dir, config.upload.clone())
-                    .await?;
-            (Arc::new(store), files)
-        }
-        None => (
-            Arc::new(open_embedded(&config)?),
-            SpiderFiles::new(spiders_dir, config.upload.clone()),
-        ),
-    };
+    let (store, files) = open_backends(&config).await?;
     // What uploads cut short by a crash left half checked; no upload is under way yet.
     files.sweep_staging().await;
     let auth = Arc::new(Auth::start(Arc::clone(&store), &config.auth, &config.data_dir).await?);

@@ -834,7 +834,7 @@ async fn uploads_a_crash_cut_short_are_cleared_at_start() {
 /// After a flood the embedded store's write-ahead log goes back to at most 16 MiB, even with no write after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_store_s_log_shrinks_after_a_flood() {
-    use arachne_master::store::Store;
+    use arachne_master::store::{CatalogStore, OutputStore, TaskStore};
     use arachne_shared::{LogLine, LogStream};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("arachne.db");

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::upload::Staged;
 use super::{CHUNK_BYTES, Error, StoredVersion, io};
-use crate::store::mongo::{bson_to_json, is_duplicate, record};
+use crate::mongo_docs::{bson_to_json, is_duplicate, record};
 
 const BUCKET: &str = "spider_files";
 const VERSIONS: &str = "spider_versions";

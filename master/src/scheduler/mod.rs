@@ -28,8 +28,9 @@ use tracing::{error, info, warn};
 
 pub(crate) use self::lifecycle::recover;
 pub(crate) use self::registry::Registry;
-use self::registry::{Reservation, lock};
+use self::registry::Reservation;
 use crate::changes::Changes;
+use crate::lock;
 use crate::store::{ActiveScope, Store};
 use crate::telemetry::Telemetry;
 

@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
+
 struct Worker {
     session: u64,
     outbound: Outbound,
@@ -66,13 +68,6 @@ pub(crate) enum RegisterError {
     NameTaken(String),
     #[error("the worker's session closed while it registered")]
     Gone,
-}
-
-/// A poisoned lock still guards consistent data here: every critical section only reads or swaps fields.
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The connected workers, and the nodes that may still come back.

@@ -1,8 +1,11 @@
-//! Persistence behind one [`Store`] trait, one module per backend. The embedded SQLite store is the default
-//! and needs no service; the MongoDB backend implements the same trait for production.
+//! Persistence behind small capability traits ([`CatalogStore`], [`TaskStore`], [`OutputStore`],
+//! [`TokenStore`]; [`Store`] is all of them), one folder per backend with one file per capability. The
+//! embedded SQLite store is the default and needs no service; the MongoDB backend implements the same traits
+//! for production. [`open`] picks the backend a configuration names.
 //!
-//! Architecture invariant: every state change of a task goes through [`Store::update_task`], a conditional
-//! update, so two writers racing on one task (the dispatcher and a cancel, say) can never both win.
+//! Architecture invariant: every state change of a task goes through [`TaskStore::update_task`], a
+//! conditional update, so two writers racing on one task (the dispatcher and a cancel, say) can never both
+//! win.
 
 pub mod embedded;
 pub mod mongo;
@@ -71,14 +74,29 @@ impl TaskFilter {
 /// A backend may run it again on a freshly read task after losing a race, so it depends only on the task.
 pub type TaskChange = Box<dyn FnMut(&mut Task) -> bool + Send + 'static>;
 
-/// The storage interface of the master.
+/// Spiders, nodes and schedules: the small records users name.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait CatalogStore: Send + Sync + 'static {
     /// Inserts or replaces a spider, keyed by id. A different spider with the same name is a `Duplicate`.
     async fn put_spider(&self, spider: &Spider) -> Result<()>;
     async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>>;
     async fn list_spiders(&self) -> Result<Vec<Spider>>;
 
+    async fn put_node(&self, node: &Node) -> Result<()>;
+    async fn list_nodes(&self) -> Result<Vec<Node>>;
+
+    /// Inserts or replaces a schedule, keyed by id. A different schedule with the same name is a `Duplicate`.
+    async fn put_schedule(&self, schedule: &Schedule) -> Result<()>;
+    async fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>>;
+    async fn list_schedules(&self) -> Result<Vec<Schedule>>;
+    /// Removes a schedule; false if there was none. Its tasks stay.
+    async fn delete_schedule(&self, id: ScheduleId) -> Result<bool>;
+}
+
+/// Tasks: inserted all together or not, changed only by conditional updates, listed, ordered for dispatch,
+/// and removed past their retention.
+#[async_trait::async_trait]
+pub trait TaskStore: Send + Sync + 'static {
     async fn insert_task(&self, task: &Task) -> Result<()> {
         self.insert_tasks(std::slice::from_ref(task)).await
     }
@@ -126,7 +144,11 @@ pub trait Store: Send + Sync + 'static {
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>>;
     /// How many tasks in `scope` are handed to a node and not ended (Running, or Pending on a node).
     async fn count_active(&self, scope: &ActiveScope) -> Result<u64>;
+}
 
+/// What runs produce: log lines and items, stored idempotently by sequence number.
+#[async_trait::async_trait]
+pub trait OutputStore: Send + Sync + 'static {
     /// Stores log lines; a line whose sequence number is already stored is skipped, so retries are safe.
     async fn append_logs(&self, task: TaskId, lines: &[LogLine]) -> Result<()>;
     async fn logs(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
@@ -136,17 +158,11 @@ pub trait Store: Send + Sync + 'static {
     /// counter becomes the highest sequence number stored: the items it produced.
     async fn insert_items(&self, target: &ItemTarget, items: &[ItemRecord]) -> Result<()>;
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
+}
 
-    async fn put_node(&self, node: &Node) -> Result<()>;
-    async fn list_nodes(&self) -> Result<Vec<Node>>;
-
-    /// Inserts or replaces a schedule, keyed by id. A different schedule with the same name is a `Duplicate`.
-    async fn put_schedule(&self, schedule: &Schedule) -> Result<()>;
-    async fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>>;
-    async fn list_schedules(&self) -> Result<Vec<Schedule>>;
-    /// Removes a schedule; false if there was none. Its tasks stay.
-    async fn delete_schedule(&self, id: ScheduleId) -> Result<bool>;
-
+/// Access tokens, by the hash of their secret.
+#[async_trait::async_trait]
+pub trait TokenStore: Send + Sync + 'static {
     /// Adds a token; one with the same name (or, however unlikely, the same hash) is a `Duplicate`.
     async fn insert_token(&self, token: &Token) -> Result<()>;
     async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>>;
@@ -155,3 +171,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a token; false if there was none.
     async fn delete_token(&self, name: &str) -> Result<bool>;
 }
+
+/// The whole storage interface of the master: every capability. A part of the master that needs only one
+/// holds that one (`Arc<dyn TokenStore>`, ...); a backend implements each, and is then a `Store`.
+pub trait Store: CatalogStore + TaskStore + OutputStore + TokenStore {}
+
+impl<T: CatalogStore + TaskStore + OutputStore + TokenStore> Store for T {}

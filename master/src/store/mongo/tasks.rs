@@ -1,0 +1,208 @@
+//! The MongoDB store's tasks: insertion, conditional updates, listing, dispatch order, retention.
+
+use super::*;
+use crate::store::TaskStore;
+
+#[async_trait::async_trait]
+impl TaskStore for MongoStore {
+    async fn insert_tasks(&self, tasks: &[Task]) -> Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<Document> = tasks.iter().map(|t| task_doc(t, 0)).collect();
+        match self.tasks().insert_many(docs).ordered(true).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                // All or none without a transaction (a standalone server has none): undo the ones before the
+                // failure. Ids are fresh, so the ones removed are this call's own.
+                let failed_at = match err.kind.as_ref() {
+                    ErrorKind::InsertMany(e) => e
+                        .write_errors
+                        .as_ref()
+                        .and_then(|errs| errs.iter().map(|e| e.index).min())
+                        .unwrap_or(0),
+                    _ => 0,
+                };
+                let inserted: Vec<String> = tasks[..failed_at]
+                    .iter()
+                    .map(|t| t.id.to_string())
+                    .collect();
+                if !inserted.is_empty() {
+                    self.tasks()
+                        .delete_many(doc! {"_id": {"$in": inserted}})
+                        .await
+                        .map_err(db)?;
+                }
+                if !is_duplicate(&err) {
+                    return Err(db(err));
+                }
+                let task = &tasks[failed_at.min(tasks.len() - 1)];
+                let existing = self.get_task(task.id).await?;
+                Err(Error::Duplicate(
+                    match (existing, task.schedule_id, task.fire_time) {
+                        (Some(_), ..) => format!("task {}", task.id),
+                        (None, Some(schedule), Some(fire)) => {
+                            format!("a task for schedule {schedule} at {fire}")
+                        }
+                        (None, ..) => format!("task {}", task.id),
+                    },
+                ))
+            }
+        }
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
+        let found = self
+            .tasks()
+            .find_one(doc! {"_id": id.to_string()})
+            .await
+            .map_err(db)?;
+        found.map(read_task).transpose()
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)> {
+        let query = task_filter(filter);
+        let total = self
+            .tasks()
+            .count_documents(query.clone())
+            .await
+            .map_err(db)?;
+        let tasks = self
+            .find_tasks(
+                query,
+                doc! {"_id": -1},
+                filter.offset.into(),
+                filter.limit.into(),
+            )
+            .await?;
+        Ok((tasks, total))
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(TaskStatus, u64)>> {
+        // One count per status rather than a $group: each is answered from the status index alone.
+        let mut counts = Vec::with_capacity(TaskStatus::ALL.len());
+        for status in TaskStatus::ALL {
+            let count = self
+                .tasks()
+                .count_documents(doc! {"status": status.as_str()})
+                .await
+                .map_err(db)?;
+            counts.push((status, count));
+        }
+        Ok(counts)
+    }
+
+    async fn update_task(
+        &self,
+        id: TaskId,
+        expected: &[TaskStatus],
+        mut change: TaskChange,
+    ) -> Result<Option<Task>> {
+        for _ in 0..MAX_CONFLICTS {
+            let Some(doc) = self
+                .tasks()
+                .find_one(doc! {"_id": id.to_string()})
+                .await
+                .map_err(db)?
+            else {
+                return Ok(None);
+            };
+            let rev = doc.get_i64("rev").unwrap_or(0);
+            let mut task = read_task(doc)?;
+            let was_ended = task.status.is_terminal();
+            if !expected.contains(&task.status) || !change(&mut task) {
+                return Ok(None);
+            }
+            // The counters are left out: log and item appends raise them without a revision, and a change
+            // read before such an append must not set them back.
+            let mut fields = task_doc(&task, rev + 1);
+            for field in ["_id", "log_lines", "items"] {
+                fields.remove(field);
+            }
+            let unset = match fields.contains_key("fire_key") {
+                true => doc! {},
+                false => doc! {"fire_key": ""},
+            };
+            let mut update = doc! {"$set": fields};
+            if !unset.is_empty() {
+                update.insert("$unset", unset);
+            }
+            let replaced = self
+                .tasks()
+                .update_one(doc! {"_id": id.to_string(), "rev": rev}, update)
+                .await
+                .map_err(db)?;
+            if replaced.matched_count == 1 {
+                if let Some(ended) = ended_at(&task).filter(|_| !was_ended) {
+                    // Its logs expire with it (lines that come later get the date as they are stored).
+                    self.logs_coll()
+                        .update_many(
+                            doc! {"task_id": id.to_string()},
+                            doc! {"$set": {"ended_at": ended}},
+                        )
+                        .await
+                        .map_err(db)?;
+                }
+                return Ok(Some(task));
+            }
+            // Someone else changed the task in between: read it again and decide again.
+        }
+        Err(Error::Contended(id))
+    }
+
+    async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
+        let before = doc! {"ended_at": {"$lt": bson::DateTime::from_millis(to_millis(cutoff))}};
+        let deleted = self.tasks().delete_many(before.clone()).await.map_err(db)?;
+        self.logs_coll().delete_many(before).await.map_err(db)?;
+        Ok(deleted.deleted_count)
+    }
+
+    async fn delete_task(&self, task: &Task) -> Result<bool> {
+        let id = task.id.to_string();
+        // Records first: if a step fails, the task is still there to delete again, and nothing is orphaned.
+        let ended = doc! {"_id": &id, "ended_at": {"$exists": true}};
+        if self
+            .tasks()
+            .count_documents(ended.clone())
+            .await
+            .map_err(db)?
+            == 0
+        {
+            return Ok(false);
+        }
+        self.logs_coll()
+            .delete_many(doc! {"task_id": &id})
+            .await
+            .map_err(db)?;
+        let items = self.item_collection(&task.item_target().collection).await?;
+        items.delete_many(doc! {"_tid": &id}).await.map_err(db)?;
+        let deleted = self.tasks().delete_one(ended).await.map_err(db)?;
+        lock(&self.results).remove(&task.id);
+        Ok(deleted.deleted_count == 1)
+    }
+
+    async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>> {
+        let filter = doc! {"status": "pending", "node": Bson::Null, "children": 0_i64};
+        self.find_tasks(
+            filter,
+            doc! {"priority": 1, "_id": 1},
+            offset.into(),
+            limit.into(),
+        )
+        .await
+    }
+
+    async fn count_active(&self, scope: &ActiveScope) -> Result<u64> {
+        let (field, value) = match scope {
+            ActiveScope::Spider(name) => ("spider_name", name.clone()),
+            ActiveScope::Exclusive(key) => ("exclusive", key.clone()),
+            ActiveScope::Schedule(id) => ("schedule_id", id.to_string()),
+        };
+        let filter = doc! {
+            field: value,
+            "children": 0_i64,
+            "$or": [{"status": "running"}, {"status": "pending", "node": {"$ne": Bson::Null}}],
+        };
+        self.tasks().count_documents(filter).await.map_err(db)
+    }
+}
