@@ -3,7 +3,6 @@
 
 pub mod auth;
 mod changes;
-mod cluster;
 mod cron;
 pub mod files;
 mod folders;
@@ -14,6 +13,7 @@ pub mod nodes;
 pub mod runs;
 mod scheduler;
 pub mod schedules;
+mod sessions;
 pub mod spiders;
 pub mod store;
 mod store_health;
@@ -31,12 +31,12 @@ use tracing::{info, warn};
 
 use crate::auth::Auth;
 pub use crate::auth::AuthConfig;
-use crate::cluster::Cluster;
 use crate::files::{SpiderFiles, UploadLimits};
 use crate::http::MasterApi;
 pub use crate::listen::{ListenConfig, TlsFiles};
 use crate::scheduler::Scheduler;
 pub use crate::scheduler::SchedulerOptions;
+use crate::sessions::Sessions;
 use crate::store::{Store, embedded::EmbeddedStore};
 
 /// Locks a mutex, through poisoning: every critical section in the master leaves its data consistent (it only
@@ -368,7 +368,7 @@ pub async fn run(
         health: Arc::clone(&health),
         auth: Arc::clone(&auth),
     });
-    let cluster = Arc::new(Cluster {
+    let sessions = Arc::new(Sessions {
         store,
         scheduler,
         changes,
@@ -379,13 +379,13 @@ pub async fn run(
         shutdown: servers.clone(),
     });
     // The local worker talks to the cluster service in-process: no encoding, socket or HTTP/2 for its messages.
-    let link = arachne_worker::LocalLink::new(Arc::clone(&cluster) as _);
+    let link = arachne_worker::LocalLink::new(Arc::clone(&sessions) as _);
     // A server that stops on its own takes the master down with it, through its drop guard.
     let (http_conns, grpc_conns) = listen::accept(listeners, guards, &servers);
     let (grpc_guard, grpc_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let grpc = tracker.spawn(async move {
         let _guard = grpc_guard;
-        arachne_proto::server::serve(grpc_conns, cluster, grpc_shutdown).await
+        arachne_proto::server::serve(grpc_conns, sessions, grpc_shutdown).await
     });
     // Uploads are spooled beside the spider files (not in a /tmp that may be memory), in unnamed files.
     let upload_dir = config.data_dir.join("spiders").join(".uploads");

@@ -141,7 +141,7 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    arachne_worker::args::main(run)
+    arachne_worker::process::main(run)
 }
 
 async fn run() -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! One conformance suite for the `Store` trait, run against every backend: each case is a function of a
-//! [`Backend`], and [`conformance!`] makes one test of it per backend. A new backend gets a module there and
+//! [`StoreUnderTest`], and [`conformance!`] makes one test of it per backend. A new backend gets a module there and
 //! must pass every case unchanged.
 
 use std::sync::Arc;
@@ -16,13 +16,13 @@ use chrono::Utc;
 
 /// A backend with a place of its own: a fresh folder, or a fresh MongoDB database. Opening it again reopens the
 /// same data, as a restarted master would.
-struct Backend {
+struct StoreUnderTest {
     name: &'static str,
     dir: tempfile::TempDir,
     mongodb: Option<(String, String)>,
 }
 
-impl Backend {
+impl StoreUnderTest {
     async fn open(&self) -> Arc<dyn Store> {
         match &self.mongodb {
             None => Arc::new(EmbeddedStore::open(&self.dir.path().join("arachne.db")).unwrap()),
@@ -38,7 +38,7 @@ impl Backend {
 /// The retention a MongoDB store is opened with: its TTL indexes must say so.
 const RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
-impl Backend {
+impl StoreUnderTest {
     fn embedded() -> Self {
         Self {
             name: "embedded",
@@ -72,7 +72,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    super::$case(super::Backend::embedded()).await;
+                    super::$case(super::StoreUnderTest::embedded()).await;
                 }
             )+
         }
@@ -80,7 +80,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let Some(backend) = super::Backend::mongodb() else {
+                    let Some(backend) = super::StoreUnderTest::mongodb() else {
                         eprintln!("skipped: ARACHNE_TEST_MONGODB_URI names no MongoDB server");
                         return;
                     };
@@ -130,7 +130,7 @@ fn lines(range: std::ops::RangeInclusive<u64>) -> Vec<LogLine> {
         .collect()
 }
 
-async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks(backend: Backend) {
+async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let low_old = task("s", 9);
@@ -157,7 +157,7 @@ async fn dispatch_order_is_priority_then_age_and_skips_assigned_tasks(backend: B
     assert_eq!(store.dispatchable(2, 0).await.unwrap().len(), 2, "{name}");
 }
 
-async fn updates_are_conditional_and_only_one_racer_wins(backend: Backend) {
+async fn updates_are_conditional_and_only_one_racer_wins(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let t = task("s", 5);
@@ -218,7 +218,7 @@ async fn updates_are_conditional_and_only_one_racer_wins(backend: Backend) {
     assert_eq!(winners, 1, "{name}");
 }
 
-async fn retried_log_and_item_batches_are_stored_once(backend: Backend) {
+async fn retried_log_and_item_batches_are_stored_once(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let t = task("s", 5);
@@ -295,7 +295,7 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn items_are_deduplicated_by_key_across_tasks_of_a_collection(backend: Backend) {
+async fn items_are_deduplicated_by_key_across_tasks_of_a_collection(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     for mode in [DedupMode::Ignore, DedupMode::Overwrite] {
@@ -386,7 +386,7 @@ async fn items_are_deduplicated_by_key_across_tasks_of_a_collection(backend: Bac
     }
 }
 
-async fn concurrent_writers_lose_nothing(backend: Backend) {
+async fn concurrent_writers_lose_nothing(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let tasks: Vec<_> = (0..8).map(|_| task("s", 5)).collect();
@@ -420,7 +420,7 @@ async fn concurrent_writers_lose_nothing(backend: Backend) {
     }
 }
 
-async fn listing_filters_pages_and_counts(backend: Backend) {
+async fn listing_filters_pages_and_counts(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let mut ids = Vec::new();
@@ -472,7 +472,7 @@ async fn listing_filters_pages_and_counts(backend: Backend) {
     assert_eq!(page(finished).await.1, 5, "{name}");
 }
 
-async fn everything_survives_reopening_and_names_stay_unique(backend: Backend) {
+async fn everything_survives_reopening_and_names_stay_unique(backend: StoreUnderTest) {
     let name = backend.name;
     let now = Utc::now();
     let spider = Spider {
@@ -545,7 +545,7 @@ async fn everything_survives_reopening_and_names_stay_unique(backend: Backend) {
     assert!(store.get_task(t.id).await.unwrap().is_some(), "{name}");
 }
 
-async fn task_trees_fire_times_and_active_counts(backend: Backend) {
+async fn task_trees_fire_times_and_active_counts(backend: StoreUnderTest) {
     use arachne_master::store::ActiveScope;
     let (name, store) = (backend.name, backend.open().await);
     let schedule = arachne_shared::ScheduleId::new();
@@ -698,7 +698,7 @@ async fn task_trees_fire_times_and_active_counts(backend: Backend) {
     );
 }
 
-async fn schedules_are_stored_by_id_with_unique_names(backend: Backend) {
+async fn schedules_are_stored_by_id_with_unique_names(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let now = Utc::now();
@@ -745,7 +745,7 @@ async fn schedules_are_stored_by_id_with_unique_names(backend: Backend) {
     assert!(store.list_schedules().await.unwrap().is_empty(), "{name}");
 }
 
-async fn ended_tasks_expire_with_their_logs_and_nothing_else_does(backend: Backend) {
+async fn ended_tasks_expire_with_their_logs_and_nothing_else_does(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let long_ago = Utc::now() - chrono::Duration::days(40);
@@ -818,7 +818,7 @@ async fn ended_tasks_expire_with_their_logs_and_nothing_else_does(backend: Backe
     }
 }
 
-async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening(backend: Backend) {
+async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let token = |token_name: &str, secret: &str, kind| Token {
@@ -875,7 +875,7 @@ async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening(backen
 }
 
 async fn tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_records(
-    backend: Backend,
+    backend: StoreUnderTest,
 ) {
     let name = backend.name;
     let store = backend.open().await;
@@ -975,7 +975,7 @@ async fn tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_record
 
 /// Every step of a task's life changes a different set of queried fields (the embedded store writes only the
 /// columns that changed); each query must see every step.
-async fn each_step_of_a_task_shows_in_every_query(backend: Backend) {
+async fn each_step_of_a_task_shows_in_every_query(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let t = task("steps", 5);
@@ -1080,7 +1080,7 @@ async fn each_step_of_a_task_shows_in_every_query(backend: Backend) {
 
 /// A spider is always read as last written: after a change, a rename, and a write refused as a duplicate
 /// (the embedded store keeps spiders it has read in memory).
-async fn a_spider_reads_as_last_written(backend: Backend) {
+async fn a_spider_reads_as_last_written(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let mut s = spider("first");
@@ -1109,7 +1109,7 @@ async fn a_spider_reads_as_last_written(backend: Backend) {
 
 /// An item nested deeper than a MongoDB document may be (or than a JSON reader goes) is stored and read back
 /// whole, and two such items under de-duplication are both kept rather than merged.
-async fn deeply_nested_items_are_kept_whole(backend: Backend) {
+async fn deeply_nested_items_are_kept_whole(backend: StoreUnderTest) {
     let name = backend.name;
     let store = backend.open().await;
     let mut spider = spider("deep");

@@ -1,5 +1,6 @@
 //! What both binaries (`arachne-worker`, and `arachne-master` for its local worker) share on the command
-//! line: the runner flags, so the two cannot drift apart, and the log setup. Only binaries call these.
+//! line: the runner flags, so the two cannot drift apart, and reading a secret from the environment or a
+//! file. Only binaries call these.
 
 use std::time::Duration;
 
@@ -57,41 +58,4 @@ pub fn secret(var: &str, file: Option<&std::path::Path>) -> anyhow::Result<Optio
     let text = std::fs::read_to_string(file)
         .map_err(|err| anyhow::anyhow!("reading the secret file {}: {err}", file.display()))?;
     Ok(Some(text.trim().to_owned()))
-}
-
-/// The `main` of a binary that runs a worker: the process watchdog or the sandbox helper if it was started as
-/// one (and nothing else), otherwise `run` on a multi-threaded runtime, with the log subscriber installed and the process sealed
-/// first.
-pub fn main<F: std::future::Future<Output = anyhow::Result<()>>>(
-    run: impl FnOnce() -> F,
-) -> anyhow::Result<()> {
-    crate::watchdog::run_if_invoked();
-    crate::sandbox::run_if_invoked();
-    init_tracing();
-    seal_process();
-    tokio::runtime::Runtime::new()
-        .map_err(|err| anyhow::anyhow!("starting the async runtime: {err}"))?
-        .block_on(run())
-}
-
-/// Installs the log subscriber: `RUST_LOG` if set, `info` otherwise. Colours only on a terminal (and not
-/// with `NO_COLOR` set): a log that goes to a file or a collector is plain text.
-pub fn init_tracing() {
-    use std::io::IsTerminal;
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-}
-
-/// Keeps this process's memory and environment (tokens, the MongoDB URI) from the spiders it starts when they
-/// run as the same user, who may otherwise read `/proc/<pid>/environ` of its parent. A spider
-/// itself is dumpable again, as `exec` resets the flag. Only the process-wide binaries call this.
-pub fn seal_process() {
-    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
-        tracing::warn!(error = %err, "cannot hide this process's environment from spiders");
-    }
 }

@@ -11,6 +11,7 @@ mod lines;
 mod memory;
 mod metrics;
 mod output;
+pub mod process;
 mod runner;
 pub mod sandbox;
 mod session;
@@ -50,7 +51,7 @@ pub struct Config {
     /// The worker token presented to the master (`arachne-master token create NAME --kind worker`).
     pub token: Option<String>,
     /// The executable started as the process watchdog (see [`watchdog`]): an Arachne binary whose `main` is
-    /// [`args::main`]. This process's own executable by default. Spiders start through `arachne-sandbox` beside
+    /// [`process::main`]. This process's own executable by default. Spiders start through `arachne-sandbox` beside
     /// it (see [`sandbox`]), or through it when there is none.
     pub helper_exe: Option<PathBuf>,
 }

@@ -49,7 +49,7 @@ struct Args {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
-    arachne_worker::args::main(run)
+    arachne_worker::process::main(run)
 }
 
 async fn run() -> anyhow::Result<()> {

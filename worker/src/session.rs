@@ -112,7 +112,7 @@ async fn sessions(
     loop {
         match worker.session(config, shutdown, &mut backoff).await {
             Ok(()) => return Ok(()),
-            Err(Ended::Refused(reason)) => {
+            Err(SessionEnd::Refused(reason)) => {
                 error!(node = %config.name, master = %config.master, %reason, "the master refused this worker's token; stopping");
                 worker.runners.stop_all(Stop::Shutdown);
                 while let Some(done) = worker.runners.tasks.join_next().await {
@@ -123,7 +123,7 @@ async fn sessions(
                     reason,
                 });
             }
-            Err(Ended::Retry(err)) => {
+            Err(SessionEnd::Retry(err)) => {
                 warn!(node = %config.name, error = %err, running = worker.runners.active.len(), "session with the master ended; reconnecting")
             }
         }
@@ -150,20 +150,20 @@ async fn sessions(
 
 /// Why a session ended without a shutdown.
 #[derive(Debug)]
-enum Ended {
+enum SessionEnd {
     /// Connection trouble or a master restart: connect again after a pause.
     Retry(String),
     /// The master refused the token.
     Refused(String),
 }
 
-impl From<String> for Ended {
+impl From<String> for SessionEnd {
     fn from(reason: String) -> Self {
         Self::Retry(reason)
     }
 }
 
-impl From<arachne_proto::Error> for Ended {
+impl From<arachne_proto::Error> for SessionEnd {
     fn from(err: arachne_proto::Error) -> Self {
         match err {
             arachne_proto::Error::Unauthenticated(reason) => Self::Refused(reason),
@@ -227,7 +227,7 @@ impl Worker {
         config: &Config,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
-    ) -> Result<(), Ended> {
+    ) -> Result<(), SessionEnd> {
         let client = tokio::select! {
             client = Client::open(&config.master, config.token.as_deref(), config.ca_pem.as_deref()) => client?,
             () = shutdown.cancelled() => return Ok(()),
@@ -344,7 +344,7 @@ impl Worker {
                 warn!(node = %config.name, "the master did not close the session in time");
             }
         }
-        ended.map_err(Ended::Retry)
+        ended.map_err(SessionEnd::Retry)
     }
 }
 

@@ -29,7 +29,7 @@ const VERSIONS: &str = "spider_versions";
 const LOOKUP_BATCH: usize = 1000;
 
 fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Backend(Box::new(err))
+    Error::MongoDb(Box::new(err))
 }
 
 /// The bucket of contents and the collection of versions.

@@ -50,7 +50,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("spider file storage in MongoDB failed: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    MongoDb(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored version {0} is unreadable: {1}")]
     Corrupt(String, String),
 }
@@ -100,7 +100,7 @@ impl StoredVersion {
 
 /// Where contents and versions are kept.
 #[derive(Debug, Clone)]
-enum Backend {
+enum Storage {
     Disk(disk::Disk),
     GridFs(gridfs::GridFs),
 }
@@ -111,14 +111,14 @@ pub struct SpiderFiles {
     /// Uploads are unpacked and checked here.
     local: PathBuf,
     limits: UploadLimits,
-    backend: Backend,
+    storage: Storage,
 }
 
 impl SpiderFiles {
     /// Keeps everything under `root`.
     pub fn new(root: PathBuf, limits: UploadLimits) -> Self {
         Self {
-            backend: Backend::Disk(disk::Disk::new(root.clone())),
+            storage: Storage::Disk(disk::Disk::new(root.clone())),
             local: root,
             limits,
         }
@@ -132,7 +132,7 @@ impl SpiderFiles {
         limits: UploadLimits,
     ) -> Result<Self, Error> {
         Ok(Self {
-            backend: Backend::GridFs(gridfs::GridFs::open(db).await?),
+            storage: Storage::GridFs(gridfs::GridFs::open(db).await?),
             local: staging_root,
             limits,
         })
@@ -194,9 +194,9 @@ impl SpiderFiles {
     }
 
     async fn commit(&self, spider: SpiderId, staged: Vec<Staged>) -> Result<VersionInfo, Error> {
-        let entries = match &self.backend {
-            Backend::Disk(disk) => disk.keep_blobs(staged).await?,
-            Backend::GridFs(grid) => grid.keep_blobs(staged).await?,
+        let entries = match &self.storage {
+            Storage::Disk(disk) => disk.keep_blobs(staged).await?,
+            Storage::GridFs(grid) => grid.keep_blobs(staged).await?,
         };
         let manifest = Manifest::new(entries);
         let hash = manifest.hash();
@@ -207,17 +207,17 @@ impl SpiderFiles {
             created_at: Utc::now(),
             manifest,
         };
-        match &self.backend {
-            Backend::Disk(disk) => disk.put_version(spider, &hash, &stored).await?,
-            Backend::GridFs(grid) => grid.put_version(spider, &hash, &stored).await?,
+        match &self.storage {
+            Storage::Disk(disk) => disk.put_version(spider, &hash, &stored).await?,
+            Storage::GridFs(grid) => grid.put_version(spider, &hash, &stored).await?,
         }
         Ok(stored.info(&hash))
     }
 
     async fn stored(&self, spider: SpiderId, hash: &str) -> Result<Option<StoredVersion>, Error> {
-        match &self.backend {
-            Backend::Disk(disk) => disk.version(spider, hash).await,
-            Backend::GridFs(grid) => grid.version(spider, hash).await,
+        match &self.storage {
+            Storage::Disk(disk) => disk.version(spider, hash).await,
+            Storage::GridFs(grid) => grid.version(spider, hash).await,
         }
     }
 
@@ -242,9 +242,9 @@ impl SpiderFiles {
 
     /// Every version of `spider`, newest first.
     pub async fn versions(&self, spider: SpiderId) -> Result<Vec<VersionInfo>, Error> {
-        let stored = match &self.backend {
-            Backend::Disk(disk) => disk.versions(spider).await?,
-            Backend::GridFs(grid) => grid.versions(spider).await?,
+        let stored = match &self.storage {
+            Storage::Disk(disk) => disk.versions(spider).await?,
+            Storage::GridFs(grid) => grid.versions(spider).await?,
         };
         let mut versions: Vec<VersionInfo> = stored
             .iter()
@@ -266,9 +266,9 @@ impl SpiderFiles {
             version: version.to_owned(),
             path: path.to_owned(),
         })?;
-        match &self.backend {
-            Backend::Disk(disk) => disk.read_blob(&entry.sha256).await,
-            Backend::GridFs(grid) => grid.read_blob(&entry.sha256).await,
+        match &self.storage {
+            Storage::Disk(disk) => disk.read_blob(&entry.sha256).await,
+            Storage::GridFs(grid) => grid.read_blob(&entry.sha256).await,
         }
     }
 
@@ -288,9 +288,9 @@ impl SpiderFiles {
             });
         }
         let (tx, rx) = mpsc::channel(8);
-        match &self.backend {
-            Backend::Disk(disk) => disk.send_blobs(wanted, tx),
-            Backend::GridFs(grid) => grid.send_blobs(wanted, tx),
+        match &self.storage {
+            Storage::Disk(disk) => disk.send_blobs(wanted, tx),
+            Storage::GridFs(grid) => grid.send_blobs(wanted, tx),
         }
         Ok(rx)
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lock;
 
-struct Worker {
+struct Connected {
     session: u64,
     outbound: Outbound,
     /// Ends the session; cancelled when the worker goes silent.
@@ -33,7 +33,7 @@ struct Worker {
     closing: bool,
 }
 
-impl Worker {
+impl Connected {
     fn free(&self) -> bool {
         !self.closing && self.enabled && (self.assigned.len() as u32) < self.max_runners
     }
@@ -73,7 +73,7 @@ pub(crate) enum RegisterError {
 /// The connected workers, and the nodes that may still come back.
 #[derive(Default)]
 pub(crate) struct Registry {
-    workers: Mutex<HashMap<String, Worker>>,
+    workers: Mutex<HashMap<String, Connected>>,
     /// Nodes whose session broke (or that were connected to a previous master) and may still come back for
     /// their tasks, with when they were last heard of.
     lost: Mutex<HashMap<String, Instant>>,
@@ -106,7 +106,7 @@ impl Registry {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let kill = CancellationToken::new();
-        let worker = Worker {
+        let worker = Connected {
             session,
             outbound,
             kill: kill.clone(),

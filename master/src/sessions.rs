@@ -37,7 +37,7 @@ use crate::telemetry::Telemetry;
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves worker sessions.
-pub(crate) struct Cluster {
+pub(crate) struct Sessions {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) changes: Arc<Changes>,
@@ -91,7 +91,7 @@ impl ItemTargets {
     }
 }
 
-/// Log and item batches of one session stored at once; see [`Cluster::serve`].
+/// Log and item batches of one session stored at once; see [`Sessions::serve`].
 const WRITES_IN_FLIGHT: usize = 4;
 
 /// A batch's store write, retried until it is stored, yielding the batch's sequence number.
@@ -135,7 +135,7 @@ enum SessionEnd {
 }
 
 #[async_trait::async_trait]
-impl Handler for Cluster {
+impl Handler for Sessions {
     async fn authorize(&self, token: Option<&str>) -> Result<(), Rejection> {
         if !self.auth.required() {
             return Ok(());
@@ -259,7 +259,7 @@ fn files_rejection(spider_id: SpiderId, version: &str, err: files::Error) -> Rej
 
 /// A worker's report that a task ended.
 #[derive(Clone)]
-struct Ended {
+struct EndReport {
     task_id: TaskId,
     lease: u64,
     outcome: TaskOutcome,
@@ -268,7 +268,7 @@ struct Ended {
     started: Option<ProcessStart>,
 }
 
-impl Cluster {
+impl Sessions {
     async fn stored_node(&self, name: &str) -> Option<Node> {
         let nodes = self.store.list_nodes().await.ok()?;
         nodes.into_iter().find(|n| n.name == name)
@@ -429,7 +429,7 @@ impl Cluster {
     }
 
     /// Reads the worker's messages until the session ends. Heartbeats are answered here at once; every other
-    /// message goes, in order, to [`Cluster::process`], which stores it and acknowledges it. The two run side
+    /// message goes, in order, to [`Sessions::process`], which stores it and acknowledges it. The two run side
     /// by side, so a store that fails or stalls (retried with backoff, see [`crate::store_health`]) delays
     /// acknowledgements, never the heartbeats: neither side mistakes a slow disk for a dead worker.
     async fn serve(
@@ -685,7 +685,7 @@ impl Cluster {
                 started,
             } => {
                 targets.forget(task_id);
-                let ended = Ended {
+                let ended = EndReport {
                     task_id,
                     lease,
                     outcome,
@@ -755,8 +755,8 @@ impl Cluster {
         Ok(())
     }
 
-    async fn ended(&self, node: &Node, ended: Ended) -> crate::store::Result<()> {
-        let Ended {
+    async fn ended(&self, node: &Node, ended: EndReport) -> crate::store::Result<()> {
+        let EndReport {
             task_id,
             lease,
             outcome,
