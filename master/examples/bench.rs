@@ -5,9 +5,7 @@
 //! spawn-and-wait loop with the same concurrency; items/s and log lines/s through the whole path against
 //! writing the same records straight into the same store.
 
-#[path = "support/mod.rs"]
-mod support;
-use support::{rss_mib, spider};
+use arachne_test_support::{rss_mib, spider};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

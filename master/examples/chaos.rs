@@ -6,9 +6,7 @@
 //! The tests keep a short, bounded form of each scenario (`master/tests/faults.rs`); this runs them longer and
 //! at random points.
 
-#[path = "support/mod.rs"]
-mod support;
-use support::{rss_mib, spider};
+use arachne_test_support::{free_port, rss_mib, spider, until};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,12 +47,6 @@ impl Tally {
 struct Bins {
     master: PathBuf,
     worker: PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
 }
 
 /// A master process on a data folder and fixed ports, so it can be killed and started again in place.
@@ -101,7 +93,7 @@ impl Master {
 
     async fn client(&self) -> anyhow::Result<Client> {
         let client = Client::with_token(&format!("http://{}", self.http), API_TOKEN)?;
-        until("the master answers", || async {
+        until("the master answers", WAIT, || async {
             client.health().await.is_ok()
         })
         .await?;
@@ -170,22 +162,6 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Polls `condition` every 20 ms until it holds, or fails after [`WAIT`].
-async fn until<F, Fut>(what: &str, mut condition: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !condition().await {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 /// Polls `look` every 20 ms until it finds something, or fails after [`WAIT`].
 async fn found<T, F, Fut>(what: &str, mut look: F) -> anyhow::Result<T>
 where
@@ -205,7 +181,7 @@ where
 }
 
 async fn nodes_online(client: &Client, names: &[&str]) -> anyhow::Result<()> {
-    until("the workers are online", || async {
+    until("the workers are online", WAIT, || async {
         client.list_nodes().await.is_ok_and(|nodes| {
             names.iter().all(|name| {
                 nodes
@@ -345,7 +321,7 @@ async fn master_killed_during_a_drain(bins: &Bins, tally: &mut Tally) -> anyhow:
     }
     let ran = |ledger: &Path| std::fs::read_to_string(ledger).map_or(0, |l| l.lines().count());
     let kill_after = jitter(5..(TASKS as u64 / 2)) as usize;
-    until("the drain is under way", || async {
+    until("the drain is under way", WAIT, || async {
         ran(&ledger) >= kill_after
     })
     .await?;
@@ -395,7 +371,7 @@ async fn task_ends_while_the_master_is_down(bins: &Bins, tally: &mut Tally) -> a
         ("DONE", done.display().to_string()),
     ];
     let task = client.run_task(&run("gated", 1, &env)).await?;
-    until("the task runs", || async {
+    until("the task runs", WAIT, || async {
         client
             .get_task(task.id)
             .await
@@ -406,7 +382,7 @@ async fn task_ends_while_the_master_is_down(bins: &Bins, tally: &mut Tally) -> a
     let _ = master.child.wait();
     std::fs::write(&go, "")?;
     let run_dir = work.path().join("tasks").join(task.id.to_string());
-    until("the run ends on the worker", || async {
+    until("the run ends on the worker", WAIT, || async {
         done.exists() && !run_dir.exists()
     })
     .await?;
@@ -509,7 +485,7 @@ async fn worker_frozen(bins: &Bins, tally: &mut Tally) -> anyhow::Result<()> {
     );
     spider(&client, "ticker", "sh main.sh", &[("main.sh", script)]).await?;
     let first = client.run_task(&run("ticker", 1, &[])).await?;
-    until("the first attempt ticks", || async {
+    until("the first attempt ticks", WAIT, || async {
         client.get_task(first.id).await.is_ok_and(|t| t.items > 5)
     })
     .await?;

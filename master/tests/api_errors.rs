@@ -1,6 +1,6 @@
 //! Bad input over HTTP: every case gets a 4xx with a JSON body naming the problem, and nothing is stored.
 
-mod common;
+use arachne_test_support as common;
 
 use common::{TestMaster, create_spider};
 use serde_json::Value;

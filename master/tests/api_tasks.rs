@@ -1,7 +1,7 @@
 //! Task routes beyond running one: listing by node and creation time, deleting an ended task with its
 //! records, and exporting its items as CSV — through a real master, worker and spider processes.
 
-mod common;
+use arachne_test_support as common;
 
 use arachne_api_types::{RunTask, TaskQuery};
 use arachne_shared::TaskStatus;

@@ -2,7 +2,7 @@
 //! in bounded steps, and checking a cron expression as it is typed — through a real master, worker and
 //! spider process.
 
-mod common;
+use arachne_test_support as common;
 
 use arachne_api_types::{CronQuery, LogSearchQuery, RunTask};
 use arachne_client::Error;

@@ -2,7 +2,7 @@
 //! tokens are made, listed and revoked with `arachne-master token`; a first start makes a token for the CLI;
 //! running without tokens is refused off loopback.
 
-mod common;
+use arachne_test_support as common;
 
 use std::process::Output;
 

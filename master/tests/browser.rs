@@ -6,7 +6,7 @@
 //! Needs `chromium` (or `ARACHNE_CHROMIUM`) and `npm`; the first run installs playwright-core (pinned by
 //! `browser/package-lock.json`) into `target/browser-deps/`. `ARACHNE_SKIP_BROWSER_TESTS=1` skips it, loudly.
 
-mod common;
+use arachne_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,7 +1,7 @@
 //! The `arachne` CLI against a real master: create a spider from a folder, run it with --follow and --wait,
 //! and read tasks, logs, items and nodes, checking exit codes as scripts would.
 
-mod common;
+use arachne_test_support as common;
 
 use std::process::Output;
 

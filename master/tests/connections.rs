@@ -2,7 +2,7 @@
 //! connections and refuses one more with a message, drops a connection that sends nothing, and the API drops
 //! one whose request headers never finish.
 
-mod common;
+use arachne_test_support as common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Spiders are other people's code: attacker spiders, run on the default setup by the master's local worker
 //! and by a remote worker, try to reach the platform's secrets and data, and each attempt must fail.
 
-mod common;
+use arachne_test_support as common;
 
 use std::path::Path;
 

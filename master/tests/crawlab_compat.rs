@@ -2,7 +2,7 @@
 //! `CrawlabPipeline` (both installed from PyPI into a venv cached under `target/`), save items through
 //! Arachne's runner.
 
-mod common;
+use arachne_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

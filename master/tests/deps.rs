@@ -3,7 +3,7 @@
 //! environment private to the version, reused by later runs, their output in the task's log, and a failed
 //! install failing its task with that output.
 
-mod common;
+use arachne_test_support as common;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The whole path with real parts: upload a spider, run it on a worker, stream its logs, read its items, see
 //! it end; failures, cancel, a separate worker process, and a master restart.
 
-mod common;
+use arachne_test_support as common;
 
 use arachne_api_types::{ItemQuery, LogQuery, RunTask, TaskQuery};
 use arachne_client::FollowEvent;

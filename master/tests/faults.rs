@@ -2,7 +2,7 @@
 //! ever started is never started again, a queued task is never failed for a slot count the master got wrong.
 //! Each test is the bounded form of a `scripts/chaos` scenario, against real masters, workers and spiders.
 
-mod common;
+use arachne_test_support as common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -233,15 +233,11 @@ fn watchdog_of(parent: u32) -> Option<u32> {
         })
 }
 
-/// Waits at most `within` for `condition`, polling it.
+/// Waits at most `within` for `condition`, polling it; fails the test after that.
 async fn within(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let waited = common::until(what, within, || std::future::ready(condition())).await;
+    if let Err(err) = waited {
+        panic!("not within {within:?}: {err}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Spider files end to end: versions uploaded, listed, run and made current; a worker syncing only the
 //! contents it lacks; executable bits and clean working directories; a sync that fails failing its task.
 
-mod common;
+use arachne_test_support as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The OpenAPI document against the routes a real master serves: every documented operation is served, every
 //! schema it refers to is in it, and it describes the request types as they are.
 
-mod common;
+use arachne_test_support as common;
 
 use common::{API_TOKEN, TestMaster};
 use serde_json::Value;

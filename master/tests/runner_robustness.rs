@@ -1,6 +1,6 @@
 //! Spiders that misbehave, run for real: nothing they print can hang the runner, lose output or crash it.
 
-mod common;
+use arachne_test_support as common;
 
 use arachne_api_types::{ItemQuery, LogQuery, RunTask};
 use arachne_master::{Config, LocalWorker};

@@ -2,7 +2,7 @@
 //! max_instances, cron schedules with their overlap and misfire policies, and the failures that must never
 //! strand a task (a worker killed mid-task, a master restarted mid-task).
 
-mod common;
+use arachne_test_support as common;
 
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
-//! Test harness: a real master (HTTP + gRPC on 127.0.0.1:0, embedded store in a temp dir) with an optional
-//! in-process worker, plus helpers to make spiders and wait on tasks with timeouts.
-#![allow(dead_code, unreachable_pub)]
+//! The harness the tests and the example programs (`bench`, `chaos`) share: a real master (HTTP + gRPC on
+//! 127.0.0.1:0, embedded store in a temp dir, or MongoDB when `ARACHNE_TEST_MONGODB_URI` is set) with an
+//! optional in-process worker, master processes that can be killed and restarted, workers, and helpers to make
+//! spiders and wait on tasks with timeouts.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -207,19 +208,30 @@ impl Drop for TestMaster {
     }
 }
 
-/// Polls `condition` until it holds, failing the test after [`TIMEOUT`].
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+/// Polls `condition` every 20 ms until it holds; an error naming `what` after `timeout`.
+pub async fn until<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out waiting for {what}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Polls `condition` until it holds, failing the test after [`TIMEOUT`].
+pub async fn eventually<F, Fut>(what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if let Err(err) = until(what, TIMEOUT, condition).await {
+        panic!("{err}");
     }
 }
 
@@ -234,20 +246,11 @@ pub fn spider_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-/// Creates a spider through the API from files, as `arachne spider create --dir` does.
+/// Creates a spider through the API from files, as `arachne spider create --dir` does; see [`spider`].
 pub async fn create_spider(client: &Client, name: &str, cmd: &str, files: &[(&str, &str)]) {
-    let dir = spider_dir(files);
-    client
-        .put_spider(&CreateSpider {
-            name: name.into(),
-            cmd: cmd.into(),
-            settings: None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let archive = arachne_shared::archive::pack_dir(dir.path()).unwrap();
-    client.upload_files(name, archive).await.unwrap();
+    if let Err(err) = spider(client, name, cmd, files).await {
+        panic!("creating spider {name}: {err:#}");
+    }
 }
 
 /// Waits for a task (this attempt, not a retry of it) to end, through the API's long-poll.
@@ -475,4 +478,46 @@ pub fn http() -> reqwest::Client {
 pub fn http_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+}
+
+/// Creates (or updates) the spider `name` running `cmd`, with `files` (path, content) as its folder.
+pub async fn spider(
+    client: &Client,
+    name: &str,
+    cmd: &str,
+    files: &[(&str, impl AsRef<[u8]>)],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = tempfile::tempdir()?;
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
+        std::fs::write(path, content)?;
+    }
+    client
+        .put_spider(&CreateSpider {
+            name: name.into(),
+            cmd: cmd.into(),
+            ..Default::default()
+        })
+        .await?;
+    client
+        .upload_files(name, arachne_shared::archive::pack_dir(dir.path())?)
+        .await?;
+    Ok(())
+}
+
+/// Peak and current resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
 }
