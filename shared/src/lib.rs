@@ -55,6 +55,38 @@ macro_rules! uuid_id {
 
 #[cfg(feature = "archive")]
 pub mod archive;
+/// Gives a fieldless enum its lowercase names, one declaration for all three uses: `as_str`, `Display`, and
+/// `FromStr` (any case; an unknown name is an [`Invalid`] that lists the known ones). `$what` names the
+/// kind of value in that message.
+macro_rules! named_enum {
+    ($ty:ty, $what:literal, $($variant:ident => $name:literal),+ $(,)?) => {
+        impl $ty {
+            /// The lowercase name used in the API, the CLI and the store.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+        }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = $crate::Invalid;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err($crate::Invalid(format!(
+                        "unknown {} {s:?} (expected one of: {})",
+                        $what,
+                        [$($name),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
 pub mod cluster;
 pub mod files;
 pub mod histogram;

@@ -14,16 +14,9 @@ pub enum LogStream {
     System,
 }
 
-impl LogStream {
-    /// The lowercase name used in the API and the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stdout => "stdout",
-            Self::Stderr => "stderr",
-            Self::System => "system",
-        }
-    }
+named_enum!(LogStream, "log stream", Stdout => "stdout", Stderr => "stderr", System => "system");
 
+impl LogStream {
     /// The stream named by [`Self::as_str`]; an unknown name reads as stdout.
     pub fn from_name(name: &str) -> Self {
         match name {

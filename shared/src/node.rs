@@ -13,15 +13,7 @@ pub enum NodeStatus {
     Offline,
 }
 
-impl NodeStatus {
-    /// The lowercase name used in the API and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Online => "online",
-            Self::Offline => "offline",
-        }
-    }
-}
+named_enum!(NodeStatus, "node status", Online => "online", Offline => "offline");
 
 /// A worker node as stored and as shown by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -48,27 +48,8 @@ pub enum MisfirePolicy {
     Skip,
 }
 
-macro_rules! named_enum {
-    ($ty:ty, $($variant:ident => $name:literal),+) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-        }
-        impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s.to_ascii_lowercase().as_str() {
-                    $($name => Ok(Self::$variant),)+
-                    _ => Err(format!("unknown value {s:?} (expected one of: {})", [$($name),+].join(", "))),
-                }
-            }
-        }
-    };
-}
-
-named_enum!(OverlapPolicy, Allow => "allow", Skip => "skip", Queue => "queue");
-named_enum!(MisfirePolicy, Once => "once", Skip => "skip");
+named_enum!(OverlapPolicy, "overlap policy", Allow => "allow", Skip => "skip", Queue => "queue");
+named_enum!(MisfirePolicy, "misfire policy", Once => "once", Skip => "skip");
 
 /// A cron schedule as stored and as shown by the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

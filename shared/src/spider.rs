@@ -2,8 +2,6 @@
 
 use crate::Invalid;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -92,27 +90,7 @@ pub enum DedupMode {
     Ignore,
 }
 
-impl fmt::Display for DedupMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Overwrite => "overwrite",
-            Self::Ignore => "ignore",
-        })
-    }
-}
-
-impl FromStr for DedupMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "overwrite" => Ok(Self::Overwrite),
-            "ignore" => Ok(Self::Ignore),
-            other => Err(format!(
-                "invalid dedup mode {other:?}: use overwrite or ignore"
-            )),
-        }
-    }
-}
+named_enum!(DedupMode, "dedup mode", Overwrite => "overwrite", Ignore => "ignore");
 
 /// Keys longer than this are stored as their sha256, so an index entry stays small whatever the item holds.
 const MAX_PLAIN_KEY: usize = 256;
@@ -477,6 +455,6 @@ mod tests {
             assert!(err.0.starts_with("dedup.keys"), "{err}");
         }
         assert_eq!("ignore".parse::<DedupMode>(), Ok(DedupMode::Ignore));
-        assert!("skip".parse::<DedupMode>().unwrap_err().contains("skip"));
+        assert!("skip".parse::<DedupMode>().unwrap_err().0.contains("skip"));
     }
 }

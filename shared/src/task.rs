@@ -1,8 +1,5 @@
 //! Tasks: one run of a spider on one node, its life-cycle states and how a run ended.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -79,42 +76,19 @@ impl TaskStatus {
             Self::Finished | Self::Error | Self::Cancelled | Self::Abnormal
         )
     }
-
-    /// The lowercase name used in the API, the CLI and the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Pending => "pending",
-            Self::Running => "running",
-            Self::Finished => "finished",
-            Self::Error => "error",
-            Self::Cancelled => "cancelled",
-            Self::Abnormal => "abnormal",
-        }
-    }
 }
 
-impl fmt::Display for TaskStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for TaskStatus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|s| s.as_str()).collect();
-                format!(
-                    "unknown task status {s:?} (expected one of: {})",
-                    names.join(", ")
-                )
-            })
-    }
-}
+named_enum!(
+    TaskStatus,
+    "task status",
+    Created => "created",
+    Pending => "pending",
+    Running => "running",
+    Finished => "finished",
+    Error => "error",
+    Cancelled => "cancelled",
+    Abnormal => "abnormal",
+);
 
 /// One time-stamped status change; a task keeps the whole list so its history can be audited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -295,29 +269,7 @@ pub enum RunMode {
     All,
 }
 
-impl RunMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Random => "random",
-            Self::Nodes => "nodes",
-            Self::All => "all",
-        }
-    }
-}
-
-impl FromStr for RunMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "random" => Ok(Self::Random),
-            "nodes" => Ok(Self::Nodes),
-            "all" => Ok(Self::All),
-            _ => Err(format!(
-                "unknown mode {s:?} (expected one of: random, nodes, all)"
-            )),
-        }
-    }
-}
+named_enum!(RunMode, "mode", Random => "random", Nodes => "nodes", All => "all");
 
 /// The latest attempt of each child, in id order: retries and restarts are attempts of the same child, and
 /// only the latest one says how that child did.
@@ -608,7 +560,10 @@ mod tests {
             assert_eq!(status.as_str().parse::<TaskStatus>().unwrap(), status);
         }
         let err = "bogus".parse::<TaskStatus>().unwrap_err();
-        assert!(err.contains("bogus") && err.contains("finished"), "{err}");
+        assert!(
+            err.0.contains("bogus") && err.0.contains("finished"),
+            "{err}"
+        );
     }
 
     #[test]

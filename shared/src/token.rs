@@ -18,13 +18,6 @@ pub enum TokenKind {
 }
 
 impl TokenKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Api => "api",
-            Self::Worker => "worker",
-        }
-    }
-
     /// The start of every secret of this kind, so a leaked secret says what it opens.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -34,17 +27,7 @@ impl TokenKind {
     }
 }
 
-impl std::str::FromStr for TokenKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "api" => Ok(Self::Api),
-            "worker" => Ok(Self::Worker),
-            other => Err(format!("unknown token kind {other:?} (api or worker)")),
-        }
-    }
-}
+named_enum!(TokenKind, "token kind", Api => "api", Worker => "worker");
 
 /// A stored token: never its secret, only the secret's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +58,8 @@ mod tests {
             "admin"
                 .parse::<TokenKind>()
                 .unwrap_err()
-                .contains("api or worker")
+                .0
+                .contains("api, worker")
         );
         assert_eq!(Token::hash_of("s"), Token::hash_of("s"));
         assert_ne!(Token::hash_of("s"), Token::hash_of("t"));

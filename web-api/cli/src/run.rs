@@ -83,7 +83,7 @@ impl RunArgs {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct PlacementArgs {
     /// random: one task on the least loaded node; nodes: one task per --node; all: one per online node.
-    #[arg(long, value_parser = parse_mode)]
+    #[arg(long, value_parser = |v: &str| v.parse::<RunMode>())]
     pub(crate) mode: Option<RunMode>,
     /// A node of mode `nodes` (giving --node alone implies it); repeatable.
     #[arg(long = "node", value_name = "NAME")]
@@ -95,10 +95,6 @@ impl PlacementArgs {
         self.mode
             .or_else(|| (!self.nodes.is_empty()).then_some(RunMode::Nodes))
     }
-}
-
-fn parse_mode(value: &str) -> Result<RunMode, arachne_shared::Invalid> {
-    value.parse().map_err(arachne_shared::Invalid)
 }
 
 /// Supervision settings, for a spider or one run.
