@@ -121,6 +121,23 @@ impl From<String> for Invalid {
     }
 }
 
+/// An I/O failure on a path: the path the call was about, and the system's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct PathIo {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// For `map_err`: an I/O error of a call on `path`, with the path.
+pub fn at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PathIo + '_ {
+    move |source| PathIo {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Reads a `KEY=VALUE` argument (an environment variable, a label); the value may be empty or hold `=`.
 pub fn parse_key_value(argument: &str) -> Result<(String, String), Invalid> {
     match argument.split_once('=') {

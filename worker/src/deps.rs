@@ -32,19 +32,12 @@ pub(crate) enum Error {
     },
     #[error("installing dependencies failed: {0}")]
     Sandbox(#[from] crate::sandbox::Error),
-    #[error("installing dependencies failed: {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("installing dependencies failed: {0}")]
+    Io(#[from] arachne_shared::PathIo),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Io(arachne_shared::at(path)(source))
 }
 
 /// What a run needs to use its version's environments: folders to put first on `PATH`, and variables.

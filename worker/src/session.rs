@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 use crate::Config;
 use crate::deps::Deps;
 use crate::metrics::Metrics;
-use crate::output::Event;
+use crate::output::{Event, sleep_until};
 use crate::runner::{self, RunContext, RunResult, Stop};
 use crate::sync::FileCache;
 use crate::watchdog::{Records, Watchdog};
@@ -345,13 +345,6 @@ impl Worker {
             }
         }
         ended.map_err(SessionEnd::Retry)
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

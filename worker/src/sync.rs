@@ -51,19 +51,12 @@ pub(crate) enum Error {
     Incomplete(String),
     #[error("writing received files stopped unexpectedly")]
     WriterGone,
-    #[error("writing {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("writing {0}")]
+    Io(#[from] arachne_shared::PathIo),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Io(arachne_shared::at(path)(source))
 }
 
 /// The largest version whose working directory is built without a trip to the blocking pool.

@@ -43,12 +43,8 @@ pub enum Error {
     NotFound(String),
     #[error("no file {path:?} in version {version}")]
     NoSuchFile { version: String, path: String },
-    #[error("spider file storage failed at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("spider file storage failed at {0}")]
+    Io(#[from] arachne_shared::PathIo),
     #[error("spider file storage in MongoDB failed: {0}")]
     MongoDb(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored version {0} is unreadable: {1}")]
@@ -56,10 +52,7 @@ pub enum Error {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Io(arachne_shared::at(path)(source))
 }
 
 /// Limits on one upload.
