@@ -180,7 +180,8 @@ impl RunningMaster {
     }
 
     /// Starts a master with no worker at all.
-    async fn start_without_workers(config: Config) -> anyhow::Result<Self> {
+    async fn start_without_workers(mut config: Config) -> anyhow::Result<Self> {
+        config.local_worker = None;
         Self::start_waiting_for(config, &[]).await
     }
 
