@@ -425,12 +425,7 @@ impl Task {
         ItemTarget {
             task: self.id,
             spider_id: self.spider_id,
-            // Tasks stored before tasks recorded their collection used the spider's default one.
-            collection: if self.results_collection.is_empty() {
-                format!("results_{}", self.spider_name)
-            } else {
-                self.results_collection.clone()
-            },
+            collection: self.results_collection.clone(),
             dedup: self.dedup.clone(),
         }
     }

@@ -169,7 +169,7 @@ pub(crate) fn started(task_id: TaskId, lease: u64, start: ProcessStart) -> Worke
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
 
     use arachne_shared::TaskOutcome;
@@ -178,7 +178,8 @@ mod tests {
 
     use super::*;
 
-    fn ended(task_id: TaskId) -> WorkerToMaster {
+    /// A task's plain end, as a runner reports it.
+    pub(crate) fn ended(task_id: TaskId) -> WorkerToMaster {
         WorkerToMaster::TaskEnded {
             task_id,
             lease: 1,
@@ -189,7 +190,8 @@ mod tests {
         }
     }
 
-    fn assignment(task_id: TaskId) -> Assignment {
+    /// An assignment of a `true` spider under lease 1.
+    pub(crate) fn assignment(task_id: TaskId) -> Assignment {
         Assignment {
             task_id,
             lease: 1,

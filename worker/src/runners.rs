@@ -155,36 +155,13 @@ pub(crate) async fn report_end(
 mod tests {
     use std::sync::Arc;
 
-    use arachne_shared::TaskOutcome;
     use tokio::sync::{mpsc, watch};
 
     use super::*;
     use crate::deps::Deps;
+    use crate::outbox::tests::{assignment, ended};
     use crate::sync::FileCache;
     use crate::watchdog::Records;
-
-    fn ended(task_id: TaskId) -> WorkerToMaster {
-        WorkerToMaster::TaskEnded {
-            task_id,
-            lease: 1,
-            outcome: TaskOutcome::Finished,
-            at: Utc::now(),
-            peak_rss_bytes: None,
-            started: None,
-        }
-    }
-
-    fn assignment(task_id: TaskId) -> Assignment {
-        Assignment {
-            task_id,
-            lease: 1,
-            spider_id: arachne_shared::SpiderId::new(),
-            spider_name: "s".into(),
-            version: String::new(),
-            command_line: "true".into(),
-            settings: Default::default(),
-        }
-    }
 
     /// The session loop both assigns tasks and drains `events`: refusing a task while `events` is full must not
     /// wait for room, or the loop would never drain it.
