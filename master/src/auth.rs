@@ -12,7 +12,7 @@ use arachne_shared::spider::validate_name;
 use arachne_shared::{Token, TokenKind};
 use tracing::{info, warn};
 
-use crate::store::{self, Store};
+use crate::store::{self, TokenStore};
 
 /// How long a valid token is trusted without asking the store again.
 const REMEMBER: Duration = Duration::from_secs(5);
@@ -91,7 +91,11 @@ pub fn new_secret(kind: TokenKind) -> String {
 }
 
 /// Makes a token named `name` and returns its secret, which is stored nowhere.
-pub async fn create_token(store: &dyn Store, name: &str, kind: TokenKind) -> Result<String, Error> {
+pub async fn create_token(
+    store: &dyn TokenStore,
+    name: &str,
+    kind: TokenKind,
+) -> Result<String, Error> {
     validate_name("token", name)?;
     let secret = new_secret(kind);
     store
@@ -106,7 +110,7 @@ pub async fn create_token(store: &dyn Store, name: &str, kind: TokenKind) -> Res
 }
 
 /// Revokes the token named `name`.
-pub async fn revoke_token(store: &dyn Store, name: &str) -> Result<(), Error> {
+pub async fn revoke_token(store: &dyn TokenStore, name: &str) -> Result<(), Error> {
     if store.delete_token(name).await? {
         Ok(())
     } else {
@@ -116,7 +120,7 @@ pub async fn revoke_token(store: &dyn Store, name: &str) -> Result<(), Error> {
 
 /// Makes the token `name` hold `secret`, replacing what it held.
 async fn register(
-    store: &dyn Store,
+    store: &dyn TokenStore,
     name: &str,
     kind: TokenKind,
     secret: &str,
@@ -142,7 +146,7 @@ async fn register(
 
 /// Checks tokens for the API and the gRPC service.
 pub struct Auth {
-    store: Arc<dyn Store>,
+    store: Arc<dyn TokenStore>,
     required: bool,
     recent: Mutex<HashMap<String, (TokenKind, Instant)>>,
 }
@@ -151,7 +155,7 @@ impl Auth {
     /// Registers the configured tokens and, on a first start with none, makes the first API token and writes
     /// its secret to `data_dir`.
     pub async fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn TokenStore>,
         config: &AuthConfig,
         data_dir: &Path,
     ) -> Result<Self, Error> {

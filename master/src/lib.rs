@@ -311,7 +311,9 @@ pub async fn run(
     let (store, files) = open_backends(&config).await?;
     // What uploads cut short by a crash left half checked; no upload is under way yet.
     files.sweep_staging().await;
-    let auth = Arc::new(Auth::start(Arc::clone(&store), &config.auth, &config.data_dir).await?);
+    // Tokens are all authentication needs of the store: it holds that capability only.
+    let tokens: Arc<dyn store::TokenStore> = Arc::clone(&store) as _;
+    let auth = Arc::new(Auth::start(tokens, &config.auth, &config.data_dir).await?);
     let changes = Arc::new(changes::Changes::default());
     let telemetry = Arc::new(telemetry::Telemetry::default());
     let health = Arc::new(store_health::StoreHealth::default());
