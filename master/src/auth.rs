@@ -237,9 +237,7 @@ impl Auth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (TokenKind, Instant)>> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.recent)
     }
 }
 

@@ -39,8 +39,9 @@ pub use crate::scheduler::SchedulerOptions;
 use crate::sessions::Sessions;
 use crate::store::{Store, embedded::EmbeddedStore};
 
-/// Locks a mutex, through poisoning: every critical section in the master leaves its data consistent (it only
-/// reads, inserts, removes or swaps), so a panic elsewhere must not make the data unreachable.
+/// Locks a mutex, through poisoning: what the master's mutexes guard stays usable after a panic in another
+/// holder (maps and counters changed in single steps, a SQLite connection that rolls back unfinished work), so
+/// one panic must not make it unreachable for the rest of the process.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()

@@ -125,9 +125,7 @@ impl Runs {
         options.settings.validate().map_err(Error::Settings)?;
         let mut spider = self.spider(&run.spider).await?;
         if let Some(version) = run.version {
-            self.spiders
-                .manifest(&spider.name, Some(version.clone()))
-                .await?;
+            self.spiders.manifest_of(&spider, &version).await?;
             spider.version = version;
         }
         let nodes = self.placement(options.mode, &options.nodes).await?;

@@ -172,12 +172,16 @@ impl Spiders {
         version: Option<String>,
     ) -> Result<(String, Manifest)> {
         let (spider, version) = self.version_of(name, version).await?;
-        let manifest = self
-            .files
-            .manifest(spider.id, &version)
-            .await
-            .map_err(|err| files_error(name, err))?;
+        let manifest = self.manifest_of(&spider, &version).await?;
         Ok((version, manifest))
+    }
+
+    /// The files of a stored version of a spider already read; `NoVersion` when it has no such version.
+    pub(crate) async fn manifest_of(&self, spider: &Spider, version: &str) -> Result<Manifest> {
+        self.files
+            .manifest(spider.id, version)
+            .await
+            .map_err(|err| files_error(&spider.name, err))
     }
 
     /// One file of a version (the current one when `None`).

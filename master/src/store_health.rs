@@ -27,9 +27,7 @@ struct State {
 
 impl StoreHealth {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 
     /// A write failed; `what` says which.

@@ -40,19 +40,12 @@ impl Telemetry {
     /// How long a task waited from being ready to run (created, or its retry backoff passed) to being sent to
     /// a worker.
     pub(crate) fn dispatched(&self, waited: Duration) {
-        self.dispatch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .observe(waited.as_secs_f64());
+        crate::lock(&self.dispatch).observe(waited.as_secs_f64());
     }
 
     /// Items and log lines stored, and the dispatch-latency histogram, as they are now.
     pub(crate) fn snapshot(&self) -> (u64, u64, Histogram) {
-        let dispatch = self
-            .dispatch
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let dispatch = crate::lock(&self.dispatch).clone();
         (
             self.items.load(Ordering::Relaxed),
             self.log_lines.load(Ordering::Relaxed),

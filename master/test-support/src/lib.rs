@@ -236,14 +236,23 @@ where
 }
 
 /// Writes a spider folder with the given files.
-pub fn spider_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+pub fn spider_dir(files: &[(&str, impl AsRef<[u8]>)]) -> tempfile::TempDir {
+    match folder_of(files) {
+        Ok(dir) => dir,
+        Err(err) => panic!("writing a spider folder: {err:#}"),
+    }
+}
+
+/// A fresh folder holding `files` (path, content), parent folders made as needed.
+fn folder_of(files: &[(&str, impl AsRef<[u8]>)]) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    let dir = tempfile::tempdir()?;
     for (path, content) in files {
         let path = dir.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
+        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
+        std::fs::write(path, content)?;
     }
-    dir
+    Ok(dir)
 }
 
 /// Creates a spider through the API from files, as `arachne spider create --dir` does; see [`spider`].
@@ -487,13 +496,7 @@ pub async fn spider(
     cmd: &str,
     files: &[(&str, impl AsRef<[u8]>)],
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = tempfile::tempdir()?;
-    for (path, content) in files {
-        let path = dir.path().join(path);
-        std::fs::create_dir_all(path.parent().context("a file has a folder")?)?;
-        std::fs::write(path, content)?;
-    }
+    let dir = folder_of(files)?;
     client
         .put_spider(&CreateSpider {
             name: name.into(),

@@ -162,7 +162,7 @@ impl EmbeddedStore {
     {
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut conn = crate::lock(&conn);
             f(&mut conn)
         })
         .await
@@ -170,19 +170,14 @@ impl EmbeddedStore {
     }
 
     fn cached_spiders(&self) -> std::sync::MutexGuard<'_, SpiderCache> {
-        self.spiders
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.spiders)
     }
 
     /// Runs a single-row statement on the calling thread. Handing it to the blocking pool cost two thread
     /// switches, more than the statement itself (a fifth of no-op task throughput); bulk writes and listings
     /// still go through [`Self::call`].
     fn quick<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = crate::lock(&self.conn);
         f(&mut conn)
     }
 }
