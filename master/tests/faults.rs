@@ -178,7 +178,7 @@ async fn a_task_that_ends_while_a_killed_master_is_down_is_finished_after_its_re
         done.exists() && !run_dir.exists()
     })
     .await;
-    master = MasterProcess::spawn(dir.path(), master.http, master.grpc);
+    master.restart();
     let client = master.client().await;
     let ended = wait_done(&client, task.id).await;
     assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");

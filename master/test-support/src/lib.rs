@@ -374,11 +374,14 @@ impl Drop for TestWorker {
 }
 
 /// The `arachne-master` binary on a data folder, killed with SIGKILL and started again on the same ports.
+/// Its standard error goes to the test's captured output, so a failing test shows what the master said.
 pub struct MasterProcess {
     pub child: std::process::Child,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+    local_worker: bool,
 }
 
 pub fn free_port() -> SocketAddr {
@@ -387,6 +390,9 @@ pub fn free_port() -> SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// A master that exited before it listened, with what it wrote to standard error.
+struct Exited(String);
 
 impl MasterProcess {
     pub fn spawn(data_dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
@@ -404,13 +410,51 @@ impl MasterProcess {
     }
 
     /// With these variables in its environment too; an empty value removes the variable (the test
-    /// tokens among them).
+    /// tokens among them). Returns once the master listens. Ports from [`free_port`] may be taken by
+    /// another socket before the master binds them: then it starts again on two fresh ones.
     pub fn spawn_env(
         data_dir: &Path,
         (http, grpc): (SocketAddr, SocketAddr),
         local_worker: bool,
         env: &[(&str, &str)],
     ) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (mut http, mut grpc) = (http, grpc);
+        let mut attempts = 0;
+        loop {
+            match Self::start(data_dir, (http, grpc), local_worker, &env) {
+                Ok(child) => {
+                    return Self {
+                        child,
+                        http,
+                        grpc,
+                        data_dir: data_dir.to_owned(),
+                        env,
+                        local_worker,
+                    };
+                }
+                Err(Exited(stderr)) => {
+                    attempts += 1;
+                    assert!(
+                        attempts < 5 && stderr.contains("binding the"),
+                        "the master exited on start:\n{stderr}"
+                    );
+                    (http, grpc) = (free_port(), free_port());
+                }
+            }
+        }
+    }
+
+    /// Starts the binary and waits until its HTTP port accepts connections or it exits.
+    fn start(
+        data_dir: &Path,
+        (http, grpc): (SocketAddr, SocketAddr),
+        local_worker: bool,
+        env: &[(String, String)],
+    ) -> Result<std::process::Child, Exited> {
         let mut command = std::process::Command::new(workspace_bin("arachne-master"));
         command
             .arg("--data-dir")
@@ -422,23 +466,55 @@ impl MasterProcess {
             .env("ARACHNE_API_TOKEN", API_TOKEN)
             .env("ARACHNE_WORKER_TOKEN", WORKER_TOKEN)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null());
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         for (key, value) in env {
-            match value {
-                &"" => command.env_remove(key),
+            match value.as_str() {
+                "" => command.env_remove(key),
                 value => command.env(key, value),
             };
         }
         if !local_worker {
             command.arg("--no-local-worker");
         }
-        let child = command.spawn().unwrap();
-        Self {
-            child,
-            http,
-            grpc,
-            data_dir: data_dir.to_owned(),
-        }
+        let mut child = command.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (said, exited) = std::sync::mpsc::channel();
+        // A thread inherits the test's output capture: what the master says shows with a failure.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[master] {line}");
+                all.push_str(&line);
+                all.push('\n');
+            }
+            let _ = said.send(all);
+        });
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let exit = loop {
+            if std::net::TcpStream::connect(http).is_ok() {
+                // Listening; unless the port was another socket's and the master is exiting over it.
+                match exited.recv_timeout(Duration::from_millis(50)) {
+                    Ok(stderr) => break Exited(stderr),
+                    Err(_) => return Ok(child),
+                }
+            }
+            if let Ok(stderr) = exited.recv_timeout(Duration::from_millis(20)) {
+                break Exited(stderr);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                break Exited(format!(
+                    "(killed: it did not listen on {http} within {TIMEOUT:?})"
+                ));
+            }
+        };
+        let _ = child.wait();
+        Err(exit)
     }
 
     pub async fn client(&self) -> Client {
@@ -450,10 +526,24 @@ impl MasterProcess {
         client
     }
 
+    /// Kills the master and starts it again on the same ports and data folder.
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        *self = Self::spawn(&self.data_dir, self.http, self.grpc);
+        self.restart();
+    }
+
+    /// Starts the master again, on the same ports and data folder, after it was killed.
+    pub fn restart(&mut self) {
+        let _ = self.child.wait();
+        match Self::start(
+            &self.data_dir,
+            (self.http, self.grpc),
+            self.local_worker,
+            &self.env,
+        ) {
+            Ok(child) => self.child = child,
+            Err(Exited(stderr)) => panic!("the restarted master exited:\n{stderr}"),
+        }
     }
 }
 
