@@ -98,7 +98,7 @@ async fn bare_loop_secs(tasks: usize, concurrency: usize) -> anyhow::Result<f64>
     Ok(start.elapsed().as_secs_f64())
 }
 
-async fn run_to_end(client: &Client, run: &RunTask) -> anyhow::Result<Task> {
+async fn run_to_end(client: &Client, run: &RunTask) -> anyhow::Result<arachne_api_types::Task> {
     let task = client.run_task(run).await?;
     loop {
         let task = client.wait_task(task.id, 60).await?;
@@ -317,7 +317,12 @@ async fn lines_through(client: &Client, n: u64) -> anyhow::Result<f64> {
 }
 
 /// Runs a Python spider with `n` as its parameter; the ended task and the seconds from trigger to end.
-async fn through(client: &Client, name: &str, main: &str, n: u64) -> anyhow::Result<(Task, f64)> {
+async fn through(
+    client: &Client,
+    name: &str,
+    main: &str,
+    n: u64,
+) -> anyhow::Result<(arachne_api_types::Task, f64)> {
     spider(client, name, "python3 main.py", &[("main.py", main)]).await?;
     let start = Instant::now();
     let run = RunTask {
@@ -489,7 +494,7 @@ impl Bench {
             .await?;
         let task = run_to_end(&self.client, &run("big")).await?;
         let started = task
-            .started_at()
+            .started_at
             .context("a finished task has a start time")?;
         let secs = (started - task.created_at).num_microseconds().unwrap_or(1) as f64 / 1e6;
         let bytes = (FILES * FILE_BYTES) as f64;
@@ -512,7 +517,7 @@ impl Bench {
         for _ in 0..100 {
             let task = run_to_end(&self.client, &noop_run(node)).await?;
             let started = task
-                .started_at()
+                .started_at
                 .context("a finished task has a start time")?;
             latencies
                 .push((started - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);

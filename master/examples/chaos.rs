@@ -15,9 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use arachne_api_types::{ItemQuery, LogQuery, RunTask, TaskQuery};
+use arachne_api_types::{ItemQuery, LogQuery, RunTask, Task, TaskQuery};
 use arachne_client::Client;
-use arachne_shared::{NodeStatus, RunMode, Task, TaskId, TaskStatus};
+use arachne_shared::{NodeStatus, RunMode, TaskId, TaskStatus};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 

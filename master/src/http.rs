@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use arachne_shared::files::VersionInfo;
 use arachne_shared::upload::Upload;
-use arachne_shared::{ItemRecord, LogLine, Node, RunOptions, Schedule, Spider, Task, TaskId};
+use arachne_shared::{ItemRecord, LogLine, Node, RunOptions, Schedule, Spider, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec, ScheduleView,
+    CreateSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec, ScheduleView, Task,
     TaskQuery, UpdateNode, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, Result};
@@ -92,11 +92,11 @@ impl Backend for MasterApi {
             version: run.version,
             ..RunRequest::default()
         };
-        Ok(self.runs.create(request).await?)
+        Ok(self.runs.create(request).await?.into())
     }
 
     async fn restart_task(&self, id: TaskId) -> Result<Task> {
-        Ok(self.runs.restart(id).await?)
+        Ok(self.runs.restart(id).await?.into())
     }
 
     async fn list_tasks(&self, query: TaskQuery) -> Result<Page<Task>> {
@@ -112,15 +112,18 @@ impl Backend for MasterApi {
             offset: query.offset.unwrap_or(0),
         };
         let (items, total) = self.store.list_tasks(&filter).await.map_err(store_error)?;
-        Ok(Page { items, total })
+        Ok(Page {
+            items: items.into_iter().map(Task::from).collect(),
+            total,
+        })
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task> {
-        Ok(self.runs.task(id).await?)
+        Ok(self.runs.task(id).await?.into())
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
-        Ok(self.runs.cancel(id).await?)
+        Ok(self.runs.cancel(id).await?.into())
     }
 
     async fn delete_task(&self, id: TaskId) -> Result<()> {
@@ -176,7 +179,7 @@ impl Backend for MasterApi {
     }
 
     async fn run_schedule(&self, name: &str) -> Result<Task> {
-        Ok(self.schedules.run_now(name).await?)
+        Ok(self.schedules.run_now(name).await?.into())
     }
 
     async fn health(&self) -> Health {

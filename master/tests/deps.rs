@@ -8,9 +8,9 @@ use arachne_test_support as common;
 use std::io::Write;
 use std::path::Path;
 
-use arachne_api_types::{CreateSpider, RunTask};
+use arachne_api_types::{CreateSpider, RunTask, Task};
 use arachne_client::Client;
-use arachne_shared::{Task, TaskStatus};
+use arachne_shared::TaskStatus;
 use common::{TestMaster, all_logs, spider_dir, wait_done};
 
 /// Uploads a spider from text files plus binary ones.

@@ -26,7 +26,7 @@ const FULL_LIFE: [TaskStatus; 4] = [
     TaskStatus::Finished,
 ];
 
-fn states(task: &arachne_shared::Task) -> Vec<TaskStatus> {
+fn states(task: &arachne_api_types::Task) -> Vec<TaskStatus> {
     task.transitions.iter().map(|t| t.status).collect()
 }
 
@@ -182,8 +182,8 @@ async fn a_short_silent_task_records_its_start_like_any_other() {
         // To the millisecond: a store may keep no finer (MongoDB's dates), and the start is often within the
         // millisecond of the creation.
         let ms = |at: chrono::DateTime<chrono::Utc>| at.timestamp_millis();
-        let started = ms(task.started_at().expect("a start time"));
-        let (created, ended) = (ms(task.created_at), ms(task.ended_at().unwrap()));
+        let started = ms(task.started_at.expect("a start time"));
+        let (created, ended) = (ms(task.created_at), ms(task.ended_at.unwrap()));
         assert!(created <= started && started <= ended, "{task:?}");
         assert!(task.wait_ms.is_some() && task.run_ms.is_some(), "{task:?}");
     }

@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arachne_api_types::{RunTask, TaskQuery};
+use arachne_api_types::{RunTask, Task, TaskQuery};
 use arachne_client::Client;
 use arachne_master::Config;
-use arachne_shared::{RunMode, Task, TaskStatus};
+use arachne_shared::{RunMode, TaskStatus};
 use common::{
     MasterProcess, TestMaster, TestWorker, create_spider, eventually, free_port, wait_done,
     wait_online,
@@ -837,7 +837,7 @@ async fn the_embedded_store_s_log_shrinks_after_a_flood() {
     let store = arachne_master::store::embedded::EmbeddedStore::open(&path).unwrap();
     let spider = arachne_shared::Spider::new("flood", "true", chrono::Utc::now());
     store.put_spider(&spider).await.unwrap();
-    let task = Task::pending(&spider, chrono::Utc::now());
+    let task = arachne_shared::Task::pending(&spider, chrono::Utc::now());
     store.insert_task(&task).await.unwrap();
     let text = "x".repeat(1000);
     let wal = dir.path().join("arachne.db-wal");

@@ -6,10 +6,10 @@ use arachne_test_support as common;
 
 use std::time::Duration;
 
-use arachne_api_types::{CreateSpider, RunTask, ScheduleSpec, TaskQuery, UpdateNode};
+use arachne_api_types::{CreateSpider, RunTask, ScheduleSpec, Task, TaskQuery, UpdateNode};
 use arachne_client::Client;
 use arachne_master::Config;
-use arachne_shared::{RunMode, Task, TaskStatus};
+use arachne_shared::{RunMode, TaskStatus};
 use chrono::{DateTime, Timelike, Utc};
 use common::{TestMaster, TestWorker, create_spider, eventually, wait_done};
 
@@ -313,10 +313,10 @@ async fn max_instances_caps_running_tasks_across_the_cluster() {
     }
     assert!(tasks.iter().all(|t| t.status == TaskStatus::Finished));
     for t in &tasks {
-        let start = t.started_at().unwrap();
+        let start = t.started_at.unwrap();
         let overlapping = tasks
             .iter()
-            .filter(|o| o.started_at().unwrap() <= start && o.ended_at().unwrap() > start)
+            .filter(|o| o.started_at.unwrap() <= start && o.ended_at.unwrap() > start)
             .count();
         assert!(overlapping <= 2, "{overlapping} tasks ran at {start}");
     }
@@ -410,7 +410,7 @@ async fn cron_schedules_fire_on_seconds_and_honour_overlap_policies() {
     tasks.sort_by_key(|t| t.fire_time);
     for pair in tasks.windows(2) {
         assert!(
-            pair[1].started_at().unwrap() >= pair[0].ended_at().unwrap(),
+            pair[1].started_at.unwrap() >= pair[0].ended_at.unwrap(),
             "runs overlapped: {pair:#?}"
         );
         assert!(pair[1].fire_time > pair[0].fire_time);

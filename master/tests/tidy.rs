@@ -118,6 +118,31 @@ fn no_generated_protobuf_type_leaves_proto() {
 }
 
 #[test]
+fn the_api_shows_tasks_as_its_own_type_not_the_stored_record() {
+    let mut files = rust_files(&workspace().join("web-api/src"));
+    files.extend(rust_files(&workspace().join("web-api/client/src")));
+    let found: Vec<String> = offending(&files, &["arachne_shared::"])
+        .into_iter()
+        .filter(|line| {
+            line.split(|c: char| !c.is_alphanumeric() && c != '_')
+                .any(|word| word == "Task")
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the HTTP side names the master's task record (use arachne_api_types::Task):\n{}",
+        found.join("\n")
+    );
+    let record = source(&workspace().join("shared/src/task.rs"));
+    let at = record.find("pub struct Task {").unwrap();
+    let derive = record[..at].rsplit("#[derive(").next().unwrap();
+    assert!(
+        !derive.contains("JsonSchema"),
+        "the task record is an OpenAPI schema again: {derive}"
+    );
+}
+
+#[test]
 fn shared_depends_on_no_runtime_transport_or_database() {
     let manifest = std::fs::read_to_string(workspace().join("shared/Cargo.toml")).unwrap();
     for crate_name in [

@@ -136,8 +136,8 @@ impl TaskOutcome {
     }
 }
 
-/// A task as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// A task as the master keeps it (the API shows its own view of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
     pub spider_id: SpiderId,
@@ -307,6 +307,14 @@ pub fn parent_status(children: &[Task]) -> TaskStatus {
     }
 }
 
+/// The shell command line of a spider command `cmd` with a run's arguments `param` appended.
+pub fn command_line(cmd: &str, param: Option<&str>) -> String {
+    match param.map(str::trim) {
+        Some(param) if !param.is_empty() => format!("{cmd} {param}"),
+        _ => cmd.to_owned(),
+    }
+}
+
 /// How many reported errors a task keeps; the count goes on past it.
 pub const MAX_TASK_ERRORS: usize = 100;
 
@@ -451,10 +459,7 @@ impl Task {
 
     /// The full shell command line the runner executes.
     pub fn command_line(&self) -> String {
-        match self.param.as_deref().map(str::trim) {
-            Some(param) if !param.is_empty() => format!("{} {}", self.cmd, param),
-            _ => self.cmd.clone(),
-        }
+        command_line(&self.cmd, self.param.as_deref())
     }
 
     /// Moves the task to `status` now and records the transition.

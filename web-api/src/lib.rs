@@ -12,7 +12,7 @@ mod routes;
 mod ui;
 
 use arachne_shared::files::VersionInfo;
-use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskChanged, TaskId};
+use arachne_shared::{ItemRecord, LogLine, Node, Spider, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
 pub use arachne_api_types as types;
@@ -20,7 +20,7 @@ pub use arachne_api_types::CLIENT_HEADER;
 pub use error::Error;
 pub use routes::{RouterOptions, router};
 use types::{
-    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, UpdateNode, Upload,
+    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, Task, TaskQuery, UpdateNode, Upload,
     VersionFiles,
 };
 

@@ -23,7 +23,7 @@ async fn run_spider(
     master: &TestMaster,
     name: &str,
     script: &str,
-) -> (arachne_shared::Task, Vec<LogLine>) {
+) -> (arachne_api_types::Task, Vec<LogLine>) {
     create_spider(
         &master.client,
         name,

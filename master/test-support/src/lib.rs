@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arachne_api_types::CreateSpider;
+use arachne_api_types::{CreateSpider, Task};
 use arachne_client::Client;
 use arachne_master::{Config, Listeners, LocalWorker};
-use arachne_shared::{Task, TaskId};
+use arachne_shared::TaskId;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -3,8 +3,9 @@
 
 use std::fmt::Write as _;
 
+use arachne_api_types::Task;
 use arachne_shared::spider::{DedupMode, RunSettings};
-use arachne_shared::{RunMode, Spider, Task, TaskStatus};
+use arachne_shared::{RunMode, Spider, TaskStatus};
 use chrono::{DateTime, Utc};
 
 /// Labelled lines, the labels padded to one width; a field with no value is left out.
@@ -89,8 +90,8 @@ pub(crate) fn task(t: &Task) -> String {
     f.add("node", t.node.clone().or_else(|| t.pinned_node.clone()));
     f.add("pid", t.pid.map(|p| p.to_string()));
     f.add("created", time(t.created_at));
-    f.add("started", t.started_at().map(time));
-    f.add("ended", t.ended_at().map(time));
+    f.add("started", t.started_at.map(time));
+    f.add("ended", t.ended_at.map(time));
     f.add("waited", t.wait_ms.map(millis));
     f.add("ran", t.run_ms.map(millis));
     f.add("peak memory", t.peak_rss_bytes.map(mib));
@@ -189,6 +190,7 @@ mod tests {
         task.finish(&TaskOutcome::Finished, at);
         task.run_ms = Some(1_500);
         task.items = 15;
+        let task = arachne_api_types::Task::from(task);
         let text = super::task(&task);
         assert!(text.starts_with(&format!("task {}\n", task.id)), "{text}");
         for line in [

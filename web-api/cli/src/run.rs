@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use arachne_api_types::RunTask;
+use arachne_api_types::{RunTask, Task};
 use arachne_client::{Client, FollowEvent};
 use arachne_shared::spider::RunSettings;
-use arachne_shared::{RunMode, Task, TaskId, TaskStatus};
+use arachne_shared::{RunMode, TaskId, TaskStatus};
 
 use crate::Error;
 use crate::output::Output;

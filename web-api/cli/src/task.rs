@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use arachne_api_types::{EventQuery, ItemQuery, LogQuery, MAX_LIMIT, TaskQuery};
+use arachne_api_types::{EventQuery, ItemQuery, LogQuery, MAX_LIMIT, Task, TaskQuery};
 use arachne_client::{Client, TaskEvent};
-use arachne_shared::{Task, TaskStatus};
+use arachne_shared::TaskStatus;
 use clap::{Subcommand, ValueEnum};
 
 use crate::output::{Output, or_dash, print_table};

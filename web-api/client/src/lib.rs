@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use arachne_api_types::Task;
 use arachne_shared::files::VersionInfo;
-use arachne_shared::{ItemRecord, LogLine, Node, Spider, Task, TaskId};
+use arachne_shared::{ItemRecord, LogLine, Node, Spider, TaskId};
 use futures_util::StreamExt;
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;

@@ -326,7 +326,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/tasks",
             "List tasks, newest first, filtered by spider, status, node, parent, schedule and creation time",
             query(inline::<TaskQuery>),
-            Out::Json(200, schema::<Page<arachne_shared::Task>>),
+            Out::Json(200, schema::<Page<arachne_api_types::Task>>),
             get(list_tasks),
         ),
         route(
@@ -334,7 +334,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/tasks",
             "Run a spider: one task, or a parent with a child per node",
             body(schema::<RunTask>),
-            Out::Json(201, schema::<arachne_shared::Task>),
+            Out::Json(201, schema::<arachne_api_types::Task>),
             post(run_task),
         ),
         route(
@@ -342,7 +342,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/tasks/{id}",
             "Show a task",
             none,
-            Out::Json(200, schema::<arachne_shared::Task>),
+            Out::Json(200, schema::<arachne_api_types::Task>),
             get(get_task),
         ),
         route(
@@ -358,7 +358,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/tasks/{id}/cancel",
             "Cancel a task; its processes are killed",
             none,
-            Out::Json(200, schema::<arachne_shared::Task>),
+            Out::Json(200, schema::<arachne_api_types::Task>),
             post(cancel_task),
         ),
         route(
@@ -366,7 +366,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/tasks/{id}/restart",
             "Run an ended task again (for a parent, its children that did not finish)",
             none,
-            Out::Json(201, schema::<arachne_shared::Task>),
+            Out::Json(201, schema::<arachne_api_types::Task>),
             post(restart_task),
         ),
         route(
@@ -406,7 +406,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/tasks/{id}/wait",
             "Answer when the run ends or the timeout passes, with its latest attempt: a failed attempt with retries left is followed to its retry",
             query(inline::<WaitQuery>),
-            Out::Json(200, schema::<arachne_shared::Task>),
+            Out::Json(200, schema::<arachne_api_types::Task>),
             get(wait),
         ),
         route(
@@ -488,7 +488,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/schedules/{name}/run",
             "Run a schedule's spider now",
             none,
-            Out::Json(201, schema::<arachne_shared::Task>),
+            Out::Json(201, schema::<arachne_api_types::Task>),
             post(run_schedule),
         ),
         route(

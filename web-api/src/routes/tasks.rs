@@ -108,7 +108,7 @@ pub(super) async fn wait(
             id = next;
             continue;
         }
-        if task.status.is_terminal() && !task.will_retry() {
+        if task.status.is_terminal() && !task.will_retry {
             return Ok(Json(task));
         }
         tokio::select! {

@@ -1,12 +1,16 @@
 //! Arachne's HTTP contract: the request and response types of the API, its error body, and the header its own
-//! clients send. Responses reuse the plain domain types from `arachne_shared`. The server, the client and the
-//! CLI all build on this crate, so each compiles only what it uses.
+//! clients send. A task is shown as its own type ([`Task`]), apart from the master's record of it; other
+//! responses reuse value types from `arachne_shared`. The server, the client and the CLI all build on this
+//! crate, so each compiles only what it uses.
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::{Dedup, RunSettings};
-use arachne_shared::{RunMode, Schedule, ScheduleId, Task, TaskId, TaskStatus};
+use arachne_shared::{RunMode, Schedule, ScheduleId, TaskId, TaskStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+mod task;
+pub use task::Task;
 
 /// `POST /api/v1/spiders`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
