@@ -135,14 +135,7 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gives memory back to the system soon after it is freed, so a worker (or a master) is small again once a
-/// flood of output has passed.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn main() -> anyhow::Result<()> {
-    arachne_worker::process::main(run)
-}
+arachne_worker::binary_main!(run);
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();

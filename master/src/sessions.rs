@@ -97,6 +97,51 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// A batch's store write, retried until it is stored, yielding the batch's sequence number.
 type Write<'a> = Pin<Box<dyn Future<Output = u64> + Send + 'a>>;
 
+/// A worker's message, sorted: a batch of output (stored beside others) or anything else.
+enum Sorted {
+    Output(HeldTask, Output),
+    Other(WorkerToMaster),
+}
+
+/// A batch of a task's output from its worker.
+enum Output {
+    Lines(Vec<LogLine>),
+    Items(Vec<arachne_shared::ItemRecord>),
+}
+
+impl Output {
+    /// The task and output a log or item batch carries; any other message back.
+    fn of(message: WorkerToMaster) -> Sorted {
+        match message {
+            WorkerToMaster::Logs {
+                task_id,
+                lease,
+                lines,
+            } => Sorted::Output(HeldTask { task_id, lease }, Self::Lines(lines)),
+            WorkerToMaster::Items {
+                task_id,
+                lease,
+                items,
+            } => Sorted::Output(HeldTask { task_id, lease }, Self::Items(items)),
+            other => Sorted::Other(other),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Lines(lines) => lines.len(),
+            Self::Items(items) => items.len(),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Self::Lines(_) => "log lines",
+            Self::Items(_) => "items",
+        }
+    }
+}
+
 /// Cumulative acknowledgements to a worker.
 #[derive(Default)]
 struct Acks {
@@ -546,6 +591,50 @@ impl Sessions {
         }
     }
 
+    /// A batch of log lines or items as its store write, refused (and acknowledged unstored) when the node
+    /// does not hold the task under that lease: a batch resent after a reconnect may be for a task deleted
+    /// meanwhile (stored, it would be an orphan no sweep removes), or written off since (its run was
+    /// superseded).
+    async fn store_output<'a>(
+        &'a self,
+        node: &'a Node,
+        seq: u64,
+        held: HeldTask,
+        output: Output,
+        targets: &mut ItemTargets,
+    ) -> Write<'a> {
+        let (store, health) = (&self.store, &self.health);
+        let target = retrying!(
+            health,
+            "reading a task",
+            targets.get(store.as_ref(), &node.name, held)
+        )
+        .cloned();
+        Box::pin(async move {
+            let Some(target) = target else {
+                warn!(node = %node.name, task_id = %held.task_id, lease = held.lease, count = output.len(),
+                    "refusing {} of a task this node does not hold under that lease", output.what());
+                return seq;
+            };
+            match output {
+                Output::Lines(lines) => {
+                    retrying!(
+                        health,
+                        "storing log lines",
+                        store.append_logs(target.task, &lines)
+                    );
+                    self.telemetry.ingested(0, lines.len());
+                }
+                Output::Items(items) => {
+                    retrying!(health, "storing items", store.insert_items(&target, &items));
+                    self.telemetry.ingested(items.len(), 0);
+                }
+            }
+            self.changes.output(target.task);
+            seq
+        })
+    }
+
     /// Handles one message, trying each store call again until it succeeds. A log or item batch comes back
     /// as its store write, for `process` to run beside others; anything else is done when this returns.
     async fn handle<'a>(
@@ -556,6 +645,12 @@ impl Sessions {
         outbound: &Outbound,
         targets: &mut ItemTargets,
     ) -> Option<Write<'a>> {
+        let message = match Output::of(message) {
+            Sorted::Output(held, output) => {
+                return Some(self.store_output(node, seq, held, output, targets).await);
+            }
+            Sorted::Other(message) => message,
+        };
         let store = &self.store;
         let health = &self.health;
         match message {
@@ -577,60 +672,8 @@ impl Sessions {
                     self.started(node, held, start, outbound)
                 );
             }
-            WorkerToMaster::Logs {
-                task_id,
-                lease,
-                lines,
-            } => {
-                // A batch resent after a reconnect may be for a task deleted meanwhile (stored, it would be an
-                // orphan no sweep removes), or written off since (its run was superseded).
-                let held = HeldTask { task_id, lease };
-                let known = retrying!(
-                    health,
-                    "reading a task",
-                    targets.get(store.as_ref(), &node.name, held)
-                )
-                .is_some();
-                return Some(Box::pin(async move {
-                    if !known {
-                        warn!(node = %node.name, task_id = %task_id, lease, lines = lines.len(),
-                            "refusing log lines of a task this node does not hold under that lease");
-                        return seq;
-                    }
-                    retrying!(
-                        health,
-                        "storing log lines",
-                        store.append_logs(task_id, &lines)
-                    );
-                    self.telemetry.ingested(0, lines.len());
-                    self.changes.output(task_id);
-                    seq
-                }));
-            }
-            WorkerToMaster::Items {
-                task_id,
-                lease,
-                items,
-            } => {
-                let held = HeldTask { task_id, lease };
-                let target = retrying!(
-                    health,
-                    "reading a task",
-                    targets.get(store.as_ref(), &node.name, held)
-                )
-                .cloned();
-                return Some(Box::pin(async move {
-                    let Some(target) = target else {
-                        warn!(node = %node.name, task_id = %task_id, lease, items = items.len(),
-                            "refusing items of a task this node does not hold under that lease");
-                        return seq;
-                    };
-                    retrying!(health, "storing items", store.insert_items(&target, &items));
-                    self.telemetry.ingested(items.len(), 0);
-                    self.changes.output(task_id);
-                    seq
-                }));
-            }
+            // Taken above.
+            WorkerToMaster::Logs { .. } | WorkerToMaster::Items { .. } => {}
             WorkerToMaster::Report {
                 task_id,
                 lease,

@@ -43,14 +43,7 @@ struct Args {
     runner: RunnerArgs,
 }
 
-/// Gives memory back to the system soon after it is freed, so a worker (or a master) is small again once a
-/// flood of output has passed.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn main() -> anyhow::Result<()> {
-    arachne_worker::process::main(run)
-}
+arachne_worker::binary_main!(run);
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();

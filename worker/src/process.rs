@@ -1,6 +1,23 @@
 //! The process setup both binaries share: answering as the watchdog or the sandbox helper when started as
 //! one, the log subscriber, and keeping the process's memory from its spiders. Only binaries call these.
 
+/// Declares a binary's allocator and its `main`, which calls [`main`] with `run`. The allocator gives memory
+/// back to the system soon after it is freed, so a worker (or a master) is small again once a flood of output
+/// has passed.
+#[macro_export]
+macro_rules! binary_main {
+    ($run:path) => {
+        #[global_allocator]
+        static ALLOCATOR: $crate::process::MiMalloc = $crate::process::MiMalloc;
+
+        fn main() -> anyhow::Result<()> {
+            $crate::process::main($run)
+        }
+    };
+}
+
+pub use mimalloc::MiMalloc;
+
 /// The `main` of a binary that runs a worker: the process watchdog or the sandbox helper if it was started as
 /// one (and nothing else), otherwise `run` on a multi-threaded runtime, with the log subscriber installed and the process sealed
 /// first.

@@ -129,22 +129,49 @@ impl LogsArgs {
         if self.follow {
             return crate::run::follow_logs(client, id).await;
         }
-        let mut after = 0;
-        loop {
-            let query = LogQuery {
-                after: Some(after),
-                limit: Some(MAX_LIMIT),
-                follow: None,
-            };
-            let lines = client.logs(id, &query).await?;
-            let mut out = std::io::stdout().lock();
-            for line in &lines {
-                writeln!(out, "{}", line.text)?;
-            }
-            match lines.last() {
-                Some(last) if lines.len() == MAX_LIMIT as usize => after = last.seq,
-                _ => return Ok(ExitCode::SUCCESS),
-            }
+        each_page(
+            |after, limit| async move {
+                let query = LogQuery {
+                    after,
+                    limit,
+                    ..LogQuery::default()
+                };
+                client.logs(id, &query).await
+            },
+            |line| line.seq,
+            |lines| {
+                let mut out = std::io::stdout().lock();
+                for line in lines {
+                    writeln!(out, "{}", line.text)?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Reads a task's output page by page from its start until a page that is not full, handing each to `sink`;
+/// `fetch` is asked for the page after a sequence number, of a size.
+async fn each_page<T, Fut>(
+    mut fetch: impl FnMut(Option<u64>, Option<u32>) -> Fut,
+    seq: impl Fn(&T) -> u64,
+    mut sink: impl FnMut(Vec<T>) -> Result<(), Error>,
+) -> Result<(), Error>
+where
+    Fut: std::future::Future<Output = Result<Vec<T>, arachne_client::Error>>,
+{
+    let mut after = 0;
+    loop {
+        let page = fetch(Some(after), Some(MAX_LIMIT)).await?;
+        let full = page.len() == MAX_LIMIT as usize;
+        if let Some(last) = page.last() {
+            after = seq(last);
+        }
+        sink(page)?;
+        if !full {
+            return Ok(());
         }
     }
 }
@@ -186,35 +213,34 @@ impl ItemsArgs {
                 None => Ok(ExitCode::SUCCESS),
             };
         }
-        let mut after = 0;
         let mut all = Vec::new();
-        loop {
-            let query = ItemQuery {
-                after: Some(after),
-                limit: Some(MAX_LIMIT),
-                format: None,
-            };
-            let items = client.items(id, &query).await?;
-            let full = items.len() == MAX_LIMIT as usize;
-            if let Some(last) = items.last() {
-                after = last.seq;
-            }
-            match format {
-                ItemsFormat::Jsonl => {
-                    let mut out = std::io::stdout().lock();
-                    for item in items {
-                        writeln!(out, "{}", item.data.get())?;
+        each_page(
+            |after, limit| async move {
+                let query = ItemQuery {
+                    after,
+                    limit,
+                    ..ItemQuery::default()
+                };
+                client.items(id, &query).await
+            },
+            |item| item.seq,
+            |items| {
+                match format {
+                    ItemsFormat::Jsonl => {
+                        let mut out = std::io::stdout().lock();
+                        for item in items {
+                            writeln!(out, "{}", item.data.get())?;
+                        }
                     }
+                    // As the spider wrote them: nothing is decoded, so no nesting is too deep to print and
+                    // every object keeps its key order.
+                    ItemsFormat::Json => all.extend(items.into_iter().map(|item| item.data)),
+                    ItemsFormat::Csv => {}
                 }
-                // As the spider wrote them: nothing is decoded, so no nesting is too deep to print and
-                // every object keeps its key order.
-                ItemsFormat::Json => all.extend(items.into_iter().map(|item| item.data)),
-                ItemsFormat::Csv => {}
-            }
-            if !full {
-                break;
-            }
-        }
+                Ok(())
+            },
+        )
+        .await?;
         if format == ItemsFormat::Json {
             crate::output::print_json(&all)?;
         }

@@ -1,4 +1,4 @@
-// The web UI in headless Chromium, as a user would drive it. Started by master/tests/browser.rs, which runs
+// The web UI in headless Chromium, as a user would drive it. Started by web-api/tests/browser.rs, which runs
 // the master and the worker and passes where everything is in the environment. Every step is bounded by a
 // timeout and waits on what the page shows, never on the clock; a failing step leaves a screenshot.
 
