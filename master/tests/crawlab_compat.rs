@@ -4,9 +4,7 @@
 
 use arachne_test_support as common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use arachne_api_types::{ItemQuery, LogQuery, RunTask};
 use arachne_shared::{LogStream, TaskStatus};
@@ -14,54 +12,13 @@ use common::{TestMaster, create_spider, wait_done};
 
 const PACKAGES: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];
 
-/// The venv's python, creating the venv on first use. Built in a temporary folder and renamed into place, so
-/// an interrupted install is never mistaken for a finished one.
-fn crawlab_python() -> &'static PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        // Kept between test runs, where the spider user (spiders run as their own user) can reach it: not in
-        // the checkout, which may be under a home folder closed to other users.
-        let venv = common::outside_tmp()
-            .join("arachne-test-venvs")
-            .join(PACKAGES.join("+"));
-        std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
-        let python = venv.join("bin").join("python");
-        if python.exists() {
-            return python;
-        }
-        let staging = venv.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        let run = |cmd: &mut Command| {
-            let out = cmd.output().expect("python3 runs");
-            assert!(
-                out.status.success(),
-                "{cmd:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        // The system's interpreter where there is one: spiders run as the spider user, who cannot reach an
-        // interpreter installed in root's home (pyenv).
-        let system = Path::new("/usr/bin/python3");
-        let python3 = if system.exists() {
-            system
-        } else {
-            Path::new("python3")
-        };
-        run(Command::new(python3).args(["-m", "venv"]).arg(&staging));
-        run(Command::new(staging.join("bin/python"))
-            .args(["-m", "pip", "install", "-q"])
-            .args(PACKAGES));
-        if std::fs::rename(&staging, &venv).is_err() {
-            // Another test process finished first.
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        python
-    })
+fn crawlab_python() -> PathBuf {
+    common::venv_python(&PACKAGES)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spider_using_crawlab_save_item_runs_unchanged() {
-    let python = crawlab_python().clone();
+    let python = crawlab_python();
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;
     let client = &master.client;
@@ -108,7 +65,7 @@ save_item({"title": "third", "tags": ["a", "b"]})
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrapy_project_with_crawlab_pipeline_runs_unchanged() {
-    let python = crawlab_python().clone();
+    let python = crawlab_python();
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;
     let client = &master.client;

@@ -271,13 +271,13 @@ impl Installer<'_> {
         let readers = [
             output::spawn_reader(
                 child.stdout.take().expect("stdout is piped"),
-                LogStream::Stdout,
+                output::Source::Pipe(LogStream::Stdout),
                 self.max_line_bytes,
                 tx.clone(),
             ),
             output::spawn_reader(
                 child.stderr.take().expect("stderr is piped"),
-                LogStream::Stderr,
+                output::Source::Pipe(LogStream::Stderr),
                 self.max_line_bytes,
                 tx,
             ),

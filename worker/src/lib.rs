@@ -16,6 +16,8 @@ pub mod process;
 mod runner;
 mod runners;
 pub mod sandbox;
+mod scrapy_feed;
+mod scrapy_log;
 mod session;
 pub mod signals;
 mod sync;

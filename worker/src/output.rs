@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::lines::{LineReader, RawLine};
+use crate::scrapy_log::ScrapyLog;
 
 /// Lines from both pipes waiting to be classified.
 const RAW_CAPACITY: usize = 1024;
@@ -78,10 +79,17 @@ pub(crate) struct Summary {
 }
 
 pub(crate) struct Raw {
-    stream: LogStream,
+    source: Source,
     line: RawLine,
     /// This line's share of the run's budget, given back once it is batched.
     _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a line was read: one of the spider's pipes, or its Scrapy feed (a JSON object a line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Pipe(LogStream),
+    Feed,
 }
 
 /// Where a run's readers send their lines.
@@ -91,10 +99,10 @@ pub(crate) struct RawSender {
     budget: Arc<Semaphore>,
 }
 
-/// Starts a reader task for one pipe.
+/// Starts a reader task for one pipe (or the feed).
 pub(crate) fn spawn_reader<R>(
     pipe: R,
-    stream: LogStream,
+    source: Source,
     max_line_bytes: usize,
     tx: RawSender,
 ) -> tokio::task::JoinHandle<()>
@@ -103,13 +111,13 @@ where
 {
     tokio::spawn(read_pipe(
         BufReader::with_capacity(64 * 1024, pipe),
-        stream,
+        source,
         max_line_bytes,
         tx,
     ))
 }
 
-async fn read_pipe<R: AsyncBufRead + Unpin>(pipe: R, stream: LogStream, max: usize, tx: RawSender) {
+async fn read_pipe<R: AsyncBufRead + Unpin>(pipe: R, source: Source, max: usize, tx: RawSender) {
     let mut reader = LineReader::new(pipe, max);
     loop {
         match reader.next_line().await {
@@ -117,7 +125,7 @@ async fn read_pipe<R: AsyncBufRead + Unpin>(pipe: R, stream: LogStream, max: usi
                 // Waiting here leaves the rest in the pipe, and the spider blocks on it.
                 let budget = reserve(&tx.budget, RUN_BUDGET, line.bytes.len()).await;
                 let raw = Raw {
-                    stream,
+                    source,
                     line,
                     _budget: Some(budget),
                 };
@@ -127,7 +135,11 @@ async fn read_pipe<R: AsyncBufRead + Unpin>(pipe: R, stream: LogStream, max: usi
             }
             Ok(None) => return,
             Err(err) => {
-                let text = format!("[arachne] reading {} failed: {err}", stream.as_str());
+                let what = match source {
+                    Source::Pipe(stream) => stream.as_str(),
+                    Source::Feed => "the Scrapy feed",
+                };
+                let text = format!("[arachne] reading {what} failed: {err}");
                 let line = RawLine {
                     bytes: text.into_bytes(),
                     truncated: 0,
@@ -135,7 +147,7 @@ async fn read_pipe<R: AsyncBufRead + Unpin>(pipe: R, stream: LogStream, max: usi
                 let _ = tx
                     .tx
                     .send(Raw {
-                        stream: LogStream::System,
+                        source: Source::Pipe(LogStream::System),
                         line,
                         _budget: None,
                     })
@@ -191,6 +203,12 @@ pub(crate) struct Collector {
     errors: Vec<ErrorPayload>,
     /// ERRORs already sent.
     errors_sent: u64,
+    /// A Scrapy crawl's own numbers, read from its log; the progress they imply is reported until the
+    /// spider sends a STATUS of its own.
+    scrapy: ScrapyLog,
+    own_status: bool,
+    /// The spider sent INSERT_DATA itself: its Scrapy feed, if it has one, is not read as items.
+    own_items: bool,
     summary: Summary,
 }
 
@@ -215,6 +233,9 @@ impl Collector {
             status: None,
             errors: Vec::new(),
             errors_sent: 0,
+            scrapy: ScrapyLog::default(),
+            own_status: false,
+            own_items: false,
             summary: Summary::default(),
         }
     }
@@ -295,12 +316,19 @@ impl Collector {
     }
 
     /// Adds a line to the log as it is, never reading it as a message (an installer's output, say).
-    pub(crate) fn plain(&mut self, Raw { stream, line, .. }: Raw) {
+    pub(crate) fn plain(&mut self, Raw { source, line, .. }: Raw) {
         let text = text_of(&line);
-        self.push_log(stream, text);
+        match source {
+            Source::Pipe(stream) => self.push_log(stream, text),
+            Source::Feed => self.feed_item(line),
+        }
     }
 
-    fn accept(&mut self, Raw { stream, line, .. }: Raw) {
+    fn accept(&mut self, Raw { source, line, .. }: Raw) {
+        let stream = match source {
+            Source::Pipe(stream) => stream,
+            Source::Feed => return self.feed_item(line),
+        };
         let text = text_of(&line);
         if line.truncated > 0 {
             self.push_log(stream, text);
@@ -315,33 +343,30 @@ impl Collector {
             return;
         }
         if stream != LogStream::Stdout {
-            self.push_log(stream, text);
+            self.log_line(stream, text);
             return;
         }
         match ipc::classify(&text) {
-            Line::Log => self.push_log(stream, text),
+            Line::Log => self.log_line(stream, text),
             Line::Invalid { warning } => {
                 self.push_log(stream, text);
                 self.system(format!("[arachne] warning: {warning}"));
             }
             Line::Message(SpiderMessage::InsertData(items)) => {
+                self.own_items = true;
                 if std::str::from_utf8(&line.bytes).is_err() {
                     self.system(
                         "[arachne] warning: an item message held invalid UTF-8, replaced with U+FFFD in its items",
                     );
                 }
                 self.bytes += text.len();
-                self.oldest.get_or_insert_with(Instant::now);
                 for data in items {
-                    self.item_seq += 1;
-                    self.items.push(ItemRecord {
-                        seq: self.item_seq,
-                        data,
-                    });
+                    self.push_item(data);
                 }
             }
             // Only the latest status matters, so a spider reporting on every page costs one message a batch.
             Line::Message(SpiderMessage::Status(status)) => {
+                self.own_status = true;
                 self.status = Some(status);
                 self.oldest.get_or_insert_with(Instant::now);
             }
@@ -357,6 +382,53 @@ impl Collector {
                 self.errors.push(error);
             }
         }
+    }
+
+    /// A line of the Scrapy feed: one item, unless the spider sends its items itself (then the feed holds
+    /// copies of them).
+    fn feed_item(&mut self, line: RawLine) {
+        if self.own_items {
+            return;
+        }
+        if line.truncated > 0 {
+            return self.error(format!(
+                "a Scrapy item over the line limit was dropped ({} bytes, limit {})",
+                line.bytes.len() + line.truncated,
+                line.bytes.len()
+            ));
+        }
+        let text = String::from_utf8_lossy(&line.bytes);
+        match serde_json::from_str::<Box<serde_json::value::RawValue>>(text.trim()) {
+            Ok(data) if data.get().starts_with('{') => {
+                self.bytes += data.get().len();
+                self.push_item(data);
+            }
+            _ if text.trim().is_empty() => {}
+            _ => self.error(format!(
+                "a line of the Scrapy feed is not a JSON object: {}",
+                text.chars().take(200).collect::<String>()
+            )),
+        }
+    }
+
+    fn push_item(&mut self, data: Box<serde_json::value::RawValue>) {
+        self.item_seq += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        self.items.push(ItemRecord {
+            seq: self.item_seq,
+            data,
+        });
+    }
+
+    /// A line of the spider's log, read for a Scrapy crawl's numbers on the way.
+    fn log_line(&mut self, stream: LogStream, text: String) {
+        if let Some(status) = self.scrapy.observe(&text)
+            && !self.own_status
+        {
+            self.status = Some(status);
+            self.oldest.get_or_insert_with(Instant::now);
+        }
+        self.push_log(stream, text);
     }
 
     /// Records an error of the platform's own on the task, as a spider's ERROR would be.
@@ -396,8 +468,12 @@ mod tests {
     use super::*;
 
     fn raw(stream: LogStream, text: &[u8]) -> Raw {
+        from(Source::Pipe(stream), text)
+    }
+
+    fn from(source: Source, text: &[u8]) -> Raw {
         Raw {
-            stream,
+            source,
             line: RawLine {
                 bytes: text.to_vec(),
                 truncated: 0,
@@ -431,6 +507,56 @@ mod tests {
             }
         }
         (logs, items, summary, reports)
+    }
+
+    #[tokio::test]
+    async fn a_scrapy_feed_becomes_items_unless_the_spider_sends_its_own() {
+        let (logs, items, _, reports) = collect(vec![
+            from(Source::Feed, br#"{"quote":"a"}"#),
+            from(Source::Feed, b"not json"),
+            from(Source::Feed, br#"{"quote":"b"}"#),
+        ])
+        .await;
+        let texts: Vec<&str> = items.iter().map(|i| i.data.get()).collect();
+        assert_eq!(texts, [r#"{"quote":"a"}"#, r#"{"quote":"b"}"#]);
+        assert_eq!(items[1].seq, 2);
+        assert!(logs[0].text.contains("not a JSON object"), "{logs:?}");
+        assert_eq!(reports[0].1.len(), 1);
+
+        let (_, items, _, _) = collect(vec![
+            raw(
+                LogStream::Stdout,
+                br#"{"type":"INSERT_DATA","payload":{"quote":"a"}}"#,
+            ),
+            from(Source::Feed, br#"{"quote":"a"}"#),
+        ])
+        .await;
+        assert_eq!(items.len(), 1, "stored twice: {items:?}");
+    }
+
+    #[tokio::test]
+    async fn scrapy_s_own_numbers_are_the_progress_until_the_spider_reports_its_own() {
+        let stats = |n: u32| {
+            format!(
+                "2026-12-07 08:31:00 [scrapy.extensions.logstats] INFO: Crawled {n} pages (at {n} pages/min), scraped {n} items (at {n} items/min)"
+            )
+        };
+        let (logs, _, _, reports) =
+            collect(vec![raw(LogStream::Stderr, stats(3).as_bytes())]).await;
+        assert_eq!(logs.len(), 1, "the line stays in the log");
+        let status = reports[0].0.as_ref().unwrap();
+        assert_eq!(status.stats.as_ref().unwrap()["pages"], 3);
+
+        let (_, _, _, reports) = collect(vec![
+            raw(
+                LogStream::Stdout,
+                br#"{"type":"STATUS","payload":{"message":"mine"}}"#,
+            ),
+            raw(LogStream::Stderr, stats(4).as_bytes()),
+        ])
+        .await;
+        let status = reports.last().unwrap().0.as_ref().unwrap();
+        assert_eq!(status.message.as_deref(), Some("mine"));
     }
 
     #[tokio::test]
@@ -587,7 +713,7 @@ mod tests {
         let (raw_tx, raw_rx) = raw_channel();
         spawn_reader(
             child.stdout.take().unwrap(),
-            LogStream::Stdout,
+            Source::Pipe(LogStream::Stdout),
             1024,
             raw_tx,
         );
@@ -646,7 +772,7 @@ mod tests {
         let (raw_tx, raw_rx) = raw_channel();
         spawn_reader(
             child.stdout.take().unwrap(),
-            LogStream::Stdout,
+            Source::Pipe(LogStream::Stdout),
             16 << 20,
             raw_tx,
         );

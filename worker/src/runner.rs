@@ -22,12 +22,14 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::deps::{self, Deps, InstallCtx, RunEnv};
 use crate::memory::{self, OverLimit};
-use crate::output::{self, Collector, Event};
+use crate::output::{self, Collector, Event, Source};
 use crate::sandbox::{RunDirs, Sandbox, SpiderUser};
+use crate::scrapy_feed;
 use crate::sync::{self, FileCache};
 use crate::watchdog::{Records, Watchdog};
 
@@ -298,10 +300,15 @@ async fn connected(ctx: &RunContext) -> Result<Client, sync::Error> {
     }
 }
 
-fn command(ctx: &RunContext, task: &Assignment, (dirs, run_env): (&RunDirs, &RunEnv)) -> Command {
+fn command(
+    ctx: &RunContext,
+    task: &Assignment,
+    (dirs, run_env): (&RunDirs, &RunEnv),
+    command_line: &str,
+) -> Command {
     let mut cmd = ctx.sandbox.command(
         Path::new("/bin/sh"),
-        &["-c", &task.command_line],
+        &["-c", command_line],
         dirs,
         None,
         &ctx.spider_env,
@@ -397,7 +404,11 @@ async fn supervise(
     mut collector: Collector,
     mut stop: watch::Receiver<Option<Stop>>,
 ) -> RunResult {
-    let mut child = match command(ctx, task, place).spawn() {
+    // A plain Scrapy crawl writes its items to a feed the worker follows; see `scrapy_feed`.
+    let feed = scrapy_feed::feed_path(&place.0.home);
+    let fed = scrapy_feed::with_feed(&task.command_line, &feed);
+    let command_line = fed.as_deref().unwrap_or(&task.command_line);
+    let mut child = match command(ctx, task, place, command_line).spawn() {
         Ok(child) => child,
         Err(err) => {
             let message = format!("failed to start `sh -c {}`: {err}", task.command_line);
@@ -429,20 +440,35 @@ async fn supervise(
 
     let (raw_tx, raw_rx) = output::raw_channel();
     let max_line = ctx.options.max_line_bytes;
-    let readers = [
+    let mut readers = vec![
         output::spawn_reader(
             child.stdout.take().expect("stdout is piped"),
-            LogStream::Stdout,
+            Source::Pipe(LogStream::Stdout),
             max_line,
             raw_tx.clone(),
         ),
         output::spawn_reader(
             child.stderr.take().expect("stderr is piped"),
-            LogStream::Stderr,
+            Source::Pipe(LogStream::Stderr),
             max_line,
-            raw_tx,
+            raw_tx.clone(),
         ),
     ];
+    // Told when the spider has exited, so the feed is read to its end and closed.
+    let exited = CancellationToken::new();
+    if fed.is_some() {
+        let (read, write) = tokio::io::simplex(64 * 1024);
+        let follow = scrapy_feed::follow(feed, write, exited.clone());
+        let task_id = task.task_id;
+        tokio::spawn(async move {
+            if let Err(err) = follow.await {
+                warn!(task_id = %task_id, error = %err, "reading the Scrapy feed failed");
+            }
+        });
+        readers.push(output::spawn_reader(read, Source::Feed, max_line, raw_tx));
+    } else {
+        drop(raw_tx);
+    }
 
     let peak = Arc::new(AtomicU64::new(0));
     let (over_tx, mut over_rx) = oneshot::channel();
@@ -498,6 +524,7 @@ async fn supervise(
         break (status, Some(reason));
     };
     drop(process.stdin.take());
+    exited.cancel();
     // The shell may be gone while something it started still runs and holds the pipes open.
     signal_group(pid, Signal::SIGKILL);
     ctx.watchdog.del(pid).await;

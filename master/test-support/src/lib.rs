@@ -75,6 +75,55 @@ pub fn outside_tmp() -> &'static Path {
     Path::new("/var/tmp")
 }
 
+/// The python of a venv holding `packages` (installed from PyPI), made on first use and kept between test
+/// runs outside the checkout, where the spider user (spiders run as their own user) can reach it; not in the
+/// checkout, which may be under a home folder closed to other users. Built in a temporary folder and renamed
+/// into place, so an interrupted install is never mistaken for a finished one.
+pub fn venv_python(packages: &[&str]) -> PathBuf {
+    static MADE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let venv = outside_tmp()
+        .join("arachne-test-venvs")
+        .join(packages.join("+"));
+    let python = venv.join("bin").join("python");
+    // One install at a time in this process; another process racing is handled by the rename.
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if made.contains(&venv) || python.exists() {
+        made.push(venv);
+        return python;
+    }
+    std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
+    let staging = venv.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The system's interpreter where there is one: spiders run as the spider user, who cannot reach an
+    // interpreter installed in root's home (pyenv).
+    let system = Path::new("/usr/bin/python3");
+    let python3 = if system.exists() {
+        system
+    } else {
+        Path::new("python3")
+    };
+    run(std::process::Command::new(python3)
+        .args(["-m", "venv"])
+        .arg(&staging));
+    run(std::process::Command::new(staging.join("bin/python"))
+        .args(["-m", "pip", "install", "-q"])
+        .args(packages));
+    if std::fs::rename(&staging, &venv).is_err() {
+        // Another test process finished first.
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    made.push(venv);
+    python
+}
+
 /// A fresh folder in [`shared_root`], which spiders may read and write.
 pub fn shared_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir_in(shared_root()).unwrap();
