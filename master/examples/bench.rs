@@ -196,7 +196,11 @@ impl RunningMaster {
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_master::run(
             config,
-            Listeners { http, grpc },
+            Listeners {
+                http,
+                grpc,
+                scrapyd: None,
+            },
             shutdown.clone(),
         ));
         wait_nodes_idle(&client, nodes).await?;

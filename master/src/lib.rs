@@ -128,6 +128,8 @@ impl Config {
 pub struct Listeners {
     pub http: TcpListener,
     pub grpc: TcpListener,
+    /// Scrapyd's JSON API (`--scrapyd`), when it is served.
+    pub scrapyd: Option<TcpListener>,
 }
 
 /// Errors that stop the master.
@@ -302,9 +304,14 @@ pub async fn run(
     let guards = config.listen.guards()?;
     let grpc_addr = listeners.grpc.local_addr().map_err(Error::Listener)?;
     let http_addr = listeners.http.local_addr().map_err(Error::Listener)?;
+    let scrapyd_addr = match &listeners.scrapyd {
+        Some(listener) => Some(listener.local_addr().map_err(Error::Listener)?),
+        None => None,
+    };
     if !config.auth.required
         && let Some(open) = [http_addr, grpc_addr]
             .into_iter()
+            .chain(scrapyd_addr)
             .find(|a| !a.ip().is_loopback())
     {
         return Err(Error::Insecure(open));
@@ -384,7 +391,7 @@ pub async fn run(
     // The local worker talks to the cluster service in-process: no encoding, socket or HTTP/2 for its messages.
     let link = arachne_worker::LocalLink::new(Arc::clone(&sessions) as _);
     // A server that stops on its own takes the master down with it, through its drop guard.
-    let (http_conns, grpc_conns) = listen::accept(listeners, guards, &servers);
+    let (http_conns, grpc_conns, scrapyd_conns) = listen::accept(listeners, guards, &servers);
     let (grpc_guard, grpc_shutdown) = (servers.clone().drop_guard(), servers.clone());
     let grpc = tracker.spawn(async move {
         let _guard = grpc_guard;
@@ -401,9 +408,23 @@ pub async fn run(
         upload_dir: Some(upload_dir),
         ..config.http.clone()
     };
+    let header_timeout = config.listen.header_timeout;
+    if let Some(conns) = scrapyd_conns {
+        let options = arachne_web_api::scrapyd::ScrapydOptions {
+            node_name: node_name(),
+            require_token: config.auth.required,
+        };
+        let router =
+            arachne_web_api::scrapyd::router(Arc::clone(&api) as Arc<dyn Backend>, &options);
+        let (guard, shutdown) = (servers.clone().drop_guard(), servers.clone());
+        tracker.spawn(async move {
+            let _guard = guard;
+            listen::serve_http(conns, router, header_timeout, shutdown).await;
+        });
+        info!(scrapyd_addr = %scrapyd_addr.expect("a listener"), "serving Scrapyd's API");
+    }
     let router = arachne_web_api::router(api as Arc<dyn Backend>, &http_options);
     let (http_guard, http_shutdown) = (servers.clone().drop_guard(), servers.clone());
-    let header_timeout = config.listen.header_timeout;
     let http = tracker.spawn(async move {
         let _guard = http_guard;
         listen::serve_http(http_conns, router, header_timeout, http_shutdown).await;
@@ -461,6 +482,14 @@ pub async fn run(
     }
     info!("master stopped");
     Ok(())
+}
+
+/// What Scrapyd's API answers as `node_name`: this machine's host name, as Scrapyd's does.
+fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "arachne".to_owned())
 }
 
 /// How long the master waits, once its local worker has stopped, for its servers and tasks to finish.

@@ -104,14 +104,26 @@ pub(crate) async fn serve_http(
     connections.wait().await;
 }
 
-/// Takes connections on both listeners under `config`'s limits.
+/// Takes connections on every listener under `config`'s limits; Scrapyd's API is HTTP, guarded as the API is.
 pub(crate) fn accept(
     listeners: crate::Listeners,
     (http, grpc): (Guard, Guard),
     shutdown: &CancellationToken,
-) -> (mpsc::Receiver<Conn>, mpsc::Receiver<Conn>) {
+) -> (
+    mpsc::Receiver<Conn>,
+    mpsc::Receiver<Conn>,
+    Option<mpsc::Receiver<Conn>>,
+) {
+    let scrapyd = listeners.scrapyd.map(|listener| {
+        let guard = Guard {
+            name: "scrapyd",
+            ..http.clone()
+        };
+        listen::accept(listener, guard, shutdown.clone())
+    });
     (
         listen::accept(listeners.http, http, shutdown.clone()),
         listen::accept(listeners.grpc, grpc, shutdown.clone()),
+        scrapyd,
     )
 }

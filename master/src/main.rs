@@ -33,6 +33,10 @@ struct Args {
     /// Worker gRPC address.
     #[arg(long, env = "ARACHNE_GRPC", default_value = "127.0.0.1:9666")]
     grpc: SocketAddr,
+    /// Also serve Scrapyd's JSON API on this address (Scrapyd's own port is 6800), for scrapyd clients,
+    /// ScrapydWeb and scripts; off by default. They authenticate with basic auth, an API token as the password.
+    #[arg(long, env = "ARACHNE_SCRAPYD")]
+    scrapyd: Option<SocketAddr>,
     /// Do not run a worker inside the master.
     #[arg(long)]
     no_local_worker: bool,
@@ -193,6 +197,14 @@ async fn run() -> anyhow::Result<()> {
         grpc: TcpListener::bind(args.grpc)
             .await
             .with_context(|| format!("binding the gRPC address {}", args.grpc))?,
+        scrapyd: match args.scrapyd {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the Scrapyd API address {addr}"))?,
+            ),
+            None => None,
+        },
     };
     let shutdown = CancellationToken::new();
     arachne_worker::signals::spawn_handler(shutdown.clone());

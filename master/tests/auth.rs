@@ -195,6 +195,7 @@ async fn running_without_tokens_is_allowed_only_on_loopback() {
     let listeners = arachne_master::Listeners {
         http: tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap(),
         grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        scrapyd: None,
     };
     let err = arachne_master::run(
         config.clone(),
@@ -224,6 +225,7 @@ async fn a_configured_token_shorter_than_32_characters_is_refused_at_start() {
     let listeners = arachne_master::Listeners {
         http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        scrapyd: None,
     };
     let err = arachne_master::run(config, listeners, Default::default())
         .await

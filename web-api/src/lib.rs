@@ -9,6 +9,7 @@ mod error;
 mod metrics;
 mod openapi;
 mod routes;
+pub mod scrapyd;
 mod ui;
 
 use arachne_shared::files::VersionInfo;

@@ -27,6 +27,8 @@ pub struct TestMaster {
     pub client: Client,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// Where it serves Scrapyd's JSON API.
+    pub scrapyd: SocketAddr,
     /// Where its records are, when on MongoDB.
     pub mongodb: Option<arachne_master::MongoConfig>,
     shutdown: CancellationToken,
@@ -196,11 +198,17 @@ impl TestMaster {
         let tls = config.listen.tls.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind(grpc).await.unwrap();
+        let scrapyd = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let scrapyd_addr = scrapyd.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_master::run(
             config,
-            Listeners { http, grpc },
+            Listeners {
+                http,
+                grpc,
+                scrapyd: Some(scrapyd),
+            },
             shutdown.clone(),
         ));
         // With TLS, the test's own certificate is the authority the client trusts.
@@ -216,6 +224,7 @@ impl TestMaster {
             client,
             http: http_addr,
             grpc: grpc_addr,
+            scrapyd: scrapyd_addr,
             mongodb,
             shutdown,
             handle: Some(handle),

@@ -1,0 +1,255 @@
+//! Scrapyd's JSON API as the real python-scrapyd-api client (from PyPI) drives it: a Scrapy project deployed as
+//! an Arachne spider is listed, scheduled with arguments and settings, followed to its end, cancelled while it
+//! runs, and its log and items files read; each error answers as Scrapyd's would.
+
+use arachne_test_support as common;
+
+use arachne_api_types::ItemQuery;
+use arachne_shared::TaskStatus;
+use common::{API_TOKEN, TestMaster, create_spider};
+use serde_json::Value;
+
+/// Scrapy for the project (the same set as the Crawlab test's, so one venv serves both).
+const SCRAPY: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];
+const CLIENT: [&str; 1] = ["python-scrapyd-api==2.1.2"];
+
+const SETTINGS: &str =
+    "BOT_NAME = 'quotes'\nSPIDER_MODULES = ['quotes.spiders']\nROBOTSTXT_OBEY = False\n";
+
+const SPIDERS: &str = r#"
+import time
+import scrapy
+
+class QuotesSpider(scrapy.Spider):
+    name = "quotes"
+    start_urls = ["data:text/html,<p class='q'>one</p><p class='q'>two</p>"]
+
+    def parse(self, response):
+        for text in response.css("p.q::text").getall():
+            yield {"text": text, "tag": getattr(self, "tag", None), "bot": self.settings.get("BOT_NAME")}
+
+class SlowSpider(scrapy.Spider):
+    name = "slow"
+    start_urls = ["data:text/html,<p>slow</p>"]
+
+    def parse(self, response):
+        print("slow spider started", flush=True)
+        time.sleep(120)
+"#;
+
+/// Drives every call the client offers that this API serves, and prints what came back as JSON.
+const CLIENT_SCRIPT: &str = r#"
+import json, sys, time
+import requests
+from scrapyd_api import ScrapydAPI
+from scrapyd_api.exceptions import ScrapydResponseError
+
+target, token, project = sys.argv[1:4]
+auth = ("scrapy", token)
+api = ScrapydAPI(target, auth=auth, timeout=30)
+out = {}
+
+def wait_for(job, state):
+    deadline = time.time() + 90
+    while api.job_status(project, job) != state:
+        if time.time() > deadline:
+            raise SystemExit("job %s never reached %s: %r" % (job, state, api.list_jobs(project)))
+        time.sleep(0.1)
+
+def error(call):
+    try:
+        call()
+        return None
+    except ScrapydResponseError as e:
+        return str(e)
+
+out["projects"] = api.list_projects()
+out["versions"] = api.list_versions(project)
+job = api.schedule(project, "quotes", settings={"BOT_NAME": "renamed"}, tag="life")
+out["job"] = job
+wait_for(job, "finished")
+jobs = api.list_jobs(project)
+out["jobs"] = jobs
+finished = [j for j in jobs["finished"] if j["id"] == job][0]
+out["log"] = requests.get(target + finished["log_url"], auth=auth).text
+out["items"] = requests.get(target + finished["items_url"], auth=auth).text
+out["cancel_finished"] = api.cancel(project, job)
+out["status"] = requests.get(target + "/status.json", params={"job": job}, auth=auth).json()
+
+slow = api.schedule(project, "slow", _version=out["versions"][-1][:12])
+wait_for(slow, "running")
+out["running"] = [j for j in api.list_jobs(project)["running"] if j["id"] == slow][0]
+out["cancel_running"] = api.cancel(project, slow)
+wait_for(slow, "finished")
+out["daemon"] = requests.get(target + "/daemonstatus.json", auth=auth).json()
+
+out["errors"] = {
+    "unknown_project": error(lambda: api.schedule("nope", "quotes")),
+    "unknown_project_jobs": error(lambda: api.list_jobs("nope")),
+    "missing_spider": error(lambda: api.client.post(target + "/schedule.json", data={"project": project})),
+    "missing_job": error(lambda: api.client.get(target + "/status.json")),
+    "unknown_version": error(lambda: api.schedule(project, "quotes", _version="0000")),
+    "bad_priority": error(lambda: api.schedule(project, "quotes", priority="high")),
+    "own_jobid": error(lambda: api.schedule(project, "quotes", jobid="abc")),
+}
+out["unknown_job_status"] = requests.get(target + "/status.json", params={"job": "nope"}, auth=auth).json()
+out["unauthenticated"] = requests.get(target + "/listprojects.json").status_code
+out["wrong_token"] = requests.get(target + "/listprojects.json", auth=("scrapy", "x" * 40)).status_code
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
+    let scrapy_python = common::venv_python(&SCRAPY);
+    let client_python = common::venv_python(&CLIENT);
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let files = [
+        ("scrapy.cfg", "[settings]\ndefault = quotes.settings\n"),
+        ("quotes/__init__.py", ""),
+        ("quotes/settings.py", SETTINGS),
+        ("quotes/spiders/__init__.py", ""),
+        ("quotes/spiders/quotes.py", SPIDERS),
+    ];
+    let cmd = format!("{} -m scrapy", scrapy_python.display());
+    create_spider(client, "quotes", &cmd, &files).await;
+    create_spider(client, "plain", "sh run.sh", &[("run.sh", "echo hi")]).await;
+
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), CLIENT_SCRIPT).unwrap();
+    let target = format!("http://{}", master.scrapyd);
+    let output = tokio::process::Command::new(&client_python)
+        .arg(script.path())
+        .args([target.as_str(), API_TOKEN, "quotes"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the client failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let projects = out["projects"].as_array().unwrap();
+    assert!(projects.contains(&"quotes".into()) && projects.contains(&"plain".into()));
+    let spider = client.get_spider("quotes").await.unwrap();
+    assert_eq!(out["versions"], serde_json::json!([spider.version]));
+
+    // The job is the task, with the spider's arguments and settings.
+    let job: arachne_shared::TaskId = out["job"].as_str().unwrap().parse().unwrap();
+    let task = client.get_task(job).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Finished, "{out:#}");
+    let param = task.param.clone().unwrap_or_default();
+    assert!(
+        param.starts_with("crawl quotes ")
+            && param.contains("-s BOT_NAME=renamed")
+            && param.contains("-a tag=life"),
+        "{param}"
+    );
+    let items = client.items(job, &ItemQuery::default()).await.unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        items
+            .iter()
+            .all(|i| i.value()["tag"] == "life" && i.value()["bot"] == "renamed")
+    );
+
+    let finished = &out["jobs"]["finished"][0];
+    assert_eq!(finished["id"], out["job"]);
+    assert_eq!(finished["project"], "quotes");
+    assert_eq!(finished["spider"], "quotes");
+    let time = finished["start_time"].as_str().unwrap();
+    assert!(
+        chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S%.6f").is_ok(),
+        "{time}"
+    );
+    assert_eq!(
+        finished["log_url"],
+        format!("/logs/quotes/quotes/{job}.log")
+    );
+    let log = out["log"].as_str().unwrap();
+    assert!(log.contains("Spider closed (finished)"), "{log}");
+    let item_lines: Vec<Value> = out["items"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(item_lines.len(), 2);
+    assert_eq!(out["cancel_finished"], Value::Null);
+    assert_eq!(out["status"]["currstate"], "finished");
+    assert_eq!(out["status"]["status"], "ok");
+    assert!(out["status"]["node_name"].is_string());
+
+    // Cancelled while it ran; the task says so.
+    assert_eq!(out["cancel_running"], "running");
+    let running = &out["running"];
+    assert_eq!(running["spider"], "slow");
+    assert!(running["pid"].as_u64().is_some(), "{running}");
+    let slow: arachne_shared::TaskId = running["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        client.get_task(slow).await.unwrap().status,
+        TaskStatus::Cancelled
+    );
+    assert_eq!(out["daemon"]["finished"], 2);
+    assert_eq!(out["daemon"]["running"], 0);
+
+    let errors = &out["errors"];
+    assert_eq!(errors["unknown_project"], "project 'nope' not found");
+    assert_eq!(errors["unknown_project_jobs"], "project 'nope' not found");
+    assert_eq!(errors["missing_spider"], "'spider' parameter is required");
+    assert_eq!(errors["missing_job"], "'job' parameter is required");
+    assert_eq!(errors["unknown_version"], "version '0000' not found");
+    assert!(
+        errors["bad_priority"]
+            .as_str()
+            .unwrap()
+            .starts_with("priority is invalid"),
+        "{errors}"
+    );
+    assert!(
+        errors["own_jobid"]
+            .as_str()
+            .unwrap()
+            .starts_with("jobid is chosen by Arachne"),
+        "{errors}"
+    );
+    assert_eq!(out["unknown_job_status"]["currstate"], "unknown");
+    assert_eq!(out["unauthenticated"], 401);
+    assert_eq!(out["wrong_token"], 401);
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_that_is_not_a_scrapy_command_is_refused_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    create_spider(
+        &master.client,
+        "plain",
+        "sh run.sh",
+        &[("run.sh", "echo hi")],
+    )
+    .await;
+    let http = common::http();
+    let answer: Value = http
+        .post(format!("http://{}/schedule.json", master.scrapyd))
+        .basic_auth("scrapy", Some(API_TOKEN))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("project=plain&spider=quotes")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "error");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("is not a Scrapy project") && message.contains("sh run.sh"),
+        "{message}"
+    );
+    master.stop().await;
+}

@@ -1,0 +1,642 @@
+//! Scrapyd's JSON API over any [`Backend`], served on a listener of its own so clients that assume root paths
+//! (python-scrapyd-api, ScrapydWeb, scripts) work unchanged. It only maps: a Scrapyd project is an Arachne
+//! spider whose command is `scrapy` (or `python -m scrapy`), a job is a task, a Scrapy spider and its
+//! arguments and settings become the task's arguments (`crawl NAME -a K=V -s K=V`). Answers and errors have
+//! Scrapyd's shapes: `{"node_name", "status": "ok", ...}`, and `{"status": "error", "message"}` with HTTP 200.
+//! Clients authenticate with HTTP basic auth whose password is an Arachne API token.
+
+use std::sync::Arc;
+
+use arachne_api_types::{Task, TaskQuery};
+use arachne_shared::{TaskId, TaskStatus};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use crate::Backend;
+
+/// How the Scrapyd listener behaves.
+#[derive(Debug, Clone)]
+pub struct ScrapydOptions {
+    /// `node_name` in every answer (Scrapyd answers with its host name).
+    pub node_name: String,
+    /// Requests need basic auth with an API token as the password. Off only by explicit choice.
+    pub require_token: bool,
+}
+
+/// Finished jobs `listjobs.json` lists per status, newest first (Scrapyd keeps 100 by default).
+const FINISHED_LISTED: u32 = 100;
+/// Largest form body accepted; an egg upload is not taken here.
+const MAX_FORM_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+struct Ctx {
+    backend: Arc<dyn Backend>,
+    node_name: Arc<str>,
+}
+
+/// The Scrapyd API's routes.
+pub fn router(backend: Arc<dyn Backend>, options: &ScrapydOptions) -> Router {
+    let ctx = Ctx {
+        backend,
+        node_name: options.node_name.as_str().into(),
+    };
+    let routes = Router::new()
+        .route("/daemonstatus.json", get(daemon_status))
+        .route("/listprojects.json", get(list_projects))
+        .route("/listversions.json", get(list_versions))
+        .route("/listjobs.json", get(list_jobs))
+        .route("/status.json", get(status))
+        .route("/schedule.json", post(schedule))
+        .route("/cancel.json", post(cancel))
+        .route("/logs/{project}/{spider}/{job}", get(log_file))
+        .route("/items/{project}/{spider}/{job}", get(items_file));
+    let routes = if options.require_token {
+        routes.layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            basic_auth,
+        ))
+    } else {
+        routes
+    };
+    routes.with_state(ctx)
+}
+
+/// Why a Scrapyd request failed, in Scrapyd's words where it has them.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("'{0}' parameter is required")]
+    Missing(&'static str),
+    #[error("{param} is invalid: {reason}")]
+    Invalid { param: &'static str, reason: String },
+    #[error("project '{0}' not found")]
+    NoProject(String),
+    #[error("version '{0}' not found")]
+    NoVersion(String),
+    #[error(
+        "project '{project}' is not a Scrapy project for this API: its command is `{cmd}`, where `scrapy` (or `python -m scrapy`) is expected, so that a job can name its spider"
+    )]
+    NotScrapy { project: String, cmd: String },
+    #[error(
+        "jobid is chosen by Arachne (a job is a task, whose id it makes); leave it out and use the answer's jobid"
+    )]
+    OwnJobId,
+    #[error("{0}")]
+    Backend(#[from] crate::Error),
+}
+
+type Answer = Result<Map<String, Value>, Error>;
+
+/// Wraps an answer in Scrapyd's envelope.
+fn reply(ctx: &Ctx, answer: Answer) -> Response {
+    let mut body = match answer {
+        Ok(mut fields) => {
+            fields.insert("status".into(), "ok".into());
+            fields
+        }
+        Err(err) => {
+            let mut fields = Map::new();
+            fields.insert("status".into(), "error".into());
+            fields.insert("message".into(), err.to_string().into());
+            fields
+        }
+    };
+    body.insert("node_name".into(), ctx.node_name.as_ref().into());
+    Json(Value::Object(body)).into_response()
+}
+
+/// A request's parameters, from its query string and a form body, as Scrapyd reads them; a name may repeat.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    async fn of(request: Request) -> Result<Self, Error> {
+        let (parts, body) = request.into_parts();
+        let mut pairs: Vec<(String, String)> = parts
+            .uri
+            .query()
+            .map(|q| serde_urlencoded::from_str(q).unwrap_or_default())
+            .unwrap_or_default();
+        let form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if form {
+            let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+                .await
+                .map_err(|err| Error::Invalid {
+                    param: "body",
+                    reason: err.to_string(),
+                })?;
+            let body: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&bytes).map_err(|err| Error::Invalid {
+                    param: "body",
+                    reason: err.to_string(),
+                })?;
+            pairs.extend(body);
+        }
+        Ok(Self(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn required(&self, name: &'static str) -> Result<&str, Error> {
+        self.get(name).ok_or(Error::Missing(name))
+    }
+}
+
+async fn basic_auth(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
+    match password(request.headers()) {
+        Some(secret) if ctx.backend.check_api_token(&secret).await.unwrap_or(false) => {
+            next.run(request).await
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"Scrapyd\"")],
+            "Unauthorized: basic auth with an Arachne API token as the password\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The password of an `Authorization: Basic` header.
+fn password(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_owned())
+}
+
+async fn daemon_status(State(ctx): State<Ctx>) -> Response {
+    let answer = async {
+        let count = |status| {
+            let backend = Arc::clone(&ctx.backend);
+            async move {
+                let query = TaskQuery {
+                    status: Some(status),
+                    limit: Some(1),
+                    ..TaskQuery::default()
+                };
+                backend.list_tasks(query).await.map(|page| page.total)
+            }
+        };
+        let pending = count(TaskStatus::Pending).await? + count(TaskStatus::Created).await?;
+        let running = count(TaskStatus::Running).await?;
+        let mut finished = 0;
+        for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            finished += count(status).await?;
+        }
+        Ok(fields(
+            json!({"pending": pending, "running": running, "finished": finished}),
+        ))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn list_projects(State(ctx): State<Ctx>) -> Response {
+    let answer = async {
+        let spiders = ctx.backend.list_spiders().await?;
+        let projects: Vec<String> = spiders.into_iter().map(|s| s.name).collect();
+        Ok(fields(json!({ "projects": projects })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn list_versions(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = project(&ctx, params.required("project")?).await?;
+        let mut versions = ctx.backend.list_versions(&project.name).await?;
+        // Scrapyd lists oldest first; the last is the one runs use.
+        versions.sort_by_key(|v| (v.current, v.created_at));
+        let hashes: Vec<String> = versions.into_iter().map(|v| v.hash).collect();
+        Ok(fields(json!({ "versions": hashes })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn schedule(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = scrapy_project(&ctx, params.required("project")?).await?;
+        let spider = params.required("spider")?;
+        if params.get("jobid").is_some() {
+            return Err(Error::OwnJobId);
+        }
+        let version = match params.get("_version") {
+            Some(label) => Some(version_of(&ctx, &project.name, label).await?),
+            None => None,
+        };
+        let priority = match params.get("priority") {
+            Some(text) => Some(priority(text)?),
+            None => None,
+        };
+        let mut words = vec!["crawl".to_owned(), quoted(spider)];
+        for (key, value) in &params.0 {
+            match key.as_str() {
+                "project" | "spider" | "_version" | "priority" | "jobid" => {}
+                "setting" => words.extend(["-s".to_owned(), quoted(value)]),
+                _ => words.extend(["-a".to_owned(), quoted(&format!("{key}={value}"))]),
+            }
+        }
+        let run = arachne_api_types::RunTask {
+            spider: project.name,
+            version,
+            param: Some(words.join(" ")),
+            priority,
+            ..Default::default()
+        };
+        let task = ctx.backend.run_task(run).await?;
+        Ok(fields(json!({ "jobid": task.id.to_string() })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn cancel(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = project(&ctx, params.required("project")?).await?;
+        let job = params.required("job")?;
+        // Scrapyd's `signal` picks the signal; Arachne's cancel asks the spider, then escalates.
+        let prevstate = match job_of(&ctx, &project.name, job).await? {
+            Some(task) if !task.status.is_terminal() => {
+                let state = state_of(task.status);
+                ctx.backend.cancel_task(task.id).await?;
+                Value::from(state)
+            }
+            _ => Value::Null,
+        };
+        Ok(fields(json!({ "prevstate": prevstate })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn status(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let job = params.required("job")?;
+        let project = match params.get("project") {
+            Some(name) => Some(project(&ctx, name).await?.name),
+            None => None,
+        };
+        let task = match job.parse::<TaskId>() {
+            Ok(id) => match ctx.backend.get_task(id).await {
+                Ok(task) => Some(task),
+                Err(crate::Error::NotFound(_)) => None,
+                Err(err) => return Err(err.into()),
+            },
+            Err(_) => None,
+        };
+        let currstate = task
+            .filter(|t| project.as_ref().is_none_or(|p| *p == t.spider_name))
+            .map_or("unknown", |t| state_of(t.status));
+        Ok(fields(json!({ "currstate": currstate })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn list_jobs(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = match params.get("project") {
+            Some(name) => Some(project(&ctx, name).await?.name),
+            None => None,
+        };
+        let tasks = |status, limit| {
+            let (backend, project) = (Arc::clone(&ctx.backend), project.clone());
+            async move {
+                let query = TaskQuery {
+                    spider: project,
+                    status: Some(status),
+                    limit: Some(limit),
+                    ..TaskQuery::default()
+                };
+                let page = backend.list_tasks(query).await?;
+                // A run on several nodes is its children's jobs.
+                Ok::<_, Error>(page.items.into_iter().filter(|t| t.children == 0))
+            }
+        };
+        let max = arachne_api_types::MAX_LIMIT;
+        let mut pending: Vec<Value> = Vec::new();
+        for status in [TaskStatus::Created, TaskStatus::Pending] {
+            pending.extend(tasks(status, max).await?.map(|t| pending_job(&t)));
+        }
+        let running: Vec<Value> = tasks(TaskStatus::Running, max)
+            .await?
+            .map(|t| running_job(&t))
+            .collect();
+        let mut ended: Vec<Task> = Vec::new();
+        for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+            ended.extend(tasks(status, FINISHED_LISTED).await?);
+        }
+        ended.sort_by_key(|t| std::cmp::Reverse(t.ended_at));
+        ended.truncate(FINISHED_LISTED as usize);
+        let finished: Vec<Value> = ended.iter().map(finished_job).collect();
+        Ok(fields(
+            json!({"pending": pending, "running": running, "finished": finished}),
+        ))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+/// `/logs/{project}/{spider}/{job}.log`: the task's whole log, one line each.
+async fn log_file(
+    State(ctx): State<Ctx>,
+    Path((project, _spider, job)): Path<(String, String, String)>,
+) -> Response {
+    let Some(task) = file_task(&ctx, &project, &job, ".log").await else {
+        return not_found();
+    };
+    let backend = Arc::clone(&ctx.backend);
+    let pages = lines_of(move |after, limit| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let lines = backend.logs(task, after, limit).await?;
+            Ok(lines.into_iter().map(|l| (l.seq, l.text)).collect())
+        }
+    });
+    let body = Body::from_stream(pages);
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// `/items/{project}/{spider}/{job}.jl`: the task's items as JSON lines, as the spider wrote them.
+async fn items_file(
+    State(ctx): State<Ctx>,
+    Path((project, _spider, job)): Path<(String, String, String)>,
+) -> Response {
+    let Some(task) = file_task(&ctx, &project, &job, ".jl").await else {
+        return not_found();
+    };
+    let backend = Arc::clone(&ctx.backend);
+    let pages = lines_of(move |after, limit| {
+        let backend = Arc::clone(&backend);
+        async move {
+            let items = backend.items(task, after, limit).await?;
+            Ok(items
+                .into_iter()
+                .map(|i| (i.seq, i.data.get().to_owned()))
+                .collect())
+        }
+    });
+    let body = Body::from_stream(pages);
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// A file of lines read page by page: `fetch(after, limit)` gives `(seq, line)` pairs after a sequence number.
+fn lines_of<F, Fut>(
+    fetch: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    F: Fn(u64, u32) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = crate::Result<Vec<(u64, String)>>> + Send,
+{
+    let fetch = Arc::new(fetch);
+    futures_util::stream::unfold(Some(0u64), move |after| {
+        let fetch = Arc::clone(&fetch);
+        async move {
+            let after = after?;
+            let limit = arachne_api_types::MAX_LIMIT;
+            match fetch(after, limit).await {
+                Ok(lines) if lines.is_empty() => None,
+                Ok(lines) => {
+                    let full = lines.len() == limit as usize;
+                    let next = lines.last().map(|(seq, _)| *seq).filter(|_| full);
+                    let mut text = String::new();
+                    for (_, line) in &lines {
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                    Some((Ok(Bytes::from(text)), next))
+                }
+                Err(err) => Some((Err(std::io::Error::other(err.to_string())), None)),
+            }
+        }
+    })
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "No Such Resource\n").into_response()
+}
+
+/// The task a log or items file names, when it is a task of that project.
+async fn file_task(ctx: &Ctx, project: &str, file: &str, suffix: &str) -> Option<TaskId> {
+    let id: TaskId = file.strip_suffix(suffix)?.parse().ok()?;
+    let task = ctx.backend.get_task(id).await.ok()?;
+    (task.spider_name == project).then_some(id)
+}
+
+/// The spider a project names.
+async fn project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error> {
+    match ctx.backend.get_spider(name).await {
+        Ok(spider) => Ok(spider),
+        Err(crate::Error::NotFound(_)) => Err(Error::NoProject(name.to_owned())),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A project whose command can take `crawl NAME ...`.
+async fn scrapy_project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error> {
+    let spider = project(ctx, name).await?;
+    let words: Vec<&str> = spider.cmd.split_whitespace().collect();
+    let scrapy = |w: &str| w.rsplit('/').next() == Some("scrapy");
+    let python = |w: &str| {
+        w.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with("python"))
+    };
+    match words.as_slice() {
+        [one] if scrapy(one) => Ok(spider),
+        [py, "-m", "scrapy"] if python(py) => Ok(spider),
+        _ => Err(Error::NotScrapy {
+            project: spider.name,
+            cmd: spider.cmd,
+        }),
+    }
+}
+
+/// The stored version a `_version` names: its hash, or a prefix of it.
+async fn version_of(ctx: &Ctx, project: &str, label: &str) -> Result<String, Error> {
+    let versions = ctx.backend.list_versions(project).await?;
+    let mut found = versions.into_iter().filter(|v| v.hash.starts_with(label));
+    match (found.next(), found.next()) {
+        (Some(version), None) if !label.is_empty() => Ok(version.hash),
+        _ => Err(Error::NoVersion(label.to_owned())),
+    }
+}
+
+/// The task a job id names, when it is one of the project's.
+async fn job_of(ctx: &Ctx, project: &str, job: &str) -> Result<Option<Task>, Error> {
+    let Ok(id) = job.parse::<TaskId>() else {
+        return Ok(None);
+    };
+    match ctx.backend.get_task(id).await {
+        Ok(task) if task.spider_name == project => Ok(Some(task)),
+        Ok(_) | Err(crate::Error::NotFound(_)) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Scrapyd's priority (any number, higher first, 0 by default) as Arachne's (1 highest to 10, 5 by default).
+fn priority(text: &str) -> Result<u8, Error> {
+    let value: f64 = text.trim().parse().map_err(|_| Error::Invalid {
+        param: "priority",
+        reason: format!("could not convert string to float: '{text}'"),
+    })?;
+    if !value.is_finite() {
+        return Err(Error::Invalid {
+            param: "priority",
+            reason: format!("{text} is not a finite number"),
+        });
+    }
+    Ok((5.0 - value.round()).clamp(1.0, 10.0) as u8)
+}
+
+/// One word for `sh -c`, quoted when it needs to be.
+fn quoted(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn state_of(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Created | TaskStatus::Pending => "pending",
+        TaskStatus::Running => "running",
+        _ => "finished",
+    }
+}
+
+/// The Scrapy spider a task crawls: the word after `crawl` in its command line, else the project's name.
+fn scrapy_spider(task: &Task) -> String {
+    let line = task.command_line();
+    let mut words = line.split_whitespace();
+    words
+        .by_ref()
+        .find(|w| *w == "crawl")
+        .and(words.next())
+        .map(|w| w.trim_matches('\'').to_owned())
+        .unwrap_or_else(|| task.spider_name.clone())
+}
+
+/// A time as Scrapyd writes one (`2026-12-07 08:30:00.123456`); Arachne's are UTC.
+fn time(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |at| {
+        at.format("%Y-%m-%d %H:%M:%S%.6f").to_string().into()
+    })
+}
+
+fn urls(task: &Task, spider: &str) -> (String, String) {
+    let base = format!("{}/{spider}/{}", task.spider_name, task.id);
+    (format!("/logs/{base}.log"), format!("/items/{base}.jl"))
+}
+
+fn pending_job(task: &Task) -> Value {
+    json!({
+        "project": task.spider_name,
+        "spider": scrapy_spider(task),
+        "id": task.id.to_string(),
+        "version": task.version,
+        "settings": {},
+        "args": {},
+    })
+}
+
+fn running_job(task: &Task) -> Value {
+    let spider = scrapy_spider(task);
+    let (log_url, items_url) = urls(task, &spider);
+    json!({
+        "project": task.spider_name,
+        "spider": spider,
+        "id": task.id.to_string(),
+        "pid": task.pid,
+        "start_time": time(task.started_at),
+        "log_url": log_url,
+        "items_url": items_url,
+    })
+}
+
+fn finished_job(task: &Task) -> Value {
+    let spider = scrapy_spider(task);
+    let (log_url, items_url) = urls(task, &spider);
+    json!({
+        "project": task.spider_name,
+        "spider": spider,
+        "id": task.id.to_string(),
+        "start_time": time(task.started_at.or(Some(task.created_at))),
+        "end_time": time(task.ended_at),
+        "log_url": log_url,
+        "items_url": items_url,
+    })
+}
+
+fn fields(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_map_higher_first_onto_one_to_ten() {
+        assert_eq!(priority("0").unwrap(), 5);
+        assert_eq!(priority("1.4").unwrap(), 4);
+        assert_eq!(priority("100").unwrap(), 1);
+        assert_eq!(priority("-9").unwrap(), 10);
+        assert!(priority("high").is_err());
+        assert!(priority("nan").is_err());
+    }
+
+    #[test]
+    fn words_for_the_shell_are_quoted_when_they_need_it() {
+        assert_eq!(quoted("tag=life"), "tag=life");
+        assert_eq!(quoted("q=it's here"), r"'q=it'\''s here'");
+        assert_eq!(quoted("a;rm -rf /"), "'a;rm -rf /'");
+        assert_eq!(quoted(""), "''");
+    }
+
+    #[test]
+    fn a_basic_auth_password_is_read() {
+        let mut headers = HeaderMap::new();
+        let encoded = base64::engine::general_purpose::STANDARD.encode("user:secret:x");
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {encoded}").parse().unwrap(),
+        );
+        assert_eq!(password(&headers).as_deref(), Some("secret:x"));
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(password(&headers), None);
+    }
+}
