@@ -7,8 +7,8 @@ use arachne_shared::files::VersionInfo;
 use arachne_shared::upload::Upload;
 use arachne_shared::{ItemRecord, LogLine, Node, RunOptions, Schedule, Spider, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec, ScheduleView, Task,
-    TaskQuery, UpdateNode, VersionFiles,
+    CreateSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec, ScheduleView,
+    ScrapyVersion, Task, TaskQuery, UpdateNode, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, Result};
 use tokio::sync::broadcast;
@@ -30,6 +30,7 @@ pub(crate) struct MasterApi {
     pub(crate) spiders: Arc<Spiders>,
     pub(crate) runs: Arc<Runs>,
     pub(crate) schedules: Arc<Schedules>,
+    pub(crate) scrapy: Arc<crate::scrapy::Scrapy>,
     pub(crate) nodes: Nodes,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
@@ -75,6 +76,29 @@ impl Backend for MasterApi {
 
     async fn read_file(&self, name: &str, path: &str, version: Option<String>) -> Result<Vec<u8>> {
         Ok(self.spiders.read_file(name, path, version).await?)
+    }
+
+    async fn deploy_egg(&self, project: &str, version: &str, egg: Vec<u8>) -> Result<Vec<String>> {
+        Ok(self.scrapy.deploy(project, version, egg).await?)
+    }
+
+    async fn scrapy_versions(&self, project: &str) -> Result<Vec<ScrapyVersion>> {
+        let versions = self.scrapy.versions(project).await?;
+        Ok(versions
+            .into_iter()
+            .map(|v| ScrapyVersion {
+                label: v.label,
+                hash: v.hash,
+            })
+            .collect())
+    }
+
+    async fn scrapy_version(&self, project: &str, name: &str) -> Result<String> {
+        Ok(self.scrapy.version(project, name).await?)
+    }
+
+    async fn scrapy_spiders(&self, project: &str, version: Option<&str>) -> Result<Vec<String>> {
+        Ok(self.scrapy.spiders(project, version).await?)
     }
 
     async fn list_spiders(&self) -> Result<Vec<Spider>> {
@@ -313,6 +337,22 @@ impl From<runs::Error> for Error {
             | E::ChildOfParent { .. }
             | E::DeleteUnended { .. }
             | E::FireTimeTaken(_) => Error::Conflict(message),
+            E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<crate::scrapy::Error> for Error {
+    fn from(err: crate::scrapy::Error) -> Self {
+        use crate::scrapy::Error as E;
+        let message = err.to_string();
+        match err {
+            E::NotZip(_) | E::NoSettings | E::Label(_) => Error::BadRequest(message),
+            E::NoVersion { .. } => Error::NotFound(message),
+            E::List { .. } => Error::Conflict(message),
+            E::Read(_) => Error::Internal(message),
+            E::Spider(err) => err.into(),
+            E::Run(err) => err.into(),
             E::Store(err) => store_error(err),
         }
     }

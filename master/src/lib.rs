@@ -13,6 +13,7 @@ pub mod nodes;
 pub mod runs;
 mod scheduler;
 pub mod schedules;
+pub mod scrapy;
 mod sessions;
 pub mod spiders;
 pub mod store;
@@ -70,6 +71,9 @@ pub struct Config {
     /// Connection limits and TLS of both listeners.
     pub listen: ListenConfig,
     pub scheduler: SchedulerOptions,
+    /// The pip requirement for Scrapy that a deployed egg's venv gets besides the egg's own requirements; ""
+    /// for none (Scrapy is then expected on the workers' PATH).
+    pub scrapy_requirement: String,
 }
 
 /// Where the MongoDB store is.
@@ -120,6 +124,7 @@ impl Config {
             http: RouterOptions::default(),
             listen: ListenConfig::default(),
             scheduler: SchedulerOptions::default(),
+            scrapy_requirement: DEFAULT_SCRAPY_REQUIREMENT.into(),
         }
     }
 }
@@ -343,6 +348,13 @@ pub async fn run(
         Arc::clone(&store),
         Arc::clone(&runs),
     ));
+    let scrapy = Arc::new(scrapy::Scrapy::new(
+        Arc::clone(&spiders),
+        Arc::clone(&runs),
+        Arc::clone(&store),
+        Arc::clone(&changes),
+        config.scrapy_requirement.clone(),
+    ));
     if let Some(dir) = &config.examples_dir {
         folders::register_examples(&spiders, dir).await;
     }
@@ -370,6 +382,7 @@ pub async fn run(
         spiders,
         runs,
         schedules,
+        scrapy,
         nodes: nodes::Nodes::new(Arc::clone(&store), Arc::clone(&scheduler)),
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
@@ -413,6 +426,7 @@ pub async fn run(
         let options = arachne_web_api::scrapyd::ScrapydOptions {
             node_name: node_name(),
             require_token: config.auth.required,
+            max_egg_bytes: config.http.max_upload_bytes,
         };
         let router =
             arachne_web_api::scrapyd::router(Arc::clone(&api) as Arc<dyn Backend>, &options);
@@ -483,6 +497,9 @@ pub async fn run(
     info!("master stopped");
     Ok(())
 }
+
+/// What a deployed egg's venv installs for Scrapy by default.
+pub const DEFAULT_SCRAPY_REQUIREMENT: &str = "scrapy";
 
 /// What Scrapyd's API answers as `node_name`: this machine's host name, as Scrapyd's does.
 fn node_name() -> String {

@@ -37,6 +37,10 @@ struct Args {
     /// ScrapydWeb and scripts; off by default. They authenticate with basic auth, an API token as the password.
     #[arg(long, env = "ARACHNE_SCRAPYD")]
     scrapyd: Option<SocketAddr>,
+    /// The pip requirement for Scrapy that the venv of an egg deployed through Scrapyd's API gets, besides the
+    /// egg's own requirements; "" for none (Scrapy must then be on the workers' PATH).
+    #[arg(long, env = "ARACHNE_SCRAPY_REQUIREMENT", default_value = arachne_master::DEFAULT_SCRAPY_REQUIREMENT)]
+    scrapy_requirement: String,
     /// Do not run a worker inside the master.
     #[arg(long)]
     no_local_worker: bool,
@@ -152,6 +156,7 @@ async fn run() -> anyhow::Result<()> {
         database: args.mongodb_db,
     });
     config.spiders_dir = args.spiders_dir;
+    config.scrapy_requirement = args.scrapy_requirement;
     config.http.max_upload_bytes = args.max_upload_mib << 20;
     anyhow::ensure!(
         args.max_connections > 0,

@@ -11,7 +11,9 @@ use serde_json::Value;
 
 /// Scrapy for the project (the same set as the Crawlab test's, so one venv serves both).
 const SCRAPY: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];
-const CLIENT: [&str; 1] = ["python-scrapyd-api==2.1.2"];
+/// The clients: python-scrapyd-api, and scrapyd-client's scrapyd-deploy (which brings Scrapy, for
+/// `scrapy startproject`).
+const CLIENT: [&str; 2] = ["python-scrapyd-api==2.1.2", "scrapyd-client==2.0.3"];
 
 const SETTINGS: &str =
     "BOT_NAME = 'quotes'\nSPIDER_MODULES = ['quotes.spiders']\nROBOTSTXT_OBEY = False\n";
@@ -65,6 +67,7 @@ def error(call):
 
 out["projects"] = api.list_projects()
 out["versions"] = api.list_versions(project)
+out["spiders"] = api.list_spiders(project)
 job = api.schedule(project, "quotes", settings={"BOT_NAME": "renamed"}, tag="life")
 out["job"] = job
 wait_for(job, "finished")
@@ -91,6 +94,8 @@ out["errors"] = {
     "unknown_version": error(lambda: api.schedule(project, "quotes", _version="0000")),
     "bad_priority": error(lambda: api.schedule(project, "quotes", priority="high")),
     "own_jobid": error(lambda: api.schedule(project, "quotes", jobid="abc")),
+    "unknown_spider": error(lambda: api.schedule(project, "nope")),
+    "spiders_of_unknown_project": error(lambda: api.list_spiders("nope")),
 }
 out["unknown_job_status"] = requests.get(target + "/status.json", params={"job": "nope"}, auth=auth).json()
 out["unauthenticated"] = requests.get(target + "/listprojects.json").status_code
@@ -135,7 +140,9 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
     let projects = out["projects"].as_array().unwrap();
     assert!(projects.contains(&"quotes".into()) && projects.contains(&"plain".into()));
     let spider = client.get_spider("quotes").await.unwrap();
+    // A version uploaded as a folder is known by its hash.
     assert_eq!(out["versions"], serde_json::json!([spider.version]));
+    assert_eq!(out["spiders"], serde_json::json!(["quotes", "slow"]));
 
     // The job is the task, with the spider's arguments and settings.
     let job: arachne_shared::TaskId = out["job"].as_str().unwrap().parse().unwrap();
@@ -216,6 +223,11 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
             .starts_with("jobid is chosen by Arachne"),
         "{errors}"
     );
+    assert_eq!(errors["unknown_spider"], "spider 'nope' not found");
+    assert_eq!(
+        errors["spiders_of_unknown_project"],
+        "project 'nope' not found"
+    );
     assert_eq!(out["unknown_job_status"]["currstate"], "unknown");
     assert_eq!(out["unauthenticated"], 401);
     assert_eq!(out["wrong_token"], 401);
@@ -250,6 +262,146 @@ async fn a_project_that_is_not_a_scrapy_command_is_refused_with_the_reason() {
     assert!(
         message.contains("is not a Scrapy project") && message.contains("sh run.sh"),
         "{message}"
+    );
+    master.stop().await;
+}
+
+/// The spider of the deployed project: no Arachne or Crawlab code.
+const EGG_SPIDER: &str = r#"
+import scrapy
+
+class QuotesSpider(scrapy.Spider):
+    name = "quotes"
+    start_urls = ["data:text/html,<p class='q'>one</p><p class='q'>two</p><p class='q'>three</p>"]
+
+    def parse(self, response):
+        for text in response.css("p.q::text").getall():
+            yield {"text": text, "release": getattr(self, "release", None)}
+"#;
+
+const DEPLOYED_SCRIPT: &str = r#"
+import json, sys, time
+import requests
+from scrapyd_api import ScrapydAPI
+from scrapyd_api.exceptions import ScrapydResponseError
+
+target, token = sys.argv[1:3]
+auth = ("scrapy", token)
+api = ScrapydAPI(target, auth=auth, timeout=600)
+out = {"versions": api.list_versions("eggbot"), "spiders": api.list_spiders("eggbot")}
+jobs = {}
+for version in ["v1", None]:
+    kwargs = {"_version": version} if version else {}
+    job = api.schedule("eggbot", "quotes", release=version or "current", **kwargs)
+    deadline = time.time() + 600
+    while api.job_status("eggbot", job) != "finished":
+        if time.time() > deadline:
+            raise SystemExit("job never finished: %r" % api.list_jobs("eggbot"))
+        time.sleep(0.2)
+    jobs[version or "current"] = job
+out["jobs"] = jobs
+try:
+    api.add_version("eggbot", "v3", b"not a zip")
+    out["not_zip"] = None
+except ScrapydResponseError as e:
+    out["not_zip"] = str(e)
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders() {
+    let client_python = common::venv_python(&CLIENT);
+    let data = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.local_worker = Some(arachne_master::LocalWorker {
+        runner: common::quick_runner(),
+        max_runners: 4,
+        ..Default::default()
+    });
+    // The version's venv gets Scrapy from PyPI, as a user's would.
+    config.scrapy_requirement = SCRAPY[1].into();
+    let master = TestMaster::start_with(config).await;
+    let target = format!("http://{}", master.scrapyd);
+
+    // A project as `scrapy startproject` makes it, deployed as its scrapy.cfg says.
+    let work = tempfile::tempdir().unwrap();
+    // Through `python -m`: the venv's scripts name the folder it was built in.
+    let made = std::process::Command::new(&client_python)
+        .args(["-m", "scrapy", "startproject", "eggbot"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let project = work.path().join("eggbot");
+    std::fs::write(project.join("eggbot/spiders/quotes.py"), EGG_SPIDER).unwrap();
+    let cfg = format!(
+        "[settings]\ndefault = eggbot.settings\n\n[deploy]\nurl = {target}/\nproject = eggbot\nusername = scrapy\npassword = {API_TOKEN}\n"
+    );
+    std::fs::write(project.join("scrapy.cfg"), cfg).unwrap();
+    for version in ["v1", "v2"] {
+        let deployed = tokio::process::Command::new(&client_python)
+            .args(["-m", "scrapyd_client.deploy", "--version", version])
+            .current_dir(&project)
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&deployed.stdout).into_owned()
+            + &String::from_utf8_lossy(&deployed.stderr);
+        let answer: Option<Value> = said
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .and_then(|l| serde_json::from_str(l).ok());
+        assert!(deployed.status.success(), "{said}");
+        let answer = answer.unwrap_or_else(|| panic!("no answer in {said}"));
+        assert_eq!(answer["spiders"], 1, "{said}");
+        assert_eq!(answer["version"], version, "{said}");
+    }
+
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), DEPLOYED_SCRIPT).unwrap();
+    let output = tokio::process::Command::new(&client_python)
+        .arg(script.path())
+        .args([target.as_str(), API_TOKEN])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the client failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["versions"], serde_json::json!(["v1", "v2"]));
+    assert_eq!(out["spiders"], serde_json::json!(["quotes"]));
+    let client = &master.client;
+    let versions = client.list_versions("eggbot").await.unwrap();
+    for (name, release) in [("v1", "v1"), ("current", "current")] {
+        let job: arachne_shared::TaskId = out["jobs"][name].as_str().unwrap().parse().unwrap();
+        let task = client.get_task(job).await.unwrap();
+        let logs = common::all_logs(client, job).await;
+        assert_eq!(task.status, TaskStatus::Finished, "{logs:#?}");
+        let items = client.items(job, &ItemQuery::default()).await.unwrap();
+        let texts: Vec<String> = items
+            .iter()
+            .map(|i| i.value()["text"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(texts, ["one", "two", "three"], "{logs:#?}");
+        assert!(items.iter().all(|i| i.value()["release"] == release));
+        let stats = task
+            .progress
+            .as_ref()
+            .unwrap()
+            .status
+            .stats
+            .clone()
+            .unwrap();
+        assert_eq!(stats["item_scraped_count"], 3);
+        let current = versions.iter().find(|v| v.current).unwrap();
+        assert_eq!(task.version == current.hash, name == "current");
+    }
+    assert_eq!(
+        out["not_zip"],
+        "egg is not a ZIP file (if using curl, use egg=@path not egg=path)"
     );
     master.stop().await;
 }

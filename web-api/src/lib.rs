@@ -43,6 +43,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_files(&self, name: &str, version: Option<String>) -> Result<VersionFiles>;
     /// The content of one file of a version (the current one when `None`).
     async fn read_file(&self, name: &str, path: &str, version: Option<String>) -> Result<Vec<u8>>;
+    /// Stores a Scrapy egg as the new current version of `project` (a spider, made if missing) that its
+    /// client calls `version`; the Scrapy spiders it holds.
+    async fn deploy_egg(&self, project: &str, version: &str, egg: Vec<u8>) -> Result<Vec<String>>;
+    /// A Scrapy project's versions, oldest first, with the names their clients gave them.
+    async fn scrapy_versions(&self, project: &str) -> Result<Vec<types::ScrapyVersion>>;
+    /// The stored version a client's version name (or a unique prefix of a hash) means.
+    async fn scrapy_version(&self, project: &str, name: &str) -> Result<String>;
+    /// The Scrapy spiders of a version (a client's name or a hash; the current one when `None`), found once per
+    /// version by running `scrapy list`.
+    async fn scrapy_spiders(&self, project: &str, version: Option<&str>) -> Result<Vec<String>>;
     async fn list_spiders(&self) -> Result<Vec<Spider>>;
     async fn get_spider(&self, name: &str) -> Result<Spider>;
     /// Creates a task (or a parent task with its children, by mode); Pending when this returns.

@@ -29,6 +29,8 @@ pub struct ScrapydOptions {
     pub node_name: String,
     /// Requests need basic auth with an API token as the password. Off only by explicit choice.
     pub require_token: bool,
+    /// Largest egg `addversion.json` takes.
+    pub max_egg_bytes: usize,
 }
 
 /// Finished jobs `listjobs.json` lists per status, newest first (Scrapyd keeps 100 by default).
@@ -52,6 +54,11 @@ pub fn router(backend: Arc<dyn Backend>, options: &ScrapydOptions) -> Router {
         .route("/daemonstatus.json", get(daemon_status))
         .route("/listprojects.json", get(list_projects))
         .route("/listversions.json", get(list_versions))
+        .route("/listspiders.json", get(list_spiders))
+        .route(
+            "/addversion.json",
+            post(add_version).layer(axum::extract::DefaultBodyLimit::max(options.max_egg_bytes)),
+        )
         .route("/listjobs.json", get(list_jobs))
         .route("/status.json", get(status))
         .route("/schedule.json", post(schedule))
@@ -80,6 +87,8 @@ enum Error {
     NoProject(String),
     #[error("version '{0}' not found")]
     NoVersion(String),
+    #[error("spider '{0}' not found")]
+    NoSpider(String),
     #[error(
         "project '{project}' is not a Scrapy project for this API: its command is `{cmd}`, where `scrapy` (or `python -m scrapy`) is expected, so that a job can name its spider"
     )]
@@ -185,26 +194,12 @@ fn password(headers: &HeaderMap) -> Option<String> {
 
 async fn daemon_status(State(ctx): State<Ctx>) -> Response {
     let answer = async {
-        let count = |status| {
-            let backend = Arc::clone(&ctx.backend);
-            async move {
-                let query = TaskQuery {
-                    status: Some(status),
-                    limit: Some(1),
-                    ..TaskQuery::default()
-                };
-                backend.list_tasks(query).await.map(|page| page.total)
-            }
-        };
-        let pending = count(TaskStatus::Pending).await? + count(TaskStatus::Created).await?;
-        let running = count(TaskStatus::Running).await?;
-        let mut finished = 0;
-        for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-            finished += count(status).await?;
-        }
-        Ok(fields(
-            json!({"pending": pending, "running": running, "finished": finished}),
-        ))
+        let jobs = jobs(&ctx, None).await?;
+        Ok(fields(json!({
+            "pending": jobs.pending.len(),
+            "running": jobs.running.len(),
+            "finished": jobs.finished.len(),
+        })))
     }
     .await;
     reply(&ctx, answer)
@@ -224,11 +219,69 @@ async fn list_versions(State(ctx): State<Ctx>, request: Request) -> Response {
     let answer = async {
         let params = Params::of(request).await?;
         let project = project(&ctx, params.required("project")?).await?;
-        let mut versions = ctx.backend.list_versions(&project.name).await?;
-        // Scrapyd lists oldest first; the last is the one runs use.
-        versions.sort_by_key(|v| (v.current, v.created_at));
-        let hashes: Vec<String> = versions.into_iter().map(|v| v.hash).collect();
-        Ok(fields(json!({ "versions": hashes })))
+        let versions = ctx.backend.scrapy_versions(&project.name).await?;
+        let labels: Vec<String> = versions.into_iter().map(|v| v.label).collect();
+        Ok(fields(json!({ "versions": labels })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+async fn list_spiders(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = scrapy_project(&ctx, params.required("project")?).await?;
+        let version = match params.get("_version") {
+            Some(name) => Some(version_of(&ctx, &project.name, name).await?),
+            None => None,
+        };
+        let spiders = ctx
+            .backend
+            .scrapy_spiders(&project.name, version.as_deref())
+            .await?;
+        Ok(fields(json!({ "spiders": spiders })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+/// `addversion.json`: a multipart form with `project`, `version` and the `egg` file, as scrapyd-deploy sends.
+async fn add_version(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let (mut project, mut version, mut egg) = (None, None, None);
+        let mut form = <axum::extract::Multipart as axum::extract::FromRequest<()>>::from_request(
+            request,
+            &(),
+        )
+        .await
+        .map_err(|err| Error::Invalid {
+            param: "body",
+            reason: err.body_text(),
+        })?;
+        let invalid = |err: axum::extract::multipart::MultipartError| Error::Invalid {
+            param: "body",
+            reason: err.body_text(),
+        };
+        while let Some(field) = form.next_field().await.map_err(invalid)? {
+            match field.name() {
+                Some("project") => project = Some(field.text().await.map_err(invalid)?),
+                Some("version") => version = Some(field.text().await.map_err(invalid)?),
+                Some("egg") => egg = Some(field.bytes().await.map_err(invalid)?),
+                _ => {}
+            }
+        }
+        let project = project.ok_or(Error::Missing("project"))?;
+        let version = version.ok_or(Error::Missing("version"))?;
+        let egg = egg.ok_or(Error::Missing("egg"))?;
+        let spiders = ctx
+            .backend
+            .deploy_egg(&project, &version, egg.to_vec())
+            .await?;
+        Ok(fields(json!({
+            "project": project,
+            "version": version,
+            "spiders": spiders.len(),
+        })))
     }
     .await;
     reply(&ctx, answer)
@@ -246,6 +299,13 @@ async fn schedule(State(ctx): State<Ctx>, request: Request) -> Response {
             Some(label) => Some(version_of(&ctx, &project.name, label).await?),
             None => None,
         };
+        let spiders = ctx
+            .backend
+            .scrapy_spiders(&project.name, version.as_deref())
+            .await?;
+        if !spiders.iter().any(|s| s == spider) {
+            return Err(Error::NoSpider(spider.to_owned()));
+        }
         let priority = match params.get("priority") {
             Some(text) => Some(priority(text)?),
             None => None,
@@ -324,42 +384,62 @@ async fn list_jobs(State(ctx): State<Ctx>, request: Request) -> Response {
             Some(name) => Some(project(&ctx, name).await?.name),
             None => None,
         };
-        let tasks = |status, limit| {
-            let (backend, project) = (Arc::clone(&ctx.backend), project.clone());
-            async move {
-                let query = TaskQuery {
-                    spider: project,
-                    status: Some(status),
-                    limit: Some(limit),
-                    ..TaskQuery::default()
-                };
-                let page = backend.list_tasks(query).await?;
-                // A run on several nodes is its children's jobs.
-                Ok::<_, Error>(page.items.into_iter().filter(|t| t.children == 0))
-            }
-        };
-        let max = arachne_api_types::MAX_LIMIT;
-        let mut pending: Vec<Value> = Vec::new();
-        for status in [TaskStatus::Created, TaskStatus::Pending] {
-            pending.extend(tasks(status, max).await?.map(|t| pending_job(&t)));
-        }
-        let running: Vec<Value> = tasks(TaskStatus::Running, max)
-            .await?
-            .map(|t| running_job(&t))
-            .collect();
-        let mut ended: Vec<Task> = Vec::new();
-        for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-            ended.extend(tasks(status, FINISHED_LISTED).await?);
-        }
-        ended.sort_by_key(|t| std::cmp::Reverse(t.ended_at));
-        ended.truncate(FINISHED_LISTED as usize);
-        let finished: Vec<Value> = ended.iter().map(finished_job).collect();
-        Ok(fields(
-            json!({"pending": pending, "running": running, "finished": finished}),
-        ))
+        let jobs = jobs(&ctx, project).await?;
+        Ok(fields(json!({
+            "pending": jobs.pending.iter().map(pending_job).collect::<Vec<_>>(),
+            "running": jobs.running.iter().map(running_job).collect::<Vec<_>>(),
+            "finished": jobs.finished.iter().map(finished_job).collect::<Vec<_>>(),
+        })))
     }
     .await;
     reply(&ctx, answer)
+}
+
+/// Tasks as Scrapyd's jobs, by state.
+struct Jobs {
+    pending: Vec<Task>,
+    running: Vec<Task>,
+    /// The latest [`FINISHED_LISTED`], newest first.
+    finished: Vec<Task>,
+}
+
+/// The jobs of a project (of all, when `None`). A run on several nodes is its children's jobs, and the
+/// `scrapy list` runs that find a version's spiders are none.
+async fn jobs(ctx: &Ctx, project: Option<String>) -> Result<Jobs, Error> {
+    let tasks = |status, limit| {
+        let (backend, project) = (Arc::clone(&ctx.backend), project.clone());
+        async move {
+            let query = TaskQuery {
+                spider: project,
+                status: Some(status),
+                limit: Some(limit),
+                ..TaskQuery::default()
+            };
+            let page = backend.list_tasks(query).await?;
+            Ok::<_, Error>(
+                page.items
+                    .into_iter()
+                    .filter(|t| t.children == 0 && t.param.as_deref() != Some("list")),
+            )
+        }
+    };
+    let max = arachne_api_types::MAX_LIMIT;
+    let mut pending = Vec::new();
+    for status in [TaskStatus::Created, TaskStatus::Pending] {
+        pending.extend(tasks(status, max).await?);
+    }
+    let running = tasks(TaskStatus::Running, max).await?.collect();
+    let mut finished: Vec<Task> = Vec::new();
+    for status in TaskStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
+        finished.extend(tasks(status, FINISHED_LISTED).await?);
+    }
+    finished.sort_by_key(|t| std::cmp::Reverse(t.ended_at));
+    finished.truncate(FINISHED_LISTED as usize);
+    Ok(Jobs {
+        pending,
+        running,
+        finished,
+    })
 }
 
 /// `/logs/{project}/{spider}/{job}.log`: the task's whole log, one line each.
@@ -477,13 +557,12 @@ async fn scrapy_project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider,
     }
 }
 
-/// The stored version a `_version` names: its hash, or a prefix of it.
-async fn version_of(ctx: &Ctx, project: &str, label: &str) -> Result<String, Error> {
-    let versions = ctx.backend.list_versions(project).await?;
-    let mut found = versions.into_iter().filter(|v| v.hash.starts_with(label));
-    match (found.next(), found.next()) {
-        (Some(version), None) if !label.is_empty() => Ok(version.hash),
-        _ => Err(Error::NoVersion(label.to_owned())),
+/// The stored version a `_version` names: the name its client deployed it as, or a unique prefix of its hash.
+async fn version_of(ctx: &Ctx, project: &str, name: &str) -> Result<String, Error> {
+    match ctx.backend.scrapy_version(project, name).await {
+        Ok(hash) => Ok(hash),
+        Err(crate::Error::NotFound(_)) => Err(Error::NoVersion(name.to_owned())),
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -268,16 +268,19 @@ impl Installer<'_> {
             source,
         })?;
         let (tx, mut rx) = output::raw_channel();
+        // The platform's lines, not the spider's: a task's stdout and stderr are what its spider wrote (a
+        // `scrapy list` run's stdout is the list, with no installer output in it).
+        let system = output::Source::Pipe(LogStream::System);
         let readers = [
             output::spawn_reader(
                 child.stdout.take().expect("stdout is piped"),
-                output::Source::Pipe(LogStream::Stdout),
+                system,
                 self.max_line_bytes,
                 tx.clone(),
             ),
             output::spawn_reader(
                 child.stderr.take().expect("stderr is piped"),
-                output::Source::Pipe(LogStream::Stderr),
+                system,
                 self.max_line_bytes,
                 tx,
             ),

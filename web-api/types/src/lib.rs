@@ -363,3 +363,11 @@ pub struct ErrorDetail {
 /// The header Arachne's own clients (the CLI, the web UI) send. Without tokens, a state-changing request needs
 /// it or a JSON body, which a page of another site cannot make a browser send.
 pub const CLIENT_HEADER: &str = "x-arachne-client";
+
+/// A version of a Scrapy project as Scrapyd's clients know it: the name its client deployed it as, and the
+/// stored version it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScrapyVersion {
+    pub label: String,
+    pub hash: String,
+}
