@@ -443,46 +443,59 @@ async fn jobs(ctx: &Ctx, project: Option<String>) -> Result<Jobs, Error> {
 }
 
 /// `/logs/{project}/{spider}/{job}.log`: the task's whole log, one line each.
-async fn log_file(
-    State(ctx): State<Ctx>,
-    Path((project, _spider, job)): Path<(String, String, String)>,
-) -> Response {
-    let Some(task) = file_task(&ctx, &project, &job, ".log").await else {
-        return not_found();
-    };
-    let backend = Arc::clone(&ctx.backend);
-    let pages = lines_of(move |after, limit| {
-        let backend = Arc::clone(&backend);
-        async move {
-            let lines = backend.logs(task, after, limit).await?;
-            Ok(lines.into_iter().map(|l| (l.seq, l.text)).collect())
-        }
-    });
-    let body = Body::from_stream(pages);
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+async fn log_file(State(ctx): State<Ctx>, Path(path): Path<(String, String, String)>) -> Response {
+    output_file(ctx, path, OutputFile::Log).await
 }
 
 /// `/items/{project}/{spider}/{job}.jl`: the task's items as JSON lines, as the spider wrote them.
 async fn items_file(
     State(ctx): State<Ctx>,
-    Path((project, _spider, job)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
 ) -> Response {
-    let Some(task) = file_task(&ctx, &project, &job, ".jl").await else {
+    output_file(ctx, path, OutputFile::Items).await
+}
+
+/// The two files of a job's output Scrapyd serves.
+#[derive(Debug, Clone, Copy)]
+enum OutputFile {
+    Log,
+    Items,
+}
+
+async fn output_file(
+    ctx: Ctx,
+    (project, _spider, job): (String, String, String),
+    kind: OutputFile,
+) -> Response {
+    let (suffix, content_type) = match kind {
+        OutputFile::Log => (".log", "text/plain; charset=utf-8"),
+        OutputFile::Items => (".jl", "application/x-ndjson"),
+    };
+    let Some(task) = file_task(&ctx, &project, &job, suffix).await else {
         return not_found();
     };
     let backend = Arc::clone(&ctx.backend);
     let pages = lines_of(move |after, limit| {
         let backend = Arc::clone(&backend);
         async move {
-            let items = backend.items(task, after, limit).await?;
-            Ok(items
-                .into_iter()
-                .map(|i| (i.seq, i.data.get().to_owned()))
-                .collect())
+            Ok(match kind {
+                OutputFile::Log => backend
+                    .logs(task, after, limit)
+                    .await?
+                    .into_iter()
+                    .map(|l| (l.seq, l.text))
+                    .collect(),
+                OutputFile::Items => backend
+                    .items(task, after, limit)
+                    .await?
+                    .into_iter()
+                    .map(|i| (i.seq, i.data.get().to_owned()))
+                    .collect(),
+            })
         }
     });
     let body = Body::from_stream(pages);
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// A file of lines read page by page: `fetch(after, limit)` gives `(seq, line)` pairs after a sequence number.
