@@ -94,6 +94,7 @@ pub mod ipc;
 pub mod log;
 pub mod node;
 pub mod schedule;
+pub mod scrapy;
 pub mod spider;
 pub mod task;
 pub mod token;

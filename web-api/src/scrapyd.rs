@@ -310,18 +310,21 @@ async fn schedule(State(ctx): State<Ctx>, request: Request) -> Response {
             Some(text) => Some(priority(text)?),
             None => None,
         };
-        let mut words = vec!["crawl".to_owned(), quoted(spider)];
+        let (mut args, mut settings) = (Vec::new(), Vec::new());
         for (key, value) in &params.0 {
             match key.as_str() {
                 "project" | "spider" | "_version" | "priority" | "jobid" => {}
-                "setting" => words.extend(["-s".to_owned(), quoted(value)]),
-                _ => words.extend(["-a".to_owned(), quoted(&format!("{key}={value}"))]),
+                "setting" => {
+                    let (name, value) = value.split_once('=').unwrap_or((value, ""));
+                    settings.push((name.to_owned(), value.to_owned()));
+                }
+                _ => args.push((key.clone(), value.clone())),
             }
         }
         let run = arachne_api_types::RunTask {
             spider: project.name,
             version,
-            param: Some(words.join(" ")),
+            param: Some(arachne_shared::scrapy::crawl_args(spider, &args, &settings)),
             priority,
             ..Default::default()
         };
@@ -553,20 +556,13 @@ async fn project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error>
 /// A project whose command can take `crawl NAME ...`.
 async fn scrapy_project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error> {
     let spider = project(ctx, name).await?;
-    let words: Vec<&str> = spider.cmd.split_whitespace().collect();
-    let scrapy = |w: &str| w.rsplit('/').next() == Some("scrapy");
-    let python = |w: &str| {
-        w.rsplit('/')
-            .next()
-            .is_some_and(|n| n.starts_with("python"))
-    };
-    match words.as_slice() {
-        [one] if scrapy(one) => Ok(spider),
-        [py, "-m", "scrapy"] if python(py) => Ok(spider),
-        _ => Err(Error::NotScrapy {
+    if arachne_shared::scrapy::is_project_command(&spider.cmd) {
+        Ok(spider)
+    } else {
+        Err(Error::NotScrapy {
             project: spider.name,
             cmd: spider.cmd,
-        }),
+        })
     }
 }
 
@@ -604,19 +600,6 @@ fn priority(text: &str) -> Result<u8, Error> {
         });
     }
     Ok((5.0 - value.round()).clamp(1.0, 10.0) as u8)
-}
-
-/// One word for `sh -c`, quoted when it needs to be.
-fn quoted(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@%+".contains(c));
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 fn state_of(status: TaskStatus) -> &'static str {
@@ -709,14 +692,6 @@ mod tests {
         assert_eq!(priority("-9").unwrap(), 10);
         assert!(priority("high").is_err());
         assert!(priority("nan").is_err());
-    }
-
-    #[test]
-    fn words_for_the_shell_are_quoted_when_they_need_it() {
-        assert_eq!(quoted("tag=life"), "tag=life");
-        assert_eq!(quoted("q=it's here"), r"'q=it'\''s here'");
-        assert_eq!(quoted("a;rm -rf /"), "'a;rm -rf /'");
-        assert_eq!(quoted(""), "''");
     }
 
     #[test]

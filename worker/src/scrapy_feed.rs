@@ -22,9 +22,9 @@ pub(crate) fn with_feed(command_line: &str, feed: &Path) -> Option<String> {
         return None;
     }
     let words: Vec<&str> = command_line.split_whitespace().collect();
-    let rest = match words.as_slice() {
-        [scrapy, "crawl", rest @ ..] if is_scrapy(scrapy) => rest,
-        [python, "-m", "scrapy", "crawl", rest @ ..] if is_python(python) => rest,
+    let tool = arachne_shared::scrapy::invocation(&words)?;
+    let rest = match &words[tool..] {
+        ["crawl", rest @ ..] => rest,
         _ => return None,
     };
     let own_feed = rest.iter().any(|w| {
@@ -40,16 +40,6 @@ pub(crate) fn with_feed(command_line: &str, feed: &Path) -> Option<String> {
     }
     let feeds = serde_json::json!({ format!("file://{path}"): {"format": "jsonlines"} });
     Some(format!("{command_line} -s 'FEEDS={feeds}'"))
-}
-
-fn is_scrapy(word: &str) -> bool {
-    word.rsplit('/').next() == Some("scrapy")
-}
-
-fn is_python(word: &str) -> bool {
-    word.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with("python"))
 }
 
 /// How often a feed file that has not grown is looked at again.

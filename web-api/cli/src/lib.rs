@@ -31,6 +31,10 @@ pub enum Error {
     Output(#[from] std::io::Error),
     #[error("{0}")]
     Input(String),
+    #[error(
+        "spider {spider} runs `{cmd}`: --spider is for a Scrapy project, whose command is `scrapy` (or `python -m scrapy`)"
+    )]
+    NotScrapyProject { spider: String, cmd: String },
     #[error("cannot read the CA file {path}: {source}")]
     CaFile {
         path: std::path::PathBuf,

@@ -21,12 +21,30 @@ pub struct RunArgs {
     version: Option<String>,
     #[command(flatten)]
     options: RunOptionArgs,
+    /// For a Scrapy project (a spider whose command is `scrapy`): crawl this Scrapy spider; its arguments
+    /// become `crawl NAME -a K=V -s K=V`, quoted for the shell.
+    #[arg(long = "spider", value_name = "NAME", conflicts_with = "param")]
+    scrapy_spider: Option<String>,
+    /// A Scrapy spider argument, `-a K=V` (with --spider; repeatable).
+    #[arg(short = 'a', value_name = "K=V", requires = "scrapy_spider", value_parser = key_value)]
+    scrapy_arg: Vec<(String, String)>,
+    /// A Scrapy setting, `-s K=V` (with --spider; repeatable).
+    #[arg(short = 's', value_name = "K=V", requires = "scrapy_spider", value_parser = key_value)]
+    scrapy_setting: Vec<(String, String)>,
     /// Stream the task's logs until it ends; exit 0 only if it Finished.
     #[arg(long)]
     follow: bool,
     /// Wait for the task to end; exit 0 only if it Finished.
     #[arg(long)]
     wait: bool,
+}
+
+/// `K=V`.
+fn key_value(text: &str) -> Result<(String, String), Error> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(Error::Input(format!("expected K=V, got {text:?}"))),
+    }
 }
 
 /// What a run is started with, by `run` and by a schedule.
@@ -52,12 +70,29 @@ impl RunArgs {
             Some(v) => Some(crate::spider::resolve_version(client, &self.spider, &v).await?),
             None => None,
         };
+        let param = match &self.scrapy_spider {
+            Some(name) => {
+                let spider = client.get_spider(&self.spider).await?;
+                if !arachne_shared::scrapy::is_project_command(&spider.cmd) {
+                    return Err(Error::NotScrapyProject {
+                        spider: spider.name,
+                        cmd: spider.cmd,
+                    });
+                }
+                Some(arachne_shared::scrapy::crawl_args(
+                    name,
+                    &self.scrapy_arg,
+                    &self.scrapy_setting,
+                ))
+            }
+            None => self.options.param,
+        };
         let task = client
             .run_task(&RunTask {
                 mode: self.options.placement.mode(),
                 nodes: self.options.placement.nodes,
                 spider: self.spider,
-                param: self.options.param,
+                param,
                 priority: self.options.priority,
                 settings: self.options.settings.into_settings(),
                 version,

@@ -19,9 +19,10 @@ pub enum SpiderCommand {
     /// Create a spider (or update it) and upload its folder.
     Create {
         name: String,
-        /// Shell command run in the spider's folder.
+        /// Shell command run in the spider's folder. Optional for a Scrapy project folder (one with a
+        /// scrapy.cfg), whose command is then `scrapy`: runs name their spider (`arachne run NAME --spider S`).
         #[arg(long)]
-        cmd: String,
+        cmd: Option<String>,
         /// The spider's files: a folder, or a .zip or .tar.gz archive.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -107,6 +108,20 @@ impl SpiderCommand {
                 results_collection,
                 dedup,
             } => {
+                let scrapy_folder = dir
+                    .as_ref()
+                    .is_some_and(|dir| dir.join("scrapy.cfg").is_file());
+                let cmd = match cmd {
+                    Some(cmd) => cmd,
+                    None if scrapy_folder => "scrapy".to_owned(),
+                    None => {
+                        return Err(Error::Input(
+                            "--cmd is required (only a Scrapy project folder, with a scrapy.cfg, has a default: `scrapy`)"
+                                .into(),
+                        ));
+                    }
+                };
+                let scrapy = arachne_shared::scrapy::is_project_command(&cmd);
                 let mut spider = client
                     .put_spider(&CreateSpider {
                         name: name.clone(),
@@ -119,6 +134,14 @@ impl SpiderCommand {
                     .await?;
                 if let Some(dir) = dir {
                     spider = upload(client, &name, &dir).await?;
+                }
+                // A Scrapy project says which spiders it holds: `scrapy list`, run once on a worker.
+                // Created either way: a listing that fails is said, not an error of the command.
+                if scrapy && !spider.version.is_empty() && !output.json {
+                    match client.scrapy_spiders(&name, None).await {
+                        Ok(names) => outln!("scrapy spiders: {}", names.join(", ")),
+                        Err(err) => eprintln!("warning: could not list its Scrapy spiders: {err}"),
+                    }
                 }
                 output.show(&spider, |spider| {
                     outln!(

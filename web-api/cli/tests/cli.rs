@@ -558,3 +558,114 @@ async fn run_wait_waits_for_the_last_attempt() {
     assert_eq!(failed.status, arachne_shared::TaskStatus::Error);
     assert_eq!(failed.retried_by, Some(last.id));
 }
+
+/// A Scrapy project folder (no Arachne code), made into a spider and run by naming its Scrapy spider.
+const SCRAPY_SPIDER: &str = r#"
+import scrapy
+
+class QuotesSpider(scrapy.Spider):
+    name = "quotes"
+    start_urls = ["data:text/html,<p class='q'>one</p><p class='q'>two</p>"]
+
+    def parse(self, response):
+        for text in response.css("p.q::text").getall():
+            yield {"text": text, "tag": getattr(self, "tag", None), "bot": self.settings.get("BOT_NAME")}
+
+class OtherSpider(scrapy.Spider):
+    name = "other"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrapy_project_lists_its_spiders_and_runs_one_by_name() {
+    let python = common::venv_python(&["crawlab-sdk==0.7.0", "scrapy==2.19.0"]);
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let project = common::spider_dir(&[
+        ("scrapy.cfg", "[settings]\ndefault = quotes.settings\n"),
+        ("quotes/__init__.py", ""),
+        (
+            "quotes/settings.py",
+            "BOT_NAME = 'quotes'\nSPIDER_MODULES = ['quotes.spiders']\n",
+        ),
+        ("quotes/spiders/__init__.py", ""),
+        ("quotes/spiders/quotes.py", SCRAPY_SPIDER),
+    ]);
+    let dir = project.path().to_str().unwrap();
+    let cmd = format!("{} -m scrapy", python.display());
+    let created = arachne(
+        &master,
+        &["spider", "create", "project", "--cmd", &cmd, "--dir", dir],
+    )
+    .await;
+    assert!(created.status.success(), "{created:?}");
+    assert!(
+        stdout(&created).starts_with("scrapy spiders: other, quotes\n"),
+        "{}",
+        stdout(&created)
+    );
+
+    let run = arachne(
+        &master,
+        &[
+            "run",
+            "project",
+            "--spider",
+            "quotes",
+            "-a",
+            "tag=it's",
+            "-s",
+            "BOT_NAME=cli",
+            "--wait",
+        ],
+    )
+    .await;
+    assert!(run.status.success(), "{run:?}");
+    let id = stdout(&run).lines().next().unwrap().to_owned();
+    let items = stdout(&arachne(&master, &["items", &id]).await);
+    let items: Vec<serde_json::Value> = items
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["tag"] == "it's" && i["bot"] == "cli"),
+        "{items:?}"
+    );
+
+    // The default command of a Scrapy folder, and what --spider refuses.
+    let defaulted = arachne(&master, &["spider", "create", "bare", "--dir", dir]).await;
+    assert!(defaulted.status.success(), "{defaulted:?}");
+    let bare = master.client.get_spider("bare").await.unwrap();
+    assert_eq!(bare.cmd, "scrapy");
+    let plain = common::spider_dir(&[("main.py", "print(1)")]);
+    let plain_dir = plain.path().to_str().unwrap();
+    let no_cmd = arachne(&master, &["spider", "create", "plain", "--dir", plain_dir]).await;
+    assert!(!no_cmd.status.success());
+    assert!(
+        String::from_utf8_lossy(&no_cmd.stderr).contains("--cmd is required"),
+        "{no_cmd:?}"
+    );
+    let made = arachne(
+        &master,
+        &[
+            "spider",
+            "create",
+            "plain",
+            "--cmd",
+            "python3 main.py",
+            "--dir",
+            plain_dir,
+        ],
+    )
+    .await;
+    assert!(made.status.success(), "{made:?}");
+    let refused = arachne(&master, &["run", "plain", "--spider", "quotes"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--spider is for a Scrapy project"),
+        "{refused:?}"
+    );
+    master.stop().await;
+}

@@ -218,6 +218,19 @@ impl Client {
         .await
     }
 
+    /// The Scrapy spiders of a Scrapy project's version (the current one when `None`). The first ask of a
+    /// version runs `scrapy list` on a worker, so it may take as long as that version's install.
+    pub async fn scrapy_spiders(&self, name: &str, version: Option<&str>) -> Result<Vec<String>> {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/spiders/{name}/scrapy-spiders")));
+        if let Some(version) = version {
+            request = request.query(&[("version", version)]);
+        }
+        let answer: arachne_api_types::ScrapySpiders = self.json(request).await?;
+        Ok(answer.spiders)
+    }
+
     pub async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
         let url = self.url(&format!("/spiders/{name}/versions/{version}/current"));
         self.json(self.http.post(url)).await

@@ -314,6 +314,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             get(list_versions),
         ),
         route(
+            Method::GET,
+            "/api/v1/spiders/{name}/scrapy-spiders",
+            "The Scrapy spiders of a Scrapy project's version (found once per version by a `scrapy list` task)",
+            query(inline::<VersionQuery>),
+            Out::Json(200, schema::<arachne_api_types::ScrapySpiders>),
+            get(scrapy_spiders),
+        ),
+        route(
             Method::POST,
             "/api/v1/spiders/{name}/versions/{version}/current",
             "Make a stored version the one runs use",

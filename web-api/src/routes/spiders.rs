@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::{Error, Result};
-use arachne_api_types::{CreateSpider, Spool, Upload, UploadedFile, VersionQuery};
+use arachne_api_types::{CreateSpider, ScrapySpiders, Spool, Upload, UploadedFile, VersionQuery};
 
 use super::*;
 
@@ -147,6 +147,16 @@ pub(super) async fn list_versions(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(api.list_versions(&name).await?))
+}
+
+pub(super) async fn scrapy_spiders(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<VersionQuery>, QueryRejection>,
+) -> Result<impl IntoResponse> {
+    let version = query(q)?.version;
+    let spiders = api.scrapy_spiders(&name, version.as_deref()).await?;
+    Ok(Json(ScrapySpiders { spiders }))
 }
 
 pub(super) async fn set_current_version(

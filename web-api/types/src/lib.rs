@@ -371,3 +371,9 @@ pub struct ScrapyVersion {
     pub label: String,
     pub hash: String,
 }
+
+/// `GET /api/v1/spiders/{name}/scrapy-spiders`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScrapySpiders {
+    pub spiders: Vec<String>,
+}
