@@ -67,6 +67,24 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
         arachne_shared::archive::pack_dir(v2.path()).unwrap(),
     )
     .unwrap();
+    // A Scrapy project, run from the dialog by naming one of its spiders.
+    let python = common::venv_python(&["crawlab-sdk==0.7.0", "scrapy==2.19.0"]);
+    common::create_spider(
+        &master.client,
+        "scrapy-demo",
+        &format!("{} -m scrapy", python.display()),
+        &[
+            ("scrapy.cfg", "[settings]\ndefault = demo.settings\n"),
+            ("demo/__init__.py", ""),
+            (
+                "demo/settings.py",
+                "BOT_NAME = 'demo'\nSPIDER_MODULES = ['demo.spiders']\n",
+            ),
+            ("demo/spiders/__init__.py", ""),
+            ("demo/spiders/pages.py", SCRAPY_SPIDERS),
+        ],
+    )
+    .await;
     let shots = workspace_target().join("ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
@@ -228,3 +246,19 @@ fn install_driver() -> PathBuf {
     }
     deps
 }
+
+/// Two Scrapy spiders; `words` yields one item per word of its `words` argument.
+const SCRAPY_SPIDERS: &str = r#"
+import scrapy
+
+class PagesSpider(scrapy.Spider):
+    name = "pages"
+
+class WordsSpider(scrapy.Spider):
+    name = "words"
+    start_urls = ["data:text/plain,x"]
+
+    def parse(self, response):
+        for word in getattr(self, "words", "").split():
+            yield {"word": word}
+"#;

@@ -313,6 +313,22 @@ try {
     check(back.version !== spider.version, "the first version is current again");
   });
 
+  await step("a Scrapy project's run dialog offers its spiders and crawls the one picked", async () => {
+    await page.goto(`${URL}/#/spiders/scrapy-demo`);
+    await heading("scrapy-demo").waitFor();
+    await page.locator(".bar").getByRole("button", { name: "Run", exact: true }).click();
+    const dialog = page.getByRole("dialog", { name: "Run scrapy-demo" });
+    const choice = dialog.getByLabel("Scrapy spider");
+    await dialog.locator('select[name="scrapy-spider"] option[value="words"]').waitFor({ state: "attached" });
+    await choice.selectOption("words");
+    await dialog.getByLabel("Parameters").fill("-a 'words=alpha beta'");
+    await dialog.getByRole("button", { name: "Run", exact: true }).click();
+    await page.locator(".badge", { hasText: "finished" }).first().waitFor();
+    await page.getByRole("table", { name: "Items" }).getByText("beta").waitFor();
+    await page.locator("code", { hasText: "crawl words -a 'words=alpha beta'" }).waitFor();
+    await shot("scrapy-run");
+  });
+
   await step("the pages are keyboard reachable", async () => {
     await page.goto(`${URL}/#/tasks`);
     await heading("Tasks").waitFor();

@@ -165,16 +165,53 @@ export function modal(title, content, confirm, submit) {
   return dialog;
 }
 
+/** Whether a spider's command is Scrapy's tool alone, so each run names the Scrapy spider it crawls. */
+function isScrapyProject(cmd) {
+  const words = cmd.trim().split(/\s+/);
+  const name = (word) => word.split("/").pop();
+  if (words.length === 1) return name(words[0]) === "scrapy";
+  return words.length === 3 && name(words[0]).startsWith("python") && words[1] === "-m" && words[2] === "scrapy";
+}
+
+/** A word for the shell that runs the command. */
+const shellWord = (word) => (/^[\w.,:@%+=\/-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`);
+
+/**
+ * The Scrapy spider choice of a project's run: a select filled from `scrapy list` (the first ask of a version
+ * runs it on a worker, so the dialog opens at once and the list arrives after).
+ */
+function scrapyChoice(spider, version) {
+  const choice = h("select", { name: "scrapy-spider", required: true, disabled: true }, h("option", { value: "" }, "listing…"));
+  const status = h("small", { class: "error", role: "status" });
+  const query = version ? `?version=${encodeURIComponent(version)}` : "";
+  get(`/spiders/${encodeURIComponent(spider.name)}/scrapy-spiders${query}`)
+    .then(({ spiders }) => {
+      clear(choice, ...spiders.map((name) => h("option", { value: name }, name)));
+      choice.disabled = !spiders.length;
+      if (!spiders.length) status.textContent = "The project lists no spiders.";
+    })
+    .catch((e) => {
+      clear(choice, h("option", { value: "" }, "unavailable"));
+      status.textContent = `Cannot list its spiders: ${e.message}`;
+    });
+  return {
+    controls: [field("Scrapy spider", choice, "Runs `crawl` with this spider; Parameters follow it (-a k=v, -s K=V)."), status],
+    value: () => choice.value,
+  };
+}
+
 /** Mode, nodes, param, priority (and version) for one run of `spider`. */
 export async function runDialog(spider, version) {
   const nodes = await get("/nodes");
   const where = nodeChoice(nodes);
+  const scrapy = isScrapyProject(spider.cmd) ? scrapyChoice(spider, version) : null;
   const param = h("input", { name: "param", autocomplete: "off", placeholder: "-a category=books" });
   const priority = h("input", { type: "number", name: "priority", min: 1, max: 10, value: 5, required: true });
   const dialog = modal(
     `Run ${spider.name}`,
     [
       version && h("p", {}, "Version ", h("code", {}, shortHash(version))),
+      ...(scrapy ? scrapy.controls : []),
       where.controls,
       field("Parameters", param, "Appended to the spider's command."),
       field("Priority", priority, "1 is the highest, 10 the lowest."),
@@ -182,7 +219,13 @@ export async function runDialog(spider, version) {
     "Run",
     async () => {
       const run = { spider: spider.name, ...where.value(), priority: Number(priority.value) };
-      if (param.value.trim()) run.param = param.value.trim();
+      const words = [];
+      if (scrapy) {
+        if (!scrapy.value()) throw new Error("Pick the Scrapy spider to crawl.");
+        words.push("crawl", shellWord(scrapy.value()));
+      }
+      if (param.value.trim()) words.push(param.value.trim());
+      if (words.length) run.param = words.join(" ");
       if (version) run.version = version;
       if (run.mode === "nodes" && !run.nodes.length) throw new Error("Pick at least one node.");
       const task = await post("/tasks", run);
