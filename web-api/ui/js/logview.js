@@ -82,7 +82,7 @@ export class LogView {
         ),
         h("label", { class: "check", for: "log-follow" }, this.followBox, " Follow new lines"),
         h("button", { type: "button", class: "secondary", onclick: () => this.jumpTo(1) }, "Top"),
-        h("button", { type: "button", class: "secondary", onclick: () => this.toEnd() }, "End"),
+        h("button", { type: "button", class: "secondary", onclick: () => this.followFromEnd() }, "End"),
         this.state,
       ),
       this.results,
@@ -272,6 +272,12 @@ export class LogView {
     else if (atEnd && !this.stick && !this.ended) this.setStick(true);
     this.lastTop = top;
     if (!this.frame) this.frame = requestAnimationFrame(() => ((this.frame = 0), this.paint()));
+  }
+
+  /** The End button: back to the last line, following again while the log can still grow. */
+  followFromEnd() {
+    if (!this.ended) this.setStick(true);
+    this.toEnd();
   }
 
   toEnd() {
