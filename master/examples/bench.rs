@@ -134,7 +134,7 @@ for _ in range(n // 1000):
 "#;
 
 /// The figures `scripts/bench` can measure; a second argument (comma-separated names) picks some of them.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "latency",
     "throughput",
     "sync",
@@ -144,6 +144,7 @@ const SECTIONS: [&str; 10] = [
     "listing",
     "idle",
     "flood",
+    "scrapyd",
     "mongodb",
 ];
 
@@ -169,6 +170,8 @@ const WORKER_TOKEN: &str = "arachne_worker_bench-0123456789abcdef01234567";
 struct RunningMaster {
     client: Client,
     grpc_addr: std::net::SocketAddr,
+    /// Where it serves Scrapyd's API.
+    scrapyd_addr: std::net::SocketAddr,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<Result<(), arachne_master::Error>>,
 }
@@ -189,6 +192,8 @@ impl RunningMaster {
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc.local_addr()?;
+        let scrapyd = TcpListener::bind("127.0.0.1:0").await?;
+        let scrapyd_addr = scrapyd.local_addr()?;
         // Tokens on, as in production: every request and every worker is checked.
         config.auth.api_token = Some(API_TOKEN.into());
         config.auth.worker_token = Some(WORKER_TOKEN.into());
@@ -199,7 +204,7 @@ impl RunningMaster {
             Listeners {
                 http,
                 grpc,
-                scrapyd: None,
+                scrapyd: Some(scrapyd),
             },
             shutdown.clone(),
         ));
@@ -207,6 +212,7 @@ impl RunningMaster {
         Ok(Self {
             client,
             grpc_addr,
+            scrapyd_addr,
             shutdown,
             handle,
         })
@@ -240,13 +246,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("unknown figure {unknown:?}; known: {}", SECTIONS.join(", "));
     }
     let data = tempfile::tempdir()?;
-    let mut config = Config::new(data.path().to_owned());
-    config.local_worker = Some(LocalWorker {
-        max_runners: 4,
-        helper_exe: Some(worker_bin()?),
-        ..LocalWorker::default()
-    });
-    let master = RunningMaster::start(config).await?;
+    let master = RunningMaster::start(local_worker_config(data.path())?).await?;
     let (client, grpc_addr) = (master.client.clone(), master.grpc_addr);
     spider(&client, "noop", "true", &[("README", "no-op")]).await?;
     run_to_end(&client, &noop_run(None)).await?; // warm the file cache
@@ -269,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
             "streams" => bench.streams().await?,
             "listing" => bench.listing().await?,
             "flood" => bench.flood().await?,
+            "scrapyd" => bench.scrapyd().await?,
             _ => bench.idle_workers().await?,
         }
     }
@@ -291,6 +292,17 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&bench.rows)?)?;
     println!("saved {}", out.display());
     Ok(())
+}
+
+/// A master on `data` with a local worker of 4 slots.
+fn local_worker_config(data: &std::path::Path) -> anyhow::Result<Config> {
+    let mut config = Config::new(data.to_owned());
+    config.local_worker = Some(LocalWorker {
+        max_runners: 4,
+        helper_exe: Some(worker_bin()?),
+        ..LocalWorker::default()
+    });
+    Ok(config)
 }
 
 fn noop_run(node: Option<&str>) -> RunTask {
@@ -944,6 +956,150 @@ impl Bench {
 
     /// 50 idle connected workers: CPU of this whole process (master plus the 50 workers' session code, so an
     /// upper bound for the master alone), against the same process idle with only its local worker.
+    /// The same Scrapy project driven through Scrapyd's API of Arachne and of a real Scrapyd 1.6 (poll
+    /// interval 0.2 s, 4 processes), against the same crawls run by a bare `xargs -P 4` loop.
+    async fn scrapyd(&mut self) -> anyhow::Result<()> {
+        const JOBS: usize = 40;
+        let python =
+            arachne_test_support::venv_python(&["scrapyd==1.6.0", "scrapyd-client==2.0.3", SCRAPY]);
+        let work = tempfile::tempdir()?;
+        let project = work.path().join("project");
+
+        let data = tempfile::tempdir()?;
+        let mut config = local_worker_config(data.path())?;
+        config.scrapy_requirement = SCRAPY.into();
+        let arachne = RunningMaster::start(config).await?;
+        let arachne_url = format!("http://{}", arachne.scrapyd_addr);
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let scrapyd_url = format!("http://127.0.0.1:{port}");
+        let home = work.path().join("scrapyd");
+        std::fs::create_dir_all(&home)?;
+        std::fs::write(
+            home.join("scrapyd.conf"),
+            format!(
+                "[scrapyd]\nbind_address = 127.0.0.1\nhttp_port = {port}\npoll_interval = 0.2\nmax_proc = 4\n\
+                 eggs_dir = eggs\nlogs_dir = logs\nitems_dir = items\ndbs_dir = dbs\nfinished_to_keep = 1000\n"
+            ),
+        )?;
+        let mut server = tokio::process::Command::new(&python)
+            .args(["-m", "scrapyd"])
+            .current_dir(&home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let http = arachne_test_support::http();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http
+            .get(format!("{scrapyd_url}/daemonstatus.json"))
+            .send()
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "Scrapyd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        for (file, text) in [
+            (
+                "scrapy.cfg",
+                format!(
+                    "[settings]\ndefault = noop.settings\n\n[deploy:arachne]\nurl = {arachne_url}/\nproject = noop\n\
+                 username = bench\npassword = {API_TOKEN}\n\n[deploy:scrapyd]\nurl = {scrapyd_url}/\nproject = noop\n"
+                ),
+            ),
+            ("noop/__init__.py", String::new()),
+            (
+                "noop/settings.py",
+                "BOT_NAME = 'noop'\nSPIDER_MODULES = ['noop.spiders']\nLOG_LEVEL = 'INFO'\n".into(),
+            ),
+            ("noop/spiders/__init__.py", String::new()),
+            ("noop/spiders/noop.py", SCRAPY_NOOP.into()),
+        ] {
+            let path = project.join(file);
+            std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
+            std::fs::write(path, text)?;
+        }
+        for target in ["arachne", "scrapyd"] {
+            let deployed = tokio::process::Command::new(&python)
+                .args(["-m", "scrapyd_client.deploy", target, "--version", "1"])
+                .current_dir(&project)
+                .output()
+                .await?;
+            anyhow::ensure!(
+                deployed.status.success()
+                    && String::from_utf8_lossy(&deployed.stdout).contains("\"ok\""),
+                "deploying to {target}: {deployed:?}"
+            );
+        }
+
+        let arachne_api = ScrapydClient {
+            http: http.clone(),
+            url: arachne_url,
+            auth: true,
+        };
+        let scrapyd_api = ScrapydClient {
+            http,
+            url: scrapyd_url,
+            auth: false,
+        };
+        let (a_running, a_finished) = arachne_api.latencies(10).await?;
+        let (s_running, s_finished) = scrapyd_api.latencies(10).await?;
+        let a_rate = arachne_api.burst(JOBS).await?;
+        let s_rate = scrapyd_api.burst(JOBS).await?;
+        let start = Instant::now();
+        let bare = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "seq {JOBS} | xargs -P 4 -I{{}} {} -m scrapy crawl noop 2>/dev/null",
+                python.display()
+            ))
+            .current_dir(&project)
+            .status()
+            .await?;
+        anyhow::ensure!(bare.success(), "the bare loop failed");
+        let bare_rate = JOBS as f64 / start.elapsed().as_secs_f64();
+        server.kill().await?;
+        arachne.stop().await?;
+
+        self.rows.push(row(
+            "scrapyd API: schedule -> running, median of 10",
+            "ms",
+            a_running,
+            (s_running, "Scrapyd 1.6, poll_interval 0.2 s"),
+            "<= 1/3 of Scrapyd's",
+            a_running * 3.0 <= s_running,
+        ));
+        self.rows.push(row(
+            "scrapyd API: schedule -> finished, median of 10",
+            "ms",
+            a_finished,
+            (s_finished, "Scrapyd 1.6, poll_interval 0.2 s"),
+            "report",
+            true,
+        ));
+        self.rows.push(row(
+            "scrapyd API: 40 jobs scheduled at once",
+            "jobs/s",
+            a_rate,
+            (s_rate, "Scrapyd 1.6, 4 processes"),
+            ">= Scrapyd's",
+            a_rate >= s_rate,
+        ));
+        self.rows.push(row(
+            "scrapyd API: 40 jobs scheduled at once, against a bare loop",
+            "jobs/s",
+            a_rate,
+            (bare_rate, "the same 40 crawls by xargs -P 4"),
+            ">= 95% of baseline",
+            a_rate >= bare_rate * 0.95,
+        ));
+        Ok(())
+    }
+
     async fn idle_workers(&mut self) -> anyhow::Result<()> {
         let window = Duration::from_secs(10);
         let idle = cpu_percent_over(window).await?;
@@ -1259,4 +1415,110 @@ fn worker_bin() -> anyhow::Result<PathBuf> {
     std::env::var_os("ARACHNE_WORKER_BIN")
         .map(PathBuf::from)
         .context("scripts/bench names the worker binary in ARACHNE_WORKER_BIN")
+}
+
+/// The Scrapy the Scrapyd comparison runs, on both sides.
+const SCRAPY: &str = "scrapy==2.19.0";
+
+/// A crawl with one page (a data: URL) and one item.
+const SCRAPY_NOOP: &str = r#"
+import scrapy
+
+class NoopSpider(scrapy.Spider):
+    name = "noop"
+    start_urls = ["data:text/plain,x"]
+
+    def parse(self, response):
+        yield {"n": 1}
+"#;
+
+/// A Scrapyd API (Arachne's or Scrapyd's own), driven as its clients drive it.
+struct ScrapydClient {
+    http: reqwest::Client,
+    url: String,
+    /// Arachne's wants basic auth with an API token; Scrapyd here has none.
+    auth: bool,
+}
+
+impl ScrapydClient {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}/{path}", self.url));
+        if self.auth {
+            request.basic_auth("bench", Some(API_TOKEN))
+        } else {
+            request
+        }
+    }
+
+    async fn schedule(&self) -> anyhow::Result<String> {
+        let answer: serde_json::Value = self
+            .request(reqwest::Method::POST, "schedule.json")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("project=noop&spider=noop")
+            .send()
+            .await?
+            .json()
+            .await?;
+        answer["jobid"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("schedule.json answered {answer}"))
+    }
+
+    async fn state(&self, job: &str) -> anyhow::Result<String> {
+        let answer: serde_json::Value = self
+            .request(
+                reqwest::Method::GET,
+                &format!("status.json?project=noop&job={job}"),
+            )
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(answer["currstate"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Medians, in ms, from `schedule.json` to the job seen running and seen finished (polled every 5 ms).
+    async fn latencies(&self, runs: usize) -> anyhow::Result<(f64, f64)> {
+        let (mut running, mut finished) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let start = Instant::now();
+            let job = self.schedule().await?;
+            let mut seen_running = None;
+            let deadline = start + Duration::from_secs(120);
+            loop {
+                let state = self.state(&job).await?;
+                if state != "pending" && seen_running.is_none() {
+                    seen_running = Some(start.elapsed());
+                }
+                if state == "finished" {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "job {job} did not finish");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            running.push(seen_running.unwrap_or_default().as_secs_f64() * 1000.0);
+            finished.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        running.sort_by(f64::total_cmp);
+        finished.sort_by(f64::total_cmp);
+        Ok((percentile(&running, 0.5), percentile(&finished, 0.5)))
+    }
+
+    /// Jobs a second for `jobs` scheduled at once, until the last is finished.
+    async fn burst(&self, jobs: usize) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut ids = Vec::with_capacity(jobs);
+        for _ in 0..jobs {
+            ids.push(self.schedule().await?);
+        }
+        let deadline = start + Duration::from_secs(600);
+        for job in &ids {
+            while self.state(job).await? != "finished" {
+                anyhow::ensure!(Instant::now() < deadline, "job {job} did not finish");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(jobs as f64 / start.elapsed().as_secs_f64())
+    }
 }
