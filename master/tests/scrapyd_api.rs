@@ -68,7 +68,7 @@ def error(call):
 out["projects"] = api.list_projects()
 out["versions"] = api.list_versions(project)
 out["spiders"] = api.list_spiders(project)
-job = api.schedule(project, "quotes", settings={"BOT_NAME": "renamed"}, tag="life")
+job = api.schedule(project, "quotes", settings={"BOT_NAME": "renamed"}, tag="life&death")
 out["job"] = job
 wait_for(job, "finished")
 jobs = api.list_jobs(project)
@@ -152,7 +152,7 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
     assert!(
         param.starts_with("crawl quotes ")
             && param.contains("-s BOT_NAME=renamed")
-            && param.contains("-a tag=life"),
+            && param.contains("-a 'tag=life&death'"),
         "{param}"
     );
     let items = client.items(job, &ItemQuery::default()).await.unwrap();
@@ -160,7 +160,7 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
     assert!(
         items
             .iter()
-            .all(|i| i.value()["tag"] == "life" && i.value()["bot"] == "renamed")
+            .all(|i| i.value()["tag"] == "life&death" && i.value()["bot"] == "renamed")
     );
 
     let finished = &out["jobs"]["finished"][0];

@@ -18,7 +18,7 @@ pub(crate) fn feed_path(home: &Path) -> PathBuf {
 /// (or `python -m scrapy crawl`) with no shell operators and no feed of its own (`-o`, `-O`, `--output`,
 /// `FEEDS=`), whose own would take the place of this one.
 pub(crate) fn with_feed(command_line: &str, feed: &Path) -> Option<String> {
-    if command_line.contains([';', '&', '|', '<', '>', '$', '`', '(', ')', '\n']) {
+    if !plain_shell(command_line) {
         return None;
     }
     let words: Vec<&str> = command_line.split_whitespace().collect();
@@ -40,6 +40,27 @@ pub(crate) fn with_feed(command_line: &str, feed: &Path) -> Option<String> {
     }
     let feeds = serde_json::json!({ format!("file://{path}"): {"format": "jsonlines"} });
     Some(format!("{command_line} -s 'FEEDS={feeds}'"))
+}
+
+/// Whether `line` is words and single-quoted strings only: no shell operator, expansion or other quoting
+/// outside single quotes (inside them anything goes, as in the arguments Scrapyd's API writes), so words
+/// appended to it are the command's last arguments.
+fn plain_shell(line: &str) -> bool {
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => quoted = !quoted,
+            _ if quoted => {}
+            // `'\''`: a single quote inside a quoted word, as `shared::scrapy::shell_word` writes it.
+            '\\' if chars.next() == Some('\'') => {}
+            ';' | '&' | '|' | '<' | '>' | '$' | '`' | '(' | ')' | '\n' | '"' | '\\' | '#' => {
+                return false;
+            }
+            _ => {}
+        }
+    }
+    !quoted
 }
 
 /// How often a feed file that has not grown is looked at again.
@@ -101,6 +122,9 @@ mod tests {
         );
         assert!(with("python3 -m scrapy crawl quotes").is_some());
         assert!(with("/venv/bin/python -m scrapy crawl quotes").is_some());
+        // Quoted arguments may hold anything: a URL with `&` keeps its feed.
+        assert!(with("scrapy crawl quotes -a 'start=https://x.test/?a=1&b=$2'").is_some());
+        assert!(with(r"scrapy crawl quotes -a 'q=it'\''s'").is_some());
         assert!(with("/venv/bin/scrapy crawl quotes").is_some());
         for other in [
             "python3 main.py",
@@ -110,6 +134,8 @@ mod tests {
             "scrapy crawl quotes -s FEEDS={}",
             "scrapy crawl quotes && echo done",
             "scrapy crawl quotes > log.txt",
+            "scrapy crawl quotes -a \"q=a b\"",
+            "scrapy crawl quotes -a 'open",
         ] {
             assert_eq!(with(other), None, "{other}");
         }
