@@ -172,6 +172,17 @@ impl Scrapy {
 
     /// The hash of the version `name` means: a label, or a unique prefix of a hash.
     pub async fn version(&self, project: &str, name: &str) -> Result<String> {
+        // A whole hash (what the Scrapyd adapter passes on once it has resolved a name) needs no label read.
+        if arachne_shared::files::is_sha256(name)
+            && self
+                .spiders
+                .versions(project)
+                .await?
+                .iter()
+                .any(|v| v.hash == name)
+        {
+            return Ok(name.to_owned());
+        }
         let versions = self.versions(project).await?;
         if let Some(v) = versions.iter().rev().find(|v| v.label == name) {
             return Ok(v.hash.clone());
@@ -208,7 +219,7 @@ impl Scrapy {
                 spider: spider.name.clone(),
                 version: Some(hash.to_owned()),
                 options: RunOptions {
-                    param: Some("list".into()),
+                    param: Some(arachne_shared::scrapy::LIST_ARGS.into()),
                     settings: RunSettings {
                         retries: Some(0),
                         ..RunSettings::default()

@@ -2,6 +2,9 @@
 //! a path to it, or `python -m scrapy`), and the arguments of a crawl of one spider with its arguments and
 //! settings, quoted for the shell that runs it.
 
+/// The arguments of the run that lists a project version's spiders (`scrapy list`); such a run is no job.
+pub const LIST_ARGS: &str = "list";
+
 /// How many of `words` name Scrapy's command-line tool: 1 for `scrapy` (or a path ending in it), 3 for
 /// `python -m scrapy` (any `python*`, or a path to one); `None` when they start otherwise.
 pub fn invocation(words: &[&str]) -> Option<usize> {
