@@ -165,6 +165,10 @@ pub enum Error {
         "authentication can be turned off only while every listener is on loopback, but {0} is not"
     )]
     Insecure(SocketAddr),
+    #[error(
+        "Scrapyd's API (--scrapyd) cannot be served without tokens: its clients post plain forms, which any web page can send to a loopback port, and an egg it takes is code"
+    )]
+    ScrapydWithoutTokens,
     #[error("listener: {0}")]
     Listener(std::io::Error),
     #[error("TLS: {0}")]
@@ -321,6 +325,9 @@ pub async fn run(
     {
         return Err(Error::Insecure(open));
     }
+    if !config.auth.required && scrapyd_addr.is_some() {
+        return Err(Error::ScrapydWithoutTokens);
+    }
     let (store, files) = open_backends(&config).await?;
     // What uploads cut short by a crash left half checked; no upload is under way yet.
     files.sweep_staging().await;
@@ -425,7 +432,6 @@ pub async fn run(
     if let Some(conns) = scrapyd_conns {
         let options = arachne_web_api::scrapyd::ScrapydOptions {
             node_name: node_name(),
-            require_token: config.auth.required,
             max_egg_bytes: config.http.max_upload_bytes,
         };
         let router =

@@ -34,7 +34,8 @@ struct Args {
     #[arg(long, env = "ARACHNE_GRPC", default_value = "127.0.0.1:9666")]
     grpc: SocketAddr,
     /// Also serve Scrapyd's JSON API on this address (Scrapyd's own port is 6800), for scrapyd clients,
-    /// ScrapydWeb and scripts; off by default. They authenticate with basic auth, an API token as the password.
+    /// ScrapydWeb and scripts; off by default. They authenticate with basic auth, an API token as the password;
+    /// refused with --no-auth.
     #[arg(long, env = "ARACHNE_SCRAPYD")]
     scrapyd: Option<SocketAddr>,
     /// The pip requirement for Scrapy that the venv of an egg deployed through Scrapyd's API gets, besides the

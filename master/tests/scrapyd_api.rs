@@ -123,7 +123,7 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
 
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), CLIENT_SCRIPT).unwrap();
-    let target = format!("http://{}", master.scrapyd);
+    let target = format!("http://{}", master.scrapyd.unwrap());
     let output = tokio::process::Command::new(&client_python)
         .arg(script.path())
         .args([target.as_str(), API_TOKEN, "quotes"])
@@ -247,7 +247,7 @@ async fn a_project_that_is_not_a_scrapy_command_is_refused_with_the_reason() {
     .await;
     let http = common::http();
     let answer: Value = http
-        .post(format!("http://{}/schedule.json", master.scrapyd))
+        .post(format!("http://{}/schedule.json", master.scrapyd.unwrap()))
         .basic_auth("scrapy", Some(API_TOKEN))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("project=plain&spider=quotes")
@@ -321,7 +321,7 @@ async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders()
     // The version's venv gets Scrapy from PyPI, as a user's would.
     config.scrapy_requirement = SCRAPY[1].into();
     let master = TestMaster::start_with(config).await;
-    let target = format!("http://{}", master.scrapyd);
+    let target = format!("http://{}", master.scrapyd.unwrap());
 
     // A project as `scrapy startproject` makes it, deployed as its scrapy.cfg says.
     let work = tempfile::tempdir().unwrap();
@@ -404,4 +404,25 @@ async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders()
         "egg is not a ZIP file (if using curl, use egg=@path not egg=path)"
     );
     master.stop().await;
+}
+
+#[tokio::test]
+async fn scrapyd_s_api_is_refused_without_tokens() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.local_worker = None;
+    config.auth.required = false;
+    let listeners = arachne_master::Listeners {
+        http: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        scrapyd: Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+    };
+    let err = arachne_master::run(config, listeners, Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, arachne_master::Error::ScrapydWithoutTokens),
+        "{err}"
+    );
+    assert!(err.to_string().contains("without tokens"), "{err}");
 }

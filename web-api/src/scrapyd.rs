@@ -3,7 +3,7 @@
 //! spider whose command is `scrapy` (or `python -m scrapy`), a job is a task, a Scrapy spider and its
 //! arguments and settings become the task's arguments (`crawl NAME -a K=V -s K=V`). Answers and errors have
 //! Scrapyd's shapes: `{"node_name", "status": "ok", ...}`, and `{"status": "error", "message"}` with HTTP 200.
-//! Clients authenticate with HTTP basic auth whose password is an Arachne API token.
+//! Clients authenticate with HTTP basic auth whose password is an Arachne API token, always.
 
 use std::sync::Arc;
 
@@ -27,8 +27,6 @@ use crate::Backend;
 pub struct ScrapydOptions {
     /// `node_name` in every answer (Scrapyd answers with its host name).
     pub node_name: String,
-    /// Requests need basic auth with an API token as the password. Off only by explicit choice.
-    pub require_token: bool,
     /// Largest egg `addversion.json` takes.
     pub max_egg_bytes: usize,
 }
@@ -65,14 +63,12 @@ pub fn router(backend: Arc<dyn Backend>, options: &ScrapydOptions) -> Router {
         .route("/cancel.json", post(cancel))
         .route("/logs/{project}/{spider}/{job}", get(log_file))
         .route("/items/{project}/{spider}/{job}", get(items_file));
-    let routes = if options.require_token {
-        routes.layer(axum::middleware::from_fn_with_state(
-            ctx.clone(),
-            basic_auth,
-        ))
-    } else {
-        routes
-    };
+    // Always: its clients post plain forms, which the browser protections of the main API cannot tell from
+    // another site's page, so it is never served without tokens.
+    let routes = routes.layer(axum::middleware::from_fn_with_state(
+        ctx.clone(),
+        basic_auth,
+    ));
     routes.with_state(ctx)
 }
 
@@ -341,7 +337,7 @@ async fn cancel(State(ctx): State<Ctx>, request: Request) -> Response {
         let project = project(&ctx, params.required("project")?).await?;
         let job = params.required("job")?;
         // Scrapyd's `signal` picks the signal; Arachne's cancel asks the spider, then escalates.
-        let prevstate = match job_of(&ctx, &project.name, job).await? {
+        let prevstate = match job_of(&ctx, Some(&project.name), job).await? {
             Some(task) if !task.status.is_terminal() => {
                 let state = state_of(task.status);
                 ctx.backend.cancel_task(task.id).await?;
@@ -363,16 +359,8 @@ async fn status(State(ctx): State<Ctx>, request: Request) -> Response {
             Some(name) => Some(project(&ctx, name).await?.name),
             None => None,
         };
-        let task = match job.parse::<TaskId>() {
-            Ok(id) => match ctx.backend.get_task(id).await {
-                Ok(task) => Some(task),
-                Err(crate::Error::NotFound(_)) => None,
-                Err(err) => return Err(err.into()),
-            },
-            Err(_) => None,
-        };
-        let currstate = task
-            .filter(|t| project.as_ref().is_none_or(|p| *p == t.spider_name))
+        let currstate = job_of(&ctx, project.as_deref(), job)
+            .await?
             .map_or("unknown", |t| state_of(t.status));
         Ok(fields(json!({ "currstate": currstate })))
     }
@@ -419,11 +407,9 @@ async fn jobs(ctx: &Ctx, project: Option<String>) -> Result<Jobs, Error> {
                 ..TaskQuery::default()
             };
             let page = backend.list_tasks(query).await?;
-            Ok::<_, Error>(
-                page.items
-                    .into_iter()
-                    .filter(|t| t.children == 0 && t.param.as_deref() != Some("list")),
-            )
+            Ok::<_, Error>(page.items.into_iter().filter(|t| {
+                t.children == 0 && t.param.as_deref() != Some(arachne_shared::scrapy::LIST_ARGS)
+            }))
         }
     };
     let max = arachne_api_types::MAX_LIMIT;
@@ -575,13 +561,13 @@ async fn version_of(ctx: &Ctx, project: &str, name: &str) -> Result<String, Erro
     }
 }
 
-/// The task a job id names, when it is one of the project's.
-async fn job_of(ctx: &Ctx, project: &str, job: &str) -> Result<Option<Task>, Error> {
+/// The task a job id names, when it is one of the project's (of any, when `None`).
+async fn job_of(ctx: &Ctx, project: Option<&str>, job: &str) -> Result<Option<Task>, Error> {
     let Ok(id) = job.parse::<TaskId>() else {
         return Ok(None);
     };
     match ctx.backend.get_task(id).await {
-        Ok(task) if task.spider_name == project => Ok(Some(task)),
+        Ok(task) if project.is_none_or(|p| p == task.spider_name) => Ok(Some(task)),
         Ok(_) | Err(crate::Error::NotFound(_)) => Ok(None),
         Err(err) => Err(err.into()),
     }

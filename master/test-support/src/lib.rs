@@ -27,8 +27,8 @@ pub struct TestMaster {
     pub client: Client,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    /// Where it serves Scrapyd's JSON API.
-    pub scrapyd: SocketAddr,
+    /// Where it serves Scrapyd's JSON API (not without tokens).
+    pub scrapyd: Option<SocketAddr>,
     /// Where its records are, when on MongoDB.
     pub mongodb: Option<arachne_master::MongoConfig>,
     shutdown: CancellationToken,
@@ -82,15 +82,14 @@ pub fn outside_tmp() -> &'static Path {
 /// checkout, which may be under a home folder closed to other users. Built in a temporary folder and renamed
 /// into place, so an interrupted install is never mistaken for a finished one.
 pub fn venv_python(packages: &[&str]) -> PathBuf {
-    static MADE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let venv = outside_tmp()
         .join("arachne-test-venvs")
         .join(packages.join("+"));
     let python = venv.join("bin").join("python");
     // One install at a time in this process; another process racing is handled by the rename.
-    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    if made.contains(&venv) || python.exists() {
-        made.push(venv);
+    let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if python.exists() {
         return python;
     }
     std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
@@ -122,7 +121,6 @@ pub fn venv_python(packages: &[&str]) -> PathBuf {
         // Another test process finished first.
         let _ = std::fs::remove_dir_all(&staging);
     }
-    made.push(venv);
     python
 }
 
@@ -198,16 +196,20 @@ impl TestMaster {
         let tls = config.listen.tls.clone();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = TcpListener::bind(grpc).await.unwrap();
-        let scrapyd = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Scrapyd's API is served only with tokens.
+        let scrapyd = match config.auth.required {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-        let scrapyd_addr = scrapyd.local_addr().unwrap();
+        let scrapyd_addr = scrapyd.as_ref().map(|l| l.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(arachne_master::run(
             config,
             Listeners {
                 http,
                 grpc,
-                scrapyd: Some(scrapyd),
+                scrapyd,
             },
             shutdown.clone(),
         ));
