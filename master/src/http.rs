@@ -7,8 +7,8 @@ use arachne_shared::files::VersionInfo;
 use arachne_shared::upload::Upload;
 use arachne_shared::{ItemRecord, LogLine, Node, RunOptions, Schedule, Spider, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec, ScheduleView,
-    ScrapyVersion, Task, TaskQuery, UpdateNode, VersionFiles,
+    CreateSpider, DeletedSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec,
+    ScheduleView, ScrapyVersion, Task, TaskQuery, UpdateNode, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, Result};
 use tokio::sync::broadcast;
@@ -31,6 +31,7 @@ pub(crate) struct MasterApi {
     pub(crate) runs: Arc<Runs>,
     pub(crate) schedules: Arc<Schedules>,
     pub(crate) scrapy: Arc<crate::scrapy::Scrapy>,
+    pub(crate) removal: Arc<crate::removal::Removal>,
     pub(crate) nodes: Nodes,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
@@ -66,6 +67,19 @@ impl Backend for MasterApi {
         Ok(self.spiders.set_current(name, version).await?)
     }
 
+    async fn delete_version(&self, name: &str, version: &str) -> Result<()> {
+        Ok(self.spiders.delete_version(name, version).await?)
+    }
+
+    async fn delete_spider(&self, name: &str, tasks: bool) -> Result<DeletedSpider> {
+        let removed = self.removal.delete_spider(name, tasks).await?;
+        Ok(DeletedSpider {
+            versions: removed.versions,
+            schedules: removed.schedules,
+            tasks: removed.runs,
+        })
+    }
+
     async fn list_files(&self, name: &str, version: Option<String>) -> Result<VersionFiles> {
         let (version, manifest) = self.spiders.manifest(name, version).await?;
         Ok(VersionFiles {
@@ -95,6 +109,10 @@ impl Backend for MasterApi {
 
     async fn scrapy_version(&self, project: &str, name: &str) -> Result<String> {
         Ok(self.scrapy.version(project, name).await?)
+    }
+
+    async fn scrapy_delete_version(&self, project: &str, name: &str) -> Result<bool> {
+        Ok(self.scrapy.delete_version(project, name).await?)
     }
 
     async fn scrapy_spiders(&self, project: &str, version: Option<&str>) -> Result<Vec<String>> {
@@ -312,6 +330,7 @@ impl From<spiders::Error> for Error {
         match err {
             E::NoSpider(_) | E::NoFiles(_) | E::NoVersion { .. } => Error::NotFound(message),
             E::EmptyCmd | E::Settings(_) | E::Invalid(_) => Error::BadRequest(message),
+            E::CurrentVersion { .. } | E::VersionInUse { .. } => Error::Conflict(message),
             E::Files(err) => files_error(err),
             E::Store(err) => store_error(err),
         }
@@ -353,7 +372,20 @@ impl From<crate::scrapy::Error> for Error {
             E::Read(_) => Error::Internal(message),
             E::Spider(err) => err.into(),
             E::Run(err) => err.into(),
+            E::Removal(err) => err.into(),
             E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<crate::removal::Error> for Error {
+    fn from(err: crate::removal::Error) -> Self {
+        use crate::removal::Error as E;
+        match err {
+            E::Busy { .. } => Error::Conflict(err.to_string()),
+            E::Spider(err) => err.into(),
+            E::Schedule(err) => err.into(),
+            E::Run(err) => err.into(),
         }
     }
 }

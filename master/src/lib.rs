@@ -10,6 +10,7 @@ mod http;
 mod listen;
 mod mongo_docs;
 pub mod nodes;
+pub mod removal;
 pub mod runs;
 mod scheduler;
 pub mod schedules;
@@ -355,9 +356,15 @@ pub async fn run(
         Arc::clone(&store),
         Arc::clone(&runs),
     ));
+    let removal = Arc::new(removal::Removal::new(
+        Arc::clone(&spiders),
+        Arc::clone(&schedules),
+        Arc::clone(&runs),
+    ));
     let scrapy = Arc::new(scrapy::Scrapy::new(
         Arc::clone(&spiders),
         Arc::clone(&runs),
+        Arc::clone(&removal),
         Arc::clone(&store),
         Arc::clone(&changes),
         config.scrapy_requirement.clone(),
@@ -390,6 +397,7 @@ pub async fn run(
         runs,
         schedules,
         scrapy,
+        removal,
         nodes: nodes::Nodes::new(Arc::clone(&store), Arc::clone(&scheduler)),
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),

@@ -113,6 +113,15 @@ impl Runs {
         self.store.get_task(id).await?.ok_or(Error::NoTask(id))
     }
 
+    /// Every task of a spider, newest first.
+    pub(crate) async fn tasks_of(&self, spider: &str) -> Result<Vec<Task>> {
+        let filter = TaskFilter {
+            spider_name: Some(spider.to_owned()),
+            ..TaskFilter::default()
+        };
+        Ok(self.store.all_tasks(&filter).await?)
+    }
+
     /// Creates the tasks of one run: a single task, or a parent with one pinned child per node.
     pub async fn create(&self, run: RunRequest) -> Result<Task> {
         let options = run.options;

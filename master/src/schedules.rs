@@ -103,6 +103,19 @@ impl Schedules {
         Ok(())
     }
 
+    /// Deletes every schedule of a spider; how many there were.
+    pub(crate) async fn delete_of_spider(&self, spider: &str) -> Result<u64> {
+        let _writes = self.writes.lock().await;
+        let mut deleted = 0;
+        for schedule in self.store.list_schedules().await? {
+            if schedule.spider == spider && self.store.delete_schedule(schedule.id).await? {
+                deleted += 1;
+            }
+        }
+        self.changed.notify_one();
+        Ok(deleted)
+    }
+
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<Schedule> {
         let _writes = self.writes.lock().await;
         let mut schedule = self.get(name).await?;

@@ -13,6 +13,7 @@ use arachne_shared::upload::{Spool, Upload, UploadedFile};
 use arachne_shared::{LogStream, RunOptions, Spider, TaskId, TaskStatus};
 
 use crate::changes::Changes;
+use crate::removal::{self, Removal};
 use crate::runs::{self, RunRequest, Runs};
 use crate::spiders::{self, SpiderRequest, Spiders};
 use crate::store::{self, Store};
@@ -49,6 +50,8 @@ pub enum Error {
     Spider(#[from] spiders::Error),
     #[error(transparent)]
     Run(#[from] runs::Error),
+    #[error(transparent)]
+    Removal(#[from] removal::Error),
     #[error("store: {0}")]
     Store(#[from] store::Error),
 }
@@ -73,6 +76,7 @@ struct EggInfo {
 pub struct Scrapy {
     spiders: Arc<Spiders>,
     runs: Arc<Runs>,
+    removal: Arc<Removal>,
     store: Arc<dyn Store>,
     changes: Arc<Changes>,
     /// The pip requirement for Scrapy itself that every egg's venv gets ("" for none: Scrapy is on the
@@ -86,6 +90,7 @@ impl Scrapy {
     pub(crate) fn new(
         spiders: Arc<Spiders>,
         runs: Arc<Runs>,
+        removal: Arc<Removal>,
         store: Arc<dyn Store>,
         changes: Arc<Changes>,
         requirement: String,
@@ -93,6 +98,7 @@ impl Scrapy {
         Self {
             spiders,
             runs,
+            removal,
             store,
             changes,
             requirement,
@@ -195,6 +201,30 @@ impl Scrapy {
                 version: name.to_owned(),
             }),
         }
+    }
+
+    /// Deletes a version (a label or a hash prefix) as Scrapyd does: when it is the current one, the newest
+    /// other version becomes current; when it is the last one, the project goes with it (its jobs stay).
+    /// Returns whether the project went. Refused while an unended task runs that version.
+    pub async fn delete_version(&self, project: &str, name: &str) -> Result<bool> {
+        let hash = self.version(project, name).await?;
+        let spider = self.spiders.get(project).await?;
+        let versions = self.spiders.versions(project).await?;
+        let Some(newest_other) = versions.iter().find(|v| v.hash != hash) else {
+            self.removal.delete_spider(project, false).await?;
+            self.lock().remove(&hash);
+            return Ok(true);
+        };
+        // Before the current version moves, so a refusal changes nothing.
+        self.spiders.refuse_if_running(&spider, &hash).await?;
+        if spider.version == hash {
+            self.spiders
+                .set_current(project, &newest_other.hash)
+                .await?;
+        }
+        self.spiders.delete_version(project, &hash).await?;
+        self.lock().remove(&hash);
+        Ok(false)
     }
 
     /// The Scrapy spiders of a version of `project` (its current one when `None`).

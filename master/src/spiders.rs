@@ -6,12 +6,12 @@ use std::sync::Arc;
 use arachne_shared::files::{Manifest, VersionInfo};
 use arachne_shared::spider::{Dedup, RunSettings};
 use arachne_shared::upload::Upload;
-use arachne_shared::{Invalid, Spider};
+use arachne_shared::{Invalid, Spider, Task, TaskId, TaskStatus};
 use chrono::Utc;
 use tracing::info;
 
 use crate::files::{self, SpiderFiles};
-use crate::store::{self, Store};
+use crate::store::{self, Store, TaskFilter};
 
 /// Why a spider or its files could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,17 @@ pub enum Error {
     NoFiles(String),
     #[error("spider {spider:?} has no version {version:?}")]
     NoVersion { spider: String, version: String },
+    #[error(
+        "version {version} is spider {spider:?}'s current version: make another current first (`arachne spider use`)"
+    )]
+    CurrentVersion { spider: String, version: String },
+    #[error("version {version} of spider {spider:?} is used by task {task}, which is {status}")]
+    VersionInUse {
+        spider: String,
+        version: String,
+        task: TaskId,
+        status: TaskStatus,
+    },
     #[error("cmd must not be empty")]
     EmptyCmd,
     #[error("settings.{0}")]
@@ -163,6 +174,79 @@ impl Spiders {
             .await
             .map_err(|err| files_error(name, err))?;
         self.make_current(spider, info).await
+    }
+
+    /// Deletes a stored version that is not current and that no unended task runs, with the contents no
+    /// other version names.
+    pub async fn delete_version(&self, name: &str, version: &str) -> Result<()> {
+        let spider = self.get(name).await?;
+        // Known first, so a version that is not there says so rather than "in use" or "current".
+        self.files
+            .version(spider.id, version)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        if spider.version == version {
+            return Err(Error::CurrentVersion {
+                spider: spider.name,
+                version: version.to_owned(),
+            });
+        }
+        self.refuse_if_running(&spider, version).await?;
+        self.files
+            .delete_version(spider.id, version)
+            .await
+            .map_err(|err| files_error(name, err))?;
+        info!(spider = %name, version, "spider version deleted");
+        Ok(())
+    }
+
+    /// `VersionInUse` when an unended task of `spider` runs `version`.
+    pub(crate) async fn refuse_if_running(&self, spider: &Spider, version: &str) -> Result<()> {
+        let unended = self.unended_tasks(&spider.name).await?;
+        match unended.into_iter().find(|t| t.version == version) {
+            Some(task) => Err(Error::VersionInUse {
+                spider: spider.name.clone(),
+                version: version.to_owned(),
+                task: task.id,
+                status: task.status,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The spider's tasks that have not ended, newest first.
+    pub(crate) async fn unended_tasks(&self, name: &str) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        for status in TaskStatus::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let filter = TaskFilter {
+                spider_name: Some(name.to_owned()),
+                status: Some(status),
+                ..TaskFilter::default()
+            };
+            tasks.extend(self.store.all_tasks(&filter).await?);
+        }
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
+        Ok(tasks)
+    }
+
+    /// Removes the spider's record, then its versions and the contents only they named; how many versions
+    /// went. Its schedules and tasks are the caller's ([`crate::removal`]).
+    pub(crate) async fn remove(&self, spider: &Spider) -> Result<u64> {
+        // The record first: a failure after it leaves unreachable versions, never a spider without files.
+        self.store.delete_spider(spider.id).await?;
+        let versions = self
+            .files
+            .versions(spider.id)
+            .await
+            .map_err(|err| files_error(&spider.name, err))?;
+        for version in &versions {
+            self.files
+                .delete_version(spider.id, &version.hash)
+                .await
+                .map_err(|err| files_error(&spider.name, err))?;
+        }
+        info!(spider = %spider.name, versions = versions.len(), "spider deleted");
+        Ok(versions.len() as u64)
     }
 
     /// The files of a version (the current one when `None`), and which version that is.

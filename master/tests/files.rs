@@ -543,3 +543,165 @@ async fn uploads_beyond_the_concurrent_limit_wait_for_their_turn() {
     second.await.unwrap().unwrap();
     master.stop().await;
 }
+
+/// Prints its version, then waits as many seconds as its argument says.
+const WAIT_SH: &str = "cat VERSION\nsleep \"${1:-0}\"\n";
+
+/// The status and message of an API refusal.
+fn refusal<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>) -> (u16, String) {
+    match result {
+        Err(arachne_client::Error::Api {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Starts a run that waits a minute, and waits until it runs.
+async fn long_run(
+    client: &Client,
+    spider: &str,
+    version: Option<String>,
+) -> arachne_api_types::Task {
+    let task = client
+        .run_task(&RunTask {
+            spider: spider.into(),
+            version,
+            param: Some("60".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    common::eventually("the long run is running", || async {
+        client.get_task(task.id).await.unwrap().status == TaskStatus::Running
+    })
+    .await;
+    task
+}
+
+#[tokio::test]
+async fn a_version_is_deleted_only_when_not_current_nor_running_and_takes_only_its_own_files() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let shared = ("lib.py", "shared = True\n");
+    common::create_spider(
+        client,
+        "vs",
+        "sh run.sh",
+        &[("run.sh", WAIT_SH), ("VERSION", "v1\n"), shared],
+    )
+    .await;
+    let v1 = client.get_spider("vs").await.unwrap().version;
+    let dir = spider_dir(&[("run.sh", WAIT_SH), ("VERSION", "v2\n"), shared]);
+    let v2 = client
+        .upload_files("vs", arachne_shared::archive::pack_dir(dir.path()).unwrap())
+        .await
+        .unwrap()
+        .version;
+
+    let (status, message) = refusal(client.delete_version("vs", &v2).await);
+    assert_eq!(status, 409);
+    assert!(message.contains("current version"), "{message}");
+
+    let running = long_run(client, "vs", Some(v1.clone())).await;
+    let (status, message) = refusal(client.delete_version("vs", &v1).await);
+    assert_eq!(status, 409);
+    assert!(
+        message.contains(&running.id.to_string()) && message.contains("running"),
+        "{message}"
+    );
+    client.cancel_task(running.id).await.unwrap();
+    wait_done(client, running.id).await;
+
+    // On disk, v1's VERSION is the one content no other version names.
+    let master_blobs = || blobs(&data.path().join("spiders"));
+    let before = master_blobs();
+    client.delete_version("vs", &v1).await.unwrap();
+    let left: Vec<String> = client
+        .list_versions("vs")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.hash)
+        .collect();
+    assert_eq!(left, std::slice::from_ref(&v2));
+    let on_disk = std::env::var("ARACHNE_TEST_MONGODB_URI").map_or(true, |uri| uri.is_empty());
+    if on_disk {
+        assert_eq!(master_blobs(), before - 1);
+    }
+    let (status, message) = refusal(client.delete_version("vs", &v1).await);
+    assert_eq!(status, 404, "{message}");
+
+    // What stays still runs.
+    assert_eq!(run_on(client, "vs", None, None).await, ["v2"]);
+    master.stop().await;
+}
+
+#[tokio::test]
+async fn a_spider_is_deleted_with_its_versions_and_schedules_and_its_tasks_only_when_asked() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    common::create_spider(
+        client,
+        "kept-runs",
+        "sh run.sh",
+        &[("run.sh", WAIT_SH), ("VERSION", "v1\n")],
+    )
+    .await;
+    assert_eq!(run_on(client, "kept-runs", None, None).await, ["v1"]);
+    client
+        .create_schedule(&arachne_api_types::ScheduleSpec {
+            name: "nightly".into(),
+            spider: "kept-runs".into(),
+            cron: "0 3 * * *".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let running = long_run(client, "kept-runs", None).await;
+    let (status, message) = refusal(client.delete_spider("kept-runs", false).await);
+    assert_eq!(status, 409);
+    assert!(message.contains(&running.id.to_string()), "{message}");
+    assert!(
+        client.get_spider("kept-runs").await.is_ok(),
+        "a refusal changes nothing"
+    );
+    assert_eq!(client.list_schedules().await.unwrap().len(), 1);
+    client.cancel_task(running.id).await.unwrap();
+    wait_done(client, running.id).await;
+
+    let deleted = client.delete_spider("kept-runs", false).await.unwrap();
+    assert_eq!(
+        (deleted.versions, deleted.schedules, deleted.tasks),
+        (1, 1, 0)
+    );
+    assert_eq!(refusal(client.get_spider("kept-runs").await).0, 404);
+    assert!(client.list_schedules().await.unwrap().is_empty());
+    assert!(client.list_versions("kept-runs").await.is_err());
+    let kept = client
+        .list_tasks(&arachne_api_types::TaskQuery {
+            spider: Some("kept-runs".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept.total, 2, "its tasks stay when not asked for");
+
+    common::create_spider(
+        client,
+        "all-gone",
+        "sh run.sh",
+        &[("run.sh", WAIT_SH), ("VERSION", "v1\n")],
+    )
+    .await;
+    run_on(client, "all-gone", None, None).await;
+    let task = client.list_tasks(&Default::default()).await.unwrap().items[0].id;
+    let deleted = client.delete_spider("all-gone", true).await.unwrap();
+    assert_eq!((deleted.versions, deleted.tasks), (1, 1));
+    assert_eq!(refusal(client.get_task(task).await).0, 404);
+    assert_eq!(refusal(client.delete_spider("all-gone", true).await).0, 404);
+    master.stop().await;
+}

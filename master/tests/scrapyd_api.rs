@@ -82,6 +82,7 @@ out["status"] = requests.get(target + "/status.json", params={"job": job}, auth=
 slow = api.schedule(project, "slow", _version=out["versions"][-1][:12])
 wait_for(slow, "running")
 out["running"] = [j for j in api.list_jobs(project)["running"] if j["id"] == slow][0]
+out["delete_busy"] = error(lambda: api.delete_project(project))
 out["cancel_running"] = api.cancel(project, slow)
 wait_for(slow, "finished")
 out["daemon"] = requests.get(target + "/daemonstatus.json", auth=auth).json()
@@ -96,7 +97,11 @@ out["errors"] = {
     "own_jobid": error(lambda: api.schedule(project, "quotes", jobid="abc")),
     "unknown_spider": error(lambda: api.schedule(project, "nope")),
     "spiders_of_unknown_project": error(lambda: api.list_spiders("nope")),
+    "delete_unknown_project": error(lambda: api.delete_project("nope")),
+    "delete_missing_project": error(lambda: api.client.post(target + "/delproject.json", data={})),
 }
+out["delete_plain"] = api.delete_project("plain")
+out["projects_after_delete"] = api.list_projects()
 out["unknown_job_status"] = requests.get(target + "/status.json", params={"job": "nope"}, auth=auth).json()
 out["unauthenticated"] = requests.get(target + "/listprojects.json").status_code
 out["wrong_token"] = requests.get(target + "/listprojects.json", auth=("scrapy", "x" * 40)).status_code
@@ -228,6 +233,19 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
         errors["spiders_of_unknown_project"],
         "project 'nope' not found"
     );
+    assert_eq!(errors["delete_unknown_project"], "project 'nope' not found");
+    assert_eq!(
+        errors["delete_missing_project"],
+        "'project' parameter is required"
+    );
+    let busy = out["delete_busy"].as_str().unwrap();
+    assert!(
+        busy.contains(&slow.to_string()) && busy.contains("cancel its runs"),
+        "{busy}"
+    );
+    assert_eq!(out["delete_plain"], true);
+    let left = out["projects_after_delete"].as_array().unwrap();
+    assert!(left.contains(&"quotes".into()) && !left.contains(&"plain".into()));
     assert_eq!(out["unknown_job_status"]["currstate"], "unknown");
     assert_eq!(out["unauthenticated"], 401);
     assert_eq!(out["wrong_token"], 401);
@@ -288,6 +306,14 @@ from scrapyd_api.exceptions import ScrapydResponseError
 target, token = sys.argv[1:3]
 auth = ("scrapy", token)
 api = ScrapydAPI(target, auth=auth, timeout=600)
+
+def error(call):
+    try:
+        call()
+        return None
+    except ScrapydResponseError as e:
+        return str(e)
+
 out = {"versions": api.list_versions("eggbot"), "spiders": api.list_spiders("eggbot")}
 jobs = {}
 for version in ["v1", None]:
@@ -300,11 +326,17 @@ for version in ["v1", None]:
         time.sleep(0.2)
     jobs[version or "current"] = job
 out["jobs"] = jobs
-try:
-    api.add_version("eggbot", "v3", b"not a zip")
-    out["not_zip"] = None
-except ScrapydResponseError as e:
-    out["not_zip"] = str(e)
+out["not_zip"] = error(lambda: api.add_version("eggbot", "v3", b"not a zip"))
+out["delete_errors"] = {
+    "unknown_version": error(lambda: api.delete_version("eggbot", "v9")),
+    "missing_version": error(lambda: api.client.post(target + "/delversion.json", data={"project": "eggbot"})),
+}
+# As in Scrapyd: the current version goes and the one before it runs; the last one takes the project along.
+out["delete_current"] = api.delete_version("eggbot", "v2")
+out["versions_left"] = api.list_versions("eggbot")
+out["spiders_left"] = api.list_spiders("eggbot")
+out["delete_last"] = api.delete_version("eggbot", "v1")
+out["projects_left"] = api.list_projects()
 print(json.dumps(out))
 "#;
 
@@ -357,6 +389,8 @@ async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders()
         assert_eq!(answer["version"], version, "{said}");
     }
 
+    // Read before the script deletes them.
+    let versions = master.client.list_versions("eggbot").await.unwrap();
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), DEPLOYED_SCRIPT).unwrap();
     let output = tokio::process::Command::new(&client_python)
@@ -374,7 +408,6 @@ async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders()
     assert_eq!(out["versions"], serde_json::json!(["v1", "v2"]));
     assert_eq!(out["spiders"], serde_json::json!(["quotes"]));
     let client = &master.client;
-    let versions = client.list_versions("eggbot").await.unwrap();
     for (name, release) in [("v1", "v1"), ("current", "current")] {
         let job: arachne_shared::TaskId = out["jobs"][name].as_str().unwrap().parse().unwrap();
         let task = client.get_task(job).await.unwrap();
@@ -403,6 +436,31 @@ async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders()
         out["not_zip"],
         "egg is not a ZIP file (if using curl, use egg=@path not egg=path)"
     );
+    assert_eq!(
+        out["delete_errors"]["unknown_version"],
+        "version 'v9' not found"
+    );
+    assert_eq!(
+        out["delete_errors"]["missing_version"],
+        "'version' parameter is required"
+    );
+    assert_eq!(out["delete_current"], true);
+    assert_eq!(out["versions_left"], serde_json::json!(["v1"]));
+    assert_eq!(out["spiders_left"], serde_json::json!(["quotes"]));
+    assert_eq!(out["delete_last"], true);
+    assert!(
+        !out["projects_left"]
+            .as_array()
+            .unwrap()
+            .contains(&"eggbot".into())
+    );
+    // Its jobs stay, as Scrapyd's finished jobs do.
+    let kept: arachne_shared::TaskId = out["jobs"]["v1"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        client.get_task(kept).await.unwrap().status,
+        TaskStatus::Finished
+    );
+    assert!(client.get_spider("eggbot").await.is_err());
     master.stop().await;
 }
 

@@ -106,6 +106,7 @@ conformance!(
     tasks_filter_by_creation_time_and_an_ended_task_deletes_with_its_records,
     each_step_of_a_task_shows_in_every_query,
     a_spider_reads_as_last_written,
+    a_deleted_spider_is_gone_and_its_name_free,
     deeply_nested_items_are_kept_whole,
 );
 
@@ -1105,6 +1106,43 @@ async fn a_spider_reads_as_last_written(backend: StoreUnderTest) {
     clash.version = "v9".into();
     assert!(store.put_spider(&clash).await.is_err(), "{name}");
     assert_eq!(read("renamed").await.as_deref(), Some("v2"), "{name}");
+}
+
+async fn a_deleted_spider_is_gone_and_its_name_free(backend: StoreUnderTest) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let gone = spider("gone");
+    let kept = spider("kept");
+    store.put_spider(&gone).await.unwrap();
+    store.put_spider(&kept).await.unwrap();
+    // Read once, so a cached copy would be what a wrong delete leaves behind.
+    assert!(store.spider_by_name("gone").await.unwrap().is_some());
+
+    assert!(store.delete_spider(gone.id).await.unwrap(), "{name}");
+    assert!(
+        store.spider_by_name("gone").await.unwrap().is_none(),
+        "{name}"
+    );
+    let names: Vec<String> = store
+        .list_spiders()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["kept"], "{name}");
+    assert!(
+        !store.delete_spider(gone.id).await.unwrap(),
+        "{name}: a second delete finds nothing"
+    );
+
+    let again = spider("gone");
+    store.put_spider(&again).await.unwrap();
+    assert_eq!(
+        store.spider_by_name("gone").await.unwrap().map(|s| s.id),
+        Some(again.id),
+        "{name}"
+    );
 }
 
 /// An item nested deeper than a MongoDB document may be (or than a JSON reader goes) is stored and read back

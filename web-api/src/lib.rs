@@ -39,6 +39,12 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>>;
     /// Makes a stored version the one runs use.
     async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider>;
+    /// Deletes a version that is not current and that no unended task runs; contents no other version names
+    /// go with it. A refusal is a `Conflict` that says why.
+    async fn delete_version(&self, name: &str, version: &str) -> Result<()>;
+    /// Deletes a spider with its versions and schedules, and with `tasks` its tasks, logs and items; a
+    /// `Conflict` while any of its tasks has not ended.
+    async fn delete_spider(&self, name: &str, tasks: bool) -> Result<types::DeletedSpider>;
     /// The files of a version (the current one when `None`).
     async fn list_files(&self, name: &str, version: Option<String>) -> Result<VersionFiles>;
     /// The content of one file of a version (the current one when `None`).
@@ -50,6 +56,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn scrapy_versions(&self, project: &str) -> Result<Vec<types::ScrapyVersion>>;
     /// The stored version a client's version name (or a unique prefix of a hash) means.
     async fn scrapy_version(&self, project: &str, name: &str) -> Result<String>;
+    /// Deletes a version of a Scrapy project as Scrapyd does (the newest other one becomes current; the
+    /// project goes with its last version); whether the project went.
+    async fn scrapy_delete_version(&self, project: &str, name: &str) -> Result<bool>;
     /// The Scrapy spiders of a version (a client's name or a hash; the current one when `None`), found once per
     /// version by running `scrapy list`.
     async fn scrapy_spiders(&self, project: &str, version: Option<&str>) -> Result<Vec<String>>;

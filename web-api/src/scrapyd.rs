@@ -61,6 +61,8 @@ pub fn router(backend: Arc<dyn Backend>, options: &ScrapydOptions) -> Router {
         .route("/status.json", get(status))
         .route("/schedule.json", post(schedule))
         .route("/cancel.json", post(cancel))
+        .route("/delversion.json", post(delete_version))
+        .route("/delproject.json", post(delete_project))
         .route("/logs/{project}/{spider}/{job}", get(log_file))
         .route("/items/{project}/{spider}/{job}", get(items_file));
     // Always: its clients post plain forms, which the browser protections of the main API cannot tell from
@@ -346,6 +348,35 @@ async fn cancel(State(ctx): State<Ctx>, request: Request) -> Response {
             _ => Value::Null,
         };
         Ok(fields(json!({ "prevstate": prevstate })))
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+/// `delversion.json`: as in Scrapyd, the project goes with its last version. Arachne refuses while a job
+/// runs or waits on that version, which Scrapyd does not check.
+async fn delete_version(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = project(&ctx, params.required("project")?).await?;
+        let hash = version_of(&ctx, &project.name, params.required("version")?).await?;
+        ctx.backend
+            .scrapy_delete_version(&project.name, &hash)
+            .await?;
+        Ok(Map::new())
+    }
+    .await;
+    reply(&ctx, answer)
+}
+
+/// `delproject.json`: the project's versions and schedules go; its finished jobs stay listed, as in Scrapyd.
+/// Arachne refuses while any of its jobs runs or waits.
+async fn delete_project(State(ctx): State<Ctx>, request: Request) -> Response {
+    let answer = async {
+        let params = Params::of(request).await?;
+        let project = project(&ctx, params.required("project")?).await?;
+        ctx.backend.delete_spider(&project.name, false).await?;
+        Ok(Map::new())
     }
     .await;
     reply(&ctx, answer)

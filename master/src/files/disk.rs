@@ -2,6 +2,7 @@
 //! read-only, and every version as `versions/{spider}/{hash}.json`. Files are written under a temporary name
 //! and renamed, so a crash never leaves a half-written blob or version under its real name.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,52 @@ impl Disk {
         Ok(versions)
     }
 
+    /// Removes one version; false if there was none.
+    pub(super) async fn delete_version(&self, spider: SpiderId, hash: &str) -> Result<bool, Error> {
+        let path = self.versions_dir(spider).join(format!("{hash}.json"));
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(io(&path)(err)),
+        }
+    }
+
+    /// Removes the contents no version names.
+    pub(super) async fn remove_unnamed_blobs(&self) -> Result<u64, Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut named = HashSet::new();
+            for spider in entries(&this.root.join("versions"))? {
+                for version in entries(&spider)? {
+                    if version.extension().is_some_and(|e| e == "json") {
+                        let bytes = std::fs::read(&version).map_err(io(&version))?;
+                        let stored: StoredVersion =
+                            serde_json::from_slice(&bytes).map_err(|e| {
+                                Error::Corrupt(version.display().to_string(), e.to_string())
+                            })?;
+                        named.extend(stored.manifest.files.into_iter().map(|f| f.sha256));
+                    }
+                }
+            }
+            let mut removed = 0;
+            for shard in entries(&this.root.join("blobs"))? {
+                for blob in entries(&shard)? {
+                    let unnamed = blob
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|sha| !named.contains(sha));
+                    if unnamed {
+                        std::fs::remove_file(&blob).map_err(io(&blob))?;
+                        removed += 1;
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .expect("removing blobs does not panic")
+    }
+
     pub(super) async fn read_blob(&self, sha256: &str) -> Result<Vec<u8>, Error> {
         let blob = self.blob_path(sha256);
         tokio::fs::read(&blob).await.map_err(io(&blob))
@@ -140,6 +187,17 @@ impl Disk {
             }
         });
     }
+}
+
+/// The paths in a folder; none when it does not exist.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let read = match std::fs::read_dir(dir) {
+        Ok(read) => read,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io(dir)(err)),
+    };
+    read.map(|entry| entry.map(|e| e.path()).map_err(io(dir)))
+        .collect()
 }
 
 fn send_blob(

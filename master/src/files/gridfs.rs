@@ -25,6 +25,8 @@ use crate::mongo_docs::{bson_to_json, is_duplicate, record};
 
 const BUCKET: &str = "spider_files";
 const VERSIONS: &str = "spider_versions";
+/// How old a content must be before a clean-up may remove it (see [`GridFs::remove_unnamed_blobs`]).
+const GC_GRACE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// Contents asked about in one query when checking which of an upload's contents are kept already.
 const LOOKUP_BATCH: usize = 1000;
 
@@ -164,6 +166,49 @@ impl GridFs {
             versions.push((hash, version));
         }
         Ok(versions)
+    }
+
+    /// Removes one version; false if there was none.
+    pub(super) async fn delete_version(&self, spider: SpiderId, hash: &str) -> Result<bool, Error> {
+        let deleted = self
+            .versions
+            .delete_one(doc! {"_id": format!("{spider}:{hash}")})
+            .await
+            .map_err(backend)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
+    /// Removes the contents no version names. A content kept less than [`GC_GRACE`] ago stays: another
+    /// master on this database may be uploading the version that will name it.
+    pub(super) async fn remove_unnamed_blobs(&self) -> Result<u64, Error> {
+        let named: HashSet<String> = self
+            .versions
+            .distinct("manifest.files.sha256", doc! {})
+            .await
+            .map_err(backend)?
+            .into_iter()
+            .filter_map(|sha| sha.as_str().map(str::to_owned))
+            .collect();
+        let cutoff = bson::DateTime::from_millis(to_millis(chrono::Utc::now() - GC_GRACE));
+        let mut files = self
+            .bucket
+            .find(doc! {"uploadDate": {"$lt": cutoff}})
+            .await
+            .map_err(backend)?;
+        let mut unnamed = Vec::new();
+        while let Some(file) = files.try_next().await.map_err(backend)? {
+            if !file
+                .filename
+                .as_ref()
+                .is_some_and(|name| named.contains(name))
+            {
+                unnamed.push(file.id);
+            }
+        }
+        for id in &unnamed {
+            self.bucket.delete(id.clone()).await.map_err(backend)?;
+        }
+        Ok(unnamed.len() as u64)
     }
 
     pub(super) async fn read_blob(&self, sha256: &str) -> Result<Vec<u8>, Error> {

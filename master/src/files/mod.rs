@@ -105,6 +105,9 @@ pub struct SpiderFiles {
     local: PathBuf,
     limits: UploadLimits,
     storage: Storage,
+    /// Held shared from keeping an upload's contents until its version names them, and exclusively by a
+    /// clean-up, which would otherwise take those contents for unused.
+    cleanup: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 impl SpiderFiles {
@@ -114,6 +117,7 @@ impl SpiderFiles {
             storage: Storage::Disk(disk::Disk::new(root.clone())),
             local: root,
             limits,
+            cleanup: Default::default(),
         }
     }
 
@@ -128,6 +132,7 @@ impl SpiderFiles {
             storage: Storage::GridFs(gridfs::GridFs::open(db).await?),
             local: staging_root,
             limits,
+            cleanup: Default::default(),
         })
     }
 
@@ -187,6 +192,7 @@ impl SpiderFiles {
     }
 
     async fn commit(&self, spider: SpiderId, staged: Vec<Staged>) -> Result<VersionInfo, Error> {
+        let _no_cleanup = self.cleanup.read().await;
         let entries = match &self.storage {
             Storage::Disk(disk) => disk.keep_blobs(staged).await?,
             Storage::GridFs(grid) => grid.keep_blobs(staged).await?,
@@ -245,6 +251,27 @@ impl SpiderFiles {
             .collect();
         versions.sort_by_key(|v| std::cmp::Reverse(v.created_at));
         Ok(versions)
+    }
+
+    /// Removes a version, then every content no version of any spider names any more; false if there was
+    /// no such version. Which versions may go is the caller's rule.
+    pub async fn delete_version(&self, spider: SpiderId, version: &str) -> Result<bool, Error> {
+        if !is_sha256(version) {
+            return Ok(false);
+        }
+        let _alone = self.cleanup.write().await;
+        let deleted = match &self.storage {
+            Storage::Disk(disk) => disk.delete_version(spider, version).await?,
+            Storage::GridFs(grid) => grid.delete_version(spider, version).await?,
+        };
+        if deleted {
+            let removed = match &self.storage {
+                Storage::Disk(disk) => disk.remove_unnamed_blobs().await?,
+                Storage::GridFs(grid) => grid.remove_unnamed_blobs().await?,
+            };
+            tracing::info!(%spider, version, contents_removed = removed, "spider version deleted");
+        }
+        Ok(deleted)
     }
 
     /// The content of one file of a version.
@@ -451,6 +478,49 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_version_takes_only_the_contents_no_other_version_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = files(dir.path());
+        let (spider, other) = (SpiderId::new(), SpiderId::new());
+        let upload = |entries: &[(&str, &[u8])]| archive_upload(zip_of(entries));
+        let shared: (&str, &[u8]) = ("lib.py", b"shared");
+        let old = store
+            .store_upload(spider, upload(&[("main.py", b"old"), shared]))
+            .await
+            .unwrap();
+        let new = store
+            .store_upload(spider, upload(&[("main.py", b"new"), shared]))
+            .await
+            .unwrap();
+        store
+            .store_upload(other, upload(&[("main.py", b"old")]))
+            .await
+            .unwrap();
+        assert_eq!(blob_count(dir.path()), 3);
+
+        // "old" is still named by the other spider, "shared" by the newer version.
+        assert!(store.delete_version(spider, &old.hash).await.unwrap());
+        assert_eq!(blob_count(dir.path()), 3);
+        assert!(matches!(
+            store.version(spider, &old.hash).await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(
+            !store.delete_version(spider, &old.hash).await.unwrap(),
+            "gone already"
+        );
+        assert!(!store.delete_version(spider, "not-a-hash").await.unwrap());
+
+        assert!(store.delete_version(spider, &new.hash).await.unwrap());
+        assert_eq!(
+            blob_count(dir.path()),
+            1,
+            "only the other spider's content is left"
+        );
+        assert!(store.versions(spider).await.unwrap().is_empty());
     }
 
     #[tokio::test]

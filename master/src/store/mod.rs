@@ -11,8 +11,8 @@ pub mod embedded;
 pub mod mongo;
 
 use arachne_shared::{
-    ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, Task, TaskId, TaskStatus,
-    Token,
+    ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, SpiderId, Task, TaskId,
+    TaskStatus, Token,
 };
 
 /// Errors of the store.
@@ -81,6 +81,9 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn put_spider(&self, spider: &Spider) -> Result<()>;
     async fn spider_by_name(&self, name: &str) -> Result<Option<Spider>>;
     async fn list_spiders(&self) -> Result<Vec<Spider>>;
+    /// Removes a spider's record; false if there was none. Its versions, schedules and tasks are the
+    /// caller's to remove first.
+    async fn delete_spider(&self, id: SpiderId) -> Result<bool>;
 
     async fn put_node(&self, node: &Node) -> Result<()>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;

@@ -56,6 +56,19 @@ pub enum SpiderCommand {
         name: String,
         version: String,
     },
+    /// Delete a stored version (a hash or a unique prefix) that is not current and that no unended task runs.
+    DeleteVersion {
+        name: String,
+        version: String,
+    },
+    /// Delete a spider with its versions and schedules. Its tasks stay unless --tasks is given. Refused while
+    /// any of its tasks has not ended.
+    Delete {
+        name: String,
+        /// Also delete its tasks with their logs and items.
+        #[arg(long)]
+        tasks: bool,
+    },
     /// List the files of a version, or print one of them.
     Files {
         name: String,
@@ -208,6 +221,26 @@ impl SpiderCommand {
                         "spider {} now runs version {}",
                         spider.name,
                         short(&spider.version)
+                    );
+                    Ok(())
+                })
+            }
+            Self::DeleteVersion { name, version } => {
+                let version = resolve_version(client, &name, &version).await?;
+                client.delete_version(&name, &version).await?;
+                output.show(&serde_json::json!({"deleted": version}), |_| {
+                    outln!("deleted version {} of spider {name}", short(&version));
+                    Ok(())
+                })
+            }
+            Self::Delete { name, tasks } => {
+                let deleted = client.delete_spider(&name, tasks).await?;
+                output.show(&deleted, |d| {
+                    outln!(
+                        "deleted spider {name}: {} versions, {} schedules, {} tasks",
+                        d.versions,
+                        d.schedules,
+                        d.tasks
                     );
                     Ok(())
                 })

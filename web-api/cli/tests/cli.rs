@@ -669,3 +669,48 @@ async fn a_scrapy_project_lists_its_spiders_and_runs_one_by_name() {
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deletes_versions_and_spiders_and_says_why_when_it_cannot() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    common::create_spider(&master.client, "old", "true", &[("a.txt", "1")]).await;
+    let first = master.client.get_spider("old").await.unwrap().version;
+    let dir = common::spider_dir(&[("a.txt", "2")]);
+    let upload = arachne(
+        &master,
+        &["spider", "upload", "old", dir.path().to_str().unwrap()],
+    )
+    .await;
+    assert!(upload.status.success(), "{upload:?}");
+    let current = master.client.get_spider("old").await.unwrap().version;
+
+    let refused = arachne(
+        &master,
+        &["spider", "delete-version", "old", &current[..12]],
+    )
+    .await;
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("current version"), "{message}");
+
+    let deleted = arachne(&master, &["spider", "delete-version", "old", &first[..12]]).await;
+    assert!(deleted.status.success(), "{deleted:?}");
+    assert_eq!(
+        stdout(&deleted).trim(),
+        format!("deleted version {} of spider old", &first[..12])
+    );
+
+    let gone = arachne(&master, &["spider", "delete", "old", "--tasks"]).await;
+    assert!(gone.status.success(), "{gone:?}");
+    assert_eq!(
+        stdout(&gone).trim(),
+        "deleted spider old: 1 versions, 0 schedules, 0 tasks"
+    );
+    let again = arachne(&master, &["spider", "delete", "old"]).await;
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not found"),
+        "{again:?}"
+    );
+    master.stop().await;
+}

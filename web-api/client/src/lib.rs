@@ -10,10 +10,10 @@ use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
 use arachne_api_types::{
-    CreateSpider, CronPreview, CronQuery, EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG,
-    EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery, LogSearch, LogSearchQuery, Page,
-    RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree, UpdateNode, VersionFiles,
-    VersionQuery,
+    CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, EVENT_DELETED,
+    EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery,
+    LogSearch, LogSearchQuery, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree,
+    UpdateNode, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -234,6 +234,20 @@ impl Client {
     pub async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
         let url = self.url(&format!("/spiders/{name}/versions/{version}/current"));
         self.json(self.http.post(url)).await
+    }
+
+    pub async fn delete_version(&self, name: &str, version: &str) -> Result<()> {
+        let url = self.url(&format!("/spiders/{name}/versions/{version}"));
+        self.send(self.http.delete(url)).await.map(drop)
+    }
+
+    /// Deletes a spider with its versions and schedules, and with `tasks` its tasks, logs and items.
+    pub async fn delete_spider(&self, name: &str, tasks: bool) -> Result<DeletedSpider> {
+        let request = self
+            .http
+            .delete(self.url(&format!("/spiders/{name}")))
+            .query(&DeleteSpiderQuery { tasks });
+        self.json(request).await
     }
 
     pub async fn list_files(&self, name: &str, version: Option<&str>) -> Result<VersionFiles> {

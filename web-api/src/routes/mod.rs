@@ -269,6 +269,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             get(get_spider),
         ),
         route(
+            Method::DELETE,
+            "/api/v1/spiders/{name}",
+            "Delete a spider with its versions and schedules (and with ?tasks=true its tasks, logs and items); refused while any of its tasks has not ended",
+            query(inline::<arachne_api_types::DeleteSpiderQuery>),
+            Out::Json(200, schema::<arachne_api_types::DeletedSpider>),
+            delete(delete_spider),
+        ),
+        route(
             Method::PUT,
             "/api/v1/spiders/{name}/files",
             "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
@@ -328,6 +336,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             none,
             Out::Json(200, schema::<arachne_shared::Spider>),
             post(set_current_version),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/spiders/{name}/versions/{version}",
+            "Delete a version that is not current and not run by an unended task; contents no other version uses go with it",
+            none,
+            Out::NoContent,
+            delete(delete_version),
         ),
         route(
             Method::GET,

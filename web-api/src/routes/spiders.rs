@@ -11,7 +11,9 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use crate::{Error, Result};
-use arachne_api_types::{CreateSpider, ScrapySpiders, Spool, Upload, UploadedFile, VersionQuery};
+use arachne_api_types::{
+    CreateSpider, DeleteSpiderQuery, ScrapySpiders, Spool, Upload, UploadedFile, VersionQuery,
+};
 
 use super::*;
 
@@ -164,6 +166,22 @@ pub(super) async fn set_current_version(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<impl IntoResponse> {
     Ok(Json(api.set_current_version(&name, &version).await?))
+}
+
+pub(super) async fn delete_version(
+    State(api): State<Api>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<impl IntoResponse> {
+    api.delete_version(&name, &version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn delete_spider(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<DeleteSpiderQuery>, QueryRejection>,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.delete_spider(&name, query(q)?.tasks).await?))
 }
 
 pub(super) async fn list_files(

@@ -312,6 +312,24 @@ pub struct VersionQuery {
     pub version: Option<String>,
 }
 
+/// `?tasks=` of `DELETE /api/v1/spiders/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteSpiderQuery {
+    /// Also delete its tasks with their logs and items; without it they stay, under the spider's name.
+    #[serde(default)]
+    pub tasks: bool,
+}
+
+/// `DELETE /api/v1/spiders/{name}`: what went with the spider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeletedSpider {
+    pub versions: u64,
+    pub schedules: u64,
+    /// Runs deleted with their logs and items (a parent with its children counts once).
+    pub tasks: u64,
+}
+
 /// `GET /health`: `ok` (status 200), or `failing` (status 503) while the store refuses writes, with why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {

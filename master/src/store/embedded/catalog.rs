@@ -57,6 +57,20 @@ impl CatalogStore for EmbeddedStore {
             .await
     }
 
+    async fn delete_spider(&self, id: SpiderId) -> Result<bool> {
+        let deleted = self
+            .call(move |conn| {
+                conn.execute("DELETE FROM spiders WHERE id = ?1", [id.to_string()])
+                    .map(|n| n > 0)
+                    .map_err(db)
+            })
+            .await;
+        let mut cache = self.cached_spiders();
+        cache.writes += 1;
+        cache.by_name.retain(|_, s| s.id != id);
+        deleted
+    }
+
     async fn put_node(&self, node: &Node) -> Result<()> {
         let node = node.clone();
         self.call(move |conn| {

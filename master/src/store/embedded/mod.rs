@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use arachne_shared::spider::DedupMode;
 use arachne_shared::{
-    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId,
-    TaskStatus, Token, from_millis, to_millis,
+    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, SpiderId, Task,
+    TaskId, TaskStatus, Token, from_millis, to_millis,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 

@@ -30,6 +30,15 @@ impl CatalogStore for MongoStore {
         self.all_records(self.spiders(), doc! {"name": 1}).await
     }
 
+    async fn delete_spider(&self, id: SpiderId) -> Result<bool> {
+        let deleted = self
+            .spiders()
+            .delete_one(doc! {"_id": id.to_string()})
+            .await
+            .map_err(db)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
     async fn put_node(&self, node: &Node) -> Result<()> {
         let doc = doc! {"_id": &node.name, "data": record(node)};
         self.nodes()

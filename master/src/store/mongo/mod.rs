@@ -19,8 +19,8 @@ use std::collections::HashSet;
 
 use arachne_shared::spider::DedupMode;
 use arachne_shared::{
-    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, Task, TaskId,
-    TaskStatus, Token, from_millis, to_millis,
+    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, SpiderId, Task,
+    TaskId, TaskStatus, Token, from_millis, to_millis,
 };
 use bson::{Bson, Document, doc};
 use mongodb::error::ErrorKind;
