@@ -108,13 +108,8 @@ out["wrong_token"] = requests.get(target + "/listprojects.json", auth=("scrapy",
 print(json.dumps(out))
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
-    let scrapy_python = common::venv_python(&SCRAPY);
-    let client_python = common::venv_python(&CLIENT);
-    let data = tempfile::tempdir().unwrap();
-    let master = TestMaster::start(data.path(), true).await;
-    let client = &master.client;
+/// The `quotes` project, uploaded as a folder, run with the Scrapy of `python`.
+async fn quotes_project(client: &arachne_client::Client, python: &std::path::Path) {
     let files = [
         ("scrapy.cfg", "[settings]\ndefault = quotes.settings\n"),
         ("quotes/__init__.py", ""),
@@ -122,8 +117,18 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
         ("quotes/spiders/__init__.py", ""),
         ("quotes/spiders/quotes.py", SPIDERS),
     ];
-    let cmd = format!("{} -m scrapy", scrapy_python.display());
+    let cmd = format!("{} -m scrapy", python.display());
     create_spider(client, "quotes", &cmd, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
+    let scrapy_python = common::venv_python(&SCRAPY);
+    let client_python = common::venv_python(&CLIENT);
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    quotes_project(client, &scrapy_python).await;
     create_spider(client, "plain", "sh run.sh", &[("run.sh", "echo hi")]).await;
 
     let script = tempfile::NamedTempFile::new().unwrap();
@@ -483,4 +488,123 @@ async fn scrapyd_s_api_is_refused_without_tokens() {
         "{err}"
     );
     assert!(err.to_string().contains("without tokens"), "{err}");
+}
+
+/// ScrapydWeb's settings: one Scrapyd server (this master's Scrapyd API, with a token as its password), and
+/// none of the parts that need more than Scrapyd's API (LogParser, the monitor).
+fn scrapydweb_settings(scrapyd: std::net::SocketAddr, port: u16, data: &std::path::Path) -> String {
+    format!(
+        "SCRAPYDWEB_BIND = '127.0.0.1'\nSCRAPYDWEB_PORT = {port}\nENABLE_AUTH = False\n\
+         SCRAPYD_SERVERS = [('scrapy', '{API_TOKEN}', '127.0.0.1', '{}', 'arachne')]\n\
+         LOCAL_SCRAPYD_SERVER = ''\nENABLE_LOGPARSER = False\nENABLE_MONITOR = False\n\
+         DATA_PATH = {:?}\nDATABASE_URL = ''\n",
+        scrapyd.port(),
+        data.display().to_string(),
+    )
+}
+
+/// Starts ScrapydWeb on a free port and waits until it answers; starts it again on another port if the one
+/// it was given was taken meanwhile. Returns the process (killed when dropped) and its address.
+async fn start_scrapydweb(
+    python: &std::path::Path,
+    scrapyd: std::net::SocketAddr,
+) -> (tempfile::TempDir, tokio::process::Child, String) {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for _attempt in 0..3 {
+        let port = common::free_port().port();
+        std::fs::write(
+            home.path().join("scrapydweb_settings_v11.py"),
+            scrapydweb_settings(scrapyd, port, &data),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new(python)
+            .args(["-m", "scrapydweb.run"])
+            .current_dir(home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(home.path().join("scrapydweb.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let http = common::http();
+        let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if http.get(format!("{url}/1/")).send().await.is_ok() {
+                return (home, child, url);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ScrapydWeb never answered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let said = std::fs::read_to_string(home.path().join("scrapydweb.log")).unwrap_or_default();
+    panic!("ScrapydWeb exited three times before answering; it said:\n{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapydweb_lists_the_jobs_and_shows_a_job_s_log_and_stats() {
+    let scrapy_python = common::venv_python(&SCRAPY);
+    let web_python = common::venv_python(&["scrapydweb==1.6.0"]);
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    quotes_project(client, &scrapy_python).await;
+    let scrapyd = master.scrapyd.unwrap();
+    let answer: Value = common::http()
+        .post(format!("http://{scrapyd}/schedule.json"))
+        .basic_auth("scrapy", Some(API_TOKEN))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("project=quotes&spider=quotes")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job: arachne_shared::TaskId = answer["jobid"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        common::wait_done(client, job).await.status,
+        TaskStatus::Finished
+    );
+
+    let (_home, _scrapydweb, web) = start_scrapydweb(&web_python, scrapyd).await;
+    let http = common::http();
+    let page = |path: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(path).send().await.unwrap();
+            assert!(response.status().is_success(), "{response:?}");
+            response.text().await.unwrap()
+        }
+    };
+    // The job list, parsed from the jobs table, in both of ScrapydWeb's views.
+    for style in ["classic", "database"] {
+        let jobs = page(format!("{web}/1/jobs/?style={style}")).await;
+        assert!(
+            jobs.contains(&job.to_string()),
+            "the job is not in ScrapydWeb's {style} job list:\n{jobs}"
+        );
+    }
+    // The job's log, read from /logs/quotes/quotes/{job}.log, and the stats ScrapydWeb parses from it.
+    let log = page(format!("{web}/1/log/utf8/quotes/quotes/{job}/")).await;
+    assert!(
+        log.contains("Spider closed (finished)"),
+        "the log page lacks the log:\n{log}"
+    );
+    let stats = page(format!("{web}/1/log/stats/quotes/quotes/{job}/")).await;
+    assert!(
+        stats.contains("item_scraped_count"),
+        "the stats page lacks Scrapy's stats:\n{stats}"
+    );
+    // Its project list and daemon status come from listprojects.json and daemonstatus.json.
+    let projects = page(format!("{web}/1/projects/")).await;
+    assert!(projects.contains("quotes"), "{projects}");
+    master.stop().await;
 }

@@ -3,7 +3,8 @@
 //! spider whose command is `scrapy` (or `python -m scrapy`), a job is a task, a Scrapy spider and its
 //! arguments and settings become the task's arguments (`crawl NAME -a K=V -s K=V`). Answers and errors have
 //! Scrapyd's shapes: `{"node_name", "status": "ok", ...}`, and `{"status": "error", "message"}` with HTTP 200.
-//! Clients authenticate with HTTP basic auth whose password is an Arachne API token, always.
+//! Clients authenticate with HTTP basic auth whose password is an Arachne API token, always. The HTML pages
+//! Scrapyd's web tools read are in [`pages`].
 
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::Backend;
+
+mod pages;
 
 /// How the Scrapyd listener behaves.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub fn router(backend: Arc<dyn Backend>, options: &ScrapydOptions) -> Router {
         node_name: options.node_name.as_str().into(),
     };
     let routes = Router::new()
+        .route("/", get(pages::home))
+        .route("/jobs", get(pages::jobs_table))
         .route("/daemonstatus.json", get(daemon_status))
         .route("/listprojects.json", get(list_projects))
         .route("/listversions.json", get(list_versions))
