@@ -128,10 +128,15 @@ impl Backend for MasterApi {
     }
 
     async fn run_task(&self, run: RunTask) -> Result<Task> {
+        self.run_job(run, None).await
+    }
+
+    async fn run_job(&self, run: RunTask, client_job_id: Option<String>) -> Result<Task> {
         let request = RunRequest {
             options: run_options(run.param, run.priority, run.settings, run.mode, run.nodes),
             spider: run.spider,
             version: run.version,
+            client_job_id,
             ..RunRequest::default()
         };
         Ok(self.runs.create(request).await?.into())

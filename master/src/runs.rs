@@ -65,6 +65,9 @@ pub struct RunRequest {
     pub exclusive: Option<String>,
     /// A stored version to run instead of the spider's current one.
     pub version: Option<String>,
+    /// The id the client gives the run (Scrapyd's `jobid`); on the task, or the parent of a run on several
+    /// nodes.
+    pub client_job_id: Option<String>,
 }
 
 /// When the master may end a task itself instead of asking its worker.
@@ -147,6 +150,7 @@ impl Runs {
         task.schedule_id = run.schedule_id;
         task.fire_time = run.fire_time;
         task.exclusive = run.exclusive;
+        task.client_job_id = run.client_job_id;
         let mut tasks = Vec::new();
         match nodes.as_slice() {
             [] => tasks.push(task),

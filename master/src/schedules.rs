@@ -232,5 +232,6 @@ fn run_request(schedule: &Schedule, fire_time: Option<DateTime<Utc>>) -> RunRequ
             .then(|| format!("schedule:{}", schedule.id)),
         // A schedule runs whatever version is current when it fires.
         version: None,
+        client_job_id: None,
     }
 }

@@ -77,6 +77,11 @@ finished = [j for j in jobs["finished"] if j["id"] == job][0]
 out["log"] = requests.get(target + finished["log_url"], auth=auth).text
 out["items"] = requests.get(target + finished["items_url"], auth=auth).text
 out["cancel_finished"] = api.cancel(project, job)
+named = api.schedule(project, "quotes", jobid="nightly-7")
+out["named"] = named
+wait_for(named, "finished")
+out["named_listed"] = [j["id"] for j in api.list_jobs(project)["finished"]]
+out["named_log"] = requests.get(target + "/logs/%s/quotes/nightly-7.log" % project, auth=auth).text
 out["status"] = requests.get(target + "/status.json", params={"job": job}, auth=auth).json()
 
 slow = api.schedule(project, "slow", _version=out["versions"][-1][:12])
@@ -94,7 +99,7 @@ out["errors"] = {
     "missing_job": error(lambda: api.client.get(target + "/status.json")),
     "unknown_version": error(lambda: api.schedule(project, "quotes", _version="0000")),
     "bad_priority": error(lambda: api.schedule(project, "quotes", priority="high")),
-    "own_jobid": error(lambda: api.schedule(project, "quotes", jobid="abc")),
+    "bad_jobid": error(lambda: api.schedule(project, "quotes", jobid="../x")),
     "unknown_spider": error(lambda: api.schedule(project, "nope")),
     "spiders_of_unknown_project": error(lambda: api.list_spiders("nope")),
     "delete_unknown_project": error(lambda: api.delete_project("nope")),
@@ -196,6 +201,20 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
         .collect();
     assert_eq!(item_lines.len(), 2);
     assert_eq!(out["cancel_finished"], Value::Null);
+    // A job the client named is known by that name everywhere Scrapyd shows a job id.
+    assert_eq!(out["named"], "nightly-7");
+    assert!(
+        out["named_listed"]
+            .as_array()
+            .unwrap()
+            .contains(&"nightly-7".into())
+    );
+    assert!(
+        out["named_log"]
+            .as_str()
+            .unwrap()
+            .contains("Spider closed (finished)")
+    );
     assert_eq!(out["status"]["currstate"], "finished");
     assert_eq!(out["status"]["status"], "ok");
     assert!(out["status"]["node_name"].is_string());
@@ -210,7 +229,7 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
         client.get_task(slow).await.unwrap().status,
         TaskStatus::Cancelled
     );
-    assert_eq!(out["daemon"]["finished"], 2);
+    assert_eq!(out["daemon"]["finished"], 3);
     assert_eq!(out["daemon"]["running"], 0);
 
     let errors = &out["errors"];
@@ -227,10 +246,10 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
         "{errors}"
     );
     assert!(
-        errors["own_jobid"]
+        errors["bad_jobid"]
             .as_str()
             .unwrap()
-            .starts_with("jobid is chosen by Arachne"),
+            .starts_with("jobid is invalid"),
         "{errors}"
     );
     assert_eq!(errors["unknown_spider"], "spider 'nope' not found");
@@ -606,5 +625,29 @@ async fn scrapydweb_lists_the_jobs_and_shows_a_job_s_log_and_stats() {
     // Its project list and daemon status come from listprojects.json and daemonstatus.json.
     let projects = page(format!("{web}/1/projects/")).await;
     assert!(projects.contains("quotes"), "{projects}");
+    // Its start and stop buttons: schedule.json with a jobid of its own (a time), then cancel.json.
+    let started: Value =
+        serde_json::from_str(&page(format!("{web}/1/api/start/quotes/slow/")).await).unwrap();
+    assert_eq!(started["status"], "ok", "{started}");
+    let named = started["jobid"].as_str().unwrap().to_owned();
+    common::eventually("ScrapydWeb's job runs", || async {
+        let tasks = client.list_tasks(&Default::default()).await.unwrap().items;
+        tasks.iter().any(|t| {
+            t.client_job_id.as_deref() == Some(named.as_str()) && t.status == TaskStatus::Running
+        })
+    })
+    .await;
+    let stopped: Value =
+        serde_json::from_str(&page(format!("{web}/1/api/stop/quotes/{named}/")).await).unwrap();
+    assert_eq!(stopped["prevstate"], "running", "{stopped}");
+    let tasks = client.list_tasks(&Default::default()).await.unwrap().items;
+    let slow = tasks
+        .iter()
+        .find(|t| t.client_job_id.as_deref() == Some(named.as_str()))
+        .unwrap();
+    assert_eq!(
+        common::wait_done(client, slow.id).await.status,
+        TaskStatus::Cancelled
+    );
     master.stop().await;
 }

@@ -233,6 +233,9 @@ pub struct Task {
     /// The spider's item de-duplication when the task was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<Dedup>,
+    /// The id the client that started the run gave it (Scrapyd's `jobid`), by which that client finds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_job_id: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -395,6 +398,7 @@ impl Task {
             exclusive: None,
             results_collection: spider.results_collection(),
             dedup: spider.dedup.clone(),
+            client_job_id: None,
         };
         task.set_status(TaskStatus::Pending, at);
         task

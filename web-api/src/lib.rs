@@ -66,6 +66,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn get_spider(&self, name: &str) -> Result<Spider>;
     /// Creates a task (or a parent task with its children, by mode); Pending when this returns.
     async fn run_task(&self, run: RunTask) -> Result<Task>;
+    /// A run as Scrapyd's `schedule.json` starts one: `run_task`, with the job id its client chose, if any.
+    async fn run_job(&self, run: RunTask, client_job_id: Option<String>) -> Result<Task>;
     /// Runs an ended task again as its next attempt; for a parent, re-runs only the children that did not
     /// finish. Returns the new task (or the parent).
     async fn restart_task(&self, id: TaskId) -> Result<Task>;

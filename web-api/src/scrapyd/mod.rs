@@ -96,10 +96,6 @@ enum Error {
         "project '{project}' is not a Scrapy project for this API: its command is `{cmd}`, where `scrapy` (or `python -m scrapy`) is expected, so that a job can name its spider"
     )]
     NotScrapy { project: String, cmd: String },
-    #[error(
-        "jobid is chosen by Arachne (a job is a task, whose id it makes); leave it out and use the answer's jobid"
-    )]
-    OwnJobId,
     #[error("{0}")]
     Backend(#[from] crate::Error),
 }
@@ -295,9 +291,7 @@ async fn schedule(State(ctx): State<Ctx>, request: Request) -> Response {
         let params = Params::of(request).await?;
         let project = scrapy_project(&ctx, params.required("project")?).await?;
         let spider = params.required("spider")?;
-        if params.get("jobid").is_some() {
-            return Err(Error::OwnJobId);
-        }
+        let jobid = params.get("jobid").map(client_job_id).transpose()?;
         let version = match params.get("_version") {
             Some(label) => Some(version_of(&ctx, &project.name, label).await?),
             None => None,
@@ -331,8 +325,8 @@ async fn schedule(State(ctx): State<Ctx>, request: Request) -> Response {
             priority,
             ..Default::default()
         };
-        let task = ctx.backend.run_task(run).await?;
-        Ok(fields(json!({ "jobid": task.id.to_string() })))
+        let task = ctx.backend.run_job(run, jobid).await?;
+        Ok(fields(json!({ "jobid": job_id(&task) })))
     }
     .await;
     reply(&ctx, answer)
@@ -561,9 +555,9 @@ fn not_found() -> Response {
 
 /// The task a log or items file names, when it is a task of that project.
 async fn file_task(ctx: &Ctx, project: &str, file: &str, suffix: &str) -> Option<TaskId> {
-    let id: TaskId = file.strip_suffix(suffix)?.parse().ok()?;
-    let task = ctx.backend.get_task(id).await.ok()?;
-    (task.spider_name == project).then_some(id)
+    let job = file.strip_suffix(suffix)?;
+    let task = job_of(ctx, Some(project), job).await.ok()??;
+    Some(task.id)
 }
 
 /// The spider a project names.
@@ -597,16 +591,47 @@ async fn version_of(ctx: &Ctx, project: &str, name: &str) -> Result<String, Erro
     }
 }
 
-/// The task a job id names, when it is one of the project's (of any, when `None`).
+/// The task a job id names (a task id, or the `jobid` its client chose: the newest such job Scrapyd would
+/// still list), when it is one of the project's (of any, when `None`).
 async fn job_of(ctx: &Ctx, project: Option<&str>, job: &str) -> Result<Option<Task>, Error> {
-    let Ok(id) = job.parse::<TaskId>() else {
-        return Ok(None);
-    };
-    match ctx.backend.get_task(id).await {
-        Ok(task) if project.is_none_or(|p| p == task.spider_name) => Ok(Some(task)),
-        Ok(_) | Err(crate::Error::NotFound(_)) => Ok(None),
-        Err(err) => Err(err.into()),
+    if let Ok(id) = job.parse::<TaskId>() {
+        match ctx.backend.get_task(id).await {
+            Ok(task) if project.is_none_or(|p| p == task.spider_name) => return Ok(Some(task)),
+            Ok(_) | Err(crate::Error::NotFound(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
     }
+    let jobs = jobs(ctx, project.map(str::to_owned)).await?;
+    Ok(jobs
+        .pending
+        .into_iter()
+        .chain(jobs.running)
+        .chain(jobs.finished)
+        .find(|t| t.client_job_id.as_deref() == Some(job)))
+}
+
+/// A job's id as its client knows it: the `jobid` it chose, else the task's id.
+fn job_id(task: &Task) -> String {
+    task.client_job_id
+        .clone()
+        .unwrap_or_else(|| task.id.to_string())
+}
+
+/// A client's `jobid`: it names the job's log and items files, so it is a file name.
+fn client_job_id(jobid: &str) -> Result<String, Error> {
+    let bad = |reason: &str| Error::Invalid {
+        param: "jobid",
+        reason: reason.to_owned(),
+    };
+    if jobid.is_empty() || jobid.chars().count() > 200 {
+        return Err(bad("it must be 1 to 200 characters"));
+    }
+    if jobid.contains('/') || jobid.chars().any(char::is_control) || jobid.starts_with('.') {
+        return Err(bad(
+            "it names the job's log file: no '/', no control characters, no leading '.'",
+        ));
+    }
+    Ok(jobid.to_owned())
 }
 
 /// Scrapyd's priority (any number, higher first, 0 by default) as Arachne's (1 highest to 10, 5 by default).
@@ -652,7 +677,7 @@ fn time(at: Option<DateTime<Utc>>) -> Value {
 }
 
 fn urls(task: &Task, spider: &str) -> (String, String) {
-    let base = format!("{}/{spider}/{}", task.spider_name, task.id);
+    let base = format!("{}/{spider}/{}", task.spider_name, job_id(task));
     (format!("/logs/{base}.log"), format!("/items/{base}.jl"))
 }
 
@@ -660,7 +685,7 @@ fn pending_job(task: &Task) -> Value {
     json!({
         "project": task.spider_name,
         "spider": scrapy_spider(task),
-        "id": task.id.to_string(),
+        "id": job_id(task),
         "version": task.version,
         "settings": {},
         "args": {},
@@ -673,7 +698,7 @@ fn running_job(task: &Task) -> Value {
     json!({
         "project": task.spider_name,
         "spider": spider,
-        "id": task.id.to_string(),
+        "id": job_id(task),
         "pid": task.pid,
         "start_time": time(task.started_at),
         "log_url": log_url,
@@ -687,7 +712,7 @@ fn finished_job(task: &Task) -> Value {
     json!({
         "project": task.spider_name,
         "spider": spider,
-        "id": task.id.to_string(),
+        "id": job_id(task),
         "start_time": time(task.started_at.or(Some(task.created_at))),
         "end_time": time(task.ended_at),
         "log_url": log_url,

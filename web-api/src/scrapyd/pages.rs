@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 
-use super::{Ctx, Task, scrapy_spider, urls};
+use super::{Ctx, Task, job_id, scrapy_spider, urls};
 
 /// The columns of the jobs table, as Scrapyd names them (without its cancel buttons: a form that a browser
 /// holding the basic-auth password would post from any site).
@@ -74,7 +74,7 @@ fn row(task: &Task, now: DateTime<Utc>) -> String {
     let cells = [
         escape(&task.spider_name),
         escape(&spider),
-        task.id.to_string(),
+        escape(&job_id(task)),
         task.pid
             .filter(|_| ended.is_none())
             .map(|p| p.to_string())

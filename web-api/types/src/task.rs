@@ -99,6 +99,9 @@ pub struct Task {
     /// The spider's item de-duplication when the task was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<Dedup>,
+    /// The id the client that started the run gave it (Scrapyd's `jobid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_job_id: Option<String>,
     /// It ended as a failure that another attempt will retry (`retried_by` names it once it exists): not
     /// the run's end.
     #[serde(default)]
@@ -176,6 +179,7 @@ impl From<arachne_shared::Task> for Task {
             exclusive,
             results_collection,
             dedup,
+            client_job_id,
         )
     }
 }
