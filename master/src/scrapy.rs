@@ -16,7 +16,7 @@ use crate::changes::Changes;
 use crate::removal::{self, Removal};
 use crate::runs::{self, RunRequest, Runs};
 use crate::spiders::{self, SpiderRequest, Spiders};
-use crate::store::{self, Store};
+use crate::store::{self, Store, TaskFilter};
 
 /// The egg's name in the version's folder; the Python path names it.
 pub const EGG_FILE: &str = "project.egg";
@@ -24,6 +24,8 @@ pub const EGG_FILE: &str = "project.egg";
 pub const LABEL_FILE: &str = "scrapyd-version.txt";
 /// How long listing a version's spiders may take (its venv is built first, on a worker's first run of it).
 const LIST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How many of a project's latest finished tasks are searched for an earlier listing of a version.
+const LISTINGS_LOOKED_AT: u32 = 500;
 
 /// Why an egg could not be deployed or a version's spiders not listed.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +244,11 @@ impl Scrapy {
         if let Some(names) = self.lock().get(hash) {
             return Ok(names.clone());
         }
+        if let Some(earlier) = self.listed_earlier(spider, hash).await? {
+            let names = self.names_printed_by(earlier).await?;
+            self.lock().insert(hash.to_owned(), names.clone());
+            return Ok(names);
+        }
         let mut changes = self.changes.subscribe();
         let task = self
             .runs
@@ -289,10 +296,36 @@ impl Scrapy {
                 outcome: format!("ended {}", ended.status),
             });
         }
+        let names = self.names_printed_by(task.id).await?;
+        self.lock().insert(hash.to_owned(), names.clone());
+        Ok(names)
+    }
+
+    /// A `scrapy list` of this version that finished before (under an earlier master process, say): its
+    /// output is the answer, so a restart does not list every version again. Looked for among the project's
+    /// latest finished tasks.
+    async fn listed_earlier(&self, spider: &Spider, hash: &str) -> Result<Option<TaskId>> {
+        let filter = TaskFilter {
+            spider_name: Some(spider.name.clone()),
+            status: Some(TaskStatus::Finished),
+            limit: LISTINGS_LOOKED_AT,
+            ..TaskFilter::default()
+        };
+        let (finished, _) = self.store.list_tasks(&filter).await?;
+        Ok(finished
+            .into_iter()
+            .find(|t| {
+                t.version == hash && t.param.as_deref() == Some(arachne_shared::scrapy::LIST_ARGS)
+            })
+            .map(|t| t.id))
+    }
+
+    /// The spider names a finished `scrapy list` task printed, one per standard output line.
+    async fn names_printed_by(&self, task: TaskId) -> Result<Vec<String>> {
         let mut names = Vec::new();
         let mut after = 0;
         loop {
-            let lines = self.store.logs(task.id, after, 10_000).await?;
+            let lines = self.store.logs(task, after, 10_000).await?;
             let Some(last) = lines.last() else { break };
             after = last.seq;
             names.extend(
@@ -303,7 +336,6 @@ impl Scrapy {
                     .filter(|name| !name.is_empty()),
             );
         }
-        self.lock().insert(hash.to_owned(), names.clone());
         Ok(names)
     }
 

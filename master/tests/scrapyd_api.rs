@@ -651,3 +651,33 @@ async fn scrapydweb_lists_the_jobs_and_shows_a_job_s_log_and_stats() {
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_s_spiders_are_listed_once_even_across_master_restarts() {
+    let scrapy_python = common::venv_python(&SCRAPY);
+    let data = tempfile::tempdir().unwrap();
+    let listings = |client: arachne_client::Client| async move {
+        let tasks = client.list_tasks(&Default::default()).await.unwrap().items;
+        tasks
+            .iter()
+            .filter(|t| t.param.as_deref() == Some(arachne_shared::scrapy::LIST_ARGS))
+            .count()
+    };
+    let master = TestMaster::start(data.path(), true).await;
+    quotes_project(&master.client, &scrapy_python).await;
+    let spiders = master.client.scrapy_spiders("quotes", None).await.unwrap();
+    assert_eq!(spiders, ["quotes", "slow"]);
+    master.client.scrapy_spiders("quotes", None).await.unwrap();
+    assert_eq!(listings(master.client.clone()).await, 1);
+    master.stop().await;
+
+    let master = TestMaster::start(data.path(), true).await;
+    let again = master.client.scrapy_spiders("quotes", None).await.unwrap();
+    assert_eq!(again, spiders);
+    assert_eq!(
+        listings(master.client.clone()).await,
+        1,
+        "the restarted master reads the earlier listing"
+    );
+    master.stop().await;
+}
