@@ -270,7 +270,7 @@ async fn python_scrapyd_api_drives_a_scrapy_project_through_the_scrapyd_api() {
     assert_eq!(out["delete_plain"], true);
     let left = out["projects_after_delete"].as_array().unwrap();
     assert!(left.contains(&"quotes".into()) && !left.contains(&"plain".into()));
-    assert_eq!(out["unknown_job_status"]["currstate"], "unknown");
+    assert_eq!(out["unknown_job_status"]["currstate"], Value::Null);
     assert_eq!(out["unauthenticated"], 401);
     assert_eq!(out["wrong_token"], 401);
     master.stop().await;
@@ -678,6 +678,234 @@ async fn a_version_s_spiders_are_listed_once_even_across_master_restarts() {
         listings(master.client.clone()).await,
         1,
         "the restarted master reads the earlier listing"
+    );
+    master.stop().await;
+}
+
+/// A real Scrapyd 1.6 with Scrapy, and scrapyd-client to deploy to it.
+const SCRAPYD: [&str; 3] = ["scrapyd==1.6.0", "scrapyd-client==2.0.3", "scrapy==2.19.0"];
+
+/// Starts a real Scrapyd on a free port, with basic auth, in `home`; returns it (killed when dropped) and its
+/// URL. Started again on another port if the one it was given was taken meanwhile.
+async fn start_scrapyd(
+    python: &std::path::Path,
+    home: &std::path::Path,
+) -> (tokio::process::Child, String) {
+    for _attempt in 0..3 {
+        let port = common::free_port().port();
+        std::fs::write(
+            home.join("scrapyd.conf"),
+            format!(
+                "[scrapyd]\nbind_address = 127.0.0.1\nhttp_port = {port}\npoll_interval = 0.2\n\
+                 eggs_dir = eggs\nlogs_dir = logs\nitems_dir = items\ndbs_dir = dbs\n\
+                 username = scrapy\npassword = {API_TOKEN}\n"
+            ),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new(python)
+            .args(["-m", "scrapyd"])
+            .current_dir(home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(home.join("scrapyd.log")).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + common::TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if common::http().get(format!("{url}/")).send().await.is_ok() {
+                return (child, url);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Scrapyd never answered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let said = std::fs::read_to_string(home.join("scrapyd.log")).unwrap_or_default();
+    panic!("Scrapyd exited three times before answering; it said:\n{said}");
+}
+
+/// Sends one request as Scrapyd's clients do (a form, or a query string), and reads the answer without the
+/// node name, which differs between servers by design.
+async fn scrapyd_answer(base: &str, method: &str, path: &str, params: &[(&str, &str)]) -> Value {
+    let http = common::http();
+    let query = serde_urlencoded::to_string(params).unwrap();
+    let request = match method {
+        "GET" => http.get(format!("{base}/{path}?{query}")),
+        _ => http
+            .post(format!("{base}/{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(query),
+    };
+    let response = request
+        .basic_auth("scrapy", Some(API_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    let mut answer: Value = response.json().await.unwrap();
+    answer.as_object_mut().unwrap().remove("node_name");
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answers_as_a_real_scrapyd_answers_it() {
+    let python = common::venv_python(&SCRAPYD);
+    // The same project on both: uploaded as a folder here, deployed as an egg there.
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    quotes_project(&master.client, &python).await;
+    let arachne = format!("http://{}", master.scrapyd.unwrap());
+    let home = tempfile::tempdir().unwrap();
+    let (_scrapyd, scrapyd) = start_scrapyd(&python, home.path()).await;
+    let project = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[settings]\ndefault = quotes.settings\n\n[deploy]\nurl = {scrapyd}/\nproject = quotes\n\
+         username = scrapy\npassword = {API_TOKEN}\n"
+    );
+    for (path, text) in [
+        ("scrapy.cfg", cfg.as_str()),
+        ("quotes/__init__.py", ""),
+        ("quotes/settings.py", SETTINGS),
+        ("quotes/spiders/__init__.py", ""),
+        ("quotes/spiders/quotes.py", SPIDERS),
+    ] {
+        let path = project.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let deployed = tokio::process::Command::new(&python)
+        .args(["-m", "scrapyd_client.deploy", "--version", "r1"])
+        .current_dir(project.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(deployed.status.success(), "{deployed:?}");
+
+    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        ("POST", "schedule.json", &[]),
+        ("POST", "schedule.json", &[("project", "quotes")]),
+        (
+            "POST",
+            "schedule.json",
+            &[("project", "nope"), ("spider", "quotes")],
+        ),
+        (
+            "POST",
+            "schedule.json",
+            &[("project", "quotes"), ("spider", "nope")],
+        ),
+        (
+            "POST",
+            "schedule.json",
+            &[
+                ("project", "quotes"),
+                ("spider", "quotes"),
+                ("_version", "nope"),
+            ],
+        ),
+        (
+            "POST",
+            "schedule.json",
+            &[
+                ("project", "quotes"),
+                ("spider", "quotes"),
+                ("priority", "high"),
+            ],
+        ),
+        ("POST", "cancel.json", &[("project", "quotes")]),
+        ("POST", "cancel.json", &[("project", "nope"), ("job", "j1")]),
+        (
+            "POST",
+            "cancel.json",
+            &[("project", "quotes"), ("job", "nope")],
+        ),
+        ("GET", "status.json", &[]),
+        ("GET", "status.json", &[("job", "nope")]),
+        (
+            "GET",
+            "status.json",
+            &[("job", "nope"), ("project", "nope")],
+        ),
+        ("GET", "listversions.json", &[]),
+        ("GET", "listversions.json", &[("project", "nope")]),
+        ("GET", "listspiders.json", &[]),
+        ("GET", "listspiders.json", &[("project", "nope")]),
+        (
+            "GET",
+            "listspiders.json",
+            &[("project", "quotes"), ("_version", "nope")],
+        ),
+        ("GET", "listjobs.json", &[("project", "nope")]),
+        ("POST", "delversion.json", &[("project", "quotes")]),
+        (
+            "POST",
+            "delversion.json",
+            &[("project", "quotes"), ("version", "nope")],
+        ),
+        (
+            "POST",
+            "delversion.json",
+            &[("project", "nope"), ("version", "r1")],
+        ),
+        ("POST", "delproject.json", &[]),
+        ("POST", "delproject.json", &[("project", "nope")]),
+        (
+            "POST",
+            "addversion.json",
+            &[("project", "quotes"), ("version", "r2")],
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (method, path, params) in cases {
+        let theirs = scrapyd_answer(&scrapyd, method, path, params).await;
+        let ours = scrapyd_answer(&arachne, method, path, params).await;
+        if ours != theirs {
+            differences.push(format!(
+                "{method} {path} {params:?}:\n  Scrapyd: {theirs}\n  Arachne: {ours}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+
+    // And a job that finished: the same answers, and the same fields in its listing, but for times.
+    for base in [&arachne, &scrapyd] {
+        let params = [
+            ("project", "quotes"),
+            ("spider", "quotes"),
+            ("jobid", "same-1"),
+        ];
+        let scheduled = scrapyd_answer(base, "POST", "schedule.json", &params).await;
+        assert_eq!(
+            scheduled,
+            serde_json::json!({"status": "ok", "jobid": "same-1"}),
+            "{base}"
+        );
+        common::eventually("the job finishes", || async {
+            let status = scrapyd_answer(base, "GET", "status.json", &[("job", "same-1")]).await;
+            status["currstate"] == "finished"
+        })
+        .await;
+    }
+    let listed = |mut answer: Value| {
+        let job = answer["finished"][0].as_object_mut().unwrap();
+        let (start, end) = (job.remove("start_time"), job.remove("end_time"));
+        assert!(start.is_some_and(|t| t.is_string()) && end.is_some_and(|t| t.is_string()));
+        answer
+    };
+    let params = [("project", "quotes")];
+    assert_eq!(
+        listed(scrapyd_answer(&arachne, "GET", "listjobs.json", &params).await),
+        listed(scrapyd_answer(&scrapyd, "GET", "listjobs.json", &params).await),
+    );
+    let cancelled = [("project", "quotes"), ("job", "same-1")];
+    assert_eq!(
+        scrapyd_answer(&arachne, "POST", "cancel.json", &cancelled).await,
+        scrapyd_answer(&scrapyd, "POST", "cancel.json", &cancelled).await,
     );
     master.stop().await;
 }

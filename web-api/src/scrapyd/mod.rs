@@ -217,9 +217,15 @@ async fn list_projects(State(ctx): State<Ctx>) -> Response {
 async fn list_versions(State(ctx): State<Ctx>, request: Request) -> Response {
     let answer = async {
         let params = Params::of(request).await?;
-        let project = project(&ctx, params.required("project")?).await?;
-        let versions = ctx.backend.scrapy_versions(&project.name).await?;
-        let labels: Vec<String> = versions.into_iter().map(|v| v.label).collect();
+        // As Scrapyd's egg storage does: a project it does not know has no versions.
+        let labels: Vec<String> = match project(&ctx, params.required("project")?).await {
+            Ok(project) => ctx.backend.scrapy_versions(&project.name).await?,
+            Err(Error::NoProject(_)) => Vec::new(),
+            Err(err) => return Err(err),
+        }
+        .into_iter()
+        .map(|v| v.label)
+        .collect();
         Ok(fields(json!({ "versions": labels })))
     }
     .await;
@@ -247,6 +253,18 @@ async fn list_spiders(State(ctx): State<Ctx>, request: Request) -> Response {
 /// `addversion.json`: a multipart form with `project`, `version` and the `egg` file, as scrapyd-deploy sends.
 async fn add_version(State(ctx): State<Ctx>, request: Request) -> Response {
     let answer = async {
+        let multipart = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("multipart/form-data"));
+        if !multipart {
+            // A plain form can hold no egg: say which parameter is missing first, as Scrapyd does.
+            let params = Params::of(request).await?;
+            params.required("project")?;
+            params.required("version")?;
+            return Err(Error::Missing("egg"));
+        }
         let (mut project, mut version, mut egg) = (None, None, None);
         let mut form = <axum::extract::Multipart as axum::extract::FromRequest<()>>::from_request(
             request,
@@ -357,8 +375,14 @@ async fn cancel(State(ctx): State<Ctx>, request: Request) -> Response {
 async fn delete_version(State(ctx): State<Ctx>, request: Request) -> Response {
     let answer = async {
         let params = Params::of(request).await?;
-        let project = project(&ctx, params.required("project")?).await?;
-        let hash = version_of(&ctx, &project.name, params.required("version")?).await?;
+        let name = params.required("project")?;
+        let version = params.required("version")?;
+        // Scrapyd looks for the version's egg first, so an unknown project is an unknown version.
+        let project = match project(&ctx, name).await {
+            Err(Error::NoProject(_)) => return Err(Error::NoVersion(version.to_owned())),
+            other => other?,
+        };
+        let hash = version_of(&ctx, &project.name, version).await?;
         ctx.backend
             .scrapy_delete_version(&project.name, &hash)
             .await?;
@@ -391,7 +415,7 @@ async fn status(State(ctx): State<Ctx>, request: Request) -> Response {
         };
         let currstate = job_of(&ctx, project.as_deref(), job)
             .await?
-            .map_or("unknown", |t| state_of(t.status));
+            .map(|t| state_of(t.status));
         Ok(fields(json!({ "currstate": currstate })))
     }
     .await;
@@ -638,7 +662,8 @@ fn client_job_id(jobid: &str) -> Result<String, Error> {
 fn priority(text: &str) -> Result<u8, Error> {
     let value: f64 = text.trim().parse().map_err(|_| Error::Invalid {
         param: "priority",
-        reason: format!("could not convert string to float: '{text}'"),
+        // Scrapyd converts the raw bytes, so Python names them as bytes.
+        reason: format!("could not convert string to float: b'{text}'"),
     })?;
     if !value.is_finite() {
         return Err(Error::Invalid {
