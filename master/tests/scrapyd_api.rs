@@ -752,6 +752,9 @@ async fn scrapyd_answer(base: &str, method: &str, path: &str, params: &[(&str, &
     answer
 }
 
+/// A Scrapyd request: method, path, parameters.
+type Request<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_answers_as_a_real_scrapyd_answers_it() {
     let python = common::venv_python(&SCRAPYD);
@@ -786,7 +789,7 @@ async fn every_error_answers_as_a_real_scrapyd_answers_it() {
         .unwrap();
     assert!(deployed.status.success(), "{deployed:?}");
 
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    let cases: &[Request] = &[
         ("POST", "schedule.json", &[]),
         ("POST", "schedule.json", &[("project", "quotes")]),
         (
