@@ -51,6 +51,66 @@ pub fn shell_word(word: &str) -> String {
     }
 }
 
+/// A crawl's arguments read back: what [`crawl_args`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crawl {
+    pub spider: String,
+    pub args: Vec<(String, String)>,
+    pub settings: Vec<(String, String)>,
+}
+
+/// Reads a run's arguments as a crawl (`crawl SPIDER [-a K=V | -s K=V]...`, quoted as the shell reads them);
+/// `None` when they are something else.
+pub fn parse_crawl(param: &str) -> Option<Crawl> {
+    let words = shell_words(param)?;
+    let mut words = words.into_iter();
+    if words.next().as_deref() != Some("crawl") {
+        return None;
+    }
+    let mut crawl = Crawl {
+        spider: words.next()?,
+        ..Crawl::default()
+    };
+    while let Some(flag) = words.next() {
+        let pair = words.next()?;
+        let (key, value) = pair.split_once('=').unwrap_or((&pair, ""));
+        let pair = (key.to_owned(), value.to_owned());
+        match flag.as_str() {
+            "-a" => crawl.args.push(pair),
+            "-s" => crawl.settings.push(pair),
+            _ => return None,
+        }
+    }
+    Some(crawl)
+}
+
+/// Splits a command line into words as `sh` does for plain words, single quotes and backslashes; `None` for
+/// anything else it would treat specially (double quotes, an unclosed quote).
+fn shell_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => words.extend(word.take()),
+            '\'' => {
+                let quoted = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => quoted.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
+            '"' | '$' | '`' => return None,
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Some(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +139,27 @@ mod tests {
         );
         assert_eq!(shell_word("a;rm -rf /"), "'a;rm -rf /'");
         assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn a_crawl_is_read_back_as_it_was_written() {
+        let args = vec![
+            ("q".to_owned(), "it's here".to_owned()),
+            ("empty".to_owned(), String::new()),
+        ];
+        let settings = vec![("FEEDS".to_owned(), r#"{"a": 1}"#.to_owned())];
+        let crawl = parse_crawl(&crawl_args("quo tes", &args, &settings)).unwrap();
+        assert_eq!(
+            crawl,
+            Crawl {
+                spider: "quo tes".into(),
+                args,
+                settings
+            }
+        );
+        assert_eq!(parse_crawl("list"), None);
+        assert_eq!(parse_crawl("crawl q -a"), None);
+        assert_eq!(parse_crawl("crawl q -x k=v"), None);
+        assert_eq!(parse_crawl("crawl 'q"), None);
     }
 }

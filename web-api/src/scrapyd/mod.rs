@@ -682,16 +682,21 @@ fn state_of(status: TaskStatus) -> &'static str {
     }
 }
 
-/// The Scrapy spider a task crawls: the word after `crawl` in its command line, else the project's name.
+/// The crawl a task runs: its Scrapy spider, arguments and settings (for a task started otherwise, the
+/// project's name and nothing more).
+fn crawl_of(task: &Task) -> arachne_shared::scrapy::Crawl {
+    task.param
+        .as_deref()
+        .and_then(arachne_shared::scrapy::parse_crawl)
+        .unwrap_or_else(|| arachne_shared::scrapy::Crawl {
+            spider: task.spider_name.clone(),
+            ..Default::default()
+        })
+}
+
+/// The Scrapy spider a task crawls.
 fn scrapy_spider(task: &Task) -> String {
-    let line = task.command_line();
-    let mut words = line.split_whitespace();
-    words
-        .by_ref()
-        .find(|w| *w == "crawl")
-        .and(words.next())
-        .map(|w| w.trim_matches('\'').to_owned())
-        .unwrap_or_else(|| task.spider_name.clone())
+    crawl_of(task).spider
 }
 
 /// A time as Scrapyd writes one (`2026-12-07 08:30:00.123456`); Arachne's are UTC.
@@ -707,13 +712,17 @@ fn urls(task: &Task, spider: &str) -> (String, String) {
 }
 
 fn pending_job(task: &Task) -> Value {
+    let crawl = crawl_of(task);
+    let map = |pairs: Vec<(String, String)>| -> Map<String, Value> {
+        pairs.into_iter().map(|(k, v)| (k, v.into())).collect()
+    };
     json!({
         "project": task.spider_name,
-        "spider": scrapy_spider(task),
+        "spider": crawl.spider,
         "id": job_id(task),
         "version": task.version,
-        "settings": {},
-        "args": {},
+        "settings": map(crawl.settings),
+        "args": map(crawl.args),
     })
 }
 
@@ -764,6 +773,23 @@ mod tests {
         assert_eq!(priority("-9").unwrap(), 10);
         assert!(priority("high").is_err());
         assert!(priority("nan").is_err());
+    }
+
+    #[test]
+    fn a_pending_job_lists_its_spider_arguments_and_settings() {
+        let spider = arachne_shared::Spider::new("quotes", "scrapy", Utc::now());
+        let mut task = arachne_shared::Task::pending(&spider, Utc::now());
+        task.param = Some(arachne_shared::scrapy::crawl_args(
+            "quotes",
+            &[("tag".into(), "life & death".into())],
+            &[("DOWNLOAD_DELAY".into(), "2".into())],
+        ));
+        task.client_job_id = Some("j1".into());
+        let job = pending_job(&Task::from(task));
+        assert_eq!(job["spider"], "quotes");
+        assert_eq!(job["id"], "j1");
+        assert_eq!(job["args"], json!({"tag": "life & death"}));
+        assert_eq!(job["settings"], json!({"DOWNLOAD_DELAY": "2"}));
     }
 
     #[test]
