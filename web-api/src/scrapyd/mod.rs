@@ -54,20 +54,20 @@ pub fn router(backend: Arc<dyn Backend>, options: &ScrapydOptions) -> Router {
     let routes = Router::new()
         .route("/", get(pages::home))
         .route("/jobs", get(pages::jobs_table))
-        .route("/daemonstatus.json", get(daemon_status))
-        .route("/listprojects.json", get(list_projects))
-        .route("/listversions.json", get(list_versions))
-        .route("/listspiders.json", get(list_spiders))
+        .route("/daemonstatus.json", get(serve(daemon_status)))
+        .route("/listprojects.json", get(serve(list_projects)))
+        .route("/listversions.json", get(serve(list_versions)))
+        .route("/listspiders.json", get(serve(list_spiders)))
         .route(
             "/addversion.json",
             post(add_version).layer(axum::extract::DefaultBodyLimit::max(options.max_egg_bytes)),
         )
-        .route("/listjobs.json", get(list_jobs))
-        .route("/status.json", get(status))
-        .route("/schedule.json", post(schedule))
-        .route("/cancel.json", post(cancel))
-        .route("/delversion.json", post(delete_version))
-        .route("/delproject.json", post(delete_project))
+        .route("/listjobs.json", get(serve(list_jobs)))
+        .route("/status.json", get(serve(status)))
+        .route("/schedule.json", post(serve(schedule)))
+        .route("/cancel.json", post(serve(cancel)))
+        .route("/delversion.json", post(serve(delete_version)))
+        .route("/delproject.json", post(serve(delete_project)))
         .route("/logs/{project}/{spider}/{job}", get(log_file))
         .route("/items/{project}/{spider}/{job}", get(items_file));
     // Always: its clients post plain forms, which the browser protections of the main API cannot tell from
@@ -101,6 +101,30 @@ enum Error {
 }
 
 type Answer = Result<Map<String, Value>, Error>;
+
+/// A handler of a Scrapyd endpoint, served with its parameters read and its answer in Scrapyd's envelope.
+fn serve<F, Fut>(
+    handler: F,
+) -> impl Fn(State<Ctx>, Request) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
++ Clone
++ Send
++ Sync
++ 'static
+where
+    F: Fn(Ctx, Params) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
+    move |State(ctx): State<Ctx>, request: Request| {
+        let handler = handler.clone();
+        Box::pin(async move {
+            let answer = match Params::of(request).await {
+                Ok(params) => handler(ctx.clone(), params).await,
+                Err(err) => Err(err),
+            };
+            reply(&ctx, answer)
+        })
+    }
+}
 
 /// Wraps an answer in Scrapyd's envelope.
 fn reply(ctx: &Ctx, answer: Answer) -> Response {
@@ -191,63 +215,45 @@ fn password(headers: &HeaderMap) -> Option<String> {
         .map(|(_, password)| password.to_owned())
 }
 
-async fn daemon_status(State(ctx): State<Ctx>) -> Response {
-    let answer = async {
-        let jobs = jobs(&ctx, None).await?;
-        Ok(fields(json!({
-            "pending": jobs.pending.len(),
-            "running": jobs.running.len(),
-            "finished": jobs.finished.len(),
-        })))
-    }
-    .await;
-    reply(&ctx, answer)
+async fn daemon_status(ctx: Ctx, _: Params) -> Answer {
+    let jobs = jobs(&ctx, None).await?;
+    Ok(fields(json!({
+        "pending": jobs.pending.len(),
+        "running": jobs.running.len(),
+        "finished": jobs.finished.len(),
+    })))
 }
 
-async fn list_projects(State(ctx): State<Ctx>) -> Response {
-    let answer = async {
-        let spiders = ctx.backend.list_spiders().await?;
-        let projects: Vec<String> = spiders.into_iter().map(|s| s.name).collect();
-        Ok(fields(json!({ "projects": projects })))
-    }
-    .await;
-    reply(&ctx, answer)
+async fn list_projects(ctx: Ctx, _: Params) -> Answer {
+    let spiders = ctx.backend.list_spiders().await?;
+    let projects: Vec<String> = spiders.into_iter().map(|s| s.name).collect();
+    Ok(fields(json!({ "projects": projects })))
 }
 
-async fn list_versions(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        // As Scrapyd's egg storage does: a project it does not know has no versions.
-        let labels: Vec<String> = match project(&ctx, params.required("project")?).await {
-            Ok(project) => ctx.backend.scrapy_versions(&project.name).await?,
-            Err(Error::NoProject(_)) => Vec::new(),
-            Err(err) => return Err(err),
-        }
-        .into_iter()
-        .map(|v| v.label)
-        .collect();
-        Ok(fields(json!({ "versions": labels })))
+async fn list_versions(ctx: Ctx, params: Params) -> Answer {
+    // As Scrapyd's egg storage does: a project it does not know has no versions.
+    let labels: Vec<String> = match project(&ctx, params.required("project")?).await {
+        Ok(project) => ctx.backend.scrapy_versions(&project.name).await?,
+        Err(Error::NoProject(_)) => Vec::new(),
+        Err(err) => return Err(err),
     }
-    .await;
-    reply(&ctx, answer)
+    .into_iter()
+    .map(|v| v.label)
+    .collect();
+    Ok(fields(json!({ "versions": labels })))
 }
 
-async fn list_spiders(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let project = scrapy_project(&ctx, params.required("project")?).await?;
-        let version = match params.get("_version") {
-            Some(name) => Some(version_of(&ctx, &project.name, name).await?),
-            None => None,
-        };
-        let spiders = ctx
-            .backend
-            .scrapy_spiders(&project.name, version.as_deref())
-            .await?;
-        Ok(fields(json!({ "spiders": spiders })))
-    }
-    .await;
-    reply(&ctx, answer)
+async fn list_spiders(ctx: Ctx, params: Params) -> Answer {
+    let project = scrapy_project(&ctx, params.required("project")?).await?;
+    let version = match params.get("_version") {
+        Some(name) => Some(version_of(&ctx, &project.name, name).await?),
+        None => None,
+    };
+    let spiders = ctx
+        .backend
+        .scrapy_spiders(&project.name, version.as_deref())
+        .await?;
+    Ok(fields(json!({ "spiders": spiders })))
 }
 
 /// `addversion.json`: a multipart form with `project`, `version` and the `egg` file, as scrapyd-deploy sends.
@@ -304,140 +310,110 @@ async fn add_version(State(ctx): State<Ctx>, request: Request) -> Response {
     reply(&ctx, answer)
 }
 
-async fn schedule(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let project = scrapy_project(&ctx, params.required("project")?).await?;
-        let spider = params.required("spider")?;
-        let jobid = params.get("jobid").map(client_job_id).transpose()?;
-        let version = match params.get("_version") {
-            Some(label) => Some(version_of(&ctx, &project.name, label).await?),
-            None => None,
-        };
-        let spiders = ctx
-            .backend
-            .scrapy_spiders(&project.name, version.as_deref())
-            .await?;
-        if !spiders.iter().any(|s| s == spider) {
-            return Err(Error::NoSpider(spider.to_owned()));
-        }
-        let priority = match params.get("priority") {
-            Some(text) => Some(priority(text)?),
-            None => None,
-        };
-        let (mut args, mut settings) = (Vec::new(), Vec::new());
-        for (key, value) in &params.0 {
-            match key.as_str() {
-                "project" | "spider" | "_version" | "priority" | "jobid" => {}
-                "setting" => {
-                    let (name, value) = value.split_once('=').unwrap_or((value, ""));
-                    settings.push((name.to_owned(), value.to_owned()));
-                }
-                _ => args.push((key.clone(), value.clone())),
-            }
-        }
-        let run = arachne_api_types::RunTask {
-            spider: project.name,
-            version,
-            param: Some(arachne_shared::scrapy::crawl_args(spider, &args, &settings)),
-            priority,
-            ..Default::default()
-        };
-        let task = ctx.backend.run_job(run, jobid).await?;
-        Ok(fields(json!({ "jobid": job_id(&task) })))
+async fn schedule(ctx: Ctx, params: Params) -> Answer {
+    let project = scrapy_project(&ctx, params.required("project")?).await?;
+    let spider = params.required("spider")?;
+    let jobid = params.get("jobid").map(client_job_id).transpose()?;
+    let version = match params.get("_version") {
+        Some(label) => Some(version_of(&ctx, &project.name, label).await?),
+        None => None,
+    };
+    let spiders = ctx
+        .backend
+        .scrapy_spiders(&project.name, version.as_deref())
+        .await?;
+    if !spiders.iter().any(|s| s == spider) {
+        return Err(Error::NoSpider(spider.to_owned()));
     }
-    .await;
-    reply(&ctx, answer)
+    let priority = match params.get("priority") {
+        Some(text) => Some(priority(text)?),
+        None => None,
+    };
+    let (mut args, mut settings) = (Vec::new(), Vec::new());
+    for (key, value) in &params.0 {
+        match key.as_str() {
+            "project" | "spider" | "_version" | "priority" | "jobid" => {}
+            "setting" => {
+                let (name, value) = value.split_once('=').unwrap_or((value, ""));
+                settings.push((name.to_owned(), value.to_owned()));
+            }
+            _ => args.push((key.clone(), value.clone())),
+        }
+    }
+    let run = arachne_api_types::RunTask {
+        spider: project.name,
+        version,
+        param: Some(arachne_shared::scrapy::crawl_args(spider, &args, &settings)),
+        priority,
+        ..Default::default()
+    };
+    let task = ctx.backend.run_job(run, jobid).await?;
+    Ok(fields(json!({ "jobid": job_id(&task) })))
 }
 
-async fn cancel(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let project = project(&ctx, params.required("project")?).await?;
-        let job = params.required("job")?;
-        // Scrapyd's `signal` picks the signal; Arachne's cancel asks the spider, then escalates.
-        let prevstate = match job_of(&ctx, Some(&project.name), job).await? {
-            Some(task) if !task.status.is_terminal() => {
-                let state = state_of(task.status);
-                ctx.backend.cancel_task(task.id).await?;
-                Value::from(state)
-            }
-            _ => Value::Null,
-        };
-        Ok(fields(json!({ "prevstate": prevstate })))
-    }
-    .await;
-    reply(&ctx, answer)
+async fn cancel(ctx: Ctx, params: Params) -> Answer {
+    let project = project(&ctx, params.required("project")?).await?;
+    let job = params.required("job")?;
+    // Scrapyd's `signal` picks the signal; Arachne's cancel asks the spider, then escalates.
+    let prevstate = match job_of(&ctx, Some(&project.name), job).await? {
+        Some(task) if !task.status.is_terminal() => {
+            let state = state_of(task.status);
+            ctx.backend.cancel_task(task.id).await?;
+            Value::from(state)
+        }
+        _ => Value::Null,
+    };
+    Ok(fields(json!({ "prevstate": prevstate })))
 }
 
 /// `delversion.json`: as in Scrapyd, the project goes with its last version. Arachne refuses while a job
 /// runs or waits on that version, which Scrapyd does not check.
-async fn delete_version(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let name = params.required("project")?;
-        let version = params.required("version")?;
-        // Scrapyd looks for the version's egg first, so an unknown project is an unknown version.
-        let project = match project(&ctx, name).await {
-            Err(Error::NoProject(_)) => return Err(Error::NoVersion(version.to_owned())),
-            other => other?,
-        };
-        let hash = version_of(&ctx, &project.name, version).await?;
-        ctx.backend
-            .scrapy_delete_version(&project.name, &hash)
-            .await?;
-        Ok(Map::new())
-    }
-    .await;
-    reply(&ctx, answer)
+async fn delete_version(ctx: Ctx, params: Params) -> Answer {
+    let name = params.required("project")?;
+    let version = params.required("version")?;
+    // Scrapyd looks for the version's egg first, so an unknown project is an unknown version.
+    let project = match project(&ctx, name).await {
+        Err(Error::NoProject(_)) => return Err(Error::NoVersion(version.to_owned())),
+        other => other?,
+    };
+    let hash = version_of(&ctx, &project.name, version).await?;
+    ctx.backend
+        .scrapy_delete_version(&project.name, &hash)
+        .await?;
+    Ok(Map::new())
 }
 
 /// `delproject.json`: the project's versions and schedules go; its finished jobs stay listed, as in Scrapyd.
 /// Arachne refuses while any of its jobs runs or waits.
-async fn delete_project(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let project = project(&ctx, params.required("project")?).await?;
-        ctx.backend.delete_spider(&project.name, false).await?;
-        Ok(Map::new())
-    }
-    .await;
-    reply(&ctx, answer)
+async fn delete_project(ctx: Ctx, params: Params) -> Answer {
+    let project = project(&ctx, params.required("project")?).await?;
+    ctx.backend.delete_spider(&project.name, false).await?;
+    Ok(Map::new())
 }
 
-async fn status(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let job = params.required("job")?;
-        let project = match params.get("project") {
-            Some(name) => Some(project(&ctx, name).await?.name),
-            None => None,
-        };
-        let currstate = job_of(&ctx, project.as_deref(), job)
-            .await?
-            .map(|t| state_of(t.status));
-        Ok(fields(json!({ "currstate": currstate })))
-    }
-    .await;
-    reply(&ctx, answer)
+async fn status(ctx: Ctx, params: Params) -> Answer {
+    let job = params.required("job")?;
+    let project = match params.get("project") {
+        Some(name) => Some(project(&ctx, name).await?.name),
+        None => None,
+    };
+    let currstate = job_of(&ctx, project.as_deref(), job)
+        .await?
+        .map(|t| state_of(t.status));
+    Ok(fields(json!({ "currstate": currstate })))
 }
 
-async fn list_jobs(State(ctx): State<Ctx>, request: Request) -> Response {
-    let answer = async {
-        let params = Params::of(request).await?;
-        let project = match params.get("project") {
-            Some(name) => Some(project(&ctx, name).await?.name),
-            None => None,
-        };
-        let jobs = jobs(&ctx, project).await?;
-        Ok(fields(json!({
-            "pending": jobs.pending.iter().map(pending_job).collect::<Vec<_>>(),
-            "running": jobs.running.iter().map(running_job).collect::<Vec<_>>(),
-            "finished": jobs.finished.iter().map(finished_job).collect::<Vec<_>>(),
-        })))
-    }
-    .await;
-    reply(&ctx, answer)
+async fn list_jobs(ctx: Ctx, params: Params) -> Answer {
+    let project = match params.get("project") {
+        Some(name) => Some(project(&ctx, name).await?.name),
+        None => None,
+    };
+    let jobs = jobs(&ctx, project).await?;
+    Ok(fields(json!({
+        "pending": jobs.pending.iter().map(pending_job).collect::<Vec<_>>(),
+        "running": jobs.running.iter().map(running_job).collect::<Vec<_>>(),
+        "finished": jobs.finished.iter().map(finished_job).collect::<Vec<_>>(),
+    })))
 }
 
 /// Tasks as Scrapyd's jobs, by state.
