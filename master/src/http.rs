@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use arachne_shared::files::VersionInfo;
 use arachne_shared::upload::Upload;
-use arachne_shared::{ItemRecord, LogLine, Node, RunOptions, Schedule, Spider, TaskId};
+use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, DeletedSpider, Health, HealthStatus, Metrics, Page, RunTask, ScheduleSpec,
-    ScheduleView, ScrapyVersion, Task, TaskQuery, UpdateNode, VersionFiles,
+    CreateSpider, DeletedSpider, Health, HealthStatus, Metrics, Node, Page, RunTask, ScheduleSpec,
+    ScheduleView, ScrapyVersion, Spider, Task, TaskQuery, UpdateNode, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, Result};
 use tokio::sync::broadcast;
@@ -52,11 +52,11 @@ impl Backend for MasterApi {
             results_collection: request.results_collection,
             dedup: request.dedup,
         };
-        Ok(self.spiders.put(request).await?)
+        Ok(self.spiders.put(request).await?.into())
     }
 
     async fn upload_files(&self, name: &str, upload: Upload) -> Result<Spider> {
-        Ok(self.spiders.upload(name, upload).await?)
+        Ok(self.spiders.upload(name, upload).await?.into())
     }
 
     async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {
@@ -64,7 +64,7 @@ impl Backend for MasterApi {
     }
 
     async fn set_current_version(&self, name: &str, version: &str) -> Result<Spider> {
-        Ok(self.spiders.set_current(name, version).await?)
+        Ok(self.spiders.set_current(name, version).await?.into())
     }
 
     async fn delete_version(&self, name: &str, version: &str) -> Result<()> {
@@ -120,11 +120,17 @@ impl Backend for MasterApi {
     }
 
     async fn list_spiders(&self) -> Result<Vec<Spider>> {
-        Ok(self.spiders.list().await?)
+        Ok(self
+            .spiders
+            .list()
+            .await?
+            .into_iter()
+            .map(Spider::from)
+            .collect())
     }
 
     async fn get_spider(&self, name: &str) -> Result<Spider> {
-        Ok(self.spiders.get(name).await?)
+        Ok(self.spiders.get(name).await?.into())
     }
 
     async fn run_task(&self, run: RunTask) -> Result<Task> {
@@ -189,7 +195,13 @@ impl Backend for MasterApi {
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>> {
-        Ok(self.nodes.list().await?)
+        Ok(self
+            .nodes
+            .list()
+            .await?
+            .into_iter()
+            .map(Node::from)
+            .collect())
     }
 
     async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node> {
@@ -197,7 +209,7 @@ impl Backend for MasterApi {
             max_runners: update.max_runners,
             enabled: update.enabled,
         };
-        Ok(self.nodes.update(name, update).await?)
+        Ok(self.nodes.update(name, update).await?.into())
     }
 
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
@@ -307,7 +319,7 @@ fn run_options(
 fn view(schedule: Schedule) -> ScheduleView {
     ScheduleView {
         next: schedules::next_fires(&schedule, 5),
-        schedule,
+        schedule: schedule.into(),
     }
 }
 

@@ -339,8 +339,8 @@ mode = "ignore"
     assert_eq!(run_on(client, "beta", None, None).await, ["hi", "beta"]);
     let beta = client.get_spider("beta").await.unwrap();
     assert_eq!(
-        (beta.results_collection(), beta.max_instances),
-        ("beta_items".to_owned(), Some(2))
+        (beta.results_collection.as_deref(), beta.max_instances),
+        (Some("beta_items"), Some(2))
     );
     let dedup = beta.dedup.as_ref().expect("dedup is set");
     assert_eq!(
@@ -371,9 +371,8 @@ mode = "ignore"
     );
     let alpha = client.get_spider("alpha").await.unwrap();
     assert_eq!(
-        alpha.results_collection(),
-        "results_alpha",
-        "Crawlab's default name"
+        alpha.results_collection, None,
+        "none set: its items go to results_alpha, Crawlab's default name"
     );
     let reserved = client
         .put_spider(&CreateSpider {

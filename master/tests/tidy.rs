@@ -118,28 +118,68 @@ fn no_generated_protobuf_type_leaves_proto() {
 }
 
 #[test]
-fn the_api_shows_tasks_as_its_own_type_not_the_stored_record() {
-    let mut files = rust_files(&workspace().join("web-api/src"));
-    files.extend(rust_files(&workspace().join("web-api/client/src")));
-    let found: Vec<String> = offending(&files, &["arachne_shared::"])
-        .into_iter()
-        .filter(|line| {
-            line.split(|c: char| !c.is_alphanumeric() && c != '_')
-                .any(|word| word == "Task")
-        })
-        .collect();
+fn the_api_shows_records_as_its_own_types_not_the_stored_ones() {
+    // The master's records, and the file of each.
+    const RECORDS: [(&str, &str); 4] = [
+        ("Task", "shared/src/task.rs"),
+        ("Spider", "shared/src/spider.rs"),
+        ("Node", "shared/src/node.rs"),
+        ("Schedule", "shared/src/schedule.rs"),
+    ];
+    let mut files = Vec::new();
+    for side in ["web-api/src", "web-api/client/src", "web-api/cli/src"] {
+        files.extend(rust_files(&workspace().join(side)));
+    }
+    let mut found = Vec::new();
+    for file in &files {
+        let text = source(file);
+        // Unit tests may build a record to convert it.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (number, line) in code.lines().enumerate() {
+            for (record, _) in RECORDS {
+                if names_shared(line, record) {
+                    found.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
+                }
+            }
+        }
+    }
     assert!(
         found.is_empty(),
-        "the HTTP side names the master's task record (use arachne_api_types::Task):\n{}",
+        "the HTTP side names a master's record (use arachne_api_types' own type):\n{}",
         found.join("\n")
     );
-    let record = source(&workspace().join("shared/src/task.rs"));
-    let at = record.find("pub struct Task {").unwrap();
-    let derive = record[..at].rsplit("#[derive(").next().unwrap();
-    assert!(
-        !derive.contains("JsonSchema"),
-        "the task record is an OpenAPI schema again: {derive}"
-    );
+    for (record, path) in RECORDS {
+        let text = source(&workspace().join(path));
+        let at = text.find(&format!("pub struct {record} {{")).unwrap();
+        let derive = text[..at].rsplit("#[derive(").next().unwrap();
+        assert!(
+            !derive.contains("JsonSchema"),
+            "the {record} record is an OpenAPI schema again: {derive}"
+        );
+    }
+}
+
+/// Whether `line` names `arachne_shared`'s `item`: by a path ending in it, or in a `use` list.
+fn names_shared(line: &str, item: &str) -> bool {
+    line.match_indices("arachne_shared::").any(|(at, prefix)| {
+        let rest = &line[at + prefix.len()..];
+        if let Some(list) = rest.strip_prefix('{') {
+            let list = list.split('}').next().unwrap_or_default();
+            return list
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .any(|word| word == item);
+        }
+        let path: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        path.rsplit("::").next() == Some(item)
+    })
 }
 
 #[test]

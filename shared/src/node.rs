@@ -15,8 +15,8 @@ pub enum NodeStatus {
 
 named_enum!(NodeStatus, "node status", Online => "online", Offline => "offline");
 
-/// A worker node as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// A worker node as the master keeps it (the API shows it as its own type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique name the worker registered with.
     pub name: String,

@@ -51,8 +51,8 @@ pub enum MisfirePolicy {
 named_enum!(OverlapPolicy, "overlap policy", Allow => "allow", Skip => "skip", Queue => "queue");
 named_enum!(MisfirePolicy, "misfire policy", Once => "once", Skip => "skip");
 
-/// A cron schedule as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// A cron schedule as the master keeps it (the API shows it as its own type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     pub id: ScheduleId,
     /// Unique, user-chosen name.

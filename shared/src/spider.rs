@@ -11,8 +11,8 @@ uuid_id!(
     SpiderId
 );
 
-/// A spider as stored and as shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// A spider as the master keeps it (the API shows it as its own type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Spider {
     pub id: SpiderId,
     /// Unique, user-chosen name; what the CLI refers to.

@@ -13,7 +13,7 @@ pub mod scrapyd;
 mod ui;
 
 use arachne_shared::files::VersionInfo;
-use arachne_shared::{ItemRecord, LogLine, Node, Spider, TaskChanged, TaskId};
+use arachne_shared::{ItemRecord, LogLine, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
 pub use arachne_api_types as types;
@@ -21,8 +21,8 @@ pub use arachne_api_types::CLIENT_HEADER;
 pub use error::Error;
 pub use routes::{RouterOptions, router};
 use types::{
-    CreateSpider, Page, RunTask, ScheduleSpec, ScheduleView, Task, TaskQuery, UpdateNode, Upload,
-    VersionFiles,
+    CreateSpider, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider, Task, TaskQuery,
+    UpdateNode, Upload, VersionFiles,
 };
 
 /// Result of backend calls.

@@ -3,9 +3,9 @@
 
 use std::fmt::Write as _;
 
-use arachne_api_types::Task;
+use arachne_api_types::{Spider, Task};
 use arachne_shared::spider::{DedupMode, RunSettings};
-use arachne_shared::{RunMode, Spider, TaskStatus};
+use arachne_shared::{RunMode, TaskStatus};
 use chrono::{DateTime, Utc};
 
 /// Labelled lines, the labels padded to one width; a field with no value is left out.

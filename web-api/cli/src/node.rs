@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use arachne_api_types::Node;
 use arachne_api_types::UpdateNode;
 use arachne_client::Client;
-use arachne_shared::Node;
 use clap::Subcommand;
 
 use crate::Error;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use arachne_api_types::CreateSpider;
+use arachne_api_types::Spider;
 use arachne_client::Client;
-use arachne_shared::Spider;
 use arachne_shared::spider::{Dedup, DedupMode};
 use clap::Subcommand;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use arachne_api_types::Task;
 use arachne_shared::files::VersionInfo;
-use arachne_shared::{ItemRecord, LogLine, Node, Spider, TaskId};
+use arachne_shared::{ItemRecord, LogLine, TaskId};
 use futures_util::StreamExt;
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use arachne_api_types::{
     CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, EVENT_DELETED,
     EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery,
-    LogSearch, LogSearchQuery, Page, RunTask, ScheduleSpec, ScheduleView, TaskQuery, TaskTree,
-    UpdateNode, VersionFiles, VersionQuery,
+    LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider, TaskQuery,
+    TaskTree, UpdateNode, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.

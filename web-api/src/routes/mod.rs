@@ -249,7 +249,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/spiders",
             "List spiders",
             none,
-            Out::Json(200, schema::<Vec<arachne_shared::Spider>>),
+            Out::Json(200, schema::<Vec<arachne_api_types::Spider>>),
             get(list_spiders),
         ),
         route(
@@ -257,7 +257,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/spiders",
             "Create a spider, or update the one of that name",
             body(schema::<CreateSpider>),
-            Out::Json(201, schema::<arachne_shared::Spider>),
+            Out::Json(201, schema::<arachne_api_types::Spider>),
             post(put_spider),
         ),
         route(
@@ -265,7 +265,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/spiders/{name}",
             "Show a spider",
             none,
-            Out::Json(200, schema::<arachne_shared::Spider>),
+            Out::Json(200, schema::<arachne_api_types::Spider>),
             get(get_spider),
         ),
         route(
@@ -281,7 +281,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/spiders/{name}/files",
             "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
             (None, Some(In::Upload)),
-            Out::Json(200, schema::<arachne_shared::Spider>),
+            Out::Json(200, schema::<arachne_api_types::Spider>),
             put({
                 let place = Arc::new(SpoolPlace {
                     dir: options.upload_dir.clone(),
@@ -334,7 +334,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/spiders/{name}/versions/{version}/current",
             "Make a stored version the one runs use",
             none,
-            Out::Json(200, schema::<arachne_shared::Spider>),
+            Out::Json(200, schema::<arachne_api_types::Spider>),
             post(set_current_version),
         ),
         route(
@@ -520,7 +520,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/nodes",
             "List nodes with their state and metrics",
             none,
-            Out::Json(200, schema::<Vec<arachne_shared::Node>>),
+            Out::Json(200, schema::<Vec<arachne_api_types::Node>>),
             get(list_nodes),
         ),
         route(
@@ -528,7 +528,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             "/api/v1/nodes/{name}",
             "Enable or disable a node, or change its runner slots",
             body(schema::<UpdateNode>),
-            Out::Json(200, schema::<arachne_shared::Node>),
+            Out::Json(200, schema::<arachne_api_types::Node>),
             patch(update_node),
         ),
     ]

@@ -561,7 +561,7 @@ async fn file_task(ctx: &Ctx, project: &str, file: &str, suffix: &str) -> Option
 }
 
 /// The spider a project names.
-async fn project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error> {
+async fn project(ctx: &Ctx, name: &str) -> Result<arachne_api_types::Spider, Error> {
     match ctx.backend.get_spider(name).await {
         Ok(spider) => Ok(spider),
         Err(crate::Error::NotFound(_)) => Err(Error::NoProject(name.to_owned())),
@@ -570,7 +570,7 @@ async fn project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error>
 }
 
 /// A project whose command can take `crawl NAME ...`.
-async fn scrapy_project(ctx: &Ctx, name: &str) -> Result<arachne_shared::Spider, Error> {
+async fn scrapy_project(ctx: &Ctx, name: &str) -> Result<arachne_api_types::Spider, Error> {
     let spider = project(ctx, name).await?;
     if arachne_shared::scrapy::is_project_command(&spider.cmd) {
         Ok(spider)

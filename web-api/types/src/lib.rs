@@ -1,15 +1,34 @@
 //! Arachne's HTTP contract: the request and response types of the API, its error body, and the header its own
-//! clients send. A task is shown as its own type ([`Task`]), apart from the master's record of it; other
-//! responses reuse value types from `arachne_shared`. The server, the client and the CLI all build on this
+//! clients send. Tasks, spiders, nodes and schedules are shown as types of their own ([`Task`], [`Spider`],
+//! [`Node`], [`Schedule`]), apart from the master's records of them; other responses reuse plain value types
+//! from `arachne_shared` (settings, statuses, progress). The server, the client and the CLI all build on this
 //! crate, so each compiles only what it uses.
 
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::{Dedup, RunSettings};
-use arachne_shared::{RunMode, Schedule, ScheduleId, TaskId, TaskStatus};
+use arachne_shared::{RunMode, ScheduleId, TaskId, TaskStatus};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Converts a master's record into its API type field by field. The record is taken apart by name, so a
+/// field the record gains fails to compile here until someone decides whether the API shows it; `computed`
+/// fields are read from the whole record first.
+macro_rules! shown_as_stored {
+    ($record:path => $api:ident { $($field:ident),* $(,)? }
+        $(computed { $($extra:ident: $read:path),* $(,)? })?) => {
+        impl From<$record> for $api {
+            fn from(record: $record) -> Self {
+                $($(let $extra = $read(&record);)*)?
+                let $record { $($field),* } = record;
+                Self { $($field,)* $($($extra,)*)? }
+            }
+        }
+    };
+}
+
+mod catalog;
 mod task;
+pub use catalog::{Node, Schedule, Spider};
 pub use task::Task;
 
 /// `POST /api/v1/spiders`.

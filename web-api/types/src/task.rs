@@ -121,65 +121,14 @@ impl Task {
     }
 }
 
-impl From<arachne_shared::Task> for Task {
-    fn from(task: arachne_shared::Task) -> Self {
-        let (will_retry, started_at, ended_at) =
-            (task.will_retry(), task.started_at(), task.ended_at());
-        // Every field of the record by name, taken apart and shown as it is: a field the record gains fails to
-        // compile here until someone decides whether the API shows it.
-        macro_rules! shown_as_stored {
-            ($($field:ident),* $(,)?) => {{
-                let arachne_shared::Task { $($field),* } = task;
-                Self {
-                    $($field,)*
-                    will_retry,
-                    started_at,
-                    ended_at,
-                }
-            }};
-        }
-        shown_as_stored!(
-            id,
-            spider_id,
-            spider_name,
-            version,
-            cmd,
-            param,
-            priority,
-            settings,
-            wait_ms,
-            run_ms,
-            peak_rss_bytes,
-            status,
-            node,
-            lease,
-            pid,
-            exit_code,
-            signal,
-            error,
-            created_at,
-            updated_at,
-            transitions,
-            log_lines,
-            items,
-            progress,
-            errors,
-            error_count,
-            mode,
-            parent_id,
-            children,
-            pinned_node,
-            schedule_id,
-            fire_time,
-            attempt,
-            first_attempt,
-            retried_by,
-            not_before,
-            pending_reason,
-            exclusive,
-            results_collection,
-            dedup,
-            client_job_id,
-        )
-    }
-}
+shown_as_stored!(arachne_shared::Task => Task {
+    id, spider_id, spider_name, version, cmd, param, priority, settings, wait_ms, run_ms, peak_rss_bytes,
+    status, node, lease, pid, exit_code, signal, error, created_at, updated_at, transitions, log_lines, items,
+    progress, errors, error_count, mode, parent_id, children, pinned_node, schedule_id, fire_time, attempt,
+    first_attempt, retried_by, not_before, pending_reason, exclusive, results_collection, dedup,
+    client_job_id,
+} computed {
+    will_retry: arachne_shared::Task::will_retry,
+    started_at: arachne_shared::Task::started_at,
+    ended_at: arachne_shared::Task::ended_at,
+});
