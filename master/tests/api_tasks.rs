@@ -25,23 +25,33 @@ fn run(spider: &str) -> RunTask {
     }
 }
 
+/// A master with a local worker and the `items` spider (3 items a run).
+async fn master_with_items(data: &std::path::Path) -> TestMaster {
+    let master = TestMaster::start(data, true).await;
+    create_spider(
+        &master.client,
+        "items",
+        "python3 main.py",
+        &[("main.py", ITEMS)],
+    )
+    .await;
+    master
+}
+
+/// Runs `items` to its end.
+async fn finished_items_run(client: &arachne_client::Client) -> arachne_api_types::Task {
+    let done = wait_done(client, client.run_task(&run("items")).await.unwrap().id).await;
+    assert_eq!((done.status, done.items), (TaskStatus::Finished, 3));
+    done
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() {
+async fn items_export_as_csv_a_column_per_field_in_first_seen_order() {
     let data = tempfile::tempdir().unwrap();
-    let master = TestMaster::start(data.path(), true).await;
+    let master = master_with_items(data.path()).await;
     let client = &master.client;
-    create_spider(client, "items", "python3 main.py", &[("main.py", ITEMS)]).await;
-    create_spider(client, "sleeper", "sleep 600", &[("a", "b")]).await;
-
-    let first = wait_done(client, client.run_task(&run("items")).await.unwrap().id).await;
-    let second = wait_done(client, client.run_task(&run("items")).await.unwrap().id).await;
-    assert_eq!(
-        (first.status, second.status),
-        (TaskStatus::Finished, TaskStatus::Finished)
-    );
-    assert_eq!(first.items, 3);
-
-    // Items as CSV: a column per field in the order fields first appear, RFC 4180 quoting.
+    let first = finished_items_run(client).await;
+    // A column per field in the order fields first appear, RFC 4180 quoting.
     let http = common::http();
     let base = format!("http://{}/api/v1", master.http);
     let response = http
@@ -94,7 +104,19 @@ async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() 
         "url,title,price\r\nhttps://example.com/1,\"Say \"\"hi\"\", world\",1.5\r\n"
     );
 
-    // Listing by node and by creation time.
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_list_by_node_and_by_creation_time() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master_with_items(data.path()).await;
+    let client = &master.client;
+    let first = finished_items_run(client).await;
+    let second = finished_items_run(client).await;
+    let http = common::http();
+    let base = format!("http://{}/api/v1", master.http);
+
     let node = first.node.clone().expect("the task ran on a node");
     let ids = |query: TaskQuery| async move {
         let page = client.list_tasks(&query).await.unwrap();
@@ -125,6 +147,24 @@ async fn tasks_list_by_node_and_time_export_csv_and_delete_with_their_records() 
         .unwrap();
     assert_eq!(bad_time.status(), 400);
     assert!(bad_time.text().await.unwrap().contains("since"));
+
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_deleted_only_once_ended_and_takes_its_logs_and_items() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master_with_items(data.path()).await;
+    let client = &master.client;
+    create_spider(client, "sleeper", "sleep 600", &[("a", "b")]).await;
+    let first = finished_items_run(client).await;
+    let second = finished_items_run(client).await;
+    let http = common::http();
+    let base = format!("http://{}/api/v1", master.http);
+    let ids = |query: TaskQuery| async move {
+        let page = client.list_tasks(&query).await.unwrap();
+        page.items.into_iter().map(|t| t.id).collect::<Vec<_>>()
+    };
 
     // A task that has not ended cannot be deleted; once cancelled it can, with its logs and items.
     let sleeping = client.run_task(&run("sleeper")).await.unwrap();
@@ -202,7 +242,7 @@ async fn sse_until(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_events_stream_carries_state_changes_and_progress_and_metrics_count_the_work() {
+async fn the_events_stream_carries_state_changes_and_progress() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;
     let client = &master.client;
@@ -244,8 +284,28 @@ async fn the_events_stream_carries_state_changes_and_progress_and_metrics_count_
     assert_eq!(half["status"], "running");
     assert_eq!(half["progress"]["message"], "half way");
     assert_eq!(mine.last().unwrap()["progress"]["progress"], 1.0);
+    master.stop().await;
+}
 
-    // Metrics: Prometheus text, behind the API token like every route but /health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_work_in_prometheus_text_behind_the_token() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    create_spider(
+        client,
+        "progress",
+        "python3 main.py",
+        &[("main.py", PROGRESS)],
+    )
+    .await;
+    let task = client.run_task(&run("progress")).await.unwrap();
+    assert_eq!(
+        wait_done(client, task.id).await.status,
+        TaskStatus::Finished
+    );
+    let http = common::http();
+    let base = format!("http://{}", master.http);
     let unauthorized = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(unauthorized.status(), 401);
     let scrape = || async {

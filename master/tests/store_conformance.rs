@@ -99,7 +99,9 @@ conformance!(
     concurrent_writers_lose_nothing,
     listing_filters_pages_and_counts,
     everything_survives_reopening_and_names_stay_unique,
-    task_trees_fire_times_and_active_counts,
+    a_fire_time_and_a_task_id_are_stored_once_and_a_refused_batch_writes_nothing,
+    parents_are_never_dispatched_and_trees_list_by_parent_and_schedule,
+    tasks_are_active_while_on_a_node_and_not_ended,
     schedules_are_stored_by_id_with_unique_names,
     ended_tasks_expire_with_their_logs_and_nothing_else_does,
     tokens_are_found_by_hash_with_unique_names_and_survive_reopening,
@@ -546,9 +548,16 @@ async fn everything_survives_reopening_and_names_stay_unique(backend: StoreUnder
     assert!(store.get_task(t.id).await.unwrap().is_some(), "{name}");
 }
 
-async fn task_trees_fire_times_and_active_counts(backend: StoreUnderTest) {
-    use arachne_master::store::ActiveScope;
-    let (name, store) = (backend.name, backend.open().await);
+/// A run on two nodes for one schedule fire time: the parent and its two children (exclusive key "k"),
+/// stored.
+struct Tree {
+    parent: Task,
+    kids: Vec<Task>,
+    schedule: arachne_shared::ScheduleId,
+    fire: chrono::DateTime<Utc>,
+}
+
+async fn insert_tree(store: &dyn Store) -> Tree {
     let schedule = arachne_shared::ScheduleId::new();
     let fire = Utc::now();
     let mut parent = task("tree", 5);
@@ -567,7 +576,24 @@ async fn task_trees_fire_times_and_active_counts(backend: StoreUnderTest) {
     let mut all = vec![parent.clone()];
     all.extend(kids.clone());
     store.insert_tasks(&all).await.unwrap();
+    Tree {
+        parent,
+        kids,
+        schedule,
+        fire,
+    }
+}
 
+async fn a_fire_time_and_a_task_id_are_stored_once_and_a_refused_batch_writes_nothing(
+    backend: StoreUnderTest,
+) {
+    let (name, store) = (backend.name, backend.open().await);
+    let Tree {
+        kids,
+        schedule,
+        fire,
+        ..
+    } = insert_tree(store.as_ref()).await;
     // One fire time, one run: a second parent for it is refused, and nothing of it is written.
     let mut again = task("tree", 5);
     again.schedule_id = Some(schedule);
@@ -599,7 +625,18 @@ async fn task_trees_fire_times_and_active_counts(backend: StoreUnderTest) {
         stored.priority,
         "{name}"
     );
+}
 
+async fn parents_are_never_dispatched_and_trees_list_by_parent_and_schedule(
+    backend: StoreUnderTest,
+) {
+    let (name, store) = (backend.name, backend.open().await);
+    let Tree {
+        parent,
+        kids,
+        schedule,
+        ..
+    } = insert_tree(store.as_ref()).await;
     // Parents are never dispatched themselves; their children are.
     let ids: Vec<_> = store
         .dispatchable(10, 0)
@@ -627,7 +664,12 @@ async fn task_trees_fire_times_and_active_counts(backend: StoreUnderTest) {
         ..Default::default()
     };
     assert_eq!(store.list_tasks(&filter).await.unwrap().1, 3, "{name}");
+}
 
+async fn tasks_are_active_while_on_a_node_and_not_ended(backend: StoreUnderTest) {
+    use arachne_master::store::ActiveScope;
+    let (name, store) = (backend.name, backend.open().await);
+    let Tree { kids, schedule, .. } = insert_tree(store.as_ref()).await;
     let exclusive = ActiveScope::Exclusive("k".into());
     assert_eq!(
         store.count_active(&exclusive).await.unwrap(),

@@ -190,7 +190,7 @@ async fn the_cli_drives_the_whole_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_manages_schedules_and_nodes() {
+async fn the_cli_manages_a_schedule_from_creation_to_deletion() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;
     master.wait_nodes_online(1).await;
@@ -258,7 +258,14 @@ async fn the_cli_manages_schedules_and_nodes() {
     assert!(deleted.status.success(), "{deleted:?}");
     let gone = arachne(&master, &["schedule", "show", "nightly"]).await;
     assert!(!gone.status.success());
+    master.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_disables_and_enables_a_node() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
     let disabled = stdout(&arachne(&master, &["node", "disable", "local"]).await);
     assert!(disabled.contains("disabled"), "{disabled}");
     let nodes = stdout(&arachne(&master, &["node", "list"]).await);
@@ -268,6 +275,7 @@ async fn the_cli_manages_schedules_and_nodes() {
     );
     let enabled = stdout(&arachne(&master, &["node", "enable", "local"]).await);
     assert!(enabled.contains("enabled"), "{enabled}");
+    master.stop().await;
 }
 
 /// The `url` and `run` fields of a task's items, through `arachne items`.
@@ -401,10 +409,9 @@ async fn the_cli_sets_item_deduplication_and_runs_keep_one_item_per_key() {
     master.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_filters_exports_deletes_and_reads_metrics() {
-    let data = tempfile::tempdir().unwrap();
-    let master = TestMaster::start(data.path(), true).await;
+/// A master with a local worker that has run the `csv` spider (two items) once: the task's id and node.
+async fn one_csv_run(data: &std::path::Path) -> (TestMaster, String, String) {
+    let master = TestMaster::start(data, true).await;
     master.wait_nodes_online(1).await;
     common::create_spider(
         &master.client,
@@ -418,40 +425,55 @@ async fn the_cli_filters_exports_deletes_and_reads_metrics() {
     .await;
     let run = arachne(&master, &["run", "csv", "--wait"]).await;
     assert!(run.status.success(), "{run:?}");
-    let id = stdout(&arachne(&master, &["--json", "task", "list"]).await);
-    let page: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let page = stdout(&arachne(&master, &["--json", "task", "list"]).await);
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
     let id = page["items"][0]["id"].as_str().unwrap().to_owned();
     let node = page["items"][0]["node"].as_str().unwrap().to_owned();
+    (master, id, node)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_items_as_csv() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, id, _) = one_csv_run(data.path()).await;
     let csv = arachne(&master, &["items", &id, "--format", "csv"]).await;
     assert!(csv.status.success(), "{csv:?}");
     assert_eq!(stdout(&csv), "a,b,c\r\n1,\"x, y\",\r\n,z,true\r\n");
+    master.stop().await;
+}
 
-    let on_node = stdout(&arachne(&master, &["--json", "task", "list", "--node", &node]).await);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&on_node).unwrap()["total"],
-        1
-    );
-    let later = stdout(
-        &arachne(
-            &master,
-            &["--json", "task", "list", "--since", "2999-01-01T00:00:00Z"],
-        )
-        .await,
-    );
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&later).unwrap()["total"],
-        0
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_tasks_by_node_and_creation_time() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, _, node) = one_csv_run(data.path()).await;
+    let total = |listed: Output| {
+        serde_json::from_str::<serde_json::Value>(&stdout(&listed)).unwrap()["total"].clone()
+    };
+    let on_node = arachne(&master, &["--json", "task", "list", "--node", &node]).await;
+    assert_eq!(total(on_node), 1);
+    let later = ["--json", "task", "list", "--since", "2999-01-01T00:00:00Z"];
+    assert_eq!(total(arachne(&master, &later).await), 0);
     let bad = arachne(&master, &["task", "list", "--since", "yesterday"]).await;
     assert!(!bad.status.success());
+    master.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_the_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, _, _) = one_csv_run(data.path()).await;
     let metrics = arachne(&master, &["metrics"]).await;
     assert!(
         stdout(&metrics).contains("arachne_tasks{status=\"finished\"} 1"),
         "{metrics:?}"
     );
+    master.stop().await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deletes_a_task_once() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, id, _) = one_csv_run(data.path()).await;
     let deleted = arachne(&master, &["task", "delete", &id]).await;
     assert!(deleted.status.success(), "{deleted:?}");
     assert_eq!(stdout(&deleted).trim(), format!("deleted task {id}"));
