@@ -92,13 +92,14 @@ pub struct CronExpr {
     tz: chrono_tz::Tz,
 }
 
-const FIELD_NAMES: [&str; 6] = [
-    "second",
-    "minute",
-    "hour",
-    "day-of-month",
-    "month",
-    "day-of-week",
+/// The fields of a 6-field expression (seconds first) and the values each takes.
+const FIELDS: [(&str, &str); 6] = [
+    ("second", "0-59"),
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day-of-month", "1-31"),
+    ("month", "1-12 or JAN-DEC"),
+    ("day-of-week", "0-7 (0 and 7 are Sunday) or SUN-SAT"),
 ];
 
 impl CronExpr {
@@ -132,22 +133,24 @@ impl CronExpr {
             let given_dow = fields[5].clone();
             fields[5] = unix_day_of_week(&given_dow)
                 .map_err(|why| format!("invalid day-of-week field {given_dow:?}: {why}"))?;
-            for (index, name) in FIELD_NAMES.iter().enumerate() {
+            for (index, (name, values)) in FIELDS.iter().enumerate() {
                 let mut probe = ["*"; 6];
                 probe[index] = &fields[index];
                 if index == 3 || index == 5 {
                     // Day-of-month and day-of-week alone, so each is checked by itself.
                     probe[if index == 3 { 5 } else { 3 }] = "*";
                 }
-                if let Err(err) = cron::Schedule::from_str(&probe.join(" ")) {
+                if cron::Schedule::from_str(&probe.join(" ")).is_err() {
                     let shown = if index == 5 {
                         &given_dow
                     } else {
                         &fields[index]
                     };
+                    // The parser's own words name its internal ranges ("Hours must be less than 23", while
+                    // 23 is accepted): say the values the field takes instead.
                     return Err(Invalid(format!(
-                        "invalid {name} field {shown:?}: {}",
-                        last_line(&err.to_string())
+                        "invalid {name} field {shown:?}: {name} must be {values}, as a value, a range a-b, a \
+                         list a,b, * or a step */n"
                     )));
                 }
             }
@@ -172,6 +175,18 @@ impl CronExpr {
     /// The next `n` fire times after `after`.
     pub fn next(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         self.after(after).take(n).collect()
+    }
+}
+
+/// A time as a clock in the IANA zone `tz` shows it, with the zone's abbreviation (`2026-12-08 02:30:00
+/// CET`); in UTC when `tz` is no zone.
+pub fn local_time(at: DateTime<Utc>, tz: &str) -> String {
+    match tz.parse::<chrono_tz::Tz>() {
+        Ok(zone) => at
+            .with_timezone(&zone)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
     }
 }
 
@@ -362,6 +377,22 @@ mod tests {
                 "{expr}: {err}"
             );
         }
+        let err = CronExpr::parse("0 25 * * *", "UTC").unwrap_err();
+        assert!(
+            err.0.contains("hour must be 0-23") && !err.0.contains("less than"),
+            "{err}"
+        );
+        assert!(CronExpr::parse("0 23 * * *", "UTC").is_ok());
+    }
+
+    #[test]
+    fn fire_times_read_in_the_schedule_s_zone() {
+        let at = DateTime::parse_from_rfc3339("2026-12-08T01:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(local_time(at, "Europe/Berlin"), "2026-12-08 02:30:00 CET");
+        assert_eq!(local_time(at, "UTC"), "2026-12-08 01:30:00 UTC");
+        assert_eq!(local_time(at, "Nowhere/Else"), "2026-12-08 01:30:00 UTC");
         let err = CronExpr::parse("* * * *", "UTC").unwrap_err();
         assert!(err.0.contains("4 fields"), "{err}");
         let err = CronExpr::parse("@often", "UTC").unwrap_err();

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use arachne_api_types::{ScheduleSpec, ScheduleView};
 use arachne_client::Client;
-use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
+use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy, local_time};
 use clap::Subcommand;
 
 use crate::Error;
@@ -123,7 +123,7 @@ fn print_list(schedules: &[ScheduleView]) -> Result<(), Error> {
                 s.mode.as_str().into(),
                 if s.enabled { "yes" } else { "no" }.into(),
                 s.overlap.as_str().into(),
-                or_dash(v.next.first().map(|t| t.format("%Y-%m-%d %H:%M:%S UTC"))),
+                or_dash(v.next.first().map(|t| local_time(*t, &s.timezone))),
             ]
         })
         .collect();
@@ -154,7 +154,7 @@ fn print_schedule(view: &ScheduleView) -> Result<(), Error> {
     );
     outln!("  next fire times:");
     for at in &view.next {
-        outln!("    {}", at.format("%Y-%m-%d %H:%M:%S UTC"));
+        outln!("    {}", local_time(*at, &s.timezone));
     }
     Ok(())
 }

@@ -218,7 +218,10 @@ async fn the_cli_manages_a_schedule_from_creation_to_deletion() {
     .await;
     assert!(!bad.status.success());
     let message = String::from_utf8_lossy(&bad.stderr);
-    assert!(message.contains("invalid hour field \"25\""), "{message}");
+    assert!(
+        message.contains("invalid hour field \"25\": hour must be 0-23"),
+        "{message}"
+    );
 
     let args = [
         "schedule",
@@ -240,9 +243,9 @@ async fn the_cli_manages_a_schedule_from_creation_to_deletion() {
     let shown = stdout(&arachne(&master, &["schedule", "show", "nightly"]).await);
     assert!(shown.contains("mode:     nodes local"), "{shown}");
     assert_eq!(
-        shown.matches(" UTC\n").count(),
+        shown.matches(" 02:30:00 CE").count(),
         5,
-        "five next fire times: {shown}"
+        "five next fire times, on Berlin's clock (CET or CEST): {shown}"
     );
     let list = stdout(&arachne(&master, &["schedule", "list"]).await);
     assert!(
