@@ -321,6 +321,16 @@ class QuotesSpider(scrapy.Spider):
             yield {"text": text, "release": getattr(self, "release", None)}
 "#;
 
+/// python-scrapyd-api's add_version of an egg file; prints the spider count it answers.
+const ADD_VERSION: &str = r#"
+import sys
+from scrapyd_api import ScrapydAPI
+target, token, egg = sys.argv[1:4]
+api = ScrapydAPI(target, auth=("scrapy", token), timeout=600)
+with open(egg, "rb") as f:
+    print(api.add_version("eggbot", "v2", f))
+"#;
+
 const DEPLOYED_SCRIPT: &str = r#"
 import json, sys, time
 import requests
@@ -394,24 +404,44 @@ async fn scrapyd_deploy_uploads_an_egg_that_runs_with_its_versions_and_spiders()
         "[settings]\ndefault = eggbot.settings\n\n[deploy]\nurl = {target}/\nproject = eggbot\nusername = scrapy\npassword = {API_TOKEN}\n"
     );
     std::fs::write(project.join("scrapy.cfg"), cfg).unwrap();
-    for version in ["v1", "v2"] {
-        let deployed = tokio::process::Command::new(&client_python)
-            .args(["-m", "scrapyd_client.deploy", "--version", version])
-            .current_dir(&project)
-            .output()
-            .await
-            .unwrap();
-        let said = String::from_utf8_lossy(&deployed.stdout).into_owned()
-            + &String::from_utf8_lossy(&deployed.stderr);
-        let answer: Option<Value> = said
-            .lines()
-            .find(|l| l.starts_with('{'))
-            .and_then(|l| serde_json::from_str(l).ok());
-        assert!(deployed.status.success(), "{said}");
-        let answer = answer.unwrap_or_else(|| panic!("no answer in {said}"));
-        assert_eq!(answer["spiders"], 1, "{said}");
-        assert_eq!(answer["version"], version, "{said}");
-    }
+    // v1 as scrapyd-deploy sends it; v2 built by it and uploaded with python-scrapyd-api's add_version.
+    let deployed = tokio::process::Command::new(&client_python)
+        .args(["-m", "scrapyd_client.deploy", "--version", "v1"])
+        .current_dir(&project)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&deployed.stdout).into_owned()
+        + &String::from_utf8_lossy(&deployed.stderr);
+    let answer: Option<Value> = said
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok());
+    assert!(deployed.status.success(), "{said}");
+    let answer = answer.unwrap_or_else(|| panic!("no answer in {said}"));
+    assert_eq!(answer["spiders"], 1, "{said}");
+    assert_eq!(answer["version"], "v1", "{said}");
+    let egg = work.path().join("eggbot-v2.egg");
+    let built = tokio::process::Command::new(&client_python)
+        .args(["-m", "scrapyd_client.deploy", "--build-egg"])
+        .arg(&egg)
+        .current_dir(&project)
+        .output()
+        .await
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let added = tokio::process::Command::new(&client_python)
+        .args(["-c", ADD_VERSION, target.as_str(), API_TOKEN])
+        .arg(&egg)
+        .output()
+        .await
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&added.stdout).trim(),
+        "1",
+        "one spider"
+    );
 
     // Read before the script deletes them.
     let versions = master.client.list_versions("eggbot").await.unwrap();
