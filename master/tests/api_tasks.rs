@@ -241,18 +241,24 @@ async fn sse_until(
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_events_stream_carries_state_changes_and_progress() {
-    let data = tempfile::tempdir().unwrap();
-    let master = TestMaster::start(data.path(), true).await;
-    let client = &master.client;
+/// A master with a local worker and the `progress` spider.
+async fn master_with_progress(data: &std::path::Path) -> TestMaster {
+    let master = TestMaster::start(data, true).await;
     create_spider(
-        client,
+        &master.client,
         "progress",
         "python3 main.py",
         &[("main.py", PROGRESS)],
     )
     .await;
+    master
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_stream_carries_state_changes_and_progress() {
+    let data = tempfile::tempdir().unwrap();
+    let master = master_with_progress(data.path()).await;
+    let client = &master.client;
     let http = common::http();
     let base = format!("http://{}", master.http);
 
@@ -290,15 +296,8 @@ async fn the_events_stream_carries_state_changes_and_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_work_in_prometheus_text_behind_the_token() {
     let data = tempfile::tempdir().unwrap();
-    let master = TestMaster::start(data.path(), true).await;
+    let master = master_with_progress(data.path()).await;
     let client = &master.client;
-    create_spider(
-        client,
-        "progress",
-        "python3 main.py",
-        &[("main.py", PROGRESS)],
-    )
-    .await;
     let task = client.run_task(&run("progress")).await.unwrap();
     assert_eq!(
         wait_done(client, task.id).await.status,

@@ -53,10 +53,27 @@ fn source(path: &Path) -> String {
 
 /// `(file, line number, line)` of each line of the files that contains one of `needles`.
 fn offending(files: &[PathBuf], needles: &[&str]) -> Vec<String> {
+    lines_where(files, false, |line| {
+        needles.iter().any(|n| line.contains(n))
+    })
+}
+
+/// The lines of `files` (before their `#[cfg(test)]` module, with `outside_tests`) that `matches` picks, as
+/// `path:line: text`.
+fn lines_where(
+    files: &[PathBuf],
+    outside_tests: bool,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut found = Vec::new();
     for file in files {
-        for (number, line) in source(file).lines().enumerate() {
-            if needles.iter().any(|n| line.contains(n)) {
+        let text = source(file);
+        let code = match outside_tests {
+            true => text.split("#[cfg(test)]").next().unwrap_or_default(),
+            false => text.as_str(),
+        };
+        for (number, line) in code.lines().enumerate() {
+            if matches(line) {
                 found.push(format!(
                     "{}:{}: {}",
                     file.display(),
@@ -130,24 +147,10 @@ fn the_api_shows_records_as_its_own_types_not_the_stored_ones() {
     for side in ["web-api/src", "web-api/client/src", "web-api/cli/src"] {
         files.extend(rust_files(&workspace().join(side)));
     }
-    let mut found = Vec::new();
-    for file in &files {
-        let text = source(file);
-        // Unit tests may build a record to convert it.
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-        for (number, line) in code.lines().enumerate() {
-            for (record, _) in RECORDS {
-                if names_shared(line, record) {
-                    found.push(format!(
-                        "{}:{}: {}",
-                        file.display(),
-                        number + 1,
-                        line.trim()
-                    ));
-                }
-            }
-        }
-    }
+    // Unit tests may build a record to convert it.
+    let found = lines_where(&files, true, |line| {
+        RECORDS.iter().any(|(record, _)| names_shared(line, record))
+    });
     assert!(
         found.is_empty(),
         "the HTTP side names a master's record (use arachne_api_types' own type):\n{}",
@@ -203,22 +206,10 @@ fn no_function_returns_a_bare_string_error() {
     for krate in CRATES {
         files.extend(rust_files(&workspace().join(krate).join("src")));
     }
-    let mut found = Vec::new();
-    for file in &files {
-        for (number, line) in source(file).lines().enumerate() {
-            let Some(at) = line.find("Result<") else {
-                continue;
-            };
-            if line[at..].contains(", String>") {
-                found.push(format!(
-                    "{}:{}: {}",
-                    file.display(),
-                    number + 1,
-                    line.trim()
-                ));
-            }
-        }
-    }
+    let found = lines_where(&files, false, |line| {
+        line.find("Result<")
+            .is_some_and(|at| line[at..].contains(", String>"))
+    });
     assert!(
         found.is_empty(),
         "Result<_, String> (give the failure a typed error):\n{}",

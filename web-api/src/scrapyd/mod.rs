@@ -245,14 +245,7 @@ async fn list_versions(ctx: Ctx, params: Params) -> Answer {
 
 async fn list_spiders(ctx: Ctx, params: Params) -> Answer {
     let project = scrapy_project(&ctx, params.required("project")?).await?;
-    let version = match params.get("_version") {
-        Some(name) => Some(version_of(&ctx, &project.name, name).await?),
-        None => None,
-    };
-    let spiders = ctx
-        .backend
-        .scrapy_spiders(&project.name, version.as_deref())
-        .await?;
+    let (_, spiders) = spiders_of(&ctx, &project.name, params.get("_version")).await?;
     Ok(fields(json!({ "spiders": spiders })))
 }
 
@@ -314,14 +307,7 @@ async fn schedule(ctx: Ctx, params: Params) -> Answer {
     let project = scrapy_project(&ctx, params.required("project")?).await?;
     let spider = params.required("spider")?;
     let jobid = params.get("jobid").map(client_job_id).transpose()?;
-    let version = match params.get("_version") {
-        Some(label) => Some(version_of(&ctx, &project.name, label).await?),
-        None => None,
-    };
-    let spiders = ctx
-        .backend
-        .scrapy_spiders(&project.name, version.as_deref())
-        .await?;
+    let (version, spiders) = spiders_of(&ctx, &project.name, params.get("_version")).await?;
     if !spiders.iter().any(|s| s == spider) {
         return Err(Error::NoSpider(spider.to_owned()));
     }
@@ -589,6 +575,23 @@ async fn version_of(ctx: &Ctx, project: &str, name: &str) -> Result<String, Erro
         Err(crate::Error::NotFound(_)) => Err(Error::NoVersion(name.to_owned())),
         Err(err) => Err(err.into()),
     }
+}
+
+/// The stored version a `_version` names (the current one when absent, then `None`) and its Scrapy spiders.
+async fn spiders_of(
+    ctx: &Ctx,
+    project: &str,
+    version: Option<&str>,
+) -> Result<(Option<String>, Vec<String>), Error> {
+    let version = match version {
+        Some(label) => Some(version_of(ctx, project, label).await?),
+        None => None,
+    };
+    let spiders = ctx
+        .backend
+        .scrapy_spiders(project, version.as_deref())
+        .await?;
+    Ok((version, spiders))
 }
 
 /// The task a job id names (a task id, or the `jobid` its client chose: the newest such job Scrapyd would
