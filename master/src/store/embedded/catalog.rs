@@ -34,15 +34,17 @@ impl CatalogStore for EmbeddedStore {
             cache.writes
         };
         let key = name.to_owned();
-        let spider: Option<Spider> = self.quick(move |conn| {
-            let data: Option<String> = conn
-                .prepare_cached("SELECT data FROM spiders WHERE name = ?1")
-                .map_err(db)?
-                .query_row([key], |row| row.get(0))
-                .optional()
-                .map_err(db)?;
-            data.map(|d| from_json(&d)).transpose()
-        })?;
+        let spider: Option<Spider> = self
+            .quick(move |conn| {
+                let data: Option<String> = conn
+                    .prepare_cached("SELECT data FROM spiders WHERE name = ?1")
+                    .map_err(db)?
+                    .query_row([key], |row| row.get(0))
+                    .optional()
+                    .map_err(db)?;
+                data.map(|d| from_json(&d)).transpose()
+            })
+            .await?;
         let mut cache = self.cached_spiders();
         if let Some(spider) = &spider
             && cache.writes == writes

@@ -173,12 +173,24 @@ impl EmbeddedStore {
         crate::lock(&self.spiders)
     }
 
-    /// Runs a single-row statement on the calling thread. Handing it to the blocking pool cost two thread
-    /// switches, more than the statement itself (a fifth of no-op task throughput); bulk writes and listings
-    /// still go through [`Self::call`].
-    fn quick<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut conn = crate::lock(&self.conn);
-        f(&mut conn)
+    /// Runs a single-row statement on the calling thread when the connection is free: handing it to the
+    /// blocking pool cost two thread switches, more than the statement itself (a fifth of no-op task
+    /// throughput). When a bulk write holds the connection, it waits on the blocking pool like [`Self::call`]
+    /// instead: blocked on the lock, the async threads could not read workers' heartbeats, and a flood of output
+    /// once starved them until the master took a live worker for dead.
+    async fn quick<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        match self.conn.try_lock() {
+            Ok(mut conn) => return f(&mut conn),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                return f(&mut poisoned.into_inner());
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        self.call(f).await
     }
 }
 
@@ -505,4 +517,42 @@ fn insert_item_batch(
         .and_then(|mut stmt| stmt.execute(params![last as i64, task]))
         .map_err(db)?;
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TaskStore;
+
+    /// A statement that finds the connection busy (a bulk write holds it) waits off the async thread, so the
+    /// thread goes on with other work meanwhile: reading workers' heartbeats, say.
+    #[test]
+    fn a_busy_connection_leaves_the_async_thread_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store.db")).unwrap());
+        let busy = crate::lock(&store.conn);
+        let (ran, ran_beside) = std::sync::mpsc::channel();
+        let reader = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let beside = tokio::spawn(async move { ran.send(()).unwrap() });
+                    let found = store.get_task(TaskId::new()).await.unwrap();
+                    beside.await.unwrap();
+                    found
+                })
+            })
+        };
+        let other_work_ran = ran_beside.recv_timeout(std::time::Duration::from_secs(10));
+        drop(busy);
+        assert!(
+            other_work_ran.is_ok(),
+            "the async thread was blocked on the busy connection"
+        );
+        assert_eq!(reader.join().unwrap(), None);
+    }
 }

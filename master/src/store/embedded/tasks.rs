@@ -14,10 +14,11 @@ impl TaskStore for EmbeddedStore {
             }
             tx.commit()
         })
+        .await
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>> {
-        self.quick(move |conn| get_task(conn, id))
+        self.quick(move |conn| get_task(conn, id)).await
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)> {
@@ -107,6 +108,7 @@ impl TaskStore for EmbeddedStore {
             tx.commit()?;
             Ok(Some(task))
         })
+        .await
     }
 
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
@@ -178,7 +180,7 @@ impl TaskStore for EmbeddedStore {
                  ORDER BY priority, id LIMIT ?1 OFFSET ?2",
                 &[limit.to_string(), offset.to_string()],
             )
-        })
+        }).await
     }
 
     async fn count_active(&self, scope: &ActiveScope) -> Result<u64> {
@@ -198,5 +200,6 @@ impl TaskStore for EmbeddedStore {
                 .map_err(db)?;
             Ok(count as u64)
         })
+        .await
     }
 }
