@@ -26,9 +26,9 @@ fn tree_rss(system: &mut System, root: u32) -> u64 {
     tree_rss_by_children(root).unwrap_or_else(|| tree_rss_by_scan(system, root))
 }
 
-/// The tree found through `/proc/PID/task/TID/children`, reading only its own processes: a full scan of every
-/// process on the machine four times a second per run cost more CPU than the rest of the worker's work.
-/// `None` when the kernel offers no `children` files.
+/// The tree found through `/proc/PID/task/TID/children`, reading only its own processes: a scan of every
+/// process on the machine, four times a second per run, costs more CPU than the rest of the worker's work
+/// for a run. `None` when the kernel offers no `children` files.
 fn tree_rss_by_children(root: u32) -> Option<u64> {
     let children_of = |pid: u32| -> Option<Vec<u32>> {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;

@@ -176,8 +176,8 @@ impl EmbeddedStore {
     /// Runs a single-row statement on the calling thread when the connection is free: handing it to the
     /// blocking pool cost two thread switches, more than the statement itself (a fifth of no-op task
     /// throughput). When a bulk write holds the connection, it waits on the blocking pool like [`Self::call`]
-    /// instead: blocked on the lock, the async threads could not read workers' heartbeats, and a flood of output
-    /// once starved them until the master took a live worker for dead.
+    /// instead: async threads blocked on the lock could not read workers' heartbeats, and under a flood of
+    /// output the master would take a live worker for dead.
     async fn quick<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
