@@ -212,6 +212,10 @@ impl Backend for MasterApi {
         Ok(self.nodes.update(name, update).await?.into())
     }
 
+    async fn remove_node(&self, name: &str) -> Result<()> {
+        Ok(self.nodes.remove(name).await?)
+    }
+
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
         Ok(view(self.schedules.create(schedule_request(spec)).await?))
     }
@@ -427,6 +431,9 @@ impl From<nodes::Error> for Error {
         match err {
             E::NothingToChange | E::MaxRunners(_) => Error::BadRequest(message),
             E::NoNode(_) => Error::NotFound(message),
+            E::Online(_) | E::Holds { .. } | E::Awaited { .. } | E::Scheduled { .. } => {
+                Error::Conflict(message)
+            }
             E::Store(err) => store_error(err),
         }
     }

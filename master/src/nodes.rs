@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use arachne_shared::{Node, NodeStatus};
+use arachne_shared::{Node, NodeStatus, TaskId, TaskStatus};
 
 use crate::scheduler::Scheduler;
-use crate::store::{self, Store};
+use crate::store::{self, Store, TaskFilter};
 
 /// Why a node could not be changed.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,22 @@ pub enum Error {
     MaxRunners(u32),
     #[error("node {0:?} not found")]
     NoNode(String),
+    #[error(
+        "node {0:?} is online: stop its worker first (a removed node that registers again comes back)"
+    )]
+    Online(String),
+    #[error(
+        "node {node:?} still holds task {task}, which is {status}: it is settled once the node's heartbeat timeout passes"
+    )]
+    Holds {
+        node: String,
+        task: TaskId,
+        status: TaskStatus,
+    },
+    #[error("task {task} waits to run on node {node:?} alone: cancel it first")]
+    Awaited { node: String, task: TaskId },
+    #[error("schedule {schedule:?} runs on node {node:?}: change or delete the schedule first")]
+    Scheduled { node: String, schedule: String },
     #[error("store: {0}")]
     Store(#[from] store::Error),
 }
@@ -59,6 +75,59 @@ impl Nodes {
             }
         }
         Ok(nodes)
+    }
+
+    /// Forgets an offline node: refused while it is online, holds a task that has not ended, is the node a
+    /// waiting task is pinned to, or a schedule names it.
+    pub async fn remove(&self, name: &str) -> Result<()> {
+        if !self
+            .store
+            .list_nodes()
+            .await?
+            .iter()
+            .any(|n| n.name == name)
+        {
+            return Err(Error::NoNode(name.to_owned()));
+        }
+        if self.scheduler.registry.live(name).is_some() {
+            return Err(Error::Online(name.to_owned()));
+        }
+        for status in TaskStatus::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let filter = TaskFilter {
+                status: Some(status),
+                ..TaskFilter::default()
+            };
+            for task in self.store.all_tasks(&filter).await? {
+                if task.node.as_deref() == Some(name) {
+                    return Err(Error::Holds {
+                        node: name.to_owned(),
+                        task: task.id,
+                        status: task.status,
+                    });
+                }
+                if task.pinned_node.as_deref() == Some(name) {
+                    return Err(Error::Awaited {
+                        node: name.to_owned(),
+                        task: task.id,
+                    });
+                }
+            }
+        }
+        if let Some(schedule) = self
+            .store
+            .list_schedules()
+            .await?
+            .into_iter()
+            .find(|s| s.nodes.iter().any(|n| n == name))
+        {
+            return Err(Error::Scheduled {
+                node: name.to_owned(),
+                schedule: schedule.name,
+            });
+        }
+        self.store.delete_node(name).await?;
+        tracing::info!(node = name, "node removed");
+        Ok(())
     }
 
     /// Changes a node's settings; an offline node gets them when it registers again.

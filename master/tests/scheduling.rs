@@ -689,3 +689,80 @@ for i in range(400):
     assert_eq!(done.items, 400);
     worker.stop().await;
 }
+
+/// The status and message of an API refusal.
+fn refused<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>) -> (u16, String) {
+    match result {
+        Err(arachne_client::Error::Api {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let client = &master.client;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    create_spider(client, "s", "true", &[("a", "b")]).await;
+
+    let (status, message) = refused(client.remove_node("w1").await);
+    assert_eq!(status, 409);
+    assert!(message.contains("is online"), "{message}");
+    worker.stop().await;
+    eventually("w1 is offline", || async {
+        client
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.name != "w1" || n.status.as_str() == "offline")
+    })
+    .await;
+
+    // A task pinned to it waits for it, and a schedule names it: each keeps the node.
+    let pinned = client
+        .run_task(&RunTask {
+            spider: "s".into(),
+            mode: Some(RunMode::Nodes),
+            nodes: vec!["w1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, message) = refused(client.remove_node("w1").await);
+    assert_eq!(status, 409);
+    assert!(message.contains(&pinned.id.to_string()), "{message}");
+    client.cancel_task(pinned.id).await.unwrap();
+    wait_done(client, pinned.id).await;
+    client
+        .create_schedule(&ScheduleSpec {
+            name: "on-w1".into(),
+            spider: "s".into(),
+            cron: "0 3 * * *".into(),
+            mode: Some(RunMode::Nodes),
+            nodes: vec!["w1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, message) = refused(client.remove_node("w1").await);
+    assert_eq!(status, 409);
+    assert!(message.contains("on-w1"), "{message}");
+    client.delete_schedule("on-w1").await.unwrap();
+
+    client.remove_node("w1").await.unwrap();
+    assert!(
+        client
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.name != "w1")
+    );
+    assert_eq!(refused(client.remove_node("w1").await).0, 404);
+    master.stop().await;
+}

@@ -109,6 +109,7 @@ conformance!(
     each_step_of_a_task_shows_in_every_query,
     a_spider_reads_as_last_written,
     a_deleted_spider_is_gone_and_its_name_free,
+    a_removed_node_is_gone,
     deeply_nested_items_are_kept_whole,
 );
 
@@ -1184,6 +1185,39 @@ async fn a_deleted_spider_is_gone_and_its_name_free(backend: StoreUnderTest) {
         store.spider_by_name("gone").await.unwrap().map(|s| s.id),
         Some(again.id),
         "{name}"
+    );
+}
+
+async fn a_removed_node_is_gone(backend: StoreUnderTest) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let node = |n: &str| arachne_shared::Node {
+        name: n.into(),
+        status: arachne_shared::NodeStatus::Offline,
+        max_runners: 2,
+        max_runners_override: None,
+        running: 0,
+        version: "0.1.0".into(),
+        registered_at: Utc::now(),
+        last_seen: Utc::now(),
+        enabled: true,
+        labels: Default::default(),
+        metrics: None,
+    };
+    store.put_node(&node("gone")).await.unwrap();
+    store.put_node(&node("kept")).await.unwrap();
+    assert!(store.delete_node("gone").await.unwrap(), "{name}");
+    let names: Vec<String> = store
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["kept"], "{name}");
+    assert!(
+        !store.delete_node("gone").await.unwrap(),
+        "{name}: a second removal finds nothing"
     );
 }
 

@@ -85,6 +85,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn list_nodes(&self) -> Result<Vec<Node>>;
     /// Changes a node's settings at run time; they persist across its reconnects.
     async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node>;
+    /// Forgets an offline node; a `Conflict` that says why while it is online, holds or awaits a task, or a
+    /// schedule names it.
+    async fn remove_node(&self, name: &str) -> Result<()>;
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView>;
     /// Replaces a schedule's definition (found by name or id); its fire history is kept.
     async fn update_schedule(&self, name: &str, spec: ScheduleSpec) -> Result<ScheduleView>;

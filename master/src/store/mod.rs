@@ -87,6 +87,8 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     async fn put_node(&self, node: &Node) -> Result<()>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
+    /// Removes a node's record; false if there was none.
+    async fn delete_node(&self, name: &str) -> Result<bool>;
 
     /// Inserts or replaces a schedule, keyed by id. A different schedule with the same name is a `Duplicate`.
     async fn put_schedule(&self, schedule: &Schedule) -> Result<()>;

@@ -1,4 +1,5 @@
-//! `arachne node ...`: list worker nodes and change their runner slots or whether they take new tasks.
+//! `arachne node ...`: list worker nodes, change their runner slots or whether they take new tasks, and remove
+//! offline ones.
 
 use std::process::ExitCode;
 
@@ -28,12 +29,23 @@ pub enum NodeCommand {
     Disable {
         name: String,
     },
+    /// Forget an offline node (refused while it is online, holds or awaits a task, or a schedule names it).
+    Remove {
+        name: String,
+    },
 }
 
 impl NodeCommand {
     pub(crate) async fn apply(self, client: &Client, output: Output) -> Result<ExitCode, Error> {
         let (name, update) = match self {
             Self::List => return output.show(&client.list_nodes().await?, |n| print_nodes(n)),
+            Self::Remove { name } => {
+                client.remove_node(&name).await?;
+                return output.show(&serde_json::json!({"removed": name}), |_| {
+                    outln!("node {name} removed");
+                    Ok(())
+                });
+            }
             Self::Set { name, max_runners } => (
                 name,
                 UpdateNode {

@@ -265,7 +265,7 @@ async fn the_cli_manages_a_schedule_from_creation_to_deletion() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_disables_and_enables_a_node() {
+async fn the_cli_changes_a_node_and_will_not_remove_an_online_one() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;
     master.wait_nodes_online(1).await;
@@ -278,6 +278,10 @@ async fn the_cli_disables_and_enables_a_node() {
     );
     let enabled = stdout(&arachne(&master, &["node", "enable", "local"]).await);
     assert!(enabled.contains("enabled"), "{enabled}");
+    let removed = arachne(&master, &["node", "remove", "local"]).await;
+    assert!(!removed.status.success());
+    let message = String::from_utf8_lossy(&removed.stderr);
+    assert!(message.contains("is online"), "{message}");
     master.stop().await;
 }
 

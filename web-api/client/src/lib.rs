@@ -440,6 +440,12 @@ impl Client {
         self.json(self.http.get(self.url("/nodes"))).await
     }
 
+    pub async fn remove_node(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/nodes/{name}"))))
+            .await
+            .map(drop)
+    }
+
     pub async fn update_node(&self, name: &str, update: &UpdateNode) -> Result<Node> {
         self.json(
             self.http

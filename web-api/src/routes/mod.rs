@@ -531,6 +531,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             Out::Json(200, schema::<arachne_api_types::Node>),
             patch(update_node),
         ),
+        route(
+            Method::DELETE,
+            "/api/v1/nodes/{name}",
+            "Remove an offline node; refused while it is online, holds or awaits a task, or a schedule names it",
+            none,
+            Out::NoContent,
+            delete(remove_node),
+        ),
     ]
 }
 

@@ -91,6 +91,16 @@ impl CatalogStore for EmbeddedStore {
             .await
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.call(move |conn| {
+            conn.execute("DELETE FROM nodes WHERE name = ?1", [name])
+                .map(|n| n > 0)
+                .map_err(db)
+        })
+        .await
+    }
+
     async fn put_schedule(&self, schedule: &Schedule) -> Result<()> {
         let schedule = schedule.clone();
         self.call(move |conn| {

@@ -53,6 +53,15 @@ impl CatalogStore for MongoStore {
         self.all_records(self.nodes(), doc! {"_id": 1}).await
     }
 
+    async fn delete_node(&self, name: &str) -> Result<bool> {
+        let deleted = self
+            .nodes()
+            .delete_one(doc! {"_id": name})
+            .await
+            .map_err(db)?;
+        Ok(deleted.deleted_count > 0)
+    }
+
     async fn put_schedule(&self, schedule: &Schedule) -> Result<()> {
         let what = format!("schedule {:?}", schedule.name);
         put_named(
