@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use arachne_api_types::{ScheduleSpec, ScheduleView};
+use arachne_api_types::{CronQuery, ScheduleSpec, ScheduleView};
 use arachne_client::Client;
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy, local_time};
 use clap::Subcommand;
@@ -34,6 +34,13 @@ pub enum ScheduleCommand {
     /// Run the schedule's spider now.
     RunNow {
         name: String,
+    },
+    /// Check a cron expression and print its next 5 fire times on the zone's clock, without saving anything.
+    Check {
+        cron: String,
+        /// IANA time zone, for example Europe/Berlin (default UTC).
+        #[arg(long)]
+        tz: Option<String>,
     },
 }
 
@@ -89,6 +96,16 @@ impl ScheduleCommand {
                 client.update_schedule(&name, &args.into_spec()).await?
             }
             Self::Show { name } => client.get_schedule(&name).await?,
+            Self::Check { cron, tz } => {
+                let zone = tz.clone().unwrap_or_else(|| "UTC".into());
+                let preview = client.check_cron(&CronQuery { cron, tz }).await?;
+                return output.show(&preview, |preview| {
+                    for at in &preview.next {
+                        outln!("{}", local_time(*at, &zone));
+                    }
+                    Ok(())
+                });
+            }
             Self::Enable { name } => client.set_schedule_enabled(&name, true).await?,
             Self::Disable { name } => client.set_schedule_enabled(&name, false).await?,
             Self::Delete { name } => {

@@ -3,7 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use arachne_api_types::{EventQuery, ItemQuery, LogQuery, MAX_LIMIT, Task, TaskQuery};
+use arachne_api_types::{
+    EventQuery, ItemQuery, LogQuery, LogSearchQuery, MAX_LIMIT, Task, TaskQuery,
+};
 use arachne_client::{Client, TaskEvent};
 use arachne_shared::TaskStatus;
 use clap::{Subcommand, ValueEnum};
@@ -121,6 +123,9 @@ pub struct LogsArgs {
     /// Keep streaming until the task ends.
     #[arg(long, short)]
     follow: bool,
+    /// Print only the lines holding this text (case-insensitive), searched on the server.
+    #[arg(long, conflicts_with = "follow")]
+    grep: Option<String>,
 }
 
 impl LogsArgs {
@@ -129,7 +134,11 @@ impl LogsArgs {
         if self.follow {
             return crate::run::follow_logs(client, id).await;
         }
+        if let Some(text) = self.grep {
+            return grep_logs(client, id, text).await;
+        }
         each_page(
+            Range::default(),
             |after, limit| async move {
                 let query = LogQuery {
                     after,
@@ -152,9 +161,42 @@ impl LogsArgs {
     }
 }
 
-/// Reads a task's output page by page from its start until a page that is not full, handing each to `sink`;
-/// `fetch` is asked for the page after a sequence number, of a size.
+/// Prints the lines of a task's log that hold `text`, searched on the server in bounded steps.
+async fn grep_logs(
+    client: &Client,
+    id: arachne_shared::TaskId,
+    text: String,
+) -> Result<ExitCode, Error> {
+    let mut after = None;
+    loop {
+        let query = LogSearchQuery {
+            q: text.clone(),
+            after,
+            limit: Some(MAX_LIMIT),
+        };
+        let found = client.search_logs(id, &query).await?;
+        let mut out = std::io::stdout().lock();
+        for line in &found.lines {
+            writeln!(out, "{}", line.text)?;
+        }
+        if found.done {
+            return Ok(ExitCode::SUCCESS);
+        }
+        after = Some(found.scanned_to);
+    }
+}
+
+/// Which part of a task's output to read: after a sequence number, and at most how many records.
+#[derive(Debug, Clone, Copy, Default)]
+struct Range {
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// Reads a task's output page by page from `range.after` until a page that is not full (or `range.limit`
+/// records), handing each page to `sink`; `fetch` is asked for the page after a sequence number, of a size.
 async fn each_page<T, Fut>(
+    range: Range,
     mut fetch: impl FnMut(Option<u64>, Option<u32>) -> Fut,
     seq: impl Fn(&T) -> u64,
     mut sink: impl FnMut(Vec<T>) -> Result<(), Error>,
@@ -162,18 +204,22 @@ async fn each_page<T, Fut>(
 where
     Fut: std::future::Future<Output = Result<Vec<T>, arachne_client::Error>>,
 {
-    let mut after = 0;
-    loop {
-        let page = fetch(Some(after), Some(MAX_LIMIT)).await?;
-        let full = page.len() == MAX_LIMIT as usize;
+    let mut after = range.after;
+    let mut left = range.limit.unwrap_or(usize::MAX);
+    while left > 0 {
+        let size = left.min(MAX_LIMIT as usize) as u32;
+        let page = fetch(Some(after), Some(size)).await?;
+        let full = page.len() == size as usize;
         if let Some(last) = page.last() {
             after = seq(last);
         }
+        left -= page.len();
         sink(page)?;
         if !full {
-            return Ok(());
+            break;
         }
     }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,12 +236,27 @@ pub struct ItemsArgs {
     id: String,
     #[arg(long, value_enum, default_value_t = ItemsFormat::Jsonl)]
     format: ItemsFormat,
+    /// Only items after this sequence number (a task's items are numbered from 1, in the order it sent them).
+    #[arg(long)]
+    after: Option<u64>,
+    /// At most this many items.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 impl ItemsArgs {
     pub(crate) async fn apply(self, client: &Client) -> Result<ExitCode, Error> {
         let id = parse_id(&self.id)?;
         let format = self.format;
+        let range = Range {
+            after: self.after.unwrap_or(0),
+            limit: self.limit,
+        };
+        if format == ItemsFormat::Csv && (self.after.is_some() || self.limit.is_some()) {
+            return Err(Error::Input(
+                "--after and --limit page JSON and JSONL output; the CSV export is every item of the task".into(),
+            ));
+        }
         if format == ItemsFormat::Csv {
             let mut out = std::io::stdout().lock();
             let mut failed = None;
@@ -215,6 +276,7 @@ impl ItemsArgs {
         }
         let mut all = Vec::new();
         each_page(
+            range,
             |after, limit| async move {
                 let query = ItemQuery {
                     after,

@@ -743,3 +743,69 @@ async fn the_cli_deletes_versions_and_spiders_and_says_why_when_it_cannot() {
     );
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pages_a_task_s_items() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, id, _) = one_csv_run(data.path()).await;
+    let second = arachne(&master, &["items", &id, "--after", "1"]).await;
+    assert_eq!(
+        stdout(&second),
+        "{\"b\": \"z\", \"c\": true}\n",
+        "{second:?}"
+    );
+    let first = arachne(&master, &["items", &id, "--limit", "1"]).await;
+    assert_eq!(stdout(&first), "{\"a\": 1, \"b\": \"x, y\"}\n", "{first:?}");
+    let csv = arachne(&master, &["items", &id, "--format", "csv", "--limit", "1"]).await;
+    assert!(!csv.status.success());
+    assert!(String::from_utf8_lossy(&csv.stderr).contains("CSV export is every item"));
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_greps_a_task_s_log_on_the_server() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    master.wait_nodes_online(1).await;
+    let script = "for w in alpha beta ALPHA-2 gamma; do echo $w; done";
+    common::create_spider(
+        &master.client,
+        "words",
+        "sh main.sh",
+        &[("main.sh", script)],
+    )
+    .await;
+    let run = arachne(&master, &["run", "words", "--wait"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let page = stdout(&arachne(&master, &["--json", "task", "list"]).await);
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let found = arachne(&master, &["logs", &id, "--grep", "alpha"]).await;
+    assert!(found.status.success(), "{found:?}");
+    assert_eq!(stdout(&found), "alpha\nALPHA-2\n");
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_checks_a_cron_expression_on_the_zone_s_clock() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let checked = arachne(
+        &master,
+        &["schedule", "check", "30 2 * * *", "--tz", "Europe/Berlin"],
+    )
+    .await;
+    assert!(checked.status.success(), "{checked:?}");
+    assert_eq!(
+        stdout(&checked).matches(" 02:30:00 CE").count(),
+        5,
+        "{checked:?}"
+    );
+    let bad = arachne(&master, &["schedule", "check", "0 25 * * *"]).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("hour must be 0-23"),
+        "{bad:?}"
+    );
+    master.stop().await;
+}
