@@ -546,16 +546,6 @@ async fn uploads_beyond_the_concurrent_limit_wait_for_their_turn() {
 /// Prints its version, then waits as many seconds as its argument says.
 const WAIT_SH: &str = "cat VERSION\nsleep \"${1:-0}\"\n";
 
-/// The status and message of an API refusal.
-fn refusal<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>) -> (u16, String) {
-    match result {
-        Err(arachne_client::Error::Api {
-            status, message, ..
-        }) => (status, message),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
 /// Starts a run that waits a minute, and waits until it runs.
 async fn long_run(
     client: &Client,
@@ -599,12 +589,10 @@ async fn a_version_is_deleted_only_when_not_current_nor_running_and_takes_only_i
         .unwrap()
         .version;
 
-    let (status, message) = refusal(client.delete_version("vs", &v2).await);
-    assert_eq!(status, 409);
-    assert!(message.contains("current version"), "{message}");
+    common::assert_conflict(client.delete_version("vs", &v2).await, "current version");
 
     let running = long_run(client, "vs", Some(v1.clone())).await;
-    let (status, message) = refusal(client.delete_version("vs", &v1).await);
+    let (status, message) = common::refusal(client.delete_version("vs", &v1).await);
     assert_eq!(status, 409);
     assert!(
         message.contains(&running.id.to_string()) && message.contains("running"),
@@ -629,7 +617,7 @@ async fn a_version_is_deleted_only_when_not_current_nor_running_and_takes_only_i
     if on_disk {
         assert_eq!(master_blobs(), before - 1);
     }
-    let (status, message) = refusal(client.delete_version("vs", &v1).await);
+    let (status, message) = common::refusal(client.delete_version("vs", &v1).await);
     assert_eq!(status, 404, "{message}");
 
     // What stays still runs.
@@ -661,9 +649,10 @@ async fn a_spider_is_deleted_with_its_versions_and_schedules_and_its_tasks_only_
         .unwrap();
 
     let running = long_run(client, "kept-runs", None).await;
-    let (status, message) = refusal(client.delete_spider("kept-runs", false).await);
-    assert_eq!(status, 409);
-    assert!(message.contains(&running.id.to_string()), "{message}");
+    common::assert_conflict(
+        client.delete_spider("kept-runs", false).await,
+        &running.id.to_string(),
+    );
     assert!(
         client.get_spider("kept-runs").await.is_ok(),
         "a refusal changes nothing"
@@ -677,7 +666,7 @@ async fn a_spider_is_deleted_with_its_versions_and_schedules_and_its_tasks_only_
         (deleted.versions, deleted.schedules, deleted.tasks),
         (1, 1, 0)
     );
-    assert_eq!(refusal(client.get_spider("kept-runs").await).0, 404);
+    assert_eq!(common::refusal(client.get_spider("kept-runs").await).0, 404);
     assert!(client.list_schedules().await.unwrap().is_empty());
     assert!(client.list_versions("kept-runs").await.is_err());
     let kept = client
@@ -700,7 +689,10 @@ async fn a_spider_is_deleted_with_its_versions_and_schedules_and_its_tasks_only_
     let task = client.list_tasks(&Default::default()).await.unwrap().items[0].id;
     let deleted = client.delete_spider("all-gone", true).await.unwrap();
     assert_eq!((deleted.versions, deleted.tasks), (1, 1));
-    assert_eq!(refusal(client.get_task(task).await).0, 404);
-    assert_eq!(refusal(client.delete_spider("all-gone", true).await).0, 404);
+    assert_eq!(common::refusal(client.get_task(task).await).0, 404);
+    assert_eq!(
+        common::refusal(client.delete_spider("all-gone", true).await).0,
+        404
+    );
     master.stop().await;
 }

@@ -690,16 +690,6 @@ for i in range(400):
     worker.stop().await;
 }
 
-/// The status and message of an API refusal.
-fn refused<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>) -> (u16, String) {
-    match result {
-        Err(arachne_client::Error::Api {
-            status, message, ..
-        }) => (status, message),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
     let data = tempfile::tempdir().unwrap();
@@ -709,9 +699,7 @@ async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
     master.wait_nodes_online(1).await;
     create_spider(client, "s", "true", &[("a", "b")]).await;
 
-    let (status, message) = refused(client.remove_node("w1").await);
-    assert_eq!(status, 409);
-    assert!(message.contains("is online"), "{message}");
+    common::assert_conflict(client.remove_node("w1").await, "is online");
     worker.stop().await;
     eventually("w1 is offline", || async {
         client
@@ -733,9 +721,7 @@ async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
         })
         .await
         .unwrap();
-    let (status, message) = refused(client.remove_node("w1").await);
-    assert_eq!(status, 409);
-    assert!(message.contains(&pinned.id.to_string()), "{message}");
+    common::assert_conflict(client.remove_node("w1").await, &pinned.id.to_string());
     client.cancel_task(pinned.id).await.unwrap();
     wait_done(client, pinned.id).await;
     client
@@ -749,9 +735,7 @@ async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
         })
         .await
         .unwrap();
-    let (status, message) = refused(client.remove_node("w1").await);
-    assert_eq!(status, 409);
-    assert!(message.contains("on-w1"), "{message}");
+    common::assert_conflict(client.remove_node("w1").await, "on-w1");
     client.delete_schedule("on-w1").await.unwrap();
 
     client.remove_node("w1").await.unwrap();
@@ -763,6 +747,6 @@ async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
             .iter()
             .all(|n| n.name != "w1")
     );
-    assert_eq!(refused(client.remove_node("w1").await).0, 404);
+    assert_eq!(common::refusal(client.remove_node("w1").await).0, 404);
     master.stop().await;
 }

@@ -629,6 +629,23 @@ impl Drop for MasterProcess {
 
 /// A plain HTTP client for requests the API client does not make (raw bodies, bad headers). TLS goes through
 /// the ring provider, as everywhere in the project; reqwest is built without one of its own.
+/// The HTTP status and message of an API refusal; panics on anything else.
+pub fn refusal<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>) -> (u16, String) {
+    match result {
+        Err(arachne_client::Error::Api {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Expects `result` to be a 409 refusal whose message holds `text`.
+pub fn assert_conflict<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>, text: &str) {
+    let (status, message) = refusal(result);
+    assert_eq!(status, 409, "{message}");
+    assert!(message.contains(text), "{text:?} is not in {message:?}");
+}
+
 pub fn http() -> reqwest::Client {
     http_builder().build().unwrap()
 }
