@@ -239,14 +239,14 @@ impl Spiders {
             .versions(spider.id)
             .await
             .map_err(|err| files_error(&spider.name, err))?;
-        for version in &versions {
-            self.files
-                .delete_version(spider.id, &version.hash)
-                .await
-                .map_err(|err| files_error(&spider.name, err))?;
-        }
-        info!(spider = %spider.name, versions = versions.len(), "spider deleted");
-        Ok(versions.len() as u64)
+        let hashes: Vec<&str> = versions.iter().map(|v| v.hash.as_str()).collect();
+        let deleted = self
+            .files
+            .delete_versions(spider.id, &hashes)
+            .await
+            .map_err(|err| files_error(&spider.name, err))?;
+        info!(spider = %spider.name, versions = deleted, "spider deleted");
+        Ok(deleted)
     }
 
     /// The files of a version (the current one when `None`), and which version that is.

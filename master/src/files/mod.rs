@@ -256,20 +256,27 @@ impl SpiderFiles {
     /// Removes a version, then every content no version of any spider names any more; false if there was
     /// no such version. Which versions may go is the caller's rule.
     pub async fn delete_version(&self, spider: SpiderId, version: &str) -> Result<bool, Error> {
-        if !is_sha256(version) {
-            return Ok(false);
-        }
+        Ok(self.delete_versions(spider, &[version]).await? == 1)
+    }
+
+    /// Removes versions of `spider`, then, once, every content no version names any more; how many of them
+    /// there were.
+    pub async fn delete_versions(&self, spider: SpiderId, versions: &[&str]) -> Result<u64, Error> {
         let _alone = self.cleanup.write().await;
-        let deleted = match &self.storage {
-            Storage::Disk(disk) => disk.delete_version(spider, version).await?,
-            Storage::GridFs(grid) => grid.delete_version(spider, version).await?,
-        };
-        if deleted {
+        let mut deleted = 0;
+        for version in versions.iter().filter(|v| is_sha256(v)) {
+            let gone = match &self.storage {
+                Storage::Disk(disk) => disk.delete_version(spider, version).await?,
+                Storage::GridFs(grid) => grid.delete_version(spider, version).await?,
+            };
+            deleted += u64::from(gone);
+        }
+        if deleted > 0 {
             let removed = match &self.storage {
                 Storage::Disk(disk) => disk.remove_unnamed_blobs().await?,
                 Storage::GridFs(grid) => grid.remove_unnamed_blobs().await?,
             };
-            tracing::info!(%spider, version, contents_removed = removed, "spider version deleted");
+            tracing::info!(%spider, versions = deleted, contents_removed = removed, "spider versions deleted");
         }
         Ok(deleted)
     }
