@@ -705,32 +705,37 @@ fn pending_job(task: &Task) -> Value {
     })
 }
 
-fn running_job(task: &Task) -> Value {
+/// A started job's listing, running or finished: its names and where its log and items are, then the
+/// fields of its state (`state`: a running job's pid and start, a finished one's start and end).
+fn started_job(task: &Task, state: Value) -> Value {
     let spider = scrapy_spider(task);
     let (log_url, items_url) = urls(task, &spider);
-    json!({
+    let mut job = fields(json!({
         "project": task.spider_name,
         "spider": spider,
         "id": job_id(task),
-        "pid": task.pid,
-        "start_time": time(task.started_at),
         "log_url": log_url,
         "items_url": items_url,
-    })
+    }));
+    job.extend(fields(state));
+    Value::Object(job)
+}
+
+fn running_job(task: &Task) -> Value {
+    started_job(
+        task,
+        json!({ "pid": task.pid, "start_time": time(task.started_at) }),
+    )
 }
 
 fn finished_job(task: &Task) -> Value {
-    let spider = scrapy_spider(task);
-    let (log_url, items_url) = urls(task, &spider);
-    json!({
-        "project": task.spider_name,
-        "spider": spider,
-        "id": job_id(task),
-        "start_time": time(task.started_at.or(Some(task.created_at))),
-        "end_time": time(task.ended_at),
-        "log_url": log_url,
-        "items_url": items_url,
-    })
+    started_job(
+        task,
+        json!({
+            "start_time": time(task.started_at.or(Some(task.created_at))),
+            "end_time": time(task.ended_at),
+        }),
+    )
 }
 
 fn fields(value: Value) -> Map<String, Value> {
