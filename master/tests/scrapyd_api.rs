@@ -287,18 +287,9 @@ async fn a_project_that_is_not_a_scrapy_command_is_refused_with_the_reason() {
         &[("run.sh", "echo hi")],
     )
     .await;
-    let http = common::http();
-    let answer: Value = http
-        .post(format!("http://{}/schedule.json", master.scrapyd.unwrap()))
-        .basic_auth("scrapy", Some(API_TOKEN))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("project=plain&spider=quotes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let base = format!("http://{}", master.scrapyd.unwrap());
+    let params = [("project", "plain"), ("spider", "quotes")];
+    let answer = scrapyd_answer(&base, "POST", "schedule.json", &params).await;
     assert_eq!(answer["status"], "error");
     let message = answer["message"].as_str().unwrap();
     assert!(
@@ -606,17 +597,14 @@ async fn scrapydweb_lists_the_jobs_and_shows_a_job_s_log_and_stats() {
     let client = &master.client;
     quotes_project(client, &scrapy_python).await;
     let scrapyd = master.scrapyd.unwrap();
-    let answer: Value = common::http()
-        .post(format!("http://{scrapyd}/schedule.json"))
-        .basic_auth("scrapy", Some(API_TOKEN))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("project=quotes&spider=quotes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let params = [("project", "quotes"), ("spider", "quotes")];
+    let answer = scrapyd_answer(
+        &format!("http://{scrapyd}"),
+        "POST",
+        "schedule.json",
+        &params,
+    )
+    .await;
     let job: arachne_shared::TaskId = answer["jobid"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         common::wait_done(client, job).await.status,
