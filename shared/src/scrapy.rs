@@ -84,15 +84,17 @@ pub fn parse_crawl(param: &str) -> Option<Crawl> {
     Some(crawl)
 }
 
-/// Splits a command line into words as `sh` does for plain words, single quotes and backslashes; `None` for
-/// anything else it would treat specially (double quotes, an unclosed quote).
-fn shell_words(line: &str) -> Option<Vec<String>> {
+/// Splits a command line into words as `sh` does, when it is plain words and single-quoted strings only (with
+/// `'\''` for a quote inside one, as [`shell_word`] writes it); `None` when it holds anything else the shell
+/// reads specially outside single quotes: an operator, an expansion, a comment, double quotes, another
+/// backslash, a newline, or an unclosed quote. Inside single quotes anything goes.
+pub fn shell_words(line: &str) -> Option<Vec<String>> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
-            ' ' | '\t' | '\n' => words.extend(word.take()),
+            ' ' | '\t' => words.extend(word.take()),
             '\'' => {
                 let quoted = word.get_or_insert_with(String::new);
                 loop {
@@ -102,8 +104,11 @@ fn shell_words(line: &str) -> Option<Vec<String>> {
                     }
                 }
             }
-            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
-            '"' | '$' | '`' => return None,
+            '\\' => match chars.next()? {
+                '\'' => word.get_or_insert_with(String::new).push('\''),
+                _ => return None,
+            },
+            ';' | '&' | '|' | '<' | '>' | '$' | '`' | '(' | ')' | '\n' | '"' | '#' => return None,
             c => word.get_or_insert_with(String::new).push(c),
         }
     }
@@ -161,5 +166,22 @@ mod tests {
         assert_eq!(parse_crawl("crawl q -a"), None);
         assert_eq!(parse_crawl("crawl q -x k=v"), None);
         assert_eq!(parse_crawl("crawl 'q"), None);
+        assert_eq!(
+            shell_words(r"scrapy crawl q -a 'u=x&y' -a 'it'\''s'"),
+            Some(vec![
+                "scrapy".to_owned(),
+                "crawl".into(),
+                "q".into(),
+                "-a".into(),
+                "u=x&y".into(),
+                "-a".into(),
+                "it's".into()
+            ])
+        );
+        for special in [
+            "a; b", "a && b", "a | b", "a > f", "$X", "`x`", "\"q\"", "a # c", "a\\b", "a\nb",
+        ] {
+            assert_eq!(shell_words(special), None, "{special}");
+        }
     }
 }

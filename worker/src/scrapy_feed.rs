@@ -18,9 +18,8 @@ pub(crate) fn feed_path(home: &Path) -> PathBuf {
 /// (or `python -m scrapy crawl`) with no shell operators and no feed of its own (`-o`, `-O`, `--output`,
 /// `FEEDS=`), whose own would take the place of this one.
 pub(crate) fn with_feed(command_line: &str, feed: &Path) -> Option<String> {
-    if !plain_shell(command_line) {
-        return None;
-    }
+    // Only words and single-quoted strings: words appended to it are then the command's last arguments.
+    arachne_shared::scrapy::shell_words(command_line)?;
     let words: Vec<&str> = command_line.split_whitespace().collect();
     let tool = arachne_shared::scrapy::invocation(&words)?;
     let rest = match &words[tool..] {
@@ -40,27 +39,6 @@ pub(crate) fn with_feed(command_line: &str, feed: &Path) -> Option<String> {
     }
     let feeds = serde_json::json!({ format!("file://{path}"): {"format": "jsonlines"} });
     Some(format!("{command_line} -s 'FEEDS={feeds}'"))
-}
-
-/// Whether `line` is words and single-quoted strings only: no shell operator, expansion or other quoting
-/// outside single quotes (inside them anything goes, as in the arguments Scrapyd's API writes), so words
-/// appended to it are the command's last arguments.
-fn plain_shell(line: &str) -> bool {
-    let mut quoted = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => quoted = !quoted,
-            _ if quoted => {}
-            // `'\''`: a single quote inside a quoted word, as `shared::scrapy::shell_word` writes it.
-            '\\' if chars.next() == Some('\'') => {}
-            ';' | '&' | '|' | '<' | '>' | '$' | '`' | '(' | ')' | '\n' | '"' | '\\' | '#' => {
-                return false;
-            }
-            _ => {}
-        }
-    }
-    !quoted
 }
 
 /// How often a feed file that has not grown is looked at again.
