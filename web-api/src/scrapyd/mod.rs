@@ -661,16 +661,28 @@ fn state_of(status: TaskStatus) -> &'static str {
     }
 }
 
-/// The crawl a task runs: its Scrapy spider, arguments and settings (for a task started otherwise, the
-/// project's name and nothing more).
+/// The crawl a task runs: its Scrapy spider, arguments and settings as Scrapyd's API wrote them. Arguments
+/// written otherwise (by a user, with `-o`, say) give the word after `crawl` as the spider and no arguments;
+/// a task that crawls nothing, the project's name.
 fn crawl_of(task: &Task) -> arachne_shared::scrapy::Crawl {
-    task.param
+    if let Some(crawl) = task
+        .param
         .as_deref()
         .and_then(arachne_shared::scrapy::parse_crawl)
-        .unwrap_or_else(|| arachne_shared::scrapy::Crawl {
-            spider: task.spider_name.clone(),
-            ..Default::default()
-        })
+    {
+        return crawl;
+    }
+    let line = task.command_line();
+    let mut words = line.split_whitespace();
+    let spider = words
+        .by_ref()
+        .find(|w| *w == "crawl")
+        .and(words.next())
+        .map(|w| w.trim_matches('\'').to_owned());
+    arachne_shared::scrapy::Crawl {
+        spider: spider.unwrap_or_else(|| task.spider_name.clone()),
+        ..Default::default()
+    }
 }
 
 /// The Scrapy spider a task crawls.
@@ -774,6 +786,16 @@ mod tests {
         assert_eq!(job["id"], "j1");
         assert_eq!(job["args"], json!({"tag": "life & death"}));
         assert_eq!(job["settings"], json!({"DOWNLOAD_DELAY": "2"}));
+    }
+
+    #[test]
+    fn a_crawl_written_by_hand_still_names_its_spider() {
+        let spider = arachne_shared::Spider::new("quotes", "scrapy", Utc::now());
+        let mut task = arachne_shared::Task::pending(&spider, Utc::now());
+        task.param = Some("crawl books -o out.json".into());
+        assert_eq!(scrapy_spider(&Task::from(task.clone())), "books");
+        task.param = Some("list".into());
+        assert_eq!(scrapy_spider(&Task::from(task)), "quotes");
     }
 
     #[test]
