@@ -26,10 +26,10 @@ pub struct RunArgs {
     #[arg(long = "spider", value_name = "NAME", conflicts_with = "param")]
     scrapy_spider: Option<String>,
     /// A Scrapy spider argument, `-a K=V` (with --spider; repeatable).
-    #[arg(short = 'a', value_name = "K=V", requires = "scrapy_spider", value_parser = key_value)]
+    #[arg(short = 'a', value_name = "K=V", requires = "scrapy_spider", value_parser = arachne_shared::parse_key_value)]
     scrapy_arg: Vec<(String, String)>,
     /// A Scrapy setting, `-s K=V` (with --spider; repeatable).
-    #[arg(short = 's', value_name = "K=V", requires = "scrapy_spider", value_parser = key_value)]
+    #[arg(short = 's', value_name = "K=V", requires = "scrapy_spider", value_parser = arachne_shared::parse_key_value)]
     scrapy_setting: Vec<(String, String)>,
     /// Stream the task's logs until it ends; exit 0 only if it Finished.
     #[arg(long)]
@@ -37,14 +37,6 @@ pub struct RunArgs {
     /// Wait for the task to end; exit 0 only if it Finished.
     #[arg(long)]
     wait: bool,
-}
-
-/// `K=V`.
-fn key_value(text: &str) -> Result<(String, String), Error> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(Error::Input(format!("expected K=V, got {text:?}"))),
-    }
 }
 
 /// What a run is started with, by `run` and by a schedule.
