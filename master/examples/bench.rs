@@ -972,37 +972,23 @@ impl Bench {
         let arachne = RunningMaster::start(config).await?;
         let arachne_url = format!("http://{}", arachne.scrapyd_addr);
 
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let scrapyd_url = format!("http://127.0.0.1:{port}");
         let home = work.path().join("scrapyd");
         std::fs::create_dir_all(&home)?;
-        std::fs::write(
-            home.join("scrapyd.conf"),
+        let config = |port| {
             format!(
                 "[scrapyd]\nbind_address = 127.0.0.1\nhttp_port = {port}\npoll_interval = 0.2\nmax_proc = 4\n\
                  eggs_dir = eggs\nlogs_dir = logs\nitems_dir = items\ndbs_dir = dbs\nfinished_to_keep = 1000\n"
-            ),
-        )?;
-        let mut server = tokio::process::Command::new(&python)
-            .args(["-m", "scrapyd"])
-            .current_dir(&home)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let http = arachne_test_support::http();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http
-            .get(format!("{scrapyd_url}/daemonstatus.json"))
-            .send()
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(Instant::now() < deadline, "Scrapyd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            )
+        };
+        let (mut server, scrapyd_url) = arachne_test_support::start_python_service(
+            &python,
+            "scrapyd",
+            &home,
+            "scrapyd.conf",
+            config,
+            "/daemonstatus.json",
+        )
+        .await;
 
         for (file, text) in [
             (
@@ -1037,6 +1023,7 @@ impl Bench {
             );
         }
 
+        let http = arachne_test_support::http();
         let arachne_api = ScrapydClient {
             http: http.clone(),
             url: arachne_url,

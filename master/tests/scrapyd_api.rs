@@ -543,8 +543,7 @@ fn scrapydweb_settings(scrapyd: std::net::SocketAddr, port: u16, data: &std::pat
     )
 }
 
-/// Starts ScrapydWeb on a free port and waits until it answers; starts it again on another port if the one
-/// it was given was taken meanwhile. Returns the process (killed when dropped) and its address.
+/// Starts ScrapydWeb against `scrapyd`; returns its home folder, the process and its URL.
 async fn start_scrapydweb(
     python: &std::path::Path,
     scrapyd: std::net::SocketAddr,
@@ -552,40 +551,16 @@ async fn start_scrapydweb(
     let home = tempfile::tempdir().unwrap();
     let data = home.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    for _attempt in 0..3 {
-        let port = common::free_port().port();
-        std::fs::write(
-            home.path().join("scrapydweb_settings_v11.py"),
-            scrapydweb_settings(scrapyd, port, &data),
-        )
-        .unwrap();
-        let mut child = tokio::process::Command::new(python)
-            .args(["-m", "scrapydweb.run"])
-            .current_dir(home.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(home.path().join("scrapydweb.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let http = common::http();
-        let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if http.get(format!("{url}/1/")).send().await.is_ok() {
-                return (home, child, url);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ScrapydWeb never answered"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    }
-    let said = std::fs::read_to_string(home.path().join("scrapydweb.log")).unwrap_or_default();
-    panic!("ScrapydWeb exited three times before answering; it said:\n{said}");
+    let (child, url) = common::start_python_service(
+        python,
+        "scrapydweb.run",
+        home.path(),
+        "scrapydweb_settings_v11.py",
+        |port| scrapydweb_settings(scrapyd, port, &data),
+        "/1/",
+    )
+    .await;
+    (home, child, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,49 +678,19 @@ async fn a_version_s_spiders_are_listed_once_even_across_master_restarts() {
 /// A real Scrapyd 1.6 with Scrapy, and scrapyd-client to deploy to it.
 const SCRAPYD: [&str; 3] = ["scrapyd==1.6.0", "scrapyd-client==2.0.3", "scrapy==2.19.0"];
 
-/// Starts a real Scrapyd on a free port, with basic auth, in `home`; returns it (killed when dropped) and its
-/// URL. Started again on another port if the one it was given was taken meanwhile.
+/// Starts a real Scrapyd with basic auth in `home`; returns it (killed when dropped) and its URL.
 async fn start_scrapyd(
     python: &std::path::Path,
     home: &std::path::Path,
 ) -> (tokio::process::Child, String) {
-    for _attempt in 0..3 {
-        let port = common::free_port().port();
-        std::fs::write(
-            home.join("scrapyd.conf"),
-            format!(
-                "[scrapyd]\nbind_address = 127.0.0.1\nhttp_port = {port}\npoll_interval = 0.2\n\
-                 eggs_dir = eggs\nlogs_dir = logs\nitems_dir = items\ndbs_dir = dbs\n\
-                 username = scrapy\npassword = {API_TOKEN}\n"
-            ),
+    let config = |port| {
+        format!(
+            "[scrapyd]\nbind_address = 127.0.0.1\nhttp_port = {port}\npoll_interval = 0.2\n\
+             eggs_dir = eggs\nlogs_dir = logs\nitems_dir = items\ndbs_dir = dbs\n\
+             username = scrapy\npassword = {API_TOKEN}\n"
         )
-        .unwrap();
-        let mut child = tokio::process::Command::new(python)
-            .args(["-m", "scrapyd"])
-            .current_dir(home)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(home.join("scrapyd.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if common::http().get(format!("{url}/")).send().await.is_ok() {
-                return (child, url);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "Scrapyd never answered"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    let said = std::fs::read_to_string(home.join("scrapyd.log")).unwrap_or_default();
-    panic!("Scrapyd exited three times before answering; it said:\n{said}");
+    };
+    common::start_python_service(python, "scrapyd", home, "scrapyd.conf", config, "/").await
 }
 
 /// Sends one request as Scrapyd's clients do (a form, or a query string), and reads the answer without the

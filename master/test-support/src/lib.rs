@@ -629,6 +629,51 @@ impl Drop for MasterProcess {
 
 /// A plain HTTP client for requests the API client does not make (raw bodies, bad headers). TLS goes through
 /// the ring provider, as everywhere in the project; reqwest is built without one of its own.
+/// A Python web service a test or the benchmark starts (Scrapyd, ScrapydWeb): `python -m module` in `home`,
+/// on a free port, after `config(port)` is written to `home/config_file`. Waits until `probe` (a path) answers;
+/// starts it again on another port if it exited first (another socket took the port meanwhile), three times
+/// at most, then panics with what it wrote to standard error. Returns the process (killed when dropped) and
+/// its URL.
+pub async fn start_python_service(
+    python: &Path,
+    module: &str,
+    home: &Path,
+    config_file: &str,
+    config: impl Fn(u16) -> String,
+    probe: &str,
+) -> (tokio::process::Child, String) {
+    let said = home.join(format!("{module}.log"));
+    for _attempt in 0..3 {
+        let port = free_port().port();
+        std::fs::write(home.join(config_file), config(port)).unwrap();
+        let mut child = tokio::process::Command::new(python)
+            .args(["-m", module])
+            .current_dir(home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&said).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if http().get(format!("{url}{probe}")).send().await.is_ok() {
+                return (child, url);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{module} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let output = std::fs::read_to_string(&said).unwrap_or_default();
+    panic!("{module} exited three times before answering; it said:\n{output}");
+}
+
 /// The HTTP status and message of an API refusal; panics on anything else.
 pub fn refusal<T: std::fmt::Debug>(result: Result<T, arachne_client::Error>) -> (u16, String) {
     match result {
