@@ -6,7 +6,7 @@
 //! The tests keep a short, bounded form of each scenario (`master/tests/faults.rs`); this runs them longer and
 //! at random points.
 
-use arachne_test_support::{free_port, rss_mib, spider, until};
+use arachne_test_support::{all_tasks, free_port, rss_mib, spider, until};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use arachne_api_types::{ItemQuery, LogQuery, RunTask, Task, TaskQuery};
+use arachne_api_types::{ItemQuery, LogQuery, RunTask, Task};
 use arachne_client::Client;
 use arachne_shared::{NodeStatus, RunMode, TaskId, TaskStatus};
 use nix::sys::signal::{Signal, kill};
@@ -221,22 +221,6 @@ async fn ended(client: &Client, id: TaskId) -> anyhow::Result<Task> {
             bail!("task {id} did not end; it is {}", task.status);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn all_tasks(client: &Client) -> anyhow::Result<Vec<Task>> {
-    let mut tasks = Vec::new();
-    loop {
-        let query = TaskQuery {
-            limit: Some(1000),
-            offset: Some(tasks.len() as u32),
-            ..Default::default()
-        };
-        let page = client.list_tasks(&query).await?.items;
-        if page.is_empty() {
-            return Ok(tasks);
-        }
-        tasks.extend(page);
     }
 }
 

@@ -11,13 +11,12 @@ use std::time::Duration;
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
 use arachne_shared::TokenKind;
 use arachne_shared::cluster::{
-    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, WINDOW, WINDOW_BYTES,
-    WorkerEnvelope, WorkerToMaster,
+    HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, TaskEnd, TaskReport, WINDOW,
+    WINDOW_BYTES, WorkerEnvelope, WorkerToMaster,
 };
 use arachne_shared::files::Manifest;
 use arachne_shared::{
-    ItemTarget, LogLine, LogStream, Node, NodeStatus, SpiderId, Task, TaskId, TaskOutcome,
-    TaskStatus,
+    ItemTarget, LogLine, LogStream, Node, NodeStatus, SpiderId, Task, TaskId, TaskStatus,
 };
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -300,17 +299,6 @@ fn files_rejection(spider_id: SpiderId, version: &str, err: files::Error) -> Rej
         files::Error::NoSuchFile { .. } => Rejection::NotFound(err.to_string()),
         other => Rejection::Internal(other.to_string()),
     }
-}
-
-/// A worker's report that a task ended.
-#[derive(Clone)]
-struct EndReport {
-    task_id: TaskId,
-    lease: u64,
-    outcome: TaskOutcome,
-    at: chrono::DateTime<Utc>,
-    peak_rss_bytes: Option<u64>,
-    started: Option<ProcessStart>,
 }
 
 impl Sessions {
@@ -674,23 +662,23 @@ impl Sessions {
             }
             // Taken above.
             WorkerToMaster::Logs { .. } | WorkerToMaster::Items { .. } => {}
-            WorkerToMaster::Report {
-                task_id,
-                lease,
-                status,
-                errors,
-                errors_before,
-                at,
-            } => {
+            WorkerToMaster::Report(report) => {
+                let (task_id, lease) = (report.task_id, report.lease);
                 // Reports may arrive for a task that just ended (the end was sent right after): keep them too.
                 let update = || -> crate::store::TaskChange {
-                    let (name, status, errors) =
-                        (node.name.clone(), status.clone(), errors.clone());
+                    let (name, report) = (node.name.clone(), report.clone());
                     Box::new(move |t: &mut Task| {
-                        if !holds(t, &name, lease) {
+                        if !holds(t, &name, report.lease) {
                             return false;
                         }
-                        t.record_report(status.clone(), errors.clone(), errors_before, at);
+                        let TaskReport {
+                            status,
+                            errors,
+                            errors_before,
+                            at,
+                            ..
+                        } = report.clone();
+                        t.record_report(status, errors, errors_before, at);
                         true
                     })
                 };
@@ -719,23 +707,8 @@ impl Sessions {
                     self.refused(node, held, &reason)
                 );
             }
-            WorkerToMaster::TaskEnded {
-                task_id,
-                lease,
-                outcome,
-                at,
-                peak_rss_bytes,
-                started,
-            } => {
-                targets.forget(task_id);
-                let ended = EndReport {
-                    task_id,
-                    lease,
-                    outcome,
-                    at,
-                    peak_rss_bytes,
-                    started,
-                };
+            WorkerToMaster::TaskEnded(ended) => {
+                targets.forget(ended.task_id);
                 retrying!(
                     health,
                     "recording a task's end",
@@ -798,17 +771,9 @@ impl Sessions {
         Ok(())
     }
 
-    async fn ended(&self, node: &Node, ended: EndReport) -> crate::store::Result<()> {
-        let EndReport {
-            task_id,
-            lease,
-            outcome,
-            at,
-            peak_rss_bytes,
-            started,
-        } = ended;
+    async fn ended(&self, node: &Node, ended: TaskEnd) -> crate::store::Result<()> {
+        let (task_id, lease, status) = (ended.task_id, ended.lease, ended.outcome.status());
         let name = node.name.clone();
-        let status = outcome.status();
         let updated = self
             .store
             .update_task(
@@ -819,12 +784,12 @@ impl Sessions {
                         return false;
                     }
                     // A short run's start comes with its end: the task goes through Running in one write.
-                    if let Some(start) = started.filter(|_| t.status == TaskStatus::Pending) {
+                    if let Some(start) = ended.started.filter(|_| t.status == TaskStatus::Pending) {
                         t.pid = Some(start.pid);
                         t.set_status(TaskStatus::Running, start.at);
                     }
-                    t.finish(&outcome, at);
-                    t.peak_rss_bytes = peak_rss_bytes.or(t.peak_rss_bytes);
+                    t.finish(&ended.outcome, ended.at);
+                    t.peak_rss_bytes = ended.peak_rss_bytes.or(t.peak_rss_bytes);
                     true
                 }),
             )

@@ -99,14 +99,8 @@ class QuotesSpider(scrapy.Spider):
         settings: None,
         ..Default::default()
     };
-    let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
-    let logs = common::all_logs(client, task.id).await;
-    assert_eq!(
-        task.status,
-        TaskStatus::Finished,
-        "{:?}\n{logs:#?}",
-        task.error
-    );
+    let (task, logs) = common::run_to_end(client, &run).await;
+    common::assert_finished(&task, &logs);
     let items = client.items(task.id, &ItemQuery::default()).await.unwrap();
     let texts: Vec<_> = items
         .iter()

@@ -129,12 +129,7 @@ async fn requirements_install_once_per_version_into_a_private_venv() {
     .await;
 
     let (first, logs) = run(client, "py").await;
-    assert_eq!(
-        first.status,
-        TaskStatus::Finished,
-        "{:?}\n{logs:#?}",
-        first.error
-    );
+    common::assert_finished(&first, &logs);
     assert!(has(&logs, "installing requirements.txt"), "{logs:#?}");
     assert!(
         has(&logs, "Successfully installed mypkg-1.0"),
@@ -240,12 +235,7 @@ async fn package_json_installs_node_modules_once_per_version() {
     )
     .await;
     let (first, logs) = run(client, "js").await;
-    assert_eq!(
-        first.status,
-        TaskStatus::Finished,
-        "{:?}\n{logs:#?}",
-        first.error
-    );
+    common::assert_finished(&first, &logs);
     assert!(
         has(&logs, "npm install") && has(&logs, "added 1 package"),
         "{logs:#?}"

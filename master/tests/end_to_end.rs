@@ -716,7 +716,7 @@ async fn max_runners_change_at_run_time_and_tasks_beyond_them_wait() {
 /// meanwhile: the master acknowledges those batches (so the worker forgets them) and stores none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_for_a_task_the_store_does_not_know_are_acknowledged_and_not_stored() {
-    use arachne_shared::cluster::{MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster};
+    use arachne_shared::cluster::{Registration, WorkerEnvelope, WorkerToMaster};
     use arachne_shared::{ItemRecord, LogLine, TaskId};
 
     let data = tempfile::tempdir().unwrap();
@@ -757,16 +757,7 @@ async fn batches_for_a_task_the_store_does_not_know_are_acknowledged_and_not_sto
     for (seq, message) in [(0, register), (1, logs), (2, items)] {
         tx.send(WorkerEnvelope { seq, message }).await.unwrap();
     }
-    let acked = tokio::time::timeout(common::TIMEOUT, async {
-        while let Some(message) = session.next().await {
-            if let MasterToWorker::Ack { seq: 2 } = message.unwrap() {
-                return;
-            }
-        }
-        panic!("the session ended before both batches were acknowledged");
-    })
-    .await;
-    assert!(acked.is_ok(), "no acknowledgement of both batches");
+    common::acknowledged(&mut session, 2).await;
     assert!(
         master.client.get_task(ghost).await.is_err(),
         "the task does not exist"

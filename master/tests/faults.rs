@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arachne_api_types::{RunTask, Task, TaskQuery};
+use arachne_api_types::{RunTask, Task};
 use arachne_client::Client;
 use arachne_master::Config;
 use arachne_shared::{RunMode, TaskStatus};
 use common::{
-    MasterProcess, TestMaster, TestWorker, create_spider, eventually, free_port, wait_done,
-    wait_online,
+    MasterProcess, TestMaster, TestWorker, all_tasks, create_spider, eventually, free_port,
+    wait_done, wait_online,
 };
 
 /// A master without a local worker, so the test decides which workers exist.
@@ -34,22 +34,6 @@ fn run_with_retries(spider: &str, retries: u32) -> RunTask {
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-async fn all_tasks(client: &Client) -> Vec<Task> {
-    let mut tasks = Vec::new();
-    loop {
-        let query = TaskQuery {
-            limit: Some(1000),
-            offset: Some(tasks.len() as u32),
-            ..Default::default()
-        };
-        let page = client.list_tasks(&query).await.unwrap().items;
-        if page.is_empty() {
-            return tasks;
-        }
-        tasks.extend(page);
     }
 }
 
@@ -110,7 +94,7 @@ async fn a_task_that_ends_while_the_master_is_away_keeps_its_true_end_and_is_not
     assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");
     assert_eq!(ended.exit_code, Some(0), "{ended:#?}");
     assert_eq!(log_texts(client, task.id).await, ["start", "item", "end"]);
-    let tasks = all_tasks(client).await;
+    let tasks = all_tasks(client).await.unwrap();
     assert_eq!(tasks.len(), 1, "no retry of a finished task: {tasks:#?}");
     worker.stop().await;
 }
@@ -148,7 +132,7 @@ async fn a_master_killed_while_a_queue_drains_runs_every_task_exactly_once() {
         let task = wait_done(&client, *id).await;
         assert_eq!(task.status, TaskStatus::Finished, "{task:#?}");
     }
-    let tasks = all_tasks(&client).await;
+    let tasks = all_tasks(&client).await.unwrap();
     assert_eq!(tasks.len(), TASKS, "no retries were needed");
     let mut runs: HashMap<String, usize> = HashMap::new();
     for line in std::fs::read_to_string(&ledger).unwrap().lines() {
@@ -183,7 +167,7 @@ async fn a_task_that_ends_while_a_killed_master_is_down_is_finished_after_its_re
     let ended = wait_done(&client, task.id).await;
     assert_eq!(ended.status, TaskStatus::Finished, "{ended:#?}");
     assert_eq!(log_texts(&client, task.id).await, ["start", "item", "end"]);
-    assert_eq!(all_tasks(&client).await.len(), 1, "no retry");
+    assert_eq!(all_tasks(&client).await.unwrap().len(), 1, "no retry");
     worker.stop().await;
 }
 
@@ -435,6 +419,7 @@ async fn a_frozen_worker_s_run_ends_before_its_retry_starts_and_writes_nothing_a
     let retry = found("the retry runs on the spare worker", || async {
         all_tasks(client)
             .await
+            .unwrap()
             .into_iter()
             .find(|t| t.first_attempt == Some(first.id) && t.items > 5)
     })
@@ -490,7 +475,9 @@ async fn a_frozen_worker_s_run_ends_before_its_retry_starts_and_writes_nothing_a
 /// would not resend them) and none stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
-    use arachne_shared::cluster::{MasterToWorker, Registration, WorkerEnvelope, WorkerToMaster};
+    use arachne_shared::cluster::{
+        Registration, TaskEnd, TaskReport, WorkerEnvelope, WorkerToMaster,
+    };
     use arachne_shared::{ItemRecord, LogLine, LogStream, TaskOutcome};
 
     let dir = tempfile::tempdir().unwrap();
@@ -545,7 +532,7 @@ async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
             lease,
             items: vec![ItemRecord::new(1, item).unwrap()],
         },
-        WorkerToMaster::Report {
+        WorkerToMaster::Report(TaskReport {
             task_id,
             lease,
             status: Some(arachne_shared::ipc::StatusPayload {
@@ -556,15 +543,15 @@ async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
             errors: Vec::new(),
             errors_before: 0,
             at,
-        },
-        WorkerToMaster::TaskEnded {
+        }),
+        WorkerToMaster::TaskEnded(TaskEnd {
             task_id,
             lease,
             outcome: TaskOutcome::Finished,
             at,
             peak_rss_bytes: None,
             started: None,
-        },
+        }),
     ];
     tx.send(WorkerEnvelope {
         seq: 0,
@@ -575,16 +562,7 @@ async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
     for (seq, message) in (1..).zip(messages) {
         tx.send(WorkerEnvelope { seq, message }).await.unwrap();
     }
-    let acked = tokio::time::timeout(common::TIMEOUT, async {
-        while let Some(message) = session.next().await {
-            if let MasterToWorker::Ack { seq: 4 } = message.unwrap() {
-                return;
-            }
-        }
-        panic!("the session ended before every message was acknowledged");
-    })
-    .await;
-    assert!(acked.is_ok(), "not every message was acknowledged");
+    common::acknowledged(&mut session, 4).await;
     let after = client.get_task(task.id).await.unwrap();
     assert_eq!(after.status, TaskStatus::Running, "{after:#?}");
     assert_eq!((after.log_lines, after.items), (1, 0), "{after:#?}");
@@ -734,18 +712,7 @@ async fn a_master_started_on_a_full_disk_says_so_and_where() {
     };
     disk.fill();
     let data = disk.path().join("data");
-    let output = std::process::Command::new(common::workspace_bin("arachne-master"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--no-local-worker",
-        ])
-        .env("ARACHNE_API_TOKEN", common::API_TOKEN)
-        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+    let output = common::master_command(&data)
         .env_remove("RUST_BACKTRACE")
         .env_remove("ARACHNE_MONGODB_URI")
         .output()
@@ -763,18 +730,7 @@ async fn a_master_started_on_a_full_disk_says_so_and_where() {
 fn the_master_logs_plain_text_when_its_output_is_not_a_terminal() {
     use std::io::BufRead;
     let data = tempfile::tempdir().unwrap();
-    let mut master = std::process::Command::new(common::workspace_bin("arachne-master"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--no-local-worker",
-        ])
-        .env("ARACHNE_API_TOKEN", common::API_TOKEN)
-        .env("ARACHNE_WORKER_TOKEN", common::WORKER_TOKEN)
+    let mut master = common::master_command(data.path())
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .stdout(std::process::Stdio::piped())

@@ -5,8 +5,7 @@
 use arachne_test_support as common;
 
 use arachne_api_types::{ItemQuery, RunTask};
-use arachne_shared::TaskStatus;
-use common::{TestMaster, create_spider, wait_done};
+use common::{TestMaster, create_spider};
 
 /// The same set as the Crawlab test's, so both use one venv.
 const PACKAGES: [&str; 2] = ["crawlab-sdk==0.7.0", "scrapy==2.19.0"];
@@ -50,14 +49,8 @@ async fn a_plain_scrapy_project_stores_its_items_and_scrapy_s_own_stats() {
         param: Some("-a tag=life".into()),
         ..Default::default()
     };
-    let task = wait_done(client, client.run_task(&run).await.unwrap().id).await;
-    let logs = common::all_logs(client, task.id).await;
-    assert_eq!(
-        task.status,
-        TaskStatus::Finished,
-        "{:?}\n{logs:#?}",
-        task.error
-    );
+    let (task, logs) = common::run_to_end(client, &run).await;
+    common::assert_finished(&task, &logs);
 
     let items = client.items(task.id, &ItemQuery::default()).await.unwrap();
     let mut texts: Vec<String> = items

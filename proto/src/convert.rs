@@ -2,8 +2,8 @@
 //! so a malformed peer message becomes an [`Error::Invalid`] naming the field instead of a panic further in.
 
 use arachne_shared::cluster::{
-    Assignment, BlobChunk, HeldTask, Leftover, MasterToWorker, ProcessStart, Registration,
-    WorkerEnvelope, WorkerToMaster,
+    Assignment, BlobChunk, HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, TaskEnd,
+    TaskReport, WorkerEnvelope, WorkerToMaster,
 };
 use arachne_shared::files::{FileEntry, Manifest, is_sha256};
 use arachne_shared::node::NodeMetrics;
@@ -116,7 +116,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     })
                     .collect::<Result<_>>()?,
             },
-            worker_message::Msg::Report(r) => WorkerToMaster::Report {
+            worker_message::Msg::Report(r) => WorkerToMaster::Report(TaskReport {
                 task_id: task_id("report.task_id", &r.task_id)?,
                 lease: r.lease,
                 status: r
@@ -132,7 +132,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     .map_err(|e| Error::Invalid(format!("report.errors_json: {e}")))?,
                 errors_before: r.errors_before,
                 at: from_millis(r.at_ms),
-            },
+            }),
             worker_message::Msg::TaskEnded(e) => {
                 let outcome = match pb::Outcome::try_from(e.outcome) {
                     Ok(pb::Outcome::Finished) => TaskOutcome::Finished,
@@ -150,7 +150,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                         )));
                     }
                 };
-                WorkerToMaster::TaskEnded {
+                WorkerToMaster::TaskEnded(TaskEnd {
                     task_id: task_id("task_ended.task_id", &e.task_id)?,
                     lease: e.lease,
                     outcome,
@@ -160,7 +160,7 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                         pid: s.pid,
                         at: from_micros(s.at_us),
                     }),
-                }
+                })
             }
             worker_message::Msg::TaskRefused(r) => WorkerToMaster::TaskRefused {
                 task_id: task_id("task_refused.task_id", &r.task_id)?,
@@ -254,14 +254,14 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     })
                     .collect(),
             }),
-            WorkerToMaster::Report {
+            WorkerToMaster::Report(TaskReport {
                 task_id,
                 lease,
                 status,
                 errors,
                 errors_before,
                 at,
-            } => {
+            }) => {
                 // Payloads are plain data, so serialising them cannot fail.
                 worker_message::Msg::Report(pb::TaskReport {
                     task_id: task_id.to_string(),
@@ -277,14 +277,14 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                     errors_before,
                 })
             }
-            WorkerToMaster::TaskEnded {
+            WorkerToMaster::TaskEnded(TaskEnd {
                 task_id,
                 lease,
                 outcome,
                 at,
                 peak_rss_bytes,
                 started,
-            } => {
+            }) => {
                 let (outcome, exit_code, signal, message) = match outcome {
                     TaskOutcome::Finished => (pb::Outcome::Finished, Some(0), None, String::new()),
                     TaskOutcome::Error {
@@ -575,7 +575,7 @@ mod tests {
                 serde_json::json!({"a": [1]}).as_object().unwrap(),
             )],
         });
-        round_trip_worker(WorkerToMaster::Report {
+        round_trip_worker(WorkerToMaster::Report(TaskReport {
             task_id,
             lease: 4,
             status: Some(arachne_shared::ipc::StatusPayload {
@@ -590,7 +590,7 @@ mod tests {
             }],
             errors_before: 3,
             at,
-        });
+        }));
         for outcome in [
             TaskOutcome::Finished,
             TaskOutcome::Error {
@@ -612,14 +612,14 @@ mod tests {
                     at: started_at,
                 }),
             ] {
-                round_trip_worker(WorkerToMaster::TaskEnded {
+                round_trip_worker(WorkerToMaster::TaskEnded(TaskEnd {
                     task_id,
                     lease: 4,
                     outcome: outcome.clone(),
                     at,
                     peak_rss_bytes: Some(4096),
                     started,
-                });
+                }));
             }
         }
     }

@@ -63,6 +63,32 @@ pub struct WorkerEnvelope {
     pub message: WorkerToMaster,
 }
 
+/// What the spider of a task reported since the worker's last report: its latest STATUS and its ERRORs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskReport {
+    pub task_id: TaskId,
+    pub lease: u64,
+    pub status: Option<StatusPayload>,
+    pub errors: Vec<ErrorPayload>,
+    /// How many errors of this task were reported before these, so a resent report counts each once.
+    pub errors_before: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// How a task ended, as the worker that ran it saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEnd {
+    pub task_id: TaskId,
+    pub lease: u64,
+    pub outcome: TaskOutcome,
+    pub at: DateTime<Utc>,
+    /// Peak RSS of the process tree, when it was sampled.
+    pub peak_rss_bytes: Option<u64>,
+    /// The process's start, when it was not sent as `TaskStarted`: a worker holds a start back for a moment,
+    /// and a run that ends silently within it reports both at once.
+    pub started: Option<ProcessStart>,
+}
+
 /// Worker → master.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerToMaster {
@@ -91,27 +117,9 @@ pub enum WorkerToMaster {
         items: Vec<ItemRecord>,
     },
     /// What the spider reported since the last report: its latest STATUS and its ERRORs.
-    Report {
-        task_id: TaskId,
-        lease: u64,
-        status: Option<StatusPayload>,
-        errors: Vec<ErrorPayload>,
-        /// How many errors of this task were reported before these, so a resent report counts each once.
-        errors_before: u64,
-        at: DateTime<Utc>,
-    },
+    Report(TaskReport),
     /// A task ended. Sent after every log line and item of the task.
-    TaskEnded {
-        task_id: TaskId,
-        lease: u64,
-        outcome: TaskOutcome,
-        at: DateTime<Utc>,
-        /// Peak RSS of the process tree, when it was sampled.
-        peak_rss_bytes: Option<u64>,
-        /// The process's start, when it was not sent as `TaskStarted`: a worker holds a start back for a
-        /// moment, and a run that ends silently within it reports both at once.
-        started: Option<ProcessStart>,
-    },
+    TaskEnded(TaskEnd),
     /// The worker will not run a task it was assigned (it had no free slot, or it is shutting down); the task
     /// never started, so it goes back to the queue.
     TaskRefused {
@@ -134,14 +142,16 @@ impl WorkerToMaster {
                 .iter()
                 .map(|i| i.data.get().len() + OVERHEAD)
                 .sum::<usize>(),
-            WorkerToMaster::Report { errors, .. } => {
+            WorkerToMaster::Report(TaskReport { errors, .. }) => {
                 OVERHEAD * 4
                     + errors
                         .iter()
                         .map(|e| e.message.len() + OVERHEAD)
                         .sum::<usize>()
             }
-            WorkerToMaster::TaskEnded { outcome, .. } => OVERHEAD * 2 + outcome.message_len(),
+            WorkerToMaster::TaskEnded(TaskEnd { outcome, .. }) => {
+                OVERHEAD * 2 + outcome.message_len()
+            }
             WorkerToMaster::TaskRefused { reason, .. } => OVERHEAD + reason.len(),
             WorkerToMaster::Register(r) => OVERHEAD * (4 + r.running.len() + r.leftovers.len()),
             WorkerToMaster::Heartbeat { .. } | WorkerToMaster::TaskStarted { .. } => OVERHEAD,
@@ -154,8 +164,8 @@ impl WorkerToMaster {
             WorkerToMaster::TaskStarted { task_id, lease, .. }
             | WorkerToMaster::Logs { task_id, lease, .. }
             | WorkerToMaster::Items { task_id, lease, .. }
-            | WorkerToMaster::Report { task_id, lease, .. }
-            | WorkerToMaster::TaskEnded { task_id, lease, .. }
+            | WorkerToMaster::Report(TaskReport { task_id, lease, .. })
+            | WorkerToMaster::TaskEnded(TaskEnd { task_id, lease, .. })
             | WorkerToMaster::TaskRefused { task_id, lease, .. } => {
                 Some(HeldTask { task_id, lease })
             }

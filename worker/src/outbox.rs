@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arachne_shared::TaskId;
 use arachne_shared::cluster::{
-    Assignment, HeldTask, ProcessStart, WINDOW, WorkerEnvelope, WorkerToMaster,
+    Assignment, HeldTask, ProcessStart, TaskEnd, WINDOW, WorkerEnvelope, WorkerToMaster,
 };
 use tokio::sync::mpsc;
 
@@ -105,9 +105,9 @@ impl Outbox {
                 .push_back((due, task_id, lease, ProcessStart { pid, at }));
             return;
         }
-        if let WorkerToMaster::TaskEnded {
+        if let WorkerToMaster::TaskEnded(TaskEnd {
             task_id, started, ..
-        } = &mut event.message
+        }) = &mut event.message
         {
             // The end carries its held start.
             let held = self.unhold(*task_id);
@@ -138,7 +138,7 @@ impl Outbox {
             let Some((envelope, _budget)) = self.unacked.pop_front() else {
                 break;
             };
-            if let WorkerToMaster::TaskEnded { task_id, .. }
+            if let WorkerToMaster::TaskEnded(TaskEnd { task_id, .. })
             | WorkerToMaster::TaskRefused { task_id, .. } = envelope.message
             {
                 self.owed.remove(&task_id);
@@ -180,14 +180,14 @@ pub(crate) mod tests {
 
     /// A task's plain end, as a runner reports it.
     pub(crate) fn ended(task_id: TaskId) -> WorkerToMaster {
-        WorkerToMaster::TaskEnded {
+        WorkerToMaster::TaskEnded(TaskEnd {
             task_id,
             lease: 1,
             outcome: TaskOutcome::Finished,
             at: Utc::now(),
             peak_rss_bytes: None,
             started: None,
-        }
+        })
     }
 
     /// An assignment of a `true` spider under lease 1.
@@ -248,10 +248,10 @@ pub(crate) mod tests {
                 let kind = match &e.message {
                     WorkerToMaster::TaskStarted { .. } => "started",
                     WorkerToMaster::Logs { .. } => "logs",
-                    WorkerToMaster::TaskEnded { started: None, .. } => "ended",
-                    WorkerToMaster::TaskEnded {
+                    WorkerToMaster::TaskEnded(TaskEnd { started: None, .. }) => "ended",
+                    WorkerToMaster::TaskEnded(TaskEnd {
                         started: Some(_), ..
-                    } => "started+ended",
+                    }) => "started+ended",
                     _ => "other",
                 };
                 (e.seq, kind)
@@ -270,11 +270,11 @@ pub(crate) mod tests {
         tx.send(ended(quick).into()).await.unwrap();
         let first = outbox.next().await.unwrap();
         match &first.message {
-            WorkerToMaster::TaskEnded {
+            WorkerToMaster::TaskEnded(TaskEnd {
                 task_id,
                 started: Some(start),
                 ..
-            } => assert_eq!((*task_id, start.pid), (quick, 7)),
+            }) => assert_eq!((*task_id, start.pid), (quick, 7)),
             other => panic!("expected the end carrying the start, got {other:?}"),
         }
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use arachne_shared::cluster::WorkerToMaster;
+use arachne_shared::cluster::{TaskReport, WorkerToMaster};
 use arachne_shared::ipc::{self, ErrorPayload, Line, SpiderMessage, StatusPayload};
 use arachne_shared::{ItemRecord, LogLine, LogStream, TaskId};
 use chrono::Utc;
@@ -292,14 +292,14 @@ impl Collector {
             let (status, errors) = (self.status.take(), std::mem::take(&mut self.errors));
             let errors_before = self.errors_sent;
             self.errors_sent += errors.len() as u64;
-            self.send(WorkerToMaster::Report {
+            self.send(WorkerToMaster::Report(TaskReport {
                 task_id: self.task_id,
                 lease: self.lease,
                 status,
                 errors,
                 errors_before,
                 at: Utc::now(),
-            })
+            }))
             .await;
         }
     }
@@ -500,7 +500,7 @@ mod tests {
             match event.message {
                 WorkerToMaster::Logs { lines, .. } => logs.extend(lines),
                 WorkerToMaster::Items { items: batch, .. } => items.extend(batch),
-                WorkerToMaster::Report { status, errors, .. } => {
+                WorkerToMaster::Report(TaskReport { status, errors, .. }) => {
                     reports.push((status, errors));
                 }
                 other => panic!("unexpected {other:?}"),

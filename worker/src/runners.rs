@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arachne_shared::TaskId;
-use arachne_shared::cluster::{Assignment, WorkerToMaster};
+use arachne_shared::cluster::{Assignment, TaskEnd, WorkerToMaster};
 use chrono::Utc;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -140,14 +140,14 @@ pub(crate) async fn report_end(
         outcome,
         peak_rss_bytes,
     } = result;
-    let ended = WorkerToMaster::TaskEnded {
+    let ended = WorkerToMaster::TaskEnded(TaskEnd {
         task_id,
         lease,
         outcome,
         at: Utc::now(),
         peak_rss_bytes,
         started: None,
-    };
+    });
     let _ = events.send(ended.into()).await;
 }
 
@@ -196,7 +196,7 @@ mod tests {
 
         let first = events_rx.recv().await.unwrap();
         assert!(
-            matches!(first.message, WorkerToMaster::TaskEnded { task_id, .. } if task_id == earlier)
+            matches!(first.message, WorkerToMaster::TaskEnded(TaskEnd { task_id, .. }) if task_id == earlier)
         );
         let mut reasons = HashMap::new();
         for _ in 0..2 {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arachne_api_types::{CreateSpider, Task};
+use arachne_api_types::{CreateSpider, Task, TaskQuery};
 use arachne_client::Client;
 use arachne_master::{Config, Listeners, LocalWorker};
 use arachne_shared::TaskId;
@@ -348,6 +348,43 @@ pub async fn wait_done(client: &Client, id: TaskId) -> Task {
     }
 }
 
+/// Runs `run` until its task ends: the task and its log.
+pub async fn run_to_end(
+    client: &Client,
+    run: &arachne_api_types::RunTask,
+) -> (Task, Vec<arachne_shared::LogLine>) {
+    let task = wait_done(client, client.run_task(run).await.unwrap().id).await;
+    let logs = all_logs(client, task.id).await;
+    (task, logs)
+}
+
+/// Checks that a task finished, showing its error and its log when it did not.
+pub fn assert_finished(task: &Task, logs: &impl std::fmt::Debug) {
+    assert_eq!(
+        task.status,
+        arachne_shared::TaskStatus::Finished,
+        "{:?}\n{logs:#?}",
+        task.error
+    );
+}
+
+/// Waits until the master acknowledges message `seq` of a session a test drives by hand.
+pub async fn acknowledged(session: &mut arachne_proto::client::Session, seq: u64) {
+    use arachne_shared::cluster::MasterToWorker;
+    let acked = tokio::time::timeout(TIMEOUT, async {
+        while let Some(message) = session.next().await {
+            if let MasterToWorker::Ack { seq: acked } = message.unwrap()
+                && acked >= seq
+            {
+                return;
+            }
+        }
+        panic!("the session ended before message {seq} was acknowledged");
+    })
+    .await;
+    assert!(acked.is_ok(), "message {seq} was not acknowledged in time");
+}
+
 /// Every log line of a task, paging through the API.
 pub async fn all_logs(client: &Client, id: TaskId) -> Vec<arachne_shared::LogLine> {
     let mut logs: Vec<arachne_shared::LogLine> = Vec::new();
@@ -364,6 +401,19 @@ pub async fn all_logs(client: &Client, id: TaskId) -> Vec<arachne_shared::LogLin
         }
         logs.extend(page);
     }
+}
+
+/// The master binary on `data_dir`, on ports the system picks, with no local worker and the test tokens.
+pub fn master_command(data_dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(workspace_bin("arachne-master"));
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .arg("--no-local-worker")
+        .env("ARACHNE_API_TOKEN", API_TOKEN)
+        .env("ARACHNE_WORKER_TOKEN", WORKER_TOKEN);
+    command
 }
 
 /// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
@@ -735,4 +785,21 @@ pub fn rss_mib(pid: u32) -> (u64, u64) {
             / 1024
     };
     (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Every task the master lists, page by page.
+pub async fn all_tasks(client: &Client) -> arachne_client::Result<Vec<Task>> {
+    let mut tasks = Vec::new();
+    loop {
+        let query = TaskQuery {
+            limit: Some(1000),
+            offset: Some(tasks.len() as u32),
+            ..Default::default()
+        };
+        let page = client.list_tasks(&query).await?.items;
+        if page.is_empty() {
+            return Ok(tasks);
+        }
+        tasks.extend(page);
+    }
 }
