@@ -8,15 +8,17 @@ use arachne_shared::upload::Upload;
 use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
     CreateSpider, DeletedSpider, Health, HealthStatus, Metrics, Node, Page, RunTask, ScheduleSpec,
-    ScheduleView, ScrapyVersion, Spider, Task, TaskQuery, UpdateNode, VersionFiles,
+    ScheduleView, ScrapyVersion, Spider, SpiderItemQuery, Task, TaskQuery, UpdateNode,
+    VersionFiles,
 };
-use arachne_web_api::{Backend, Error, Result};
+use arachne_web_api::{Backend, Error, FoundItems, Result};
 use tokio::sync::broadcast;
 
 use crate::auth::Auth;
 use crate::changes::Changes;
 use crate::files;
 use crate::nodes::{self, NodeUpdate, Nodes};
+use crate::results::{self, ResultsRequest};
 use crate::runs::{self, RunRequest, Runs};
 use crate::scheduler::Scheduler;
 use crate::schedules::{self, ScheduleRequest, Schedules};
@@ -28,6 +30,7 @@ use crate::telemetry::Telemetry;
 /// The master as the HTTP API sees it: its services, and the store for what is only read.
 pub(crate) struct MasterApi {
     pub(crate) spiders: Arc<Spiders>,
+    pub(crate) results: Arc<crate::results::Results>,
     pub(crate) runs: Arc<Runs>,
     pub(crate) schedules: Arc<Schedules>,
     pub(crate) scrapy: Arc<crate::scrapy::Scrapy>,
@@ -164,7 +167,7 @@ impl Backend for MasterApi {
             limit: query.limit.unwrap_or(arachne_web_api::types::DEFAULT_LIMIT),
             offset: query.offset.unwrap_or(0),
         };
-        let (items, total) = self.store.list_tasks(&filter).await.map_err(store_error)?;
+        let (items, total) = self.runs.list(&filter).await?;
         Ok(Page {
             items: items.into_iter().map(Task::from).collect(),
             total,
@@ -172,7 +175,7 @@ impl Backend for MasterApi {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Task> {
-        Ok(self.runs.task(id).await?.into())
+        Ok(self.runs.shown(id).await?.into())
     }
 
     async fn cancel_task(&self, id: TaskId) -> Result<Task> {
@@ -192,6 +195,28 @@ impl Backend for MasterApi {
             .items(id, after, limit)
             .await
             .map_err(store_error)
+    }
+
+    async fn spider_items(
+        &self,
+        name: &str,
+        query: SpiderItemQuery,
+        count: bool,
+    ) -> Result<FoundItems> {
+        let request = ResultsRequest {
+            task: query.task,
+            since: query.since,
+            until: query.until,
+            conditions: query.conditions,
+            after: query.after,
+            limit: query.limit.unwrap_or(arachne_web_api::types::DEFAULT_LIMIT),
+        };
+        let page = self.results.page(name, request, count).await?;
+        Ok(FoundItems {
+            items: page.items,
+            total: page.total,
+            next: page.next.map(|cursor| cursor.to_string()),
+        })
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>> {
@@ -394,6 +419,20 @@ impl From<crate::scrapy::Error> for Error {
             E::Spider(err) => err.into(),
             E::Run(err) => err.into(),
             E::Removal(err) => err.into(),
+            E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<results::Error> for Error {
+    fn from(err: results::Error) -> Self {
+        use results::Error as E;
+        let message = err.to_string();
+        match err {
+            E::Spider(err) => err.into(),
+            E::Invalid(_) | E::TooManyConditions(_) | E::EmptyRange { .. } => {
+                Error::BadRequest(message)
+            }
             E::Store(err) => store_error(err),
         }
     }

@@ -11,6 +11,7 @@ mod listen;
 mod mongo_docs;
 pub mod nodes;
 pub mod removal;
+pub mod results;
 pub mod runs;
 mod scheduler;
 pub mod schedules;
@@ -393,6 +394,10 @@ pub async fn run(
         ));
     }
     let api = Arc::new(MasterApi {
+        results: Arc::new(results::Results::new(
+            Arc::clone(&store),
+            Arc::clone(&spiders),
+        )),
         spiders,
         runs,
         schedules,

@@ -116,6 +116,39 @@ impl Runs {
         self.store.get_task(id).await?.ok_or(Error::NoTask(id))
     }
 
+    /// A task as users see it: a parent shows the sums of its children's items and log lines.
+    pub async fn shown(&self, id: TaskId) -> Result<Task> {
+        let mut task = self.task(id).await?;
+        self.add_child_totals(std::slice::from_mut(&mut task))
+            .await?;
+        Ok(task)
+    }
+
+    /// The tasks `filter` selects as users see them (see [`Runs::shown`]), and how many it selects in all.
+    pub async fn list(&self, filter: &TaskFilter) -> Result<(Vec<Task>, u64)> {
+        let (mut tasks, total) = self.store.list_tasks(filter).await?;
+        self.add_child_totals(&mut tasks).await?;
+        Ok((tasks, total))
+    }
+
+    async fn add_child_totals(&self, tasks: &mut [Task]) -> Result<()> {
+        let parents: Vec<TaskId> = tasks
+            .iter()
+            .filter(|t| t.children > 0)
+            .map(|t| t.id)
+            .collect();
+        if parents.is_empty() {
+            return Ok(());
+        }
+        for totals in self.store.child_totals(&parents).await? {
+            if let Some(parent) = tasks.iter_mut().find(|t| t.id == totals.parent) {
+                parent.items = totals.items;
+                parent.log_lines = totals.log_lines;
+            }
+        }
+        Ok(())
+    }
+
     /// Every task of a spider, newest first.
     pub(crate) async fn tasks_of(&self, spider: &str) -> Result<Vec<Task>> {
         let filter = TaskFilter {

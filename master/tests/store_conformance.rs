@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arachne_master::store::embedded::EmbeddedStore;
 use arachne_master::store::mongo::MongoStore;
-use arachne_master::store::{Store, TaskFilter};
+use arachne_master::store::{ChildTotals, Store, TaskFilter};
+use arachne_shared::results::{ItemCursor, ItemSearch};
 use arachne_shared::spider::{Dedup, DedupMode};
 use arachne_shared::{
     ItemRecord, LogLine, LogStream, Node, NodeStatus, Spider, SpiderId, Task, TaskId, TaskStatus,
@@ -111,6 +112,10 @@ conformance!(
     a_deleted_spider_is_gone_and_its_name_free,
     a_removed_node_is_gone,
     deeply_nested_items_are_kept_whole,
+    a_spider_s_items_are_found_across_its_tasks_newest_first,
+    item_conditions_test_equality_containment_and_presence,
+    item_searches_select_by_task_and_by_time,
+    a_parent_counts_what_its_children_produced,
 );
 
 fn spider(name: &str) -> Spider {
@@ -1254,4 +1259,236 @@ async fn deeply_nested_items_are_kept_whole(backend: StoreUnderTest) {
     let texts: Vec<&str> = read.iter().map(|i| i.data.get()).collect();
     let expected: Vec<&str> = items.iter().map(|i| i.data.get()).collect();
     assert_eq!(texts, expected, "{name}");
+}
+
+/// A spider with two tasks of items, and a second spider writing to the same results collection.
+struct ItemsOfTwoRuns {
+    spider: Spider,
+    first: Task,
+    second: Task,
+}
+
+async fn items_of_two_runs(store: &dyn Store) -> ItemsOfTwoRuns {
+    let spider = spider("results");
+    let first = Task::pending(&spider, Utc::now());
+    let second = Task::pending(&spider, Utc::now());
+    let mut neighbour = self::spider("neighbour");
+    neighbour.results_collection = Some(spider.results_collection());
+    let theirs = Task::pending(&neighbour, Utc::now());
+    store
+        .insert_tasks(&[first.clone(), second.clone(), theirs.clone()])
+        .await
+        .unwrap();
+    // As the spider wrote them: the stores keep the fields' order.
+    let item = |seq, text: &str| {
+        ItemRecord::new(
+            seq,
+            serde_json::value::RawValue::from_string(text.into()).unwrap(),
+        )
+        .unwrap()
+    };
+    let first_items = [
+        item(
+            1,
+            r#"{"title":"Red book","price":10,"stock":true,"note":null}"#,
+        ),
+        item(2, r#"{"title":"blue","price":"10","tags":["a","b"]}"#),
+    ];
+    let second_items = [
+        item(1, r#"{"title":"green","price":12.5,"meta":{"lang":"en"}}"#),
+        item(2, r#"{"title":"Book of red","price":11,"stock":false}"#),
+        item(3, r#"{"title":"a","tags":"a"}"#),
+    ];
+    store
+        .insert_items(&first.item_target(), &first_items)
+        .await
+        .unwrap();
+    store
+        .insert_items(&second.item_target(), &second_items)
+        .await
+        .unwrap();
+    store
+        .insert_items(&theirs.item_target(), &[item(1, r#"{"title":"theirs"}"#)])
+        .await
+        .unwrap();
+    ItemsOfTwoRuns {
+        spider,
+        first,
+        second,
+    }
+}
+
+fn search(spider: &Spider) -> ItemSearch {
+    ItemSearch {
+        spider: spider.id,
+        collection: spider.results_collection(),
+        task: None,
+        since: None,
+        until: None,
+        conditions: Vec::new(),
+        after: None,
+        limit: 100,
+    }
+}
+
+/// `(task, seq)` of what a search finds, and how many it counts.
+async fn found(store: &dyn Store, search: &ItemSearch) -> (Vec<(TaskId, u64)>, u64) {
+    let items = store.find_items(search).await.unwrap();
+    let count = store.count_items(search).await.unwrap();
+    (items.iter().map(|i| (i.task_id, i.seq)).collect(), count)
+}
+
+async fn a_spider_s_items_are_found_across_its_tasks_newest_first(backend: StoreUnderTest) {
+    let store = backend.open().await;
+    let runs = items_of_two_runs(store.as_ref()).await;
+    let (first, second) = (runs.first.id, runs.second.id);
+    let all = vec![
+        (second, 3),
+        (second, 2),
+        (second, 1),
+        (first, 2),
+        (first, 1),
+    ];
+    assert_eq!(
+        found(store.as_ref(), &search(&runs.spider)).await,
+        (all.clone(), 5),
+        "{}",
+        backend.name
+    );
+    let items = store.find_items(&search(&runs.spider)).await.unwrap();
+    assert_eq!(
+        items[0].data.get(),
+        r#"{"title":"a","tags":"a"}"#,
+        "{}",
+        backend.name
+    );
+    assert_eq!(
+        items[4].data.get(),
+        r#"{"title":"Red book","price":10,"stock":true,"note":null}"#
+    );
+    assert!(items.iter().all(|i| i.at <= Utc::now()), "{}", backend.name);
+
+    // Pages of two, each after the last item of the one before; the count is the whole set's.
+    let mut paged = Vec::new();
+    let mut query = ItemSearch {
+        limit: 2,
+        ..search(&runs.spider)
+    };
+    loop {
+        let (page, count) = found(store.as_ref(), &query).await;
+        assert_eq!(count, 5, "{}", backend.name);
+        let Some(&(task, seq)) = page.last() else {
+            break;
+        };
+        paged.extend(page);
+        query.after = Some(ItemCursor { task, seq });
+    }
+    assert_eq!(paged, all, "{}", backend.name);
+}
+
+async fn item_conditions_test_equality_containment_and_presence(backend: StoreUnderTest) {
+    let store = backend.open().await;
+    let runs = items_of_two_runs(store.as_ref()).await;
+    let (first, second) = (runs.first.id, runs.second.id);
+    for (conditions, expected) in [
+        // A number field equals the number the text spells, a string field the text.
+        (vec!["price=10"], vec![(first, 2), (first, 1)]),
+        (vec!["price=12.5"], vec![(second, 1)]),
+        (vec!["stock=true"], vec![(first, 1)]),
+        (vec!["stock=false"], vec![(second, 2)]),
+        (vec!["note=null"], vec![(first, 1)]),
+        (vec!["meta.lang=en"], vec![(second, 1)]),
+        // An array is not equal to one of its elements.
+        (vec!["tags=a"], vec![(second, 3)]),
+        // Containment is of strings, case-sensitive.
+        (vec!["title~book"], vec![(first, 1)]),
+        (vec!["title~ook"], vec![(second, 2), (first, 1)]),
+        (vec!["price~1"], vec![(first, 2)]),
+        // Presence, null included.
+        (vec!["note"], vec![(first, 1)]),
+        (vec!["meta.lang"], vec![(second, 1)]),
+        (vec!["missing"], vec![]),
+        // All conditions hold.
+        (vec!["title~ook", "price=11"], vec![(second, 2)]),
+        (vec!["stock", "price=10"], vec![(first, 1)]),
+    ] {
+        let query = ItemSearch {
+            conditions: conditions.iter().map(|c| c.parse().unwrap()).collect(),
+            ..search(&runs.spider)
+        };
+        let count = expected.len() as u64;
+        assert_eq!(
+            found(store.as_ref(), &query).await,
+            (expected, count),
+            "{} {conditions:?}",
+            backend.name
+        );
+    }
+}
+
+async fn item_searches_select_by_task_and_by_time(backend: StoreUnderTest) {
+    let store = backend.open().await;
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let runs = items_of_two_runs(store.as_ref()).await;
+    let after = Utc::now() + chrono::Duration::seconds(1);
+    let first = runs.first.id;
+    let of_first = ItemSearch {
+        task: Some(first),
+        ..search(&runs.spider)
+    };
+    assert_eq!(
+        found(store.as_ref(), &of_first).await,
+        (vec![(first, 2), (first, 1)], 2),
+        "{}",
+        backend.name
+    );
+    for (since, until, count) in [
+        (Some(before), Some(after), 5),
+        (Some(after), None, 0),
+        (None, Some(before), 0),
+    ] {
+        let query = ItemSearch {
+            since,
+            until,
+            ..search(&runs.spider)
+        };
+        assert_eq!(
+            found(store.as_ref(), &query).await.1,
+            count,
+            "{} {since:?}..{until:?}",
+            backend.name
+        );
+    }
+}
+
+async fn a_parent_counts_what_its_children_produced(backend: StoreUnderTest) {
+    let store = backend.open().await;
+    let tree = insert_tree(store.as_ref()).await;
+    let lonely = task("lonely", 5);
+    store.insert_task(&lonely).await.unwrap();
+    for (kid, (items, log_lines)) in tree.kids.iter().zip([(2, 3), (1, 4)]) {
+        let batch: Vec<ItemRecord> = (1..=items).map(|seq| page(seq, "", "kid")).collect();
+        store
+            .insert_items(&kid.item_target(), &batch)
+            .await
+            .unwrap();
+        store
+            .append_logs(kid.id, &lines(1..=log_lines))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .child_totals(&[tree.parent.id, lonely.id])
+            .await
+            .unwrap(),
+        [ChildTotals {
+            parent: tree.parent.id,
+            items: 3,
+            log_lines: 7,
+        }],
+        "{}",
+        backend.name
+    );
+    assert!(store.child_totals(&[]).await.unwrap().is_empty());
 }

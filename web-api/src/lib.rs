@@ -28,6 +28,16 @@ use types::{
 /// Result of backend calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A page of a spider's items, as [`Backend::spider_items`] finds it.
+#[derive(Debug)]
+pub struct FoundItems {
+    pub items: Vec<arachne_shared::results::FoundItem>,
+    /// How many match in all, when counted.
+    pub total: Option<u64>,
+    /// Where the next page starts, while there may be one.
+    pub next: Option<String>,
+}
+
 /// Everything the HTTP layer needs from the master.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -82,6 +92,14 @@ pub trait Backend: Send + Sync + 'static {
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
     /// Items with `seq > after`, oldest first.
     async fn items(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
+    /// A page of a spider's items across its tasks that match `query` (its `format` aside), newest first;
+    /// with `count`, how many match in all.
+    async fn spider_items(
+        &self,
+        name: &str,
+        query: types::SpiderItemQuery,
+        count: bool,
+    ) -> Result<FoundItems>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
     /// Changes a node's settings at run time; they persist across its reconnects.
     async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node>;

@@ -27,6 +27,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("js/dom.js", JS, include_str!("../ui/js/dom.js")),
     ("js/logview.js", JS, include_str!("../ui/js/logview.js")),
     ("js/nodes.js", JS, include_str!("../ui/js/nodes.js")),
+    ("js/results.js", JS, include_str!("../ui/js/results.js")),
     ("js/schedules.js", JS, include_str!("../ui/js/schedules.js")),
     ("js/spiders.js", JS, include_str!("../ui/js/spiders.js")),
     ("js/tasks.js", JS, include_str!("../ui/js/tasks.js")),

@@ -10,6 +10,7 @@
 pub mod embedded;
 pub mod mongo;
 
+use arachne_shared::results::{FoundItem, ItemSearch};
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, SpiderId, Task, TaskId,
     TaskStatus, Token,
@@ -45,6 +46,14 @@ pub struct TaskFilter {
     pub created_until: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: u32,
     pub offset: u32,
+}
+
+/// What a parent's children produced together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildTotals {
+    pub parent: TaskId,
+    pub items: u64,
+    pub log_lines: u64,
 }
 
 /// Which tasks [`Store::count_active`] counts.
@@ -145,6 +154,9 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Removes one ended task with its log lines and its items; false if there was no such task. Tasks that
     /// have not ended are left alone (false), so a running task's records never vanish under it.
     async fn delete_task(&self, task: &Task) -> Result<bool>;
+    /// The sums of the children's items and log lines of each of these parents (parents without children are
+    /// left out).
+    async fn child_totals(&self, parents: &[TaskId]) -> Result<Vec<ChildTotals>>;
     /// Pending tasks not yet handed to a node (parents excluded), by priority (1 first) then age.
     async fn dispatchable(&self, limit: u32, offset: u32) -> Result<Vec<Task>>;
     /// How many tasks in `scope` are handed to a node and not ended (Running, or Pending on a node).
@@ -163,6 +175,11 @@ pub trait OutputStore: Send + Sync + 'static {
     /// counter becomes the highest sequence number stored: the items it produced.
     async fn insert_items(&self, target: &ItemTarget, items: &[ItemRecord]) -> Result<()>;
     async fn items(&self, task: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
+    /// A spider's items across its tasks that match `search`, newest first (newest task first, then last
+    /// item first), at most `search.limit` of them.
+    async fn find_items(&self, search: &ItemSearch) -> Result<Vec<FoundItem>>;
+    /// How many items match `search`, whatever its cursor and limit.
+    async fn count_items(&self, search: &ItemSearch) -> Result<u64>;
 }
 
 /// Access tokens, by the hash of their secret.

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use arachne_api_types::{
-    EventQuery, ItemQuery, LogQuery, LogSearchQuery, MAX_LIMIT, Task, TaskQuery,
+    EventQuery, ItemFormat, ItemQuery, LogQuery, LogSearchQuery, MAX_LIMIT, SpiderItemQuery, Task,
+    TaskQuery,
 };
 use arachne_client::{Client, TaskEvent};
 use arachne_shared::TaskStatus;
@@ -230,23 +231,44 @@ pub(crate) enum ItemsFormat {
     Csv,
 }
 
-/// `arachne items ID`.
+/// `arachne items ID` and `arachne items --spider NAME`.
 #[derive(Debug, clap::Args)]
 pub struct ItemsArgs {
-    id: String,
+    /// The task whose items to print; with --spider, leave it out.
+    #[arg(required_unless_present = "spider")]
+    id: Option<String>,
     #[arg(long, value_enum, default_value_t = ItemsFormat::Jsonl)]
     format: ItemsFormat,
     /// Only items after this sequence number (a task's items are numbered from 1, in the order it sent them).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "spider")]
     after: Option<u64>,
     /// At most this many items.
     #[arg(long)]
     limit: Option<usize>,
+    /// Every item of this spider across its tasks, newest first (newest task first, then its last item first).
+    #[arg(long, conflicts_with = "id")]
+    spider: Option<String>,
+    /// With --spider: only this task's items.
+    #[arg(long, requires = "spider")]
+    task: Option<String>,
+    /// With --spider: only items stored at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+    #[arg(long, requires = "spider")]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --spider: only items stored before this time (RFC 3339).
+    #[arg(long, requires = "spider")]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --spider: a condition every item must meet, repeatable: FIELD=VALUE (equals), FIELD~TEXT (a
+    /// string field contains it), FIELD (present); dots name nested fields (price.amount=10).
+    #[arg(long = "where", value_name = "CONDITION", requires = "spider")]
+    conditions: Vec<String>,
 }
 
 impl ItemsArgs {
     pub(crate) async fn apply(self, client: &Client) -> Result<ExitCode, Error> {
-        let id = parse_id(&self.id)?;
+        if let Some(spider) = &self.spider {
+            return self.spider_items(client, spider).await;
+        }
+        let id = parse_id(self.id.as_deref().unwrap_or_default())?;
         let format = self.format;
         let range = Range {
             after: self.after.unwrap_or(0),
@@ -258,21 +280,11 @@ impl ItemsArgs {
             ));
         }
         if format == ItemsFormat::Csv {
-            let mut out = std::io::stdout().lock();
-            let mut failed = None;
+            let mut out = Download::new();
             client
-                .export_items_csv(id, |chunk| match out.write_all(chunk) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        failed = Some(err);
-                        false
-                    }
-                })
+                .export_items_csv(id, |chunk| out.write(chunk))
                 .await?;
-            return match failed {
-                Some(err) => Err(err.into()),
-                None => Ok(ExitCode::SUCCESS),
-            };
+            return out.finish();
         }
         let mut all = Vec::new();
         each_page(
@@ -307,6 +319,66 @@ impl ItemsArgs {
             crate::output::print_json(&all)?;
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl ItemsArgs {
+    /// The server's export of the spider's matching items, in the format asked, straight to stdout.
+    async fn spider_items(&self, client: &Client, spider: &str) -> Result<ExitCode, Error> {
+        let format = match self.format {
+            ItemsFormat::Jsonl => ItemFormat::Jsonl,
+            ItemsFormat::Json => ItemFormat::Json,
+            ItemsFormat::Csv => ItemFormat::Csv,
+        };
+        let query = SpiderItemQuery {
+            task: self.task.as_deref().map(parse_id).transpose()?,
+            since: self.since,
+            until: self.until,
+            conditions: self.conditions.clone(),
+            limit: self
+                .limit
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX).min(MAX_LIMIT)),
+            format: Some(format),
+            ..SpiderItemQuery::default()
+        };
+        let mut out = Download::new();
+        client
+            .export_spider_items(spider, &query, |chunk| out.write(chunk))
+            .await?;
+        out.finish()
+    }
+}
+
+/// Standard output for a download's chunks: a write error (a closed pipe) stops the download and is the
+/// command's error.
+struct Download {
+    out: std::io::StdoutLock<'static>,
+    failed: Option<std::io::Error>,
+}
+
+impl Download {
+    fn new() -> Self {
+        Self {
+            out: std::io::stdout().lock(),
+            failed: None,
+        }
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> bool {
+        match self.out.write_all(chunk) {
+            Ok(()) => true,
+            Err(err) => {
+                self.failed = Some(err);
+                false
+            }
+        }
+    }
+
+    fn finish(self) -> Result<ExitCode, Error> {
+        match self.failed {
+            Some(err) => Err(err.into()),
+            None => Ok(ExitCode::SUCCESS),
+        }
     }
 }
 

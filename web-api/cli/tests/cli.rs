@@ -767,6 +767,62 @@ async fn the_cli_pages_a_task_s_items() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_searches_a_spider_s_items_across_its_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, first, _) = one_csv_run(data.path()).await;
+    let again = arachne(&master, &["run", "csv", "--wait"]).await;
+    assert!(again.status.success(), "{again:?}");
+    let lines = |output: Output| -> Vec<serde_json::Value> {
+        assert!(output.status.success(), "{output:?}");
+        stdout(&output)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    // Newest first: the second run's items (last first), then the first run's.
+    let all = lines(arachne(&master, &["items", "--spider", "csv"]).await);
+    let (x, z) = (
+        serde_json::json!({"a": 1, "b": "x, y"}),
+        serde_json::json!({"b": "z", "c": true}),
+    );
+    assert_eq!(all, [z.clone(), x.clone(), z.clone(), x.clone()]);
+    let of_first = arachne(
+        &master,
+        &[
+            "items", "--spider", "csv", "--task", &first, "--where", "b~, ",
+        ],
+    )
+    .await;
+    assert_eq!(lines(of_first), [x]);
+    let both = arachne(
+        &master,
+        &[
+            "items", "--spider", "csv", "--where", "c=true", "--where", "b=z",
+        ],
+    )
+    .await;
+    assert_eq!(lines(both), [z.clone(), z]);
+    let csv = arachne(
+        &master,
+        &[
+            "items", "--spider", "csv", "--format", "csv", "--limit", "1",
+        ],
+    )
+    .await;
+    assert!(csv.status.success(), "{csv:?}");
+    assert_eq!(stdout(&csv), "b,c\r\nz,true\r\n");
+    let bad = arachne(&master, &["items", "--spider", "csv", "--where", "$x=1"]).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("may not start with $"),
+        "{bad:?}"
+    );
+    let mixed = arachne(&master, &["items", &first, "--spider", "csv"]).await;
+    assert!(!mixed.status.success(), "{mixed:?}");
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_greps_a_task_s_log_on_the_server() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), true).await;

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use arachne_api_types::{
     CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, EVENT_DELETED,
     EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery,
-    LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider, TaskQuery,
-    TaskTree, UpdateNode, VersionFiles, VersionQuery,
+    LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider,
+    SpiderItemQuery, SpiderItems, TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -321,12 +321,55 @@ impl Client {
     pub async fn export_items_csv(
         &self,
         id: TaskId,
-        mut write: impl FnMut(&[u8]) -> bool,
+        write: impl FnMut(&[u8]) -> bool,
     ) -> Result<()> {
         let request = self
             .http
             .get(self.url(&format!("/tasks/{id}/items")))
             .query(&[("format", "csv")]);
+        self.stream(request, write).await
+    }
+
+    /// A page of a spider's items across its tasks, newest first, with the total that match.
+    pub async fn spider_items(&self, name: &str, query: &SpiderItemQuery) -> Result<SpiderItems> {
+        self.json(self.spider_items_request(name, query)).await
+    }
+
+    /// Every item of a spider that matches `query`, as the file its `format` names, handed to `write` chunk
+    /// by chunk as it arrives; `write` returns false to stop early.
+    pub async fn export_spider_items(
+        &self,
+        name: &str,
+        query: &SpiderItemQuery,
+        write: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        self.stream(self.spider_items_request(name, query), write)
+            .await
+    }
+
+    /// Its conditions go as repeated `where` parameters, which a query struct cannot encode.
+    fn spider_items_request(&self, name: &str, query: &SpiderItemQuery) -> RequestBuilder {
+        let rest = SpiderItemQuery {
+            conditions: Vec::new(),
+            ..query.clone()
+        };
+        let conditions: Vec<(&str, &str)> = query
+            .conditions
+            .iter()
+            .map(|c| ("where", c.as_str()))
+            .collect();
+        self.http
+            .get(self.url(&format!("/spiders/{name}/items")))
+            .query(&rest)
+            .query(&conditions)
+    }
+
+    /// A response body handed to `write` chunk by chunk.
+    async fn stream(
+        &self,
+        request: RequestBuilder,
+        mut write: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
         let mut body = self.send(request).await?.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|source| Error::Http {

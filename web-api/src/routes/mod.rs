@@ -427,6 +427,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         ),
         route(
             Method::GET,
+            "/api/v1/spiders/{name}/items",
+            "A spider's items across its tasks, newest first, filtered by task, time and field conditions (`where`, repeated), paged by cursor with a total; or every match as one file (format=csv, json or jsonl), streamed",
+            query(inline::<arachne_api_types::SpiderItemQuery>),
+            Out::Json(200, schema::<arachne_api_types::SpiderItems>),
+            get(spider_items),
+        ),
+        route(
+            Method::GET,
             "/api/v1/tasks/{id}/wait",
             "Answer when the run ends or the timeout passes, with its latest attempt: a failed attempt with retries left is followed to its retry",
             query(inline::<WaitQuery>),

@@ -1,4 +1,5 @@
-//! What runs produce: items (paged JSON, JSON lines or CSV), logs (paged, searched, or followed as SSE).
+//! What runs produce: a task's items (paged JSON, JSON lines or CSV), a spider's items across its tasks (a
+//! searched page, or an export of every match), logs (paged, searched, or followed as SSE).
 
 use std::convert::Infallible;
 
@@ -17,8 +18,9 @@ use crate::csv::Columns;
 use crate::{Error, Result};
 use arachne_api_types::{
     EVENT_END, EVENT_LOG, ItemFormat, ItemQuery, LOG_SEARCH_SCAN, LogQuery, LogSearch,
-    LogSearchQuery, MAX_LIMIT,
+    LogSearchQuery, MAX_LIMIT, SpiderItemQuery, SpiderItems,
 };
+use serde_json::value::RawValue;
 
 use super::*;
 
@@ -37,7 +39,8 @@ pub(super) async fn items(
                 Some(_) => u64::from(limit(q.limit)?),
                 None => u64::MAX,
             };
-            export_csv(api, id, after, rows).await?
+            let pages = TaskItems { api, id, after };
+            export(pages, ItemFormat::Csv, rows, &id.to_string()).await?
         }
         ItemFormat::Json => Json(api.items(id, after, limit(q.limit)?).await?).into_response(),
         ItemFormat::Jsonl => {
@@ -52,28 +55,170 @@ pub(super) async fn items(
     })
 }
 
-/// Up to `rows` items after `after` as one CSV file. Two passes over the store keep memory flat however many
-/// items there are: the first learns the columns, the second streams the rows.
-pub(super) async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> Result<Response> {
+/// `GET /api/v1/spiders/{name}/items`. Its `where` parameter repeats, which the typed query cannot take, so
+/// the query string is read as pairs and the conditions taken out first.
+pub(super) async fn spider_items(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response> {
+    let (conditions, rest): (Vec<_>, Vec<_>) =
+        query(q)?.into_iter().partition(|(key, _)| key == "where");
+    let rest = serde_urlencoded::to_string(&rest).expect("pairs of strings encode");
+    let mut q: SpiderItemQuery = serde_urlencoded::from_str(&rest)
+        .map_err(|e| Error::BadRequest(format!("invalid query: {e}")))?;
+    q.conditions = conditions.into_iter().map(|(_, c)| c).collect();
+    let Some(format) = q.format else {
+        q.limit = Some(limit(q.limit)?);
+        let found = api.spider_items(&name, q, true).await?;
+        return Ok(Json(SpiderItems {
+            items: found.items,
+            total: found.total.unwrap_or_default(),
+            next: found.next,
+        })
+        .into_response());
+    };
+    let rows = match q.limit {
+        Some(_) => u64::from(limit(q.limit)?),
+        None => u64::MAX,
+    };
+    // A bad query or an unknown spider is an error status, before the file starts.
+    api.spider_items(
+        &name,
+        SpiderItemQuery {
+            limit: Some(1),
+            ..q.clone()
+        },
+        false,
+    )
+    .await?;
+    let file = format!("{name}-items");
+    export(
+        SpiderPages {
+            api,
+            name,
+            query: q,
+        },
+        format,
+        rows,
+        &file,
+    )
+    .await
+}
+
+/// Where an export reads its items, a page at a time.
+#[async_trait::async_trait]
+pub(super) trait ItemPages: Clone + Send + Sync + 'static {
+    type Cursor: Clone + Send + Sync + 'static;
+    /// Up to `left` items from `from` (the first page when `None`), and where the next page starts while
+    /// there may be more.
+    async fn page(
+        &self,
+        from: Option<Self::Cursor>,
+        left: u64,
+    ) -> Result<(Vec<Box<RawValue>>, Option<Self::Cursor>)>;
+}
+
+/// A task's items, oldest first from a sequence number.
+#[derive(Clone)]
+pub(super) struct TaskItems {
+    api: Api,
+    id: TaskId,
+    after: u64,
+}
+
+#[async_trait::async_trait]
+impl ItemPages for TaskItems {
+    type Cursor = u64;
+
+    async fn page(
+        &self,
+        from: Option<u64>,
+        left: u64,
+    ) -> Result<(Vec<Box<RawValue>>, Option<u64>)> {
+        let mut page = self
+            .api
+            .items(self.id, from.unwrap_or(self.after), MAX_LIMIT)
+            .await?;
+        let more = page.len() == MAX_LIMIT as usize;
+        page.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+        let next = page
+            .last()
+            .map(|last| last.seq)
+            .filter(|_| more && (page.len() as u64) < left);
+        Ok((page.into_iter().map(|i| i.data).collect(), next))
+    }
+}
+
+/// A spider's items that match a query, newest first.
+#[derive(Clone)]
+struct SpiderPages {
+    api: Api,
+    name: String,
+    query: SpiderItemQuery,
+}
+
+#[async_trait::async_trait]
+impl ItemPages for SpiderPages {
+    type Cursor = String;
+
+    async fn page(
+        &self,
+        from: Option<String>,
+        left: u64,
+    ) -> Result<(Vec<Box<RawValue>>, Option<String>)> {
+        let query = SpiderItemQuery {
+            after: from.or_else(|| self.query.after.clone()),
+            limit: Some(u32::try_from(left).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
+            ..self.query.clone()
+        };
+        let found = self.api.spider_items(&self.name, query, false).await?;
+        Ok((
+            found.items.into_iter().map(|i| i.data).collect(),
+            found.next,
+        ))
+    }
+}
+
+/// Up to `rows` items as one file, streamed. A CSV file takes two passes over the store, which keep memory
+/// flat however many items there are: the first learns the columns, the second streams the rows.
+pub(super) async fn export<P: ItemPages>(
+    pages: P,
+    format: ItemFormat,
+    rows: u64,
+    name: &str,
+) -> Result<Response> {
     let mut columns = Columns::default();
-    let (mut seen, mut cursor) = (0, Some(after));
-    while let Some(from) = cursor {
-        let (page, next) = items_page(&api, id, from, rows - seen).await?;
-        for item in &page {
-            columns.learn(&item.data);
+    let mut rows = rows;
+    if format == ItemFormat::Csv {
+        let (mut seen, mut cursor) = (0, None);
+        loop {
+            let (page, next) = pages.page(cursor, rows - seen).await?;
+            for item in &page {
+                columns.learn(item);
+            }
+            seen += page.len() as u64;
+            cursor = match next {
+                Some(next) if seen < rows => Some(next),
+                _ => break,
+            };
         }
-        seen += page.len() as u64;
-        cursor = next;
+        // Only the rows the first pass saw: items arriving in between would lack columns.
+        rows = seen;
     }
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
-        if tx.send(Ok(Bytes::from(columns.header()))).await.is_err() {
+        let (head, tail) = match format {
+            ItemFormat::Csv => (columns.header(), ""),
+            ItemFormat::Json => ("[".to_owned(), "]\n"),
+            ItemFormat::Jsonl => (String::new(), ""),
+        };
+        if tx.send(Ok(Bytes::from(head))).await.is_err() {
             return;
         }
-        // Only the rows the first pass saw: items arriving in between would lack columns.
-        let (mut sent, mut cursor) = (0, (seen > 0).then_some(after));
-        while let Some(from) = cursor {
-            let (page, next) = match items_page(&api, id, from, seen - sent).await {
+        let (mut sent, mut cursor) = (0, None);
+        while sent < rows {
+            let (page, next) = match pages.page(cursor, rows - sent).await {
                 Ok(page) => page,
                 Err(err) => {
                     // The status line is gone already; cutting the body short tells the client it is incomplete.
@@ -81,42 +226,49 @@ pub(super) async fn export_csv(api: Api, id: TaskId, after: u64, rows: u64) -> R
                     return;
                 }
             };
-            let chunk: String = page.iter().map(|item| columns.row(&item.data)).collect();
+            let mut chunk = String::new();
+            for (i, item) in page.iter().enumerate() {
+                match format {
+                    ItemFormat::Csv => chunk.push_str(&columns.row(item)),
+                    ItemFormat::Json => {
+                        if sent > 0 || i > 0 {
+                            chunk.push(',');
+                        }
+                        chunk.push_str(item.get());
+                    }
+                    ItemFormat::Jsonl => {
+                        chunk.push_str(item.get());
+                        chunk.push('\n');
+                    }
+                }
+            }
             sent += page.len() as u64;
             if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
                 return;
             }
-            cursor = next;
+            cursor = match next {
+                Some(next) => Some(next),
+                None => break,
+            };
         }
+        let _ = tx.send(Ok(Bytes::from(tail))).await;
     });
+    let (media, extension) = match format {
+        ItemFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        ItemFormat::Json => ("application/json", "json"),
+        ItemFormat::Jsonl => ("application/x-ndjson", "jsonl"),
+    };
     Ok((
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_TYPE, media.to_owned()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{id}.csv\""),
+                format!("attachment; filename=\"{name}.{extension}\""),
             ),
         ],
         axum::body::Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())
-}
-
-/// Up to `left` items after `from`, and where the next page starts while there may be more to read.
-pub(super) async fn items_page(
-    api: &Api,
-    id: TaskId,
-    from: u64,
-    left: u64,
-) -> Result<(Vec<arachne_shared::ItemRecord>, Option<u64>)> {
-    let mut page = api.items(id, from, MAX_LIMIT).await?;
-    let more = page.len() == MAX_LIMIT as usize;
-    page.truncate(usize::try_from(left).unwrap_or(usize::MAX));
-    let next = page
-        .last()
-        .map(|last| last.seq)
-        .filter(|_| more && (page.len() as u64) < left);
-    Ok((page, next))
 }
 
 pub(super) async fn logs(

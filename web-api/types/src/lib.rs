@@ -267,6 +267,49 @@ pub struct ItemQuery {
     pub format: Option<ItemFormat>,
 }
 
+/// `GET /api/v1/spiders/{name}/items`: the spider's items across its tasks, newest first (newest task first,
+/// then its last item first).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpiderItemQuery {
+    /// Only this task's items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
+    /// Only items stored at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Only items stored before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// Conditions that must all hold, one per `where` parameter: `FIELD=VALUE` (equals: a string field the
+    /// text, a number field the number, a boolean or null field `true`, `false`, `null`), `FIELD~TEXT` (a
+    /// string field contains the text, case-sensitive), `FIELD` (present). Dots name nested fields
+    /// (`price.amount`); an array field equals or contains nothing.
+    #[serde(default, rename = "where", skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
+    /// The `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Items per page (default 100, at most 10,000); with an export, at most this many (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Absent: one page as JSON, with the total. `json` (an array), `jsonl` or `csv`: every matching item as
+    /// one file, streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ItemFormat>,
+}
+
+/// A page of a spider's items.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SpiderItems {
+    pub items: Vec<arachne_shared::results::FoundItem>,
+    /// How many items match the query in all.
+    pub total: u64,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// `GET /api/v1/tasks/{id}/wait`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -4,6 +4,7 @@
 import { get, session, whenUnauthorized } from "./api.js";
 import { clear, field, h } from "./dom.js";
 import { nodesPage } from "./nodes.js";
+import { resultsPage } from "./results.js";
 import { schedulesPage, scheduleForm } from "./schedules.js";
 import { spiderPage, spidersPage } from "./spiders.js";
 import { taskPage, tasksPage } from "./tasks.js";
@@ -12,6 +13,7 @@ const routes = [
   [/^\/spiders\/?$/, () => spidersPage],
   [/^\/spiders\/([^/]+)$/, (m) => (main, q) => spiderPage(main, decodeURIComponent(m[1]), q)],
   [/^\/tasks\/?$/, () => tasksPage],
+  [/^\/results\/?$/, () => resultsPage],
   [/^\/tasks\/([0-9a-f-]{36})$/, (m) => (main, q) => taskPage(main, m[1], q)],
   [/^\/schedules\/?$/, () => schedulesPage],
   [/^\/schedules\/new$/, () => (main) => scheduleForm(main, null)],
@@ -34,6 +36,7 @@ function nav() {
     h("span", { class: "brand" }, "Arachne"),
     link("/spiders", "Spiders"),
     link("/tasks", "Tasks"),
+    link("/results", "Results"),
     link("/schedules", "Schedules"),
     link("/nodes", "Nodes"),
     h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"),

@@ -248,6 +248,7 @@ export async function spiderPage(main, name, q) {
       h("h1", {}, spider.name),
       h("button", { type: "button", onclick: () => runDialog(spider) }, "Run"),
       h("a", { class: "button secondary", href: `#/tasks?spider=${encodeURIComponent(spider.name)}` }, "Tasks"),
+      h("a", { class: "button secondary", href: `#/results?spider=${encodeURIComponent(spider.name)}` }, "Results"),
     ),
     h(
       "dl",

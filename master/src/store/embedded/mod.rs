@@ -19,7 +19,7 @@ use arachne_shared::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ActiveScope, Error, Result, TaskChange, TaskFilter};
+use super::{ActiveScope, ChildTotals, Error, Result, TaskChange, TaskFilter};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS items (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
     -- The results collection and de-duplication key of an item, for spiders that de-duplicate.
     coll TEXT, dkey TEXT,
+    -- The spider, and when the master stored the item: what searches across a spider's runs select by.
+    sid TEXT NOT NULL, at_ms INTEGER NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 ";
@@ -69,10 +71,9 @@ CREATE INDEX IF NOT EXISTS tasks_spider_status ON tasks (spider_name, status);
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ms) WHERE ended_ms IS NOT NULL;
--- Replaced by a partial index: a queued task has no node, and its insert need not write an index entry.
-DROP INDEX IF EXISTS tasks_node;
 CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_dedup ON items (coll, dkey) WHERE dkey IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_spider ON items (sid, task_id, seq);
 ";
 
 /// The SQLite store. Bulk writes and listings run on the blocking pool; single-row statements run in place
@@ -103,6 +104,15 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 
 fn db(err: rusqlite::Error) -> Error {
     Error::Database(Box::new(err))
+}
+
+/// A stored id read back.
+fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| Error::Corrupt(format!("stored id {text:?}: {e}")))
 }
 
 /// A write's result, with a uniqueness violation reported as a `Duplicate` of `what`.
@@ -466,15 +476,16 @@ fn append_lines<P: rusqlite::Params>(
 /// order writes arrive in, and a replayed old batch cannot undo a newer item.
 fn item_insert(dedup: Option<DedupMode>) -> &'static str {
     match dedup {
-        None => "INSERT OR IGNORE INTO items (task_id, seq, data) VALUES (?1, ?2, ?3)",
-        Some(DedupMode::Ignore) => {
-            "INSERT OR IGNORE INTO items (task_id, seq, data, coll, dkey) VALUES (?1, ?2, ?3, ?4, ?5)"
+        None | Some(DedupMode::Ignore) => {
+            "INSERT OR IGNORE INTO items (task_id, seq, data, coll, dkey, sid, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
         }
         Some(DedupMode::Overwrite) => {
-            "INSERT INTO items (task_id, seq, data, coll, dkey) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO items (task_id, seq, data, coll, dkey, sid, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (task_id, seq) DO NOTHING
              ON CONFLICT (coll, dkey) WHERE dkey IS NOT NULL
-                DO UPDATE SET task_id = excluded.task_id, seq = excluded.seq, data = excluded.data
+                DO UPDATE SET task_id = excluded.task_id, seq = excluded.seq, data = excluded.data,
+                    sid = excluded.sid, at_ms = excluded.at_ms
                 WHERE (excluded.task_id, excluded.seq) > (items.task_id, items.seq)"
         }
     }
@@ -495,20 +506,18 @@ fn insert_item_batch(
         let mut stmt = tx
             .prepare_cached(item_insert(dedup.map(|d| d.mode)))
             .map_err(db)?;
+        let (spider, at) = (target.spider_id.to_string(), to_millis(chrono::Utc::now()));
         for item in items {
+            let key = dedup.and_then(|dedup| {
+                dedup.key_of(&item.data).unwrap_or_else(|err| {
+                    tracing::warn!(task_id = %target.task, seq = item.seq, "{err}");
+                    None
+                })
+            });
+            let coll = key.as_ref().map(|_| target.collection.as_str());
             let seq = item.seq as i64;
-            match dedup {
-                None => stmt.execute(params![task, seq, item.data.get()]),
-                Some(dedup) => {
-                    let key = dedup.key_of(&item.data).unwrap_or_else(|err| {
-                        tracing::warn!(task_id = %target.task, seq = item.seq, "{err}");
-                        None
-                    });
-                    let coll = key.as_ref().map(|_| target.collection.as_str());
-                    stmt.execute(params![task, seq, item.data.get(), coll, key])
-                }
-            }
-            .map_err(db)?;
+            stmt.execute(params![task, seq, item.data.get(), coll, key, spider, at])
+                .map_err(db)?;
         }
     }
     // The count of items the task produced (sequence numbers have no gaps), whether or not de-duplication kept

@@ -202,4 +202,38 @@ impl TaskStore for EmbeddedStore {
         })
         .await
     }
+
+    async fn child_totals(&self, parents: &[TaskId]) -> Result<Vec<ChildTotals>> {
+        if parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parents: Vec<String> = parents.iter().map(TaskId::to_string).collect();
+        self.quick(move |conn| {
+            let sql = format!(
+                "SELECT parent_id, SUM(items), SUM(log_lines) FROM tasks WHERE parent_id IN ({})
+                 GROUP BY parent_id",
+                vec!["?"; parents.len()].join(",")
+            );
+            let mut stmt = conn.prepare(&sql).map_err(db)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(&parents), |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(db)?;
+            rows.map(|row| {
+                let (parent, items, log_lines) = row.map_err(db)?;
+                Ok(ChildTotals {
+                    parent: parse_id(&parent)?,
+                    items: items as u64,
+                    log_lines: log_lines as u64,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
 }

@@ -27,7 +27,7 @@ use mongodb::error::ErrorKind;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{ActiveScope, Error, Result, TaskChange, TaskFilter};
+use super::{ActiveScope, ChildTotals, Error, Result, TaskChange, TaskFilter};
 use crate::lock;
 use crate::mongo_docs::{DUPLICATE_KEY, bson_to_json, is_duplicate, record};
 

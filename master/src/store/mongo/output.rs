@@ -1,5 +1,7 @@
 //! The MongoDB store's runs' log lines and items.
 
+use arachne_shared::results::{FieldCondition, FieldTest, FoundItem, ItemSearch};
+
 use super::*;
 use crate::store::OutputStore;
 
@@ -102,6 +104,7 @@ impl OutputStore for MongoStore {
         };
         let collection = self.item_collection(&target.collection).await?;
         let (tid, sid) = (target.task.to_string(), target.spider_id.to_string());
+        let at = bson::DateTime::now();
         let mut docs = Vec::with_capacity(items.len());
         for item in items {
             // Straight from the text into an ordered document: the item's fields keep the spider's order. An
@@ -117,6 +120,7 @@ impl OutputStore for MongoStore {
             doc.insert("_tid", tid.clone());
             doc.insert("_sid", sid.clone());
             doc.insert("_seq", item.seq as i64);
+            doc.insert("_at", at);
             let key = target.dedup.as_ref().map(|d| d.key_of(&item.data));
             match key {
                 Some(Ok(Some(key))) => {
@@ -168,23 +172,133 @@ impl OutputStore for MongoStore {
             .map_err(db)?;
         let mut items = Vec::new();
         while cursor.advance().await.map_err(db)? {
-            let mut doc = cursor.deserialize_current().map_err(db)?;
-            let seq = doc
-                .remove("_seq")
-                .and_then(|s| s.as_i64())
-                .ok_or_else(|| Error::Corrupt("an item has no _seq".into()))?
-                as u64;
-            for field in ["_id", "_tid", "_sid", DEDUP_KEY] {
-                doc.remove(field);
-            }
-            let text = match doc.remove(RAW_ITEM) {
-                Some(Bson::String(text)) => text,
-                _ => serde_json::to_string(&doc).map_err(|e| Error::Corrupt(e.to_string()))?,
-            };
-            let data = serde_json::value::RawValue::from_string(text)
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
-            items.push(ItemRecord { seq, data });
+            let found = found_item(cursor.deserialize_current().map_err(db)?)?;
+            items.push(ItemRecord {
+                seq: found.seq,
+                data: found.data,
+            });
         }
         Ok(items)
     }
+
+    async fn find_items(&self, search: &ItemSearch) -> Result<Vec<FoundItem>> {
+        let collection = self.item_collection(&search.collection).await?;
+        let mut cursor = collection
+            .find(item_filter(search, true))
+            .sort(doc! {"_tid": -1, "_seq": -1})
+            .limit(i64::from(search.limit))
+            .await
+            .map_err(db)?;
+        let mut items = Vec::new();
+        while cursor.advance().await.map_err(db)? {
+            items.push(found_item(cursor.deserialize_current().map_err(db)?)?);
+        }
+        Ok(items)
+    }
+
+    async fn count_items(&self, search: &ItemSearch) -> Result<u64> {
+        let collection = self.item_collection(&search.collection).await?;
+        collection
+            .count_documents(item_filter(search, false))
+            .await
+            .map_err(db)
+    }
+}
+
+/// An item document read back: its task, number and time taken out, its own fields in their order.
+fn found_item(mut doc: Document) -> Result<FoundItem> {
+    let corrupt = |what: &str| Error::Corrupt(format!("an item has no {what}"));
+    let seq = doc
+        .remove("_seq")
+        .and_then(|s| s.as_i64())
+        .ok_or_else(|| corrupt("_seq"))? as u64;
+    let task_id = match doc.remove("_tid") {
+        Some(Bson::String(id)) => id
+            .parse()
+            .map_err(|e| Error::Corrupt(format!("an item's _tid {id:?}: {e}")))?,
+        _ => return Err(corrupt("_tid")),
+    };
+    let at = match doc.remove("_at") {
+        Some(Bson::DateTime(at)) => from_millis(at.timestamp_millis()),
+        _ => return Err(corrupt("_at")),
+    };
+    for field in ["_id", "_sid", DEDUP_KEY] {
+        doc.remove(field);
+    }
+    let text = match doc.remove(RAW_ITEM) {
+        Some(Bson::String(text)) => text,
+        _ => serde_json::to_string(&doc).map_err(|e| Error::Corrupt(e.to_string()))?,
+    };
+    let data = serde_json::value::RawValue::from_string(text)
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(FoundItem {
+        task_id,
+        seq,
+        at,
+        data,
+    })
+}
+
+/// The filter of a search of a spider's items, with its cursor or without. Equality and containment hold
+/// only for a field that is not an array, as in the embedded store (MongoDB would match an element).
+fn item_filter(search: &ItemSearch, with_cursor: bool) -> Document {
+    let mut all = vec![doc! {"_sid": search.spider.to_string()}];
+    if let Some(task) = search.task {
+        all.push(doc! {"_tid": task.to_string()});
+    }
+    if let Some(since) = search.since {
+        all.push(doc! {"_at": {"$gte": bson::DateTime::from_millis(to_millis(since))}});
+    }
+    if let Some(until) = search.until {
+        all.push(doc! {"_at": {"$lt": bson::DateTime::from_millis(to_millis(until))}});
+    }
+    if let Some(cursor) = search.after.filter(|_| with_cursor) {
+        let task = cursor.task.to_string();
+        all.push(doc! {"$or": [
+            {"_tid": {"$lt": &task}},
+            {"_tid": &task, "_seq": {"$lt": cursor.seq as i64}},
+        ]});
+    }
+    for condition in &search.conditions {
+        let path = condition.path.join(".");
+        let not_array = doc! {&path: {"$not": {"$type": "array"}}};
+        match &condition.test {
+            FieldTest::Exists => all.push(doc! {&path: {"$exists": true}}),
+            FieldTest::Contains(text) => {
+                all.push(doc! {&path: {"$type": "string", "$regex": regex_escape(text)}});
+                all.push(not_array);
+            }
+            FieldTest::Equals(value) => {
+                let mut alike = vec![doc! {&path: {"$type": "string", "$eq": value}}];
+                if let Some(number) = FieldCondition::number(value) {
+                    let number = match number.as_i64() {
+                        Some(n) => Bson::Int64(n),
+                        None => Bson::Double(number.as_f64().unwrap_or(f64::NAN)),
+                    };
+                    alike.push(doc! {&path: {"$type": "number", "$eq": number}});
+                }
+                match value.as_str() {
+                    "true" => alike.push(doc! {&path: {"$type": "bool", "$eq": true}}),
+                    "false" => alike.push(doc! {&path: {"$type": "bool", "$eq": false}}),
+                    "null" => alike.push(doc! {&path: {"$type": "null"}}),
+                    _ => {}
+                }
+                all.push(doc! {"$or": alike});
+                all.push(not_array);
+            }
+        }
+    }
+    doc! {"$and": all}
+}
+
+/// `text` as a regular expression that matches it literally.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

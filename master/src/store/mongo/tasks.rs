@@ -205,4 +205,42 @@ impl TaskStore for MongoStore {
         };
         self.tasks().count_documents(filter).await.map_err(db)
     }
+
+    async fn child_totals(&self, parents: &[TaskId]) -> Result<Vec<ChildTotals>> {
+        if parents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parents: Vec<String> = parents.iter().map(TaskId::to_string).collect();
+        let pipeline = [
+            doc! {"$match": {"parent_id": {"$in": parents}}},
+            doc! {"$group": {
+                "_id": "$parent_id",
+                "items": {"$sum": "$items"},
+                "log_lines": {"$sum": "$log_lines"},
+            }},
+        ];
+        let mut cursor = self.tasks().aggregate(pipeline).await.map_err(db)?;
+        let mut totals = Vec::new();
+        while cursor.advance().await.map_err(db)? {
+            let doc = cursor.deserialize_current().map_err(db)?;
+            let corrupt = |e: bson::error::Error| Error::Corrupt(e.to_string());
+            let count = |field: &str| -> Result<u64> {
+                let n = match doc.get(field) {
+                    Some(Bson::Int32(n)) => i64::from(*n),
+                    Some(Bson::Int64(n)) => *n,
+                    _ => return Err(Error::Corrupt(format!("a sum of {field} is not a number"))),
+                };
+                Ok(n.max(0) as u64)
+            };
+            let parent = doc.get_str("_id").map_err(corrupt)?;
+            totals.push(ChildTotals {
+                parent: parent
+                    .parse()
+                    .map_err(|e| Error::Corrupt(format!("task id {parent:?}: {e}")))?,
+                items: count("items")?,
+                log_lines: count("log_lines")?,
+            });
+        }
+        Ok(totals)
+    }
 }
