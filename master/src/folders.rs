@@ -216,7 +216,7 @@ async fn sync_folder(spiders: &Spiders, folder: &Path, existing: Existing) -> Re
         })
         .await?;
     let upload = Upload::archive(&packed).map_err(Error::Spool)?;
-    let spider = spiders.upload(&name, upload).await?;
+    let spider = spiders.upload(&name, upload).await?.spider;
     if before.is_none_or(|b| b.version != spider.version) {
         info!(spider = %name, version = %spider.version, files = spider.file_count, folder = %folder.display(),
             "spider folder synced as a new version");

@@ -9,7 +9,7 @@ use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
     CreateSpider, DeletedSpider, Health, HealthStatus, Metrics, Node, Page, RunTask, ScheduleSpec,
     ScheduleView, ScrapyVersion, Spider, SpiderItemQuery, Task, TaskQuery, UpdateNode,
-    VersionFiles,
+    UploadedSpider, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, FoundItems, Result};
 use tokio::sync::broadcast;
@@ -58,8 +58,12 @@ impl Backend for MasterApi {
         Ok(self.spiders.put(request).await?.into())
     }
 
-    async fn upload_files(&self, name: &str, upload: Upload) -> Result<Spider> {
-        Ok(self.spiders.upload(name, upload).await?.into())
+    async fn upload_files(&self, name: &str, upload: Upload) -> Result<UploadedSpider> {
+        let uploaded = self.spiders.upload(name, upload).await?;
+        Ok(UploadedSpider {
+            spider: uploaded.spider.into(),
+            unwrapped: uploaded.unwrapped,
+        })
     }
 
     async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>> {

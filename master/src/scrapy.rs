@@ -148,7 +148,11 @@ impl Scrapy {
                 ..SpiderRequest::default()
             })
             .await?;
-        let spider = self.spiders.upload(project, Upload::Files(files)).await?;
+        let spider = self
+            .spiders
+            .upload(project, Upload::Files(files))
+            .await?
+            .spider;
         self.list(&spider, &spider.version).await
     }
 

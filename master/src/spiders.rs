@@ -61,6 +61,13 @@ pub struct SpiderRequest {
     pub dedup: Option<Dedup>,
 }
 
+/// A spider after an upload, and the lone top-level folder the upload's files were taken out of, if any.
+#[derive(Debug)]
+pub struct Uploaded {
+    pub spider: Spider,
+    pub unwrapped: Option<String>,
+}
+
 /// Writes spiders and their versions.
 pub struct Spiders {
     store: Arc<dyn Store>,
@@ -139,16 +146,18 @@ impl Spiders {
     }
 
     /// Stores an upload as a new version and makes it current.
-    pub async fn upload(&self, name: &str, upload: Upload) -> Result<Spider> {
+    pub async fn upload(&self, name: &str, upload: Upload) -> Result<Uploaded> {
         let spider = self.get(name).await?;
         let version = self
             .files
-            .store_upload(spider.id, upload)
+            .store_upload(spider.id, upload, &spider.cmd)
             .await
             .map_err(|err| files_error(name, err))?;
         info!(spider = %name, version = %version.hash, files = version.file_count, bytes = version.total_bytes,
-            "spider files uploaded");
-        self.make_current(spider, version).await
+            unwrapped = ?version.unwrapped, "spider files uploaded");
+        let unwrapped = version.unwrapped.clone();
+        let spider = self.make_current(spider, version).await?;
+        Ok(Uploaded { spider, unwrapped })
     }
 
     /// Every stored version, the current one marked.

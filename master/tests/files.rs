@@ -93,7 +93,8 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
             arachne_shared::archive::pack_dir(dir.path()).unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .spider;
     assert_eq!(
         v1.file_count, 303,
         "300 modules, VERSION, run.sh, .arachneignore"
@@ -119,7 +120,8 @@ async fn a_changed_file_is_all_a_worker_fetches_and_every_version_stays_runnable
             arachne_shared::archive::pack_dir(dir.path()).unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .spider;
     assert_ne!(v2.version, v1.version);
     assert_eq!(
         run_on(client, "many", Some("w1"), None).await,
@@ -587,6 +589,7 @@ async fn a_version_is_deleted_only_when_not_current_nor_running_and_takes_only_i
         .upload_files("vs", arachne_shared::archive::pack_dir(dir.path()).unwrap())
         .await
         .unwrap()
+        .spider
         .version;
 
     common::assert_conflict(client.delete_version("vs", &v2).await, "current version");
@@ -694,5 +697,36 @@ async fn a_spider_is_deleted_with_its_versions_and_schedules_and_its_tasks_only_
         common::refusal(client.delete_spider("all-gone", true).await).0,
         404
     );
+    master.stop().await;
+}
+
+/// An archive of a spider's folder (`s1/main.py`) rather than of its contents: the folder is unwrapped, so
+/// `python3 main.py` finds its file, and the answer says so. A command that names a path in the folder keeps
+/// the layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_of_one_folder_is_unwrapped_unless_the_command_names_it() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let client = &master.client;
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::create_dir(parent.path().join("s1")).unwrap();
+    std::fs::write(parent.path().join("s1/main.py"), "print('inside')\n").unwrap();
+    let archive = arachne_shared::archive::pack_dir(parent.path()).unwrap();
+    for (name, cmd, unwrapped) in [
+        ("wrapped", "python3 main.py", Some("s1")),
+        ("laid-out", "python3 s1/main.py", None),
+    ] {
+        client
+            .put_spider(&CreateSpider {
+                name: name.into(),
+                cmd: cmd.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let uploaded = client.upload_files(name, archive.clone()).await.unwrap();
+        assert_eq!(uploaded.unwrapped.as_deref(), unwrapped, "{name}");
+        assert_eq!(run_on(client, name, None, None).await, ["inside"], "{name}");
+    }
     master.stop().await;
 }

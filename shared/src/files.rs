@@ -64,6 +64,10 @@ pub struct VersionInfo {
     /// Whether runs use this version unless they name another.
     #[serde(default)]
     pub current: bool,
+    /// In the answer to the upload that made it: the one folder every file of the upload was in, whose
+    /// contents became the version's files (an archive of a spider's folder rather than of its contents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwrapped: Option<String>,
 }
 
 /// Whether `name` is a well-formed content name: 64 lowercase hex digits.

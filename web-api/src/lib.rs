@@ -44,7 +44,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Creates a spider, or updates the command of an existing one with the same name.
     async fn put_spider(&self, spider: CreateSpider) -> Result<Spider>;
     /// Stores a new version of the spider's files and makes it current.
-    async fn upload_files(&self, name: &str, upload: Upload) -> Result<Spider>;
+    async fn upload_files(&self, name: &str, upload: Upload) -> Result<types::UploadedSpider>;
     /// Every stored version of the spider, newest first.
     async fn list_versions(&self, name: &str) -> Result<Vec<VersionInfo>>;
     /// Makes a stored version the one runs use.

@@ -82,6 +82,7 @@ struct StoredVersion {
 impl StoredVersion {
     fn info(&self, hash: &str) -> VersionInfo {
         VersionInfo {
+            unwrapped: None,
             hash: hash.to_owned(),
             file_count: self.manifest.files.len() as u64,
             total_bytes: self.manifest.total_bytes(),
@@ -156,37 +157,32 @@ impl SpiderFiles {
         &self,
         spider: SpiderId,
         upload: Upload,
+        cmd: &str,
     ) -> Result<VersionInfo, Error> {
         let limits = self.limits.clone();
-        self.staged(
-            move |staging| upload::unpack(upload, staging, &limits),
-            spider,
-        )
-        .await
-    }
-
-    /// Stages files in a fresh folder with `stage`, keeps them as a version of `spider`, and removes the
-    /// folder whatever happened.
-    async fn staged(
-        &self,
-        stage: impl FnOnce(&Path) -> Result<Vec<Staged>, Error> + Send + 'static,
-        spider: SpiderId,
-    ) -> Result<VersionInfo, Error> {
+        let cmd = cmd.to_owned();
         let staging = self
             .local
             .join(".staging")
             .join(uuid::Uuid::now_v7().to_string());
         let folder = staging.clone();
-        let staged = tokio::task::spawn_blocking(move || {
+        let unpacked = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&folder).map_err(io(&folder))?;
-            stage(&folder)
+            upload::unpack(upload, &folder, &limits, &cmd)
         })
         .await
-        .expect("staging does not panic");
-        let result = match staged {
-            Ok(staged) => self.commit(spider, staged).await,
+        .expect("unpacking does not panic");
+        let result = match unpacked {
+            Ok(unpacked) => self
+                .commit(spider, unpacked.files)
+                .await
+                .map(|info| VersionInfo {
+                    unwrapped: unpacked.unwrapped,
+                    ..info
+                }),
             Err(err) => Err(err),
         };
+        // Whatever happened, the staged copies go.
         let _ = tokio::fs::remove_dir_all(&staging).await;
         result
     }
@@ -405,11 +401,11 @@ mod tests {
             ("a/b.sh", b"", tar::EntryType::Regular),
         ]);
         let v1 = store
-            .store_upload(spider, archive_upload(upload.clone()))
+            .store_upload(spider, archive_upload(upload.clone()), "")
             .await
             .unwrap();
         let v2 = store
-            .store_upload(spider, archive_upload(upload))
+            .store_upload(spider, archive_upload(upload), "")
             .await
             .unwrap();
         assert_eq!(v1, v2);
@@ -422,7 +418,7 @@ mod tests {
         let other = SpiderId::new();
         let zipped = zip_of(&[("main.py", b"print(1)"), ("a/b.sh", b"")]);
         let v3 = store
-            .store_upload(other, archive_upload(zipped))
+            .store_upload(other, archive_upload(zipped), "")
             .await
             .unwrap();
         assert_eq!(v3.hash, v1.hash, "modes and contents are the same");
@@ -440,7 +436,7 @@ mod tests {
             },
         ];
         let v4 = store
-            .store_upload(spider, Upload::Files(single))
+            .store_upload(spider, Upload::Files(single), "")
             .await
             .unwrap();
         assert_ne!(v4.hash, v1.hash);
@@ -495,15 +491,15 @@ mod tests {
         let upload = |entries: &[(&str, &[u8])]| archive_upload(zip_of(entries));
         let shared: (&str, &[u8]) = ("lib.py", b"shared");
         let old = store
-            .store_upload(spider, upload(&[("main.py", b"old"), shared]))
+            .store_upload(spider, upload(&[("main.py", b"old"), shared]), "")
             .await
             .unwrap();
         let new = store
-            .store_upload(spider, upload(&[("main.py", b"new"), shared]))
+            .store_upload(spider, upload(&[("main.py", b"new"), shared]), "")
             .await
             .unwrap();
         store
-            .store_upload(other, upload(&[("main.py", b"old")]))
+            .store_upload(other, upload(&[("main.py", b"old")]), "")
             .await
             .unwrap();
         assert_eq!(blob_count(dir.path()), 3);
@@ -542,7 +538,7 @@ mod tests {
             ("m.pyc", b"x"),
         ]);
         let v = store
-            .store_upload(SpiderId::new(), archive_upload(zipped))
+            .store_upload(SpiderId::new(), archive_upload(zipped), "")
             .await
             .unwrap();
         assert_eq!(v.file_count, 2, "main.py and .arachneignore");
@@ -625,7 +621,7 @@ mod tests {
         ];
         for (upload, expected) in cases {
             let err = store
-                .store_upload(SpiderId::new(), upload)
+                .store_upload(SpiderId::new(), upload, "")
                 .await
                 .unwrap_err()
                 .to_string();
@@ -645,7 +641,7 @@ mod tests {
         };
         assert!(bomb.len() < 10_000);
         let err = store
-            .store_upload(SpiderId::new(), archive_upload(bomb))
+            .store_upload(SpiderId::new(), archive_upload(bomb), "")
             .await
             .unwrap_err();
         assert!(matches!(err, Error::TooLarge(_)), "{err}");

@@ -19,7 +19,8 @@ pub(super) fn unpack(
     upload: Upload,
     staging: &Path,
     limits: &UploadLimits,
-) -> Result<Vec<Staged>, Error> {
+    cmd: &str,
+) -> Result<Unpacked, Error> {
     let mut sink = Sink::new(staging, limits);
     match upload {
         Upload::Archive(spool) => {
@@ -49,7 +50,7 @@ pub(super) fn unpack(
             }
         }
     }
-    sink.finish()
+    sink.finish(cmd)
 }
 
 /// One checked file of an upload, written to a temporary file.
@@ -133,8 +134,17 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    /// Applies the upload's own `.arachneignore` and checks that the files form a folder.
-    fn finish(self) -> Result<Vec<Staged>, Error> {
+    /// Unwraps a lone top-level folder (unless `cmd`, the command the version runs, names a path in it: then
+    /// it is the spider's own layout), applies the upload's own `.arachneignore` and checks that the files form
+    /// a folder.
+    fn finish(mut self, cmd: &str) -> Result<Unpacked, Error> {
+        let unwrapped =
+            lone_folder(&self.files).filter(|folder| !cmd.contains(&format!("{folder}/")));
+        if let Some(folder) = &unwrapped {
+            for file in &mut self.files {
+                file.entry.path = file.entry.path[folder.len() + 1..].to_owned();
+            }
+        }
         let rules = match self
             .files
             .iter()
@@ -166,8 +176,32 @@ impl<'a> Sink<'a> {
                 parent = dir;
             }
         }
-        Ok(kept)
+        Ok(Unpacked {
+            files: kept,
+            unwrapped,
+        })
     }
+}
+
+/// The one folder every file of an upload is in, when there is one: an archive made of a spider's folder
+/// rather than of its contents (`zip -r s1.zip s1`), whose command would otherwise not find its files.
+fn lone_folder(files: &[Staged]) -> Option<String> {
+    let first = files.first()?.entry.path.split_once('/')?.0;
+    files
+        .iter()
+        .all(|f| {
+            f.entry
+                .path
+                .split_once('/')
+                .is_some_and(|(top, _)| top == first)
+        })
+        .then(|| first.to_owned())
+}
+
+/// An upload's checked files, and the lone top-level folder they were taken out of, if any.
+pub(super) struct Unpacked {
+    pub(super) files: Vec<Staged>,
+    pub(super) unwrapped: Option<String>,
 }
 
 fn read_tar(file: std::fs::File, sink: &mut Sink<'_>) -> Result<(), Error> {

@@ -292,7 +292,14 @@ async fn upload(client: &Client, name: &str, path: &Path) -> Result<Spider, Erro
     if show {
         eprintln!();
     }
-    Ok(spider?)
+    let uploaded = spider?;
+    if let Some(folder) = &uploaded.unwrapped {
+        eprintln!(
+            "note: every file was in the folder {folder}/, so its contents are the spider's files \
+             (pack a folder's contents, not the folder)"
+        );
+    }
+    Ok(uploaded.spider)
 }
 
 fn progress_bar(done: u64, total: u64) -> String {

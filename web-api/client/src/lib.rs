@@ -13,7 +13,8 @@ use arachne_api_types::{
     CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, EVENT_DELETED,
     EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery,
     LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider,
-    SpiderItemQuery, SpiderItems, TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery,
+    SpiderItemQuery, SpiderItems, TaskQuery, TaskTree, UpdateNode, UploadedSpider, VersionFiles,
+    VersionQuery,
 };
 
 /// Errors of client calls.
@@ -176,7 +177,7 @@ impl Client {
     }
 
     /// Uploads a `.tar.gz` or `.zip` archive as the spider's new current version.
-    pub async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<Spider> {
+    pub async fn upload_files(&self, name: &str, archive: Vec<u8>) -> Result<UploadedSpider> {
         self.upload_files_with_progress(name, archive, |_, _| {})
             .await
     }
@@ -187,7 +188,7 @@ impl Client {
         name: &str,
         archive: Vec<u8>,
         mut progress: impl FnMut(u64, u64) + Send + 'static,
-    ) -> Result<Spider> {
+    ) -> Result<UploadedSpider> {
         const PIECE: usize = 256 * 1024;
         let total = archive.len() as u64;
         let archive = bytes::Bytes::from(archive);

@@ -279,9 +279,9 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         route(
             Method::PUT,
             "/api/v1/spiders/{name}/files",
-            "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current",
+            "Upload a new version of a spider's files (a .tar.gz or .zip body, or multipart files) and make it current; an upload whose files are all in one folder is unwrapped (unless the command names a path in it), and the answer's `unwrapped` says so",
             (None, Some(In::Upload)),
-            Out::Json(200, schema::<arachne_api_types::Spider>),
+            Out::Json(200, schema::<arachne_api_types::UploadedSpider>),
             put({
                 let place = Arc::new(SpoolPlace {
                     dir: options.upload_dir.clone(),

@@ -31,6 +31,18 @@ mod task;
 pub use catalog::{Node, Schedule, Spider};
 pub use task::Task;
 
+/// The answer to `PUT /api/v1/spiders/{name}/files`: the spider, its new version current.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UploadedSpider {
+    #[serde(flatten)]
+    pub spider: Spider,
+    /// The one folder every uploaded file was in (an archive of the spider's folder rather than of its
+    /// contents), whose contents became the version's files so the command finds them at the top. Absent
+    /// when nothing was unwrapped; never unwrapped when the command names a path in that folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwrapped: Option<String>,
+}
+
 /// `POST /api/v1/spiders`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

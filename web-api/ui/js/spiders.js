@@ -98,7 +98,10 @@ function uploadControls() {
       progress.value = 0;
       progress.hidden = false;
       try {
-        await sendWithProgress(`/api/v1/spiders/${encodeURIComponent(spider)}/files`, body, progress);
+        const uploaded = await sendWithProgress(`/api/v1/spiders/${encodeURIComponent(spider)}/files`, body, progress);
+        if (uploaded.unwrapped) {
+          notify(`Every file was in the folder ${uploaded.unwrapped}/, so its contents became the spider's files.`);
+        }
       } finally {
         progress.hidden = true;
       }
