@@ -194,8 +194,14 @@ async fn wait_for(client: &Client, id: TaskId) -> Result<Task, Error> {
     }
 }
 
-/// Streams the task's log until it ends, then says how it ended; exits 0 only if it Finished.
+/// Streams the task's log until it ends, then says how it ended; exits 0 only if it Finished. A parent (a run
+/// in mode `all` or `nodes`) has no log of its own: its children's logs are followed together, each line
+/// prefixed by its node.
 pub(crate) async fn follow_logs(client: &Client, id: TaskId) -> Result<ExitCode, Error> {
+    let tree = client.task_tree(id).await?;
+    if !tree.children_tasks.is_empty() {
+        return follow_children(client, id, tree.children_tasks).await;
+    }
     let mut ended = None;
     let mut write_error = None;
     client
@@ -215,6 +221,42 @@ pub(crate) async fn follow_logs(client: &Client, id: TaskId) -> Result<ExitCode,
         Some(task) => *task,
         None => wait_for(client, id).await?,
     };
+    describe_end(&task);
+    Ok(task_exit(&task))
+}
+
+/// Follows every child's log at once, `[node] line`, then waits for the parent and says how it ended.
+async fn follow_children(
+    client: &Client,
+    parent: TaskId,
+    children: Vec<Task>,
+) -> Result<ExitCode, Error> {
+    let mut followers = tokio::task::JoinSet::new();
+    for child in children {
+        let client = client.clone();
+        let node = child.pinned_node.or(child.node).unwrap_or_default();
+        followers.spawn(async move {
+            let mut write_error = None;
+            client
+                .follow_logs(child.id, 0, |event| {
+                    if let FollowEvent::Line(line) = event
+                        && let Err(err) =
+                            writeln!(std::io::stdout().lock(), "[{node}] {}", line.text)
+                    {
+                        write_error.get_or_insert(err);
+                    }
+                })
+                .await?;
+            match write_error {
+                Some(err) => Err(Error::from(err)),
+                None => Ok(()),
+            }
+        });
+    }
+    while let Some(followed) = followers.join_next().await {
+        followed.expect("a log follower does not panic")?;
+    }
+    let task = wait_for(client, parent).await?;
     describe_end(&task);
     Ok(task_exit(&task))
 }

@@ -822,6 +822,39 @@ async fn the_cli_searches_a_spider_s_items_across_its_runs() {
     master.stop().await;
 }
 
+/// A run on every node has no log of its own: --follow prints its children's, each line under its node, and
+/// exits by the parent's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_follow_of_a_run_on_every_node_prints_each_child_s_log_by_node() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), true).await;
+    let worker = common::TestWorker::start(&master.grpc_url(), "w2", 1);
+    master.wait_nodes_online(2).await;
+    common::create_spider(
+        &master.client,
+        "hello",
+        "sh main.sh",
+        &[("main.sh", "echo hello\necho bye\n")],
+    )
+    .await;
+    let run = arachne(&master, &["run", "hello", "--mode", "all", "--follow"]).await;
+    assert!(run.status.success(), "{run:?}");
+    let printed = stdout(&run);
+    let mut lines: Vec<&str> = printed.lines().skip(1).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["[local] bye", "[local] hello", "[w2] bye", "[w2] hello"],
+        "{printed}"
+    );
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("finished"),
+        "{run:?}"
+    );
+    worker.stop().await;
+    master.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_greps_a_task_s_log_on_the_server() {
     let data = tempfile::tempdir().unwrap();
