@@ -103,6 +103,7 @@ impl Results {
         let spider = self.spiders.get(spider).await?;
         Ok(ItemSearch {
             spider: spider.id,
+            spider_name: spider.name.clone(),
             collection: spider.results_collection(),
             task: request.task,
             since: request.since,

@@ -1261,7 +1261,7 @@ async fn deeply_nested_items_are_kept_whole(backend: StoreUnderTest) {
     assert_eq!(texts, expected, "{name}");
 }
 
-/// A spider with two tasks of items, and a second spider writing to the same results collection.
+/// A spider with two tasks of items, and a second spider of the same name writing to the same collection.
 struct ItemsOfTwoRuns {
     spider: Spider,
     first: Task,
@@ -1272,7 +1272,8 @@ async fn items_of_two_runs(store: &dyn Store) -> ItemsOfTwoRuns {
     let spider = spider("results");
     let first = Task::pending(&spider, Utc::now());
     let second = Task::pending(&spider, Utc::now());
-    let mut neighbour = self::spider("neighbour");
+    // Another spider of the same name (one deleted and made again, say) in the same collection.
+    let mut neighbour = self::spider("results");
     neighbour.results_collection = Some(spider.results_collection());
     let theirs = Task::pending(&neighbour, Utc::now());
     store
@@ -1321,6 +1322,7 @@ async fn items_of_two_runs(store: &dyn Store) -> ItemsOfTwoRuns {
 fn search(spider: &Spider) -> ItemSearch {
     ItemSearch {
         spider: spider.id,
+        spider_name: spider.name.clone(),
         collection: spider.results_collection(),
         task: None,
         since: None,

@@ -138,6 +138,7 @@ impl FromStr for ItemCursor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemSearch {
     pub spider: SpiderId,
+    pub spider_name: String,
     /// The spider's results collection (MongoDB keeps its items there).
     pub collection: String,
     pub task: Option<TaskId>,

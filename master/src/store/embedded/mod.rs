@@ -54,8 +54,8 @@ CREATE TABLE IF NOT EXISTS items (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, data TEXT NOT NULL,
     -- The results collection and de-duplication key of an item, for spiders that de-duplicate.
     coll TEXT, dkey TEXT,
-    -- The spider, and when the master stored the item: what searches across a spider's runs select by.
-    sid TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    -- When the master stored the item, for searches by time.
+    at_ms INTEGER NOT NULL,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
 ";
@@ -73,7 +73,6 @@ CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ms) WHERE ended_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS items_dedup ON items (coll, dkey) WHERE dkey IS NOT NULL;
-CREATE INDEX IF NOT EXISTS items_spider ON items (sid, task_id, seq);
 ";
 
 /// The SQLite store. Bulk writes and listings run on the blocking pool; single-row statements run in place
@@ -477,15 +476,14 @@ fn append_lines<P: rusqlite::Params>(
 fn item_insert(dedup: Option<DedupMode>) -> &'static str {
     match dedup {
         None | Some(DedupMode::Ignore) => {
-            "INSERT OR IGNORE INTO items (task_id, seq, data, coll, dkey, sid, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            "INSERT OR IGNORE INTO items (task_id, seq, data, coll, dkey, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
         }
         Some(DedupMode::Overwrite) => {
-            "INSERT INTO items (task_id, seq, data, coll, dkey, sid, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO items (task_id, seq, data, coll, dkey, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (task_id, seq) DO NOTHING
              ON CONFLICT (coll, dkey) WHERE dkey IS NOT NULL
                 DO UPDATE SET task_id = excluded.task_id, seq = excluded.seq, data = excluded.data,
-                    sid = excluded.sid, at_ms = excluded.at_ms
+                    at_ms = excluded.at_ms
                 WHERE (excluded.task_id, excluded.seq) > (items.task_id, items.seq)"
         }
     }
@@ -506,7 +504,7 @@ fn insert_item_batch(
         let mut stmt = tx
             .prepare_cached(item_insert(dedup.map(|d| d.mode)))
             .map_err(db)?;
-        let (spider, at) = (target.spider_id.to_string(), to_millis(chrono::Utc::now()));
+        let at = to_millis(chrono::Utc::now());
         for item in items {
             let key = dedup.and_then(|dedup| {
                 dedup.key_of(&item.data).unwrap_or_else(|err| {
@@ -516,7 +514,7 @@ fn insert_item_batch(
             });
             let coll = key.as_ref().map(|_| target.collection.as_str());
             let seq = item.seq as i64;
-            stmt.execute(params![task, seq, item.data.get(), coll, key, spider, at])
+            stmt.execute(params![task, seq, item.data.get(), coll, key, at])
                 .map_err(db)?;
         }
     }

@@ -76,43 +76,81 @@ impl OutputStore for EmbeddedStore {
     }
 
     async fn find_items(&self, search: &ItemSearch) -> Result<Vec<FoundItem>> {
-        let (filter, mut values) = item_filter(search, true);
-        values.push(search.limit.into());
+        let search = search.clone();
         self.call(move |conn| {
-            let sql = format!(
-                "SELECT task_id, seq, at_ms, data FROM items WHERE {filter}
-                 ORDER BY task_id DESC, seq DESC LIMIT ?"
+            // The spider's tasks newest first, each task's items last first: the items' own key answers the
+            // order, so storing an item writes no index beyond it.
+            let (items_filter, items_values) = condition_filter(&search);
+            let items_sql = format!(
+                "SELECT seq, at_ms, data FROM items WHERE task_id = ? AND seq < ? AND {items_filter}
+                 ORDER BY seq DESC LIMIT ?"
             );
-            let mut stmt = conn.prepare_cached(&sql).map_err(db)?;
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(values), |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(db)?;
-            rows.map(|row| {
-                let (task, seq, at, data) = row.map_err(db)?;
-                Ok(FoundItem {
-                    task_id: parse_id(&task)?,
-                    seq: seq as u64,
-                    at: from_millis(at),
-                    data: serde_json::value::RawValue::from_string(data)
-                        .map_err(|e| Error::Corrupt(e.to_string()))?,
-                })
-            })
-            .collect()
+            let mut found = Vec::new();
+            // A cursor in a task is still that task's turn: its items below the cursor come first.
+            let mut before = search.after.map(|c| next_after(&c.task.to_string()));
+            while found.len() < search.limit as usize {
+                let tasks = spider_tasks(conn, &search, before.as_deref())?;
+                let Some(last) = tasks.last() else { break };
+                before = Some(last.clone());
+                for task in tasks {
+                    let left = search.limit as usize - found.len();
+                    if left == 0 {
+                        break;
+                    }
+                    let below = match search.after {
+                        Some(cursor) if cursor.task.to_string() == task => cursor.seq as i64,
+                        _ => i64::MAX,
+                    };
+                    let mut values: Vec<Value> = vec![task.clone().into(), below.into()];
+                    values.extend(items_values.iter().cloned());
+                    values.push((left as i64).into());
+                    let mut stmt = conn.prepare_cached(&items_sql).map_err(db)?;
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(values), |row| {
+                            Ok((
+                                row.get::<_, i64>(0)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, String>(2)?,
+                            ))
+                        })
+                        .map_err(db)?;
+                    for row in rows {
+                        let (seq, at, data) = row.map_err(db)?;
+                        found.push(FoundItem {
+                            task_id: parse_id(&task)?,
+                            seq: seq as u64,
+                            at: from_millis(at),
+                            data: serde_json::value::RawValue::from_string(data)
+                                .map_err(|e| Error::Corrupt(e.to_string()))?,
+                        });
+                    }
+                }
+            }
+            Ok(found)
         })
         .await
     }
 
     async fn count_items(&self, search: &ItemSearch) -> Result<u64> {
-        let (filter, values) = item_filter(search, false);
+        let (items_filter, items_values) = condition_filter(search);
+        let mut values: Vec<Value> = vec![
+            search.spider_name.clone().into(),
+            search.spider.to_string().into(),
+        ];
+        let task_filter = match search.task {
+            Some(task) => {
+                values.push(task.to_string().into());
+                "AND t.id = ?"
+            }
+            None => "",
+        };
+        values.extend(items_values);
         self.call(move |conn| {
-            let sql = format!("SELECT COUNT(*) FROM items WHERE {filter}");
+            let sql = format!(
+                "SELECT COUNT(*) FROM tasks t JOIN items ON items.task_id = t.id
+                 WHERE t.spider_name = ? AND json_extract(t.data, '$.spider_id') = ? {task_filter}
+                 AND {items_filter}"
+            );
             let count: i64 = conn
                 .prepare_cached(&sql)
                 .and_then(|mut stmt| {
@@ -125,26 +163,54 @@ impl OutputStore for EmbeddedStore {
     }
 }
 
-/// The `WHERE` clause of a search of a spider's items and its values, with its cursor or without.
-fn item_filter(search: &ItemSearch, with_cursor: bool) -> (String, Vec<Value>) {
-    let mut clauses = vec!["sid = ?".to_owned()];
-    let mut values: Vec<Value> = vec![search.spider.to_string().into()];
-    if let Some(task) = search.task {
-        clauses.push("task_id = ?".into());
-        values.push(task.to_string().into());
-    }
+/// Up to a page of the spider's tasks (the one task a search names, if it names one), newest first, older
+/// than `before` when given.
+fn spider_tasks(
+    conn: &Connection,
+    search: &ItemSearch,
+    before: Option<&str>,
+) -> Result<Vec<String>> {
+    const PAGE: i64 = 256;
+    // The spider's id, not only its name: a spider deleted and made again under its name does not inherit
+    // the tasks its predecessor left.
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id FROM tasks WHERE spider_name = ?1 AND json_extract(data, '$.spider_id') = ?2
+             AND (?3 IS NULL OR id = ?3) AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(
+            params![
+                search.spider_name,
+                search.spider.to_string(),
+                search.task.map(|t| t.to_string()),
+                before,
+                PAGE
+            ],
+            |row| row.get::<_, String>(0),
+        )
+        .map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
+
+/// The least text greater than `id`, so `id < next_after(id)` takes `id` itself in.
+fn next_after(id: &str) -> String {
+    format!("{id}\u{1}")
+}
+
+/// The conditions of a search on an item's stored time and fields, as a `WHERE` clause over `items` with its
+/// values (`1` when there are none).
+fn condition_filter(search: &ItemSearch) -> (String, Vec<Value>) {
+    let mut clauses = vec!["1".to_owned()];
+    let mut values: Vec<Value> = Vec::new();
     if let Some(since) = search.since {
-        clauses.push("at_ms >= ?".into());
+        clauses.push("items.at_ms >= ?".into());
         values.push(to_millis(since).into());
     }
     if let Some(until) = search.until {
-        clauses.push("at_ms < ?".into());
+        clauses.push("items.at_ms < ?".into());
         values.push(to_millis(until).into());
-    }
-    if let Some(cursor) = search.after.filter(|_| with_cursor) {
-        clauses.push("(task_id, seq) < (?, ?)".into());
-        values.push(cursor.task.to_string().into());
-        values.push((cursor.seq as i64).into());
     }
     for condition in &search.conditions {
         // Each name quoted, so any character but a quote (which conditions refuse) is part of the name.
@@ -154,20 +220,20 @@ fn item_filter(search: &ItemSearch, with_cursor: bool) -> (String, Vec<Value>) {
             .join(".");
         match &condition.test {
             FieldTest::Exists => {
-                clauses.push("json_type(data, ?) IS NOT NULL".into());
+                clauses.push("json_type(items.data, ?) IS NOT NULL".into());
                 values.push(path.into());
             }
             FieldTest::Contains(text) => {
                 clauses.push(
-                    "(json_type(data, ?) = 'text' AND instr(json_extract(data, ?), ?) > 0)".into(),
+                    "(json_type(items.data, ?) = 'text' AND instr(json_extract(items.data, ?), ?) > 0)".into(),
                 );
                 values.extend([path.clone().into(), path.into(), text.clone().into()]);
             }
             FieldTest::Equals(value) => {
                 clauses.push(
-                    "((json_type(data, ?) = 'text' AND json_extract(data, ?) = ?)
-                      OR (json_type(data, ?) IN ('integer', 'real') AND json_extract(data, ?) = ?)
-                      OR json_type(data, ?) = ?)"
+                    "((json_type(items.data, ?) = 'text' AND json_extract(items.data, ?) = ?)
+                      OR (json_type(items.data, ?) IN ('integer', 'real') AND json_extract(items.data, ?) = ?)
+                      OR json_type(items.data, ?) = ?)"
                         .into(),
                 );
                 let number: Value = match FieldCondition::number(value) {
