@@ -2,12 +2,17 @@
 //! and max_instances) is a spider. Example folders are registered once, when missing; a watched spiders folder
 //! (`--spiders-dir`) is kept in sync: edits become a new current version, debounced, without a restart.
 //!
-//! A broken folder is reported with its reason and skipped; it never stops the others.
+//! A broken folder is reported with its reason and skipped; it never stops the others. What each folder came
+//! to (synced, broken, removed) is kept in a [`FolderReport`] the API shows: a broken `arachne.toml` or a
+//! folder taken away is visible there, not only in the master's log. A removed folder's spider stays: deleting
+//! a spider (and maybe its results) is a user's decision.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use arachne_shared::upload::Upload;
 use notify::{RecursiveMode, Watcher};
@@ -65,6 +70,66 @@ enum Error {
     Spider(#[from] spiders::Error),
 }
 
+/// What became of one spider folder of the watched folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FolderState {
+    pub(crate) folder: PathBuf,
+    /// The spider it defines, when its settings could be read (now or before it broke).
+    pub(crate) spider: Option<String>,
+    pub(crate) outcome: FolderOutcome,
+    pub(crate) at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FolderOutcome {
+    /// Its files are the spider's current version.
+    Synced,
+    /// It could not be synced; the spider, if any, keeps its last good version.
+    Broken(String),
+    /// The folder (or its `arachne.toml`) is gone; the spider stays.
+    Removed,
+}
+
+/// The state of every folder of the watched spiders folder, as the watcher last found it.
+#[derive(Debug, Default)]
+pub(crate) struct FolderReport {
+    folders: Mutex<BTreeMap<PathBuf, FolderState>>,
+}
+
+impl FolderReport {
+    pub(crate) fn folders(&self) -> Vec<FolderState> {
+        crate::lock(&self.folders).values().cloned().collect()
+    }
+
+    fn set(&self, folder: &Path, spider: Option<String>, outcome: FolderOutcome) {
+        let mut folders = crate::lock(&self.folders);
+        // A folder broken before its name could be read is still the spider it was.
+        let spider = spider.or_else(|| folders.get(folder).and_then(|f| f.spider.clone()));
+        let state = FolderState {
+            folder: folder.to_owned(),
+            spider,
+            outcome,
+            at: Utc::now(),
+        };
+        folders.insert(folder.to_owned(), state);
+    }
+
+    /// Marks folders that are no longer there (`present` is what a scan found) as removed.
+    fn gone(&self, present: &BTreeSet<PathBuf>) {
+        let missing: Vec<PathBuf> = crate::lock(&self.folders)
+            .iter()
+            .filter(|(path, state)| {
+                !present.contains(*path) && state.outcome != FolderOutcome::Removed
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        for folder in missing {
+            warn!(folder = %folder.display(), "a spider folder was removed; its spider stays until deleted");
+            self.set(&folder, None, FolderOutcome::Removed);
+        }
+    }
+}
+
 /// Whether a folder's spider is written when it exists already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Existing {
@@ -86,7 +151,12 @@ pub(crate) async fn register_examples(spiders: &Spiders, dir: &Path) {
 }
 
 /// Syncs every spider folder under `dir`, then keeps them in sync until `shutdown`.
-pub(crate) async fn watch(spiders: Arc<Spiders>, dir: PathBuf, shutdown: CancellationToken) {
+pub(crate) async fn watch(
+    spiders: Arc<Spiders>,
+    report: Arc<FolderReport>,
+    dir: PathBuf,
+    shutdown: CancellationToken,
+) {
     let (tx, mut rx) = mpsc::channel::<Option<PathBuf>>(EVENTS_CAPACITY);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let message = match event {
@@ -101,14 +171,14 @@ pub(crate) async fn watch(spiders: Arc<Spiders>, dir: PathBuf, shutdown: Cancell
         Ok(watcher) => watcher,
         Err(err) => {
             error!(dir = %dir.display(), error = %err, "cannot watch the spiders folder; edits need a restart");
-            sync_all(&spiders, &dir).await;
+            sync_all(&spiders, &report, &dir).await;
             return;
         }
     };
     if let Err(err) = watcher.watch(&dir, RecursiveMode::Recursive) {
         error!(dir = %dir.display(), error = %err, "cannot watch the spiders folder; edits need a restart");
     }
-    sync_all(&spiders, &dir).await;
+    sync_all(&spiders, &report, &dir).await;
     loop {
         let first = tokio::select! {
             message = rx.recv() => message,
@@ -136,12 +206,15 @@ pub(crate) async fn watch(spiders: Arc<Spiders>, dir: PathBuf, shutdown: Cancell
             }
         }
         if everything {
-            sync_all(&spiders, &dir).await;
+            sync_all(&spiders, &report, &dir).await;
             continue;
         }
         for folder in changed {
             if folder.join(SETTINGS_FILE).exists() {
-                sync_one(&spiders, &folder).await;
+                sync_one(&spiders, &report, &folder).await;
+            } else {
+                let present = folders(&dir).unwrap_or_default().into_iter().collect();
+                report.gone(&present);
             }
         }
     }
@@ -164,25 +237,34 @@ fn folders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(folders)
 }
 
-async fn sync_all(spiders: &Spiders, dir: &Path) {
+async fn sync_all(spiders: &Spiders, report: &FolderReport, dir: &Path) {
     match folders(dir) {
         Ok(folders) => {
-            for folder in folders {
-                sync_one(spiders, &folder).await;
+            for folder in &folders {
+                sync_one(spiders, report, folder).await;
             }
+            report.gone(&folders.into_iter().collect());
         }
         Err(err) => error!(dir = %dir.display(), error = %err, "cannot read the spiders folder"),
     }
 }
 
-async fn sync_one(spiders: &Spiders, folder: &Path) {
-    if let Err(err) = sync_folder(spiders, folder, Existing::Update).await {
-        warn!(folder = %folder.display(), error = %err, "spider folder not synced; fix it and save again");
+async fn sync_one(spiders: &Spiders, report: &FolderReport, folder: &Path) {
+    match sync_folder(spiders, folder, Existing::Update).await {
+        Ok(name) => report.set(folder, Some(name), FolderOutcome::Synced),
+        Err(err) => {
+            warn!(folder = %folder.display(), error = %err, "spider folder not synced; fix it and save again");
+            report.set(folder, None, FolderOutcome::Broken(err.to_string()));
+        }
     }
 }
 
-/// Creates or updates the folder's spider and uploads its files as its current version.
-async fn sync_folder(spiders: &Spiders, folder: &Path, existing: Existing) -> Result<(), Error> {
+/// Creates or updates the folder's spider and uploads its files as its current version; the spider's name.
+async fn sync_folder(
+    spiders: &Spiders,
+    folder: &Path,
+    existing: Existing,
+) -> Result<String, Error> {
     let path = folder.join(SETTINGS_FILE);
     let text = tokio::fs::read_to_string(&path)
         .await
@@ -194,7 +276,7 @@ async fn sync_folder(spiders: &Spiders, folder: &Path, existing: Existing) -> Re
         toml::from_str(&text).map_err(|source| Error::Settings { path, source })?;
     let before = spiders.get(&settings.name).await.ok();
     if existing == Existing::Keep && before.is_some() {
-        return Ok(());
+        return Ok(settings.name);
     }
     let packed = {
         let folder = folder.to_owned();
@@ -221,5 +303,5 @@ async fn sync_folder(spiders: &Spiders, folder: &Path, existing: Existing) -> Re
         info!(spider = %name, version = %spider.version, files = spider.file_count, folder = %folder.display(),
             "spider folder synced as a new version");
     }
-    Ok(())
+    Ok(name)
 }

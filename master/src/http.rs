@@ -7,9 +7,9 @@ use arachne_shared::files::VersionInfo;
 use arachne_shared::upload::Upload;
 use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, DeletedSpider, Health, HealthStatus, Metrics, Node, Page, RunTask, ScheduleSpec,
-    ScheduleView, ScrapyVersion, Spider, SpiderItemQuery, Task, TaskQuery, UpdateNode,
-    UploadedSpider, VersionFiles,
+    CreateSpider, DeletedSpider, FolderStatus, Health, HealthStatus, Metrics, Node, Page, RunTask,
+    ScheduleSpec, ScheduleView, ScrapyVersion, Spider, SpiderFolder, SpiderFolders,
+    SpiderItemQuery, Task, TaskQuery, UpdateNode, UploadedSpider, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, FoundItems, Result};
 use tokio::sync::broadcast;
@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use crate::auth::Auth;
 use crate::changes::Changes;
 use crate::files;
+use crate::folders::{FolderOutcome, FolderReport};
 use crate::nodes::{self, NodeUpdate, Nodes};
 use crate::results::{self, ResultsRequest};
 use crate::runs::{self, RunRequest, Runs};
@@ -30,6 +31,7 @@ use crate::telemetry::Telemetry;
 /// The master as the HTTP API sees it: its services, and the store for what is only read.
 pub(crate) struct MasterApi {
     pub(crate) spiders: Arc<Spiders>,
+    pub(crate) folders: WatchedFolders,
     pub(crate) results: Arc<crate::results::Results>,
     pub(crate) runs: Arc<Runs>,
     pub(crate) schedules: Arc<Schedules>,
@@ -42,6 +44,12 @@ pub(crate) struct MasterApi {
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) health: Arc<StoreHealth>,
     pub(crate) auth: Arc<Auth>,
+}
+
+/// The watched spiders folder (`--spiders-dir`), if any, and what became of each of its folders.
+pub(crate) struct WatchedFolders {
+    pub(crate) dir: Option<std::path::PathBuf>,
+    pub(crate) report: Arc<FolderReport>,
 }
 
 #[async_trait::async_trait]
@@ -220,6 +228,33 @@ impl Backend for MasterApi {
             items: page.items,
             total: page.total,
             next: page.next.map(|cursor| cursor.to_string()),
+        })
+    }
+
+    async fn spider_folders(&self) -> Result<SpiderFolders> {
+        let folders = self
+            .folders
+            .report
+            .folders()
+            .into_iter()
+            .map(|state| {
+                let (status, problem) = match state.outcome {
+                    FolderOutcome::Synced => (FolderStatus::Synced, None),
+                    FolderOutcome::Broken(why) => (FolderStatus::Broken, Some(why)),
+                    FolderOutcome::Removed => (FolderStatus::Removed, None),
+                };
+                SpiderFolder {
+                    folder: state.folder.display().to_string(),
+                    spider: state.spider,
+                    status,
+                    problem,
+                    at: state.at,
+                }
+            })
+            .collect();
+        Ok(SpiderFolders {
+            dir: self.folders.dir.as_ref().map(|d| d.display().to_string()),
+            folders,
         })
     }
 

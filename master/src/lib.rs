@@ -386,14 +386,20 @@ pub async fn run(
     if let Some(retention) = config.retention {
         tracker.spawn(sweep_ended(Arc::clone(&store), retention, servers.clone()));
     }
+    let folder_report = Arc::new(folders::FolderReport::default());
     if let Some(dir) = &config.spiders_dir {
         tracker.spawn(folders::watch(
             Arc::clone(&spiders),
+            Arc::clone(&folder_report),
             dir.clone(),
             servers.clone(),
         ));
     }
     let api = Arc::new(MasterApi {
+        folders: http::WatchedFolders {
+            dir: config.spiders_dir.clone(),
+            report: folder_report,
+        },
         results: Arc::new(results::Results::new(
             Arc::clone(&store),
             Arc::clone(&spiders),

@@ -14,7 +14,7 @@ use arachne_client::Client;
 use arachne_master::Config;
 use arachne_shared::{RunMode, TaskStatus};
 use common::{
-    MasterProcess, TestMaster, TestWorker, all_tasks, create_spider, eventually, free_port,
+    MasterProcess, TestMaster, TestWorker, all_tasks, create_spider, eventually, found, free_port,
     wait_done, wait_online,
 };
 
@@ -275,25 +275,6 @@ async fn stubborn_task(client: &Client) -> Task {
         ready.then_some(task)
     })
     .await
-}
-
-/// Polls `look` until it finds something, failing the test after [`common::TIMEOUT`].
-async fn found<T, F, Fut>(what: &str, mut look: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + common::TIMEOUT;
-    loop {
-        if let Some(found) = look().await {
-            return found;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,7 @@ use arachne_test_support as common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use arachne_api_types::{CreateSpider, RunTask};
+use arachne_api_types::{CreateSpider, FolderStatus, RunTask};
 use arachne_client::Client;
 use arachne_shared::RunMode;
 use arachne_shared::TaskStatus;
@@ -728,5 +728,79 @@ async fn an_upload_of_one_folder_is_unwrapped_unless_the_command_names_it() {
         assert_eq!(uploaded.unwrapped.as_deref(), unwrapped, "{name}");
         assert_eq!(run_on(client, name, None, None).await, ["inside"], "{name}");
     }
+    master.stop().await;
+}
+
+/// What became of each watched folder is in the API, not only in the master's log: a broken `arachne.toml`
+/// with why, and a removed folder, whose spider stays until someone deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reports_broken_and_removed_spider_folders() {
+    let data = tempfile::tempdir().unwrap();
+    let spiders = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let path = spiders.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("alpha/arachne.toml", "name = \"alpha\"\ncmd = \"true\"\n");
+    write(
+        "broken/arachne.toml",
+        "name = \"broken\"\ncmd = [not toml\n",
+    );
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.spiders_dir = Some(spiders.path().to_owned());
+    let master = TestMaster::start_with(config).await;
+    let client = &master.client;
+    let status_of = |folder: &'static str| async move {
+        let report = client.spider_folders().await.unwrap();
+        report
+            .folders
+            .into_iter()
+            .find(|f| f.folder.ends_with(&format!("/{folder}")))
+    };
+    let broken = common::found("the broken folder is reported", || async {
+        status_of("broken")
+            .await
+            .filter(|f| f.status == FolderStatus::Broken)
+    })
+    .await;
+    let problem = broken.problem.unwrap();
+    assert!(
+        problem.contains("arachne.toml") && problem.contains("unclosed array"),
+        "{problem}"
+    );
+    let alpha = common::found("alpha is synced", || async {
+        status_of("alpha")
+            .await
+            .filter(|f| f.status == FolderStatus::Synced)
+    })
+    .await;
+    assert_eq!(alpha.spider.as_deref(), Some("alpha"));
+    let report = client.spider_folders().await.unwrap();
+    assert_eq!(report.dir, Some(spiders.path().display().to_string()));
+
+    // Removed: reported, and the spider (with its versions and results) stays.
+    std::fs::remove_dir_all(spiders.path().join("alpha")).unwrap();
+    let removed = common::found("the removed folder is reported", || async {
+        status_of("alpha")
+            .await
+            .filter(|f| f.status == FolderStatus::Removed)
+    })
+    .await;
+    assert_eq!(removed.spider.as_deref(), Some("alpha"));
+    assert!(client.get_spider("alpha").await.is_ok());
+
+    // Fixed: synced, the problem gone.
+    write("broken/arachne.toml", "name = \"broken\"\ncmd = \"true\"\n");
+    let fixed = common::found("the fixed folder is synced", || async {
+        status_of("broken")
+            .await
+            .filter(|f| f.status == FolderStatus::Synced)
+    })
+    .await;
+    assert_eq!(
+        (fixed.spider.as_deref(), fixed.problem),
+        (Some("broken"), None)
+    );
     master.stop().await;
 }

@@ -100,6 +100,8 @@ pub trait Backend: Send + Sync + 'static {
         query: types::SpiderItemQuery,
         count: bool,
     ) -> Result<FoundItems>;
+    /// The watched spiders folder and what became of each of its folders.
+    async fn spider_folders(&self) -> Result<types::SpiderFolders>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
     /// Changes a node's settings at run time; they persist across its reconnects.
     async fn update_node(&self, name: &str, update: UpdateNode) -> Result<Node>;

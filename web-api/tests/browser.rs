@@ -46,6 +46,9 @@ async fn the_web_ui_uploads_runs_follows_cancels_schedules_and_pages_through_a_b
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::new(data.path().to_owned());
     config.local_worker = None;
+    // A watched spiders folder with a broken arachne.toml, which the Spiders page must point out.
+    let watched = spider_dir(&[("broken/arachne.toml", "name = \"broken\"\ncmd = [\n")]);
+    config.spiders_dir = Some(watched.path().to_owned());
     common::use_test_store(&mut config);
     let big = fill_store(&config).await;
     let master = TestMaster::start_with(config).await;

@@ -295,6 +295,25 @@ where
     }
 }
 
+/// Polls `look` until it finds something, failing the test after [`TIMEOUT`].
+pub async fn found<T, F, Fut>(what: &str, mut look: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(found) = look().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes a spider folder with the given files.
 pub fn spider_dir(files: &[(&str, impl AsRef<[u8]>)]) -> tempfile::TempDir {
     match folder_of(files) {

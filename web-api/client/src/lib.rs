@@ -13,8 +13,8 @@ use arachne_api_types::{
     CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, EVENT_DELETED,
     EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery,
     LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider,
-    SpiderItemQuery, SpiderItems, TaskQuery, TaskTree, UpdateNode, UploadedSpider, VersionFiles,
-    VersionQuery,
+    SpiderFolders, SpiderItemQuery, SpiderItems, TaskQuery, TaskTree, UpdateNode, UploadedSpider,
+    VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -329,6 +329,11 @@ impl Client {
             .get(self.url(&format!("/tasks/{id}/items")))
             .query(&[("format", "csv")]);
         self.stream(request, write).await
+    }
+
+    /// The watched spiders folder and what became of each of its folders.
+    pub async fn spider_folders(&self) -> Result<SpiderFolders> {
+        self.json(self.http.get(self.url("/spider-folders"))).await
     }
 
     /// A page of a spider's items across its tasks, newest first, with the total that match.

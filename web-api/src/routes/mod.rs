@@ -427,6 +427,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         ),
         route(
             Method::GET,
+            "/api/v1/spider-folders",
+            "The watched spiders folder (--spiders-dir) and each of its folders: synced, broken (with why: a bad arachne.toml, say) or removed (its spider stays until deleted)",
+            none,
+            Out::Json(200, schema::<arachne_api_types::SpiderFolders>),
+            get(spider_folders),
+        ),
+        route(
+            Method::GET,
             "/api/v1/spiders/{name}/items",
             "A spider's items across its tasks, newest first, filtered by task, time and field conditions (`where`, repeated), paged by cursor with a total; or every match as one file (format=csv, json or jsonl), streamed",
             query(inline::<arachne_api_types::SpiderItemQuery>),

@@ -21,6 +21,10 @@ pub(super) async fn list_spiders(State(api): State<Api>) -> Result<impl IntoResp
     Ok(Json(api.list_spiders().await?))
 }
 
+pub(super) async fn spider_folders(State(api): State<Api>) -> Result<impl IntoResponse> {
+    Ok(Json(api.spider_folders().await?))
+}
+
 pub(super) async fn put_spider(
     State(api): State<Api>,
     body: Result<Json<CreateSpider>, JsonRejection>,

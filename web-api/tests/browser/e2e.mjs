@@ -109,6 +109,14 @@ try {
     check(statuses.every((s) => s === "error"), `filtered by status: ${statuses}`);
   });
 
+  await step("the Spiders page points out a broken folder of the watched spiders folder", async () => {
+    await page.goto(`${URL}/#/spiders`);
+    await heading("Spiders").waitFor();
+    const alert = page.getByRole("alert", { name: "Spider folders" });
+    await alert.getByText("is not synced").waitFor();
+    await alert.getByText("arachne.toml").first().waitFor();
+  });
+
   await step("a spider is created from a folder upload and its files can be read", async () => {
     await page.goto(`${URL}/#/spiders`);
     await heading("Spiders").waitFor();
@@ -353,6 +361,19 @@ try {
     await page.getByLabel("Conditions").fill("$x=1");
     await page.getByRole("button", { name: "Filter" }).click();
     await page.getByRole("alert").getByText("may not start with $").waitFor();
+  });
+
+  await step("a spider is deleted from its page, with its tasks when ticked", async () => {
+    await call("POST", "/spiders", { name: "doomed", cmd: "true" });
+    await page.goto(`${URL}/#/spiders/doomed`);
+    await heading("doomed").waitFor();
+    await page.locator(".bar").getByRole("button", { name: "Delete" }).click();
+    const dialog = page.getByRole("dialog", { name: "Delete doomed" });
+    await dialog.getByLabel("Also delete its tasks, logs and items").check();
+    await dialog.getByRole("button", { name: "Delete" }).click();
+    await heading("Spiders").waitFor();
+    await page.locator(".notice", { hasText: "doomed deleted" }).waitFor();
+    check((await page.getByRole("link", { name: "doomed", exact: true }).count()) === 0, "doomed is gone from the list");
   });
 
   await step("the pages are keyboard reachable", async () => {

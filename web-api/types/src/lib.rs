@@ -43,6 +43,42 @@ pub struct UploadedSpider {
     pub unwrapped: Option<String>,
 }
 
+/// `GET /api/v1/spider-folders`: the watched spiders folder (`--spiders-dir`) and what became of each of its
+/// spider folders.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SpiderFolders {
+    /// The watched folder; absent when the master watches none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    pub folders: Vec<SpiderFolder>,
+}
+
+/// One spider folder of the watched folder.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SpiderFolder {
+    pub folder: String,
+    /// The spider it defines, once its `arachne.toml` could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spider: Option<String>,
+    pub status: FolderStatus,
+    /// Why it could not be synced (a broken `arachne.toml`, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// When the watcher last found it so.
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FolderStatus {
+    /// Its files are the spider's current version.
+    Synced,
+    /// It could not be synced; its spider, if any, keeps its last good version.
+    Broken,
+    /// The folder is gone; its spider stays until someone deletes it.
+    Removed,
+}
+
 /// `POST /api/v1/spiders`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

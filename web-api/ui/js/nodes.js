@@ -1,8 +1,9 @@
 // The nodes page: every worker with its state, load and machine metrics, refreshed every few seconds (nodes
-// report by heartbeat, so there is nothing to stream), with enable/disable and runner slots editable in place.
+// report by heartbeat, so there is nothing to stream), with enable/disable and runner slots editable in place,
+// and an offline node removable.
 
-import { get, patch } from "./api.js";
-import { badge, busy, bytes, clear, h, table, time } from "./dom.js";
+import { del, get, patch } from "./api.js";
+import { badge, busy, bytes, clear, h, notify, table, time } from "./dom.js";
 
 const REFRESH_MS = 5000;
 
@@ -18,7 +19,7 @@ export async function nodesPage(main) {
     clear(
       holder,
       nodes.length
-        ? table(["Name", "State", "Runners", "CPU", "Memory", "Disk", "Labels", "Version", "Last seen", "Enabled", "Max runners"], nodes.map(row), { "aria-label": "Nodes" })
+        ? table(["Name", "State", "Runners", "CPU", "Memory", "Disk", "Labels", "Version", "Last seen", "Enabled", "Max runners", ""], nodes.map(row), { "aria-label": "Nodes" })
         : h("p", {}, "No worker has registered yet. Start one with `arachne-worker --master URL`."),
     );
     stamp.textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -74,6 +75,23 @@ export async function nodesPage(main) {
           slots,
           h("button", { type: "submit", class: "secondary" }, "Set"),
         ),
+      ),
+      // Only an offline node can be forgotten; the server says why when something still needs it.
+      h(
+        "td",
+        {},
+        node.status === "offline" &&
+          h("button", {
+            type: "button",
+            class: "danger",
+            "aria-label": `Remove ${node.name}`,
+            onclick: (e) => busy(e.target, async () => {
+              if (!confirm(`Forget the offline node ${node.name}? If it registers again, it comes back.`)) return;
+              await del(path);
+              notify(`${node.name} removed.`);
+              await load();
+            }),
+          }, "Remove"),
       ),
     );
   }

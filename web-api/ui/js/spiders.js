@@ -1,8 +1,35 @@
-// Spider pages: the list (with each spider's last run), creating one and uploading its files (a folder or an
-// archive), a spider's versions and files, and the run dialog.
+// Spider pages: the list (with each spider's last run and any broken or removed watched folder), creating one
+// and uploading its files (a folder or an archive), a spider's versions and files, deleting a version or the
+// spider, and the run dialog.
 
-import { api, get, post, session } from "./api.js";
+import { api, del, get, post, session } from "./api.js";
 import { badge, busy, bytes, clear, count, field, h, nodeChoice, notify, shortHash, table, time } from "./dom.js";
+
+/** Folders of the watched spiders folder that are broken or gone, above the list: the master's log is not the
+ * only place that says so. */
+async function folderProblems(main) {
+  const report = await get("/spider-folders").catch(() => null);
+  const problems = (report?.folders || []).filter((f) => f.status !== "synced");
+  if (!problems.length) return;
+  const item = (f) =>
+    h(
+      "li",
+      {},
+      h("code", {}, f.folder),
+      f.status === "broken"
+        ? [" is not synced", f.spider ? ` (spider ${f.spider} keeps its last good version)` : "", ": ", h("code", {}, f.problem)]
+        : [" was removed; ", f.spider ? [h("a", { href: `#/spiders/${encodeURIComponent(f.spider)}` }, f.spider), " stays until you delete it"] : "its spider stays"],
+    );
+  const heading = main.querySelector(".bar");
+  heading.after(
+    h(
+      "section",
+      { class: "card errors", role: "alert", "aria-label": "Spider folders" },
+      h("h2", {}, `Spider folders in ${report.dir}`),
+      h("ul", {}, problems.map(item)),
+    ),
+  );
+}
 
 export async function spidersPage(main) {
   const body = h("tbody");
@@ -15,6 +42,7 @@ export async function spidersPage(main) {
       body,
     ),
   );
+  folderProblems(main);
   const spiders = await get("/spiders");
   if (!spiders.length) {
     body.append(h("tr", {}, h("td", { colspan: 7 }, "No spiders yet: create one and upload its files.")));
@@ -62,6 +90,26 @@ function createDialog() {
       await post("/spiders", { name: name.value.trim(), cmd: cmd.value.trim() });
       if (files.chosen()) await files.upload(name.value.trim());
       location.hash = `#/spiders/${encodeURIComponent(name.value.trim())}`;
+    },
+  );
+  dialog.showModal();
+}
+
+/** Deleting a spider: its versions, files and schedules always; its tasks, logs and items when ticked. The
+ * server refuses while a task of it has not ended, and the dialog shows why. */
+function deleteDialog(spider) {
+  const tasks = h("input", { type: "checkbox", name: "tasks" });
+  const dialog = modal(
+    `Delete ${spider.name}`,
+    [
+      h("p", {}, "Its versions, files and schedules are deleted. Its tasks, logs and items stay unless you tick:"),
+      h("label", { class: "check" }, tasks, "Also delete its tasks, logs and items"),
+    ],
+    "Delete",
+    async () => {
+      const deleted = await del(`/spiders/${encodeURIComponent(spider.name)}${tasks.checked ? "?tasks=true" : ""}`);
+      notify(`${spider.name} deleted: ${deleted.versions} versions, ${deleted.schedules} schedules, ${deleted.tasks} tasks.`);
+      location.hash = "#/spiders";
     },
   );
   dialog.showModal();
@@ -252,6 +300,7 @@ export async function spiderPage(main, name, q) {
       h("button", { type: "button", onclick: () => runDialog(spider) }, "Run"),
       h("a", { class: "button secondary", href: `#/tasks?spider=${encodeURIComponent(spider.name)}` }, "Tasks"),
       h("a", { class: "button secondary", href: `#/results?spider=${encodeURIComponent(spider.name)}` }, "Results"),
+      h("button", { type: "button", class: "danger", onclick: () => deleteDialog(spider) }, "Delete"),
     ),
     h(
       "dl",
@@ -306,6 +355,20 @@ export async function spiderPage(main, name, q) {
               }, "Make current"),
             " ",
             h("button", { type: "button", class: "secondary", onclick: () => runDialog(spider, v.hash) }, "Run this version"),
+            " ",
+            !v.current &&
+              h("button", {
+                type: "button",
+                class: "danger",
+                "aria-label": `Delete version ${shortHash(v.hash)}`,
+                onclick: (e) =>
+                  busy(e.target, async () => {
+                    if (!confirm(`Delete version ${shortHash(v.hash)} and the files no other version uses?`)) return;
+                    await del(`${path}/versions/${v.hash}`);
+                    notify(`Version ${shortHash(v.hash)} deleted.`);
+                    location.hash = `#${path}?v=${Date.now()}`;
+                  }),
+              }, "Delete"),
           ),
         ),
       ),
