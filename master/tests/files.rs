@@ -23,6 +23,13 @@ fn blobs(root: &Path) -> usize {
         .sum()
 }
 
+/// Writes `text` at `path` under `root`, making the folders it needs.
+fn write_file(root: &Path, path: &str, text: &str) {
+    let path = root.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
 /// Runs the spider (on `node` if given), expects it to finish, and returns its log.
 async fn run_on(
     client: &Client,
@@ -262,11 +269,7 @@ async fn a_sync_that_fails_fails_the_task_and_never_runs_stale_files() {
 async fn a_watched_spiders_folder_turns_edits_into_versions_and_skips_a_broken_spider() {
     let data = tempfile::tempdir().unwrap();
     let spiders = tempfile::tempdir().unwrap();
-    let write = |path: &str, text: &str| {
-        let path = spiders.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    };
+    let write = |path: &str, text: &str| write_file(spiders.path(), path, text);
     write(
         "alpha/arachne.toml",
         "name = \"alpha\"\ncmd = \"cat out.txt\"\n",
@@ -709,8 +712,7 @@ async fn an_upload_of_one_folder_is_unwrapped_unless_the_command_names_it() {
     let master = TestMaster::start(data.path(), true).await;
     let client = &master.client;
     let parent = tempfile::tempdir().unwrap();
-    std::fs::create_dir(parent.path().join("s1")).unwrap();
-    std::fs::write(parent.path().join("s1/main.py"), "print('inside')\n").unwrap();
+    write_file(parent.path(), "s1/main.py", "print('inside')\n");
     let archive = arachne_shared::archive::pack_dir(parent.path()).unwrap();
     for (name, cmd, unwrapped) in [
         ("wrapped", "python3 main.py", Some("s1")),
@@ -737,11 +739,7 @@ async fn an_upload_of_one_folder_is_unwrapped_unless_the_command_names_it() {
 async fn the_api_reports_broken_and_removed_spider_folders() {
     let data = tempfile::tempdir().unwrap();
     let spiders = tempfile::tempdir().unwrap();
-    let write = |path: &str, text: &str| {
-        let path = spiders.path().join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    };
+    let write = |path: &str, text: &str| write_file(spiders.path(), path, text);
     write("alpha/arachne.toml", "name = \"alpha\"\ncmd = \"true\"\n");
     write(
         "broken/arachne.toml",
