@@ -160,7 +160,7 @@ impl Runs {
 
     /// Creates the tasks of one run: a single task, or a parent with one pinned child per node.
     pub async fn create(&self, run: RunRequest) -> Result<Task> {
-        let options = run.options;
+        let mut options = run.options;
         let priority = options
             .priority
             .unwrap_or(arachne_shared::task::DEFAULT_PRIORITY);
@@ -169,6 +169,11 @@ impl Runs {
         }
         options.settings.validate().map_err(Error::Settings)?;
         let mut spider = self.spider(&run.spider).await?;
+        // A secret sent back masked (a form that showed the spider's settings) means the spider's own value.
+        options
+            .settings
+            .keep_secrets_of(&spider.settings)
+            .map_err(Error::Settings)?;
         if let Some(version) = run.version {
             self.spiders.manifest_of(&spider, &version).await?;
             spider.version = version;

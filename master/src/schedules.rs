@@ -169,7 +169,13 @@ impl Schedules {
     ) -> Result<Schedule> {
         self.runs.spider(&request.spider).await?;
         let now = Utc::now();
-        let options = request.options;
+        let mut options = request.options;
+        // An edit that sends the shown settings back keeps the secrets they showed masked.
+        let before = existing
+            .as_ref()
+            .map(|s| s.settings.clone())
+            .unwrap_or_default();
+        options.settings.keep_secrets_of(&before)?;
         let mut schedule = Schedule {
             id: existing.as_ref().map(|s| s.id).unwrap_or_default(),
             name: request.name,

@@ -91,13 +91,20 @@ impl Spiders {
     }
 
     /// Creates the spider, or changes the one of that name.
-    pub async fn put(&self, request: SpiderRequest) -> Result<Spider> {
+    pub async fn put(&self, mut request: SpiderRequest) -> Result<Spider> {
         arachne_shared::spider::validate_name("spider", &request.name)?;
         let cmd = request.cmd.trim();
         if cmd.is_empty() {
             return Err(Error::EmptyCmd);
         }
-        if let Some(settings) = &request.settings {
+        let stored = self.store.spider_by_name(&request.name).await?;
+        if let Some(settings) = &mut request.settings {
+            // A form that showed the stored settings sends their masked secrets back: they stay as stored.
+            let before = stored
+                .as_ref()
+                .map(|s| s.settings.clone())
+                .unwrap_or_default();
+            settings.keep_secrets_of(&before).map_err(Error::Settings)?;
             settings.validate().map_err(Error::Settings)?;
         }
         let keep_collection = request.results_collection.is_none();
@@ -111,7 +118,7 @@ impl Spiders {
             dedup.validate()?;
         }
         let now = Utc::now();
-        let spider = match self.store.spider_by_name(&request.name).await? {
+        let spider = match stored {
             Some(existing) => Spider {
                 cmd: cmd.to_owned(),
                 updated_at: now,

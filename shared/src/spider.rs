@@ -247,7 +247,61 @@ pub struct RunSettings {
     pub retry_backoff_secs: Option<u64>,
 }
 
+/// What the API shows in place of a secret environment value.
+pub const SECRET_MASK: &str = "********";
+
+/// Whether an environment variable holds a secret, by the words of its name (`API_KEY`, `DB_PASSWORD`,
+/// `GITHUB_TOKEN`, `AWS_SECRET_ACCESS_KEY`...): its value is masked wherever the API shows it.
+pub fn is_secret_name(name: &str) -> bool {
+    const WORDS: [&str; 12] = [
+        "KEY",
+        "APIKEY",
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "PWD",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "AUTH",
+        "PRIVATE",
+    ];
+    name.split(['_', '-', '.'])
+        .any(|word| WORDS.contains(&word.to_ascii_uppercase().as_str()))
+}
+
 impl RunSettings {
+    /// These settings as users see them: every secret value masked.
+    pub fn masked(mut self) -> Self {
+        for (name, value) in &mut self.env {
+            if is_secret_name(name) {
+                *value = SECRET_MASK.to_owned();
+            }
+        }
+        self
+    }
+
+    /// Takes back from `stored` each secret value these settings hold as the mask: a form that showed a
+    /// masked value and sent it back unchanged keeps the secret. The mask for a secret `stored` lacks is an
+    /// error, since the value it stands for is unknown.
+    pub fn keep_secrets_of(&mut self, stored: &RunSettings) -> Result<(), Invalid> {
+        for (name, value) in &mut self.env {
+            if value != SECRET_MASK || !is_secret_name(name) {
+                continue;
+            }
+            match stored.env.get(name) {
+                Some(secret) => value.clone_from(secret),
+                None => {
+                    return Err(Invalid(format!(
+                        "env: {name} holds the mask {SECRET_MASK}, and there is no stored value it stands for; send the value"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// These settings with every field `run` sets taken from `run` (environment variables are merged).
     pub fn overridden_by(&self, run: &RunSettings) -> RunSettings {
         let mut env = self.env.clone();
@@ -456,5 +510,39 @@ mod tests {
         }
         assert_eq!("ignore".parse::<DedupMode>(), Ok(DedupMode::Ignore));
         assert!("skip".parse::<DedupMode>().unwrap_err().0.contains("skip"));
+    }
+
+    #[test]
+    fn secrets_are_masked_by_name_and_kept_when_sent_back_masked() {
+        let stored = RunSettings {
+            env: [
+                ("API_KEY".to_owned(), "k-123".to_owned()),
+                ("db_password".to_owned(), "hunter2".to_owned()),
+                ("MONKEY".to_owned(), "see".to_owned()),
+                ("GREETING".to_owned(), "hi".to_owned()),
+            ]
+            .into(),
+            ..RunSettings::default()
+        };
+        let shown = stored.clone().masked();
+        assert_eq!(shown.env["API_KEY"], SECRET_MASK);
+        assert_eq!(shown.env["db_password"], SECRET_MASK);
+        assert_eq!(
+            (shown.env["MONKEY"].as_str(), shown.env["GREETING"].as_str()),
+            ("see", "hi")
+        );
+        // Sent back as shown, with one secret changed: the unchanged one is kept, the new one taken.
+        let mut edited = shown;
+        edited.env.insert("API_KEY".into(), "k-456".into());
+        edited.keep_secrets_of(&stored).unwrap();
+        assert_eq!(edited.env["API_KEY"], "k-456");
+        assert_eq!(edited.env["db_password"], "hunter2");
+        // The mask for a secret nobody stored stands for nothing.
+        let mut unknown = RunSettings {
+            env: [("NEW_TOKEN".to_owned(), SECRET_MASK.to_owned())].into(),
+            ..RunSettings::default()
+        };
+        let err = unknown.keep_secrets_of(&stored).unwrap_err();
+        assert!(err.0.contains("NEW_TOKEN"), "{err}");
     }
 }

@@ -29,6 +29,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("js/nodes.js", JS, include_str!("../ui/js/nodes.js")),
     ("js/results.js", JS, include_str!("../ui/js/results.js")),
     ("js/schedules.js", JS, include_str!("../ui/js/schedules.js")),
+    ("js/settings.js", JS, include_str!("../ui/js/settings.js")),
     ("js/spiders.js", JS, include_str!("../ui/js/spiders.js")),
     ("js/tasks.js", JS, include_str!("../ui/js/tasks.js")),
 ];

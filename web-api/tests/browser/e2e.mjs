@@ -363,6 +363,40 @@ try {
     await page.getByRole("alert").getByText("may not start with $").waitFor();
   });
 
+  await step("settings set in the New spider dialog are edited on its page, and a run uses them with its overrides", async () => {
+    await page.goto(`${URL}/#/spiders`);
+    await heading("Spiders").waitFor();
+    await page.getByRole("button", { name: "New spider" }).click();
+    const dialog = page.getByRole("dialog", { name: "New spider" });
+    await dialog.getByLabel("Name").fill("envy");
+    await dialog.getByLabel("Command").fill('echo "greeting=$GREETING token=$API_TOKEN extra=$EXTRA"');
+    await dialog.getByLabel("or archive").setInputFiles(env("SPIDER_ARCHIVE"));
+    await dialog.getByLabel("Environment").fill("GREETING=hi\nAPI_TOKEN=s3cret");
+    await dialog.getByLabel("Timeout (s)").fill("30");
+    await dialog.getByRole("button", { name: "Create" }).click();
+    await heading("envy").waitFor();
+    const form = page.getByRole("form", { name: "Spider settings" });
+    // The secret comes back masked; the rest as set.
+    const shown = await form.getByLabel("Environment").inputValue();
+    check(shown === "API_TOKEN=********\nGREETING=hi", `environment shown: ${JSON.stringify(shown)}`);
+    check((await form.getByLabel("Timeout (s)").inputValue()) === "30", "the timeout is shown");
+    await form.getByLabel("Environment").fill("API_TOKEN=********\nGREETING=hello");
+    await form.getByLabel("Retries").fill("1");
+    await form.getByRole("button", { name: "Save settings" }).click();
+    await page.locator(".notice", { hasText: "Settings saved" }).waitFor();
+    // The page is drawn again from the server: what it shows now was stored.
+    await page.waitForFunction(() => document.querySelector('form[aria-label="Spider settings"] input[name="retries"]')?.value === "1");
+    await page.locator(".bar").getByRole("button", { name: "Run", exact: true }).click();
+    const run = page.getByRole("dialog", { name: "Run envy" });
+    await run.getByText("Overrides for this run").click();
+    await run.getByLabel("Environment").fill("EXTRA=1");
+    await run.getByRole("button", { name: "Run", exact: true }).click();
+    await page.locator(".bar .badge", { hasText: "finished" }).waitFor();
+    // The edited value, the secret kept through the masked form, and the run's own variable.
+    await page.locator(".log-viewport .line .t", { hasText: "greeting=hello token=s3cret extra=1" }).waitFor();
+    await shot("spider-settings-run");
+  });
+
   await step("a spider is deleted from its page, with its tasks when ticked", async () => {
     await call("POST", "/spiders", { name: "doomed", cmd: "true" });
     await page.goto(`${URL}/#/spiders/doomed`);

@@ -43,6 +43,8 @@ pub struct Spider {
 shown_as_stored!(arachne_shared::Spider => Spider {
     id, name, cmd, version, file_count, total_bytes, created_at, updated_at, settings, max_instances,
     results_collection, dedup,
+} shown {
+    settings: RunSettings::masked,
 });
 
 /// A worker node known to the master.
@@ -114,4 +116,6 @@ pub struct Schedule {
 shown_as_stored!(arachne_shared::Schedule => Schedule {
     id, name, spider, cron, timezone, mode, nodes, param, priority, settings, enabled, overlap, misfire,
     last_fire, created_at, updated_at, labels,
+} shown {
+    settings: RunSettings::masked,
 });

@@ -12,14 +12,17 @@ use serde::{Deserialize, Serialize};
 
 /// Converts a master's record into its API type field by field. The record is taken apart by name, so a
 /// field the record gains fails to compile here until someone decides whether the API shows it; `computed`
-/// fields are read from the whole record first.
+/// fields are read from the whole record first, and `shown` fields pass through a function on their way out
+/// (settings, whose secret values are masked).
 macro_rules! shown_as_stored {
     ($record:path => $api:ident { $($field:ident),* $(,)? }
-        $(computed { $($extra:ident: $read:path),* $(,)? })?) => {
+        $(computed { $($extra:ident: $read:path),* $(,)? })?
+        $(shown { $($shown:ident: $show:path),* $(,)? })?) => {
         impl From<$record> for $api {
             fn from(record: $record) -> Self {
                 $($(let $extra = $read(&record);)*)?
                 let $record { $($field),* } = record;
+                $($(let $shown = $show($shown);)*)?
                 Self { $($field,)* $($($extra,)*)? }
             }
         }

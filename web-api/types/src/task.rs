@@ -131,4 +131,6 @@ shown_as_stored!(arachne_shared::Task => Task {
     will_retry: arachne_shared::Task::will_retry,
     started_at: arachne_shared::Task::started_at,
     ended_at: arachne_shared::Task::ended_at,
+} shown {
+    settings: arachne_shared::spider::RunSettings::masked,
 });

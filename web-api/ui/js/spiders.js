@@ -4,6 +4,7 @@
 
 import { api, del, get, post, session } from "./api.js";
 import { badge, busy, bytes, clear, count, field, h, nodeChoice, notify, shortHash, table, time } from "./dom.js";
+import { runOverrideFields, spiderSettingsFields } from "./settings.js";
 
 /** Folders of the watched spiders folder that are broken or gone, above the list: the master's log is not the
  * only place that says so. */
@@ -82,17 +83,43 @@ function createDialog() {
   const name = h("input", { name: "name", required: true, pattern: "[A-Za-z0-9_][A-Za-z0-9_.\\-]{0,63}", maxlength: 64, autocomplete: "off" });
   const cmd = h("input", { name: "cmd", required: true, placeholder: "python3 main.py", autocomplete: "off" });
   const files = uploadControls();
+  const settings = spiderSettingsFields();
   const dialog = modal(
     "New spider",
-    [field("Name", name, "Up to 64 letters, digits, '.', '_' and '-', not starting with '.'."), field("Command", cmd, "Run in the spider's folder."), files.controls],
+    [field("Name", name, "Up to 64 letters, digits, '.', '_' and '-', not starting with '.'."), field("Command", cmd, "Run in the spider's folder."), files.controls, settings.element],
     "Create",
     async () => {
-      await post("/spiders", { name: name.value.trim(), cmd: cmd.value.trim() });
+      await post("/spiders", { name: name.value.trim(), cmd: cmd.value.trim(), ...settings.value() });
       if (files.chosen()) await files.upload(name.value.trim());
       location.hash = `#/spiders/${encodeURIComponent(name.value.trim())}`;
     },
   );
   dialog.showModal();
+}
+
+/** The spider's command and settings, editable: saved as a whole, so a cleared field goes back to its default. */
+function settingsForm(spider) {
+  const cmd = h("input", { name: "cmd", value: spider.cmd, required: true, autocomplete: "off", size: 48 });
+  const settings = spiderSettingsFields(spider);
+  return h(
+    "form",
+    {
+      class: "card",
+      "aria-label": "Spider settings",
+      onsubmit: async (event) => {
+        event.preventDefault();
+        await busy(event.submitter, async () => {
+          await post("/spiders", { name: spider.name, cmd: cmd.value.trim(), ...settings.value() });
+          notify("Settings saved: the next runs use them.");
+          location.hash = `#/spiders/${encodeURIComponent(spider.name)}?v=${Date.now()}`;
+        });
+      },
+    },
+    h("h2", {}, "Command and settings"),
+    field("Command", cmd, "Run in the spider's folder."),
+    settings.element,
+    h("button", { type: "submit" }, "Save settings"),
+  );
 }
 
 /** Deleting a spider: its versions, files and schedules always; its tasks, logs and items when ticked. The
@@ -258,6 +285,7 @@ export async function runDialog(spider, version) {
   const scrapy = isScrapyProject(spider.cmd) ? scrapyChoice(spider, version) : null;
   const param = h("input", { name: "param", autocomplete: "off", placeholder: "-a category=books" });
   const priority = h("input", { type: "number", name: "priority", min: 1, max: 10, value: 5, required: true });
+  const overrides = runOverrideFields();
   const dialog = modal(
     `Run ${spider.name}`,
     [
@@ -266,10 +294,13 @@ export async function runDialog(spider, version) {
       where.controls,
       field("Parameters", param, "Appended to the spider's command."),
       field("Priority", priority, "1 is the highest, 10 the lowest."),
+      overrides.element,
     ],
     "Run",
     async () => {
       const run = { spider: spider.name, ...where.value(), priority: Number(priority.value) };
+      const settings = overrides.value();
+      if (settings) run.settings = settings;
       const words = [];
       if (scrapy) {
         if (!scrapy.value()) throw new Error("Pick the Scrapy spider to crawl.");
@@ -311,6 +342,7 @@ export async function spiderPage(main, name, q) {
       h("dt", {}, "Max instances"), h("dd", {}, spider.max_instances ?? "no limit"),
       h("dt", {}, "Timeout"), h("dd", {}, spider.settings.timeout_secs ? `${spider.settings.timeout_secs} s` : "none"),
     ),
+    settingsForm(spider),
     h(
       "form",
       {
