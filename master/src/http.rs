@@ -154,7 +154,12 @@ impl Backend for MasterApi {
 
     async fn run_job(&self, run: RunTask, client_job_id: Option<String>) -> Result<Task> {
         let request = RunRequest {
-            options: run_options(run.param, run.priority, run.settings, run.mode, run.nodes),
+            options: run_options(
+                run.param,
+                run.priority,
+                run.settings,
+                (run.mode, run.nodes, run.node_labels),
+            ),
             spider: run.spider,
             version: run.version,
             client_job_id,
@@ -357,8 +362,7 @@ fn schedule_request(spec: ScheduleSpec) -> ScheduleRequest {
             spec.param,
             spec.priority,
             spec.settings,
-            spec.mode,
-            spec.nodes,
+            (spec.mode, spec.nodes, spec.node_labels),
         ),
         enabled: spec.enabled,
         overlap: spec.overlap,
@@ -371,8 +375,11 @@ fn run_options(
     param: Option<String>,
     priority: Option<u8>,
     settings: Option<arachne_shared::spider::RunSettings>,
-    mode: Option<arachne_shared::RunMode>,
-    nodes: Vec<String>,
+    (mode, nodes, node_labels): (
+        Option<arachne_shared::RunMode>,
+        Vec<String>,
+        std::collections::BTreeMap<String, String>,
+    ),
 ) -> RunOptions {
     RunOptions {
         param,
@@ -380,6 +387,7 @@ fn run_options(
         settings: settings.unwrap_or_default(),
         mode: mode.unwrap_or_default(),
         nodes,
+        node_labels,
     }
 }
 
@@ -433,8 +441,10 @@ impl From<runs::Error> for Error {
             | E::Settings(_)
             | E::NodesOutsideNodesMode(_)
             | E::NoNodesNamed
-            | E::UnknownNode(_) => Error::BadRequest(message),
+            | E::UnknownNode(_)
+            | E::Labels(_) => Error::BadRequest(message),
             E::NoNodeOnline
+            | E::NoNodeLabelled(_)
             | E::NotEnded { .. }
             | E::AlreadyEnded { .. }
             | E::NothingToRestart(_)

@@ -2,6 +2,7 @@
 //! anything else that starts or stops runs call it, so the rules (placement, priorities, versions, what a
 //! cancel of a task on a lost node means, which attempt of a child counts) live in one place.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arachne_shared::{RunMode, ScheduleId, Spider, Task, TaskId, TaskOutcome, TaskStatus};
@@ -33,6 +34,10 @@ pub enum Error {
     UnknownNode(String),
     #[error("mode all: no online, enabled node to run on")]
     NoNodeOnline,
+    #[error("mode all: no online, enabled node has the labels {}", arachne_shared::task::labels_text(.0))]
+    NoNodeLabelled(BTreeMap<String, String>),
+    #[error(transparent)]
+    Labels(arachne_shared::Invalid),
     #[error("task {id} has not ended ({status}); cancel it first")]
     NotEnded { id: TaskId, status: TaskStatus },
     #[error("task {id} already ended ({status})")]
@@ -168,6 +173,7 @@ impl Runs {
             return Err(Error::Priority(priority));
         }
         options.settings.validate().map_err(Error::Settings)?;
+        arachne_shared::task::validate_node_labels(&options.node_labels).map_err(Error::Labels)?;
         let mut spider = self.spider(&run.spider).await?;
         // A secret sent back masked (a form that showed the spider's settings) means the spider's own value.
         options
@@ -178,13 +184,22 @@ impl Runs {
             self.spiders.manifest_of(&spider, &version).await?;
             spider.version = version;
         }
-        let nodes = self.placement(options.mode, &options.nodes).await?;
+        let mut nodes = self.placement(options.mode, &options.nodes).await?;
+        if options.mode == RunMode::All && !options.node_labels.is_empty() {
+            // Mode all covers the online nodes that have the labels.
+            let labelled = self.scheduler.registry.online_with(&options.node_labels);
+            nodes.retain(|n| labelled.contains(n));
+            if nodes.is_empty() {
+                return Err(Error::NoNodeLabelled(options.node_labels));
+            }
+        }
         let now = Utc::now();
         let mut task = Task::pending(&spider, now);
         task.param = options.param.filter(|p| !p.trim().is_empty());
         task.priority = priority;
         task.settings = spider.settings.overridden_by(&options.settings);
         task.mode = options.mode;
+        task.node_labels = options.node_labels.clone();
         task.schedule_id = run.schedule_id;
         task.fire_time = run.fire_time;
         task.exclusive = run.exclusive;
@@ -203,6 +218,7 @@ impl Runs {
                     child.priority = priority;
                     child.settings = task.settings.clone();
                     child.mode = options.mode;
+                    child.node_labels = task.node_labels.clone();
                     child.schedule_id = task.schedule_id;
                     child.exclusive = task.exclusive.clone();
                     child.parent_id = Some(task.id);

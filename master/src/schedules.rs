@@ -184,6 +184,7 @@ impl Schedules {
             timezone: request.timezone.unwrap_or_else(|| "UTC".into()),
             mode: options.mode,
             nodes: options.nodes,
+            node_labels: options.node_labels,
             param: options.param.filter(|p| !p.trim().is_empty()),
             priority: options
                 .priority
@@ -231,6 +232,7 @@ fn run_request(schedule: &Schedule, fire_time: Option<DateTime<Utc>>) -> RunRequ
             settings: schedule.settings.clone(),
             mode: schedule.mode,
             nodes: schedule.nodes.clone(),
+            node_labels: schedule.node_labels.clone(),
         },
         schedule_id: Some(schedule.id),
         fire_time,

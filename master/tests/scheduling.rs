@@ -323,20 +323,110 @@ async fn max_instances_caps_running_tasks_across_the_cluster() {
     drop(workers);
 }
 
+/// Runs go only to nodes with every label they require; one that no online node matches waits and says why,
+/// and starts when such a node comes. Mode all covers only the labelled nodes; a schedule's runs carry its
+/// labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_that_require_node_labels_go_only_where_the_labels_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = TestMaster::start_with(bare_config(dir.path(), Duration::from_secs(15))).await;
+    let client = &master.client;
+    let eu = TestWorker::start_labelled(
+        &master.grpc_url(),
+        "eu-1",
+        2,
+        &[("region", "eu"), ("gpu", "1")],
+    );
+    let us = TestWorker::start_labelled(&master.grpc_url(), "us-1", 2, &[("region", "us")]);
+    let eu2 = TestWorker::start_labelled(&master.grpc_url(), "eu-2", 2, &[("region", "eu")]);
+    master.wait_nodes_online(3).await;
+    create_spider(
+        client,
+        "where",
+        "sh main.sh",
+        &[("main.sh", "echo \"on $ARACHNE_NODE\"\n")],
+    )
+    .await;
+    let labelled = |mode: RunMode, labels: &[(&str, &str)]| RunTask {
+        node_labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..run("where", mode, &[])
+    };
+
+    // Every label is required: region=eu and gpu=1 is eu-1 alone, every time.
+    for _ in 0..4 {
+        let task = client
+            .run_task(&labelled(
+                RunMode::Random,
+                &[("region", "eu"), ("gpu", "1")],
+            ))
+            .await
+            .unwrap();
+        let done = wait_done(client, task.id).await;
+        assert_eq!(done.node.as_deref(), Some("eu-1"), "{done:?}");
+        assert_eq!(done.node_labels["gpu"], "1");
+    }
+    // Mode all: a child on each eu node, none on us-1.
+    let parent = client
+        .run_task(&labelled(RunMode::All, &[("region", "eu")]))
+        .await
+        .unwrap();
+    assert_eq!(parent.children, 2);
+    wait_done(client, parent.id).await;
+    let mut nodes: Vec<String> = client
+        .task_tree(parent.id)
+        .await
+        .unwrap()
+        .children_tasks
+        .into_iter()
+        .map(|c| c.node.unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["eu-1", "eu-2"]);
+    let none = client
+        .run_task(&labelled(RunMode::All, &[("region", "ap")]))
+        .await
+        .unwrap_err();
+    assert!(none.to_string().contains("region=ap"), "{none}");
+
+    // No online node has region=ap: the task waits, saying so, and runs once such a node registers.
+    let waiting = client
+        .run_task(&labelled(RunMode::Random, &[("region", "ap")]))
+        .await
+        .unwrap();
+    let reason = common::found("the task says why it waits", || async {
+        client.get_task(waiting.id).await.unwrap().pending_reason
+    })
+    .await;
+    assert!(reason.contains("labels region=ap"), "{reason}");
+    let ap = TestWorker::start_labelled(&master.grpc_url(), "ap-1", 1, &[("region", "ap")]);
+    let done = wait_done(client, waiting.id).await;
+    assert_eq!(done.node.as_deref(), Some("ap-1"));
+
+    // A schedule's runs require its labels too.
+    let spec = ScheduleSpec {
+        node_labels: [("region".to_owned(), "us".to_owned())].into(),
+        ..schedule("us-only", "where", "0 0 1 1 *")
+    };
+    client.create_schedule(&spec).await.unwrap();
+    let task = client.run_schedule("us-only").await.unwrap();
+    assert_eq!(
+        wait_done(client, task.id).await.node.as_deref(),
+        Some("us-1")
+    );
+    for worker in [eu, us, eu2, ap] {
+        worker.stop().await;
+    }
+}
+
 fn schedule(name: &str, spider: &str, cron: &str) -> ScheduleSpec {
     ScheduleSpec {
         name: name.into(),
         spider: spider.into(),
         cron: cron.into(),
-        timezone: None,
-        mode: None,
-        nodes: vec![],
-        param: None,
-        priority: None,
-        settings: None,
-        enabled: None,
-        overlap: None,
-        misfire: None,
+        ..ScheduleSpec::default()
     }
 }
 

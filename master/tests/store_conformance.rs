@@ -769,6 +769,7 @@ async fn schedules_are_stored_by_id_with_unique_names(backend: StoreUnderTest) {
         created_at: now,
         updated_at: now,
         labels: Default::default(),
+        node_labels: Default::default(),
     };
     store.put_schedule(&schedule).await.unwrap();
     let mut changed = schedule.clone();

@@ -83,6 +83,9 @@ pub struct Schedule {
     /// Free-form labels, kept for the user.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Labels a node must have, all of them, to take the schedule's runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
 }
 
 /// A parsed cron expression with its time zone.
@@ -253,6 +256,7 @@ fn unix_day_of_week(field: &str) -> Result<String, Invalid> {
 /// Checks a schedule's fields other than the spider; the message names the bad field.
 pub fn validate(schedule: &Schedule) -> Result<CronExpr, Invalid> {
     crate::spider::validate_name("schedule", &schedule.name)?;
+    crate::task::validate_node_labels(&schedule.node_labels)?;
     if !(1..=10).contains(&schedule.priority) {
         return Err(Invalid(format!(
             "priority must be 1 (highest) to 10, got {}",

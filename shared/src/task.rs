@@ -1,5 +1,7 @@
 //! Tasks: one run of a spider on one node, its life-cycle states and how a run ended.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -203,6 +205,9 @@ pub struct Task {
     /// Only this node may run the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_node: Option<String>,
+    /// Labels a node must have, all of them, to take the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
     /// The schedule that created the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<ScheduleId>,
@@ -255,6 +260,34 @@ pub struct RunOptions {
     pub mode: RunMode,
     /// The nodes of mode `nodes`.
     pub nodes: Vec<String>,
+    /// Labels a node must have, all of them, to take the run (or, in mode `all`, to get a child).
+    pub node_labels: BTreeMap<String, String>,
+}
+
+/// Checks labels a run requires: each name and value non-empty, with no `=` or `,` in a name.
+pub fn validate_node_labels(labels: &BTreeMap<String, String>) -> Result<(), crate::Invalid> {
+    for (name, value) in labels {
+        if name.trim().is_empty() || name.contains(['=', ',']) || value.trim().is_empty() {
+            return Err(crate::Invalid(format!(
+                "node label {name}={value}: write NAME=VALUE, both non-empty"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `node` has every label of `required`.
+pub fn has_labels(node: &BTreeMap<String, String>, required: &BTreeMap<String, String>) -> bool {
+    required.iter().all(|(k, v)| node.get(k) == Some(v))
+}
+
+/// Labels as `a=1, b=2`, for messages.
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How a run picks the nodes it runs on.
@@ -388,6 +421,7 @@ impl Task {
             parent_id: None,
             children: 0,
             pinned_node: None,
+            node_labels: BTreeMap::new(),
             schedule_id: None,
             fire_time: None,
             attempt: 1,

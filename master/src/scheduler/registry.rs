@@ -2,12 +2,13 @@
 //! last heard, and the nodes whose session broke and may still come back. In memory only: liveness and slot
 //! counts cost no store write.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use arachne_proto::server::Outbound;
 use arachne_shared::cluster::{MasterToWorker, Registration};
+use arachne_shared::task::{has_labels, labels_text};
 use arachne_shared::{NodeMetrics, Task, TaskId};
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
@@ -22,6 +23,8 @@ struct Connected {
     kill: CancellationToken,
     max_runners: u32,
     enabled: bool,
+    /// What the worker registered with; runs that require labels go only where all of them are.
+    labels: BTreeMap<String, String>,
     /// Tasks handed to this worker that have not ended.
     assigned: HashSet<TaskId>,
     /// When the worker last spoke; kept in memory only, so heartbeats cost no database write.
@@ -112,6 +115,7 @@ impl Registry {
             kill: kill.clone(),
             max_runners: registration.max_runners,
             enabled,
+            labels: registration.labels.clone(),
             assigned: kept,
             closing: false,
             last_seen: Instant::now(),
@@ -200,6 +204,17 @@ impl Registry {
         names
     }
 
+    /// Connected, enabled nodes that have every one of `labels`, by name.
+    pub(crate) fn online_with(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.workers)
+            .iter()
+            .filter(|(_, w)| !w.closing && w.enabled && has_labels(&w.labels, labels))
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Free runner slots over all eligible nodes; `None` when no node is online and enabled.
     pub(super) fn free_slots(&self) -> Option<u32> {
         let workers = lock(&self.workers);
@@ -225,6 +240,12 @@ impl Registry {
                 Some(w) if !w.enabled => {
                     return Reservation::Blocked(format!("node {pin} is disabled"));
                 }
+                Some(w) if !has_labels(&w.labels, &task.node_labels) => {
+                    return Reservation::Blocked(format!(
+                        "node {pin} lacks the labels {}",
+                        labels_text(&task.node_labels)
+                    ));
+                }
                 Some(w) if !w.free() => return Reservation::Busy,
                 Some(_) => pin.clone(),
             },
@@ -232,9 +253,19 @@ impl Registry {
                 if !workers.values().any(|w| !w.closing && w.enabled) {
                     return Reservation::Blocked("no online, enabled node".into());
                 }
+                let labelled = |w: &Connected| has_labels(&w.labels, &task.node_labels);
+                if !workers
+                    .values()
+                    .any(|w| !w.closing && w.enabled && labelled(w))
+                {
+                    return Reservation::Blocked(format!(
+                        "no online, enabled node has the labels {}",
+                        labels_text(&task.node_labels)
+                    ));
+                }
                 let best = workers
                     .iter()
-                    .filter(|(_, w)| w.free())
+                    .filter(|(_, w)| w.free() && labelled(w))
                     .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()));
                 match best {
                     Some((name, _)) => name.clone(),

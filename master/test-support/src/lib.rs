@@ -462,8 +462,22 @@ pub struct TestWorker {
 
 impl TestWorker {
     pub fn start(master: &str, name: &str, max_runners: u32) -> Self {
+        Self::start_labelled(master, name, max_runners, &[])
+    }
+
+    /// A worker that registers with these labels.
+    pub fn start_labelled(
+        master: &str,
+        name: &str,
+        max_runners: u32,
+        labels: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = arachne_worker::Config::new(master, name, dir.path().to_owned());
+        config.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         config.max_runners = max_runners;
         config.runner = quick_runner();
         config.heartbeat = Duration::from_millis(200);

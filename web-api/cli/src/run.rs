@@ -83,6 +83,7 @@ impl RunArgs {
             .run_task(&RunTask {
                 mode: self.options.placement.mode(),
                 nodes: self.options.placement.nodes,
+                node_labels: self.options.placement.labels.into_iter().collect(),
                 spider: self.spider,
                 param,
                 priority: self.options.priority,
@@ -115,6 +116,10 @@ pub(crate) struct PlacementArgs {
     /// A node of mode `nodes` (giving --node alone implies it); repeatable.
     #[arg(long = "node", value_name = "NAME")]
     pub(crate) nodes: Vec<String>,
+    /// A label a node must have to take the run (mode all: to get a child), as NAME=VALUE; repeatable, all
+    /// required.
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = arachne_shared::parse_key_value)]
+    pub(crate) labels: Vec<(String, String)>,
 }
 
 impl PlacementArgs {

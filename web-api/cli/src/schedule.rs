@@ -73,6 +73,7 @@ impl ScheduleArgs {
         ScheduleSpec {
             mode: self.options.placement.mode(),
             nodes: self.options.placement.nodes,
+            node_labels: self.options.placement.labels.into_iter().collect(),
             name: self.name,
             spider: self.spider,
             cron: self.cron,

@@ -397,6 +397,18 @@ try {
     await shot("spider-settings-run");
   });
 
+  await step("a run that requires node labels no node has waits and says why", async () => {
+    await page.goto(`${URL}/#/spiders/envy`);
+    await heading("envy").waitFor();
+    await page.locator(".bar").getByRole("button", { name: "Run", exact: true }).click();
+    const dialog = page.getByRole("dialog", { name: "Run envy" });
+    await dialog.getByLabel("Node labels").fill("region=mars");
+    await dialog.getByRole("button", { name: "Run", exact: true }).click();
+    await page.locator("dl.facts", { hasText: "no online, enabled node has the labels region=mars" }).waitFor();
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.locator(".bar .badge", { hasText: "cancelled" }).waitFor();
+  });
+
   await step("a spider is deleted from its page, with its tasks when ticked", async () => {
     await call("POST", "/spiders", { name: "doomed", cmd: "true" });
     await page.goto(`${URL}/#/spiders/doomed`);

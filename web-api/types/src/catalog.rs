@@ -111,11 +111,14 @@ pub struct Schedule {
     /// Free-form labels, kept for the user.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Labels a node must have, all of them, to take the schedule's runs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
 }
 
 shown_as_stored!(arachne_shared::Schedule => Schedule {
     id, name, spider, cron, timezone, mode, nodes, param, priority, settings, enabled, overlap, misfire,
-    last_fire, created_at, updated_at, labels,
+    last_fire, created_at, updated_at, labels, node_labels,
 } shown {
     settings: RunSettings::masked,
 });

@@ -4,6 +4,8 @@
 //! from `arachne_shared` (settings, statuses, progress). The server, the client and the CLI all build on this
 //! crate, so each compiles only what it uses.
 
+use std::collections::BTreeMap;
+
 use arachne_shared::schedule::{MisfirePolicy, OverlapPolicy};
 use arachne_shared::spider::{Dedup, RunSettings};
 use arachne_shared::{RunMode, ScheduleId, TaskId, TaskStatus};
@@ -129,6 +131,11 @@ macro_rules! with_run_options {
             /// The nodes of mode `nodes`.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub nodes: Vec<String>,
+            /// Labels a node must have, all of them, to take the run (`{"region": "eu"}`); in mode `all`,
+            /// only the online nodes that have them get a child. A task no online node matches waits, and
+            /// says so.
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            pub node_labels: BTreeMap<String, String>,
         }
     };
 }

@@ -2,6 +2,8 @@
 //! renamed, one added for the scheduler's own use) without changing the HTTP contract or its OpenAPI schema,
 //! and the contract changes only here.
 
+use std::collections::BTreeMap;
+
 use arachne_shared::schedule::ScheduleId;
 use arachne_shared::spider::{Dedup, RunSettings, SpiderId};
 use arachne_shared::task::{Progress, ReportedError, Transition};
@@ -70,6 +72,9 @@ pub struct Task {
     /// Only this node may run the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_node: Option<String>,
+    /// Labels a node must have, all of them, to take the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
     /// The schedule that created the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_id: Option<ScheduleId>,
@@ -124,7 +129,7 @@ impl Task {
 shown_as_stored!(arachne_shared::Task => Task {
     id, spider_id, spider_name, version, cmd, param, priority, settings, wait_ms, run_ms, peak_rss_bytes,
     status, node, lease, pid, exit_code, signal, error, created_at, updated_at, transitions, log_lines, items,
-    progress, errors, error_count, mode, parent_id, children, pinned_node, schedule_id, fire_time, attempt,
+    progress, errors, error_count, mode, parent_id, children, pinned_node, node_labels, schedule_id, fire_time, attempt,
     first_attempt, retried_by, not_before, pending_reason, exclusive, results_collection, dedup,
     client_job_id,
 } computed {

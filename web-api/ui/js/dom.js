@@ -128,7 +128,7 @@ export function debounce(fn, ms) {
  * How a run picks its nodes, as the run dialog and the schedule form both ask it: a mode select and, for
  * mode `nodes`, a checkbox per known node. `value()` is `{mode, nodes}` as the API takes them.
  */
-export function nodeChoice(nodes, mode = "random", chosen = []) {
+export function nodeChoice(nodes, mode = "random", chosen = [], labels = {}) {
   const select_ = select("mode", [["random", "Random node (least loaded)"], ["nodes", "Selected nodes"], ["all", "All nodes"]], mode);
   const boxes = nodes.map((node) =>
     h("input", { type: "checkbox", name: "node", value: node.name, checked: chosen.includes(node.name) }),
@@ -142,11 +142,29 @@ export function nodeChoice(nodes, mode = "random", chosen = []) {
       : h("p", {}, "No nodes registered."),
   );
   select_.addEventListener("change", () => (set.hidden = select_.value !== "nodes"));
+  const required = h("input", {
+    name: "node_labels",
+    value: Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(", "),
+    placeholder: "region=eu, gpu=1",
+    autocomplete: "off",
+  });
   return {
-    controls: [field("Mode", select_), set],
+    controls: [field("Mode", select_), set, field("Node labels", required, "A node must have all of them to take the run.")],
     value: () => ({
       mode: select_.value,
       nodes: select_.value === "nodes" ? boxes.filter((b) => b.checked).map((b) => b.value) : [],
+      node_labels: parseLabels(required.value),
     }),
   };
+}
+
+/** `region=eu, gpu=1` as an object; a part without `=` is an error naming it. */
+function parseLabels(text) {
+  const labels = {};
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const at = part.indexOf("=");
+    if (at <= 0 || at === part.length - 1) throw new Error(`Node label "${part}" is not NAME=VALUE`);
+    labels[part.slice(0, at).trim()] = part.slice(at + 1).trim();
+  }
+  return labels;
 }

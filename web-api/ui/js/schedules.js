@@ -78,7 +78,7 @@ export async function scheduleForm(main, name) {
   const tz = input({ name: "timezone", value: s.timezone, list: "zones" });
   const zones = h("datalist", { id: "zones" }, (Intl.supportedValuesOf?.("timeZone") || ["UTC"]).map((z) => h("option", { value: z })));
   const check = h("div", { id: "cron-check", class: "cron-check", "aria-live": "polite" });
-  const where = nodeChoice(nodes, s.mode, s.nodes);
+  const where = nodeChoice(nodes, s.mode, s.nodes, s.node_labels);
   const param = input({ name: "param", value: s.param || "" });
   const priority = input({ type: "number", name: "priority", min: 1, max: 10, value: s.priority, required: true });
   const overlap = select("overlap", [["allow", "allow: start anyway"], ["skip", "skip: not while the previous run is active"], ["queue", "queue: wait for the previous run"]], s.overlap);
