@@ -254,6 +254,18 @@ export async function taskPage(main, id) {
   const itemsChanged = await itemsSection(items, id, task);
   follow(`/events${query({ task: id })}`, {
     signal: stop.signal,
+    // The task may have changed (a short run may even have ended) between reading it above and the stream
+    // opening, or while the link was down: read it again once the stream is on, and changes come as events.
+    onState: (state) => {
+      if (state !== "open") return;
+      get(`/tasks/${id}`).then(
+        (fresh) => {
+          show(fresh);
+          itemsChanged(fresh);
+        },
+        () => {},
+      );
+    },
     onEvent: ({ event, data }) => {
       if (event !== "task") return;
       const changed = JSON.parse(data);
