@@ -277,6 +277,8 @@ impl Backend for MasterApi {
         let update = NodeUpdate {
             max_runners: update.max_runners,
             enabled: update.enabled,
+            max_cpu_percent: update.max_cpu_percent,
+            max_memory_percent: update.max_memory_percent,
         };
         Ok(self.nodes.update(name, update).await?.into())
     }
@@ -517,7 +519,7 @@ impl From<nodes::Error> for Error {
         use nodes::Error as E;
         let message = err.to_string();
         match err {
-            E::NothingToChange | E::MaxRunners(_) => Error::BadRequest(message),
+            E::NothingToChange | E::MaxRunners(_) | E::Invalid(_) => Error::BadRequest(message),
             E::NoNode(_) => Error::NotFound(message),
             E::Online(_) | E::Holds { .. } | E::Awaited { .. } | E::Scheduled { .. } => {
                 Error::Conflict(message)

@@ -59,6 +59,13 @@ struct Args {
     /// (Abnormal, or retried); also how long a disconnected worker has to come back for its tasks.
     #[arg(long, default_value_t = 15.0)]
     heartbeat_timeout: f64,
+    /// A node over this CPU use (percent of its machine) takes no new task until it is back under it; a
+    /// node's own threshold (`arachne node set NAME --max-cpu`) wins. None by default.
+    #[arg(long, value_name = "PERCENT", env = "ARACHNE_MAX_NODE_CPU")]
+    max_node_cpu: Option<f32>,
+    /// The same for memory in use (percent); `arachne node set NAME --max-memory` wins.
+    #[arg(long, value_name = "PERCENT", env = "ARACHNE_MAX_NODE_MEMORY")]
+    max_node_memory: Option<f32>,
     /// Largest spider upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
@@ -173,6 +180,18 @@ async fn run() -> anyhow::Result<()> {
         "--heartbeat-timeout must be at least 0.5 seconds"
     );
     config.scheduler.heartbeat_timeout = std::time::Duration::from_secs_f64(args.heartbeat_timeout);
+    for (flag, value) in [
+        ("--max-node-cpu", args.max_node_cpu),
+        ("--max-node-memory", args.max_node_memory),
+    ] {
+        if let Some(value) = value {
+            arachne_shared::node::validate_percent(flag, value)?;
+        }
+    }
+    config.scheduler.load_limits = arachne_shared::node::LoadLimits {
+        cpu_percent: args.max_node_cpu,
+        memory_percent: args.max_node_memory,
+    };
     // The local worker beats well inside the timeout.
     let local_heartbeat =
         (config.scheduler.heartbeat_timeout / 3).min(std::time::Duration::from_secs(5));

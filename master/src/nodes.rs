@@ -11,8 +11,10 @@ use crate::store::{self, Store, TaskFilter};
 /// Why a node could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("nothing to change: give max_runners or enabled")]
+    #[error("nothing to change: give max_runners, enabled, max_cpu_percent or max_memory_percent")]
     NothingToChange,
+    #[error(transparent)]
+    Invalid(#[from] arachne_shared::Invalid),
     #[error("max_runners must be 1 to 10000, got {0}")]
     MaxRunners(u32),
     #[error("node {0:?} not found")]
@@ -44,6 +46,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct NodeUpdate {
     pub max_runners: Option<u32>,
     pub enabled: Option<bool>,
+    /// The node's own load thresholds; 0 removes one (the cluster-wide one applies again).
+    pub max_cpu_percent: Option<f32>,
+    pub max_memory_percent: Option<f32>,
 }
 
 /// Lists nodes and changes their settings.
@@ -132,8 +137,20 @@ impl Nodes {
 
     /// Changes a node's settings; an offline node gets them when it registers again.
     pub async fn update(&self, name: &str, update: NodeUpdate) -> Result<Node> {
-        if update.max_runners.is_none() && update.enabled.is_none() {
+        if update.max_runners.is_none()
+            && update.enabled.is_none()
+            && update.max_cpu_percent.is_none()
+            && update.max_memory_percent.is_none()
+        {
             return Err(Error::NothingToChange);
+        }
+        for (what, value) in [
+            ("max_cpu_percent", update.max_cpu_percent),
+            ("max_memory_percent", update.max_memory_percent),
+        ] {
+            if let Some(value) = value.filter(|v| *v != 0.0) {
+                arachne_shared::node::validate_percent(what, value)?;
+            }
         }
         if let Some(max_runners) = update.max_runners
             && !(1..=10_000).contains(&max_runners)
@@ -151,7 +168,18 @@ impl Nodes {
         if let Some(enabled) = update.enabled {
             node.enabled = enabled;
         }
+        let limits_changed =
+            update.max_cpu_percent.is_some() || update.max_memory_percent.is_some();
+        if let Some(cpu) = update.max_cpu_percent {
+            node.max_cpu_percent = (cpu != 0.0).then_some(cpu);
+        }
+        if let Some(memory) = update.max_memory_percent {
+            node.max_memory_percent = (memory != 0.0).then_some(memory);
+        }
         self.store.put_node(&node).await?;
+        if limits_changed {
+            self.scheduler.set_load_limits(&node);
+        }
         if let Some(enabled) = update.enabled {
             self.scheduler.set_enabled(name, enabled);
         }

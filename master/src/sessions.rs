@@ -362,6 +362,7 @@ impl Sessions {
         let (session, kill) = match self.scheduler.registry.register(
             &effective,
             enabled,
+            self.scheduler.load_limits(stored.as_ref()),
             keep.clone(),
             outbound.clone(),
             greeting,
@@ -385,6 +386,8 @@ impl Sessions {
             enabled,
             labels: registration.labels.clone(),
             metrics: None,
+            max_cpu_percent: stored.as_ref().and_then(|n| n.max_cpu_percent),
+            max_memory_percent: stored.as_ref().and_then(|n| n.max_memory_percent),
         };
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node");
@@ -503,7 +506,9 @@ impl Sessions {
                 }
                 _ => None,
             };
-            self.scheduler.registry.seen(&node.name, metrics.clone());
+            if self.scheduler.registry.seen(&node.name, metrics.clone()) {
+                self.scheduler.kick();
+            }
             if metrics.is_some() {
                 continue;
             }

@@ -421,6 +421,68 @@ async fn runs_that_require_node_labels_go_only_where_the_labels_are() {
     }
 }
 
+/// A node over a load threshold takes no new task, and the task says why; the node's own threshold wins over
+/// the cluster-wide one, and raising it lets the task run. Memory in use is above 1% on any machine, so a 1%
+/// threshold is exceeded for certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_over_its_load_threshold_takes_no_new_task_until_it_is_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = bare_config(dir.path(), Duration::from_secs(15));
+    config.scheduler.load_limits.memory_percent = Some(1.0);
+    let master = TestMaster::start_with(config).await;
+    let client = &master.client;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    // Its load is known once it has sent a heartbeat with metrics.
+    eventually("the node reports its load", || async {
+        client.list_nodes().await.unwrap()[0].metrics.is_some()
+    })
+    .await;
+    create_spider(client, "light", "sh main.sh", &[("main.sh", "echo done\n")]).await;
+    let task = client
+        .run_task(&run("light", RunMode::Random, &[]))
+        .await
+        .unwrap();
+    let reason = common::found("the task says why it waits", || async {
+        client.get_task(task.id).await.unwrap().pending_reason
+    })
+    .await;
+    assert!(
+        reason.contains("over its load threshold")
+            && reason.contains("w1: memory")
+            && reason.contains("> 1%"),
+        "{reason}"
+    );
+
+    // A bad threshold is refused, naming it.
+    let bad = client
+        .update_node(
+            "w1",
+            &UpdateNode {
+                max_memory_percent: Some(150.0),
+                ..UpdateNode::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("max_memory_percent"), "{bad}");
+    // The node's own threshold wins over the cluster-wide one: the task runs.
+    let node = client
+        .update_node(
+            "w1",
+            &UpdateNode {
+                max_memory_percent: Some(100.0),
+                ..UpdateNode::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(node.max_memory_percent, Some(100.0));
+    let done = wait_done(client, task.id).await;
+    assert_eq!(done.status, TaskStatus::Finished, "{done:?}");
+    worker.stop().await;
+}
+
 fn schedule(name: &str, spider: &str, cron: &str) -> ScheduleSpec {
     ScheduleSpec {
         name: name.into(),

@@ -513,6 +513,8 @@ async fn everything_survives_reopening_and_names_stay_unique(backend: StoreUnder
         enabled: false,
         labels: [("region".to_owned(), "eu".to_owned())].into(),
         metrics: None,
+        max_cpu_percent: Some(90.0),
+        max_memory_percent: None,
     };
     let t = task("s", 5);
     {
@@ -1209,6 +1211,8 @@ async fn a_removed_node_is_gone(backend: StoreUnderTest) {
         enabled: true,
         labels: Default::default(),
         metrics: None,
+        max_cpu_percent: None,
+        max_memory_percent: None,
     };
     store.put_node(&node("gone")).await.unwrap();
     store.put_node(&node("kept")).await.unwrap();

@@ -41,6 +41,64 @@ pub struct Node {
     /// The latest machine metrics the worker sent with its heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<NodeMetrics>,
+    /// Over this much CPU (percent of the machine) the node takes no new task; set by a user, it wins over
+    /// the cluster-wide threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<f32>,
+    /// The same for memory in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_percent: Option<f32>,
+}
+
+/// Load thresholds over which a node takes no new task (percent of the machine; `None`: no threshold).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadLimits {
+    pub cpu_percent: Option<f32>,
+    pub memory_percent: Option<f32>,
+}
+
+impl LoadLimits {
+    /// These limits with each one `node` sets taken from it.
+    pub fn for_node(self, node: Option<&Node>) -> Self {
+        Self {
+            cpu_percent: node.and_then(|n| n.max_cpu_percent).or(self.cpu_percent),
+            memory_percent: node
+                .and_then(|n| n.max_memory_percent)
+                .or(self.memory_percent),
+        }
+    }
+
+    /// What `metrics` goes over, in words (`CPU 97% > 90%`); `None` while under every limit, or with no
+    /// metrics yet.
+    pub fn exceeded(&self, metrics: Option<&NodeMetrics>) -> Option<String> {
+        let metrics = metrics?;
+        let mut over = Vec::new();
+        if let Some(max) = self.cpu_percent
+            && metrics.cpu_percent > max
+        {
+            over.push(format!("CPU {:.0}% > {max}%", metrics.cpu_percent));
+        }
+        if let Some(max) = self.memory_percent
+            && metrics.memory_total_bytes > 0
+        {
+            let used = metrics.memory_used_bytes as f64 * 100.0 / metrics.memory_total_bytes as f64;
+            if used > f64::from(max) {
+                over.push(format!("memory {used:.0}% > {max}%"));
+            }
+        }
+        (!over.is_empty()).then(|| over.join(", "))
+    }
+}
+
+/// Checks a load threshold: a percentage above 0 and at most 100.
+pub fn validate_percent(what: &str, value: f32) -> Result<(), crate::Invalid> {
+    if value.is_finite() && value > 0.0 && value <= 100.0 {
+        Ok(())
+    } else {
+        Err(crate::Invalid(format!(
+            "{what} must be above 0 and at most 100, got {value}"
+        )))
+    }
 }
 
 fn enabled() -> bool {

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use arachne_proto::server::Outbound;
 use arachne_shared::cluster::{Assignment, MasterToWorker};
+use arachne_shared::node::LoadLimits;
 use arachne_shared::{Spider, Task, TaskId, TaskStatus};
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -46,12 +47,16 @@ pub struct SchedulerOptions {
     /// A worker silent this long is offline: its session is ended, and a worker whose session broke gets this
     /// long to reconnect before its tasks are settled.
     pub heartbeat_timeout: Duration,
+    /// Cluster-wide load thresholds: a node over one takes no new task until it is back under it. A node's
+    /// own threshold wins.
+    pub load_limits: LoadLimits,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
         Self {
             heartbeat_timeout: Duration::from_secs(15),
+            load_limits: LoadLimits::default(),
         }
     }
 }
@@ -110,6 +115,19 @@ impl Scheduler {
     /// worker (or its watchdog) has stopped them a third of the timeout before a retry can start elsewhere.
     pub(crate) fn lease(&self) -> Duration {
         self.options.heartbeat_timeout * 2 / 3
+    }
+
+    /// The load thresholds of a node: its own, else the cluster-wide ones.
+    pub(crate) fn load_limits(&self, node: Option<&arachne_shared::Node>) -> LoadLimits {
+        self.options.load_limits.for_node(node)
+    }
+
+    /// Sets a connected node's load thresholds (its own over the cluster-wide ones) and dispatches, since a
+    /// node may take tasks again.
+    pub(crate) fn set_load_limits(&self, node: &arachne_shared::Node) {
+        self.registry
+            .set_limits(&node.name, self.load_limits(Some(node)));
+        self.kick();
     }
 
     /// Asks for a dispatch pass.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use arachne_proto::server::Outbound;
 use arachne_shared::cluster::{MasterToWorker, Registration};
+use arachne_shared::node::LoadLimits;
 use arachne_shared::task::{has_labels, labels_text};
 use arachne_shared::{NodeMetrics, Task, TaskId};
 use chrono::{DateTime, Utc};
@@ -25,6 +26,8 @@ struct Connected {
     enabled: bool,
     /// What the worker registered with; runs that require labels go only where all of them are.
     labels: BTreeMap<String, String>,
+    /// Over these the node takes no new task.
+    limits: LoadLimits,
     /// Tasks handed to this worker that have not ended.
     assigned: HashSet<TaskId>,
     /// When the worker last spoke; kept in memory only, so heartbeats cost no database write.
@@ -37,6 +40,11 @@ struct Connected {
 }
 
 impl Connected {
+    /// What the node's load goes over, if anything.
+    fn overloaded(&self) -> Option<String> {
+        self.limits.exceeded(self.metrics.as_ref())
+    }
+
     fn free(&self) -> bool {
         !self.closing && self.enabled && (self.assigned.len() as u32) < self.max_runners
     }
@@ -91,6 +99,7 @@ impl Registry {
         &self,
         registration: &Registration,
         enabled: bool,
+        limits: LoadLimits,
         kept: HashSet<TaskId>,
         outbound: Outbound,
         greeting: Vec<MasterToWorker>,
@@ -116,6 +125,7 @@ impl Registry {
             max_runners: registration.max_runners,
             enabled,
             labels: registration.labels.clone(),
+            limits,
             assigned: kept,
             closing: false,
             last_seen: Instant::now(),
@@ -156,14 +166,27 @@ impl Registry {
         }
     }
 
-    /// Notes that a worker is alive, with its latest metrics if it sent them.
-    pub(crate) fn seen(&self, node: &str, metrics: Option<NodeMetrics>) {
+    /// Notes that a worker is alive, with its latest metrics if it sent them. True when those metrics brought
+    /// it back under its load thresholds: it may take tasks again.
+    pub(crate) fn seen(&self, node: &str, metrics: Option<NodeMetrics>) -> bool {
+        let mut workers = lock(&self.workers);
+        let Some(worker) = workers.get_mut(node) else {
+            return false;
+        };
+        worker.last_seen = Instant::now();
+        worker.last_seen_at = Utc::now();
+        if metrics.is_none() {
+            return false;
+        }
+        let was_over = worker.overloaded().is_some();
+        worker.metrics = metrics;
+        was_over && worker.overloaded().is_none()
+    }
+
+    /// Sets a connected worker's load thresholds.
+    pub(super) fn set_limits(&self, node: &str, limits: LoadLimits) {
         if let Some(worker) = lock(&self.workers).get_mut(node) {
-            worker.last_seen = Instant::now();
-            worker.last_seen_at = Utc::now();
-            if metrics.is_some() {
-                worker.metrics = metrics;
-            }
+            worker.limits = limits;
         }
     }
 
@@ -246,6 +269,11 @@ impl Registry {
                         labels_text(&task.node_labels)
                     ));
                 }
+                Some(w) if let Some(over) = w.overloaded() => {
+                    return Reservation::Blocked(format!(
+                        "node {pin} is over its load threshold ({over})"
+                    ));
+                }
                 Some(w) if !w.free() => return Reservation::Busy,
                 Some(_) => pin.clone(),
             },
@@ -265,11 +293,30 @@ impl Registry {
                 }
                 let best = workers
                     .iter()
-                    .filter(|(_, w)| w.free() && labelled(w))
+                    .filter(|(_, w)| w.free() && labelled(w) && w.overloaded().is_none())
                     .min_by(|(_, a), (_, b)| a.load().total_cmp(&b.load()));
                 match best {
                     Some((name, _)) => name.clone(),
-                    None => return Reservation::Busy,
+                    None => {
+                        // Say so when load, not slots, keeps the task waiting.
+                        let mut eligible = workers
+                            .iter()
+                            .filter(|(_, w)| !w.closing && w.enabled && labelled(w))
+                            .peekable();
+                        let over: Vec<String> = eligible
+                            .clone()
+                            .filter_map(|(name, w)| w.overloaded().map(|o| format!("{name}: {o}")))
+                            .collect();
+                        if eligible.peek().is_some() && over.len() == eligible.count() {
+                            let mut over = over;
+                            over.sort();
+                            return Reservation::Blocked(format!(
+                                "every eligible node is over its load threshold ({})",
+                                over.join("; ")
+                            ));
+                        }
+                        return Reservation::Busy;
+                    }
                 }
             }
         };

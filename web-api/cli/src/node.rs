@@ -14,12 +14,20 @@ use crate::output::{Output, print_table};
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     List,
-    /// Change a node at run time; the setting survives its reconnects.
+    /// Change a node at run time; the settings survive its reconnects.
+    #[command(group(clap::ArgGroup::new("setting").required(true).multiple(true)))]
     Set {
         name: String,
         /// How many tasks the node runs at once. Running tasks are never stopped by a lower limit.
-        #[arg(long)]
-        max_runners: u32,
+        #[arg(long, group = "setting")]
+        max_runners: Option<u32>,
+        /// Over this CPU use (percent) the node takes no new task until it is back under it; wins over the
+        /// master's --max-node-cpu. 0 removes it.
+        #[arg(long = "max-cpu", value_name = "PERCENT", group = "setting")]
+        max_cpu_percent: Option<f32>,
+        /// The same for memory in use (percent); wins over --max-node-memory. 0 removes it.
+        #[arg(long = "max-memory", value_name = "PERCENT", group = "setting")]
+        max_memory_percent: Option<f32>,
     },
     /// Let the node take new tasks again.
     Enable {
@@ -46,25 +54,32 @@ impl NodeCommand {
                     Ok(())
                 });
             }
-            Self::Set { name, max_runners } => (
+            Self::Set {
+                name,
+                max_runners,
+                max_cpu_percent,
+                max_memory_percent,
+            } => (
                 name,
                 UpdateNode {
-                    max_runners: Some(max_runners),
-                    enabled: None,
+                    max_runners,
+                    max_cpu_percent,
+                    max_memory_percent,
+                    ..UpdateNode::default()
                 },
             ),
             Self::Enable { name } => (
                 name,
                 UpdateNode {
-                    max_runners: None,
                     enabled: Some(true),
+                    ..UpdateNode::default()
                 },
             ),
             Self::Disable { name } => (
                 name,
                 UpdateNode {
-                    max_runners: None,
                     enabled: Some(false),
+                    ..UpdateNode::default()
                 },
             ),
         };

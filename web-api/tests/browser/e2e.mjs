@@ -65,6 +65,15 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 /** The API from the test's side, to act behind the page's back (a run the page must notice by itself). */
+/** Polls `condition` (an API read, say) until it holds, failing after TIMEOUT. */
+async function until(what, condition) {
+  const deadline = Date.now() + TIMEOUT;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 async function call(method, route, body) {
   const response = await fetch(`${URL}/api/v1${route}`, {
     method,
@@ -283,12 +292,18 @@ try {
     const row = page.locator('tr[data-node="w1"]');
     await row.locator('[data-status="online"]').waitFor();
     await row.getByLabel("Max runners of w1").fill("3");
-    await row.getByRole("button", { name: "Set" }).click();
+    await row.getByRole("button", { name: "Set", exact: true }).click();
     await page.locator('tr[data-node="w1"]').getByText("/ 3").first().waitFor();
+    // A load limit set in place reaches the node, and clearing it gives the cluster's back.
+    await page.locator('tr[data-node="w1"]').getByLabel("Max memory % of w1").fill("95");
+    await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Set limits" }).click();
+    await until("the node's memory limit is 95%", async () => (await call("GET", "/nodes"))[0].max_memory_percent === 95);
+    await page.locator('tr[data-node="w1"]').getByLabel("Max memory % of w1").fill("");
+    await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Set limits" }).click();
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Enabled · disable" }).click();
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Disabled · enable" }).waitFor();
     const [node] = await call("GET", "/nodes");
-    check(node.enabled === false && node.max_runners === 3, `the node changed for real: ${JSON.stringify(node)}`);
+    check(node.enabled === false && node.max_runners === 3 && node.max_memory_percent === undefined, `the node changed for real: ${JSON.stringify(node)}`);
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Disabled · enable" }).click();
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Enabled · disable" }).waitFor();
     await shot("nodes");

@@ -72,11 +72,18 @@ pub struct Node {
     /// The latest machine metrics the worker sent with its heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<NodeMetrics>,
+    /// The node's own CPU threshold (percent): over it, it takes no new task. Absent: the cluster-wide one,
+    /// if the master has one (`--max-node-cpu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<f32>,
+    /// The node's own memory threshold (percent of memory in use), as for CPU (`--max-node-memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_percent: Option<f32>,
 }
 
 shown_as_stored!(arachne_shared::Node => Node {
     name, status, max_runners, max_runners_override, running, version, registered_at, last_seen, enabled,
-    labels, metrics,
+    labels, metrics, max_cpu_percent, max_memory_percent,
 });
 
 /// A cron schedule: which spider it runs, when, and with which run options.

@@ -387,6 +387,13 @@ pub struct UpdateNode {
     /// A disabled node gets no new tasks; the ones it runs carry on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Over this CPU use (percent) the node takes no new task until it is back under it; wins over the
+    /// cluster-wide threshold. 0 removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_percent: Option<f32>,
+    /// The same for memory in use (percent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_percent: Option<f32>,
 }
 
 /// The SSE event name of a log line; its `id` is the line's sequence number and its data the line as JSON.

@@ -1,6 +1,6 @@
 // The nodes page: every worker with its state, load and machine metrics, refreshed every few seconds (nodes
 // report by heartbeat, so there is nothing to stream), with enable/disable and runner slots editable in place,
-// and an offline node removable.
+// load limits (CPU and memory thresholds) set per node, and an offline node removable.
 
 import { del, get, patch } from "./api.js";
 import { badge, busy, bytes, clear, h, notify, table, time } from "./dom.js";
@@ -19,7 +19,7 @@ export async function nodesPage(main) {
     clear(
       holder,
       nodes.length
-        ? table(["Name", "State", "Runners", "CPU", "Memory", "Disk", "Labels", "Version", "Last seen", "Enabled", "Max runners", ""], nodes.map(row), { "aria-label": "Nodes" })
+        ? table(["Name", "State", "Runners", "CPU", "Memory", "Disk", "Labels", "Version", "Last seen", "Enabled", "Max runners", "Load limits", ""], nodes.map(row), { "aria-label": "Nodes" })
         : h("p", {}, "No worker has registered yet. Start one with `arachne-worker --master URL`."),
     );
     stamp.textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -76,6 +76,7 @@ export async function nodesPage(main) {
           h("button", { type: "submit", class: "secondary" }, "Set"),
         ),
       ),
+      h("td", {}, limitsForm(node, path)),
       // Only an offline node can be forgotten; the server says why when something still needs it.
       h(
         "td",
@@ -93,6 +94,35 @@ export async function nodesPage(main) {
             }),
           }, "Remove"),
       ),
+    );
+  }
+
+  /** The node's own CPU and memory thresholds: over one, it takes no new task (empty: the cluster's). */
+  function limitsForm(node, path) {
+    const percent = (name, label, value) => {
+      const input = h("input", { type: "number", name, min: 0, max: 100, step: "any", value: value ?? "", placeholder: "–", "aria-label": `${label} of ${node.name}`, class: "narrow" });
+      input.addEventListener("focus", () => (editing = true));
+      input.addEventListener("blur", () => (editing = false));
+      return input;
+    };
+    const cpu = percent("max_cpu_percent", "Max CPU %", node.max_cpu_percent);
+    const memory = percent("max_memory_percent", "Max memory %", node.max_memory_percent);
+    return h(
+      "form",
+      {
+        class: "inline",
+        onsubmit: (e) => {
+          e.preventDefault();
+          editing = false;
+          busy(e.submitter, async () => {
+            // Empty clears the node's own threshold (0 to the server): the cluster-wide one applies.
+            await patch(path, { max_cpu_percent: Number(cpu.value || 0), max_memory_percent: Number(memory.value || 0) });
+            await load();
+          });
+        },
+      },
+      "CPU ", cpu, " % mem ", memory, " % ",
+      h("button", { type: "submit", class: "secondary" }, "Set limits"),
     );
   }
 
