@@ -346,7 +346,11 @@ pub async fn run(
         Arc::clone(&telemetry),
     ));
     recover(store.as_ref(), &scheduler).await?;
-    let spiders = Arc::new(spiders::Spiders::new(Arc::clone(&store), files.clone()));
+    let spiders = Arc::new(spiders::Spiders::new(
+        Arc::clone(&store),
+        files.clone(),
+        Arc::clone(&scheduler),
+    ));
     let runs = Arc::new(runs::Runs::new(
         Arc::clone(&store),
         Arc::clone(&scheduler),
@@ -404,7 +408,7 @@ pub async fn run(
             Arc::clone(&store),
             Arc::clone(&spiders),
         )),
-        spiders,
+        spiders: Arc::clone(&spiders),
         runs,
         schedules,
         scrapy,
@@ -418,6 +422,7 @@ pub async fn run(
         auth: Arc::clone(&auth),
     });
     let sessions = Arc::new(Sessions {
+        spiders: Arc::clone(&spiders),
         store,
         scheduler,
         changes,

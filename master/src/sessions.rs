@@ -37,6 +37,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves worker sessions.
 pub(crate) struct Sessions {
+    /// What a registering worker is told of the versions it caches that were deleted meanwhile.
+    pub(crate) spiders: Arc<crate::spiders::Spiders>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) changes: Arc<Changes>,
@@ -354,6 +356,16 @@ impl Sessions {
         let mut greeting = vec![MasterToWorker::Registered {
             lease_ms: self.scheduler.lease().as_millis() as u64,
         }];
+        // Versions deleted while the worker was away go from its cache; a failure only leaves them there.
+        match self.spiders.stale(&registration.cached_versions).await {
+            Ok(stale) if !stale.is_empty() => {
+                greeting.push(MasterToWorker::Forget { versions: stale })
+            }
+            Ok(_) => {}
+            Err(err) => {
+                warn!(node = %name, error = %err, "cannot tell which cached versions were deleted")
+            }
+        }
         if effective.max_runners != registered {
             greeting.push(MasterToWorker::SetMaxRunners {
                 max_runners: effective.max_runners,

@@ -1,6 +1,7 @@
 //! The spider service: creating and changing spiders, storing their uploaded files as versions, choosing the
 //! current version, and reading a version's files. The HTTP adapter and the folder watcher both call it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arachne_shared::files::{Manifest, VersionInfo};
@@ -8,9 +9,10 @@ use arachne_shared::spider::{Dedup, RunSettings};
 use arachne_shared::upload::Upload;
 use arachne_shared::{Invalid, Spider, Task, TaskId, TaskStatus};
 use chrono::Utc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::files::{self, SpiderFiles};
+use crate::scheduler::Scheduler;
 use crate::store::{self, Store, TaskFilter};
 
 /// Why a spider or its files could not be written or read.
@@ -72,11 +74,54 @@ pub struct Uploaded {
 pub struct Spiders {
     store: Arc<dyn Store>,
     files: SpiderFiles,
+    /// Through which connected workers learn of deleted versions.
+    scheduler: Arc<Scheduler>,
 }
 
 impl Spiders {
-    pub(crate) fn new(store: Arc<dyn Store>, files: SpiderFiles) -> Self {
-        Self { store, files }
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        files: SpiderFiles,
+        scheduler: Arc<Scheduler>,
+    ) -> Self {
+        Self {
+            store,
+            files,
+            scheduler,
+        }
+    }
+
+    /// Which of `versions` (hashes, as a worker caches them) no spider has any more.
+    pub(crate) async fn stale(&self, versions: &[String]) -> Result<Vec<String>> {
+        if versions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut live = HashSet::new();
+        for spider in self.store.list_spiders().await? {
+            let stored = self
+                .files
+                .versions(spider.id)
+                .await
+                .map_err(|err| files_error(&spider.name, err))?;
+            live.extend(stored.into_iter().map(|v| v.hash));
+        }
+        Ok(versions
+            .iter()
+            .filter(|v| !live.contains(*v))
+            .cloned()
+            .collect())
+    }
+
+    /// Tells the connected workers to drop deleted versions from their caches (a worker offline now is told
+    /// when it registers again). A hash another spider still has stays.
+    async fn forget_on_workers(&self, deleted: &[String]) {
+        match self.stale(deleted).await {
+            Ok(stale) if !stale.is_empty() => self.scheduler.forget_versions(stale),
+            Ok(_) => {}
+            Err(err) => {
+                warn!(error = %err, "cannot tell the workers which versions went; they learn it when they register again")
+            }
+        }
     }
 
     pub async fn get(&self, name: &str) -> Result<Spider> {
@@ -213,6 +258,7 @@ impl Spiders {
             .await
             .map_err(|err| files_error(name, err))?;
         info!(spider = %name, version, "spider version deleted");
+        self.forget_on_workers(&[version.to_owned()]).await;
         Ok(())
     }
 
@@ -262,6 +308,8 @@ impl Spiders {
             .await
             .map_err(|err| files_error(&spider.name, err))?;
         info!(spider = %spider.name, versions = deleted, "spider deleted");
+        let hashes: Vec<String> = versions.into_iter().map(|v| v.hash).collect();
+        self.forget_on_workers(&hashes).await;
         Ok(deleted)
     }
 

@@ -737,6 +737,7 @@ async fn batches_for_a_task_the_store_does_not_know_are_acknowledged_and_not_sto
         labels: Default::default(),
         running: Vec::new(),
         leftovers: Vec::new(),
+        cached_versions: Vec::new(),
     });
     let logs = WorkerToMaster::Logs {
         task_id: ghost,

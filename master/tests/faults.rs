@@ -493,6 +493,7 @@ async fn a_session_writes_nothing_into_a_task_its_node_does_not_hold() {
         labels: Default::default(),
         running: Vec::new(),
         leftovers: Vec::new(),
+        cached_versions: Vec::new(),
     });
     let (task_id, lease) = (task.id, task.lease);
     let at = chrono::Utc::now();

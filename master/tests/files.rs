@@ -802,3 +802,68 @@ async fn the_api_reports_broken_and_removed_spider_folders() {
     );
     master.stop().await;
 }
+
+/// Deleting a version takes its contents off the workers too: a connected worker drops them at once, one that
+/// was offline when the version went is told when it registers again. Contents another version still names
+/// stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_version_s_contents_leave_the_workers_caches() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = arachne_master::Config::new(data.path().to_owned());
+    config.local_worker = None;
+    let master = TestMaster::start_with(config).await;
+    let client = &master.client;
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 2);
+    master.wait_nodes_online(1).await;
+    let upload = |text: &'static str| async move {
+        let dir = spider_dir(&[("run.sh", "cat a.txt\n"), ("a.txt", text)]);
+        let archive = arachne_shared::archive::pack_dir(dir.path()).unwrap();
+        let uploaded = client.upload_files("gc", archive).await.unwrap();
+        assert_eq!(run_on(client, "gc", Some("w1"), None).await, [text.trim()]);
+        uploaded.spider.version
+    };
+    client
+        .put_spider(&CreateSpider {
+            name: "gc".into(),
+            cmd: "sh run.sh".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let one = upload("one\n").await;
+    let _two = upload("two\n").await;
+    let cache = worker.work_dir().join("cache");
+    // run.sh is shared; each a.txt is its own content.
+    assert_eq!(blobs(&cache), 3);
+
+    client.delete_version("gc", &one).await.unwrap();
+    common::eventually(
+        "the connected worker drops the deleted version's content",
+        || async { blobs(&cache) == 2 },
+    )
+    .await;
+
+    // Deleted while the worker is away: it learns of it when it registers again.
+    let two = client.get_spider("gc").await.unwrap().version;
+    let _three = upload("three\n").await;
+    assert_eq!(blobs(&cache), 3);
+    let dir = worker.stop_keeping_dir().await;
+    master.wait_nodes_online(0).await;
+    client.delete_version("gc", &two).await.unwrap();
+    assert_eq!(
+        blobs(&dir.path().join("cache")),
+        3,
+        "nobody told the stopped worker yet"
+    );
+    let worker = TestWorker::start_in(&master.grpc_url(), "w1", 2, &[], dir);
+    master.wait_nodes_online(1).await;
+    let cache = worker.work_dir().join("cache");
+    common::eventually(
+        "the returning worker drops what was deleted meanwhile",
+        || async { blobs(&cache) == 2 },
+    )
+    .await;
+    assert_eq!(run_on(client, "gc", Some("w1"), None).await, ["three"]);
+    worker.stop().await;
+    master.stop().await;
+}

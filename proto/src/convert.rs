@@ -59,6 +59,19 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                             })
                         })
                         .collect::<Result<_>>()?,
+                    cached_versions: r
+                        .cached_versions
+                        .into_iter()
+                        .map(|version| {
+                            if is_sha256(&version) {
+                                Ok(version)
+                            } else {
+                                Err(Error::Invalid(format!(
+                                    "`register.cached_versions` holds {version:?}, not a version hash"
+                                )))
+                            }
+                        })
+                        .collect::<Result<_>>()?,
                 })
             }
             worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat {
@@ -195,6 +208,7 @@ impl From<WorkerToMaster> for pb::WorkerMessage {
                         pids: left.pids,
                     })
                     .collect(),
+                cached_versions: r.cached_versions,
             }),
             WorkerToMaster::Heartbeat { beat, metrics: m } => {
                 worker_message::Msg::Heartbeat(pb::Heartbeat {
@@ -384,6 +398,9 @@ impl TryFrom<pb::MasterMessage> for MasterToWorker {
                 reason: c.reason,
             },
             master_message::Msg::Ack(a) => MasterToWorker::Ack { seq: a.seq },
+            master_message::Msg::Forget(f) => MasterToWorker::Forget {
+                versions: f.versions,
+            },
         })
     }
 }
@@ -395,6 +412,9 @@ impl From<MasterToWorker> for pb::MasterMessage {
                 master_message::Msg::Registered(pb::Registered { lease_ms })
             }
             MasterToWorker::Heard { beat } => master_message::Msg::Heard(pb::Heard { beat }),
+            MasterToWorker::Forget { versions } => {
+                master_message::Msg::Forget(pb::Forget { versions })
+            }
             MasterToWorker::Assign(a) => master_message::Msg::Assign(pb::AssignTask {
                 task_id: a.task_id.to_string(),
                 lease: a.lease,
@@ -521,6 +541,7 @@ mod tests {
                 task_id,
                 pids: vec![12, 13],
             }],
+            cached_versions: vec!["a".repeat(64)],
         }));
         round_trip_worker(WorkerToMaster::Heartbeat {
             beat: 9,
@@ -645,6 +666,9 @@ mod tests {
             MasterToWorker::Ack { seq: 9 },
             MasterToWorker::Registered { lease_ms: 10_000 },
             MasterToWorker::Heard { beat: 12 },
+            MasterToWorker::Forget {
+                versions: vec!["b".repeat(64)],
+            },
         ] {
             assert_eq!(
                 MasterToWorker::try_from(pb::MasterMessage::from(message.clone())).unwrap(),

@@ -36,6 +36,8 @@ pub struct Registration {
     /// Processes of runs from this worker's previous life that were still alive when it started again, and
     /// that it killed before registering.
     pub leftovers: Vec<Leftover>,
+    /// The spider versions (by hash) the worker has cached, so the master can name those deleted meanwhile.
+    pub cached_versions: Vec<String>,
 }
 
 /// A task a worker holds, under the lease of the assignment that gave it to the worker.
@@ -216,6 +218,9 @@ pub enum MasterToWorker {
     SetMaxRunners { max_runners: u32 },
     /// Every sequenced message up to and including `seq` is stored; the worker may forget them.
     Ack { seq: u64 },
+    /// These spider versions (by hash) are deleted: drop them from the file cache, with every content no
+    /// other cached version names.
+    Forget { versions: Vec<String> },
 }
 
 /// A piece of one blob (a file's content, named by its sha256) streamed from the master to a worker. Chunks of

@@ -59,10 +59,11 @@ pub(crate) async fn run(
     let (events, events_rx) = mpsc::channel(EVENTS_CAPACITY);
     let (client_tx, client_rx) = watch::channel(None);
     let (lease_tx, lease_rx) = watch::channel(None);
+    let cache = FileCache::new(config.work_dir.join("cache"), start.sandbox.owner());
     let ctx = RunContext {
         node: config.name.clone(),
         options: config.runner.clone(),
-        cache: FileCache::new(config.work_dir.join("cache"), start.sandbox.owner()),
+        cache: cache.clone(),
         deps: Deps::new(start.runs_root.join("envs")),
         client: client_rx,
         tasks_dir: start.runs_root.join("tasks"),
@@ -86,6 +87,7 @@ pub(crate) async fn run(
             watchdog: start.watchdog.clone(),
         },
         leftovers: start.leftovers,
+        cache,
     };
     let ended = sessions(&mut worker, &config, &shutdown).await;
     // Every run has ended: nothing is left for the watchdog to kill.
@@ -171,6 +173,8 @@ struct Worker {
     lease: Lease,
     /// Told to the first master that accepts this worker.
     leftovers: Vec<Leftover>,
+    /// The spider files cached here, which the master may tell it to forget.
+    cache: FileCache,
 }
 
 /// The lease the runs go on under; see the module's documentation.
@@ -230,6 +234,7 @@ impl Worker {
             labels: config.labels.clone(),
             running: self.outbox.owed(),
             leftovers: self.leftovers.clone(),
+            cached_versions: self.cache.cached_versions(),
         };
         let register_sent = tokio::time::Instant::now();
         let register = WorkerEnvelope {
@@ -306,6 +311,16 @@ impl Worker {
                     Some(Ok(MasterToWorker::Ack { seq })) => self.outbox.ack(seq),
                     Some(Ok(MasterToWorker::Heard { beat })) => self.lease.heard(beat).await,
                     Some(Ok(MasterToWorker::Registered { .. })) => {}
+                    Some(Ok(MasterToWorker::Forget { versions })) => {
+                        // Off the session's loop: the sweep waits for syncs in progress to finish.
+                        let cache = self.cache.clone();
+                        tokio::spawn(async move {
+                            match cache.forget(versions).await {
+                                Ok(removed) => info!(removed, "deleted spider versions forgotten; their contents removed"),
+                                Err(err) => warn!(error = %err, "cannot remove the contents of deleted spider versions"),
+                            }
+                        });
+                    }
                     Some(Err(err)) => break Err(err.to_string()),
                     None => break Err("the master closed the session".to_owned()),
                 },

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arachne_proto::client::Client;
 use arachne_shared::SpiderId;
@@ -98,11 +99,89 @@ pub(crate) struct FileCache {
     root: PathBuf,
     /// Who a run's copy is handed to: the spider user, when spiders run as another user.
     owner: Option<Ids>,
+    /// Held shared by checkouts and syncs, exclusively by [`FileCache::forget`]: a sync writes its manifest
+    /// after its contents, so a sweep in between would take contents no manifest names yet.
+    sweeping: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl FileCache {
     pub(crate) fn new(root: PathBuf, owner: Option<Ids>) -> Self {
-        Self { root, owner }
+        Self {
+            root,
+            owner,
+            sweeping: Arc::default(),
+        }
+    }
+
+    /// The versions cached here, by hash.
+    pub(crate) fn cached_versions(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.root.join("versions")) else {
+            return Vec::new();
+        };
+        let mut versions: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let hash = name.strip_suffix(".json")?;
+                is_sha256(hash).then(|| hash.to_owned())
+            })
+            .collect();
+        versions.sort();
+        versions
+    }
+
+    /// Forgets versions the master no longer has, and removes every content no remaining cached version
+    /// names; how many contents went.
+    pub(crate) async fn forget(&self, versions: Vec<String>) -> Result<usize, Error> {
+        let _exclusive = self.sweeping.write().await;
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || cache.forget_now(&versions))
+            .await
+            .expect("sweeping the cache does not panic")
+    }
+
+    fn forget_now(&self, versions: &[String]) -> Result<usize, Error> {
+        for version in versions.iter().filter(|v| is_sha256(v)) {
+            let path = self.manifest_path(version);
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(&path)(err));
+                }
+                _ => {}
+            }
+        }
+        let mut named = HashSet::new();
+        for version in self.cached_versions() {
+            let path = self.manifest_path(&version);
+            let manifest = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok());
+            match manifest {
+                Some(manifest) => named.extend(manifest.files.into_iter().map(|f| f.sha256)),
+                // Unreadable: it goes too, and the next run of it syncs it again.
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let mut removed = 0;
+        let Ok(shards) = std::fs::read_dir(self.root.join("blobs")) else {
+            return Ok(0);
+        };
+        for shard in shards.filter_map(|s| s.ok()) {
+            let Ok(blobs) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for blob in blobs.filter_map(|b| b.ok()) {
+                let name = blob.file_name();
+                if name.to_str().is_some_and(|n| !named.contains(n)) {
+                    let path = blob.path();
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub(crate) fn blob_path(&self, sha256: &str) -> PathBuf {
@@ -113,18 +192,9 @@ impl FileCache {
         self.root.join("versions").join(format!("{version}.json"))
     }
 
-    /// Clears what a crash can leave: half-received contents, and version folders of the first cache layout
-    /// (the content cache replaced them, so they are only disk).
+    /// Clears what a crash can leave: half-received contents.
     pub(crate) async fn sweep(&self) {
         let _ = tokio::fs::remove_dir_all(self.root.join(".staging")).await;
-        if let Ok(mut entries) = tokio::fs::read_dir(&self.root).await {
-            while let Ok(Some(entry)) = entries.next_entry().await {
-                let name = entry.file_name();
-                if name.to_str().is_some_and(|n| n.parse::<SpiderId>().is_ok()) {
-                    let _ = tokio::fs::remove_dir_all(entry.path()).await;
-                }
-            }
-        }
     }
 
     /// Builds `workdir` straight from the cache when `version` and all its contents are cached (the common
@@ -141,6 +211,7 @@ impl FileCache {
         if !is_sha256(version) {
             return Err(Error::BadVersion(version.to_owned()));
         }
+        let _shared = self.sweeping.read().await;
         let manifest_path = self.manifest_path(version);
         match self.checkout(&manifest_path, &workdir, Some(INLINE))? {
             Checkout::Built => return Ok(true),
@@ -233,6 +304,7 @@ impl FileCache {
         if !is_sha256(version) {
             return Err(Error::BadVersion(version.to_owned()));
         }
+        let _shared = self.sweeping.read().await;
         let manifest = client.manifest(spider_id, version).await?;
         if manifest.hash() != version {
             return Err(Error::ManifestMismatch(version.to_owned()));

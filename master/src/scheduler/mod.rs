@@ -130,6 +130,13 @@ impl Scheduler {
         self.kick();
     }
 
+    /// Tells every connected worker to drop these deleted versions from its file cache. A worker whose queue
+    /// is full misses it and is told when it registers again.
+    pub(crate) fn forget_versions(&self, versions: Vec<String>) {
+        self.registry
+            .broadcast(&MasterToWorker::Forget { versions });
+    }
+
     /// Asks for a dispatch pass.
     pub(crate) fn kick(&self) {
         self.kick.notify_one();

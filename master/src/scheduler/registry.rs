@@ -183,6 +183,13 @@ impl Registry {
         was_over && worker.overloaded().is_none()
     }
 
+    /// Offers `message` to every connected worker that is not leaving.
+    pub(super) fn broadcast(&self, message: &MasterToWorker) {
+        for worker in lock(&self.workers).values().filter(|w| !w.closing) {
+            worker.outbound.offer(message.clone());
+        }
+    }
+
     /// Sets a connected worker's load thresholds.
     pub(super) fn set_limits(&self, node: &str, limits: LoadLimits) {
         if let Some(worker) = lock(&self.workers).get_mut(node) {

@@ -472,7 +472,23 @@ impl TestWorker {
         max_runners: u32,
         labels: &[(&str, &str)],
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(
+            master,
+            name,
+            max_runners,
+            labels,
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    /// A worker on `dir` (a stopped worker's, from [`TestWorker::stop_keeping_dir`]: a restart).
+    pub fn start_in(
+        master: &str,
+        name: &str,
+        max_runners: u32,
+        labels: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> Self {
         let mut config = arachne_worker::Config::new(master, name, dir.path().to_owned());
         config.labels = labels
             .iter()
@@ -499,7 +515,12 @@ impl TestWorker {
     }
 
     /// Shuts the worker down gracefully and waits until it has stopped.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_keeping_dir().await;
+    }
+
+    /// [`TestWorker::stop`], handing back its work directory for a restart.
+    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
         let handle = self.handle.take().unwrap();
         tokio::time::timeout(TIMEOUT, handle)
@@ -507,6 +528,8 @@ impl TestWorker {
             .expect("worker stops in time")
             .unwrap()
             .unwrap();
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, placeholder)
     }
 }
 
