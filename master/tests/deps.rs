@@ -8,7 +8,7 @@ use arachne_test_support as common;
 use std::io::Write;
 use std::path::Path;
 
-use arachne_api_types::{CreateSpider, RunTask, Task};
+use arachne_api_types::{RunTask, Task};
 use arachne_client::Client;
 use arachne_shared::TaskStatus;
 use common::{TestMaster, all_logs, spider_dir, wait_done};
@@ -27,14 +27,7 @@ async fn upload(
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
     }
-    client
-        .put_spider(&CreateSpider {
-            name: name.into(),
-            cmd: cmd.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::put_spider(client, name, cmd).await.unwrap();
     let archive = arachne_shared::archive::pack_dir(dir.path()).unwrap();
     client.upload_files(name, archive).await.unwrap();
 }

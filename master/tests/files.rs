@@ -718,14 +718,7 @@ async fn an_upload_of_one_folder_is_unwrapped_unless_the_command_names_it() {
         ("wrapped", "python3 main.py", Some("s1")),
         ("laid-out", "python3 s1/main.py", None),
     ] {
-        client
-            .put_spider(&CreateSpider {
-                name: name.into(),
-                cmd: cmd.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        common::put_spider(client, name, cmd).await.unwrap();
         let uploaded = client.upload_files(name, archive.clone()).await.unwrap();
         assert_eq!(uploaded.unwrapped.as_deref(), unwrapped, "{name}");
         assert_eq!(run_on(client, name, None, None).await, ["inside"], "{name}");
@@ -822,14 +815,7 @@ async fn a_deleted_version_s_contents_leave_the_workers_caches() {
         assert_eq!(run_on(client, "gc", Some("w1"), None).await, [text.trim()]);
         uploaded.spider.version
     };
-    client
-        .put_spider(&CreateSpider {
-            name: "gc".into(),
-            cmd: "sh run.sh".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    common::put_spider(client, "gc", "sh run.sh").await.unwrap();
     let one = upload("one\n").await;
     let _two = upload("two\n").await;
     let cache = worker.work_dir().join("cache");

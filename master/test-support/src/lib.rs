@@ -367,6 +367,16 @@ pub async fn wait_done(client: &Client, id: TaskId) -> Task {
     }
 }
 
+/// Creates a spider (or sets the command of one), with no files yet.
+pub async fn put_spider(client: &Client, name: &str, cmd: &str) -> arachne_client::Result<()> {
+    let spider = CreateSpider {
+        name: name.into(),
+        cmd: cmd.into(),
+        ..Default::default()
+    };
+    client.put_spider(&spider).await.map(drop)
+}
+
 /// Runs `run` until its task ends: the task and its log.
 pub async fn run_to_end(
     client: &Client,
@@ -815,13 +825,7 @@ pub async fn spider(
     files: &[(&str, impl AsRef<[u8]>)],
 ) -> anyhow::Result<()> {
     let dir = folder_of(files)?;
-    client
-        .put_spider(&CreateSpider {
-            name: name.into(),
-            cmd: cmd.into(),
-            ..Default::default()
-        })
-        .await?;
+    put_spider(client, name, cmd).await?;
     client
         .upload_files(name, arachne_shared::archive::pack_dir(dir.path())?)
         .await?;

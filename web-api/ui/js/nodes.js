@@ -29,8 +29,6 @@ export async function nodesPage(main) {
     const path = `/nodes/${encodeURIComponent(node.name)}`;
     const m = node.metrics;
     const slots = h("input", { type: "number", min: 0, max: 1024, value: node.max_runners, name: "max_runners", "aria-label": `Max runners of ${node.name}`, class: "narrow" });
-    slots.addEventListener("focus", () => (editing = true));
-    slots.addEventListener("blur", () => (editing = false));
     return h(
       "tr",
       { dataset: { node: node.name } },
@@ -56,26 +54,7 @@ export async function nodesPage(main) {
           }),
         }, node.enabled ? "Enabled · disable" : "Disabled · enable"),
       ),
-      h(
-        "td",
-        {},
-        h(
-          "form",
-          {
-            class: "inline",
-            onsubmit: (e) => {
-              e.preventDefault();
-              editing = false;
-              busy(e.submitter, async () => {
-                await patch(path, { max_runners: Number(slots.value) });
-                await load();
-              });
-            },
-          },
-          slots,
-          h("button", { type: "submit", class: "secondary" }, "Set"),
-        ),
-      ),
+      h("td", {}, inlineForm(path, [slots], "Set", () => ({ max_runners: Number(slots.value) }))),
       h("td", {}, limitsForm(node, path)),
       // Only an offline node can be forgotten; the server says why when something still needs it.
       h(
@@ -97,33 +76,37 @@ export async function nodesPage(main) {
     );
   }
 
-  /** The node's own CPU and memory thresholds: over one, it takes no new task (empty: the cluster's). */
-  function limitsForm(node, path) {
-    const percent = (name, label, value) => {
-      const input = h("input", { type: "number", name, min: 0, max: 100, step: "any", value: value ?? "", placeholder: "–", "aria-label": `${label} of ${node.name}`, class: "narrow" });
+  /**
+   * A form in a row that PATCHes `body()` to the node: while one of its inputs has focus, refreshes leave the
+   * rows alone. `inputs` may be interleaved with text.
+   */
+  function inlineForm(path, inputs, button, body) {
+    for (const input of inputs.filter((i) => i instanceof HTMLElement)) {
       input.addEventListener("focus", () => (editing = true));
       input.addEventListener("blur", () => (editing = false));
-      return input;
+    }
+    const send = (e) => {
+      e.preventDefault();
+      editing = false;
+      busy(e.submitter, async () => {
+        await patch(path, body());
+        await load();
+      });
     };
+    return h("form", { class: "inline", onsubmit: send }, inputs, h("button", { type: "submit", class: "secondary" }, button));
+  }
+
+  /** The node's own CPU and memory thresholds: over one, it takes no new task (empty: the cluster's). */
+  function limitsForm(node, path) {
+    const percent = (name, label, value) =>
+      h("input", { type: "number", name, min: 0, max: 100, step: "any", value: value ?? "", placeholder: "–", "aria-label": `${label} of ${node.name}`, class: "narrow" });
     const cpu = percent("max_cpu_percent", "Max CPU %", node.max_cpu_percent);
     const memory = percent("max_memory_percent", "Max memory %", node.max_memory_percent);
-    return h(
-      "form",
-      {
-        class: "inline",
-        onsubmit: (e) => {
-          e.preventDefault();
-          editing = false;
-          busy(e.submitter, async () => {
-            // Empty clears the node's own threshold (0 to the server): the cluster-wide one applies.
-            await patch(path, { max_cpu_percent: Number(cpu.value || 0), max_memory_percent: Number(memory.value || 0) });
-            await load();
-          });
-        },
-      },
-      "CPU ", cpu, " % mem ", memory, " % ",
-      h("button", { type: "submit", class: "secondary" }, "Set limits"),
-    );
+    // Empty clears the node's own threshold (0 to the server): the cluster-wide one applies.
+    return inlineForm(path, ["CPU ", cpu, " % mem ", memory, " % "], "Set limits", () => ({
+      max_cpu_percent: Number(cpu.value || 0),
+      max_memory_percent: Number(memory.value || 0),
+    }));
   }
 
   await load();
