@@ -366,14 +366,15 @@ pub async fn run(
         Arc::clone(&schedules),
         Arc::clone(&runs),
     ));
-    let scrapy = Arc::new(scrapy::Scrapy::new(
-        Arc::clone(&spiders),
-        Arc::clone(&runs),
-        Arc::clone(&removal),
-        Arc::clone(&store),
-        Arc::clone(&changes),
-        config.scrapy_requirement.clone(),
-    ));
+    let scrapy = Arc::new(scrapy::Scrapy {
+        spiders: Arc::clone(&spiders),
+        runs: Arc::clone(&runs),
+        removal: Arc::clone(&removal),
+        store: Arc::clone(&store),
+        changes: Arc::clone(&changes),
+        requirement: config.scrapy_requirement.clone(),
+        listed: Default::default(),
+    });
     if let Some(dir) = &config.examples_dir {
         folders::register_examples(&spiders, dir).await;
     }

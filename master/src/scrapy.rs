@@ -76,38 +76,19 @@ struct EggInfo {
 
 /// Deploys eggs and lists the spiders of versions.
 pub struct Scrapy {
-    spiders: Arc<Spiders>,
-    runs: Arc<Runs>,
-    removal: Arc<Removal>,
-    store: Arc<dyn Store>,
-    changes: Arc<Changes>,
+    pub(crate) spiders: Arc<Spiders>,
+    pub(crate) runs: Arc<Runs>,
+    pub(crate) removal: Arc<Removal>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) changes: Arc<Changes>,
     /// The pip requirement for Scrapy itself that every egg's venv gets ("" for none: Scrapy is on the
     /// workers' PATH).
-    requirement: String,
+    pub(crate) requirement: String,
     /// Spiders by version hash, once listed.
-    listed: Mutex<HashMap<String, Vec<String>>>,
+    pub(crate) listed: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Scrapy {
-    pub(crate) fn new(
-        spiders: Arc<Spiders>,
-        runs: Arc<Runs>,
-        removal: Arc<Removal>,
-        store: Arc<dyn Store>,
-        changes: Arc<Changes>,
-        requirement: String,
-    ) -> Self {
-        Self {
-            spiders,
-            runs,
-            removal,
-            store,
-            changes,
-            requirement,
-            listed: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// Stores `egg` as the new current version of `project` (made if missing), labelled `label`, and lists its
     /// spiders.
     pub async fn deploy(&self, project: &str, label: &str, egg: Vec<u8>) -> Result<Vec<String>> {

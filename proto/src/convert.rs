@@ -25,6 +25,11 @@ fn task_id(field: &str, value: &str) -> Result<TaskId> {
         .map_err(|err| Error::Invalid(format!("`{field}` is not a task id ({value:?}): {err}")))
 }
 
+/// Each of `items` converted, or the first failure.
+fn each<T, U>(items: Vec<T>, convert: impl FnMut(T) -> Result<U>) -> Result<Vec<U>> {
+    items.into_iter().map(convert).collect()
+}
+
 impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
     type Error = Error;
 
@@ -39,39 +44,28 @@ impl TryFrom<pb::WorkerMessage> for WorkerToMaster {
                     max_runners: r.max_runners,
                     version: r.version,
                     labels: r.labels.into_iter().collect(),
-                    running: r
-                        .running
-                        .iter()
-                        .map(|held| {
-                            Ok(HeldTask {
-                                task_id: task_id("register.running.task_id", &held.task_id)?,
-                                lease: held.lease,
-                            })
+                    running: each(r.running, |held| {
+                        let task_id = task_id("register.running.task_id", &held.task_id)?;
+                        Ok(HeldTask {
+                            task_id,
+                            lease: held.lease,
                         })
-                        .collect::<Result<_>>()?,
-                    leftovers: r
-                        .leftovers
-                        .into_iter()
-                        .map(|left| {
-                            Ok(Leftover {
-                                task_id: task_id("register.leftovers.task_id", &left.task_id)?,
-                                pids: left.pids,
-                            })
+                    })?,
+                    leftovers: each(r.leftovers, |left| {
+                        let task_id = task_id("register.leftovers.task_id", &left.task_id)?;
+                        Ok(Leftover {
+                            task_id,
+                            pids: left.pids,
                         })
-                        .collect::<Result<_>>()?,
-                    cached_versions: r
-                        .cached_versions
-                        .into_iter()
-                        .map(|version| {
-                            if is_sha256(&version) {
-                                Ok(version)
-                            } else {
-                                Err(Error::Invalid(format!(
-                                    "`register.cached_versions` holds {version:?}, not a version hash"
-                                )))
-                            }
-                        })
-                        .collect::<Result<_>>()?,
+                    })?,
+                    cached_versions: each(r.cached_versions, |version| {
+                        match is_sha256(&version) {
+                            true => Ok(version),
+                            false => Err(Error::Invalid(format!(
+                                "`register.cached_versions` holds {version:?}, not a version hash"
+                            ))),
+                        }
+                    })?,
                 })
             }
             worker_message::Msg::Heartbeat(h) => WorkerToMaster::Heartbeat {

@@ -419,11 +419,7 @@ pub async fn all_logs(client: &Client, id: TaskId) -> Vec<arachne_shared::LogLin
     let mut logs: Vec<arachne_shared::LogLine> = Vec::new();
     loop {
         let after = logs.last().map(|l| l.seq);
-        let query = arachne_api_types::LogQuery {
-            after,
-            limit: Some(10_000),
-            follow: None,
-        };
+        let query = arachne_api_types::LogQuery::page(after, Some(10_000));
         let page = client.logs(id, &query).await.unwrap();
         if page.is_empty() {
             return logs;

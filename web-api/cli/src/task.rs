@@ -140,14 +140,7 @@ impl LogsArgs {
         }
         each_page(
             Range::default(),
-            |after, limit| async move {
-                let query = LogQuery {
-                    after,
-                    limit,
-                    ..LogQuery::default()
-                };
-                client.logs(id, &query).await
-            },
+            |after, limit| async move { client.logs(id, &LogQuery::page(after, limit)).await },
             |line| line.seq,
             |lines| {
                 let mut out = std::io::stdout().lock();
@@ -289,14 +282,7 @@ impl ItemsArgs {
         let mut all = Vec::new();
         each_page(
             range,
-            |after, limit| async move {
-                let query = ItemQuery {
-                    after,
-                    limit,
-                    ..ItemQuery::default()
-                };
-                client.items(id, &query).await
-            },
+            |after, limit| async move { client.items(id, &ItemQuery::page(after, limit)).await },
             |item| item.seq,
             |items| {
                 match format {

@@ -250,6 +250,17 @@ pub struct LogQuery {
     pub follow: Option<bool>,
 }
 
+impl LogQuery {
+    /// A page of `limit` lines after sequence number `after`, not followed.
+    pub fn page(after: Option<u64>, limit: Option<u32>) -> Self {
+        Self {
+            after,
+            limit,
+            follow: None,
+        }
+    }
+}
+
 /// `GET /api/v1/tasks/{id}/logs/search`: lines holding `q`, scanned from `after` on.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -366,6 +377,17 @@ pub struct SpiderItems {
     /// Pass as `after` for the next page; absent on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+impl ItemQuery {
+    /// A page of `limit` items after sequence number `after`, as JSON.
+    pub fn page(after: Option<u64>, limit: Option<u32>) -> Self {
+        Self {
+            after,
+            limit,
+            format: None,
+        }
+    }
 }
 
 /// `GET /api/v1/tasks/{id}/wait`.
