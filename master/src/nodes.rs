@@ -97,25 +97,19 @@ impl Nodes {
         if self.scheduler.registry.live(name).is_some() {
             return Err(Error::Online(name.to_owned()));
         }
-        for status in TaskStatus::ALL.into_iter().filter(|s| !s.is_terminal()) {
-            let filter = TaskFilter {
-                status: Some(status),
-                ..TaskFilter::default()
-            };
-            for task in self.store.all_tasks(&filter).await? {
-                if task.node.as_deref() == Some(name) {
-                    return Err(Error::Holds {
-                        node: name.to_owned(),
-                        task: task.id,
-                        status: task.status,
-                    });
-                }
-                if task.pinned_node.as_deref() == Some(name) {
-                    return Err(Error::Awaited {
-                        node: name.to_owned(),
-                        task: task.id,
-                    });
-                }
+        for task in self.store.unended_tasks(&TaskFilter::default()).await? {
+            if task.node.as_deref() == Some(name) {
+                return Err(Error::Holds {
+                    node: name.to_owned(),
+                    task: task.id,
+                    status: task.status,
+                });
+            }
+            if task.pinned_node.as_deref() == Some(name) {
+                return Err(Error::Awaited {
+                    node: name.to_owned(),
+                    task: task.id,
+                });
             }
         }
         if let Some(schedule) = self

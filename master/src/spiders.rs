@@ -278,17 +278,11 @@ impl Spiders {
 
     /// The spider's tasks that have not ended, newest first.
     pub(crate) async fn unended_tasks(&self, name: &str) -> Result<Vec<Task>> {
-        let mut tasks = Vec::new();
-        for status in TaskStatus::ALL.into_iter().filter(|s| !s.is_terminal()) {
-            let filter = TaskFilter {
-                spider_name: Some(name.to_owned()),
-                status: Some(status),
-                ..TaskFilter::default()
-            };
-            tasks.extend(self.store.all_tasks(&filter).await?);
-        }
-        tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
-        Ok(tasks)
+        let filter = TaskFilter {
+            spider_name: Some(name.to_owned()),
+            ..TaskFilter::default()
+        };
+        Ok(self.store.unended_tasks(&filter).await?)
     }
 
     /// Removes the spider's record, then its versions and the contents only they named; how many versions

@@ -32,6 +32,15 @@ pub enum Error {
 /// Result of store calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A stored id read back; one that does not parse is a corrupt record.
+pub(crate) fn parse_stored_id<T: std::str::FromStr>(text: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| Error::Corrupt(format!("stored id {text:?}: {e}")))
+}
+
 /// Filters of [`Store::list_tasks`]. Results are newest first.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -139,6 +148,20 @@ pub trait TaskStore: Send + Sync + 'static {
                 return Ok(tasks);
             }
         }
+    }
+    /// Every task matching `filter` (its `status`, `limit` and `offset` are ignored) that has not ended,
+    /// newest first.
+    async fn unended_tasks(&self, filter: &TaskFilter) -> Result<Vec<Task>> {
+        let mut tasks = Vec::new();
+        for status in TaskStatus::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let filter = TaskFilter {
+                status: Some(status),
+                ..filter.clone()
+            };
+            tasks.extend(self.all_tasks(&filter).await?);
+        }
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
+        Ok(tasks)
     }
     /// Applies `change` atomically if the task's status is in `expected`. Returns the updated task, or `None`
     /// when the task does not exist, its status did not match, or `change` declined.

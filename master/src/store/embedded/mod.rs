@@ -19,7 +19,9 @@ use arachne_shared::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ActiveScope, ChildTotals, Error, Result, TaskChange, TaskFilter};
+use super::{
+    ActiveScope, ChildTotals, Error, Result, TaskChange, TaskFilter, parse_stored_id as parse_id,
+};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -103,15 +105,6 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 
 fn db(err: rusqlite::Error) -> Error {
     Error::Database(Box::new(err))
-}
-
-/// A stored id read back.
-fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    text.parse()
-        .map_err(|e| Error::Corrupt(format!("stored id {text:?}: {e}")))
 }
 
 /// A write's result, with a uniqueness violation reported as a `Duplicate` of `what`.

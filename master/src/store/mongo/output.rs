@@ -213,9 +213,7 @@ fn found_item(mut doc: Document) -> Result<FoundItem> {
         .and_then(|s| s.as_i64())
         .ok_or_else(|| corrupt("_seq"))? as u64;
     let task_id = match doc.remove("_tid") {
-        Some(Bson::String(id)) => id
-            .parse()
-            .map_err(|e| Error::Corrupt(format!("an item's _tid {id:?}: {e}")))?,
+        Some(Bson::String(id)) => crate::store::parse_stored_id(&id)?,
         _ => return Err(corrupt("_tid")),
     };
     let at = match doc.remove("_at") {

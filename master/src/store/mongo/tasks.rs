@@ -234,9 +234,7 @@ impl TaskStore for MongoStore {
             };
             let parent = doc.get_str("_id").map_err(corrupt)?;
             totals.push(ChildTotals {
-                parent: parent
-                    .parse()
-                    .map_err(|e| Error::Corrupt(format!("task id {parent:?}: {e}")))?,
+                parent: crate::store::parse_stored_id(parent)?,
                 items: count("items")?,
                 log_lines: count("log_lines")?,
             });
