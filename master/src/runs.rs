@@ -184,15 +184,9 @@ impl Runs {
             self.spiders.manifest_of(&spider, &version).await?;
             spider.version = version;
         }
-        let mut nodes = self.placement(options.mode, &options.nodes).await?;
-        if options.mode == RunMode::All && !options.node_labels.is_empty() {
-            // Mode all covers the online nodes that have the labels.
-            let labelled = self.scheduler.registry.online_with(&options.node_labels);
-            nodes.retain(|n| labelled.contains(n));
-            if nodes.is_empty() {
-                return Err(Error::NoNodeLabelled(options.node_labels));
-            }
-        }
+        let nodes = self
+            .placement(options.mode, &options.nodes, &options.node_labels)
+            .await?;
         let now = Utc::now();
         let mut task = Task::pending(&spider, now);
         task.param = options.param.filter(|p| !p.trim().is_empty());
@@ -244,19 +238,26 @@ impl Runs {
         Ok(head)
     }
 
-    /// The nodes a run names (mode `nodes`) or covers (mode `all`); empty for mode `random`.
-    pub(crate) async fn placement(&self, mode: RunMode, nodes: &[String]) -> Result<Vec<String>> {
+    /// The nodes a run names (mode `nodes`) or covers (mode `all`: the online ones with every label it
+    /// requires); empty for mode `random`.
+    pub(crate) async fn placement(
+        &self,
+        mode: RunMode,
+        nodes: &[String],
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
         match mode {
             RunMode::Random if nodes.is_empty() => Ok(Vec::new()),
             RunMode::Random | RunMode::All if !nodes.is_empty() => {
                 Err(Error::NodesOutsideNodesMode(mode))
             }
             RunMode::All => {
-                let online = self.scheduler.registry.online_enabled();
-                if online.is_empty() {
-                    return Err(Error::NoNodeOnline);
+                let online = self.scheduler.registry.online_with(labels);
+                match online.is_empty() {
+                    true if labels.is_empty() => Err(Error::NoNodeOnline),
+                    true => Err(Error::NoNodeLabelled(labels.clone())),
+                    false => Ok(online),
                 }
-                Ok(online)
             }
             _ => {
                 if nodes.is_empty() {

@@ -201,7 +201,10 @@ impl Schedules {
         };
         arachne_shared::schedule::validate(&schedule)?;
         if schedule.mode == RunMode::Nodes {
-            self.runs.placement(RunMode::Nodes, &schedule.nodes).await?;
+            let labels = &schedule.node_labels;
+            self.runs
+                .placement(RunMode::Nodes, &schedule.nodes, labels)
+                .await?;
         }
         schedule.nodes.dedup();
         Ok(schedule)

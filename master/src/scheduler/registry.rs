@@ -223,18 +223,7 @@ impl Registry {
         )
     }
 
-    /// Connected, enabled nodes, by name.
-    pub(crate) fn online_enabled(&self) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.workers)
-            .iter()
-            .filter(|(_, w)| !w.closing && w.enabled)
-            .map(|(name, _)| name.clone())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Connected, enabled nodes that have every one of `labels`, by name.
+    /// Connected, enabled nodes that have every one of `labels` (all of them when there are none), by name.
     pub(crate) fn online_with(&self, labels: &BTreeMap<String, String>) -> Vec<String> {
         let mut names: Vec<String> = lock(&self.workers)
             .iter()
