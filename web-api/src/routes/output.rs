@@ -82,16 +82,6 @@ pub(super) async fn spider_items(
         Some(_) => u64::from(limit(q.limit)?),
         None => u64::MAX,
     };
-    // A bad query or an unknown spider is an error status, before the file starts.
-    api.spider_items(
-        &name,
-        SpiderItemQuery {
-            limit: Some(1),
-            ..q.clone()
-        },
-        false,
-    )
-    .await?;
     let file = format!("{name}-items");
     export(
         SpiderPages {
@@ -180,8 +170,10 @@ impl ItemPages for SpiderPages {
     }
 }
 
-/// Up to `rows` items as one file, streamed. A CSV file takes two passes over the store, which keep memory
-/// flat however many items there are: the first learns the columns, the second streams the rows.
+/// Up to `rows` items as one file, streamed. The first page is read before the answer starts, so a bad query
+/// or a failing store is an error status rather than a file cut short. A CSV file takes two passes over the
+/// store, which keep memory flat however many items there are: the first learns the columns, the second
+/// streams the rows.
 pub(super) async fn export<P: ItemPages>(
     pages: P,
     format: ItemFormat,
@@ -190,22 +182,20 @@ pub(super) async fn export<P: ItemPages>(
 ) -> Result<Response> {
     let mut columns = Columns::default();
     let mut rows = rows;
+    let first = pages.page(None, rows).await?;
     if format == ItemFormat::Csv {
-        let (mut seen, mut cursor) = (0, None);
-        loop {
-            let (page, next) = pages.page(cursor, rows - seen).await?;
-            for item in &page {
-                columns.learn(item);
-            }
+        first.0.iter().for_each(|item| columns.learn(item));
+        let (mut seen, mut cursor) = (first.0.len() as u64, first.1.clone());
+        while let Some(next) = cursor.filter(|_| seen < rows) {
+            let (page, after) = pages.page(Some(next), rows - seen).await?;
+            page.iter().for_each(|item| columns.learn(item));
             seen += page.len() as u64;
-            cursor = match next {
-                Some(next) if seen < rows => Some(next),
-                _ => break,
-            };
+            cursor = after;
         }
         // Only the rows the first pass saw: items arriving in between would lack columns.
         rows = seen;
     }
+    let mut first = Some(first);
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
         let (head, tail) = match format {
@@ -218,7 +208,11 @@ pub(super) async fn export<P: ItemPages>(
         }
         let (mut sent, mut cursor) = (0, None);
         while sent < rows {
-            let (page, next) = match pages.page(cursor, rows - sent).await {
+            let fetched = match first.take() {
+                Some(first) => Ok(first),
+                None => pages.page(cursor, rows - sent).await,
+            };
+            let (page, next) = match fetched {
                 Ok(page) => page,
                 Err(err) => {
                     // The status line is gone already; cutting the body short tells the client it is incomplete.
