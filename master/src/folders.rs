@@ -209,13 +209,18 @@ pub(crate) async fn watch(
             sync_all(&spiders, &report, &dir).await;
             continue;
         }
+        let mut removed = false;
         for folder in changed {
             if folder.join(SETTINGS_FILE).exists() {
                 sync_one(&spiders, &report, &folder).await;
             } else {
-                let present = folders(&dir).unwrap_or_default().into_iter().collect();
-                report.gone(&present);
+                removed = true;
             }
+        }
+        // One look at what is left, however many folders went in this batch.
+        if removed {
+            let present = folders(&dir).unwrap_or_default().into_iter().collect();
+            report.gone(&present);
         }
     }
 }
