@@ -85,6 +85,8 @@ impl Nodes {
     /// Forgets an offline node: refused while it is online, holds a task that has not ended, is the node a
     /// waiting task is pinned to, or a schedule names it.
     pub async fn remove(&self, name: &str) -> Result<()> {
+        // A worker registering meanwhile waits, rather than being forgotten as it comes online.
+        let _record = self.scheduler.lock_node_records().await;
         if !self
             .store
             .list_nodes()
@@ -151,6 +153,7 @@ impl Nodes {
         {
             return Err(Error::MaxRunners(max_runners));
         }
+        let _record = self.scheduler.lock_node_records().await;
         let nodes = self.store.list_nodes().await?;
         let Some(mut node) = nodes.into_iter().find(|n| n.name == name) else {
             return Err(Error::NoNode(name.to_owned()));

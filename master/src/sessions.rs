@@ -254,6 +254,7 @@ impl Handler for Sessions {
         }
         self.scheduler.registry.unregister(&name, session);
         // Re-read: a user may have changed the node while the session ran.
+        let _record = self.scheduler.lock_node_records().await;
         let mut node = self.stored_node(&name).await.unwrap_or(node);
         node.status = NodeStatus::Offline;
         node.running = 0;
@@ -317,6 +318,7 @@ impl Sessions {
         outbound: &Outbound,
     ) -> Option<(Node, u64, CancellationToken)> {
         let name = registration.name.clone();
+        let record = self.scheduler.lock_node_records().await;
         let stored = self.stored_node(&name).await;
         let max_runners_override = stored.as_ref().and_then(|n| n.max_runners_override);
         let enabled = stored.as_ref().is_none_or(|n| n.enabled);
@@ -404,6 +406,7 @@ impl Sessions {
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node");
         }
+        drop(record);
         let mut accepted = true;
         for task_id in unknown {
             // Most often a task whose end the master stored just before it stopped; the cancel is a no-op then.

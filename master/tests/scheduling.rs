@@ -902,3 +902,43 @@ async fn an_offline_node_is_removed_only_when_nothing_needs_it() {
     assert_eq!(common::refusal(client.remove_node("w1").await).0, 404);
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_to_one_node_all_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(dir.path(), true).await;
+    let client = &master.client;
+    master.wait_nodes_online(1).await;
+    let name = client.list_nodes().await.unwrap()[0].name.clone();
+    // Two users changing different settings of one node at the same moment: neither change is lost.
+    for round in 0..20u32 {
+        let enabled = round % 2 == 1;
+        let memory = f32::from(50 + round as u8);
+        let enable = UpdateNode {
+            enabled: Some(enabled),
+            ..UpdateNode::default()
+        };
+        let limit = UpdateNode {
+            max_memory_percent: Some(memory),
+            ..UpdateNode::default()
+        };
+        let slots = UpdateNode {
+            max_runners: Some(round + 1),
+            ..UpdateNode::default()
+        };
+        let (a, b, c) = tokio::join!(
+            client.update_node(&name, &enable),
+            client.update_node(&name, &limit),
+            client.update_node(&name, &slots),
+        );
+        a.unwrap();
+        b.unwrap();
+        c.unwrap();
+        let node = client.list_nodes().await.unwrap().remove(0);
+        assert_eq!(
+            (node.enabled, node.max_memory_percent, node.max_runners),
+            (enabled, Some(memory), round + 1),
+            "round {round}: {node:?}"
+        );
+    }
+}

@@ -84,6 +84,9 @@ pub(crate) struct Scheduler {
     changes: Arc<Changes>,
     /// Serialises parent-status updates: two children ending at once must not race on their parent.
     parents: tokio::sync::Mutex<()>,
+    /// Serialises read-modify-writes of node records (a user's change, a worker registering or leaving): two
+    /// at once would each write back the other's field as it was before.
+    node_records: tokio::sync::Mutex<()>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -102,8 +105,14 @@ impl Scheduler {
             wake_at: Mutex::new(None),
             changes,
             parents: tokio::sync::Mutex::new(()),
+            node_records: tokio::sync::Mutex::new(()),
             telemetry,
         }
+    }
+
+    /// Held from reading a node record to writing it back.
+    pub(crate) async fn lock_node_records(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.node_records.lock().await
     }
 
     pub(crate) fn heartbeat_timeout(&self) -> Duration {

@@ -298,8 +298,11 @@ try {
     await page.locator('tr[data-node="w1"]').getByLabel("Max memory % of w1").fill("95");
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Set limits" }).click();
     await until("the node's memory limit is 95%", async () => (await call("GET", "/nodes"))[0].max_memory_percent === 95);
-    await page.locator('tr[data-node="w1"]').getByLabel("Max memory % of w1").fill("");
+    const memory = page.locator('tr[data-node="w1"]').getByLabel("Max memory % of w1");
+    await until("the row shows the memory limit", async () => (await memory.inputValue()) === "95");
+    await memory.fill("");
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Set limits" }).click();
+    await until("the node's memory limit is cleared", async () => (await call("GET", "/nodes"))[0].max_memory_percent === undefined);
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Enabled · disable" }).click();
     await page.locator('tr[data-node="w1"]').getByRole("button", { name: "Disabled · enable" }).waitFor();
     const [node] = await call("GET", "/nodes");

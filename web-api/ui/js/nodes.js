@@ -16,6 +16,8 @@ export async function nodesPage(main) {
   async function load() {
     if (editing) return;
     const nodes = await get("/nodes");
+    // Editing may have begun while the answer was on its way: the input being typed in stays.
+    if (editing) return;
     clear(
       holder,
       nodes.length
