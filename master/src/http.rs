@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use arachne_shared::files::VersionInfo;
+use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::upload::Upload;
 use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, DeletedSpider, FolderStatus, Health, HealthStatus, Metrics, Node, Page, RunTask,
-    ScheduleSpec, ScheduleView, ScrapyVersion, Spider, SpiderFolder, SpiderFolders,
+    CreateSpider, DeletedSpider, DeliveryQuery, FolderStatus, Health, HealthStatus, Metrics, Node,
+    Page, RunTask, ScheduleSpec, ScheduleView, ScrapyVersion, Spider, SpiderFolder, SpiderFolders,
     SpiderItemQuery, Task, TaskQuery, UpdateNode, UploadedSpider, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, FoundItems, Result};
@@ -38,6 +39,7 @@ pub(crate) struct MasterApi {
     pub(crate) scrapy: Arc<crate::scrapy::Scrapy>,
     pub(crate) removal: Arc<crate::removal::Removal>,
     pub(crate) nodes: Nodes,
+    pub(crate) notifications: Arc<crate::notify::Notifications>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) changes: Arc<Changes>,
@@ -287,6 +289,36 @@ impl Backend for MasterApi {
         Ok(self.nodes.remove(name).await?)
     }
 
+    async fn list_notifications(&self) -> Result<Vec<Notification>> {
+        let rules = self.notifications.list();
+        Ok(rules.into_iter().map(Notification::masked).collect())
+    }
+
+    async fn get_notification(&self, name: &str) -> Result<Notification> {
+        Ok(self.notifications.get(name)?.masked())
+    }
+
+    async fn put_notification(&self, rule: Notification, replace: bool) -> Result<Notification> {
+        Ok(self.notifications.put(rule, replace).await?.masked())
+    }
+
+    async fn delete_notification(&self, name: &str) -> Result<()> {
+        Ok(self.notifications.delete(name).await?)
+    }
+
+    async fn test_notification(&self, name: &str) -> Result<Delivery> {
+        Ok(self.notifications.test(name).await?)
+    }
+
+    async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Vec<Delivery>> {
+        let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+        let found = self
+            .notifications
+            .deliveries(query.notification.as_deref(), limit)
+            .await?;
+        Ok(found)
+    }
+
     async fn create_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
         Ok(view(self.schedules.create(schedule_request(spec)).await?))
     }
@@ -509,6 +541,20 @@ impl From<schedules::Error> for Error {
             E::NoSchedule(_) => Error::NotFound(message),
             E::Invalid(_) => Error::BadRequest(message),
             E::Run(err) => err.into(),
+            E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<crate::notify::Error> for Error {
+    fn from(err: crate::notify::Error) -> Self {
+        use crate::notify::Error as E;
+        let message = err.to_string();
+        match err {
+            E::Invalid(_) | E::NoSpider(_) | E::NoSchedule(_) => Error::BadRequest(message),
+            E::NotFound(_) => Error::NotFound(message),
+            E::Exists(_) => Error::Conflict(message),
+            E::Client(_) => Error::Internal(message),
             E::Store(err) => store_error(err),
         }
     }

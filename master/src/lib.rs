@@ -10,6 +10,7 @@ mod http;
 mod listen;
 mod mongo_docs;
 pub mod nodes;
+pub mod notify;
 pub mod removal;
 pub mod results;
 pub mod runs;
@@ -22,6 +23,7 @@ pub mod store;
 mod store_health;
 mod telemetry;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +78,7 @@ pub struct Config {
     /// The pip requirement for Scrapy that a deployed egg's venv gets besides the egg's own requirements; ""
     /// for none (Scrapy is then expected on the workers' PATH).
     pub scrapy_requirement: String,
+    pub notify: notify::NotifyConfig,
 }
 
 /// Where the MongoDB store is.
@@ -127,6 +130,7 @@ impl Config {
             listen: ListenConfig::default(),
             scheduler: SchedulerOptions::default(),
             scrapy_requirement: DEFAULT_SCRAPY_REQUIREMENT.into(),
+            notify: notify::NotifyConfig::default(),
         }
     }
 }
@@ -179,6 +183,8 @@ pub enum Error {
     Grpc(#[from] arachne_proto::Error),
     #[error("local worker: {0}")]
     Worker(#[from] arachne_worker::Error),
+    #[error("notifications: {0}")]
+    Notify(#[from] notify::Error),
 }
 
 /// How long ended tasks and their logs are kept by default.
@@ -345,7 +351,24 @@ pub async fn run(
         Arc::clone(&changes),
         Arc::clone(&telemetry),
     ));
+    // Nodes offline before this start: their return is news; the others' reconnecting is not.
+    let offline: HashSet<String> = store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .filter(|n| n.status == arachne_shared::NodeStatus::Offline)
+        .map(|n| n.name)
+        .collect();
     recover(store.as_ref(), &scheduler).await?;
+    let notifications = Arc::new(
+        notify::Notifications::new(
+            Arc::clone(&store),
+            config.notify.clone(),
+            http_addr,
+            offline,
+        )
+        .await?,
+    );
     let spiders = Arc::new(spiders::Spiders::new(
         Arc::clone(&store),
         files.clone(),
@@ -388,6 +411,8 @@ pub async fn run(
         Arc::clone(&store),
         servers.clone(),
     ));
+    tracker.spawn(Arc::clone(&notifications).watch(Arc::clone(&changes), servers.clone()));
+    tracker.spawn(Arc::clone(&notifications).send(servers.clone()));
     if let Some(retention) = config.retention {
         tracker.spawn(sweep_ended(Arc::clone(&store), retention, servers.clone()));
     }
@@ -415,6 +440,7 @@ pub async fn run(
         scrapy,
         removal,
         nodes: nodes::Nodes::new(Arc::clone(&store), Arc::clone(&scheduler)),
+        notifications: Arc::clone(&notifications),
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
         changes: Arc::clone(&changes),
@@ -424,6 +450,7 @@ pub async fn run(
     });
     let sessions = Arc::new(Sessions {
         spiders: Arc::clone(&spiders),
+        notifications,
         store,
         scheduler,
         changes,

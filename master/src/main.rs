@@ -42,6 +42,10 @@ struct Args {
     /// egg's own requirements; "" for none (Scrapy must then be on the workers' PATH).
     #[arg(long, env = "ARACHNE_SCRAPY_REQUIREMENT", default_value = arachne_master::DEFAULT_SCRAPY_REQUIREMENT)]
     scrapy_requirement: String,
+    /// The web UI's address as people reach it (behind a proxy, say), for the links in notifications;
+    /// http://HOST:PORT of the HTTP listener by default.
+    #[arg(long, value_name = "URL", env = "ARACHNE_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Do not run a worker inside the master.
     #[arg(long)]
     no_local_worker: bool,
@@ -165,6 +169,13 @@ async fn run() -> anyhow::Result<()> {
     });
     config.spiders_dir = args.spiders_dir;
     config.scrapy_requirement = args.scrapy_requirement;
+    if let Some(url) = &args.public_url {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--public-url {url:?} must start with http:// or https://"
+        );
+    }
+    config.notify.public_url = args.public_url;
     config.http.max_upload_bytes = args.max_upload_mib << 20;
     anyhow::ensure!(
         args.max_connections > 0,

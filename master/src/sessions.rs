@@ -39,6 +39,8 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Sessions {
     /// What a registering worker is told of the versions it caches that were deleted meanwhile.
     pub(crate) spiders: Arc<crate::spiders::Spiders>,
+    /// Told when a node comes online or goes offline.
+    pub(crate) notifications: Arc<crate::notify::Notifications>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) changes: Arc<Changes>,
@@ -254,13 +256,18 @@ impl Handler for Sessions {
         }
         self.scheduler.registry.unregister(&name, session);
         // Re-read: a user may have changed the node while the session ran.
-        let _record = self.scheduler.lock_node_records().await;
+        let record = self.scheduler.lock_node_records().await;
         let mut node = self.stored_node(&name).await.unwrap_or(node);
         node.status = NodeStatus::Offline;
         node.running = 0;
         node.last_seen = Utc::now();
         if let Err(err) = self.store.put_node(&node).await {
             error!(node = %name, error = %err, "cannot record the node offline");
+        }
+        drop(record);
+        // The master stopping is not the node going away.
+        if !matches!(end, SessionEnd::MasterShutdown) {
+            self.notifications.node_offline(&name);
         }
         info!(node = %name, ?end, "worker disconnected");
     }
@@ -407,6 +414,7 @@ impl Sessions {
             error!(node = %name, error = %err, "cannot record the node");
         }
         drop(record);
+        self.notifications.node_online(&name);
         let mut accepted = true;
         for task_id in unknown {
             // Most often a task whose end the master stored just before it stopped; the cancel is a no-op then.

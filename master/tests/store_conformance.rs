@@ -116,6 +116,8 @@ conformance!(
     item_conditions_test_equality_containment_and_presence,
     item_searches_select_by_task_and_by_time,
     a_parent_counts_what_its_children_produced,
+    tasks_are_read_back_in_the_order_they_ended,
+    notification_rules_and_deliveries_are_kept_and_each_delivery_made_once,
 );
 
 fn spider(name: &str) -> Spider {
@@ -1498,4 +1500,161 @@ async fn a_parent_counts_what_its_children_produced(backend: StoreUnderTest) {
         backend.name
     );
     assert!(store.child_totals(&[]).await.unwrap().is_empty());
+}
+
+async fn tasks_are_read_back_in_the_order_they_ended(backend: StoreUnderTest) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let base =
+        arachne_shared::from_millis(Utc::now().timestamp_millis()) - chrono::Duration::minutes(5);
+    let ended = |minutes: i64| {
+        let mut t = task("order", 5);
+        t.set_status(TaskStatus::Running, base);
+        t.set_status(TaskStatus::Error, base + chrono::Duration::minutes(minutes));
+        t
+    };
+    // Made in one order, ended in another; two end at the same millisecond.
+    let (third, first, second_a, second_b) = (ended(3), ended(1), ended(2), ended(2));
+    let running = task("order", 5);
+    for t in [&third, &first, &second_a, &second_b, &running] {
+        store.insert_task(t).await.unwrap();
+    }
+    let ids = |tasks: Vec<Task>| tasks.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let all = ids(store.ended_since(base, None, 10).await.unwrap());
+    let (a, b) = if second_a.id < second_b.id {
+        (second_a.id, second_b.id)
+    } else {
+        (second_b.id, second_a.id)
+    };
+    assert_eq!(all, vec![first.id, a, b, third.id], "{name}");
+    // Paging from the last one read: the rest, none twice.
+    let at = base + chrono::Duration::minutes(2);
+    assert_eq!(
+        ids(store.ended_since(at, Some(a), 10).await.unwrap()),
+        vec![b, third.id],
+        "{name}"
+    );
+    assert_eq!(
+        ids(store.ended_since(at, None, 1).await.unwrap()),
+        vec![a],
+        "{name}"
+    );
+}
+
+async fn notification_rules_and_deliveries_are_kept_and_each_delivery_made_once(
+    backend: StoreUnderTest,
+) {
+    use arachne_shared::notify::{
+        Channel, Delivery, DeliveryId, DeliveryStatus, Message, Notification, Trigger,
+    };
+    let name = backend.name;
+    let store = backend.open().await;
+    let rule = |rule_name: &str| Notification {
+        name: rule_name.into(),
+        channel: Channel::Webhook {
+            url: "http://127.0.0.1:1/hook".into(),
+            secret: Some("s".into()),
+        },
+        triggers: vec![Trigger::Error],
+        longer_than_minutes: None,
+        spider: None,
+        schedule: None,
+        enabled: true,
+        created_at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
+    };
+    store.put_notification(&rule("ops")).await.unwrap();
+    store.put_notification(&rule("alerts")).await.unwrap();
+    let mut changed = rule("ops");
+    changed.triggers.push(Trigger::Abnormal);
+    store.put_notification(&changed).await.unwrap();
+    let now = arachne_shared::from_millis(Utc::now().timestamp_millis());
+    let delivery = |rule: &str, subject: &str, due_in: i64| Delivery {
+        id: DeliveryId::new(),
+        notification: rule.into(),
+        channel: "webhook".into(),
+        trigger: "error".into(),
+        subject: subject.into(),
+        message: Message {
+            title: "t".into(),
+            event: "error".into(),
+            task: None,
+            node: None,
+            link: None,
+            at: now,
+        },
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        response_status: None,
+        error: None,
+        created_at: now,
+        next_attempt_at: now + chrono::Duration::seconds(due_in),
+        delivered_at: None,
+    };
+    let later = delivery("ops", "task:1", 60);
+    let sooner = delivery("ops", "task:2", 0);
+    let other = delivery("alerts", "task:1", 30);
+    for d in [&later, &sooner, &other] {
+        assert!(store.insert_delivery(d).await.unwrap(), "{name}");
+    }
+    // The same rule, trigger and subject again is not a second delivery.
+    assert!(
+        !store
+            .insert_delivery(&delivery("ops", "task:1", 0))
+            .await
+            .unwrap(),
+        "{name}"
+    );
+    let pending = |list: Vec<Delivery>| list.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(
+        pending(store.pending_deliveries(10).await.unwrap()),
+        vec![sooner.id, other.id, later.id],
+        "{name}"
+    );
+    let mut done = sooner.clone();
+    done.status = DeliveryStatus::Delivered;
+    done.attempts = 1;
+    done.response_status = Some(204);
+    store.put_delivery(&done).await.unwrap();
+    assert_eq!(
+        pending(store.pending_deliveries(10).await.unwrap()),
+        vec![other.id, later.id],
+        "{name}"
+    );
+
+    // All of it survives reopening; deleting a rule keeps its deliveries as history.
+    drop(store);
+    let store = backend.open().await;
+    let rules: Vec<_> = store
+        .list_notifications()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.name, r.triggers, r.channel))
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            (
+                "alerts".into(),
+                vec![Trigger::Error],
+                rule("alerts").channel
+            ),
+            (
+                "ops".into(),
+                changed.triggers.clone(),
+                changed.channel.clone()
+            ),
+        ],
+        "{name}"
+    );
+    assert!(store.delete_notification("ops").await.unwrap(), "{name}");
+    assert!(!store.delete_notification("ops").await.unwrap(), "{name}");
+    assert_eq!(store.list_notifications().await.unwrap().len(), 1, "{name}");
+    let ops = store.list_deliveries(Some("ops"), 10).await.unwrap();
+    assert_eq!(ops, vec![done.clone(), later.clone()], "{name}");
+    assert_eq!(
+        pending(store.list_deliveries(None, 2).await.unwrap()),
+        vec![other.id, done.id],
+        "{name}"
+    );
 }

@@ -93,6 +93,7 @@ pub mod histogram;
 pub mod ipc;
 pub mod log;
 pub mod node;
+pub mod notify;
 pub mod results;
 pub mod schedule;
 pub mod scrapy;

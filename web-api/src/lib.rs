@@ -13,6 +13,7 @@ pub mod scrapyd;
 mod ui;
 
 use arachne_shared::files::VersionInfo;
+use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::{ItemRecord, LogLine, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
@@ -117,6 +118,18 @@ pub trait Backend: Send + Sync + 'static {
     async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView>;
     /// Runs a schedule's spider now, as the schedule would, without waiting for its next fire time.
     async fn run_schedule(&self, name: &str) -> Result<Task>;
+    /// Every notification rule, by name, its secrets masked.
+    async fn list_notifications(&self) -> Result<Vec<Notification>>;
+    async fn get_notification(&self, name: &str) -> Result<Notification>;
+    /// Stores a rule: a new one (`Conflict` if the name is taken), or with `replace` in place of the one of
+    /// that name, whose secrets a masked value keeps.
+    async fn put_notification(&self, rule: Notification, replace: bool) -> Result<Notification>;
+    /// Deletes a rule; its deliveries stay as history.
+    async fn delete_notification(&self, name: &str) -> Result<()>;
+    /// Sends a test message on the rule's channel; the delivery, pending.
+    async fn test_notification(&self, name: &str) -> Result<Delivery>;
+    /// Deliveries, newest first.
+    async fn list_deliveries(&self, query: types::DeliveryQuery) -> Result<Vec<Delivery>>;
     /// The figures `/metrics` reports.
     async fn metrics(&self) -> Result<types::Metrics>;
     /// What `/health` reports: whether the master's store takes writes.

@@ -1,5 +1,5 @@
 //! Persistence behind small capability traits ([`CatalogStore`], [`TaskStore`], [`OutputStore`],
-//! [`TokenStore`]; [`Store`] is all of them), one folder per backend with one file per capability. The
+//! [`TokenStore`], [`NotifyStore`]; [`Store`] is all of them), one folder per backend with one file per capability. The
 //! embedded SQLite store is the default and needs no service; the MongoDB backend implements the same traits
 //! for production. [`open`] picks the backend a configuration names.
 //!
@@ -10,6 +10,7 @@
 pub mod embedded;
 pub mod mongo;
 
+use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::results::{FoundItem, ItemSearch};
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, SpiderId, Task, TaskId,
@@ -173,6 +174,14 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> Result<Option<Task>>;
     /// Removes the tasks that ended before `cutoff`, with their log lines (items stay: they are the crawl's
     /// results). Tasks that have not ended are never removed, however old. Returns how many tasks went.
+    /// Tasks that ended at or after `since` (to the millisecond), in the order they ended (then by id),
+    /// after the task `after` ended at `since` when given: the next page starts from the last one's end.
+    async fn ended_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<Task>>;
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64>;
     /// Removes one ended task with its log lines and its items; false if there was no such task. Tasks that
     /// have not ended are left alone (false), so a running task's records never vanish under it.
@@ -217,8 +226,32 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn delete_token(&self, name: &str) -> Result<bool>;
 }
 
+/// Notification rules, by name, and their deliveries.
+#[async_trait::async_trait]
+pub trait NotifyStore: Send + Sync + 'static {
+    /// Inserts or replaces a rule, by name.
+    async fn put_notification(&self, notification: &Notification) -> Result<()>;
+    /// Every rule, by name.
+    async fn list_notifications(&self) -> Result<Vec<Notification>>;
+    /// Removes a rule; false if there was none. Its deliveries stay, as history.
+    async fn delete_notification(&self, name: &str) -> Result<bool>;
+    /// Records a delivery to make; false, with nothing stored, when the rule already has one for that
+    /// trigger and subject (a task's end seen twice is announced once).
+    async fn insert_delivery(&self, delivery: &Delivery) -> Result<bool>;
+    /// Replaces a delivery's record, by id.
+    async fn put_delivery(&self, delivery: &Delivery) -> Result<()>;
+    /// Pending deliveries, the earliest next attempt first.
+    async fn pending_deliveries(&self, limit: u32) -> Result<Vec<Delivery>>;
+    /// Deliveries, newest first; only one rule's when named.
+    async fn list_deliveries(
+        &self,
+        notification: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
+}
+
 /// The whole storage interface of the master: every capability. A part of the master that needs only one
 /// holds that one (`Arc<dyn TokenStore>`, ...); a backend implements each, and is then a `Store`.
-pub trait Store: CatalogStore + TaskStore + OutputStore + TokenStore {}
+pub trait Store: CatalogStore + TaskStore + OutputStore + TokenStore + NotifyStore {}
 
-impl<T: CatalogStore + TaskStore + OutputStore + TokenStore> Store for T {}
+impl<T: CatalogStore + TaskStore + OutputStore + TokenStore + NotifyStore> Store for T {}

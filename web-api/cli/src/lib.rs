@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod output;
 mod describe;
 mod node;
+mod notification;
 mod run;
 mod schedule;
 mod spider;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Manage cron schedules.
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// Announce task and node events on a webhook, Slack or by email.
+    #[command(subcommand)]
+    Notification(notification::NotificationCommand),
 }
 
 impl Command {
@@ -123,6 +127,7 @@ impl Command {
             }
             Self::Node(command) => command.apply(client, output).await,
             Self::Schedule(command) => command.apply(client, output).await,
+            Self::Notification(command) => command.apply(client, output).await,
         }
     }
 }

@@ -4,17 +4,18 @@ use std::time::Duration;
 
 use arachne_api_types::Task;
 use arachne_shared::files::VersionInfo;
+use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::{ItemRecord, LogLine, TaskId};
 use futures_util::StreamExt;
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
 use arachne_api_types::{
-    CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, EVENT_DELETED,
-    EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery,
-    LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, Spider,
-    SpiderFolders, SpiderItemQuery, SpiderItems, TaskQuery, TaskTree, UpdateNode, UploadedSpider,
-    VersionFiles, VersionQuery,
+    CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, DeliveryQuery,
+    EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery,
+    ItemQuery, LogQuery, LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec,
+    ScheduleView, Spider, SpiderFolders, SpiderItemQuery, SpiderItems, TaskQuery, TaskTree,
+    UpdateNode, UploadedSpider, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -41,6 +42,13 @@ pub enum Error {
     CaPem(#[source] rustls_pki_types::pem::Error),
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+impl Error {
+    /// Whether the server answered that what was asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Api { status: 404, .. })
+    }
 }
 
 /// Result of client calls.
@@ -493,6 +501,54 @@ impl Client {
         self.send(self.http.delete(self.url(&format!("/nodes/{name}"))))
             .await
             .map(drop)
+    }
+
+    pub async fn list_notifications(&self) -> Result<Vec<Notification>> {
+        self.json(self.http.get(self.url("/notifications"))).await
+    }
+
+    pub async fn get_notification(&self, name: &str) -> Result<Notification> {
+        self.json(self.http.get(self.url(&format!("/notifications/{name}"))))
+            .await
+    }
+
+    /// Creates a rule.
+    pub async fn create_notification(&self, rule: &Notification) -> Result<Notification> {
+        self.json(self.http.post(self.url("/notifications")).json(rule))
+            .await
+    }
+
+    /// Replaces the rule of `rule.name`.
+    pub async fn replace_notification(&self, rule: &Notification) -> Result<Notification> {
+        let url = self.url(&format!("/notifications/{}", rule.name));
+        self.json(self.http.put(url).json(rule)).await
+    }
+
+    pub async fn delete_notification(&self, name: &str) -> Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/notifications/{name}"))),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sends a test message on the rule's channel; the delivery, still pending.
+    pub async fn test_notification(&self, name: &str) -> Result<Delivery> {
+        self.json(
+            self.http
+                .post(self.url(&format!("/notifications/{name}/test"))),
+        )
+        .await
+    }
+
+    pub async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<Delivery>> {
+        self.json(
+            self.http
+                .get(self.url("/notification-deliveries"))
+                .query(query),
+        )
+        .await
     }
 
     pub async fn update_node(&self, name: &str, update: &UpdateNode) -> Result<Node> {

@@ -20,9 +20,11 @@ use arachne_api_types::{
     LogQuery, LogSearch, LogSearchQuery, MAX_LIMIT, Page, RunTask, ScheduleSpec, ScheduleView,
     TaskQuery, TaskTree, UpdateNode, VersionFiles, VersionQuery, WaitQuery,
 };
+use arachne_shared::notify::{Delivery, Notification};
 
 mod events;
 mod nodes;
+mod notifications;
 mod output;
 mod schedules;
 mod spiders;
@@ -30,6 +32,7 @@ mod tasks;
 
 use self::events::*;
 use self::nodes::*;
+use self::notifications::*;
 use self::output::*;
 use self::schedules::*;
 use self::spiders::*;
@@ -554,6 +557,62 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             none,
             Out::NoContent,
             delete(remove_node),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/notifications",
+            "List notification rules (webhook secrets and SMTP passwords masked)",
+            none,
+            Out::Json(200, schema::<Vec<Notification>>),
+            get(list_notifications),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/notifications",
+            "Create a notification rule: a channel (webhook, slack or email), the triggers it announces, and optionally a spider or schedule it is limited to",
+            body(schema::<Notification>),
+            Out::Json(201, schema::<Notification>),
+            post(create_notification),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/notifications/{name}",
+            "Show a notification rule",
+            none,
+            Out::Json(200, schema::<Notification>),
+            get(get_notification),
+        ),
+        route(
+            Method::PUT,
+            "/api/v1/notifications/{name}",
+            "Replace a notification rule; a secret sent back masked keeps the stored one",
+            body(schema::<Notification>),
+            Out::Json(200, schema::<Notification>),
+            put(replace_notification),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/notifications/{name}",
+            "Delete a notification rule; its deliveries stay",
+            none,
+            Out::NoContent,
+            delete(delete_notification),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/notifications/{name}/test",
+            "Send a test message on the rule's channel; answers the delivery, whose outcome the deliveries list shows",
+            none,
+            Out::Json(202, schema::<Delivery>),
+            post(test_notification),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/notification-deliveries",
+            "Deliveries of notifications, newest first: when, channel, trigger, status, response status, attempts, error",
+            query(inline::<arachne_api_types::DeliveryQuery>),
+            Out::Json(200, schema::<Vec<Delivery>>),
+            get(list_deliveries),
         ),
     ]
 }

@@ -399,6 +399,18 @@ pub struct WaitQuery {
     pub timeout: Option<u64>,
 }
 
+/// `GET /api/v1/notification-deliveries`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    /// Only this notification's deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<String>,
+    /// At most this many (default 50, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// `PATCH /api/v1/nodes/{name}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

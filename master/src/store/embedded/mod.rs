@@ -4,6 +4,7 @@
 //! `(task_id, seq)` and inserted with `OR IGNORE`, which makes a retried batch harmless.
 
 mod catalog;
+mod notify;
 mod output;
 mod tasks;
 mod tokens;
@@ -48,6 +49,12 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS notifications (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+-- `dkey` is the rule, trigger and subject: one delivery each.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY, notification TEXT NOT NULL, dkey TEXT NOT NULL UNIQUE, status TEXT NOT NULL,
+    next_ms INTEGER NOT NULL, data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS logs (
     task_id TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL, at_ms INTEGER NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (task_id, seq)
@@ -74,6 +81,8 @@ CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ms) WHERE ended_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (next_ms) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS deliveries_rule ON deliveries (notification, id);
 CREATE UNIQUE INDEX IF NOT EXISTS items_dedup ON items (coll, dkey) WHERE dkey IS NOT NULL;
 ";
 

@@ -111,6 +111,29 @@ impl TaskStore for EmbeddedStore {
         .await
     }
 
+    async fn ended_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<Task>> {
+        let args = vec![
+            to_millis(since).to_string(),
+            after.map(|id| id.to_string()).unwrap_or_default(),
+            limit.to_string(),
+        ];
+        self.call(move |conn| {
+            read_tasks(
+                conn,
+                "SELECT data, log_lines, items FROM tasks
+                 WHERE ended_ms > ?1 OR (ended_ms = ?1 AND id > ?2)
+                 ORDER BY ended_ms, id LIMIT ?3",
+                &args,
+            )
+        })
+        .await
+    }
+
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
         let cutoff = to_millis(cutoff);
         let mut deleted = 0;

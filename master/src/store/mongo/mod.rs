@@ -10,6 +10,7 @@
 //! Nothing here needs a replica set: no transaction, no change stream.
 
 mod catalog;
+mod notify;
 mod output;
 mod tasks;
 mod tokens;
@@ -160,6 +161,12 @@ impl MongoStore {
     fn tokens(&self) -> Collection<Document> {
         self.db.collection("tokens")
     }
+    fn notifications(&self) -> Collection<Document> {
+        self.db.collection("notifications")
+    }
+    fn deliveries(&self) -> Collection<Document> {
+        self.db.collection("deliveries")
+    }
 
     async fn create_indexes(&self) -> Result<()> {
         let index = |keys: Document, unique: bool, sparse: bool| {
@@ -187,16 +194,24 @@ impl MongoStore {
             plain(doc! {"parent_id": 1, "_id": -1}),
             plain(doc! {"schedule_id": 1, "_id": -1}),
             plain(doc! {"exclusive": 1, "status": 1}),
+            // Tasks in the order they ended (the notifier's catch-up); not the retention index's key.
+            plain(doc! {"ended_at": 1, "_id": 1}),
             // One task per schedule fire time: only such tasks carry the key.
             index(doc! {"fire_key": 1}, true, true),
         ];
         let logs = [plain(doc! {"task_id": 1, "last": 1})];
+        let deliveries = [
+            index(doc! {"key": 1}, true, false),
+            plain(doc! {"status": 1, "next_at": 1}),
+            plain(doc! {"notification": 1, "_id": -1}),
+        ];
         for (coll, models) in [
             (self.spiders(), &spiders[..]),
             (self.schedules(), &schedules[..]),
             (self.tokens(), &tokens[..]),
             (self.tasks(), &tasks[..]),
             (self.logs_coll(), &logs[..]),
+            (self.deliveries(), &deliveries[..]),
         ] {
             coll.create_indexes(models.to_vec()).await.map_err(db)?;
         }

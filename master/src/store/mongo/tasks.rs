@@ -150,6 +150,22 @@ impl TaskStore for MongoStore {
         Err(Error::Contended(id))
     }
 
+    async fn ended_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<Task>> {
+        let since = bson::DateTime::from_millis(to_millis(since));
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let filter = doc! {"$or": [
+            {"ended_at": {"$gt": since}},
+            {"ended_at": since, "_id": {"$gt": after}},
+        ]};
+        self.find_tasks(filter, doc! {"ended_at": 1, "_id": 1}, 0, limit.into())
+            .await
+    }
+
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
         let before = doc! {"ended_at": {"$lt": bson::DateTime::from_millis(to_millis(cutoff))}};
         let deleted = self.tasks().delete_many(before.clone()).await.map_err(db)?;
