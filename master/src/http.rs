@@ -554,7 +554,7 @@ impl From<crate::notify::Error> for Error {
             E::Invalid(_) | E::NoSpider(_) | E::NoSchedule(_) => Error::BadRequest(message),
             E::NotFound(_) => Error::NotFound(message),
             E::Exists(_) => Error::Conflict(message),
-            E::Client(_) => Error::Internal(message),
+            E::Channels(_) => Error::Internal(message),
             E::Store(err) => store_error(err),
         }
     }

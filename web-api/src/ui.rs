@@ -27,6 +27,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("js/dom.js", JS, include_str!("../ui/js/dom.js")),
     ("js/logview.js", JS, include_str!("../ui/js/logview.js")),
     ("js/nodes.js", JS, include_str!("../ui/js/nodes.js")),
+    (
+        "js/notifications.js",
+        JS,
+        include_str!("../ui/js/notifications.js"),
+    ),
     ("js/results.js", JS, include_str!("../ui/js/results.js")),
     ("js/schedules.js", JS, include_str!("../ui/js/schedules.js")),
     ("js/settings.js", JS, include_str!("../ui/js/settings.js")),

@@ -40,8 +40,8 @@ pub enum Error {
     NoSpider(String),
     #[error("schedule {0:?} not found")]
     NoSchedule(String),
-    #[error("cannot build the HTTP client for notifications: {0}")]
-    Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Channels(#[from] send::Error),
     #[error("store: {0}")]
     Store(#[from] store::Error),
 }
@@ -98,7 +98,7 @@ pub struct Notifications {
     config: NotifyConfig,
     /// Where links in messages point, without a trailing `/`.
     public_url: String,
-    http: reqwest::Client,
+    channels: send::Channels,
     /// The rules, as stored; read on every task change, written only by this service.
     rules: Mutex<Arc<Vec<Notification>>>,
     /// Wakes the sender: a delivery was recorded.
@@ -130,7 +130,7 @@ impl Notifications {
         };
         Ok(Self {
             public_url,
-            http: http_client()?,
+            channels: send::Channels::new()?,
             store,
             config,
             rules: Mutex::new(Arc::new(rules)),
@@ -551,18 +551,21 @@ impl Notifications {
             return Ok(self.store.put_delivery(&delivery).await?);
         };
         delivery.attempts += 1;
-        let (status, error, again) =
-            match send::send(&self.http, &rule.channel, &delivery, self.config.timeout).await {
-                send::Attempt::Taken(status) => {
-                    delivery.status = DeliveryStatus::Delivered;
-                    delivery.response_status = Some(status);
-                    delivery.error = None;
-                    delivery.delivered_at = Some(Utc::now());
-                    return Ok(self.store.put_delivery(&delivery).await?);
-                }
-                send::Attempt::Retry { status, error } => (status, error, true),
-                send::Attempt::Refused { status, error } => (status, error, false),
-            };
+        let (status, error, again) = match self
+            .channels
+            .send(&rule.channel, &delivery, self.config.timeout)
+            .await
+        {
+            send::Attempt::Taken(status) => {
+                delivery.status = DeliveryStatus::Delivered;
+                delivery.response_status = Some(status);
+                delivery.error = None;
+                delivery.delivered_at = Some(Utc::now());
+                return Ok(self.store.put_delivery(&delivery).await?);
+            }
+            send::Attempt::Retry { status, error } => (status, error, true),
+            send::Attempt::Refused { status, error } => (status, error, false),
+        };
         warn!(notification = %delivery.notification, delivery = %delivery.id, attempt = delivery.attempts, %error, "a notification was not delivered");
         delivery.response_status = status;
         delivery.error = Some(error);
@@ -634,25 +637,6 @@ fn delivery(rule: &Notification, trigger: &str, subject: String, message: Messag
         next_attempt_at: now,
         delivered_at: None,
     }
-}
-
-/// The client webhooks are posted with: TLS over the ring provider with Mozilla's authorities, no redirects
-/// (a receiver that moved should be reconfigured, not followed with a signed body).
-fn http_client() -> Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("arachne/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(Error::Client)
 }
 
 #[cfg(test)]

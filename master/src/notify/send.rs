@@ -23,8 +23,51 @@ pub(crate) enum Attempt {
     Refused { status: Option<u16>, error: String },
 }
 
-/// Sends `delivery`'s message on `channel`, within `timeout`.
-pub(crate) async fn send(
+/// Why the channels cannot be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build the HTTP client for notifications: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// What sends on every channel: the HTTP client webhooks are posted with (SMTP connects per message).
+pub(crate) struct Channels {
+    http: reqwest::Client,
+}
+
+impl Channels {
+    /// TLS over the ring provider with Mozilla's authorities; no redirects (a receiver that moved is
+    /// reconfigured, not followed with a signed body).
+    pub(crate) fn new() -> Result<Self, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("arachne/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::Client)?;
+        Ok(Self { http })
+    }
+
+    /// Sends `delivery`'s message on `channel`, within `timeout`.
+    pub(crate) async fn send(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        timeout: Duration,
+    ) -> Attempt {
+        send(&self.http, channel, delivery, timeout).await
+    }
+}
+
+async fn send(
     http: &reqwest::Client,
     channel: &Channel,
     delivery: &Delivery,

@@ -902,3 +902,134 @@ async fn the_cli_checks_a_cron_expression_on_the_zone_s_clock() {
     );
     master.stop().await;
 }
+
+/// A webhook receiver that answers 204 to everything and keeps each request's head and body.
+async fn hook_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&requests);
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let kept = std::sync::Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as many body bytes as it announces.
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            kept.lock().unwrap().push(text);
+                            break;
+                        }
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_a_notification_tests_it_and_lists_its_deliveries() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let (url, requests) = hook_receiver().await;
+    let cli = |args: Vec<String>| {
+        let mut command = tokio::process::Command::new(workspace_bin("arachne"));
+        command
+            .args(["--server", &format!("http://{}", master.http)])
+            .env("ARACHNE_TOKEN", common::API_TOKEN)
+            .env("HOOK_SECRET", "from-the-environment")
+            .args(args);
+        async move {
+            tokio::time::timeout(common::TIMEOUT, command.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let args = |line: &str| {
+        line.split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let set = cli(args(&format!("notification set ops --webhook {url} --secret-env HOOK_SECRET --on error,node_offline --longer-than 30"))).await;
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let listed = stdout(&cli(args("notification list")).await);
+    assert!(
+        listed.contains("ops") && listed.contains("error,node_offline,longer_than 30m"),
+        "{listed}"
+    );
+    // Set again without the secret: the rule changes, the secret stays.
+    let again = cli(args(&format!(
+        "notification set ops --webhook {url} --on error"
+    )))
+    .await;
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&cli(args("--json notification show ops")).await)).unwrap();
+    assert_eq!(shown["channel"]["secret"], "********");
+    assert_eq!(shown["triggers"], serde_json::json!(["error"]));
+
+    let tested = cli(args("notification test ops")).await;
+    assert!(
+        tested.status.success(),
+        "{}{}",
+        stdout(&tested),
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(stdout(&tested).contains("delivered"), "{}", stdout(&tested));
+    let got = requests.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0]
+            .to_ascii_lowercase()
+            .contains("x-arachne-signature: sha256="),
+        "signed with the kept secret: {}",
+        got[0]
+    );
+    let deliveries = stdout(&cli(args("notification deliveries --notification ops")).await);
+    assert!(
+        deliveries.contains("test") && deliveries.contains("204"),
+        "{deliveries}"
+    );
+
+    // A secret on the command line itself is not an option; a missing variable is named.
+    let missing = cli(args(&format!(
+        "notification set other --webhook {url} --secret-env NOT_SET_ANYWHERE --on error"
+    )))
+    .await;
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_SET_ANYWHERE is not set"));
+    let deleted = cli(args("notification delete ops")).await;
+    assert!(deleted.status.success());
+    master.stop().await;
+}

@@ -4,6 +4,7 @@
 import { get, session, whenUnauthorized } from "./api.js";
 import { clear, field, h } from "./dom.js";
 import { nodesPage } from "./nodes.js";
+import { notificationForm, notificationsPage } from "./notifications.js";
 import { resultsPage } from "./results.js";
 import { schedulesPage, scheduleForm } from "./schedules.js";
 import { spiderPage, spidersPage } from "./spiders.js";
@@ -19,6 +20,9 @@ const routes = [
   [/^\/schedules\/new$/, () => (main) => scheduleForm(main, null)],
   [/^\/schedules\/([^/]+)\/edit$/, (m) => (main) => scheduleForm(main, decodeURIComponent(m[1]))],
   [/^\/nodes\/?$/, () => nodesPage],
+  [/^\/notifications\/?$/, () => notificationsPage],
+  [/^\/notifications\/new$/, () => (main) => notificationForm(main, null)],
+  [/^\/notifications\/([^/]+)\/edit$/, (m) => (main) => notificationForm(main, decodeURIComponent(m[1]))],
 ];
 
 const main = document.getElementById("main");
@@ -39,6 +43,7 @@ function nav() {
     link("/results", "Results"),
     link("/schedules", "Schedules"),
     link("/nodes", "Nodes"),
+    link("/notifications", "Notifications"),
     h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"),
   );
 }
