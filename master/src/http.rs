@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use arachne_shared::files::VersionInfo;
 use arachne_shared::notify::{Delivery, Notification};
+use arachne_shared::stats::Stats;
 use arachne_shared::upload::Upload;
 use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
     CreateSpider, DeletedSpider, DeliveryQuery, FolderStatus, Health, HealthStatus, Metrics, Node,
     Page, RunTask, ScheduleSpec, ScheduleView, ScrapyVersion, Spider, SpiderFolder, SpiderFolders,
-    SpiderItemQuery, Task, TaskQuery, UpdateNode, UploadedSpider, VersionFiles,
+    SpiderItemQuery, StatsQuery, Task, TaskQuery, UpdateNode, UploadedSpider, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, FoundItems, Result};
 use tokio::sync::broadcast;
@@ -38,7 +39,8 @@ pub(crate) struct MasterApi {
     pub(crate) schedules: Arc<Schedules>,
     pub(crate) scrapy: Arc<crate::scrapy::Scrapy>,
     pub(crate) removal: Arc<crate::removal::Removal>,
-    pub(crate) nodes: Nodes,
+    pub(crate) nodes: Arc<Nodes>,
+    pub(crate) overview: crate::stats::Overview,
     pub(crate) notifications: Arc<crate::notify::Notifications>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
@@ -287,6 +289,13 @@ impl Backend for MasterApi {
 
     async fn remove_node(&self, name: &str) -> Result<()> {
         Ok(self.nodes.remove(name).await?)
+    }
+
+    async fn stats(&self, query: StatsQuery) -> Result<Stats> {
+        Ok(self
+            .overview
+            .stats(query.days.unwrap_or(7), query.spider)
+            .await?)
     }
 
     async fn list_notifications(&self) -> Result<Vec<Notification>> {
@@ -542,6 +551,19 @@ impl From<schedules::Error> for Error {
             E::Invalid(_) => Error::BadRequest(message),
             E::Run(err) => err.into(),
             E::Store(err) => store_error(err),
+        }
+    }
+}
+
+impl From<crate::stats::Error> for Error {
+    fn from(err: crate::stats::Error) -> Self {
+        use crate::stats::Error as E;
+        let message = err.to_string();
+        match err {
+            E::Days(_) => Error::BadRequest(message),
+            E::NoSpider(_) => Error::NotFound(message),
+            E::Store(err) => store_error(err),
+            E::Nodes(err) => err.into(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod schedules;
 pub mod scrapy;
 mod sessions;
 pub mod spiders;
+pub mod stats;
 pub mod store;
 mod store_health;
 mod telemetry;
@@ -425,6 +426,10 @@ pub async fn run(
             servers.clone(),
         ));
     }
+    let nodes = Arc::new(nodes::Nodes::new(
+        Arc::clone(&store),
+        Arc::clone(&scheduler),
+    ));
     let api = Arc::new(MasterApi {
         folders: http::WatchedFolders {
             dir: config.spiders_dir.clone(),
@@ -439,7 +444,8 @@ pub async fn run(
         schedules,
         scrapy,
         removal,
-        nodes: nodes::Nodes::new(Arc::clone(&store), Arc::clone(&scheduler)),
+        overview: stats::Overview::new(Arc::clone(&store), Arc::clone(&nodes)),
+        nodes,
         notifications: Arc::clone(&notifications),
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),

@@ -118,6 +118,7 @@ conformance!(
     a_parent_counts_what_its_children_produced,
     tasks_are_read_back_in_the_order_they_ended,
     notification_rules_and_deliveries_are_kept_and_each_delivery_made_once,
+    each_run_that_ends_is_counted_once_in_its_hour,
 );
 
 fn spider(name: &str) -> Spider {
@@ -1657,4 +1658,102 @@ async fn notification_rules_and_deliveries_are_kept_and_each_delivery_made_once(
         vec![other.id, done.id],
         "{name}"
     );
+}
+
+async fn each_run_that_ends_is_counted_once_in_its_hour(backend: StoreUnderTest) {
+    let name = backend.name;
+    let store = backend.open().await;
+    let started = Utc::now() - chrono::Duration::seconds(90);
+    let end = |status: TaskStatus| -> arachne_master::store::TaskChange {
+        Box::new(move |t: &mut Task| {
+            t.set_status(status, Utc::now());
+            true
+        })
+    };
+    let mut runs = Vec::new();
+    for (spider, status) in [
+        ("a", TaskStatus::Finished),
+        ("a", TaskStatus::Finished),
+        ("a", TaskStatus::Error),
+        ("b", TaskStatus::Abnormal),
+    ] {
+        let mut t = task(spider, 5);
+        t.set_status(TaskStatus::Running, started);
+        store.insert_task(&t).await.unwrap();
+        runs.push((t.id, status));
+    }
+    store.append_logs(runs[0].0, &lines(1..=2)).await.unwrap();
+    for &(id, status) in &runs {
+        store
+            .update_task(id, &[TaskStatus::Running], end(status))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // A later change of an ended task (its retry noted, say) is not another run.
+    store
+        .update_task(
+            runs[2].0,
+            &[TaskStatus::Error],
+            Box::new(|t: &mut Task| {
+                t.retried_by = Some(TaskId::new());
+                true
+            }),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // A parent sums its children up; it is not a run of its own.
+    let mut parent = task("a", 5);
+    parent.children = 2;
+    store.insert_task(&parent).await.unwrap();
+    store
+        .update_task(parent.id, &[TaskStatus::Pending], end(TaskStatus::Finished))
+        .await
+        .unwrap()
+        .unwrap();
+    // A task that never started has no run time.
+    let never = task("b", 5);
+    store.insert_task(&never).await.unwrap();
+    store
+        .update_task(never.id, &[TaskStatus::Pending], end(TaskStatus::Cancelled))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let since = Utc::now() - chrono::Duration::hours(2);
+    let mut all = arachne_shared::stats::HourStats::default();
+    let rows = store.run_stats(since, None).await.unwrap();
+    for row in &rows {
+        all.add(row);
+    }
+    assert_eq!(
+        (all.finished, all.error, all.abnormal, all.cancelled),
+        (2, 1, 1, 1),
+        "{name}: {rows:?}"
+    );
+    let timed: u64 = all.run_times.iter().sum();
+    assert_eq!(timed, 4, "{name}: the four that ran have a run time");
+    let p50 = all.run_time_quantile(0.5).unwrap();
+    assert!(
+        (60_000..=120_000).contains(&p50),
+        "{name}: about 90 s, got {p50}"
+    );
+    let only_b = store.run_stats(since, Some("b")).await.unwrap();
+    assert!(
+        only_b.iter().all(|r| r.spider == "b") && !only_b.is_empty(),
+        "{name}: {only_b:?}"
+    );
+    assert!(
+        store
+            .run_stats(Utc::now() + chrono::Duration::hours(2), None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "{name}"
+    );
+    // The roll-ups are stored: they survive reopening.
+    drop(store);
+    let store = backend.open().await;
+    assert_eq!(store.run_stats(since, None).await.unwrap(), rows, "{name}");
 }

@@ -98,6 +98,7 @@ pub mod results;
 pub mod schedule;
 pub mod scrapy;
 pub mod spider;
+pub mod stats;
 pub mod task;
 pub mod token;
 pub mod upload;

@@ -118,6 +118,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn set_schedule_enabled(&self, name: &str, enabled: bool) -> Result<ScheduleView>;
     /// Runs a schedule's spider now, as the schedule would, without waiting for its next fire time.
     async fn run_schedule(&self, name: &str) -> Result<Task>;
+    /// The overview: runs that ended over the last days, overall, per day and per spider, and the nodes' load.
+    async fn stats(&self, query: types::StatsQuery) -> Result<arachne_shared::stats::Stats>;
     /// Every notification rule, by name, its secrets masked.
     async fn list_notifications(&self) -> Result<Vec<Notification>>;
     async fn get_notification(&self, name: &str) -> Result<Notification>;

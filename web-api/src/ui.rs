@@ -24,6 +24,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("icon.svg", "image/svg+xml", include_str!("../ui/icon.svg")),
     ("js/api.js", JS, include_str!("../ui/js/api.js")),
     ("js/app.js", JS, include_str!("../ui/js/app.js")),
+    ("js/dashboard.js", JS, include_str!("../ui/js/dashboard.js")),
     ("js/dom.js", JS, include_str!("../ui/js/dom.js")),
     ("js/logview.js", JS, include_str!("../ui/js/logview.js")),
     ("js/nodes.js", JS, include_str!("../ui/js/nodes.js")),

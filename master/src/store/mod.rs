@@ -12,6 +12,7 @@ pub mod mongo;
 
 use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::results::{FoundItem, ItemSearch};
+use arachne_shared::stats::HourStats;
 use arachne_shared::{
     ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, SpiderId, Task, TaskId,
     TaskStatus, Token,
@@ -182,6 +183,13 @@ pub trait TaskStore: Send + Sync + 'static {
         after: Option<TaskId>,
         limit: u32,
     ) -> Result<Vec<Task>>;
+    /// The hourly roll-ups of ended runs from the hour of `since` on, one spider's when named. Each backend
+    /// adds a task to its hour's roll-up as it writes the task's end.
+    async fn run_stats(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        spider: Option<&str>,
+    ) -> Result<Vec<HourStats>>;
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64>;
     /// Removes one ended task with its log lines and its items; false if there was no such task. Tasks that
     /// have not ended are left alone (false), so a running task's records never vanish under it.

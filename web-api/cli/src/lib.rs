@@ -15,6 +15,7 @@ mod notification;
 mod run;
 mod schedule;
 mod spider;
+mod stats;
 mod task;
 
 use crate::output::Output;
@@ -100,6 +101,9 @@ pub enum Command {
     Events(task::EventsArgs),
     /// Print the master's metrics (Prometheus text format).
     Metrics,
+    /// The overview: runs by status, success rate, items and run times over the last days, per spider, and
+    /// the nodes' load.
+    Stats(stats::StatsArgs),
     /// Inspect worker nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -125,6 +129,7 @@ impl Command {
                 out!("{}", client.metrics().await?);
                 Ok(ExitCode::SUCCESS)
             }
+            Self::Stats(args) => args.apply(client, output).await,
             Self::Node(command) => command.apply(client, output).await,
             Self::Schedule(command) => command.apply(client, output).await,
             Self::Notification(command) => command.apply(client, output).await,

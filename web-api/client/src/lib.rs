@@ -14,8 +14,8 @@ use arachne_api_types::{
     CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, DeliveryQuery,
     EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery,
     ItemQuery, LogQuery, LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec,
-    ScheduleView, Spider, SpiderFolders, SpiderItemQuery, SpiderItems, TaskQuery, TaskTree,
-    UpdateNode, UploadedSpider, VersionFiles, VersionQuery,
+    ScheduleView, Spider, SpiderFolders, SpiderItemQuery, SpiderItems, StatsQuery, TaskQuery,
+    TaskTree, UpdateNode, UploadedSpider, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -501,6 +501,12 @@ impl Client {
         self.send(self.http.delete(self.url(&format!("/nodes/{name}"))))
             .await
             .map(drop)
+    }
+
+    /// The overview of runs and load.
+    pub async fn stats(&self, query: &StatsQuery) -> Result<arachne_shared::stats::Stats> {
+        self.json(self.http.get(self.url("/stats")).query(query))
+            .await
     }
 
     pub async fn list_notifications(&self) -> Result<Vec<Notification>> {

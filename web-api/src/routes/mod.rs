@@ -560,6 +560,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         ),
         route(
             Method::GET,
+            "/api/v1/stats",
+            "The overview: runs that ended over the last days (default 7; 1 = the last 24 hours per hour), overall, per day and per spider (runs by status, success rate, items, median and p95 run time), the slowest and most failing spiders, and the nodes' load; read from hourly roll-ups the store keeps as runs end",
+            query(inline::<arachne_api_types::StatsQuery>),
+            Out::Json(200, schema::<arachne_shared::stats::Stats>),
+            get(stats),
+        ),
+        route(
+            Method::GET,
             "/api/v1/notifications",
             "List notification rules (webhook secrets and SMTP passwords masked)",
             none,

@@ -1,4 +1,5 @@
-//! Node routes: list worker nodes, change their settings, and remove offline ones.
+//! Node and overview routes: list worker nodes, change their settings, remove offline ones, and the overview
+//! of runs and load.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -29,4 +30,14 @@ pub(super) async fn remove_node(
 ) -> Result<impl IntoResponse> {
     api.remove_node(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn stats(
+    State(api): State<Api>,
+    query: Result<
+        axum::extract::Query<arachne_api_types::StatsQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<impl IntoResponse> {
+    Ok(Json(api.stats(super::query(query)?).await?))
 }

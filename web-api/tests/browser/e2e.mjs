@@ -490,6 +490,31 @@ try {
     }
   });
 
+  await step("the dashboard charts the runs that ended by status and day, and narrows to 24 hours and one spider", async () => {
+    const stats = await call("GET", "/stats?days=7");
+    check(stats.totals.runs > 0 && stats.totals.finished > 0, `runs ended in this test: ${JSON.stringify(stats.totals)}`);
+    await page.getByRole("link", { name: "Dashboard" }).click();
+    await heading("Dashboard").waitFor();
+    await page.locator(".figure", { hasText: "Runs" }).getByText(stats.totals.runs.toLocaleString()).first().waitFor();
+    const chart = page.getByRole("img", { name: /^Runs per day, by status/ });
+    await chart.waitFor();
+    check((await chart.locator("g.bar").count()) === 7, "a bar per day");
+    // Today's bar is stacked from the statuses that ended, each part as tall as its share.
+    const today = chart.locator("g.bar").last();
+    check((await today.locator('rect[data-part="finished"]').count()) === 1, "today has finished runs");
+    check((await today.locator("title").textContent()).includes(`finished: ${stats.series[6].finished}`), "its tooltip has the figures");
+    await page.getByRole("table", { name: "Spiders", exact: true }).locator('tr[data-spider="ui-demo"]').waitFor();
+    await page.getByRole("table", { name: "Node load" }).getByRole("meter", { name: "CPU of w1" }).waitFor();
+    await shot("dashboard");
+    await page.getByRole("link", { name: "24 hours" }).click();
+    await page.getByRole("img", { name: /^Runs per hour, by status/ }).waitFor();
+    check((await page.getByRole("img", { name: /^Runs per hour/ }).locator("g.bar").count()) === 24, "a bar per hour");
+    await page.getByLabel("Spider", { exact: true }).selectOption("ui-demo");
+    await page.waitForURL(/spider=ui-demo/);
+    const one = await call("GET", "/stats?days=1&spider=ui-demo");
+    await page.locator(".figure", { hasText: "Runs" }).locator("strong").filter({ hasText: new RegExp(`^${one.totals.runs.toLocaleString()}$`) }).waitFor();
+  });
+
   await step("the pages are keyboard reachable", async () => {
     await page.goto(`${URL}/#/tasks`);
     await heading("Tasks").waitFor();

@@ -399,6 +399,18 @@ pub struct WaitQuery {
     pub timeout: Option<u64>,
 }
 
+/// `GET /api/v1/stats`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// The window: the last this many days (default 7; 1 is the last 24 hours, per hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<u32>,
+    /// Only this spider's runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spider: Option<String>,
+}
+
 /// `GET /api/v1/notification-deliveries`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -3,6 +3,7 @@
 
 import { get, session, whenUnauthorized } from "./api.js";
 import { clear, field, h } from "./dom.js";
+import { dashboardPage } from "./dashboard.js";
 import { nodesPage } from "./nodes.js";
 import { notificationForm, notificationsPage } from "./notifications.js";
 import { resultsPage } from "./results.js";
@@ -11,6 +12,7 @@ import { spiderPage, spidersPage } from "./spiders.js";
 import { taskPage, tasksPage } from "./tasks.js";
 
 const routes = [
+  [/^\/dashboard\/?$/, () => dashboardPage],
   [/^\/spiders\/?$/, () => spidersPage],
   [/^\/spiders\/([^/]+)$/, (m) => (main, q) => spiderPage(main, decodeURIComponent(m[1]), q)],
   [/^\/tasks\/?$/, () => tasksPage],
@@ -38,6 +40,7 @@ function nav() {
     "nav",
     { "aria-label": "Main" },
     h("span", { class: "brand" }, "Arachne"),
+    link("/dashboard", "Dashboard"),
     link("/spiders", "Spiders"),
     link("/tasks", "Tasks"),
     link("/results", "Results"),

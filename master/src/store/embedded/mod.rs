@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+-- Ended runs per hour and spider, added to as each task's end is written (see TaskStore::run_stats).
+CREATE TABLE IF NOT EXISTS run_stats (
+    hour_ms INTEGER NOT NULL, spider TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (hour_ms, spider)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notifications (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 -- `dkey` is the rule, trigger and subject: one delivery each.
 CREATE TABLE IF NOT EXISTS deliveries (

@@ -2,6 +2,34 @@
 
 use super::*;
 use crate::store::TaskStore;
+use arachne_shared::stats::HourStats;
+
+/// Adds a run that just ended to its hour's roll-up, in the transaction that writes its end.
+fn add_run_stats(conn: &Connection, ended: &HourStats) -> Result<()> {
+    let key = (to_millis(ended.hour), ended.spider.clone());
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT data FROM run_stats WHERE hour_ms = ?1 AND spider = ?2")
+        .map_err(db)?
+        .query_row(params![key.0, key.1], |row| row.get(0))
+        .optional()
+        .map_err(db)?;
+    let mut stats: HourStats = match stored {
+        Some(data) => from_json(&data)?,
+        None => HourStats {
+            hour: ended.hour,
+            spider: ended.spider.clone(),
+            ..HourStats::default()
+        },
+    };
+    stats.add(ended);
+    conn.prepare_cached(
+        "INSERT INTO run_stats (hour_ms, spider, data) VALUES (?1, ?2, ?3)
+         ON CONFLICT (hour_ms, spider) DO UPDATE SET data = ?3",
+    )
+    .and_then(|mut stmt| stmt.execute(params![key.0, key.1, to_json(&stats)]))
+    .map(drop)
+    .map_err(db)
+}
 
 #[async_trait::async_trait]
 impl TaskStore for EmbeddedStore {
@@ -101,10 +129,14 @@ impl TaskStore for EmbeddedStore {
                 return Ok(None);
             }
             let before = Indexed::of(&task);
+            let was_ended = task.status.is_terminal();
             if !change(&mut task) {
                 return Ok(None);
             }
             update_row(&tx, &before, &task)?;
+            if !was_ended && let Some(ended) = HourStats::of_ended(&task) {
+                add_run_stats(&tx, &ended)?;
+            }
             tx.commit()?;
             Ok(Some(task))
         })
@@ -130,6 +162,27 @@ impl TaskStore for EmbeddedStore {
                  ORDER BY ended_ms, id LIMIT ?3",
                 &args,
             )
+        })
+        .await
+    }
+
+    async fn run_stats(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        spider: Option<&str>,
+    ) -> Result<Vec<HourStats>> {
+        let (since, spider) = (to_millis(since), spider.map(str::to_owned));
+        self.call(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT data FROM run_stats WHERE hour_ms >= ?1 AND (?2 IS NULL OR spider = ?2)
+                     ORDER BY hour_ms, spider",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![since, spider], |row| row.get::<_, String>(0))
+                .map_err(db)?;
+            rows.map(|r| from_json(&r.map_err(db)?)).collect()
         })
         .await
     }

@@ -212,6 +212,10 @@ impl MongoStore {
             (self.tasks(), &tasks[..]),
             (self.logs_coll(), &logs[..]),
             (self.deliveries(), &deliveries[..]),
+            (
+                self.db.collection("run_stats"),
+                &[plain(doc! {"hour": 1, "spider": 1})][..],
+            ),
         ] {
             coll.create_indexes(models.to_vec()).await.map_err(db)?;
         }

@@ -2,6 +2,70 @@
 
 use super::*;
 use crate::store::TaskStore;
+use arachne_shared::stats::{HourStats, RUN_TIME_BOUNDS_MS};
+
+impl MongoStore {
+    fn run_stats_coll(&self) -> Collection<Document> {
+        self.db.collection("run_stats")
+    }
+
+    /// Adds a run that just ended to its hour's roll-up. It follows the end's write: a master killed in
+    /// between leaves that one run out of the figures, never the task's record wrong.
+    async fn add_run_stats(&self, ended: &HourStats) -> Result<()> {
+        let hour = to_millis(ended.hour);
+        let mut inc = doc! {
+            "finished": ended.finished as i64,
+            "error": ended.error as i64,
+            "cancelled": ended.cancelled as i64,
+            "abnormal": ended.abnormal as i64,
+            "items": ended.items as i64,
+        };
+        for (bucket, count) in ended.run_times.iter().enumerate().filter(|(_, c)| **c > 0) {
+            inc.insert(format!("rt.{bucket}"), *count as i64);
+        }
+        self.run_stats_coll()
+            .update_one(
+                doc! {"_id": format!("{hour}|{}", ended.spider)},
+                doc! {
+                    "$inc": inc,
+                    "$setOnInsert": {"hour": bson::DateTime::from_millis(hour), "spider": &ended.spider},
+                },
+            )
+            .upsert(true)
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+}
+
+fn read_run_stats(doc: &Document) -> Result<HourStats> {
+    let corrupt = |e: bson::error::Error| Error::Corrupt(format!("run statistics: {e}"));
+    let count = |field: &str| doc.get_i64(field).map(|n| n as u64).unwrap_or(0);
+    let mut run_times = vec![0; RUN_TIME_BOUNDS_MS.len() + 1];
+    if let Ok(buckets) = doc.get_document("rt") {
+        for (bucket, count) in buckets {
+            if let (Ok(bucket), Some(count)) = (bucket.parse::<usize>(), count.as_i64())
+                && let Some(slot) = run_times.get_mut(bucket)
+            {
+                *slot = count as u64;
+            }
+        }
+    }
+    Ok(HourStats {
+        hour: from_millis(
+            doc.get_datetime("hour")
+                .map_err(corrupt)?
+                .timestamp_millis(),
+        ),
+        spider: doc.get_str("spider").map_err(corrupt)?.to_owned(),
+        finished: count("finished"),
+        error: count("error"),
+        cancelled: count("cancelled"),
+        abnormal: count("abnormal"),
+        items: count("items"),
+        run_times,
+    })
+}
 
 #[async_trait::async_trait]
 impl TaskStore for MongoStore {
@@ -133,6 +197,9 @@ impl TaskStore for MongoStore {
                 .await
                 .map_err(db)?;
             if replaced.matched_count == 1 {
+                if let Some(ended) = HourStats::of_ended(&task).filter(|_| !was_ended) {
+                    self.add_run_stats(&ended).await?;
+                }
                 if let Some(ended) = ended_at(&task).filter(|_| !was_ended) {
                     // Its logs expire with it (lines that come later get the date as they are stored).
                     self.logs_coll()
@@ -164,6 +231,29 @@ impl TaskStore for MongoStore {
         ]};
         self.find_tasks(filter, doc! {"ended_at": 1, "_id": 1}, 0, limit.into())
             .await
+    }
+
+    async fn run_stats(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        spider: Option<&str>,
+    ) -> Result<Vec<HourStats>> {
+        let mut filter = doc! {"hour": {"$gte": bson::DateTime::from_millis(to_millis(since))}};
+        if let Some(spider) = spider {
+            filter.insert("spider", spider);
+        }
+        let mut cursor = self
+            .run_stats_coll()
+            .find(filter)
+            .sort(doc! {"hour": 1, "spider": 1})
+            .await
+            .map_err(db)?;
+        let mut rows = Vec::new();
+        while cursor.advance().await.map_err(db)? {
+            let doc: Document = cursor.deserialize_current().map_err(db)?;
+            rows.push(read_run_stats(&doc)?);
+        }
+        Ok(rows)
     }
 
     async fn delete_ended_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> Result<u64> {
