@@ -478,6 +478,27 @@ async fn the_cli_reads_the_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_overview() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, _, _) = one_csv_run(data.path()).await;
+    let stats = stdout(&arachne(&master, &["stats", "--days", "1"]).await);
+    assert!(
+        stats.starts_with(
+            "last 1 day: 1 runs (1 finished, 0 error, 0 cancelled, 0 abnormal), success 100.0%"
+        ),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("SPIDER") && stats.contains("NODE") && stats.contains("local"),
+        "{stats}"
+    );
+    let refused = arachne(&master, &["stats", "--days", "0"]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("days must be 1 to 366"));
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_deletes_a_task_once() {
     let data = tempfile::tempdir().unwrap();
     let (master, id, _) = one_csv_run(data.path()).await;
