@@ -1,6 +1,7 @@
-//! Who may use the HTTP API and who may join as a worker. Tokens live in the store as hashes; a secret is shown
-//! once, when it is made. A token found valid is remembered for a few seconds, so a busy API does not ask the
-//! store on every request, and a revoked one stops working within those seconds.
+//! Who may use the HTTP API, with which role, and who may join as a worker. Tokens live in the store as
+//! hashes; a secret is shown once, when it is made. What a token was found to be is remembered for a few
+//! seconds, so a busy API does not ask the store on every request, and a revoked token (or a user's lowered
+//! role) takes effect within those seconds.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use arachne_shared::files::hex;
 use arachne_shared::spider::validate_name;
-use arachne_shared::{Token, TokenKind};
+use arachne_shared::{Caller, Role, Token, TokenKind};
 use tracing::{info, warn};
 
 use crate::store::{self, TokenStore};
@@ -90,23 +91,47 @@ pub fn new_secret(kind: TokenKind) -> String {
     format!("{}{}", kind.prefix(), hex(&bytes))
 }
 
-/// Makes a token named `name` and returns its secret, which is stored nowhere.
-pub async fn create_token(
-    store: &dyn TokenStore,
-    name: &str,
-    kind: TokenKind,
-) -> Result<String, Error> {
-    validate_name("token", name)?;
-    let secret = new_secret(kind);
-    store
-        .insert_token(&Token {
+/// What a new token is: its name and kind, and for an API token its role, user and expiry.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub name: String,
+    pub kind: TokenKind,
+    pub role: Role,
+    pub user: Option<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub session: bool,
+}
+
+impl NewToken {
+    /// A token of the master's own (`arachne-master token`, its first token): no user, no expiry.
+    pub fn master(name: &str, kind: TokenKind, role: Role) -> Self {
+        Self {
             name: name.to_owned(),
             kind,
-            hash: Token::hash_of(&secret),
-            created_at: chrono::Utc::now(),
-        })
-        .await?;
-    Ok(secret)
+            role,
+            user: None,
+            expires_at: None,
+            session: false,
+        }
+    }
+}
+
+/// Makes a token and returns it with its secret, which is stored nowhere.
+pub async fn create_token(store: &dyn TokenStore, new: NewToken) -> Result<(Token, String), Error> {
+    validate_name("token", &new.name)?;
+    let secret = new_secret(new.kind);
+    let token = Token {
+        name: new.name,
+        kind: new.kind,
+        hash: Token::hash_of(&secret),
+        created_at: chrono::Utc::now(),
+        role: new.role,
+        user: new.user,
+        expires_at: new.expires_at,
+        session: new.session,
+    };
+    store.insert_token(&token).await?;
+    Ok((token, secret))
 }
 
 /// Revokes the token named `name`.
@@ -139,6 +164,10 @@ async fn register(
             kind,
             hash,
             created_at: chrono::Utc::now(),
+            role: Role::Admin,
+            user: None,
+            expires_at: None,
+            session: false,
         })
         .await?;
     Ok(())
@@ -148,8 +177,11 @@ async fn register(
 pub struct Auth {
     store: Arc<dyn TokenStore>,
     required: bool,
-    recent: Mutex<HashMap<String, (TokenKind, Instant)>>,
+    recent: Mutex<HashMap<String, Remembered>>,
 }
+
+/// What a token's hash was found to be, and when: the caller it makes (none when it makes none) and its kind.
+type Remembered = (Option<Caller>, TokenKind, Instant);
 
 impl Auth {
     /// Registers the configured tokens and, on a first start with none, makes the first API token and writes
@@ -190,7 +222,8 @@ impl Auth {
             .iter()
             .any(|t| t.kind == TokenKind::Api);
         if config.required && !has_api_token {
-            let secret = create_token(store.as_ref(), FIRST_TOKEN, TokenKind::Api).await?;
+            let first = NewToken::master(FIRST_TOKEN, TokenKind::Api, Role::Admin);
+            let (_, secret) = create_token(store.as_ref(), first).await?;
             let path = data_dir.join(FIRST_TOKEN_FILE);
             write_private(&path, &secret).map_err(|source| Error::File {
                 path: path.clone(),
@@ -214,29 +247,76 @@ impl Auth {
         self.required
     }
 
-    /// Whether `secret` is a valid token of `kind` (always, when authentication is off).
-    pub async fn check(&self, secret: &str, kind: TokenKind) -> Result<bool, store::Error> {
+    /// Whether `secret` is a valid worker token (always, when authentication is off).
+    pub async fn check_worker(&self, secret: &str) -> Result<bool, store::Error> {
         if !self.required {
             return Ok(true);
         }
+        Ok(self.look_up(secret).await?.1 == Some(TokenKind::Worker))
+    }
+
+    /// Who an API token's secret speaks for, and with which role; `None` for a secret that is unknown,
+    /// revoked, expired, not an API token, or whose user is gone. Everyone is an admin when authentication
+    /// is off.
+    pub async fn caller(&self, secret: &str) -> Result<Option<Caller>, store::Error> {
+        if !self.required {
+            return Ok(Some(Caller {
+                actor: "anonymous".into(),
+                role: Role::Admin,
+                token: String::new(),
+                user: None,
+            }));
+        }
+        Ok(self.look_up(secret).await?.0)
+    }
+
+    /// The caller a secret makes, and its token's kind; remembered for [`REMEMBER`].
+    async fn look_up(
+        &self,
+        secret: &str,
+    ) -> Result<(Option<Caller>, Option<TokenKind>), store::Error> {
         let hash = Token::hash_of(secret);
-        if let Some((known, at)) = self.lock().get(&hash).copied()
+        if let Some((caller, kind, at)) = self.lock().get(&hash).cloned()
             && at.elapsed() < REMEMBER
         {
-            return Ok(known == kind);
+            return Ok((caller, Some(kind)));
         }
         let Some(token) = self.store.token_by_hash(&hash).await? else {
-            return Ok(false);
+            return Ok((None, None));
+        };
+        let expired = token.expires_at.is_some_and(|at| at <= chrono::Utc::now());
+        let caller = match (&token.user, token.kind, expired) {
+            (_, TokenKind::Worker, _) | (_, _, true) => None,
+            (None, TokenKind::Api, false) => Some(Caller {
+                actor: format!("token:{}", token.name),
+                role: token.role,
+                token: token.name.clone(),
+                user: None,
+            }),
+            (Some(user), TokenKind::Api, false) => {
+                self.store.user_by_name(user).await?.map(|found| Caller {
+                    actor: user.clone(),
+                    role: token.role.min(found.role),
+                    token: token.name.clone(),
+                    user: Some(user.clone()),
+                })
+            }
         };
         let mut recent = self.lock();
         if recent.len() >= REMEMBERED {
             recent.clear();
         }
-        recent.insert(hash, (token.kind, Instant::now()));
-        Ok(token.kind == kind)
+        // An expiring token is not remembered past its expiry by more than REMEMBER.
+        recent.insert(hash, (caller.clone(), token.kind, Instant::now()));
+        Ok((caller, Some(token.kind)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (TokenKind, Instant)>> {
+    /// Forgets what was remembered of every token: a user's role or a token changed.
+    pub fn forget(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remembered>> {
         crate::lock(&self.recent)
     }
 }

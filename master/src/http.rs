@@ -7,11 +7,13 @@ use arachne_shared::files::VersionInfo;
 use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::stats::Stats;
 use arachne_shared::upload::Upload;
+use arachne_shared::{AuditEntry, Caller, TokenInfo, UserInfo};
 use arachne_shared::{ItemRecord, LogLine, RunOptions, Schedule, TaskId};
 use arachne_web_api::types::{
-    CreateSpider, DeletedSpider, DeliveryQuery, FolderStatus, Health, HealthStatus, Metrics, Node,
-    Page, RunTask, ScheduleSpec, ScheduleView, ScrapyVersion, Spider, SpiderFolder, SpiderFolders,
-    SpiderItemQuery, StatsQuery, Task, TaskQuery, UpdateNode, UploadedSpider, VersionFiles,
+    AuditQuery, CreateSpider, CreateToken, CreateUser, CreatedToken, DeletedSpider, DeliveryQuery,
+    FolderStatus, Health, HealthStatus, Metrics, Node, Page, RunTask, ScheduleSpec, ScheduleView,
+    ScrapyVersion, SignIn, Spider, SpiderFolder, SpiderFolders, SpiderItemQuery, StatsQuery, Task,
+    TaskQuery, UpdateNode, UpdateUser, UploadedSpider, VersionFiles,
 };
 use arachne_web_api::{Backend, Error, FoundItems, Result};
 use tokio::sync::broadcast;
@@ -42,6 +44,7 @@ pub(crate) struct MasterApi {
     pub(crate) nodes: Arc<Nodes>,
     pub(crate) overview: crate::stats::Overview,
     pub(crate) notifications: Arc<crate::notify::Notifications>,
+    pub(crate) access: crate::access::Access,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scheduler: Arc<Scheduler>,
     pub(crate) changes: Arc<Changes>,
@@ -383,11 +386,80 @@ impl Backend for MasterApi {
         })
     }
 
-    async fn check_api_token(&self, secret: &str) -> Result<bool> {
-        self.auth
-            .check(secret, arachne_shared::TokenKind::Api)
-            .await
-            .map_err(store_error)
+    async fn caller(&self, secret: &str) -> Result<Option<Caller>> {
+        self.auth.caller(secret).await.map_err(store_error)
+    }
+
+    async fn record_audit(&self, entry: AuditEntry) {
+        if let Err(err) = self.access.record(&entry).await {
+            tracing::warn!(error = %err, action = %entry.action, actor = %entry.actor, "cannot write the audit log");
+        }
+    }
+
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+        Ok(self
+            .access
+            .audit(query.actor.as_deref(), query.before, limit)
+            .await?)
+    }
+
+    async fn sign_in(&self, sign_in: SignIn) -> Result<CreatedToken> {
+        let (token, secret) = self
+            .access
+            .sign_in(&sign_in.name, &sign_in.password)
+            .await?;
+        Ok(created(&token, secret))
+    }
+
+    async fn sign_out(&self, caller: &Caller) -> Result<()> {
+        Ok(self.access.sign_out(caller).await?)
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let users = self.access.users().await?;
+        Ok(users.iter().map(UserInfo::from).collect())
+    }
+
+    async fn create_user(&self, user: CreateUser) -> Result<UserInfo> {
+        let made = self
+            .access
+            .create_user(&user.name, user.role, &user.password)
+            .await?;
+        Ok(UserInfo::from(&made))
+    }
+
+    async fn update_user(&self, name: &str, update: UpdateUser) -> Result<UserInfo> {
+        let user = self
+            .access
+            .update_user(name, update.role, update.password.as_deref())
+            .await?;
+        Ok(UserInfo::from(&user))
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<()> {
+        Ok(self.access.delete_user(name).await?)
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>> {
+        let tokens = self.access.tokens().await?;
+        Ok(tokens.iter().map(TokenInfo::from).collect())
+    }
+
+    async fn create_token(&self, caller: &Caller, token: CreateToken) -> Result<CreatedToken> {
+        let request = crate::access::TokenRequest {
+            name: token.name,
+            kind: token.kind,
+            role: token.role,
+            user: token.user,
+            expires_in_days: token.expires_in_days,
+        };
+        let (token, secret) = self.access.create_token(caller, request).await?;
+        Ok(created(&token, secret))
+    }
+
+    async fn revoke_token(&self, name: &str) -> Result<()> {
+        Ok(self.access.revoke_token(name).await?)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<arachne_shared::TaskChanged> {
@@ -551,6 +623,33 @@ impl From<schedules::Error> for Error {
             E::Invalid(_) => Error::BadRequest(message),
             E::Run(err) => err.into(),
             E::Store(err) => store_error(err),
+        }
+    }
+}
+
+fn created(token: &arachne_shared::Token, secret: String) -> CreatedToken {
+    CreatedToken {
+        secret,
+        token: TokenInfo::from(token),
+    }
+}
+
+impl From<crate::access::Error> for Error {
+    fn from(err: crate::access::Error) -> Self {
+        use crate::access::Error as E;
+        use crate::auth::Error as A;
+        let message = err.to_string();
+        match err {
+            E::Invalid(_) | E::ShortPassword | E::AboveUser { .. } | E::Expiry => {
+                Error::BadRequest(message)
+            }
+            E::NotASession => Error::Conflict(message),
+            E::NoUser(_) | E::Token(A::NotFound(_)) => Error::NotFound(message),
+            E::UserExists(_) | E::Token(A::Exists(_)) => Error::Conflict(message),
+            E::SignIn => Error::Unauthorized(message),
+            E::Token(A::Name(_)) => Error::BadRequest(message),
+            E::Token(A::Store(err)) | E::Store(err) => store_error(err),
+            E::Token(_) | E::Hash(_) => Error::Internal(message),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Arachne master: stores spiders and tasks, dispatches tasks to workers over gRPC, and serves the HTTP
 //! API. `arachne-master` is a thin binary over [`run`], so tests start exactly what users run.
 
+pub mod access;
 pub mod auth;
 mod changes;
 mod cron;
@@ -447,6 +448,7 @@ pub async fn run(
         overview: stats::Overview::new(Arc::clone(&store), Arc::clone(&nodes)),
         nodes,
         notifications: Arc::clone(&notifications),
+        access: access::Access::new(Arc::clone(&store), Arc::clone(&auth)),
         store: Arc::clone(&store),
         scheduler: Arc::clone(&scheduler),
         changes: Arc::clone(&changes),

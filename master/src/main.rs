@@ -113,6 +113,20 @@ enum Command {
     /// Manage access tokens in the store the other flags name (the master may be running).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage users in the store the other flags name: the first admin who signs in to the web UI, say.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Make a user; the password comes from $ARACHNE_USER_PASSWORD, or the first line of standard input.
+    Create {
+        name: String,
+        /// admin, developer or viewer.
+        #[arg(long, default_value = "viewer")]
+        role: arachne_shared::Role,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +137,12 @@ enum TokenCommand {
         /// `api` for the HTTP API and CLI, `worker` for workers joining over gRPC.
         #[arg(long, default_value = "api")]
         kind: TokenKind,
+        /// What an API token may do: admin (everything), developer or viewer.
+        #[arg(long, default_value = "admin")]
+        role: arachne_shared::Role,
+        /// It stops working after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires_in_days: Option<u32>,
     },
     /// List tokens (names, kinds and creation times; never secrets).
     List,
@@ -133,16 +153,31 @@ enum TokenCommand {
 async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
     let store = arachne_master::open_store(config).await?;
     match command {
-        TokenCommand::Create { name, kind } => {
-            let secret = arachne_master::auth::create_token(store.as_ref(), &name, kind).await?;
+        TokenCommand::Create {
+            name,
+            kind,
+            role,
+            expires_in_days,
+        } => {
+            let mut new = arachne_master::auth::NewToken::master(&name, kind, role);
+            new.expires_at = match expires_in_days {
+                Some(days @ 1..=3650) => {
+                    Some(chrono::Utc::now() + chrono::Duration::days(days.into()))
+                }
+                Some(_) => anyhow::bail!("--expires-in-days must be 1 to 3650"),
+                None => None,
+            };
+            let (_, secret) = arachne_master::auth::create_token(store.as_ref(), new).await?;
             println!("{secret}");
         }
         TokenCommand::List => {
             for token in store.list_tokens().await? {
                 println!(
-                    "{:<24} {:<7} {}",
+                    "{:<24} {:<7} {:<10} {:<12} {}",
                     token.name,
                     token.kind.as_str(),
+                    token.role.as_str(),
+                    token.user.as_deref().unwrap_or("-"),
                     token.created_at.to_rfc3339()
                 );
             }
@@ -150,6 +185,26 @@ async fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Revoke { name } => {
             arachne_master::auth::revoke_token(store.as_ref(), &name).await?;
             println!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn user(config: &Config, command: UserCommand) -> anyhow::Result<()> {
+    let store = arachne_master::open_store(config).await?;
+    match command {
+        UserCommand::Create { name, role } => {
+            let password = match std::env::var("ARACHNE_USER_PASSWORD") {
+                Ok(password) => password,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let user = arachne_master::access::new_user(&name, role, &password).await?;
+            store.insert_user(&user).await?;
+            println!("user {name} created ({role})");
         }
     }
     Ok(())
@@ -223,8 +278,10 @@ async fn run() -> anyhow::Result<()> {
             args.worker_token_file.as_deref(),
         )?,
     };
-    if let Some(Command::Token(command)) = args.command {
-        return token(&config, command).await;
+    match args.command {
+        Some(Command::Token(command)) => return token(&config, command).await,
+        Some(Command::User(command)) => return user(&config, command).await,
+        None => {}
     }
     let listeners = Listeners {
         http: TcpListener::bind(args.http)

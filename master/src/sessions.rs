@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arachne_proto::server::{BlobStream, Handler, Inbound, Outbound, Rejection};
-use arachne_shared::TokenKind;
 use arachne_shared::cluster::{
     HeldTask, Leftover, MasterToWorker, ProcessStart, Registration, TaskEnd, TaskReport, WINDOW,
     WINDOW_BYTES, WorkerEnvelope, WorkerToMaster,
@@ -193,7 +192,7 @@ impl Handler for Sessions {
                 "no worker token: start the worker with $ARACHNE_WORKER_TOKEN or --token-file (arachne-master token create NAME --kind worker makes one)".into(),
             ));
         };
-        match self.auth.check(token, TokenKind::Worker).await {
+        match self.auth.check_worker(token).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Rejection::Unauthenticated(
                 "the worker token is unknown or revoked".into(),

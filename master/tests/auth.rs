@@ -55,7 +55,7 @@ async fn the_api_needs_a_valid_token_and_revoked_ones_stop_working() {
             .list_spiders()
             .await,
     );
-    assert!(wrong.contains("unknown or revoked"), "{wrong}");
+    assert!(wrong.contains("unknown, revoked or expired"), "{wrong}");
     let raw = common::http()
         .get(format!("{base}/api/v1/tasks"))
         .header("authorization", "Basic abc")

@@ -119,6 +119,7 @@ conformance!(
     tasks_are_read_back_in_the_order_they_ended,
     notification_rules_and_deliveries_are_kept_and_each_delivery_made_once,
     each_run_that_ends_is_counted_once_in_its_hour,
+    users_have_unique_names_and_the_audit_log_reads_newest_first,
 );
 
 fn spider(name: &str) -> Spider {
@@ -881,8 +882,18 @@ async fn tokens_are_found_by_hash_with_unique_names_and_survive_reopening(backen
         kind,
         hash: Token::hash_of(secret),
         created_at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
+        role: arachne_shared::Role::Admin,
+        user: None,
+        expires_at: None,
+        session: false,
     };
-    let ci = token("ci", "secret-1", TokenKind::Api);
+    let mut ci = token("ci", "secret-1", TokenKind::Api);
+    // A user's token, with its role and expiry, reads back whole.
+    ci.role = arachne_shared::Role::Developer;
+    ci.user = Some("ada".into());
+    ci.expires_at = Some(
+        arachne_shared::from_millis(Utc::now().timestamp_millis()) + chrono::Duration::days(30),
+    );
     store.insert_token(&ci).await.unwrap();
     store
         .insert_token(&token("rack-2", "secret-2", TokenKind::Worker))
@@ -1756,4 +1767,91 @@ async fn each_run_that_ends_is_counted_once_in_its_hour(backend: StoreUnderTest)
     drop(store);
     let store = backend.open().await;
     assert_eq!(store.run_stats(since, None).await.unwrap(), rows, "{name}");
+}
+
+async fn users_have_unique_names_and_the_audit_log_reads_newest_first(backend: StoreUnderTest) {
+    use arachne_shared::{AuditEntry, AuditId, Role, User};
+    let name = backend.name;
+    let store = backend.open().await;
+    let user = |user_name: &str, role| User {
+        name: user_name.into(),
+        role,
+        password_hash: format!("$argon2id$hash-of-{user_name}"),
+        created_at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
+    };
+    store
+        .insert_user(&user("ada", Role::Developer))
+        .await
+        .unwrap();
+    store.insert_user(&user("bob", Role::Viewer)).await.unwrap();
+    let clash = store.insert_user(&user("ada", Role::Admin)).await;
+    assert!(
+        matches!(clash, Err(arachne_master::store::Error::Duplicate(_))),
+        "{name}: {clash:?}"
+    );
+    let mut promoted = user("bob", Role::Admin);
+    promoted.created_at = store.user_by_name("bob").await.unwrap().unwrap().created_at;
+    assert!(store.replace_user(&promoted).await.unwrap(), "{name}");
+    assert!(
+        !store
+            .replace_user(&user("nobody", Role::Admin))
+            .await
+            .unwrap(),
+        "{name}: no such user to replace"
+    );
+    assert_eq!(
+        store.user_by_name("bob").await.unwrap(),
+        Some(promoted),
+        "{name}"
+    );
+    assert_eq!(store.user_by_name("nobody").await.unwrap(), None, "{name}");
+
+    let entry = |actor: &str, action: &str| AuditEntry {
+        id: AuditId::new(),
+        at: arachne_shared::from_millis(Utc::now().timestamp_millis()),
+        actor: actor.into(),
+        action: action.into(),
+        target: "/api/v1/spiders/s".into(),
+        status: 201,
+    };
+    let entries = [
+        entry("ada", "POST /api/v1/spiders"),
+        entry("bob", "DELETE /api/v1/spiders/{name}"),
+        entry("ada", "POST /api/v1/tasks"),
+    ];
+    for e in &entries {
+        store.insert_audit(e).await.unwrap();
+    }
+    // Written twice (a retried request), an entry is there once.
+    store.insert_audit(&entries[0]).await.unwrap();
+    let store = backend.open().await;
+    let ids = |list: Vec<AuditEntry>| list.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_audit(None, None, 10).await.unwrap()),
+        [entries[2].id, entries[1].id, entries[0].id],
+        "{name}"
+    );
+    assert_eq!(
+        ids(store.list_audit(Some("ada"), None, 10).await.unwrap()),
+        [entries[2].id, entries[0].id],
+        "{name}"
+    );
+    assert_eq!(
+        ids(store
+            .list_audit(None, Some(entries[2].id), 1)
+            .await
+            .unwrap()),
+        [entries[1].id],
+        "{name}: the page before an entry"
+    );
+    let names: Vec<_> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["ada", "bob"], "{name}");
+    assert!(store.delete_user("ada").await.unwrap(), "{name}");
+    assert!(!store.delete_user("ada").await.unwrap(), "{name}");
 }

@@ -111,7 +111,7 @@ pub use task::{
     ChangeKind, ItemTarget, RunMode, RunOptions, Task, TaskChanged, TaskId, TaskOutcome,
     TaskStatus, Transition,
 };
-pub use token::{Token, TokenKind};
+pub use token::{AuditEntry, AuditId, Caller, Role, Token, TokenInfo, TokenKind, User, UserInfo};
 
 /// A value that failed its check. The message names the field and what is wrong with it, in words a user can
 /// act on; callers map it to their own error (a bad request, a refused file) by its type.

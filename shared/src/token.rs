@@ -1,5 +1,7 @@
-//! Access tokens: who may use the HTTP API (`api`) and who may join as a worker (`worker`). Only a token's
-//! sha256 is ever stored; the secret is shown once, when it is created.
+//! Access tokens: who may use the HTTP API (`api`) and who may join as a worker (`worker`), an API token with
+//! a role and perhaps an owner and an expiry; users, who sign in with a password and hold a role; and the
+//! audit log of what they did. Only a token's sha256 and a password's argon2 hash are ever stored; a secret
+//! is shown once, when it is created.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -8,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::files::hex;
 
 /// What a token lets its holder do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// Every HTTP API route.
@@ -29,6 +31,32 @@ impl TokenKind {
 
 named_enum!(TokenKind, "token kind", Api => "api", Worker => "worker");
 
+/// What an API caller may do; each role may do what the ones below it may.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything; changes nothing.
+    Viewer,
+    /// Also creates, changes, runs, cancels and deletes spiders, runs, schedules and notifications.
+    Developer,
+    /// Also nodes, users, tokens and the audit log.
+    Admin,
+}
+
+named_enum!(Role, "role", Viewer => "viewer", Developer => "developer", Admin => "admin");
+
 /// A stored token: never its secret, only the secret's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
@@ -38,6 +66,108 @@ pub struct Token {
     /// Hex sha256 of the secret. Secrets are 256 random bits, so a plain hash is as strong as a slow one.
     pub hash: String,
     pub created_at: DateTime<Utc>,
+    /// What an API token may do (at most its user's role, checked on every use). Worker tokens have none.
+    pub role: Role,
+    /// The user it acts for; none for a token made by the master (`arachne-master token`, its first token,
+    /// a configured one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// It stops working then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Made by signing in to the web UI (revoked by signing out).
+    #[serde(default)]
+    pub session: bool,
+}
+
+/// A token as lists show it: everything but its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub kind: TokenKind,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub session: bool,
+}
+
+impl From<&Token> for TokenInfo {
+    fn from(token: &Token) -> Self {
+        Self {
+            name: token.name.clone(),
+            kind: token.kind,
+            role: token.role,
+            user: token.user.clone(),
+            created_at: token.created_at,
+            expires_at: token.expires_at,
+            session: token.session,
+        }
+    }
+}
+
+/// Who is calling the API, as their token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Caller {
+    /// The user, or `token:NAME` for a token that belongs to no user.
+    pub actor: String,
+    /// What the call may do: the token's role, never more than its user's.
+    pub role: Role,
+    /// The token's name.
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Someone who signs in to the web UI with a password, and owns API tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    /// The password's argon2id hash in PHC form (salt and parameters included).
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user as the API shows one: no hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&User> for UserInfo {
+    fn from(user: &User) -> Self {
+        Self {
+            name: user.name.clone(),
+            role: user.role,
+            created_at: user.created_at,
+        }
+    }
+}
+
+uuid_id!(
+    /// Identifies an audit entry; ids sort by time.
+    AuditId
+);
+
+/// One change someone made through the API: who, what, to what, when, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AuditEntry {
+    pub id: AuditId,
+    pub at: DateTime<Utc>,
+    /// The user, or the token when it belongs to no user (`token:NAME`); the name tried, for a failed sign-in.
+    pub actor: String,
+    /// What was done: `POST /api/v1/spiders/{name}/files`, say: the method and the route.
+    pub action: String,
+    /// What it was done to: the request's path (`/api/v1/spiders/quotes/files`).
+    pub target: String,
+    /// The answer's HTTP status: whether it was done.
+    pub status: u16,
 }
 
 impl Token {

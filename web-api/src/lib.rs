@@ -14,6 +14,7 @@ mod ui;
 
 use arachne_shared::files::VersionInfo;
 use arachne_shared::notify::{Delivery, Notification};
+use arachne_shared::{AuditEntry, Caller, TokenInfo, UserInfo};
 use arachne_shared::{ItemRecord, LogLine, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
@@ -136,9 +137,31 @@ pub trait Backend: Send + Sync + 'static {
     async fn metrics(&self) -> Result<types::Metrics>;
     /// What `/health` reports: whether the master's store takes writes.
     async fn health(&self) -> types::Health;
-    /// Whether `secret` is a valid API token. Asked on every request under `/api/v1` unless the router was
-    /// built without authentication.
-    async fn check_api_token(&self, secret: &str) -> Result<bool>;
+    /// Who an API token's secret speaks for, with which role; `None` for one that is unknown, revoked or
+    /// expired. Asked on every request under `/api/v1` unless the router was built without authentication.
+    async fn caller(&self, secret: &str) -> Result<Option<Caller>>;
+    /// Records a change a caller made (or a sign-in tried); a failure is logged, never the request's.
+    async fn record_audit(&self, entry: AuditEntry);
+    /// The audit log, newest first.
+    async fn audit(&self, query: types::AuditQuery) -> Result<Vec<AuditEntry>>;
+    /// Checks a user's name and password and makes a session token for the web UI; `Unauthorized` when
+    /// either is wrong.
+    async fn sign_in(&self, sign_in: types::SignIn) -> Result<types::CreatedToken>;
+    /// Revokes the caller's session token.
+    async fn sign_out(&self, caller: &Caller) -> Result<()>;
+    async fn list_users(&self) -> Result<Vec<UserInfo>>;
+    async fn create_user(&self, user: types::CreateUser) -> Result<UserInfo>;
+    async fn update_user(&self, name: &str, update: types::UpdateUser) -> Result<UserInfo>;
+    /// Deletes a user with every token of theirs.
+    async fn delete_user(&self, name: &str) -> Result<()>;
+    /// Every token (never a secret).
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>>;
+    async fn create_token(
+        &self,
+        caller: &Caller,
+        token: types::CreateToken,
+    ) -> Result<types::CreatedToken>;
+    async fn revoke_token(&self, name: &str) -> Result<()>;
     /// Wakes up on every change of any task (its record, or new logs and items). Only a hint: readers re-read
     /// the store, so a lagging receiver loses nothing.
     fn subscribe(&self) -> broadcast::Receiver<TaskChanged>;

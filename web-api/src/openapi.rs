@@ -10,6 +10,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 use arachne_api_types::ErrorBody;
+use arachne_shared::Role;
 
 /// Makes the schema of one type, registering what it refers to.
 pub(crate) type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
@@ -53,8 +54,8 @@ pub(crate) struct Doc {
     pub(crate) query: Option<SchemaFn>,
     pub(crate) body: Option<Body>,
     pub(crate) reply: Reply,
-    /// Whether it needs the API token.
-    pub(crate) secured: bool,
+    /// The least role a caller's token needs; `None` for a route open to all (`/health`, signing in).
+    pub(crate) role: Option<Role>,
 }
 
 /// The whole document for these routes.
@@ -78,7 +79,7 @@ pub(crate) fn document(docs: &[Doc]) -> Value {
         "info": {
             "title": "Arachne",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Run, schedule and watch web crawlers. Every route but /health needs `Authorization: Bearer <API token>`; errors are {\"error\":{\"code\",\"message\"}}.",
+            "description": "Run, schedule and watch web crawlers. Every route but /health and /api/v1/sign-in needs `Authorization: Bearer <API token>`, of the role its `x-arachne-role` names (viewer < developer < admin); errors are {\"error\":{\"code\",\"message\"}}.",
         },
         "paths": paths,
         "components": {
@@ -116,10 +117,16 @@ fn operation(doc: &Doc, generator: &mut SchemaGenerator, error: &Schema) -> Valu
         "parameters": parameters,
         "responses": {"default": {"description": "An error", "content": {"application/json": {"schema": error}}}},
     });
-    if !doc.secured {
-        operation["security"] = json!([]);
-    } else {
-        operation["security"] = json!([{"token": []}]);
+    match doc.role {
+        None => operation["security"] = json!([]),
+        Some(role) => {
+            operation["security"] = json!([{"token": []}]);
+            operation["x-arachne-role"] = json!(role.as_str());
+            operation["description"] = json!(format!(
+                "Needs a token with the {role} role{}.",
+                if role == Role::Admin { "" } else { " or above" }
+            ));
+        }
     }
     if let Some(body) = doc.body {
         operation["requestBody"] = match body {

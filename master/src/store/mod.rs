@@ -1,5 +1,5 @@
 //! Persistence behind small capability traits ([`CatalogStore`], [`TaskStore`], [`OutputStore`],
-//! [`TokenStore`], [`NotifyStore`]; [`Store`] is all of them), one folder per backend with one file per capability. The
+//! [`TokenStore`] (tokens and users), [`NotifyStore`], [`AuditStore`]; [`Store`] is all of them), one folder per backend with one file per capability. The
 //! embedded SQLite store is the default and needs no service; the MongoDB backend implements the same traits
 //! for production. [`open`] picks the backend a configuration names.
 //!
@@ -14,8 +14,8 @@ use arachne_shared::notify::{Delivery, Notification};
 use arachne_shared::results::{FoundItem, ItemSearch};
 use arachne_shared::stats::HourStats;
 use arachne_shared::{
-    ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider, SpiderId, Task, TaskId,
-    TaskStatus, Token,
+    AuditEntry, AuditId, ItemRecord, ItemTarget, LogLine, Node, Schedule, ScheduleId, Spider,
+    SpiderId, Task, TaskId, TaskStatus, Token, User,
 };
 
 /// Errors of the store.
@@ -232,6 +232,29 @@ pub trait TokenStore: Send + Sync + 'static {
     async fn list_tokens(&self) -> Result<Vec<Token>>;
     /// Removes a token; false if there was none.
     async fn delete_token(&self, name: &str) -> Result<bool>;
+
+    /// Adds a user; one with the same name is a `Duplicate`.
+    async fn insert_user(&self, user: &User) -> Result<()>;
+    /// Replaces a user's record, by name; false if there was none.
+    async fn replace_user(&self, user: &User) -> Result<bool>;
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>>;
+    /// Every user, by name.
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// Removes a user; false if there was none. Their tokens are the caller's to revoke.
+    async fn delete_user(&self, name: &str) -> Result<bool>;
+}
+
+/// The audit log: who changed what through the API, and when.
+#[async_trait::async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Entries newest first, older than `before` when given, one actor's when named.
+    async fn list_audit(
+        &self,
+        actor: Option<&str>,
+        before: Option<AuditId>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>>;
 }
 
 /// Notification rules, by name, and their deliveries.
@@ -260,6 +283,12 @@ pub trait NotifyStore: Send + Sync + 'static {
 
 /// The whole storage interface of the master: every capability. A part of the master that needs only one
 /// holds that one (`Arc<dyn TokenStore>`, ...); a backend implements each, and is then a `Store`.
-pub trait Store: CatalogStore + TaskStore + OutputStore + TokenStore + NotifyStore {}
+pub trait Store:
+    CatalogStore + TaskStore + OutputStore + TokenStore + NotifyStore + AuditStore
+{
+}
 
-impl<T: CatalogStore + TaskStore + OutputStore + TokenStore + NotifyStore> Store for T {}
+impl<T: CatalogStore + TaskStore + OutputStore + TokenStore + NotifyStore + AuditStore> Store
+    for T
+{
+}

@@ -11,11 +11,12 @@ use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
 use arachne_api_types::{
-    CreateSpider, CronPreview, CronQuery, DeleteSpiderQuery, DeletedSpider, DeliveryQuery,
-    EVENT_DELETED, EVENT_END, EVENT_LAGGED, EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery,
-    ItemQuery, LogQuery, LogSearch, LogSearchQuery, Node, Page, RunTask, ScheduleSpec,
-    ScheduleView, Spider, SpiderFolders, SpiderItemQuery, SpiderItems, StatsQuery, TaskQuery,
-    TaskTree, UpdateNode, UploadedSpider, VersionFiles, VersionQuery,
+    AuditQuery, CreateSpider, CreateToken, CreateUser, CreatedToken, CronPreview, CronQuery,
+    DeleteSpiderQuery, DeletedSpider, DeliveryQuery, EVENT_DELETED, EVENT_END, EVENT_LAGGED,
+    EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery, LogSearch, LogSearchQuery,
+    Node, Page, RunTask, ScheduleSpec, ScheduleView, SignIn, Spider, SpiderFolders,
+    SpiderItemQuery, SpiderItems, StatsQuery, TaskQuery, TaskTree, UpdateNode, UpdateUser,
+    UploadedSpider, VersionFiles, VersionQuery,
 };
 
 /// Errors of client calls.
@@ -501,6 +502,78 @@ impl Client {
         self.send(self.http.delete(self.url(&format!("/nodes/{name}"))))
             .await
             .map(drop)
+    }
+
+    /// Signs in with a user's name and password; the answer's secret is a session token for 12 hours.
+    pub async fn sign_in(&self, name: &str, password: &str) -> Result<CreatedToken> {
+        let body = SignIn {
+            name: name.to_owned(),
+            password: password.to_owned(),
+        };
+        self.json(self.http.post(self.url("/sign-in")).json(&body))
+            .await
+    }
+
+    /// Ends the session the client's token is.
+    pub async fn sign_out(&self) -> Result<()> {
+        self.send(self.http.post(self.url("/sign-out")))
+            .await
+            .map(drop)
+    }
+
+    /// Who this client's token speaks for, with which role.
+    pub async fn me(&self) -> Result<arachne_shared::Caller> {
+        self.json(self.http.get(self.url("/me"))).await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<arachne_shared::UserInfo>> {
+        self.json(self.http.get(self.url("/users"))).await
+    }
+
+    pub async fn create_user(&self, user: &CreateUser) -> Result<arachne_shared::UserInfo> {
+        self.json(self.http.post(self.url("/users")).json(user))
+            .await
+    }
+
+    pub async fn update_user(
+        &self,
+        name: &str,
+        update: &UpdateUser,
+    ) -> Result<arachne_shared::UserInfo> {
+        self.json(
+            self.http
+                .patch(self.url(&format!("/users/{name}")))
+                .json(update),
+        )
+        .await
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/users/{name}"))))
+            .await
+            .map(drop)
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<arachne_shared::TokenInfo>> {
+        self.json(self.http.get(self.url("/tokens"))).await
+    }
+
+    /// Makes a token; its secret is in the answer only.
+    pub async fn create_token(&self, token: &CreateToken) -> Result<CreatedToken> {
+        self.json(self.http.post(self.url("/tokens")).json(token))
+            .await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(&format!("/tokens/{name}"))))
+            .await
+            .map(drop)
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<arachne_shared::AuditEntry>> {
+        self.json(self.http.get(self.url("/audit")).query(query))
+            .await
     }
 
     /// The overview of runs and load.

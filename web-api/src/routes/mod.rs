@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
-use arachne_shared::TaskId;
+use arachne_shared::{AuditEntry, AuditId, Caller, Role, TaskId};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::Method;
@@ -22,6 +22,7 @@ use arachne_api_types::{
 };
 use arachne_shared::notify::{Delivery, Notification};
 
+mod access;
 mod events;
 mod nodes;
 mod notifications;
@@ -30,6 +31,7 @@ mod schedules;
 mod spiders;
 mod tasks;
 
+use self::access as who;
 use self::events::*;
 use self::nodes::*;
 use self::notifications::*;
@@ -74,7 +76,7 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         query: None,
         body: None,
         reply: Reply::Json(200, openapi::schema::<serde_json::Value>),
-        secured: true,
+        role: Some(Role::Viewer),
     };
     let mut docs: Vec<Doc> = table.iter().map(|(doc, _)| doc.clone()).collect();
     docs.push(openapi_doc.clone());
@@ -83,14 +85,20 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) });
     table.push((openapi_doc, serve_document));
 
-    let auth = axum::middleware::from_fn_with_state(Arc::clone(&backend), authenticate);
     let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Api>> = Default::default();
     for (doc, handler) in table {
-        // Scrapers of /metrics authenticate like any client: Prometheus sends a bearer token too.
-        let handler = if doc.secured && options.require_token {
-            handler.layer(auth.clone())
-        } else {
-            handler
+        // Scrapers of /metrics authenticate like any client: Prometheus sends a bearer token too. Without
+        // tokens every caller is an admin, but the caller is still known to the handlers.
+        let handler = match doc.role {
+            Some(role) => handler.layer(axum::middleware::from_fn_with_state(
+                Gate {
+                    api: Arc::clone(&backend),
+                    role,
+                    required: options.require_token,
+                },
+                authenticate,
+            )),
+            None => handler,
         };
         let merged = match by_path.remove(doc.path) {
             Some(other) => other.merge(handler),
@@ -103,6 +111,10 @@ pub fn router(backend: Api, options: &RouterOptions) -> Router {
         router = router.route(path, handler);
     }
     let router = router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&backend),
+            audit,
+        ))
         .merge(crate::ui::routes())
         .fallback(|| async { Error::NotFound("no such route".into()) })
         .layer(axum::middleware::map_response_with_state(
@@ -216,6 +228,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
                  (query, body): (Option<openapi::SchemaFn>, Option<In>),
                  reply: Out,
                  handler: MethodRouter<Api>| {
+        let role = match (path, &method) {
+            ("/health" | "/api/v1/sign-in", _) => None,
+            _ if needs_admin(&method, path) => Some(Role::Admin),
+            (_, &Method::GET) => Some(Role::Viewer),
+            // Signing out ends one's own session, whatever one may do.
+            ("/api/v1/sign-out", _) => Some(Role::Viewer),
+            _ => Some(Role::Developer),
+        };
         let doc = Doc {
             method,
             path,
@@ -223,7 +243,7 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             query,
             body,
             reply,
-            secured: path != "/health",
+            role,
         };
         (doc, handler)
     };
@@ -559,6 +579,94 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
             delete(remove_node),
         ),
         route(
+            Method::POST,
+            "/api/v1/sign-in",
+            "Sign in with a user's name and password: a session token for 12 hours (the web UI's sign-in); a wrong name or password is a 401 that does not say which",
+            body(schema::<arachne_api_types::SignIn>),
+            Out::Json(201, schema::<arachne_api_types::CreatedToken>),
+            post(who::sign_in),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/sign-out",
+            "End the caller's web UI session: its session token is revoked",
+            none,
+            Out::NoContent,
+            post(who::sign_out),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/me",
+            "Who the caller is: the user (or token) and the role its token gives",
+            none,
+            Out::Json(200, schema::<arachne_shared::Caller>),
+            get(who::me),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/users",
+            "List users and their roles",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::UserInfo>>),
+            get(who::list_users),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/users",
+            "Create a user with a role and a password (stored as an argon2id hash)",
+            body(schema::<arachne_api_types::CreateUser>),
+            Out::Json(201, schema::<arachne_shared::UserInfo>),
+            post(who::create_user),
+        ),
+        route(
+            Method::PATCH,
+            "/api/v1/users/{name}",
+            "Change a user's role or password; their tokens follow the new role",
+            body(schema::<arachne_api_types::UpdateUser>),
+            Out::Json(200, schema::<arachne_shared::UserInfo>),
+            patch(who::update_user),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/users/{name}",
+            "Delete a user and revoke every token of theirs",
+            none,
+            Out::NoContent,
+            delete(who::delete_user),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/tokens",
+            "List tokens: name, kind, role, user, creation and expiry (never a secret)",
+            none,
+            Out::Json(200, schema::<Vec<arachne_shared::TokenInfo>>),
+            get(who::list_tokens),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/tokens",
+            "Make a token with a role (at most its user's) and an expiry; its secret is in this answer only",
+            body(schema::<arachne_api_types::CreateToken>),
+            Out::Json(201, schema::<arachne_api_types::CreatedToken>),
+            post(who::create_token),
+        ),
+        route(
+            Method::DELETE,
+            "/api/v1/tokens/{name}",
+            "Revoke a token: it stops working within seconds",
+            none,
+            Out::NoContent,
+            delete(who::revoke_token),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/audit",
+            "The audit log, newest first: who created, changed, ran, cancelled or deleted what, when, and the answer's status",
+            query(inline::<arachne_api_types::AuditQuery>),
+            Out::Json(200, schema::<Vec<arachne_shared::AuditEntry>>),
+            get(who::audit),
+        ),
+        route(
             Method::GET,
             "/api/v1/stats",
             "The overview: runs that ended over the last days (default 7; 1 = the last 24 hours per hour), overall, per day and per spider (runs by status, success rate, items, median and p95 run time), the slowest and most failing spiders, and the nodes' load; read from hourly roll-ups the store keeps as runs end",
@@ -639,15 +747,20 @@ async fn wait_for_an_upload_slot(
 }
 
 /// Lets a request through only with a valid API token.
-async fn authenticate(
-    State(api): State<Api>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<Response> {
-    let header = request.headers().get(header::AUTHORIZATION);
-    let Some(header) = header else {
+/// Routes only an admin may use: users, tokens and the audit log, and changes to nodes (which are the
+/// cluster's, not one team's). Reading is a viewer's, any other change a developer's.
+fn needs_admin(method: &Method, path: &str) -> bool {
+    ["/api/v1/users", "/api/v1/tokens", "/api/v1/audit"]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+        || (path.starts_with("/api/v1/nodes/") && method != Method::GET)
+}
+
+/// The caller a request's bearer token speaks for; `Unauthorized` without a valid one.
+async fn caller_of(api: &Api, headers: &axum::http::HeaderMap) -> Result<Caller> {
+    let Some(header) = headers.get(header::AUTHORIZATION) else {
         return Err(Error::Unauthorized(
-            "missing Authorization header: send `Authorization: Bearer <API token>` (arachne-master token create NAME makes one)".into(),
+            "missing Authorization header: send `Authorization: Bearer <API token>` (sign in, or `arachne-master token create NAME` makes one)".into(),
         ));
     };
     let secret = header
@@ -661,13 +774,91 @@ async fn authenticate(
                 "malformed Authorization header: expected `Bearer <API token>`".into(),
             )
         })?;
-    if !api.check_api_token(secret).await? {
-        return Err(Error::Unauthorized(
-            "the API token is unknown or revoked".into(),
-        ));
-    }
-    Ok(next.run(request).await)
+    api.caller(secret)
+        .await?
+        .ok_or_else(|| Error::Unauthorized("the API token is unknown, revoked or expired".into()))
 }
+
+/// What a route asks of its callers.
+#[derive(Clone)]
+struct Gate {
+    api: Api,
+    role: Role,
+    /// Off only for a master without tokens, whose every caller is an anonymous admin.
+    required: bool,
+}
+
+/// Lets a request through when its token's role is at least the route's; the caller goes along with the
+/// request (for the handlers) and with the response (for the audit log).
+async fn authenticate(
+    State(Gate {
+        api,
+        role,
+        required,
+    }): State<Gate>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response> {
+    let caller = match required {
+        true => caller_of(&api, request.headers()).await?,
+        false => Caller {
+            actor: "anonymous".into(),
+            role: Role::Admin,
+            token: String::new(),
+            user: None,
+        },
+    };
+    if caller.role < role {
+        return Err(Error::Forbidden(format!(
+            "this needs the {role} role; {} has {}",
+            caller.actor, caller.role
+        )));
+    }
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(caller);
+    Ok(response)
+}
+
+/// Records every request that may change something (not GET or HEAD) in the audit log once it is
+/// answered: who (the caller the response carries; for a sign-in the name tried), what and to what, and
+/// the answer's status. A refused token is not an actor; its request is not recorded.
+async fn audit(
+    State(api): State<Api>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().clone();
+    let target = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return response;
+    }
+    let actor = match (
+        response.extensions().get::<Caller>(),
+        response.extensions().get::<SignInAttempt>(),
+    ) {
+        (Some(caller), _) => caller.actor.clone(),
+        (None, Some(SignInAttempt(name))) => name.clone(),
+        (None, None) => return response,
+    };
+    let route = matched.map_or_else(|| target.clone(), |m| m.as_str().to_owned());
+    api.record_audit(AuditEntry {
+        id: AuditId::new(),
+        at: chrono::Utc::now(),
+        actor,
+        action: format!("{method} {route}"),
+        target,
+        status: response.status().as_u16(),
+    })
+    .await;
+    response
+}
+
+/// The name a sign-in was tried with, for the audit log.
+#[derive(Clone)]
+pub(super) struct SignInAttempt(pub(super) String);
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T> {
     q.map(|Query(q)| q)

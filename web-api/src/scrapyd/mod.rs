@@ -189,18 +189,44 @@ impl Params {
     }
 }
 
+/// Scrapyd's clients send an Arachne API token as the basic-auth password. Reading takes a viewer's role;
+/// a POST (deploy, schedule, cancel, delete) a developer's, and goes to the audit log.
 async fn basic_auth(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
-    match password(request.headers()) {
-        Some(secret) if ctx.backend.check_api_token(&secret).await.unwrap_or(false) => {
-            next.run(request).await
-        }
-        _ => (
+    let caller = match password(request.headers()) {
+        Some(secret) => ctx.backend.caller(&secret).await.ok().flatten(),
+        None => None,
+    };
+    let Some(caller) = caller else {
+        return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"Scrapyd\"")],
             "Unauthorized: basic auth with an Arachne API token as the password\n",
         )
-            .into_response(),
+            .into_response();
+    };
+    let changes = request.method() == axum::http::Method::POST;
+    if changes && caller.role < arachne_shared::Role::Developer {
+        let message = format!(
+            "Forbidden: this needs the developer role; {} has {}\n",
+            caller.actor, caller.role
+        );
+        return (StatusCode::FORBIDDEN, message).into_response();
     }
+    let (method, target) = (request.method().clone(), request.uri().path().to_owned());
+    let response = next.run(request).await;
+    if changes {
+        ctx.backend
+            .record_audit(arachne_shared::AuditEntry {
+                id: arachne_shared::AuditId::new(),
+                at: chrono::Utc::now(),
+                actor: caller.actor,
+                action: format!("{method} (Scrapyd) {target}"),
+                target: target.clone(),
+                status: response.status().as_u16(),
+            })
+            .await;
+    }
+    response
 }
 
 /// The password of an `Authorization: Basic` header.

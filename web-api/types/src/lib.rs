@@ -399,6 +399,85 @@ pub struct WaitQuery {
     pub timeout: Option<u64>,
 }
 
+/// `POST /api/v1/sign-in`: a user's name and password.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub name: String,
+    pub password: String,
+}
+
+/// A token made for a caller: its secret, shown this once, and what it is.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CreatedToken {
+    /// Send it as `Authorization: Bearer <secret>`.
+    pub secret: String,
+    #[serde(flatten)]
+    pub token: arachne_shared::TokenInfo,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub name: String,
+    pub role: arachne_shared::Role,
+    /// At least 10 characters; stored only as an argon2id hash.
+    pub password: String,
+}
+
+/// `PATCH /api/v1/users/{name}`: what to change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<arachne_shared::Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    /// `api` (default) or `worker`.
+    #[serde(default = "api_kind")]
+    pub kind: arachne_shared::TokenKind,
+    /// What an API token may do (default viewer); at most its user's role.
+    #[serde(default = "viewer")]
+    pub role: arachne_shared::Role,
+    /// The user it acts for; the caller's own user by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// It stops working after this many days (1 to 3650); never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
+}
+
+fn api_kind() -> arachne_shared::TokenKind {
+    arachne_shared::TokenKind::Api
+}
+
+fn viewer() -> arachne_shared::Role {
+    arachne_shared::Role::Viewer
+}
+
+/// `GET /api/v1/audit`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only what this user (or `token:NAME`) did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Entries older than this one (the last `id` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<arachne_shared::AuditId>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// `GET /api/v1/stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use arachne_shared::spider::DedupMode;
 use arachne_shared::{
-    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, SpiderId, Task,
-    TaskId, TaskStatus, Token, from_millis, to_millis,
+    AuditEntry, AuditId, ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId,
+    Spider, SpiderId, Task, TaskId, TaskStatus, Token, User, from_millis, to_millis,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL UNI
 CREATE TABLE IF NOT EXISTS run_stats (
     hour_ms INTEGER NOT NULL, spider TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (hour_ms, spider)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (id TEXT PRIMARY KEY, actor TEXT NOT NULL, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS notifications (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 -- `dkey` is the rule, trigger and subject: one delivery each.
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -85,6 +87,7 @@ CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_spider ON tasks (spider_name, id);
 CREATE INDEX IF NOT EXISTS tasks_ended ON tasks (ended_ms) WHERE ended_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_node_set ON tasks (node, id) WHERE node IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor, id);
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (next_ms) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS deliveries_rule ON deliveries (notification, id);
 CREATE UNIQUE INDEX IF NOT EXISTS items_dedup ON items (coll, dkey) WHERE dkey IS NOT NULL;

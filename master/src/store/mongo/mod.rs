@@ -20,8 +20,8 @@ use std::collections::HashSet;
 
 use arachne_shared::spider::DedupMode;
 use arachne_shared::{
-    ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId, Spider, SpiderId, Task,
-    TaskId, TaskStatus, Token, from_millis, to_millis,
+    AuditEntry, AuditId, ItemRecord, ItemTarget, LogLine, LogStream, Node, Schedule, ScheduleId,
+    Spider, SpiderId, Task, TaskId, TaskStatus, Token, User, from_millis, to_millis,
 };
 use bson::{Bson, Document, doc};
 use mongodb::error::ErrorKind;
@@ -161,6 +161,12 @@ impl MongoStore {
     fn tokens(&self) -> Collection<Document> {
         self.db.collection("tokens")
     }
+    fn users(&self) -> Collection<Document> {
+        self.db.collection("users")
+    }
+    fn audit(&self) -> Collection<Document> {
+        self.db.collection("audit")
+    }
     fn notifications(&self) -> Collection<Document> {
         self.db.collection("notifications")
     }
@@ -212,6 +218,7 @@ impl MongoStore {
             (self.tasks(), &tasks[..]),
             (self.logs_coll(), &logs[..]),
             (self.deliveries(), &deliveries[..]),
+            (self.audit(), &[plain(doc! {"actor": 1, "_id": -1})][..]),
             (
                 self.db.collection("run_stats"),
                 &[plain(doc! {"hour": 1, "spider": 1})][..],
