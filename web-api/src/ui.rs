@@ -22,6 +22,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../ui/style.css"),
     ),
     ("icon.svg", "image/svg+xml", include_str!("../ui/icon.svg")),
+    ("js/access.js", JS, include_str!("../ui/js/access.js")),
     ("js/api.js", JS, include_str!("../ui/js/api.js")),
     ("js/app.js", JS, include_str!("../ui/js/app.js")),
     ("js/dashboard.js", JS, include_str!("../ui/js/dashboard.js")),

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 #[macro_use]
 mod output;
+mod access;
 mod describe;
 mod node;
 mod notification;
@@ -113,6 +114,16 @@ pub enum Command {
     /// Announce task and node events on a webhook, Slack or by email.
     #[command(subcommand)]
     Notification(notification::NotificationCommand),
+    /// Manage users (admins).
+    #[command(subcommand)]
+    User(access::UserCommand),
+    /// Manage API and worker tokens (admins).
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Who changed what, and when (admins).
+    Audit(access::AuditArgs),
+    /// Who the CLI's token speaks for, with which role.
+    Whoami,
 }
 
 impl Command {
@@ -133,6 +144,10 @@ impl Command {
             Self::Node(command) => command.apply(client, output).await,
             Self::Schedule(command) => command.apply(client, output).await,
             Self::Notification(command) => command.apply(client, output).await,
+            Self::User(command) => command.apply(client, output).await,
+            Self::Token(command) => command.apply(client, output).await,
+            Self::Audit(args) => args.apply(client, output).await,
+            Self::Whoami => access::whoami(client, output).await,
         }
     }
 }

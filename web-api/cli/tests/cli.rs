@@ -1054,3 +1054,64 @@ async fn the_cli_sets_a_notification_tests_it_and_lists_its_deliveries() {
     assert!(deleted.status.success());
     master.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_users_and_tokens_and_reads_the_audit_log() {
+    let data = tempfile::tempdir().unwrap();
+    let master = TestMaster::start(data.path(), false).await;
+    let run = |token: String, line: String| {
+        let mut command = tokio::process::Command::new(workspace_bin("arachne"));
+        command
+            .args(["--server", &format!("http://{}", master.http)])
+            .env("ARACHNE_TOKEN", token)
+            .env("ADA_PASSWORD", "ada-has-a-long-password")
+            .args(line.split_whitespace());
+        async move {
+            tokio::time::timeout(common::TIMEOUT, command.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let admin = |line: &str| run(common::API_TOKEN.to_owned(), line.to_owned());
+    let made = admin("user create ada --role developer --password-env ADA_PASSWORD").await;
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    assert!(stdout(&admin("user list").await).contains("developer"));
+    let token = admin("token create ada-ci --role developer --user ada --expires-in-days 7").await;
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let secret = stdout(&token).trim().to_owned();
+    assert!(secret.starts_with("arachne_api_"), "{secret}");
+    let whoami = stdout(&run(secret.clone(), "whoami".into()).await);
+    assert!(
+        whoami.starts_with("ada (developer, token ada-ci)"),
+        "{whoami}"
+    );
+    // A developer is refused what only admins do, with the reason.
+    let refused = run(secret.clone(), "token list".into()).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("needs the admin role; ada has developer")
+    );
+    let listed = stdout(&admin("token list").await);
+    assert!(
+        listed.contains("ada-ci") && listed.contains("ada") && !listed.contains(&secret),
+        "{listed}"
+    );
+    assert!(admin("token revoke ada-ci").await.status.success());
+    assert!(!run(secret, "whoami".into()).await.status.success());
+    let audit = stdout(&admin("audit --actor token:configured-api").await);
+    assert!(
+        audit.contains("POST /api/v1/users") && audit.contains("DELETE /api/v1/tokens/{name}"),
+        "{audit}"
+    );
+    master.stop().await;
+}

@@ -92,11 +92,11 @@ try {
   await step("sign-in refuses a wrong token and accepts the right one", async () => {
     await page.goto(URL);
     await page.getByLabel("API token").fill("arachne_api_wrong");
-    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("button", { name: "Use token" }).click();
     await page.getByRole("alert").filter({ hasText: "Sign-in failed" }).waitFor();
     await shot("login");
     await page.getByLabel("API token").fill(TOKEN);
-    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("button", { name: "Use token" }).click();
     await heading("Tasks").waitFor();
     check((await page.evaluate(() => sessionStorage.getItem("arachne.token"))) === TOKEN, "token kept in session storage");
   });
@@ -515,6 +515,56 @@ try {
     await page.locator(".figure", { hasText: "Runs" }).locator("strong").filter({ hasText: new RegExp(`^${one.totals.runs.toLocaleString()}$`) }).waitFor();
   });
 
+  await step("an admin makes a user and a token on the Access page; the user signs in with a password, sees what a developer may do, and the audit log shows who did what", async () => {
+    await page.getByRole("link", { name: "Access" }).click();
+    await heading("Access").waitFor();
+    await page.getByLabel("User name").fill("ui-dev");
+    await page.getByLabel("Role", { exact: true }).selectOption("developer");
+    await page.getByLabel("Password").fill("ui-dev-password");
+    await page.getByRole("button", { name: "Create user" }).click();
+    await page.getByRole("table", { name: "Users" }).locator('tr[data-user="ui-dev"]').waitFor();
+    await page.getByLabel("Token name").fill("ui-dev-ci");
+    await page.getByLabel("Token role").selectOption("viewer");
+    await page.getByLabel("For user").selectOption("ui-dev");
+    await page.getByLabel("Expires after (days)").fill("7");
+    await page.getByRole("button", { name: "Create token" }).click();
+    const secret = await page.locator(".secret-value").textContent();
+    check(secret.startsWith("arachne_api_"), `the secret is shown once: ${secret}`);
+    await page.getByRole("table", { name: "Tokens" }).locator('tr[data-token="ui-dev-ci"]').getByText("ui-dev", { exact: true }).waitFor();
+    await shot("access");
+    // Signed out, the user signs in with the password and works as a developer.
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await heading("Sign in to Arachne").waitFor();
+    await page.getByLabel("Name", { exact: true }).fill("ui-dev");
+    await page.getByLabel("Password").fill("wrong-password-here");
+    await page.getByRole("button", { name: "Sign in", exact: true }).click();
+    await page.getByRole("alert").filter({ hasText: "the name or the password is wrong" }).waitFor();
+    await page.getByLabel("Password").fill("ui-dev-password");
+    await page.getByRole("button", { name: "Sign in", exact: true }).click();
+    // Signed in on the page that was open, which is an admin's: it says why it shows nothing.
+    await page.getByText("ui-dev · developer").waitFor();
+    await page.getByRole("alert").filter({ hasText: "needs the admin role; ui-dev has developer" }).waitFor();
+    check((await page.getByRole("link", { name: "Access" }).count()) === 0, "no Access link for a developer");
+    await page.getByRole("link", { name: "Tasks" }).click();
+    await heading("Tasks").waitFor();
+    // Signing out ends the session on the server.
+    const session = await page.evaluate(() => sessionStorage.getItem("arachne.token"));
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await heading("Sign in to Arachne").waitFor();
+    const after = await fetch(`${URL}/api/v1/me`, { headers: { Authorization: `Bearer ${session}` } });
+    check(after.status === 401, `the session token is revoked: ${after.status}`);
+    // Back as the admin: the audit log says who did what.
+    await page.getByLabel("API token").fill(TOKEN);
+    await page.getByRole("button", { name: "Use token" }).click();
+    await heading("Tasks").waitFor();
+    await page.getByRole("link", { name: "Audit" }).click();
+    await heading("Audit").waitFor();
+    const log = page.getByRole("table", { name: "Audit log" });
+    await log.locator("tr", { hasText: "POST /api/v1/users" }).first().waitFor();
+    await log.locator("tr", { hasText: "ui-dev" }).filter({ hasText: "POST /api/v1/sign-in" }).locator("td", { hasText: "401" }).first().waitFor();
+    await shot("audit");
+  });
+
   await step("the pages are keyboard reachable", async () => {
     await page.goto(`${URL}/#/tasks`);
     await heading("Tasks").waitFor();
@@ -533,8 +583,8 @@ try {
     check(forward.join("|") === "select:spider|select:status|input:node|button:Filter", `tab stops: ${forward}`);
     for (let i = 0; i < 4; i++) await page.keyboard.press("Shift+Tab");
     check((await stop()) === "button:Sign out", `back to the menu: ${await stop()}`);
-    await page.keyboard.press("Shift+Tab");
-    await page.keyboard.press("Shift+Tab");
+    // Back past Audit, Access and Notifications to Nodes.
+    for (let i = 0; i < 4; i++) await page.keyboard.press("Shift+Tab");
     await page.keyboard.press("Enter");
     await heading("Nodes").waitFor();
     const unlabeled = await page.evaluate(() =>

@@ -1,7 +1,8 @@
 // The app shell: sign-in, navigation and the hash router. Each page is a function that fills `main` and
 // returns an optional cleanup, called when the user leaves it (to close its event streams).
 
-import { get, session, whenUnauthorized } from "./api.js";
+import { get, post, session, whenUnauthorized } from "./api.js";
+import { accessPage, auditPage } from "./access.js";
 import { clear, field, h } from "./dom.js";
 import { dashboardPage } from "./dashboard.js";
 import { nodesPage } from "./nodes.js";
@@ -13,6 +14,8 @@ import { taskPage, tasksPage } from "./tasks.js";
 
 const routes = [
   [/^\/dashboard\/?$/, () => dashboardPage],
+  [/^\/access\/?$/, () => accessPage],
+  [/^\/audit\/?$/, () => auditPage],
   [/^\/spiders\/?$/, () => spidersPage],
   [/^\/spiders\/([^/]+)$/, (m) => (main, q) => spiderPage(main, decodeURIComponent(m[1]), q)],
   [/^\/tasks\/?$/, () => tasksPage],
@@ -32,10 +35,14 @@ let leave = null;
 // The login form reports its own failures; a 401 there is not a session that ended.
 let atLogin = false;
 
+/** Who the session's token speaks for (from `/me`), read once per sign-in. */
+let me = null;
+
 function nav() {
   const here = location.hash.slice(1).split("?")[0] || "/tasks";
   const link = (path, text) =>
     h("a", { href: `#${path}`, "aria-current": here.startsWith(path) ? "page" : null }, text);
+  const admin = me?.role === "admin";
   return h(
     "nav",
     { "aria-label": "Main" },
@@ -47,44 +54,75 @@ function nav() {
     link("/schedules", "Schedules"),
     link("/nodes", "Nodes"),
     link("/notifications", "Notifications"),
+    admin && link("/access", "Access"),
+    admin && link("/audit", "Audit"),
+    me && h("span", { class: "who", title: `token ${me.token}` }, `${me.actor} · ${me.role}`),
     h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"),
   );
 }
 
-function signOut() {
+async function signOut() {
+  // A session made by signing in is ended on the server too; a pasted API token stays valid.
+  if (me?.token.startsWith("session-")) await post("/sign-out").catch(() => {});
   session.signOut();
+  me = null;
   render();
 }
 
 function loginPage(reason) {
   atLogin = true;
-  const input = h("input", { type: "password", name: "token", autocomplete: "current-password", required: true });
+  me = null;
   const error = h("p", { class: "error", role: "alert" }, reason || "");
-  const form = h(
+  const name = h("input", { name: "username", autocomplete: "username", required: true });
+  const password = h("input", { type: "password", name: "password", autocomplete: "current-password", required: true });
+  const token = h("input", { type: "password", name: "token", autocomplete: "off", required: true });
+  /** Keeps `secret` for this tab once the server has accepted it. */
+  const enter = async (secret, control) => {
+    session.signIn(secret);
+    try {
+      me = await get("/me");
+      render();
+    } catch (e) {
+      session.signOut();
+      error.textContent = e.status === 401 ? `Sign-in failed: ${e.message}` : e.message;
+      control.focus();
+    }
+  };
+  const userForm = h(
     "form",
     {
-      class: "login card",
       onsubmit: async (event) => {
         event.preventDefault();
-        session.signIn(input.value.trim());
+        error.textContent = "";
         try {
-          await get("/nodes");
-          render();
+          const made = await post("/sign-in", { name: name.value.trim(), password: password.value });
+          await enter(made.secret, password);
         } catch (e) {
-          session.signOut();
-          error.textContent = e.status === 401 ? `Sign-in failed: ${e.message}` : e.message;
-          input.focus();
+          error.textContent = `Sign-in failed: ${e.message}`;
+          password.focus();
         }
       },
     },
-    h("h1", {}, "Sign in to Arachne"),
-    field("API token", input, "Make one with `arachne-master token create NAME`. It is kept for this browser tab only."),
-    error,
+    field("Name", name),
+    field("Password", password),
     h("button", { type: "submit" }, "Sign in"),
   );
+  const tokenForm = h(
+    "form",
+    {
+      onsubmit: (event) => {
+        event.preventDefault();
+        error.textContent = "";
+        enter(token.value.trim(), token);
+      },
+    },
+    field("API token", token, "Or sign in with a token (`arachne-master token create NAME` makes one). It is kept for this browser tab only."),
+    h("button", { type: "submit", class: "secondary" }, "Use token"),
+  );
+  const card = h("div", { class: "login card" }, h("h1", {}, "Sign in to Arachne"), error, userForm, h("hr"), tokenForm);
   clear(document.getElementById("top"));
-  clear(main, form);
-  input.focus();
+  clear(main, card);
+  name.focus();
 }
 
 async function render() {
@@ -94,6 +132,14 @@ async function render() {
   }
   if (!session.token()) return loginPage();
   atLogin = false;
+  if (!me) {
+    try {
+      me = await get("/me");
+    } catch (e) {
+      if (e.status !== 401) clear(main, h("p", { class: "error", role: "alert" }, e.message));
+      return;
+    }
+  }
   const [path, search] = location.hash.slice(1).split("?");
   const q = new URLSearchParams(search || "");
   if (!path || path === "/") {
