@@ -296,6 +296,51 @@ async fn a_project_that_is_not_a_scrapy_command_is_refused_with_the_reason() {
         message.contains("is not a Scrapy project") && message.contains("sh run.sh"),
         "{message}"
     );
+    // A viewer's token reads through Scrapyd's API but changes nothing; the admin's attempt is audited.
+    let viewer = master
+        .client
+        .create_token(&arachne_api_types::CreateToken {
+            name: "scrapyd-viewer".into(),
+            kind: arachne_shared::TokenKind::Api,
+            role: arachne_shared::Role::Viewer,
+            user: None,
+            expires_in_days: None,
+        })
+        .await
+        .unwrap()
+        .secret;
+    let as_viewer = |path: &str| {
+        let request = match path {
+            "schedule.json" => common::http()
+                .post(format!("{base}/{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("project=plain&spider=quotes"),
+            _ => common::http().get(format!("{base}/{path}")),
+        };
+        request.basic_auth("scrapy", Some(&viewer)).send()
+    };
+    assert_eq!(as_viewer("listprojects.json").await.unwrap().status(), 200);
+    let refused = as_viewer("schedule.json").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(
+        refused
+            .text()
+            .await
+            .unwrap()
+            .contains("needs the developer role")
+    );
+    let audit = master
+        .client
+        .audit(&arachne_api_types::AuditQuery::default())
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "POST (Scrapyd) /schedule.json"
+                && e.actor == "token:configured-api"),
+        "{audit:#?}"
+    );
     master.stop().await;
 }
 
