@@ -89,6 +89,17 @@ impl Receiver {
 
 const SECRET: &str = "webhook-secret";
 
+/// A master with a local worker, and notifications quick to retry and to time out.
+fn with_worker(dir: &std::path::Path) -> Config {
+    let mut config = Config::new(dir.to_owned());
+    config.local_worker = Some(arachne_master::LocalWorker {
+        runner: common::quick_runner(),
+        ..Default::default()
+    });
+    quick(&mut config);
+    config
+}
+
 fn quick(config: &mut Config) {
     config.notify.retry_base = Duration::from_millis(100);
     config.notify.timeout = Duration::from_millis(500);
@@ -139,12 +150,7 @@ fn run(spider: &str) -> RunTask {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn task_ends_are_announced_on_a_signed_webhook_and_on_slack_and_a_failed_post_is_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().to_owned());
-    config.local_worker = Some(arachne_master::LocalWorker {
-        runner: common::quick_runner(),
-        ..Default::default()
-    });
-    quick(&mut config);
+    let config = with_worker(dir.path());
     let master = TestMaster::start_with(config).await;
     let client = &master.client;
     master.wait_nodes_online(1).await;
@@ -359,12 +365,7 @@ async fn rules_are_checked_their_secrets_kept_when_sent_back_masked_and_a_test_m
 async fn a_hanging_channel_holds_no_task_and_a_restart_loses_no_pending_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let config = || {
-        let mut config = Config::new(dir.path().to_owned());
-        config.local_worker = Some(arachne_master::LocalWorker {
-            runner: common::quick_runner(),
-            ..Default::default()
-        });
-        quick(&mut config);
+        let mut config = with_worker(dir.path());
         // Far apart, so the delivery is still pending when the master stops.
         config.notify.retry_base = Duration::from_secs(1);
         config
@@ -533,12 +534,7 @@ async fn smtp_sink() -> (u16, Mails) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_email_is_sent_over_smtp() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().to_owned());
-    config.local_worker = Some(arachne_master::LocalWorker {
-        runner: common::quick_runner(),
-        ..Default::default()
-    });
-    quick(&mut config);
+    let config = with_worker(dir.path());
     let master = TestMaster::start_with(config).await;
     let client = &master.client;
     master.wait_nodes_online(1).await;

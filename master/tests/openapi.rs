@@ -35,15 +35,7 @@ async fn the_openapi_document_matches_the_served_routes() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
-    let document: Value = http
-        .get(format!("{base}/api/v1/openapi.json"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document: Value = common::openapi_document(&master).await;
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().unwrap();
 

@@ -55,15 +55,7 @@ async fn every_route_names_its_role_and_a_token_below_it_is_refused() {
     let data = tempfile::tempdir().unwrap();
     let master = TestMaster::start(data.path(), false).await;
     let base = format!("http://{}", master.http);
-    let document: serde_json::Value = common::http()
-        .get(format!("{base}/api/v1/openapi.json"))
-        .bearer_auth(common::API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = common::openapi_document(&master).await;
     let tokens = [
         (Role::Viewer, token_of(&master, Role::Viewer).await),
         (Role::Developer, token_of(&master, Role::Developer).await),

@@ -803,6 +803,19 @@ pub fn assert_conflict<T: std::fmt::Debug>(result: Result<T, arachne_client::Err
     assert!(message.contains(text), "{text:?} is not in {message:?}");
 }
 
+/// The master's OpenAPI document, read with the admin token.
+pub async fn openapi_document(master: &TestMaster) -> serde_json::Value {
+    http()
+        .get(format!("http://{}/api/v1/openapi.json", master.http))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub fn http() -> reqwest::Client {
     http_builder().build().unwrap()
 }

@@ -56,17 +56,7 @@ pub struct PasswordArgs {
 
 impl PasswordArgs {
     fn read(&self) -> Result<Option<String>, Error> {
-        if let Some(var) = &self.password_env {
-            return std::env::var(var)
-                .map(Some)
-                .map_err(|_| Error::Input(format!("the environment variable {var} is not set")));
-        }
-        if let Some(path) = &self.password_file {
-            return std::fs::read_to_string(path)
-                .map(|s| s.lines().next().map(str::to_owned))
-                .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())));
-        }
-        Ok(None)
+        crate::read_secret(self.password_env.as_deref(), self.password_file.as_deref())
     }
 }
 

@@ -46,6 +46,25 @@ pub enum Error {
     },
 }
 
+/// A secret from an environment variable or a file (its first line), never from the command line itself,
+/// which every local user can read.
+pub(crate) fn read_secret(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, Error> {
+    if let Some(var) = env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| Error::Input(format!("the environment variable {var} is not set")));
+    }
+    if let Some(path) = file {
+        return std::fs::read_to_string(path)
+            .map(|s| s.lines().next().map(str::to_owned))
+            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())));
+    }
+    Ok(None)
+}
+
 /// Arachne: run web crawlers at scale.
 #[derive(Debug, Parser)]
 #[command(name = "arachne", version)]

@@ -172,7 +172,8 @@ impl SetArgs {
         // Replacing, a secret not given again is sent masked: the master keeps the one it has.
         let kept = existing.is_some().then(|| SECRET_MASK.to_owned());
         let channel = if let Some(url) = self.webhook {
-            let secret = secret(self.secret_env.as_deref(), self.secret_file.as_deref())?;
+            let secret =
+                crate::read_secret(self.secret_env.as_deref(), self.secret_file.as_deref())?;
             Channel::Webhook {
                 url,
                 secret: secret.or(kept),
@@ -190,7 +191,7 @@ impl SetArgs {
                 ),
                 None => (server, 587),
             };
-            let password = secret(
+            let password = crate::read_secret(
                 self.smtp_password_env.as_deref(),
                 self.smtp_password_file.as_deref(),
             )?;
@@ -219,21 +220,6 @@ impl SetArgs {
             None => client.create_notification(&rule).await?,
         })
     }
-}
-
-/// A secret from an environment variable or a file, never from the command line itself.
-fn secret(env: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<String>, Error> {
-    if let Some(var) = env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| Error::Input(format!("the environment variable {var} is not set")));
-    }
-    if let Some(path) = file {
-        return std::fs::read_to_string(path)
-            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|e| Error::Input(format!("cannot read {}: {e}", path.display())));
-    }
-    Ok(None)
 }
 
 async fn set_enabled(client: &Client, name: &str, enabled: bool) -> Result<Notification, Error> {

@@ -3,7 +3,7 @@
 // of who changed what.
 
 import { del, get, patch, post } from "./api.js";
-import { busy, clear, field, h, notify, select, table, time } from "./dom.js";
+import { busy, clear, field, h, notify, select, submitting, table, time } from "./dom.js";
 
 const ROLES = [["viewer", "viewer: reads everything"], ["developer", "developer: also spiders, runs, schedules, notifications"], ["admin", "admin: everything, users and tokens too"]];
 
@@ -66,19 +66,11 @@ async function loadUsers(holder, refresh) {
     "form",
     {
       class: "card",
-      onsubmit: (event) => {
-        event.preventDefault();
-        error.textContent = "";
-        busy(event.submitter, async () => {
-          try {
-            await post("/users", { name: name.value.trim(), role: role.value, password: password.value });
-            notify(`User ${name.value.trim()} created.`);
-            await refresh();
-          } catch (e) {
-            error.textContent = e.message;
-          }
-        });
-      },
+      onsubmit: submitting(error, async () => {
+        await post("/users", { name: name.value.trim(), role: role.value, password: password.value });
+        notify(`User ${name.value.trim()} created.`);
+        await refresh();
+      }),
     },
     h("h3", {}, "New user"),
     field("User name", name),
@@ -127,26 +119,18 @@ async function loadTokens(holder) {
     "form",
     {
       class: "card",
-      onsubmit: (event) => {
-        event.preventDefault();
-        error.textContent = "";
-        busy(event.submitter, async () => {
-          try {
-            const request = { name: name.value.trim(), role: role.value };
-            if (user.value) request.user = user.value;
-            if (days.value) request.expires_in_days = Number(days.value);
-            const made = await post("/tokens", request);
-            await loadTokens(holder);
-            holder.append(
-              h("div", { class: "card secret" },
-                h("p", {}, `Token ${made.name} — copy its secret now; it is not shown again:`),
-                h("code", { class: "secret-value" }, made.secret)),
-            );
-          } catch (e) {
-            error.textContent = e.message;
-          }
-        });
-      },
+      onsubmit: submitting(error, async () => {
+        const request = { name: name.value.trim(), role: role.value };
+        if (user.value) request.user = user.value;
+        if (days.value) request.expires_in_days = Number(days.value);
+        const made = await post("/tokens", request);
+        await loadTokens(holder);
+        holder.append(
+          h("div", { class: "card secret" },
+            h("p", {}, `Token ${made.name} — copy its secret now; it is not shown again:`),
+            h("code", { class: "secret-value" }, made.secret)),
+        );
+      }),
     },
     h("h3", {}, "New token"),
     field("Token name", name),

@@ -107,6 +107,21 @@ export async function busy(button, action) {
   }
 }
 
+/** A form's submit handler: runs `action` from the submit button (as `busy` does), a failure shown in `error`. */
+export function submitting(error, action) {
+  return (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    return busy(event.submitter, async () => {
+      try {
+        await action();
+      } catch (e) {
+        error.textContent = e.message;
+      }
+    });
+  };
+}
+
 export function table(headers, rows, attrs = {}) {
   return h(
     "table",

@@ -3,7 +3,7 @@
 // it is limited to. Secrets come back masked; leaving the mask in place keeps the stored one.
 
 import { del, get, post, put } from "./api.js";
-import { badge, busy, clear, field, h, notify, select, table, time } from "./dom.js";
+import { badge, busy, clear, field, h, notify, select, submitting, table, time } from "./dom.js";
 
 const TRIGGERS = [
   ["finished", "Task finished"],
@@ -191,9 +191,7 @@ export async function notificationForm(main, name) {
     "form",
     {
       class: "card wide",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        error.textContent = "";
+      onsubmit: submitting(error, async () => {
         const rule = {
           name: nameInput.value.trim(),
           channel: channel(),
@@ -203,17 +201,11 @@ export async function notificationForm(main, name) {
         if (longer.value) rule.longer_than_minutes = Number(longer.value);
         if (spider.value) rule.spider = spider.value;
         if (schedule.value) rule.schedule = schedule.value;
-        await busy(event.submitter, async () => {
-          try {
-            if (existing) await put(`/notifications/${encodeURIComponent(existing.name)}`, rule);
-            else await post("/notifications", rule);
-            notify(`Notification ${rule.name} saved.`);
-            location.hash = "#/notifications";
-          } catch (e) {
-            error.textContent = e.message;
-          }
-        });
-      },
+        if (existing) await put(`/notifications/${encodeURIComponent(existing.name)}`, rule);
+        else await post("/notifications", rule);
+        notify(`Notification ${rule.name} saved.`);
+        location.hash = "#/notifications";
+      }),
     },
     field("Name", nameInput),
     field("Channel", kind),

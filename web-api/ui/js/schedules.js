@@ -2,7 +2,7 @@
 // checks the cron expression on the server as it is typed and shows the next fire times.
 
 import { del, get, post, put } from "./api.js";
-import { badge, busy, clear, debounce, field, h, nodeChoice, notify, select, table, time } from "./dom.js";
+import { badge, busy, clear, debounce, field, h, nodeChoice, notify, select, submitting, table, time } from "./dom.js";
 
 export async function schedulesPage(main) {
   const schedules = await get("/schedules");
@@ -108,9 +108,7 @@ export async function scheduleForm(main, name) {
     "form",
     {
       class: "card wide",
-      onsubmit: async (event) => {
-        event.preventDefault();
-        error.textContent = "";
+      onsubmit: submitting(error, async () => {
         const spec = {
           name: nameInput.value.trim(),
           spider: spider.value,
@@ -123,17 +121,11 @@ export async function scheduleForm(main, name) {
           misfire: misfire.value,
         };
         if (param.value.trim()) spec.param = param.value.trim();
-        await busy(event.submitter, async () => {
-          try {
-            if (existing) await put(`/schedules/${encodeURIComponent(existing.name)}`, spec);
-            else await post("/schedules", spec);
-            notify(`Schedule ${spec.name} saved.`);
-            location.hash = "#/schedules";
-          } catch (e) {
-            error.textContent = e.message;
-          }
-        });
-      },
+        if (existing) await put(`/schedules/${encodeURIComponent(existing.name)}`, spec);
+        else await post("/schedules", spec);
+        notify(`Schedule ${spec.name} saved.`);
+        location.hash = "#/schedules";
+      }),
     },
     field("Name", nameInput),
     field("Spider", spider),
