@@ -100,6 +100,14 @@ fn with_worker(dir: &std::path::Path) -> Config {
     config
 }
 
+/// A master with no worker of its own, and notifications quick to retry and to time out.
+fn without_worker(dir: &std::path::Path) -> Config {
+    let mut config = Config::new(dir.to_owned());
+    config.local_worker = None;
+    quick(&mut config);
+    config
+}
+
 fn quick(config: &mut Config) {
     config.notify.retry_base = Duration::from_millis(100);
     config.notify.timeout = Duration::from_millis(500);
@@ -275,10 +283,7 @@ async fn task_ends_are_announced_on_a_signed_webhook_and_on_slack_and_a_failed_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rules_are_checked_their_secrets_kept_when_sent_back_masked_and_a_test_message_is_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().to_owned());
-    config.local_worker = None;
-    quick(&mut config);
-    let master = TestMaster::start_with(config).await;
+    let master = TestMaster::start_with(without_worker(dir.path())).await;
     let client = &master.client;
     let receiver = Receiver::start(&[204]).await;
     let hook = |url: String| Channel::Webhook {
@@ -422,10 +427,7 @@ async fn a_hanging_channel_holds_no_task_and_a_restart_loses_no_pending_delivery
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_going_offline_and_coming_back_is_announced() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path().to_owned());
-    config.local_worker = None;
-    quick(&mut config);
-    let master = TestMaster::start_with(config).await;
+    let master = TestMaster::start_with(without_worker(dir.path())).await;
     let client = &master.client;
     let receiver = Receiver::start(&[200]).await;
     let hook = Channel::Webhook {
