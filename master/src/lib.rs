@@ -25,7 +25,6 @@ pub mod store;
 mod store_health;
 mod telemetry;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -353,23 +352,9 @@ pub async fn run(
         Arc::clone(&changes),
         Arc::clone(&telemetry),
     ));
-    // Nodes offline before this start: their return is news; the others' reconnecting is not.
-    let offline: HashSet<String> = store
-        .list_nodes()
-        .await?
-        .into_iter()
-        .filter(|n| n.status == arachne_shared::NodeStatus::Offline)
-        .map(|n| n.name)
-        .collect();
     recover(store.as_ref(), &scheduler).await?;
     let notifications = Arc::new(
-        notify::Notifications::new(
-            Arc::clone(&store),
-            config.notify.clone(),
-            http_addr,
-            offline,
-        )
-        .await?,
+        notify::Notifications::new(Arc::clone(&store), config.notify.clone(), http_addr).await?,
     );
     let spiders = Arc::new(spiders::Spiders::new(
         Arc::clone(&store),

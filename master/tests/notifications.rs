@@ -473,6 +473,38 @@ async fn a_node_going_offline_and_coming_back_is_announced() {
     master.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_reconnecting_to_a_restarted_master_are_not_news() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = TestMaster::start_with(without_worker(dir.path())).await;
+    let grpc = master.grpc;
+    let receiver = Receiver::start(&[200]).await;
+    let hook = Channel::Webhook {
+        url: format!("{}/hook", receiver.url),
+        secret: None,
+    };
+    master
+        .client
+        .create_notification(&rule(
+            "nodes",
+            hook,
+            &[Trigger::NodeOffline, Trigger::NodeOnline],
+        ))
+        .await
+        .unwrap();
+    let worker = TestWorker::start(&master.grpc_url(), "w1", 1);
+    master.wait_nodes_online(1).await;
+    master.stop().await;
+    // The worker waits for the master and registers again with the new one: no node went anywhere.
+    let master = TestMaster::start_on(without_worker(dir.path()), grpc).await;
+    master.wait_nodes_online(1).await;
+    // Node events are announced in order: once the worker's real departure is, its return would have been.
+    worker.stop().await;
+    let announced = settled(&master.client, "nodes", 1).await;
+    assert_eq!(announced[0].trigger, "node_offline", "{announced:#?}");
+    master.stop().await;
+}
+
 /// The mails an SMTP sink took: each one's envelope lines and data.
 type Mails = Arc<Mutex<Vec<(Vec<String>, String)>>>;
 

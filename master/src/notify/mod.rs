@@ -105,18 +105,18 @@ pub struct Notifications {
     recorded: Notify,
     node_events: mpsc::Sender<NodeEvent>,
     node_receiver: Mutex<Option<mpsc::Receiver<NodeEvent>>>,
-    /// Nodes announced offline and not back yet: only their return is news.
+    /// Nodes announced offline and not back yet: only their return is news. Every worker registers again
+    /// after a master restart, and the master's stop is not theirs: a node offline before this start is not
+    /// announced when it comes back.
     offline: Mutex<HashSet<String>>,
 }
 
 impl Notifications {
-    /// Loads the rules. `offline` are the nodes that were offline before this master started: their coming
-    /// back is announced like any other's.
+    /// Loads the rules.
     pub(crate) async fn new(
         store: Arc<dyn Store>,
         config: NotifyConfig,
         http_addr: std::net::SocketAddr,
-        offline: HashSet<String>,
     ) -> Result<Self> {
         let rules = store.list_notifications().await?;
         let (node_events, node_receiver) = mpsc::channel(NODE_EVENTS);
@@ -137,7 +137,7 @@ impl Notifications {
             recorded: Notify::new(),
             node_events,
             node_receiver: Mutex::new(Some(node_receiver)),
-            offline: Mutex::new(offline),
+            offline: Mutex::default(),
         })
     }
 
