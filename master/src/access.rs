@@ -137,6 +137,14 @@ impl Access {
         let Some(user) = user.filter(|_| matches) else {
             return Err(Error::SignIn);
         };
+        // Sessions nobody signed out of would pile up: the user's expired ones go as a new one is made.
+        let now = Utc::now();
+        for token in self.store.list_tokens().await? {
+            let expired = token.expires_at.is_some_and(|at| at <= now);
+            if token.session && expired && token.user.as_deref() == Some(name) {
+                self.store.delete_token(&token.name).await?;
+            }
+        }
         let mut suffix = [0u8; 4];
         getrandom::fill(&mut suffix).expect("the operating system provides random bytes");
         let token = NewToken {
@@ -311,5 +319,51 @@ mod tests {
             "the decoy is a well-formed hash"
         );
         assert!(!verify("", DECOY_HASH));
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_opens_nothing_and_signing_in_clears_the_user_s_expired_sessions() {
+        use crate::store::TokenStore;
+        use crate::store::embedded::EmbeddedStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let tokens: Arc<dyn TokenStore> = Arc::clone(&store) as _;
+        let auth = Arc::new(
+            Auth::start(tokens, &crate::auth::AuthConfig::default(), dir.path())
+                .await
+                .unwrap(),
+        );
+        let access = Access::new(Arc::clone(&store), Arc::clone(&auth));
+        access
+            .create_user("ada", Role::Developer, "ada-password-long")
+            .await
+            .unwrap();
+        let old = NewToken {
+            name: "session-ada-old".into(),
+            kind: TokenKind::Api,
+            role: Role::Developer,
+            user: Some("ada".into()),
+            expires_at: Some(Utc::now() - Duration::minutes(1)),
+            session: true,
+        };
+        let (_, secret) = auth::create_token(store.as_ref(), old).await.unwrap();
+        assert_eq!(auth.caller(&secret).await.unwrap(), None, "expired");
+        let (fresh, fresh_secret) = access.sign_in("ada", "ada-password-long").await.unwrap();
+        let names: Vec<String> = store
+            .list_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert!(
+            !names.contains(&"session-ada-old".to_owned()) && names.contains(&fresh.name),
+            "{names:?}"
+        );
+        let caller = auth.caller(&fresh_secret).await.unwrap().unwrap();
+        assert_eq!(
+            (caller.actor.as_str(), caller.role),
+            ("ada", Role::Developer)
+        );
     }
 }
