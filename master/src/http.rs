@@ -15,7 +15,7 @@ use arachne_web_api::types::{
     ScrapyVersion, SignIn, Spider, SpiderFolder, SpiderFolders, SpiderItemQuery, StatsQuery, Task,
     TaskQuery, UpdateNode, UpdateUser, UploadedSpider, VersionFiles,
 };
-use arachne_web_api::{Backend, Error, FoundItems, Result};
+use arachne_web_api::{Backend, Error, FoundItems, ItemSource, Result};
 use tokio::sync::broadcast;
 
 use crate::auth::Auth;
@@ -223,7 +223,7 @@ impl Backend for MasterApi {
 
     async fn spider_items(
         &self,
-        name: &str,
+        source: &ItemSource,
         query: SpiderItemQuery,
         count: bool,
     ) -> Result<FoundItems> {
@@ -235,7 +235,12 @@ impl Backend for MasterApi {
             after: query.after,
             limit: query.limit.unwrap_or(arachne_web_api::types::DEFAULT_LIMIT),
         };
-        let page = self.results.page(name, request, count).await?;
+        let page = match source {
+            ItemSource::Spider(name) => self.results.page(name, request, count).await?,
+            ItemSource::Collection(name) => {
+                self.results.collection_page(name, request, count).await?
+            }
+        };
         Ok(FoundItems {
             items: page.items,
             total: page.total,
@@ -597,6 +602,7 @@ impl From<results::Error> for Error {
             E::Invalid(_) | E::TooManyConditions(_) | E::EmptyRange { .. } => {
                 Error::BadRequest(message)
             }
+            E::NoCollection(_) => Error::NotFound(message),
             E::Store(err) => store_error(err),
         }
     }

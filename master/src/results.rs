@@ -1,5 +1,5 @@
-//! A spider's results across its runs: its items searched by task, time and field conditions, newest first,
-//! in pages that continue where the last one ended.
+//! A spider's results across its runs (or a results collection's, across the spiders that share it): items
+//! searched by task, time and field conditions, newest first, in pages that continue where the last ended.
 
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ pub enum Error {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     },
+    #[error("no spider stores its items in results collection {0:?}")]
+    NoCollection(String),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -82,6 +84,41 @@ impl Results {
             .last()
             .filter(|_| items.len() == search.limit as usize)
             .map(FoundItem::cursor);
+        Ok(ResultsPage { items, total, next })
+    }
+
+    /// A page of the items of every spider whose results collection is `collection`, merged newest first
+    /// (task ids order by creation across spiders, so one cursor serves them all).
+    pub async fn collection_page(
+        &self,
+        collection: &str,
+        request: ResultsRequest,
+        count: bool,
+    ) -> Result<ResultsPage> {
+        let spiders: Vec<String> = self
+            .spiders
+            .list()
+            .await?
+            .into_iter()
+            .filter(|s| s.results_collection() == collection)
+            .map(|s| s.name)
+            .collect();
+        if spiders.is_empty() {
+            return Err(Error::NoCollection(collection.to_owned()));
+        }
+        let limit = request.limit as usize;
+        let (mut items, mut total) = (Vec::new(), None::<u64>);
+        for spider in &spiders {
+            let page = self.page(spider, request.clone(), count).await?;
+            items.extend(page.items);
+            if let Some(n) = page.total {
+                total = Some(total.unwrap_or(0) + n);
+            }
+        }
+        items.sort_by_key(|item| std::cmp::Reverse((item.task_id, item.seq)));
+        let full = items.len() >= limit;
+        items.truncate(limit);
+        let next = items.last().filter(|_| full).map(FoundItem::cursor);
         Ok(ResultsPage { items, total, next })
     }
 

@@ -283,3 +283,93 @@ async fn a_parent_shows_the_sums_of_its_children_s_items_and_log_lines() {
     assert_eq!(listed.items, 4);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_collection_s_items_come_from_every_spider_that_stores_there() {
+    let data = tempfile::tempdir().unwrap();
+    let (master, _, _) = shop_after_two_runs(data.path()).await;
+    // A second spider writes into the first one's collection.
+    create_spider(
+        &master.client,
+        "outlet",
+        "python3 main.py",
+        &[("main.py", SHOP)],
+    )
+    .await;
+    let outlet = arachne_api_types::CreateSpider {
+        name: "outlet".into(),
+        cmd: "python3 main.py".into(),
+        results_collection: Some("results_shop".into()),
+        ..Default::default()
+    };
+    master.client.put_spider(&outlet).await.unwrap();
+    let run = RunTask {
+        spider: "outlet".into(),
+        param: Some("1".into()),
+        ..Default::default()
+    };
+    let (task, logs) = run_to_end(&master.client, &run).await;
+    common::assert_finished(&task, &logs);
+
+    let page = |query: String| {
+        let url = format!(
+            "http://{}/api/v1/results/results_shop/items?{query}",
+            master.http
+        );
+        async move {
+            let response = common::http()
+                .get(url)
+                .bearer_auth(API_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response
+                .json::<arachne_api_types::SpiderItems>()
+                .await
+                .unwrap()
+        }
+    };
+    // Newest task first across both spiders, each task's last item first, one cursor for all.
+    let first = page("limit=3".into()).await;
+    assert_eq!(
+        (titles(&first.items), first.total),
+        (
+            vec!["blue".to_owned(), "Red book".into(), "Book of red".into()],
+            6
+        )
+    );
+    let second = page(format!("limit=3&after={}", first.next.unwrap())).await;
+    assert_eq!(titles(&second.items), ["green", "blue", "Red book"]);
+    let all = common::http()
+        .get(format!(
+            "http://{}/api/v1/results/results_shop/items?format=jsonl",
+            master.http
+        ))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(all.lines().count(), 6, "{all}");
+    let missing = common::http()
+        .get(format!(
+            "http://{}/api/v1/results/nowhere/items",
+            master.http
+        ))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(
+        missing
+            .text()
+            .await
+            .unwrap()
+            .contains("no spider stores its items in results collection")
+    );
+    master.stop().await;
+}

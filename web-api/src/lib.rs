@@ -30,6 +30,14 @@ use types::{
 /// Result of backend calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Whose items a results search reads: one spider's, or those of every spider that stores its items in one
+/// results collection.
+#[derive(Debug, Clone)]
+pub enum ItemSource {
+    Spider(String),
+    Collection(String),
+}
+
 /// A page of a spider's items, as [`Backend::spider_items`] finds it.
 #[derive(Debug)]
 pub struct FoundItems {
@@ -94,11 +102,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn logs(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<LogLine>>;
     /// Items with `seq > after`, oldest first.
     async fn items(&self, id: TaskId, after: u64, limit: u32) -> Result<Vec<ItemRecord>>;
-    /// A page of a spider's items across its tasks that match `query` (its `format` aside), newest first;
-    /// with `count`, how many match in all.
+    /// A page of the items of a spider (or of a results collection) across its tasks that match `query` (its
+    /// `format` aside), newest first; with `count`, how many match in all.
     async fn spider_items(
         &self,
-        name: &str,
+        source: &ItemSource,
         query: types::SpiderItemQuery,
         count: bool,
     ) -> Result<FoundItems>;

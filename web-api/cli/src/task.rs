@@ -224,16 +224,17 @@ pub(crate) enum ItemsFormat {
     Csv,
 }
 
-/// `arachne items ID` and `arachne items --spider NAME`.
+/// `arachne items ID`, `arachne items --spider NAME` and `arachne items --collection NAME`.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("across").args(["spider", "collection"])))]
 pub struct ItemsArgs {
-    /// The task whose items to print; with --spider, leave it out.
-    #[arg(required_unless_present = "spider")]
+    /// The task whose items to print; with --spider or --collection, leave it out.
+    #[arg(required_unless_present = "across")]
     id: Option<String>,
     #[arg(long, value_enum, default_value_t = ItemsFormat::Jsonl)]
     format: ItemsFormat,
     /// Only items after this sequence number (a task's items are numbered from 1, in the order it sent them).
-    #[arg(long, conflicts_with = "spider")]
+    #[arg(long, conflicts_with = "across")]
     after: Option<u64>,
     /// At most this many items.
     #[arg(long)]
@@ -241,25 +242,34 @@ pub struct ItemsArgs {
     /// Every item of this spider across its tasks, newest first (newest task first, then its last item first).
     #[arg(long, conflicts_with = "id")]
     spider: Option<String>,
-    /// With --spider: only this task's items.
-    #[arg(long, requires = "spider")]
+    /// Every item of the spiders that store in this results collection, newest first.
+    #[arg(long, conflicts_with = "id")]
+    collection: Option<String>,
+    /// With --spider or --collection: only this task's items.
+    #[arg(long, requires = "across")]
     task: Option<String>,
-    /// With --spider: only items stored at or after this time (RFC 3339, e.g. 2026-11-22T10:00:00Z).
-    #[arg(long, requires = "spider")]
+    /// With --spider or --collection: only items stored at or after this time (RFC 3339, e.g.
+    /// 2026-11-22T10:00:00Z).
+    #[arg(long, requires = "across")]
     since: Option<chrono::DateTime<chrono::Utc>>,
-    /// With --spider: only items stored before this time (RFC 3339).
-    #[arg(long, requires = "spider")]
+    /// With --spider or --collection: only items stored before this time (RFC 3339).
+    #[arg(long, requires = "across")]
     until: Option<chrono::DateTime<chrono::Utc>>,
-    /// With --spider: a condition every item must meet, repeatable: FIELD=VALUE (equals), FIELD~TEXT (a
-    /// string field contains it), FIELD (present); dots name nested fields (price.amount=10).
-    #[arg(long = "where", value_name = "CONDITION", requires = "spider")]
+    /// With --spider or --collection: a condition every item must meet, repeatable: FIELD=VALUE (equals),
+    /// FIELD~TEXT (a string field contains it), FIELD (present); dots name nested fields (price.amount=10).
+    #[arg(long = "where", value_name = "CONDITION", requires = "across")]
     conditions: Vec<String>,
 }
 
 impl ItemsArgs {
     pub(crate) async fn apply(self, client: &Client) -> Result<ExitCode, Error> {
         if let Some(spider) = &self.spider {
-            return self.spider_items(client, spider).await;
+            return self.found_items(client, Across::Spider(spider)).await;
+        }
+        if let Some(collection) = &self.collection {
+            return self
+                .found_items(client, Across::Collection(collection))
+                .await;
         }
         let id = parse_id(self.id.as_deref().unwrap_or_default())?;
         let format = self.format;
@@ -309,8 +319,9 @@ impl ItemsArgs {
 }
 
 impl ItemsArgs {
-    /// The server's export of the spider's matching items, in the format asked, straight to stdout.
-    async fn spider_items(&self, client: &Client, spider: &str) -> Result<ExitCode, Error> {
+    /// The server's export of the spider's (or the collection's) matching items, in the format asked,
+    /// straight to stdout.
+    async fn found_items(&self, client: &Client, across: Across<'_>) -> Result<ExitCode, Error> {
         let format = match self.format {
             ItemsFormat::Jsonl => ItemFormat::Jsonl,
             ItemsFormat::Json => ItemFormat::Json,
@@ -328,11 +339,23 @@ impl ItemsArgs {
             ..SpiderItemQuery::default()
         };
         let mut out = Download::new();
-        client
-            .export_spider_items(spider, &query, |chunk| out.write(chunk))
-            .await?;
+        let write = |chunk: &[u8]| out.write(chunk);
+        match across {
+            Across::Spider(spider) => client.export_spider_items(spider, &query, write).await?,
+            Across::Collection(collection) => {
+                client
+                    .export_collection_items(collection, &query, write)
+                    .await?
+            }
+        }
         out.finish()
     }
+}
+
+/// Whose items `arachne items` reads across tasks.
+enum Across<'a> {
+    Spider(&'a str),
+    Collection(&'a str),
 }
 
 /// Standard output for a download's chunks: a write error (a closed pipe) stops the download and is the

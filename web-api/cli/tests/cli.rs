@@ -822,7 +822,14 @@ async fn the_cli_searches_a_spider_s_items_across_its_runs() {
         ],
     )
     .await;
-    assert_eq!(lines(both), [z.clone(), z]);
+    assert_eq!(lines(both), [z.clone(), z.clone()]);
+    // The spider's results collection reads the same, through the collection's route.
+    let collection = arachne(
+        &master,
+        &["items", "--collection", "results_csv", "--where", "c=true"],
+    )
+    .await;
+    assert_eq!(lines(collection), [z.clone(), z]);
     let csv = arachne(
         &master,
         &[

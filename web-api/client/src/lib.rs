@@ -362,8 +362,24 @@ impl Client {
             .await
     }
 
-    /// Its conditions go as repeated `where` parameters, which a query struct cannot encode.
+    /// Every item of the spiders that store in results collection `collection` that matches `query`, as the
+    /// file its `format` names, handed to `write` chunk by chunk.
+    pub async fn export_collection_items(
+        &self,
+        collection: &str,
+        query: &SpiderItemQuery,
+        write: impl FnMut(&[u8]) -> bool,
+    ) -> Result<()> {
+        let path = format!("/results/{collection}/items");
+        self.stream(self.items_request(&path, query), write).await
+    }
+
     fn spider_items_request(&self, name: &str, query: &SpiderItemQuery) -> RequestBuilder {
+        self.items_request(&format!("/spiders/{name}/items"), query)
+    }
+
+    /// Its conditions go as repeated `where` parameters, which a query struct cannot encode.
+    fn items_request(&self, path: &str, query: &SpiderItemQuery) -> RequestBuilder {
         let rest = SpiderItemQuery {
             conditions: Vec::new(),
             ..query.clone()
@@ -374,7 +390,7 @@ impl Client {
             .map(|c| ("where", c.as_str()))
             .collect();
         self.http
-            .get(self.url(&format!("/spiders/{name}/items")))
+            .get(self.url(path))
             .query(&rest)
             .query(&conditions)
     }

@@ -466,6 +466,14 @@ fn endpoints(options: &RouterOptions) -> Vec<Endpoint> {
         ),
         route(
             Method::GET,
+            "/api/v1/results/{collection}/items",
+            "The items of every spider whose results collection this is, across their tasks, newest first, with the same filters, paging and export as a spider's items",
+            query(inline::<arachne_api_types::SpiderItemQuery>),
+            Out::Json(200, schema::<arachne_api_types::SpiderItems>),
+            get(collection_items),
+        ),
+        route(
+            Method::GET,
             "/api/v1/tasks/{id}/wait",
             "Answer when the run ends or the timeout passes, with its latest attempt: a failed attempt with retries left is followed to its retry",
             query(inline::<WaitQuery>),

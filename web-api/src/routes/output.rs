@@ -55,11 +55,29 @@ pub(super) async fn items(
     })
 }
 
-/// `GET /api/v1/spiders/{name}/items`. Its `where` parameter repeats, which the typed query cannot take, so
-/// the query string is read as pairs and the conditions taken out first.
+/// `GET /api/v1/spiders/{name}/items`.
 pub(super) async fn spider_items(
     State(api): State<Api>,
     Path(name): Path<String>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response> {
+    items_of(api, crate::ItemSource::Spider(name), q).await
+}
+
+/// `GET /api/v1/results/{collection}/items`.
+pub(super) async fn collection_items(
+    State(api): State<Api>,
+    Path(collection): Path<String>,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response> {
+    items_of(api, crate::ItemSource::Collection(collection), q).await
+}
+
+/// A page of `source`'s items, or every match as one file. The `where` parameter repeats, which the typed
+/// query cannot take, so the query string is read as pairs and the conditions taken out first.
+async fn items_of(
+    api: Api,
+    source: crate::ItemSource,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response> {
     let (conditions, rest): (Vec<_>, Vec<_>) =
@@ -70,7 +88,7 @@ pub(super) async fn spider_items(
     q.conditions = conditions.into_iter().map(|(_, c)| c).collect();
     let Some(format) = q.format else {
         q.limit = Some(limit(q.limit)?);
-        let found = api.spider_items(&name, q, true).await?;
+        let found = api.spider_items(&source, q, true).await?;
         return Ok(Json(SpiderItems {
             items: found.items,
             total: found.total.unwrap_or_default(),
@@ -82,11 +100,12 @@ pub(super) async fn spider_items(
         Some(_) => u64::from(limit(q.limit)?),
         None => u64::MAX,
     };
+    let (crate::ItemSource::Spider(name) | crate::ItemSource::Collection(name)) = &source;
     let file = format!("{name}-items");
     export(
         SpiderPages {
             api,
-            name,
+            source,
             query: q,
         },
         format,
@@ -140,11 +159,11 @@ impl ItemPages for TaskItems {
     }
 }
 
-/// A spider's items that match a query, newest first.
+/// A spider's (or a results collection's) items that match a query, newest first.
 #[derive(Clone)]
 struct SpiderPages {
     api: Api,
-    name: String,
+    source: crate::ItemSource,
     query: SpiderItemQuery,
 }
 
@@ -162,7 +181,7 @@ impl ItemPages for SpiderPages {
             limit: Some(u32::try_from(left).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
             ..self.query.clone()
         };
-        let found = self.api.spider_items(&self.name, query, false).await?;
+        let found = self.api.spider_items(&self.source, query, false).await?;
         Ok((
             found.items.into_iter().map(|i| i.data).collect(),
             found.next,
