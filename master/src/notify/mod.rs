@@ -374,17 +374,24 @@ impl Notifications {
             return Ok(());
         }
         let mut schedule_name = None;
+        // Read once, for the first rule that fires, and shared by every message about this task.
+        let mut cached: Option<TaskSummary> = None;
         for rule in rules.iter().filter(|r| r.enabled) {
             let triggers = fired(rule, task, now);
             if triggers.is_empty() || !self.in_scope(rule, task, &mut schedule_name).await? {
                 continue;
             }
-            for trigger in triggers {
-                let message = self.task_message(task, &trigger, &schedule_name).await?;
+            let summary = match cached.take() {
+                Some(read) => read,
+                None => self.task_summary(task, &schedule_name).await?,
+            };
+            for trigger in &triggers {
+                let message = self.task_message(task, trigger, summary.clone());
                 let subject = format!("task:{}", task.id);
-                self.record(&delivery(rule, &trigger, subject, message))
+                self.record(&delivery(rule, trigger, subject, message))
                     .await?;
             }
+            cached = Some(summary);
         }
         Ok(())
     }
@@ -410,12 +417,8 @@ impl Notifications {
             .is_none_or(|wanted| schedule_name.as_ref() == Some(wanted)))
     }
 
-    async fn task_message(
-        &self,
-        task: &Task,
-        trigger: &str,
-        schedule: &Option<String>,
-    ) -> Result<Message> {
+    /// What every message about `task` says of it, its last log lines included.
+    async fn task_summary(&self, task: &Task, schedule: &Option<String>) -> Result<TaskSummary> {
         let after = task.log_lines.saturating_sub(LAST_LINES.into());
         let last_log_lines = self
             .store
@@ -424,38 +427,43 @@ impl Notifications {
             .into_iter()
             .map(|line| line.text)
             .collect();
+        let duration_ms = task.started_at().map(|start| {
+            let end = task.ended_at().unwrap_or_else(Utc::now);
+            (end - start).num_milliseconds().max(0) as u64
+        });
+        let fatal = task.errors.iter().rev().find(|e| e.error.fatal);
+        Ok(TaskSummary {
+            id: task.id,
+            spider: task.spider_name.clone(),
+            status: task.status,
+            node: task.node.clone(),
+            duration_ms,
+            items: task.items,
+            error: task
+                .error
+                .clone()
+                .or_else(|| fatal.map(|e| e.error.message.clone())),
+            schedule: schedule.clone(),
+            last_log_lines,
+        })
+    }
+
+    /// The message `trigger` sends about `task`.
+    fn task_message(&self, task: &Task, trigger: &str, summary: TaskSummary) -> Message {
         let title = match trigger {
             "longer_than" => format!("{} is still running on {}", task.spider_name, node_of(task)),
             "no_items" => format!("{} finished with no items", task.spider_name),
             "fatal_error" => format!("{} reported a fatal error", task.spider_name),
             _ => format!("{} ended as {}", task.spider_name, task.status),
         };
-        let duration_ms = task.started_at().map(|start| {
-            let end = task.ended_at().unwrap_or_else(Utc::now);
-            (end - start).num_milliseconds().max(0) as u64
-        });
-        let fatal = task.errors.iter().rev().find(|e| e.error.fatal);
-        Ok(Message {
+        Message {
             title,
             event: trigger.to_owned(),
-            task: Some(TaskSummary {
-                id: task.id,
-                spider: task.spider_name.clone(),
-                status: task.status,
-                node: task.node.clone(),
-                duration_ms,
-                items: task.items,
-                error: task
-                    .error
-                    .clone()
-                    .or_else(|| fatal.map(|e| e.error.message.clone())),
-                schedule: schedule.clone(),
-                last_log_lines,
-            }),
+            task: Some(summary),
             node: None,
             link: Some(format!("{}/#/tasks/{}", self.public_url(), task.id)),
             at: Utc::now(),
-        })
+        }
     }
 
     async fn node_changed(&self, event: NodeEvent) -> Result<()> {
