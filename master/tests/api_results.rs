@@ -234,10 +234,14 @@ async fn a_spider_s_filtered_items_export_as_csv_json_and_json_lines() {
     };
     master
         .client
-        .export_spider_items("shop", &query, |chunk| {
-            csv.extend_from_slice(chunk);
-            true
-        })
+        .export_items(
+            &arachne_api_types::ItemSource::Spider("shop".into()),
+            &query,
+            |chunk| {
+                csv.extend_from_slice(chunk);
+                true
+            },
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -19,7 +19,7 @@ use arachne_shared::{ItemRecord, LogLine, TaskChanged, TaskId};
 use tokio::sync::broadcast;
 
 pub use arachne_api_types as types;
-pub use arachne_api_types::CLIENT_HEADER;
+pub use arachne_api_types::{CLIENT_HEADER, ItemSource};
 pub use error::Error;
 pub use routes::{RouterOptions, router};
 use types::{
@@ -29,14 +29,6 @@ use types::{
 
 /// Result of backend calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Whose items a results search reads: one spider's, or those of every spider that stores its items in one
-/// results collection.
-#[derive(Debug, Clone)]
-pub enum ItemSource {
-    Spider(String),
-    Collection(String),
-}
 
 /// A page of a spider's items, as [`Backend::spider_items`] finds it.
 #[derive(Debug)]

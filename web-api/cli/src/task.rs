@@ -4,8 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use arachne_api_types::{
-    EventQuery, ItemFormat, ItemQuery, LogQuery, LogSearchQuery, MAX_LIMIT, SpiderItemQuery, Task,
-    TaskQuery,
+    EventQuery, ItemFormat, ItemQuery, ItemSource, LogQuery, LogSearchQuery, MAX_LIMIT,
+    SpiderItemQuery, Task, TaskQuery,
 };
 use arachne_client::{Client, TaskEvent};
 use arachne_shared::TaskStatus;
@@ -264,12 +264,13 @@ pub struct ItemsArgs {
 impl ItemsArgs {
     pub(crate) async fn apply(self, client: &Client) -> Result<ExitCode, Error> {
         if let Some(spider) = &self.spider {
-            return self.found_items(client, Across::Spider(spider)).await;
+            return self
+                .found_items(client, ItemSource::Spider(spider.clone()))
+                .await;
         }
         if let Some(collection) = &self.collection {
-            return self
-                .found_items(client, Across::Collection(collection))
-                .await;
+            let source = ItemSource::Collection(collection.clone());
+            return self.found_items(client, source).await;
         }
         let id = parse_id(self.id.as_deref().unwrap_or_default())?;
         let format = self.format;
@@ -321,7 +322,7 @@ impl ItemsArgs {
 impl ItemsArgs {
     /// The server's export of the spider's (or the collection's) matching items, in the format asked,
     /// straight to stdout.
-    async fn found_items(&self, client: &Client, across: Across<'_>) -> Result<ExitCode, Error> {
+    async fn found_items(&self, client: &Client, source: ItemSource) -> Result<ExitCode, Error> {
         let format = match self.format {
             ItemsFormat::Jsonl => ItemFormat::Jsonl,
             ItemsFormat::Json => ItemFormat::Json,
@@ -339,23 +340,11 @@ impl ItemsArgs {
             ..SpiderItemQuery::default()
         };
         let mut out = Download::new();
-        let write = |chunk: &[u8]| out.write(chunk);
-        match across {
-            Across::Spider(spider) => client.export_spider_items(spider, &query, write).await?,
-            Across::Collection(collection) => {
-                client
-                    .export_collection_items(collection, &query, write)
-                    .await?
-            }
-        }
+        client
+            .export_items(&source, &query, |chunk| out.write(chunk))
+            .await?;
         out.finish()
     }
-}
-
-/// Whose items `arachne items` reads across tasks.
-enum Across<'a> {
-    Spider(&'a str),
-    Collection(&'a str),
 }
 
 /// Standard output for a download's chunks: a write error (a closed pipe) stops the download and is the

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use arachne_api_types::{
     AuditQuery, CreateSpider, CreateToken, CreateUser, CreatedToken, CronPreview, CronQuery,
     DeleteSpiderQuery, DeletedSpider, DeliveryQuery, EVENT_DELETED, EVENT_END, EVENT_LAGGED,
-    EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, LogQuery, LogSearch, LogSearchQuery,
-    Node, Page, RunTask, ScheduleSpec, ScheduleView, SignIn, Spider, SpiderFolders,
+    EVENT_LOG, EVENT_TASK, ErrorBody, EventQuery, ItemQuery, ItemSource, LogQuery, LogSearch,
+    LogSearchQuery, Node, Page, RunTask, ScheduleSpec, ScheduleView, SignIn, Spider, SpiderFolders,
     SpiderItemQuery, SpiderItems, StatsQuery, TaskQuery, TaskTree, UpdateNode, UpdateUser,
     UploadedSpider, VersionFiles, VersionQuery,
 };
@@ -347,39 +347,23 @@ impl Client {
 
     /// A page of a spider's items across its tasks, newest first, with the total that match.
     pub async fn spider_items(&self, name: &str, query: &SpiderItemQuery) -> Result<SpiderItems> {
-        self.json(self.spider_items_request(name, query)).await
+        let source = ItemSource::Spider(name.to_owned());
+        self.json(self.items_request(&source, query)).await
     }
 
-    /// Every item of a spider that matches `query`, as the file its `format` names, handed to `write` chunk
-    /// by chunk as it arrives; `write` returns false to stop early.
-    pub async fn export_spider_items(
+    /// Every item of a spider (or a results collection) that matches `query`, as the file its `format`
+    /// names, handed to `write` chunk by chunk as it arrives; `write` returns false to stop early.
+    pub async fn export_items(
         &self,
-        name: &str,
+        source: &ItemSource,
         query: &SpiderItemQuery,
         write: impl FnMut(&[u8]) -> bool,
     ) -> Result<()> {
-        self.stream(self.spider_items_request(name, query), write)
-            .await
-    }
-
-    /// Every item of the spiders that store in results collection `collection` that matches `query`, as the
-    /// file its `format` names, handed to `write` chunk by chunk.
-    pub async fn export_collection_items(
-        &self,
-        collection: &str,
-        query: &SpiderItemQuery,
-        write: impl FnMut(&[u8]) -> bool,
-    ) -> Result<()> {
-        let path = format!("/results/{collection}/items");
-        self.stream(self.items_request(&path, query), write).await
-    }
-
-    fn spider_items_request(&self, name: &str, query: &SpiderItemQuery) -> RequestBuilder {
-        self.items_request(&format!("/spiders/{name}/items"), query)
+        self.stream(self.items_request(source, query), write).await
     }
 
     /// Its conditions go as repeated `where` parameters, which a query struct cannot encode.
-    fn items_request(&self, path: &str, query: &SpiderItemQuery) -> RequestBuilder {
+    fn items_request(&self, source: &ItemSource, query: &SpiderItemQuery) -> RequestBuilder {
         let rest = SpiderItemQuery {
             conditions: Vec::new(),
             ..query.clone()
@@ -390,7 +374,7 @@ impl Client {
             .map(|c| ("where", c.as_str()))
             .collect();
         self.http
-            .get(self.url(path))
+            .get(self.url(&source.path()))
             .query(&rest)
             .query(&conditions)
     }

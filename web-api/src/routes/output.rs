@@ -100,8 +100,7 @@ async fn items_of(
         Some(_) => u64::from(limit(q.limit)?),
         None => u64::MAX,
     };
-    let (crate::ItemSource::Spider(name) | crate::ItemSource::Collection(name)) = &source;
-    let file = format!("{name}-items");
+    let file = format!("{}-items", source.name());
     export(
         SpiderPages {
             api,

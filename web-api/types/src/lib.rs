@@ -478,6 +478,30 @@ pub struct AuditQuery {
     pub limit: Option<u32>,
 }
 
+/// Whose items a results search reads: one spider's, or those of every spider that stores its items in one
+/// results collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemSource {
+    Spider(String),
+    Collection(String),
+}
+
+impl ItemSource {
+    /// The spider's or the collection's name.
+    pub fn name(&self) -> &str {
+        let (Self::Spider(name) | Self::Collection(name)) = self;
+        name
+    }
+
+    /// Its items' route under `/api/v1`.
+    pub fn path(&self) -> String {
+        match self {
+            Self::Spider(name) => format!("/spiders/{name}/items"),
+            Self::Collection(name) => format!("/results/{name}/items"),
+        }
+    }
+}
+
 /// `GET /api/v1/stats`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
