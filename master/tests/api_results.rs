@@ -4,7 +4,7 @@
 
 use arachne_test_support as common;
 
-use arachne_api_types::{RunTask, SpiderItemQuery, Task};
+use arachne_api_types::{ItemSource, RunTask, SpiderItemQuery, Task};
 use arachne_client::Client;
 use arachne_shared::RunMode;
 use common::{API_TOKEN, TestMaster, TestWorker, create_spider, run_to_end};
@@ -107,7 +107,8 @@ async fn a_spider_s_items_page_newest_first_across_its_runs_with_a_total() {
         limit: Some(3),
         ..Default::default()
     };
-    let page = client.spider_items("shop", &query).await.unwrap();
+    let shop = ItemSource::Spider("shop".into());
+    let page = client.spider_items(&shop, &query).await.unwrap();
     assert_eq!(page.total, 4);
     assert_eq!(titles(&page.items), ["Book of red", "green", "blue"]);
     let tasks: Vec<_> = page.items.iter().map(|i| (i.task_id, i.seq)).collect();
@@ -119,7 +120,7 @@ async fn a_spider_s_items_page_newest_first_across_its_runs_with_a_total() {
     );
     let rest = client
         .spider_items(
-            "shop",
+            &shop,
             &SpiderItemQuery {
                 after: page.next.clone(),
                 ..query
@@ -315,27 +316,18 @@ async fn a_results_collection_s_items_come_from_every_spider_that_stores_there()
     let (task, logs) = run_to_end(&master.client, &run).await;
     common::assert_finished(&task, &logs);
 
-    let page = |query: String| {
-        let url = format!(
-            "http://{}/api/v1/results/results_shop/items?{query}",
-            master.http
-        );
-        async move {
-            let response = common::http()
-                .get(url)
-                .bearer_auth(API_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            response
-                .json::<arachne_api_types::SpiderItems>()
-                .await
-                .unwrap()
-        }
+    let collection = ItemSource::Collection("results_shop".into());
+    let page = |after: Option<String>| {
+        let query = SpiderItemQuery {
+            limit: Some(3),
+            after,
+            ..Default::default()
+        };
+        let (client, collection) = (&master.client, &collection);
+        async move { client.spider_items(collection, &query).await.unwrap() }
     };
     // Newest task first across both spiders, each task's last item first, one cursor for all.
-    let first = page("limit=3".into()).await;
+    let first = page(None).await;
     assert_eq!(
         (titles(&first.items), first.total),
         (
@@ -343,37 +335,34 @@ async fn a_results_collection_s_items_come_from_every_spider_that_stores_there()
             6
         )
     );
-    let second = page(format!("limit=3&after={}", first.next.unwrap())).await;
+    let second = page(first.next).await;
     assert_eq!(titles(&second.items), ["green", "blue", "Red book"]);
-    let all = common::http()
-        .get(format!(
-            "http://{}/api/v1/results/results_shop/items?format=jsonl",
-            master.http
-        ))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let jsonl = SpiderItemQuery {
+        format: Some(arachne_api_types::ItemFormat::Jsonl),
+        ..Default::default()
+    };
+    let mut all = Vec::new();
+    master
+        .client
+        .export_items(&collection, &jsonl, |chunk| {
+            all.extend_from_slice(chunk);
+            true
+        })
         .await
         .unwrap();
+    let all = String::from_utf8(all).unwrap();
     assert_eq!(all.lines().count(), 6, "{all}");
-    let missing = common::http()
-        .get(format!(
-            "http://{}/api/v1/results/nowhere/items",
-            master.http
-        ))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    let nowhere = ItemSource::Collection("nowhere".into());
+    let (status, message) = common::refusal(
+        master
+            .client
+            .spider_items(&nowhere, &SpiderItemQuery::default())
+            .await,
+    );
+    assert_eq!(status, 404);
     assert!(
-        missing
-            .text()
-            .await
-            .unwrap()
-            .contains("no spider stores its items in results collection")
+        message.contains("no spider stores its items in results collection"),
+        "{message}"
     );
     master.stop().await;
 }

@@ -345,10 +345,14 @@ impl Client {
         self.json(self.http.get(self.url("/spider-folders"))).await
     }
 
-    /// A page of a spider's items across its tasks, newest first, with the total that match.
-    pub async fn spider_items(&self, name: &str, query: &SpiderItemQuery) -> Result<SpiderItems> {
-        let source = ItemSource::Spider(name.to_owned());
-        self.json(self.items_request(&source, query)).await
+    /// A page of a spider's (or a results collection's) items across its tasks, newest first, with the
+    /// total that match.
+    pub async fn spider_items(
+        &self,
+        source: &ItemSource,
+        query: &SpiderItemQuery,
+    ) -> Result<SpiderItems> {
+        self.json(self.items_request(source, query)).await
     }
 
     /// Every item of a spider (or a results collection) that matches `query`, as the file its `format`
