@@ -424,24 +424,24 @@ async fn a_hanging_channel_holds_no_task_and_a_restart_loses_no_pending_delivery
     master.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_node_going_offline_and_coming_back_is_announced() {
-    let dir = tempfile::tempdir().unwrap();
-    let master = TestMaster::start_with(without_worker(dir.path())).await;
-    let client = &master.client;
+/// A receiver, and the rule "nodes" that posts every node going offline or coming back to it.
+async fn announcing_nodes(client: &Client) -> Receiver {
     let receiver = Receiver::start(&[200]).await;
     let hook = Channel::Webhook {
         url: format!("{}/hook", receiver.url),
         secret: None,
     };
-    client
-        .create_notification(&rule(
-            "nodes",
-            hook,
-            &[Trigger::NodeOffline, Trigger::NodeOnline],
-        ))
-        .await
-        .unwrap();
+    let nodes = rule("nodes", hook, &[Trigger::NodeOffline, Trigger::NodeOnline]);
+    client.create_notification(&nodes).await.unwrap();
+    receiver
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_going_offline_and_coming_back_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = TestMaster::start_with(without_worker(dir.path())).await;
+    let client = &master.client;
+    let receiver = announcing_nodes(client).await;
     // Its first registration is not news.
     let worker = TestWorker::start(&master.grpc_url(), "w1", 1);
     master.wait_nodes_online(1).await;
@@ -478,20 +478,7 @@ async fn workers_reconnecting_to_a_restarted_master_are_not_news() {
     let dir = tempfile::tempdir().unwrap();
     let master = TestMaster::start_with(without_worker(dir.path())).await;
     let grpc = master.grpc;
-    let receiver = Receiver::start(&[200]).await;
-    let hook = Channel::Webhook {
-        url: format!("{}/hook", receiver.url),
-        secret: None,
-    };
-    master
-        .client
-        .create_notification(&rule(
-            "nodes",
-            hook,
-            &[Trigger::NodeOffline, Trigger::NodeOnline],
-        ))
-        .await
-        .unwrap();
+    let _receiver = announcing_nodes(&master.client).await;
     let worker = TestWorker::start(&master.grpc_url(), "w1", 1);
     master.wait_nodes_online(1).await;
     master.stop().await;
